@@ -1,0 +1,295 @@
+"""``argus``: the command line. It parses arguments and calls the parts; nothing else lives here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from argus.progress import progress_bar
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Argus: behaviour analytics over Kafka events (trolls, ban evaders, fraud rings, churn risk).",
+)
+kafka_app = typer.Typer(no_args_is_help=True, help="Run the local Apache Kafka broker (KRaft, single node).")
+schemas_app = typer.Typer(no_args_is_help=True, help="The event, dead-letter and alert contracts.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON line.")
+app.add_typer(kafka_app, name="kafka")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(bench_app, name="bench")
+
+err = Console(stderr=True)
+out = Console()
+
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option("--bootstrap", envvar="KAFKA_BOOTSTRAP", help="Kafka bootstrap servers; default: the local broker."),
+]
+
+
+class UserError(Exception):
+    """A mistake the user can fix; shown as one line, never a traceback."""
+
+
+def main() -> None:
+    """Console-script entry point: user errors become one line and exit code 2."""
+    from infra.broker import BrokerError
+    from infra.clients import ConfigError
+
+    try:
+        app()
+    except (UserError, ConfigError, BrokerError) as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        from kafka.errors import KafkaConnectionError, KafkaError
+
+        if isinstance(exc, KafkaConnectionError) or "NoBrokersAvailable" in type(exc).__name__:
+            err.print(
+                "[bold red]error:[/] no Kafka broker answers; start one with `argus kafka up` "
+                "or set KAFKA_BOOTSTRAP to your cluster"
+            )
+            sys.exit(2)
+        if isinstance(exc, KafkaError):
+            err.print(f"[bold red]error:[/] Kafka: {exc}")
+            sys.exit(2)
+        raise
+
+
+# --- kafka ------------------------------------------------------------------------------
+
+
+@kafka_app.command("up")
+def kafka_up(
+    port: Annotated[int | None, typer.Option(help="Client port (the controller uses port+1). Default: 9092, or the last port used.")] = None,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of each events.* topic.")] = 3,
+    heap: Annotated[str, typer.Option(help="Broker JVM heap, e.g. 1g.")] = "1g",
+) -> None:
+    """Start the broker in the background (fetching its jars once), then create the topic layout.
+
+    Data lives in $ARGUS_HOME/kafka (default ~/.argus/kafka) and survives `argus kafka down`.
+    """
+    from infra.broker import LocalBroker
+    from infra.topics import ensure_topics
+
+    broker = LocalBroker.default()
+    if port is not None:
+        broker.port = port
+    broker.heap = heap
+    was_running = broker.is_running()
+    with err.status("starting Kafka (the first start fetches the broker's jars from Maven Central)..."):
+        broker.up()
+        created = ensure_topics(broker.bootstrap, event_partitions=partitions)
+    state = "already running" if was_running else "started"
+    out.print(f"Kafka {state} at {broker.bootstrap}; data in {broker.data_dir}")
+    if created:
+        out.print(f"created topics: {', '.join(created)}")
+
+
+@kafka_app.command("down")
+def kafka_down() -> None:
+    """Stop the local broker cleanly; its data stays for the next `up`."""
+    from infra.broker import LocalBroker
+
+    broker = LocalBroker.default()
+    out.print("Kafka stopped" if broker.down() else "Kafka was not running")
+
+
+@kafka_app.command("status")
+def kafka_status(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Is the broker up, where, and how many records each topic holds."""
+    from infra.broker import LocalBroker
+    from infra.topics import topic_sizes
+
+    status: dict[str, object] = {}
+    if bootstrap is None:
+        status = LocalBroker.default().status()
+        reachable = bool(status["running"])
+    else:
+        status = {"bootstrap": bootstrap}
+        reachable = True
+    status["topics"] = topic_sizes(bootstrap) if reachable else {}
+    if as_json:
+        print(json.dumps(status))
+        return
+    for key, value in status.items():
+        if key != "topics":
+            out.print(f"{key}: {value}")
+    for topic, size in status["topics"].items():  # type: ignore[attr-defined]
+        out.print(f"  {topic:<20} partitions={size['partitions']:<3} records={size['records']}")
+    if not reachable:
+        raise typer.Exit(1)
+
+
+@kafka_app.command("fetch")
+def kafka_fetch() -> None:
+    """Fetch the broker's jars from Maven Central into the cache (done by `up` when needed)."""
+    from infra.broker import fetch_jars
+
+    with err.status("fetching Kafka jars..."):
+        libs = fetch_jars()
+    out.print(f"Kafka jars in {libs}")
+
+
+# --- generate ---------------------------------------------------------------------------
+
+
+@app.command()
+def generate(
+    users: Annotated[int, typer.Option(min=50, help="Accounts at the start (evaders' new accounts come on top).")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 7,
+    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 7,
+    start: Annotated[str, typer.Option(help="First simulated day, YYYY-MM-DD (UTC).")] = "2026-10-01",
+    events_per_user_day: Annotated[float, typer.Option(help="Mean events per user and active day.")] = 100.0,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write the lake layout and truth files here.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl (with --out).")] = "parquet",
+    to_kafka: Annotated[bool, typer.Option("--kafka", help="Produce the events to the events.* topics.")] = False,
+    bad_records: Annotated[int, typer.Option(min=0, help="Also send this many malformed records (with --kafka).")] = 0,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Generate a seeded synthetic world with ground truth (trolls, evaders, fraud rings, churners).
+
+    --out DIR writes DIR/events/event_type=T/date=D/part-00000.parquet, DIR/truth/users.parquet,
+    DIR/truth/truth.json and DIR/manifest.json; rerunning overwrites the same files.
+    --kafka produces each event as JSON to events.<type>, keyed by user_id.
+    """
+    from world import generate as gen
+
+    if out_dir is None and not to_kafka:
+        raise UserError("say where the events go: --out DIR, --kafka, or both")
+    if fmt not in ("parquet", "jsonl"):
+        raise UserError(f"--format must be parquet or jsonl, not {fmt!r}")
+    try:
+        config = gen.config(users=users, days=days, seed=seed, start=date.fromisoformat(start),
+                            events_per_user_day=events_per_user_day)  # fmt: skip
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    world = gen.World(config)
+    expected = gen.expected_events(world)
+    summary: dict[str, object] = {"accounts": int(world.pop.n)}
+    if out_dir is not None:
+        with progress_bar("writing the lake", total=expected) as advance:
+            manifest = gen.write_world(world, out_dir, fmt, advance)
+        summary["events"] = sum(sum(d.values()) for d in manifest["events"].values())
+        summary["out"] = str(out_dir)
+    if to_kafka:
+        with progress_bar("producing to Kafka", total=expected) as advance:
+            sent = gen.produce_world(world, bootstrap, advance, bad_records=bad_records)
+        summary["produced"] = sum(sent.values())
+    out.print(json.dumps(summary))
+
+
+# --- validate ---------------------------------------------------------------------------
+
+
+@app.command()
+def validate(
+    group: Annotated[str, typer.Option(help="Consumer group; a new group reads from the beginning.")] = "argus-validator",
+    idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without records.")] = 10.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Read the events.* topics to their current end, validate every record, dead-letter the rejects.
+
+    Rejected records go to dlq.events with the reason, the original bytes (base64) and their
+    topic/partition/offset. Offsets are committed per consumer group, so a rerun continues.
+    """
+    from pipelines.topic_validator import validate_topics
+
+    with progress_bar("validating", total=None) as advance:
+        report = validate_topics(group_id=group, bootstrap=bootstrap, idle_timeout_s=idle_timeout, progress=advance)
+    if as_json:
+        print(json.dumps(report.to_json()))
+    else:
+        _print_report(report.to_json())
+
+
+def _print_report(report: dict[str, object]) -> None:
+    out.print("[bold]valid events per topic[/]")
+    for topic, count in report["valid"].items():  # type: ignore[attr-defined]
+        out.print(f"  {topic:<20} {count:>10,}")
+    out.print(f"[bold]dead-lettered[/] {report['dead_lettered']:,} (to dlq.events)")
+    for reason, count in report["rejected_by_reason"].items():  # type: ignore[attr-defined]
+        out.print(f"  {reason:<20} {count:>10,}")
+
+
+# --- schemas ----------------------------------------------------------------------------
+
+
+@schemas_app.command("export")
+def schemas_export() -> None:
+    """Rewrite schemas/json/*.schema.json from the models (after a deliberate contract change)."""
+    from schemas.export import export
+
+    for path in export():
+        out.print(str(path))
+
+
+@schemas_app.command("check")
+def schemas_check(path: Annotated[Path, typer.Argument(help="A file of records, one JSON document per line.")]) -> None:
+    """Validate a JSON Lines file against the event contracts and count the rejects by reason."""
+    from collections import Counter
+
+    from schemas import validate_batch
+    from schemas.validate import Rejection
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    reasons: Counter[str] = Counter()
+    total = 0
+    with path.open("rb") as lines:
+        for result in validate_batch(line.rstrip(b"\n") for line in lines):
+            total += 1
+            if isinstance(result, Rejection):
+                reasons[result.reason_code] += 1
+                if sum(reasons.values()) <= 5:
+                    err.print(f"line {total}: {result.reason_code}: {result.reason}", highlight=False)
+    print(json.dumps({"records": total, "rejected": sum(reasons.values()), "by_reason": dict(reasons)}))
+    if reasons:
+        raise typer.Exit(1)
+
+
+# --- bench and demo -----------------------------------------------------------------------
+
+
+@bench_app.command("generate")
+def bench_generate(
+    users: Annotated[int, typer.Option(min=50, help="Accounts in the benchmark world.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 1,
+    skip_kafka: Annotated[bool, typer.Option(help="Measure file output only.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Generator throughput to Parquet files and into Kafka (events_per_s_files, events_per_s_kafka)."""
+    from argus.bench import bench_generate as run
+
+    print(json.dumps(run(users=users, days=days, kafka=not skip_kafka, bootstrap=bootstrap)))
+
+
+@app.command()
+def demo(
+    users: Annotated[int, typer.Option(min=50, help="Accounts in the demo world.")] = 1000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 2,
+    keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
+) -> None:
+    """The whole story on embedded defaults: start Kafka, generate a world, stream it in, read it back."""
+    from argus.demo import run_demo
+
+    run_demo(out, users=users, days=days, keep_broker=keep_broker)
+
+
+if __name__ == "__main__":
+    main()

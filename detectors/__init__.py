@@ -1,0 +1,1 @@
+"""The detection library: engine-agnostic features, clustering and detectors."""

@@ -1,0 +1,279 @@
+"""A single-node Apache Kafka 4.x broker in KRaft mode, run from Maven Central jars.
+
+``argus kafka up`` fetches the jars once (``mvn dependency:copy-dependencies`` on
+``infra/kafka/pom.xml``), formats the storage on first start, launches the JVM in the
+background and creates the topic layout. The data directory persists across ``down``/``up``.
+State lives in ``$ARGUS_HOME/kafka`` (default ``~/.argus/kafka``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from base64 import urlsafe_b64encode
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+KAFKA_DIR = Path(__file__).parent / "kafka"
+POM = KAFKA_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
+DEFAULT_PORT = 9092
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be fetched, started or stopped; the message says why."""
+
+
+def argus_home() -> Path:
+    return Path(os.environ.get("ARGUS_HOME", Path.home() / ".argus"))
+
+
+def jar_dir() -> Path:
+    """Where the broker's jars are cached, keyed by the pom's content."""
+    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
+    return argus_home() / "cache" / f"kafka-{digest}" / "libs"
+
+
+def fetch_jars(quiet: bool = True) -> Path:
+    """Copy the broker's jars from Maven Central (or ~/.m2) once; return their folder."""
+    libs = jar_dir()
+    marker = libs / ".complete"
+    if marker.exists():
+        return libs
+    if shutil.which("mvn") is None:
+        raise BrokerError("Maven (mvn) is not installed; install it (apt-get install maven)")
+    staging = libs.with_name("libs.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    cmd = [
+        "mvn", "-B", "-f", str(POM), "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
+    ]  # fmt: skip
+    if quiet:
+        cmd.insert(1, "-q")
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+        raise BrokerError(f"fetching the Kafka jars failed ({' '.join(cmd)}):\n{tail}")
+    shutil.rmtree(libs, ignore_errors=True)
+    staging.rename(libs)
+    marker.touch()
+    return libs
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LocalBroker:
+    """One broker+controller process; ``home`` holds its data, logs, pid and settings."""
+
+    home: Path
+    port: int = DEFAULT_PORT
+    host: str = "127.0.0.1"
+    heap: str = "1g"
+
+    @classmethod
+    def default(cls) -> LocalBroker:
+        """The broker of ``$ARGUS_HOME``, on the port it was last started with."""
+        home = argus_home() / "kafka"
+        saved = home / "broker.json"
+        port = json.loads(saved.read_text())["port"] if saved.exists() else DEFAULT_PORT
+        return cls(home=home, port=port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / "server.log"
+
+    def pid(self) -> int | None:
+        """The broker's pid if its process is alive."""
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            return None
+        # A recycled pid that is not our JVM does not count.
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists() and b"kafka.Kafka" not in cmdline.read_bytes():
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None and port_open(self.host, self.port)
+
+    def up(self, timeout: float = 90.0) -> None:
+        """Start the broker unless it already runs; wait until it accepts connections."""
+        if self.pid() is not None:
+            self._wait_ready(timeout)
+            return
+        if port_open(self.host, self.port):
+            raise BrokerError(
+                f"port {self.port} is taken by another process; "
+                "pick another with --port or point KAFKA_BOOTSTRAP at that cluster"
+            )
+        libs = fetch_jars()
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "logs").mkdir(exist_ok=True)
+        config = self._write_config()
+        if not (self.data_dir / "meta.properties").exists():
+            self._format(libs, config)
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError("Java is not installed; Kafka needs Java 17+ (apt-get install openjdk-17-jre)")
+        cmd = [
+            java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self.home / 'logs'}",
+            "-cp", f"{libs}/*", "kafka.Kafka", str(config),
+        ]  # fmt: skip
+        with open(self.home / "logs" / "stdout.log", "ab") as out:
+            process = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )  # fmt: skip
+        self.pid_file.write_text(str(process.pid))
+        (self.home / "broker.json").write_text(json.dumps({"port": self.port}))
+        self._wait_ready(timeout, process)
+
+    def down(self, timeout: float = 60.0) -> bool:
+        """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout``); False if it was not running."""
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not _alive(pid):
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "running": self.is_running(),
+            "pid": self.pid(),
+            "bootstrap": self.bootstrap,
+            "home": str(self.home),
+            "log": str(self.log_file),
+        }
+
+    def _cluster_id(self) -> str:
+        path = self.home / "cluster_id"
+        if not path.exists():
+            path.write_text(urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
+        return path.read_text().strip()
+
+    def _write_config(self) -> Path:
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "3",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "message.max.bytes": str(8 * 1024 * 1024),
+            "log.retention.hours": "168",
+            "auto.create.topics.enable": "false",
+        }
+        path = self.home / "server.properties"
+        path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        return path
+
+    def _format(self, libs: Path, config: Path) -> None:
+        cmd = [
+            "java", "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            f"-Dkafka.logs.dir={self.home / 'logs'}",
+            "kafka.tools.StorageTool", "format", "--ignore-formatted",
+            "-t", self._cluster_id(), "-c", str(config),
+        ]  # fmt: skip
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise BrokerError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}".strip())
+
+    def _wait_ready(self, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise BrokerError(
+                    f"the broker exited with code {process.returncode}; see {self.log_file}"
+                )
+            if port_open(self.host, self.port) and self._metadata_ready():
+                return
+            time.sleep(0.3)
+        raise BrokerError(f"the broker did not accept connections within {timeout:.0f}s; see {self.log_file}")
+
+    def _metadata_ready(self) -> bool:
+        # The port opens a moment before the broker has registered with its controller.
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError
+
+        try:
+            client = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+        except (KafkaError, OSError, ValueError):
+            return False
+        try:
+            return len(client.describe_cluster().get("brokers", [])) > 0
+        except (KafkaError, OSError):
+            return False
+        finally:
+            client.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of this process counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")

@@ -1,0 +1,1 @@
+"""Beam streaming pipelines (and the plain-Kafka validator they share code with)."""

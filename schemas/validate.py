@@ -1,0 +1,151 @@
+"""Validation of raw event bytes: every record becomes an event or a rejection, never an exception."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.models import EVENT_MODELS, DeadLetter, EventBase
+
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_FUTURE_SKEW = timedelta(hours=1)
+EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
+
+# Rejection reason codes, stable for dashboards and DLQ replays.
+OVERSIZE = "oversize"
+NOT_UTF8 = "not_utf8"
+NOT_JSON = "not_json"
+NOT_OBJECT = "not_object"
+MISSING_FIELD = "missing_field"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+WRONG_TYPE = "wrong_type"
+UNEXPECTED_FIELD = "unexpected_field"
+INVALID_VALUE = "invalid_value"
+TS_IN_FUTURE = "ts_in_future"
+TS_TOO_OLD = "ts_too_old"
+DUPLICATE_EVENT_ID = "duplicate_event_id"
+
+_TYPE_ERRORS = ("_type", "_parsing", "is_instance_of", "literal_error_type")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why ``raw`` was refused; ``raw`` is kept byte for byte."""
+
+    reason_code: str
+    reason: str
+    raw: bytes
+
+    def to_dead_letter(
+        self,
+        source_topic: str | None = None,
+        source_partition: int | None = None,
+        source_offset: int | None = None,
+        rejected_at: datetime | None = None,
+    ) -> DeadLetter:
+        return DeadLetter(
+            original_b64=base64.b64encode(self.raw).decode("ascii"),
+            source_topic=source_topic,
+            source_partition=source_partition,
+            source_offset=source_offset,
+            reason_code=self.reason_code,
+            reason=self.reason,
+            rejected_at=rejected_at or datetime.now(UTC),
+        )
+
+
+def validate(
+    raw: bytes,
+    *,
+    now: datetime | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    max_future_skew: timedelta = MAX_FUTURE_SKEW,
+) -> EventBase | Rejection:
+    """Parse and check one record. Never raises on bad bytes."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        return Rejection(NOT_UTF8, f"expected bytes, got {type(raw).__name__}", b"")
+    raw = bytes(raw)
+    if len(raw) > max_bytes:
+        return Rejection(OVERSIZE, f"message is {len(raw)} bytes; the limit is {max_bytes}", raw)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Rejection(NOT_UTF8, f"invalid UTF-8 at byte {exc.start}: {exc.reason}", raw)
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(NOT_JSON, f"not JSON: {exc}", raw)
+    if not isinstance(obj, dict):
+        return Rejection(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}", raw)
+    event_type = obj.get("event_type")
+    if event_type is None:
+        return Rejection(MISSING_FIELD, "event_type: field required", raw)
+    model = EVENT_MODELS.get(event_type) if isinstance(event_type, str) else None
+    if model is None:
+        known = ", ".join(EVENT_MODELS)
+        return Rejection(
+            UNKNOWN_EVENT_TYPE, f"event_type {event_type!r} is not one of: {known}", raw
+        )
+    try:
+        event = model.model_validate_json(text)
+    except ValidationError as exc:
+        return _rejection_from_error(exc, raw)
+    return _check_event_time(event, raw, now or datetime.now(UTC), max_future_skew)
+
+
+def validate_batch(
+    raws: Iterable[bytes], *, now: datetime | None = None, **limits: object
+) -> Iterator[EventBase | Rejection]:
+    """Validate records in order; a repeated ``event_id`` within the batch is rejected."""
+    seen: set[str] = set()
+    now = now or datetime.now(UTC)
+    for raw in raws:
+        result = validate(raw, now=now, **limits)  # type: ignore[arg-type]
+        if isinstance(result, EventBase):
+            if result.event_id in seen:
+                result = Rejection(
+                    DUPLICATE_EVENT_ID,
+                    f"event_id {result.event_id!r} already seen in this batch",
+                    bytes(raw),
+                )
+            else:
+                seen.add(result.event_id)
+        yield result
+
+
+def _rejection_from_error(exc: ValidationError, raw: bytes) -> Rejection:
+    error = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in error["loc"]) or "(record)"
+    kind = error["type"]
+    if kind == "missing":
+        code = MISSING_FIELD
+    elif kind == "extra_forbidden":
+        code = UNEXPECTED_FIELD
+    elif kind.endswith(_TYPE_ERRORS) or kind == "json_invalid":
+        code = WRONG_TYPE
+    else:
+        code = INVALID_VALUE
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return Rejection(code, f"{where}: {error['msg']}{more}", raw)
+
+
+def _check_event_time(
+    event: EventBase, raw: bytes, now: datetime, max_future_skew: timedelta
+) -> EventBase | Rejection:
+    ts = event.ts
+    if ts.tzinfo is None or ts.utcoffset() is None:
+        return Rejection(INVALID_VALUE, "ts: must carry a UTC offset, e.g. 2026-11-01T12:00:00Z", raw)
+    if ts < EARLIEST_TS:
+        return Rejection(TS_TOO_OLD, f"ts {ts.isoformat()} is before 2000-01-01", raw)
+    if ts > now + max_future_skew:
+        return Rejection(
+            TS_IN_FUTURE,
+            f"ts {ts.isoformat()} is more than {max_future_skew} ahead of {now.isoformat()}",
+            raw,
+        )
+    return event

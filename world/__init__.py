@@ -1,0 +1,1 @@
+"""Synthetic behaviour world: a seeded population, its events, and the ground truth."""
