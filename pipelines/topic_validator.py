@@ -46,6 +46,7 @@ def validate_topics(
     bootstrap: str | None = None,
     idle_timeout_s: float = 10.0,
     progress: Callable[[int], None] | None = None,
+    dlq_topic: str = DLQ_TOPIC,
 ) -> ValidationReport:
     """Validate every record up to the topics' current ends; dead-letter the rejects."""
     consumer = clients.consumer(
@@ -65,7 +66,7 @@ def validate_topics(
             handled = 0
             for partition, records in batch.items():
                 for record in records:
-                    _handle(record, partition.topic, seen, report, dlq)
+                    _handle(record, partition.topic, seen, report, dlq, dlq_topic)
                 handled += len(records)
             if handled:
                 dlq.flush()
@@ -84,7 +85,7 @@ def validate_topics(
     return report
 
 
-def _handle(record: Any, topic: str, seen: set[str], report: ValidationReport, dlq: Any) -> None:
+def _handle(record: Any, topic: str, seen: set[str], report: ValidationReport, dlq: Any, dlq_topic: str) -> None:
     result = validate(record.value or b"")
     if isinstance(result, EventBase):
         if result.event_id in seen:
@@ -96,6 +97,6 @@ def _handle(record: Any, topic: str, seen: set[str], report: ValidationReport, d
             report.valid[topic] += 1
             return
     letter = result.to_dead_letter(topic, record.partition, record.offset)
-    dlq.send(DLQ_TOPIC, key=record.key, value=letter.model_dump_json().encode())
+    dlq.send(dlq_topic, key=record.key, value=letter.model_dump_json().encode())
     report.rejected[result.reason_code] += 1
     report.rejected_by_topic[topic] += 1

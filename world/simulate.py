@@ -6,7 +6,7 @@ produced alone, in any order, and the same seed always gives the same bytes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -357,7 +357,7 @@ class World:
         """Sign-ups, renames, reports, bans, fraud campaigns: few, planned once, bucketed by day."""
         rows: dict[str, list[dict[str, Any]]] = {t: [] for t in EVENT_TYPES}
         pop, horizon = self.pop, self.cfg.days * DAY
-        add = _RowAdder(rows, horizon)
+        add = _RowAdder(rows, horizon, self._active)
         for i in np.flatnonzero((pop.signup_s >= 0) & (pop.signup_s < horizon)):
             add(
                 "account",
@@ -371,18 +371,17 @@ class World:
             )
         renamed_s, new_name = self._renames
         for i in np.flatnonzero(np.isfinite(renamed_s)):
-            if self._active(np.array([i]), np.array([renamed_s[i]]))[0]:
-                add(
-                    "account",
-                    i,
-                    renamed_s[i],
-                    context="web",
-                    action="rename",
-                    username=new_name[i],
-                    previous_username=pop.username[i],
-                    device_fp=pop.devices[i, 0],
-                    network_fp=pop.network[i],
-                )
+            add(
+                "account",
+                i,
+                renamed_s[i],
+                context="web",
+                action="rename",
+                username=new_name[i],
+                previous_username=pop.username[i],
+                device_fp=pop.devices[i, 0],
+                network_fp=pop.network[i],
+            )
         self._plan_moderation(rng, add)
         for ring in pop.rings:
             _FRAUD_PLANNERS[ring.pattern](self, rng, add, ring)
@@ -431,12 +430,14 @@ class World:
                 label=label,
                 reason="repeated violations",
             )
-            add("account", i, pop.banned_s[i] + 1, context="web", action="ban", username=pop.username[i], reason=label)
+            add("account", i, pop.banned_s[i] + 1, by_user=False, context="web", action="ban",
+                username=pop.username[i], reason=label)  # fmt: skip
             if not np.isnan(pop.unbanned_s[i]):
                 add(
                     "account",
                     i,
                     pop.unbanned_s[i],
+                    by_user=False,
                     context="web",
                     action="unban",
                     username=pop.username[i],
@@ -658,15 +659,22 @@ _PETS = pa.array(["", *text.PET_PHRASES], pa.string())
 
 
 class _RowAdder:
-    """Collects planned events as rows, dropping those outside the world's days."""
+    """Collects planned events as rows; drops those outside the world's days, and the subject's own
+    actions at times the account is not active (moderation and ban records are about, not by, the user)."""
 
-    def __init__(self, rows: dict[str, list[dict[str, Any]]], horizon: float) -> None:
+    def __init__(
+        self, rows: dict[str, list[dict[str, Any]]], horizon: float, active: Callable[[np.ndarray, np.ndarray], np.ndarray]
+    ) -> None:
         self.rows = rows
         self.horizon = horizon
+        self.active = active
 
-    def __call__(self, event_type: str, user: int, ts: float, **fields: Any) -> None:
-        if 0 <= ts < self.horizon:
-            self.rows[event_type].append({"u": int(user), "t": float(ts), **fields})
+    def __call__(self, event_type: str, user: int, ts: float, by_user: bool = True, **fields: Any) -> None:
+        if not 0 <= ts < self.horizon:
+            return
+        if by_user and event_type != "moderation" and not self.active(np.array([user]), np.array([ts]))[0]:
+            return
+        self.rows[event_type].append({"u": int(user), "t": float(ts), **fields})
 
     def by_day(self) -> dict[int, dict[str, dict[str, list[Any]]]]:
         grouped: dict[int, dict[str, list[dict[str, Any]]]] = {}
