@@ -54,7 +54,8 @@ def main() -> None:
     except Exception as exc:
         from kafka.errors import KafkaConnectionError, KafkaError
 
-        if isinstance(exc, KafkaConnectionError) or "NoBrokersAvailable" in type(exc).__name__:
+        unreachable = "NoBrokersAvailable" in type(exc).__name__ or "Unable to bootstrap" in str(exc)
+        if isinstance(exc, KafkaConnectionError) or unreachable:
             err.print(
                 "[bold red]error:[/] no Kafka broker answers; start one with `argus kafka up` "
                 "or set KAFKA_BOOTSTRAP to your cluster"
@@ -189,7 +190,7 @@ def generate(
         with progress_bar("producing to Kafka", total=expected) as advance:
             sent = gen.produce_world(world, bootstrap, advance, bad_records=bad_records)
         summary["produced"] = sum(sent.values())
-    out.print(json.dumps(summary))
+    print(json.dumps(summary))
 
 
 # --- validate ---------------------------------------------------------------------------
