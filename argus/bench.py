@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +40,7 @@ def bench_generate(users: int, days: int, kafka: bool = True, bootstrap: str | N
     result.update(events=events, files_s=round(seconds, 3), events_per_s_files=round(events / seconds))
     if kafka:
         target = bootstrap or os.environ.get("KAFKA_BOOTSTRAP")
-        with (_given(target) if target else scratch_broker()) as servers:
+        with _given(target) if target else scratch_broker() as servers:
             started = time.perf_counter()
             sent = sum(produce_world(World(cfg), servers).values())
             seconds = time.perf_counter() - started

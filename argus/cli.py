@@ -72,7 +72,9 @@ def main() -> None:
 
 @kafka_app.command("up")
 def kafka_up(
-    port: Annotated[int | None, typer.Option(help="Client port (the controller uses port+1). Default: 9092, or the last port used.")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Client port (the controller uses port+1). Default: 9092, or the last port used.")
+    ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each events.* topic.")] = 3,
     heap: Annotated[str, typer.Option(help="Broker JVM heap, e.g. 1g.")] = "1g",
 ) -> None:
@@ -150,11 +152,15 @@ def kafka_fetch() -> None:
 
 @app.command()
 def generate(
-    users: Annotated[int, typer.Option(min=50, help="Accounts at the start (evaders' new accounts come on top).")] = 2000,
+    users: Annotated[
+        int, typer.Option(min=50, help="Accounts at the start (evaders' new accounts come on top).")
+    ] = 2000,
     days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 7,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 7,
     start: Annotated[str, typer.Option(help="First simulated day, YYYY-MM-DD (UTC).")] = "2026-10-01",
-    events_per_user_day: Annotated[float, typer.Option(help="Mean events per user and active day.")] = 100.0,
+    events_per_user_day: Annotated[
+        float, typer.Option(help="Base event rate per user and day; 118 gives ~10M events a day for 100k users.")
+    ] = 118.0,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write the lake layout and truth files here.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl (with --out).")] = "parquet",
     to_kafka: Annotated[bool, typer.Option("--kafka", help="Produce the events to the events.* topics.")] = False,
@@ -174,8 +180,9 @@ def generate(
     if fmt not in ("parquet", "jsonl"):
         raise UserError(f"--format must be parquet or jsonl, not {fmt!r}")
     try:
-        config = gen.config(users=users, days=days, seed=seed, start=date.fromisoformat(start),
-                            events_per_user_day=events_per_user_day)  # fmt: skip
+        config = gen.config(
+            users=users, days=days, seed=seed, start=date.fromisoformat(start), events_per_user_day=events_per_user_day
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     world = gen.World(config)
@@ -198,7 +205,9 @@ def generate(
 
 @app.command()
 def validate(
-    group: Annotated[str, typer.Option(help="Consumer group; a new group reads from the beginning.")] = "argus-validator",
+    group: Annotated[
+        str, typer.Option(help="Consumer group; a new group reads from the beginning.")
+    ] = "argus-validator",
     idle_timeout: Annotated[float, typer.Option(help="Stop after this many seconds without records.")] = 10.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line.")] = False,
     bootstrap: BootstrapOption = None,

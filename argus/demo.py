@@ -41,7 +41,7 @@ def run_demo(out: Console, users: int, days: int, keep_broker: bool = False) -> 
 
 
 def _story(out: Console, bootstrap: str, users: int, days: int, home: object) -> None:
-    world = World(config(users=users, days=days, seed=7, start=date(2026, 10, 1), events_per_user_day=100.0))
+    world = World(config(users=users, days=days, seed=7, start=date(2026, 10, 1), events_per_user_day=118.0))
     lake = home / "lake"  # type: ignore[operator]
 
     out.rule(f"[bold]2. A synthetic world: {users} users, {days} days, seed 7")
@@ -63,14 +63,20 @@ def _story(out: Console, bootstrap: str, users: int, days: int, home: object) ->
     rejected_by_topic = report.rejected_by_topic
     for event_type, by_day in sorted(manifest["events"].items()):
         topic = f"events.{event_type}"
-        table.add_row(topic, f"{sum(by_day.values()):,}", f"{sent[topic]:,}", f"{report.valid.get(topic, 0):,}",
-                      f"{rejected_by_topic.get(topic, 0):,}")  # fmt: skip
+        table.add_row(
+            topic,
+            f"{sum(by_day.values()):,}",
+            f"{sent[topic]:,}",
+            f"{report.valid.get(topic, 0):,}",
+            f"{rejected_by_topic.get(topic, 0):,}",
+        )
     out.print(table)
     out.print(f"dead-lettered: {report.dead_lettered} -> {DLQ_TOPIC}  {dict(report.rejected)}")
     example = _first_dead_letter(bootstrap)
     if example:
         original = base64.b64decode(example["original_b64"])[:60]
-        out.print(f"example dead letter: reason={example['reason_code']!r} ({example['reason']}); original bytes {original!r}...")
+        reason = f"{example['reason_code']!r} ({example['reason']})"
+        out.print(f"example dead letter: reason={reason}; original bytes {original!r}...")
 
 
 def _first_dead_letter(bootstrap: str) -> dict[str, str] | None:

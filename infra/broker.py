@@ -53,9 +53,14 @@ def fetch_jars(quiet: bool = True) -> Path:
     staging = libs.with_name("libs.partial")
     shutil.rmtree(staging, ignore_errors=True)
     cmd = [
-        "mvn", "-B", "-f", str(POM), "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}", "-DincludeScope=runtime",
-    ]  # fmt: skip
+        "mvn",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={staging}",
+        "-DincludeScope=runtime",
+    ]
     if quiet:
         cmd.insert(1, "-q")
     result = subprocess.run(cmd, capture_output=True, text=True)
@@ -155,17 +160,26 @@ class LocalBroker:
         if java is None:
             raise BrokerError("Java is not installed; Kafka needs Java 17+ (apt-get install openjdk-17-jre)")
         cmd = [
-            java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
+            java,
+            f"-Xmx{self.heap}",
+            f"-Xms{self.heap}",
+            "-XX:+UseG1GC",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.home / 'logs'}",
-            "-cp", f"{libs}/*", "kafka.Kafka", str(config),
-        ]  # fmt: skip
+            "-cp",
+            f"{libs}/*",
+            "kafka.Kafka",
+            str(config),
+        ]
         with open(self.home / "logs" / "stdout.log", "ab") as out:
             process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,
-            )  # fmt: skip
+            )
         self.pid_file.write_text(str(process.pid))
         (self.home / "broker.json").write_text(json.dumps({"port": self.port}))
         self._wait_ready(timeout, process)
@@ -231,11 +245,19 @@ class LocalBroker:
 
     def _format(self, libs: Path, config: Path) -> None:
         cmd = [
-            "java", "-cp", f"{libs}/*", f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+            "java",
+            "-cp",
+            f"{libs}/*",
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.home / 'logs'}",
-            "kafka.tools.StorageTool", "format", "--ignore-formatted",
-            "-t", self._cluster_id(), "-c", str(config),
-        ]  # fmt: skip
+            "kafka.tools.StorageTool",
+            "format",
+            "--ignore-formatted",
+            "-t",
+            self._cluster_id(),
+            "-c",
+            str(config),
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}".strip())
@@ -244,9 +266,7 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process is not None and process.poll() is not None:
-                raise BrokerError(
-                    f"the broker exited with code {process.returncode}; see {self.log_file}"
-                )
+                raise BrokerError(f"the broker exited with code {process.returncode}; see {self.log_file}")
             if port_open(self.host, self.port) and self._metadata_ready():
                 return
             time.sleep(0.3)

@@ -114,16 +114,18 @@ class BulkProducer:
         if unknown:
             raise ConfigError(f"the bulk producer cannot translate Kafka settings {unknown}; remove them from [kafka]")
         conf: dict[str, Any] = {_LIBRDKAFKA_NAMES[k]: v for k, v in settings.items()}
-        conf.update({
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 50,
-            "batch.size": 1_000_000,
-            "compression.type": "lz4",
-            "partitioner": "murmur2_random",
-            "queue.buffering.max.messages": 500_000,
-            "log_level": 3,  # errors only: transient broker states are retried quietly
-        })  # fmt: skip
+        conf.update(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 50,
+                "batch.size": 1_000_000,
+                "compression.type": "lz4",
+                "partitioner": "murmur2_random",
+                "queue.buffering.max.messages": 500_000,
+                "log_level": 3,  # errors only: transient broker states are retried quietly
+            }
+        )
         self._producer = Producer(conf)
         self._errors: list[str] = []
         self.sent = 0

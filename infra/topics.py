@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from schemas.models import EVENT_TYPES
@@ -49,10 +50,8 @@ def ensure_topics(bootstrap: str | None = None, event_partitions: int = 3, other
             if spec.name not in existing
         ]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created concurrently elsewhere
                 client.create_topics(missing)
-            except TopicAlreadyExistsError:
-                pass  # created concurrently by another command
         return [t.name for t in missing]
     finally:
         client.close()

@@ -49,9 +49,7 @@ def validate_topics(
     dlq_topic: str = DLQ_TOPIC,
 ) -> ValidationReport:
     """Validate every record up to the topics' current ends; dead-letter the rejects."""
-    consumer = clients.consumer(
-        bootstrap=bootstrap, group_id=group_id, enable_auto_commit=False, max_poll_records=5000
-    )
+    consumer = clients.consumer(bootstrap=bootstrap, group_id=group_id, enable_auto_commit=False, max_poll_records=5000)
     dlq = clients.producer(bootstrap=bootstrap)
     report = ValidationReport()
     seen: set[str] = set()

@@ -34,7 +34,7 @@ class EventBase(_Strict):
     user_id: Identifier = Field(description="the subject of the event")
     session_id: Identifier | None = None
     context: Identifier = Field(description="channel (chat), page (click), merchant (payment)")
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 class ChatEvent(EventBase):
@@ -107,7 +107,7 @@ class DeadLetter(_Strict):
     reason_code: str
     reason: str
     rejected_at: datetime
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 class AlertReason(_Strict):
@@ -131,7 +131,7 @@ class Alert(_Strict):
     window_end: datetime
     evidence_event_ids: list[Identifier] = Field(default_factory=list)
     members: list[Identifier] = Field(default_factory=list, description="group alerts only")
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
 
 
 PUBLISHED_MODELS: dict[str, type[BaseModel]] = {

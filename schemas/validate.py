@@ -88,9 +88,7 @@ def validate(
     model = EVENT_MODELS.get(event_type) if isinstance(event_type, str) else None
     if model is None:
         known = ", ".join(EVENT_MODELS)
-        return Rejection(
-            UNKNOWN_EVENT_TYPE, f"event_type {event_type!r} is not one of: {known}", raw
-        )
+        return Rejection(UNKNOWN_EVENT_TYPE, f"event_type {event_type!r} is not one of: {known}", raw)
     try:
         event = model.model_validate_json(text)
     except ValidationError as exc:
@@ -134,9 +132,7 @@ def _rejection_from_error(exc: ValidationError, raw: bytes) -> Rejection:
     return Rejection(code, f"{where}: {error['msg']}{more}", raw)
 
 
-def _check_event_time(
-    event: EventBase, raw: bytes, now: datetime, max_future_skew: timedelta
-) -> EventBase | Rejection:
+def _check_event_time(event: EventBase, raw: bytes, now: datetime, max_future_skew: timedelta) -> EventBase | Rejection:
     ts = event.ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         return Rejection(INVALID_VALUE, "ts: must carry a UTC offset, e.g. 2026-11-01T12:00:00Z", raw)

@@ -32,8 +32,11 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
 def _argus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", "from argus.cli import main; main()", *args],
-        capture_output=True, text=True, env=env, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
 
 
 def test_user_mistakes_get_one_line_and_exit_2() -> None:
@@ -72,9 +75,21 @@ def test_bad_config_file_is_one_line(tmp_path: Path) -> None:
 
 def test_generate_to_jsonl_then_check_it(tmp_path: Path) -> None:
     result = runner.invoke(
-        app, ["generate", "--users", "60", "--days", "1", "--events-per-user-day", "10",
-              "--out", str(tmp_path), "--format", "jsonl"],
-    )  # fmt: skip
+        app,
+        [
+            "generate",
+            "--users",
+            "60",
+            "--days",
+            "1",
+            "--events-per-user-day",
+            "10",
+            "--out",
+            str(tmp_path),
+            "--format",
+            "jsonl",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     files = sorted(tmp_path.glob("events/event_type=*/date=*/part-00000.jsonl"))
@@ -101,9 +116,22 @@ def test_generate_to_kafka_and_validate(kafka_bootstrap: str) -> None:
     ensure_topics(kafka_bootstrap)
     before = topic_sizes(kafka_bootstrap)
     result = runner.invoke(
-        app, ["generate", "--users", "60", "--days", "1", "--events-per-user-day", "10", "--kafka",
-              "--bad-records", "10", "--bootstrap", kafka_bootstrap],
-    )  # fmt: skip
+        app,
+        [
+            "generate",
+            "--users",
+            "60",
+            "--days",
+            "1",
+            "--events-per-user-day",
+            "10",
+            "--kafka",
+            "--bad-records",
+            "10",
+            "--bootstrap",
+            kafka_bootstrap,
+        ],
+    )
     assert result.exit_code == 0, result.output
     produced = json.loads(result.output.strip().splitlines()[-1])["produced"]
     after = topic_sizes(kafka_bootstrap)

@@ -61,9 +61,17 @@ def test_every_bad_input_class_is_rejected_with_its_reason() -> None:
     got = [r.reason_code if isinstance(r, Rejection) else None for r in results]
     assert got == expected
     assert set(expected) >= {
-        "not_json", "not_utf8", "wrong_type", "missing_field", "unknown_event_type",
-        "ts_in_future", "ts_too_old", "oversize", "duplicate_event_id", None,
-    }  # fmt: skip
+        "not_json",
+        "not_utf8",
+        "wrong_type",
+        "missing_field",
+        "unknown_event_type",
+        "ts_in_future",
+        "ts_too_old",
+        "oversize",
+        "duplicate_event_id",
+        None,
+    }
     for (_, _, value, _), result in zip(records, results, strict=True):
         if isinstance(result, Rejection):
             assert result.raw == value

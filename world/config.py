@@ -13,7 +13,7 @@ class WorldConfig:
     days: int = 7
     seed: int = 7
     start: date = date(2026, 10, 1)
-    events_per_user_day: float = 100.0
+    events_per_user_day: float = 118.0  # ~100 events per user-day after churn, vacations and bans
     troll_fraction: float = 0.03
     ban_rate_trolls: float = 0.55  # share of trolls banned during the world
     ban_rate_others: float = 0.004  # bans for other violations, and mistakes

@@ -430,8 +430,16 @@ class World:
                 label=label,
                 reason="repeated violations",
             )
-            add("account", i, pop.banned_s[i] + 1, by_user=False, context="web", action="ban",
-                username=pop.username[i], reason=label)  # fmt: skip
+            add(
+                "account",
+                i,
+                pop.banned_s[i] + 1,
+                by_user=False,
+                context="web",
+                action="ban",
+                username=pop.username[i],
+                reason=label,
+            )
             if not np.isnan(pop.unbanned_s[i]):
                 add(
                     "account",
@@ -663,7 +671,10 @@ class _RowAdder:
     actions at times the account is not active (moderation and ban records are about, not by, the user)."""
 
     def __init__(
-        self, rows: dict[str, list[dict[str, Any]]], horizon: float, active: Callable[[np.ndarray, np.ndarray], np.ndarray]
+        self,
+        rows: dict[str, list[dict[str, Any]]],
+        horizon: float,
+        active: Callable[[np.ndarray, np.ndarray], np.ndarray],
     ) -> None:
         self.rows = rows
         self.horizon = horizon

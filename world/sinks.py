@@ -36,7 +36,7 @@ def to_json_lines(table: pa.Table) -> list[bytes]:
     return [line.encode() for line in text.splitlines()]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.partial")
     write(staging)
