@@ -1,0 +1,145 @@
+"""Minimum spanning tree of the mutual-reachability graph restricted to k-nearest-neighbour edges.
+
+The kNN graph can fall apart into components (isolated groups, duplicates, far outliers). They are
+joined Borůvka-style: each round, every component gets its cheapest edge to another component,
+found by searching a sample of its points against the whole index (and, where that finds nothing
+outside the component, exhaustively). No point is ever dropped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+
+from detectors.cluster.knn import KnnIndex, exact_distances
+
+# scipy's sparse graphs treat an explicit 0 as "no edge"; zero weights (duplicates) become this
+# instead, which sorts below every positive weight, and are restored afterwards.
+_TINY = np.nextafter(0.0, 1.0)
+_COMPONENT_SAMPLE = 512
+_OUTSIDE_K = 64
+
+
+def core_distances(knn_dist: np.ndarray, min_samples: int) -> np.ndarray:
+    """Distance to the ``min_samples``-th nearest other point (hdbscan's definition)."""
+    return knn_dist[:, min(min_samples, knn_dist.shape[1]) - 1].copy()
+
+
+def dense_mutual_reachability_mst(data: np.ndarray, min_samples: int, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """(core distances, MST) from the full distance matrix: O(n^2) memory, for small n only.
+
+    The same computation and tie-breaking as ``hdbscan.HDBSCAN(algorithm="generic")``.
+    """
+    from hdbscan._hdbscan_linkage import mst_linkage_core
+    from hdbscan._hdbscan_reachability import mutual_reachability
+    from scipy.spatial.distance import cdist
+
+    x = np.asarray(data, dtype=np.float64)
+    distances = cdist(x, x, metric="minkowski", p=2)
+    min_points = min(x.shape[0] - 1, min_samples)
+    core = np.partition(distances, min_points, axis=0)[min_points]
+    mst = mst_linkage_core(mutual_reachability(distances, min_samples, alpha))
+    return core, mst[np.argsort(mst.T[2]), :]
+
+
+def mutual_reachability_mst(
+    knn_dist: np.ndarray,
+    knn_idx: np.ndarray,
+    core: np.ndarray,
+    index: KnnIndex,
+    alpha: float = 1.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """MST edges as an (n-1, 3) float64 array [a, b, weight], sorted by weight."""
+    n = knn_idx.shape[0]
+    rows = np.repeat(np.arange(n), knn_idx.shape[1])
+    cols = knn_idx.ravel()
+    dist = knn_dist.ravel() / alpha
+    valid = (cols >= 0) & (cols != rows)
+    rows, cols, dist = rows[valid], cols[valid], dist[valid]
+    weight = np.maximum(np.maximum(core[rows], core[cols]), dist)
+    edges = _spanning_forest(n, rows, cols, weight)
+    n_components, labels = connected_components(_as_graph(n, edges), directed=False)
+    rng = np.random.default_rng(seed)
+    while n_components > 1:
+        extra = _cheapest_links(labels, n_components, core, index, alpha, rng)
+        edges = np.vstack([edges, extra])
+        edges = _spanning_forest(n, edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64), edges[:, 2])
+        n_components, labels = connected_components(_as_graph(n, edges), directed=False)
+    order = np.argsort(edges[:, 2], kind="mergesort")
+    return edges[order]
+
+
+def _as_graph(n: int, edges: np.ndarray) -> coo_matrix:
+    return coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
+
+
+def _spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    # One entry per undirected pair (the weight is symmetric, so any copy will do).
+    key = lo * n + hi
+    _, first = np.unique(key, return_index=True)
+    lo, hi, w = lo[first], hi[first], weight[first]
+    graph = coo_matrix((np.where(w == 0, _TINY, w), (lo, hi)), shape=(n, n)).tocsr()
+    forest = minimum_spanning_tree(graph).tocoo()
+    w_out = np.where(forest.data == _TINY, 0.0, forest.data)
+    return np.column_stack([forest.row.astype(np.float64), forest.col.astype(np.float64), w_out])
+
+
+def _cheapest_links(
+    labels: np.ndarray,
+    n_components: int,
+    core: np.ndarray,
+    index: KnnIndex,
+    alpha: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """For every component, its cheapest mutual-reachability edge to another component."""
+    members = np.split(np.argsort(labels, kind="stable"), np.cumsum(np.bincount(labels, minlength=n_components))[:-1])
+    queries = np.concatenate(
+        [m if m.size <= _COMPONENT_SAMPLE else rng.choice(m, _COMPONENT_SAMPLE, replace=False) for m in members]
+    )
+    dist, idx = index.search(index.data[queries], _OUTSIDE_K)
+    best = _best_outside(queries, dist, idx, labels, core, alpha, n_components)
+    # Components whose sample saw only itself: search exhaustively outside the component.
+    for comp in np.flatnonzero(~np.isfinite(best[:, 2])):
+        inside = members[comp]
+        outside = np.flatnonzero(labels != comp)
+        q = inside if inside.size <= _COMPONENT_SAMPLE else rng.choice(inside, _COMPONENT_SAMPLE, replace=False)
+        d, j = _flat_search(index.data[outside], index.data[q], min(_OUTSIDE_K, outside.size))
+        found = _best_outside(q, d, outside[j], labels, core, alpha, n_components)
+        best[comp] = found[comp]
+    return best[np.isfinite(best[:, 2])]
+
+
+def _best_outside(
+    queries: np.ndarray,
+    dist: np.ndarray,
+    idx: np.ndarray,
+    labels: np.ndarray,
+    core: np.ndarray,
+    alpha: float,
+    n_components: int,
+) -> np.ndarray:
+    src = np.repeat(queries, idx.shape[1])
+    dst = idx.ravel()
+    d = dist.ravel() / alpha
+    ok = (dst >= 0) & (labels[np.maximum(dst, 0)] != labels[src])
+    src, dst, d = src[ok], dst[ok], d[ok]
+    weight = np.maximum(np.maximum(core[src], core[dst]), d)
+    best = np.full((n_components, 3), np.inf)
+    comp = labels[src]
+    order = np.lexsort((weight, comp))
+    first = order[np.r_[True, comp[order][1:] != comp[order][:-1]]] if order.size else order
+    best[comp[first]] = np.column_stack([src[first], dst[first], weight[first]])
+    return best
+
+
+def _flat_search(data: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    import faiss
+
+    flat = faiss.IndexFlatL2(data.shape[1])
+    flat.add(np.ascontiguousarray(data, dtype=np.float32))
+    _, idx = flat.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    return exact_distances(queries, data, idx), idx
