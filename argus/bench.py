@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from infra.broker import LocalBroker, free_port
 from infra.topics import ensure_topics
@@ -52,3 +54,118 @@ def bench_generate(users: int, days: int, kafka: bool = True, bootstrap: str | N
 def _given(bootstrap: str) -> Iterator[str]:
     ensure_topics(bootstrap)
     yield bootstrap
+
+
+def blobs_with_noise(n: int, dim: int, seed: int = 0, noise: float = 0.05) -> np.ndarray:
+    """Seeded Gaussian blobs (one per 5,000 points, 5 to 50) plus uniform noise, float32."""
+    rng = np.random.default_rng(seed)
+    n_noise = int(n * noise)
+    centers = rng.uniform(-10, 10, (int(np.clip(n // 5_000, 5, 50)), dim))
+    which = rng.integers(0, len(centers), n - n_noise)
+    points = centers[which] + rng.normal(0, 1.0, (n - n_noise, dim))
+    background = rng.uniform(-12, 12, (n_noise, dim))
+    return np.vstack([points, background]).astype(np.float32)
+
+
+def _fit_labels(library: str, data: np.ndarray, min_cluster_size: int, min_samples: int) -> dict[str, Any]:
+    """One library's clustering of ``data``: seconds and labels (fast_hdbscan: JIT warm-up apart)."""
+    params = {"min_cluster_size": min_cluster_size, "min_samples": min_samples}
+    out: dict[str, Any] = {}
+    if library == "ours":
+        from detectors.cluster import PHDBSCAN
+
+        model: Any = PHDBSCAN(**params)
+    elif library == "hdbscan":
+        import hdbscan
+
+        model = hdbscan.HDBSCAN(**params)
+    else:
+        import fast_hdbscan
+
+        started = time.perf_counter()
+        fast_hdbscan.HDBSCAN(**params).fit(data)  # a first fit compiles every JIT path it takes
+        out["warmup_s"] = time.perf_counter() - started
+        model = fast_hdbscan.HDBSCAN(**params)
+    started = time.perf_counter()
+    labels = np.asarray(model.fit(data).labels_, dtype=np.intp)
+    out.update(seconds=time.perf_counter() - started, labels=labels)
+    return out
+
+
+def _child(conn: Any, library: str, data_path: str, min_cluster_size: int, min_samples: int) -> None:
+    import resource
+
+    try:
+        result = _fit_labels(library, np.load(data_path), min_cluster_size, min_samples)
+        result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        conn.send(result)
+    except BaseException as exc:  # reported by the parent
+        conn.send({"error": f"{library}: {type(exc).__name__}: {exc}"})
+    finally:
+        conn.close()
+
+
+def _timed_in_child(library: str, data_path: Path, min_cluster_size: int, min_samples: int) -> dict[str, Any]:
+    """Run one library in a fresh process, so each peak RSS is its own and no state is shared."""
+    import multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    parent_end, child_end = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(child_end, library, str(data_path), min_cluster_size, min_samples))
+    process.start()
+    child_end.close()
+    try:
+        result = parent_end.recv()
+    except EOFError:
+        process.join()
+        result = {"error": f"{library}: the benchmark process died (exit code {process.exitcode})"}
+    process.join()
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    return result  # type: ignore[no-any-return]
+
+
+def bench_cluster(
+    n: int,
+    dim: int,
+    min_cluster_size: int = 50,
+    min_samples: int = 10,
+    data_path: Path | None = None,
+    skip_hdbscan: bool = False,
+    skip_fast: bool = False,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Ours, the hdbscan library and fast_hdbscan (warm) on the same data, each in its own process."""
+    from sklearn.metrics import adjusted_rand_score
+
+    if not skip_fast:
+        try:
+            import fast_hdbscan  # noqa: F401
+        except ImportError as exc:
+            raise RuntimeError("fast_hdbscan is not installed: pip install -e '.[bench]' (or pass --skip-fast)") from exc
+    with tempfile.TemporaryDirectory(prefix="argus-bench-cluster-") as scratch:
+        if data_path is None:
+            data_path = Path(scratch) / "blobs.npy"
+            np.save(data_path, blobs_with_noise(n, dim, seed))
+        n, dim = np.load(data_path, mmap_mode="r").shape
+        result: dict[str, Any] = {"n": n, "dim": dim, "min_cluster_size": min_cluster_size, "min_samples": min_samples}
+        mine = _timed_in_child("ours", data_path, min_cluster_size, min_samples)
+        result.update(ours_s=round(mine["seconds"], 3), peak_rss_mb=round(mine["peak_rss_mb"], 1))
+        result["clusters"] = int(mine["labels"].max() + 1)
+        result["noise_fraction"] = round(float((mine["labels"] < 0).mean()), 4)
+        if not skip_hdbscan:
+            ref = _timed_in_child("hdbscan", data_path, min_cluster_size, min_samples)
+            result.update(
+                hdbscan_s=round(ref["seconds"], 3),
+                speedup=round(ref["seconds"] / mine["seconds"], 2),
+                ari=round(adjusted_rand_score(ref["labels"], mine["labels"]), 4),
+            )
+        if not skip_fast:
+            fast = _timed_in_child("fast_hdbscan", data_path, min_cluster_size, min_samples)
+            result.update(
+                fast_hdbscan_s=round(fast["seconds"], 3),
+                fast_hdbscan_warmup_s=round(fast["warmup_s"], 3),
+                speedup_vs_fast=round(fast["seconds"] / mine["seconds"], 2),
+                ari_fast=round(adjusted_rand_score(fast["labels"], mine["labels"]), 4),
+            )
+    return result

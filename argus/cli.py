@@ -289,6 +289,34 @@ def bench_generate(
     print(json.dumps(run(users=users, days=days, kafka=not skip_kafka, bootstrap=bootstrap)))
 
 
+@bench_app.command("cluster")
+def bench_cluster(
+    n: Annotated[int, typer.Option("--n", min=2, help="Points in the generated blobs (5% uniform noise).")] = 50_000,
+    dim: Annotated[int, typer.Option("--dim", min=1, help="Dimensions of the generated blobs.")] = 64,
+    data: Annotated[Path | None, typer.Option("--data", help="Cluster this .npy matrix instead of blobs.")] = None,
+    min_cluster_size: Annotated[int, typer.Option(min=2)] = 50,
+    min_samples: Annotated[int, typer.Option(min=1)] = 10,
+    skip_hdbscan: Annotated[bool, typer.Option(help="Skip the hdbscan library (hours at large n).")] = False,
+    skip_fast: Annotated[bool, typer.Option(help="Skip fast_hdbscan.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+) -> None:
+    """pHDBSCAN against the hdbscan library and fast_hdbscan (warm) on the same data.
+
+    Keys: n, dim, ours_s, hdbscan_s, fast_hdbscan_s, speedup (hdbscan_s / ours_s), speedup_vs_fast,
+    ari (ours vs hdbscan), ari_fast, peak_rss_mb (ours). Each library runs in its own process;
+    fast_hdbscan is timed on a second fit; the first (JIT compilation) is fast_hdbscan_warmup_s.
+    """
+    from argus.bench import bench_cluster as run
+
+    if data is not None and not data.exists():
+        raise UserError(f"{data} does not exist")
+    try:
+        result = run(n, dim, min_cluster_size, min_samples, data, skip_hdbscan, skip_fast)
+    except RuntimeError as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps(result))
+
+
 @app.command()
 def demo(
     users: Annotated[int, typer.Option(min=50, help="Accounts in the demo world.")] = 1000,

@@ -37,11 +37,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from hdbscan._hdbscan_linkage import label as single_linkage_from_mst
 from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
 
 from detectors.cluster.knn import KnnIndex, KnnMethod, build_index, knn_graph
-from detectors.cluster.mst import core_distances, dense_mutual_reachability_mst, mutual_reachability_mst
+from detectors.cluster.mst import (
+    core_distances,
+    dense_mutual_reachability_mst,
+    mutual_reachability_mst,
+    single_linkage_tree,
+)
 
 log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
@@ -118,7 +122,7 @@ class PHDBSCAN:
             mst = mutual_reachability_mst(knn_dist, knn_idx, core, index, self.alpha, self.random_state)
             self.timings_["mst"] = time.perf_counter() - started
         started = time.perf_counter()
-        single_linkage = single_linkage_from_mst(mst)
+        single_linkage = single_linkage_tree(mst)
         condensed = condense_tree(single_linkage, self.min_cluster_size)
         stability = compute_stability(condensed)
         labels, probabilities, _ = get_clusters(
