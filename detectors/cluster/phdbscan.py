@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
 
-from detectors.cluster.knn import KnnIndex, KnnMethod, build_index, knn_graph
+from detectors.cluster.knn import KnnMethod, build_index, knn_graph
 from detectors.cluster.mst import (
     core_distances,
     dense_mutual_reachability_mst,
