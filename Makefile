@@ -35,7 +35,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas world infra argus pipelines
+	$(BIN)/mypy schemas world infra argus pipelines detectors
 
 bench: setup
 	$(BIN)/argus bench generate --json

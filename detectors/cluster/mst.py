@@ -9,15 +9,24 @@ outside the component, exhaustively). No point is ever dropped.
 from __future__ import annotations
 
 import numpy as np
+from hdbscan._hdbscan_linkage import label, mst_linkage_core
+from hdbscan._hdbscan_reachability import mutual_reachability
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from sklearn.metrics import pairwise_distances
 
 from detectors.cluster.knn import KnnIndex, exact_distances
+
+try:  # scikit-learn's compiled union-find (private module, hence the fallback)
+    from sklearn.cluster._hdbscan._linkage import MST_edge_dtype, make_single_linkage
+except ImportError:
+    make_single_linkage = None
 
 # scipy's sparse graphs treat an explicit 0 as "no edge"; zero weights (duplicates) become this
 # instead, which sorts below every positive weight, and are restored afterwards.
 _TINY = np.nextafter(0.0, 1.0)
-_COMPONENT_SAMPLE = 512
+_COMPONENT_SAMPLE = 512  # points of a component searched against the index for outside links
+_EXHAUSTIVE_SAMPLE = 64  # points of a component searched exhaustively when that found none
 _OUTSIDE_K = 64
 
 
@@ -32,11 +41,7 @@ def single_linkage_tree(mst: np.ndarray) -> np.ndarray:
     scikit-learn's compiled union-find is used when present: it gives the same tree as
     ``hdbscan._hdbscan_linkage.label`` about 50 times faster (0.012 s against 0.65 s at 50,000 points).
     """
-    try:
-        from sklearn.cluster._hdbscan._linkage import MST_edge_dtype, make_single_linkage
-    except ImportError:  # an older or newer scikit-learn: fall back to hdbscan's own
-        from hdbscan._hdbscan_linkage import label
-
+    if make_single_linkage is None:  # a scikit-learn without it: hdbscan's own, slower
         return np.asarray(label(np.ascontiguousarray(mst, dtype=np.float64)))
     edges = np.empty(len(mst), dtype=MST_edge_dtype)
     edges["current_node"], edges["next_node"], edges["distance"] = mst[:, 0], mst[:, 1], mst[:, 2]
@@ -53,10 +58,6 @@ def dense_mutual_reachability_mst(
 
     The same computation and tie-breaking as ``hdbscan.HDBSCAN(algorithm="generic")``.
     """
-    from hdbscan._hdbscan_linkage import mst_linkage_core
-    from hdbscan._hdbscan_reachability import mutual_reachability
-    from sklearn.metrics import pairwise_distances
-
     x = np.asarray(data, dtype=np.float64)
     distances = pairwise_distances(x, metric="euclidean")  # as hdbscan computes them, rounding and all
     min_points = min(x.shape[0] - 1, min_samples)
@@ -130,11 +131,12 @@ def _cheapest_links(
     for comp in np.flatnonzero(~np.isfinite(best[:, 2])):
         inside = members[comp]
         outside = np.flatnonzero(labels != comp)
-        q = inside if inside.size <= _COMPONENT_SAMPLE else rng.choice(inside, _COMPONENT_SAMPLE, replace=False)
+        q = inside if inside.size <= _EXHAUSTIVE_SAMPLE else rng.choice(inside, _EXHAUSTIVE_SAMPLE, replace=False)
         d, j = _flat_search(index.data[outside], index.data[q], min(_OUTSIDE_K, outside.size))
         found = _best_outside(q, d, outside[j], labels, core, alpha, n_components)
         best[comp] = found[comp]
-    return best[np.isfinite(best[:, 2])]
+    links: np.ndarray = best[np.isfinite(best[:, 2])]
+    return links
 
 
 def _best_outside(
