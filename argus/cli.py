@@ -21,6 +21,11 @@ app = typer.Typer(
 kafka_app = typer.Typer(no_args_is_help=True, help="Run the local Apache Kafka broker (KRaft, single node).")
 schemas_app = typer.Typer(no_args_is_help=True, help="The event, dead-letter and alert contracts.")
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints one JSON line.")
+batch_app = typer.Typer(
+    no_args_is_help=True,
+    help="Nightly Spark jobs, run with spark-submit (local[2] by default; --master for a cluster).",
+)
+app.add_typer(batch_app, name="batch")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(bench_app, name="bench")
@@ -234,6 +239,65 @@ def _print_report(report: dict[str, object]) -> None:
     out.print(f"[bold]dead-lettered[/] {report['dead_lettered']:,} (to dlq.events)")
     for reason, count in report["rejected_by_reason"].items():  # type: ignore[attr-defined]
         out.print(f"  {reason:<20} {count:>10,}")
+
+
+# --- batch --------------------------------------------------------------------------------
+
+
+@batch_app.command("ingest")
+def batch_ingest(
+    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    topics: Annotated[str | None, typer.Option(help="Comma-separated topics; default: every events.* topic.")] = None,
+    rerun: Annotated[str | None, typer.Option(help="Read the offset range of this earlier run again.")] = None,
+    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Kafka event topics -> validated Parquet lake (by event type and date) + dead-letter table.
+
+    Each run continues from where the last one ended and records its offset range in
+    LAKE/_offsets/RUN_ID.json; --rerun RUN_ID replaces exactly that run's files. The job runs
+    through spark-submit with the Kafka connector's jars and a zip of Argus's code (--py-files),
+    so the same command runs on a cluster with --master.
+    """
+    import subprocess
+
+    from infra.clients import kafka_settings
+    from infra.spark import environment_for_submit, py_files_archive, submit_command
+    from infra.topics import EVENT_TOPICS
+
+    servers = kafka_settings(bootstrap)["bootstrap_servers"]
+    args = ["--bootstrap", servers, "--lake", str(lake.resolve()), "--topics", topics or ",".join(EVENT_TOPICS)]
+    if rerun:
+        args += ["--rerun", rerun]
+    with err.status("fetching the Spark Kafka connector's jars (first run only)..."):
+        cmd = submit_command("ingest", args, master=master, py_files=py_files_archive())
+    if print_command:
+        print(" ".join(cmd))
+        return
+    result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
+    if result.returncode != 0:
+        log = lake / "_logs" / "ingest-failed.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(result.stdout + result.stderr)
+        lines = (result.stdout + result.stderr).splitlines()
+        said = next((line[len("error: ") :] for line in lines if line.startswith("error: ")), None)
+        if said:
+            raise UserError(said)
+        last = next((line.strip() for line in reversed(lines) if "Error" in line), "see the log")
+        raise UserError(f"ingest failed: {last} (full log: {log})")
+    print(result.stdout.strip().splitlines()[-1])
+
+
+@batch_app.command("runs")
+def batch_runs(lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake")) -> None:
+    """List the lake's ingest runs: id, records read, rejects, when (one JSON line each)."""
+    runs = sorted((lake / "_offsets").glob("*.json"), key=lambda p: json.loads(p.read_text())["finished_at"])
+    if not runs:
+        raise UserError(f"no ingest runs in {lake}; run `argus batch ingest --lake {lake}` first")
+    for path in runs:
+        run = json.loads(path.read_text())
+        print(json.dumps({k: run[k] for k in ("run_id", "valid", "rejected", "finished_at")}))
 
 
 # --- schemas ----------------------------------------------------------------------------

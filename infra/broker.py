@@ -8,7 +8,6 @@ State lives in ``$ARGUS_HOME/kafka`` (default ``~/.argus/kafka``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,55 +21,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from infra import maven
+from infra.maven import argus_home
+
 KAFKA_DIR = Path(__file__).parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
 LOG4J_CONFIG = KAFKA_DIR / "log4j2.properties"
 DEFAULT_PORT = 9092
+__all__ = ["BrokerError", "LocalBroker", "argus_home", "fetch_jars", "free_port"]
 
 
 class BrokerError(RuntimeError):
     """The local broker could not be fetched, started or stopped; the message says why."""
 
 
-def argus_home() -> Path:
-    return Path(os.environ.get("ARGUS_HOME", Path.home() / ".argus"))
-
-
-def jar_dir() -> Path:
-    """Where the broker's jars are cached, keyed by the pom's content."""
-    digest = hashlib.sha256(POM.read_bytes()).hexdigest()[:12]
-    return argus_home() / "cache" / f"kafka-{digest}" / "libs"
-
-
-def fetch_jars(quiet: bool = True) -> Path:
-    """Copy the broker's jars from Maven Central (or ~/.m2) once; return their folder."""
-    libs = jar_dir()
-    marker = libs / ".complete"
-    if marker.exists():
-        return libs
-    if shutil.which("mvn") is None:
-        raise BrokerError("Maven (mvn) is not installed; install it (apt-get install maven)")
-    staging = libs.with_name("libs.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    cmd = [
-        "mvn",
-        "-B",
-        "-f",
-        str(POM),
-        "dependency:copy-dependencies",
-        f"-DoutputDirectory={staging}",
-        "-DincludeScope=runtime",
-    ]
-    if quiet:
-        cmd.insert(1, "-q")
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-        raise BrokerError(f"fetching the Kafka jars failed ({' '.join(cmd)}):\n{tail}")
-    shutil.rmtree(libs, ignore_errors=True)
-    staging.rename(libs)
-    marker.touch()
-    return libs
+def fetch_jars() -> Path:
+    """The broker's jars from Maven Central (or ~/.m2), fetched once."""
+    try:
+        return maven.fetch_jars(POM, "kafka")
+    except maven.MavenError as exc:
+        raise BrokerError(str(exc)) from exc
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -6,6 +6,8 @@ produced alone, in any order, and the same seed always gives the same bytes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -15,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from schemas.arrow import ARROW_SCHEMAS, TS_TYPE
 from schemas.models import EVENT_TYPES
 from world import text
-from world.columns import ARROW_SCHEMAS, TS_TYPE
 from world.config import WorldConfig
 from world.population import CURRENCIES, DAY, Population, build_population
 
@@ -111,6 +113,8 @@ class World:
         self.chat = build_chat_context(cfg, plan_rng)
         self.epoch_ms = int(datetime(cfg.start.year, cfg.start.month, cfg.start.day, tzinfo=UTC).timestamp() * 1000)
         self._user_ids = pa.array(self.pop.user_id.tolist(), pa.string())
+        # Worlds with the same seed but other settings must not share event ids.
+        self._world_tag = hashlib.blake2b(json.dumps(cfg.to_json(), sort_keys=True).encode(), digest_size=3).hexdigest()
         self._renames = self._plan_renames(plan_rng)
         self._specials = self._plan_special_events(plan_rng)
 
@@ -641,7 +645,7 @@ class World:
         m = u.size
         ts_ms = self.epoch_ms + np.floor(t[order] * 1000).astype(np.int64)
         seq = pa.array(np.arange(m))
-        prefix = f"e{self.cfg.seed}-{d:04d}-{event_type[:2]}"
+        prefix = f"e{self.cfg.seed}-{self._world_tag}-{d:04d}-{event_type[:2]}"
         arrays: dict[str, pa.Array] = {
             "event_id": pc.binary_join_element_wise(prefix, pc.cast(seq, pa.string()), ""),
             "ts": pa.array(ts_ms, pa.int64()).cast(TS_TYPE),

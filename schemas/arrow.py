@@ -37,3 +37,12 @@ def arrow_schema(event_type: str) -> pa.Schema:
 
 
 ARROW_SCHEMAS: dict[str, pa.Schema] = {t: arrow_schema(t) for t in EVENT_MODELS}
+
+
+def wide_event_schema() -> pa.Schema:
+    """Every field of every event type once (types agree across event types), all nullable."""
+    fields: dict[str, pa.Field] = {}
+    for schema in ARROW_SCHEMAS.values():
+        for field in schema:
+            fields.setdefault(field.name, field.with_nullable(True))
+    return pa.schema(list(fields.values()))

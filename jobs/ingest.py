@@ -1,0 +1,256 @@
+"""Nightly ingest: Kafka event topics -> validated Parquet lake + dead-letter table.
+
+Run with spark-submit (``argus batch ingest`` builds the command) or call ``run_ingest`` with a
+session. Each run reads the offset range from where the previous run ended to the topics'
+current ends and records that range in ``LAKE/_offsets/<run_id>.json``. Output files carry
+the run id, so ``--rerun RUN_ID`` reads exactly the same range and replaces exactly the same
+files: no duplicates, nothing skipped. Records are validated with ``schemas.validate`` (the
+same code as the streaming path); rejects, and repeated ``event_id``s within a run, go to
+``LAKE/dead_letter/`` with the reason and the original bytes.
+
+Layout: ``LAKE/events/event_type=T/date=YYYY-MM-DD/part-<run_id>-NNNNN.parquet``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+import pyarrow as pa
+
+from schemas.arrow import ARROW_SCHEMAS, wide_event_schema
+from schemas.models import EventBase
+from schemas.validate import DUPLICATE_EVENT_ID, validate
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+_META = pa.schema(
+    [
+        ("date", pa.string()),
+        ("_ok", pa.bool_()),
+        ("_topic", pa.string()),
+        ("_partition", pa.int32()),
+        ("_offset", pa.int64()),
+        ("_reason_code", pa.string()),
+        ("_reason", pa.string()),
+        ("_original_b64", pa.string()),
+    ]
+)
+_WIDE = wide_event_schema()
+_VALIDATED = pa.schema(list(_WIDE) + list(_META))
+DEAD_LETTER_COLUMNS = [
+    "original_b64",
+    "source_topic",
+    "source_partition",
+    "source_offset",
+    "reason_code",
+    "reason",
+    "rejected_at",
+]
+
+
+@dataclass
+class IngestResult:
+    run_id: str
+    start: dict[str, dict[str, int]]  # topic -> partition -> offset
+    end: dict[str, dict[str, int]]
+    valid: int
+    rejected: int
+    started_at: str  # also the dead letters' rejected_at, kept by reruns so they write the same bytes
+    finished_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_id_for(start: dict[str, dict[str, int]], end: dict[str, dict[str, int]]) -> str:
+    """A run's id is a function of its offset range: the same range always writes the same files."""
+    key = json.dumps({"start": start, "end": end}, sort_keys=True).encode()
+    return hashlib.sha256(key).hexdigest()[:16]
+
+
+def validate_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: raw Kafka records -> wide event columns plus validation metadata."""
+    for batch in batches:
+        rows = []
+        for topic, partition, offset, value in zip(
+            batch["topic"], batch["partition"], batch["offset"], batch["value"], strict=True
+        ):
+            raw = bytes(value) if value is not None else b""
+            result = validate(raw)
+            meta = {
+                "_topic": topic,
+                "_partition": int(partition),
+                "_offset": int(offset),
+                "_original_b64": base64.b64encode(raw).decode("ascii"),  # kept for in-run duplicates
+            }
+            if isinstance(result, EventBase):
+                row = result.model_dump()
+                row["date"] = result.ts.date().isoformat()
+                row.update(meta, _ok=True)
+            else:
+                row = {**meta, "_ok": False, "_reason_code": result.reason_code, "_reason": result.reason}
+            rows.append(row)
+        yield pa.Table.from_pylist(rows, schema=_VALIDATED).to_pandas()
+
+
+def kafka_end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
+    from kafka import TopicPartition
+
+    from infra.clients import consumer
+
+    client = consumer(bootstrap=bootstrap)
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(client.partitions_for_topic(t) or [])]
+        missing = [t for t in topics if not any(tp.topic == t for tp in partitions)]
+        if missing:
+            raise ValueError(f"topics {missing} do not exist on {bootstrap}; create them with `argus kafka up`")
+        ends = client.end_offsets(partitions)
+    finally:
+        client.close()
+    out: dict[str, dict[str, int]] = {}
+    for tp, offset in ends.items():
+        out.setdefault(tp.topic, {})[str(tp.partition)] = int(offset)
+    return out
+
+
+def previous_end(lake: Path, topics: list[str]) -> dict[str, dict[str, int]]:
+    """Where the last completed run ended, per topic partition (-2 = earliest)."""
+    ends: dict[str, dict[str, int]] = {t: {} for t in topics}
+    for path in sorted((lake / "_offsets").glob("*.json")):
+        run = json.loads(path.read_text())
+        for topic, parts in run["end"].items():
+            if topic in ends:
+                for part, offset in parts.items():
+                    ends[topic][part] = max(ends[topic].get(part, -2), offset)
+    return ends
+
+
+def run_ingest(
+    spark: SparkSession,
+    bootstrap: str,
+    lake: Path,
+    topics: list[str],
+    rerun: str | None = None,
+) -> IngestResult:
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    lake = Path(lake)
+    if rerun:
+        log_path = lake / "_offsets" / f"{rerun}.json"
+        if not log_path.exists():
+            raise ValueError(f"no ingest run {rerun} in {lake / '_offsets'}; `argus batch runs` lists them")
+        logged = json.loads(log_path.read_text())
+        start, end, started_at = logged["start"], logged["end"], datetime.fromisoformat(logged["started_at"])
+    else:
+        end = kafka_end_offsets(bootstrap, topics)
+        before = previous_end(lake, topics)
+        start = {t: {p: before.get(t, {}).get(p, -2) for p in parts} for t, parts in end.items()}
+        started_at = datetime.now(UTC).replace(microsecond=0)
+    run_id = run_id_for(start, end)
+
+    raw = (
+        spark.read.format("kafka")
+        .option("kafka.bootstrap.servers", bootstrap)
+        .option("subscribe", ",".join(sorted(end)))
+        .option("startingOffsets", json.dumps(start))
+        .option("endingOffsets", json.dumps(end))
+        .option("failOnDataLoss", "true")
+        .load()
+        .select("topic", "partition", "offset", "value")
+    )
+    validated = raw.mapInPandas(validate_partition, schema=from_arrow_schema(_VALIDATED))
+    # A repeated event_id within the run: the first (by topic, partition, offset) wins.
+    first = Window.partitionBy("event_id").orderBy("_topic", "_partition", "_offset")
+    validated = validated.withColumn(
+        "_copy", F.when(F.col("_ok"), F.row_number().over(first)).otherwise(F.lit(1))
+    ).cache()
+    duplicate = F.col("_ok") & (F.col("_copy") > 1)
+    good = validated.where(F.col("_ok") & ~duplicate)
+    rejected = validated.where(~F.col("_ok") | duplicate).select(
+        F.col("_original_b64").alias("original_b64"),
+        F.col("_topic").alias("source_topic"),
+        F.col("_partition").alias("source_partition"),
+        F.col("_offset").alias("source_offset"),
+        F.when(duplicate, F.lit(DUPLICATE_EVENT_ID)).otherwise(F.col("_reason_code")).alias("reason_code"),
+        F.when(duplicate, F.concat(F.lit("event_id "), F.col("event_id"), F.lit(" repeated in this run")))
+        .otherwise(F.col("_reason"))
+        .alias("reason"),
+        F.lit(started_at).cast("timestamp").alias("rejected_at"),
+    )
+    staging = lake / "_staging" / run_id
+    shutil.rmtree(staging, ignore_errors=True)
+    # Each event type keeps its own columns (as `argus generate --out` writes them); one file per
+    # date and run keeps nightly batches few and large.
+    for event_type, schema in ARROW_SCHEMAS.items():
+        rows = good.where(F.col("event_type") == event_type).select(*schema.names, "date")
+        rows = rows.repartition("date").sortWithinPartitions("ts", "event_id")
+        rows.write.partitionBy("date").parquet(str(staging / "events" / f"event_type={event_type}"))
+    rejected.withColumn("date", F.lit(started_at.date().isoformat())).coalesce(1).sortWithinPartitions(
+        "source_topic", "source_partition", "source_offset"
+    ).write.partitionBy("date").parquet(str(staging / "dead_letter"))
+    valid_count, rejected_count = good.count(), rejected.count()
+    validated.unpersist()
+    _publish(staging / "events", lake / "events", run_id)
+    _publish(staging / "dead_letter", lake / "dead_letter", run_id)
+    shutil.rmtree(staging, ignore_errors=True)
+    result = IngestResult(
+        run_id, start, end, valid_count, rejected_count, started_at.isoformat(), datetime.now(UTC).isoformat()
+    )
+    (lake / "_offsets").mkdir(parents=True, exist_ok=True)
+    (lake / "_offsets" / f"{run_id}.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    return result
+
+
+def _publish(staged: Path, target: Path, run_id: str) -> None:
+    """Move a run's staged partition files into the lake, replacing that run's earlier files."""
+    for old in target.glob(f"**/part-{run_id}-*.parquet"):
+        old.unlink()
+    if not staged.exists():
+        return
+    for number, file in enumerate(sorted(staged.glob("**/part-*.parquet"))):
+        destination = target / file.parent.relative_to(staged) / f"part-{run_id}-{number:05d}.parquet"
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(file), destination)
+
+
+def main(argv: list[str]) -> int:
+    """spark-submit entry point: ingest.py --bootstrap HOST:PORT --lake DIR [--topics a,b] [--rerun ID]."""
+    import argparse
+
+    from pyspark.sql import SparkSession
+
+    from infra.topics import EVENT_TOPICS
+
+    parser = argparse.ArgumentParser(prog="ingest.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--topics", default=",".join(EVENT_TOPICS))
+    parser.add_argument("--rerun")
+    args = parser.parse_args(argv)
+    spark = SparkSession.builder.getOrCreate()
+    try:
+        result = run_ingest(spark, args.bootstrap, args.lake, args.topics.split(","), args.rerun)
+    except ValueError as exc:  # a user's mistake: one line for the CLI to show
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(json.dumps(result.to_json()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
