@@ -35,7 +35,7 @@ test: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy schemas world infra argus pipelines detectors
+	$(BIN)/mypy schemas world infra argus pipelines detectors jobs
 
 bench: setup
 	$(BIN)/argus bench generate --json

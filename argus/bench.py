@@ -69,7 +69,7 @@ def blobs_with_noise(n: int, dim: int, seed: int = 0, noise: float = 0.05) -> np
 
 def _fit_labels(library: str, data: np.ndarray, min_cluster_size: int, min_samples: int) -> dict[str, Any]:
     """One library's clustering of ``data``: seconds and labels (fast_hdbscan: JIT warm-up apart)."""
-    params = {"min_cluster_size": min_cluster_size, "min_samples": min_samples}
+    params: dict[str, Any] = {"min_cluster_size": min_cluster_size, "min_samples": min_samples}
     out: dict[str, Any] = {}
     if library == "ours":
         from detectors.cluster import PHDBSCAN
