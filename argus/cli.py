@@ -260,32 +260,65 @@ def batch_ingest(
     through spark-submit with the Kafka connector's jars and a zip of Argus's code (--py-files),
     so the same command runs on a cluster with --master.
     """
-    import subprocess
-
     from infra.clients import kafka_settings
-    from infra.spark import environment_for_submit, py_files_archive, submit_command
     from infra.topics import EVENT_TOPICS
 
     servers = kafka_settings(bootstrap)["bootstrap_servers"]
     args = ["--bootstrap", servers, "--lake", str(lake.resolve()), "--topics", topics or ",".join(EVENT_TOPICS)]
     if rerun:
         args += ["--rerun", rerun]
+    _spark_submit("ingest", args, master, lake, print_command)
+
+
+@batch_app.command("quality")
+def batch_quality(
+    date_: Annotated[str, typer.Option("--date", help="The lake date to check, YYYY-MM-DD.")],
+    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    freshness_hours: Annotated[float, typer.Option(help="The newest event must be this close to the day's end.")] = 6.0,
+    volume_tolerance: Annotated[float, typer.Option(help="Allowed change in rows against the previous day.")] = 0.5,
+    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+) -> None:
+    """great-expectations gate on one lake date: schema, nulls, values, unique event_id, freshness, volume.
+
+    Exits 1 with a summary when a check fails (full results in LAKE/_quality/date=D/results.json),
+    so a nightly chain stops before anything downstream is published.
+    """
+    try:
+        date.fromisoformat(date_)
+    except ValueError as exc:
+        raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
+    args = ["--lake", str(lake.resolve()), "--date", date_]
+    args += ["--freshness-hours", str(freshness_hours), "--volume-tolerance", str(volume_tolerance)]
+    _spark_submit("quality", args, master, lake, print_command)
+
+
+def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_command: bool) -> None:
+    """Run ``jobs/<job>.py`` through spark-submit; its last stdout line (JSON) is the result."""
+    import subprocess
+
+    from infra.spark import environment_for_submit, py_files_archive, submit_command
+
     with err.status("fetching the Spark Kafka connector's jars (first run only)..."):
-        cmd = submit_command("ingest", args, master=master, py_files=py_files_archive())
+        cmd = submit_command(job, args, master=master, py_files=py_files_archive())
     if print_command:
         print(" ".join(cmd))
         return
     result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
+    lines = (result.stdout + result.stderr).splitlines()
+    if result.returncode == 1 and job == "quality":  # a failed gate: its summary, then exit 1
+        summary = [line for line in result.stderr.splitlines() if line.startswith(("quality gate", "  "))]
+        err.print("\n".join(summary), highlight=False)
+        raise typer.Exit(1)
     if result.returncode != 0:
-        log = lake / "_logs" / "ingest-failed.log"
+        log = lake / "_logs" / f"{job}-failed.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(result.stdout + result.stderr)
-        lines = (result.stdout + result.stderr).splitlines()
         said = next((line[len("error: ") :] for line in lines if line.startswith("error: ")), None)
         if said:
             raise UserError(said)
         last = next((line.strip() for line in reversed(lines) if "Error" in line), "see the log")
-        raise UserError(f"ingest failed: {last} (full log: {log})")
+        raise UserError(f"{job} failed: {last} (full log: {log})")
     print(result.stdout.strip().splitlines()[-1])
 
 

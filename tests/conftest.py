@@ -31,6 +31,16 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.down()
 
 
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """A local Spark session with the Kafka connector, shared by the batch-job tests."""
+    from infra.spark import local_session
+
+    session = local_session("argus-tests", **{"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "1g"})
+    yield session
+    session.stop()
+
+
 @pytest.fixture
 def unique_name() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

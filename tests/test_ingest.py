@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.dataset as ds
@@ -18,15 +17,6 @@ from world.simulate import World
 from world.sinks import to_json_lines
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture(scope="module")
-def spark() -> Iterator[object]:
-    from infra.spark import local_session
-
-    session = local_session("argus-tests", **{"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "1g"})
-    yield session
-    session.stop()
 
 
 def _digest(root: Path) -> dict[str, str]:

@@ -1,0 +1,189 @@
+"""Data-quality gate on a lake date: great-expectations suites derived from the event contracts.
+
+Per event type present on the date: the columns match the contract, required fields are not
+null, enumerated fields hold known values, amounts and durations are in range, ``event_id`` is
+unique, the partition is fresh (its newest event is within ``freshness_hours`` of the day's
+end) and its volume is within ``volume_tolerance`` of the previous day's. The full results go to
+``LAKE/_quality/date=D/results.json``; a failing gate exits non-zero with a one-screen summary,
+so a nightly chain stops before anything downstream is published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import typing
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from schemas.arrow import ARROW_SCHEMAS
+from schemas.models import EVENT_MODELS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+RANGES = {"amount": (0.0, 10_000_000.0), "duration_ms": (0, 86_400_000)}
+
+
+@dataclass
+class QualityReport:
+    day: str
+    passed: bool
+    results_path: str
+    failures: dict[str, list[str]] = field(default_factory=dict)  # event type -> failed checks
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        if self.passed:
+            return f"quality gate passed for {self.day}: " + ", ".join(f"{t} {n:,} rows" for t, n in self.rows.items())
+        lines = [f"quality gate FAILED for {self.day} (full results: {self.results_path})"]
+        for event_type, failed in self.failures.items():
+            lines += [f"  {event_type}: {check}" for check in failed]
+        return "\n".join(lines)
+
+
+def _enum_values(annotation: object) -> list[str] | None:
+    for arg in (annotation, *typing.get_args(annotation)):
+        if typing.get_origin(arg) is typing.Literal:
+            return [v for v in typing.get_args(arg) if isinstance(v, str)]
+    return None
+
+
+def contract_suite(event_type: str, expected_rows: tuple[int, int] | None, fresh_after: datetime) -> Any:
+    """The expectation suite of one event type, built from its model."""
+    import great_expectations as gx
+
+    suite = gx.ExpectationSuite(name=f"lake.{event_type}")
+    schema = ARROW_SCHEMAS[event_type]
+    add = suite.add_expectation
+    add(gx.expectations.ExpectTableColumnsToMatchSet(column_set=list(schema.names), exact_match=True))
+    for name, info in EVENT_MODELS[event_type].model_fields.items():
+        if info.is_required():
+            add(gx.expectations.ExpectColumnValuesToNotBeNull(column=name))
+        values = _enum_values(info.annotation)
+        if values and name != "event_type":
+            add(gx.expectations.ExpectColumnValuesToBeInSet(column=name, value_set=values))
+        if name in RANGES:
+            low, high = RANGES[name]
+            add(gx.expectations.ExpectColumnValuesToBeBetween(column=name, min_value=low, max_value=high))
+    add(gx.expectations.ExpectColumnValuesToBeUnique(column="event_id"))
+    add(gx.expectations.ExpectColumnMaxToBeBetween(column="ts", min_value=fresh_after))
+    if expected_rows is not None:
+        add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=expected_rows[0], max_value=expected_rows[1]))
+    else:
+        add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=1))
+    return suite
+
+
+def partition(lake: Path, event_type: str, day: date) -> Path:
+    return lake / "events" / f"event_type={event_type}" / f"date={day.isoformat()}"
+
+
+def run_quality(
+    spark: SparkSession,
+    lake: Path,
+    day: date,
+    freshness_hours: float = 6.0,
+    volume_tolerance: float = 0.5,
+    volume_min_rows: int = 1000,
+) -> QualityReport:
+    import great_expectations as gx
+
+    lake = Path(lake)
+    present = [t for t in ARROW_SCHEMAS if partition(lake, t, day).exists()]
+    if not present:
+        raise ValueError(f"no events for {day} in {lake}/events; ingest that day first or check --date")
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    assets = context.data_sources.add_spark("lake")
+    # Spark hands great-expectations naive timestamps in the session's time zone, which is UTC.
+    fresh_after = datetime.combine(day, time()) + timedelta(hours=24 - freshness_hours)
+    report = QualityReport(day.isoformat(), True, str(lake / "_quality" / f"date={day}" / "results.json"))
+    full: dict[str, Any] = {}
+    for event_type in present:
+        frame = _read(spark, partition(lake, event_type, day))
+        rows = frame.count()
+        report.rows[event_type] = rows
+        previous = partition(lake, event_type, day - timedelta(days=1))
+        expected = None
+        before = _read(spark, previous).count() if previous.exists() else 0
+        if before >= volume_min_rows:  # small partitions swing too much to judge
+            expected = (int(before * (1 - volume_tolerance)), int(before * (1 + volume_tolerance)) + 1)
+        suite = context.suites.add(contract_suite(event_type, expected, fresh_after))
+        batch = assets.add_dataframe_asset(event_type).add_batch_definition_whole_dataframe("day")
+        result = batch.get_batch(batch_parameters={"dataframe": frame}).validate(suite)
+        full[event_type] = result.to_json_dict()
+        failed = [_describe(r) for r in result.results if not r.success]
+        if failed:
+            report.passed = False
+            report.failures[event_type] = failed
+    path = Path(report.results_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_suffix(".partial")
+    staging.write_text(json.dumps({"day": report.day, "passed": report.passed, "suites": full}, indent=1, default=str))
+    staging.replace(path)
+    return report
+
+
+def _read(spark: SparkSession, path: Path) -> DataFrame:
+    return spark.read.parquet(str(path))
+
+
+def _describe(result: Any) -> str:
+    config = result.expectation_config
+    column = config.kwargs.get("column")
+    detail = result.result or {}
+    error = (result.exception_info or {}).get("exception_message")
+    if error:
+        return f"{config.type.removeprefix('expect_')} column={column} could not run: {error}"
+    observed = detail.get("observed_value")
+    unexpected = detail.get("unexpected_count")
+    parts = [config.type.removeprefix("expect_")]
+    if column:
+        parts.append(f"column={column}")
+    if unexpected:
+        parts.append(f"unexpected={unexpected}")
+        sample = detail.get("partial_unexpected_list")
+        if sample:
+            parts.append(f"e.g. {sample[:3]}")
+    elif observed is not None:
+        parts.append(f"observed={observed}")
+    return " ".join(str(p) for p in parts)
+
+
+def main(argv: list[str]) -> int:
+    """spark-submit entry point: quality.py --lake DIR --date YYYY-MM-DD."""
+    import argparse
+
+    from pyspark.sql import SparkSession
+
+    parser = argparse.ArgumentParser(prog="quality.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--date", required=True, type=date.fromisoformat)
+    parser.add_argument("--freshness-hours", type=float, default=6.0)
+    parser.add_argument("--volume-tolerance", type=float, default=0.5)
+    args = parser.parse_args(argv)
+    spark = SparkSession.builder.getOrCreate()
+    try:
+        report = run_quality(spark, args.lake, args.date, args.freshness_hours, args.volume_tolerance)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        spark.stop()
+    print(report.summary(), file=sys.stderr)
+    print(
+        json.dumps({"passed": report.passed, "date": report.day, "rows": report.rows, "results": report.results_path})
+    )
+    return 0 if report.passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
