@@ -171,3 +171,38 @@ def bench_cluster(
                 ari_fast=round(adjusted_rand_score(fast["labels"], mine["labels"]), 4),
             )
     return result
+
+
+def bench_profile(events: int, seed: int = 7) -> dict[str, Any]:
+    """The nightly profile job on ~``events`` generated events (one day, events/100 users), in local Spark,
+    against a bare groupBy-count over the same Parquet in the same session."""
+
+    from infra.spark import local_session
+    from jobs.profile import run_profile
+
+    users = max(50, events // 100)
+    cfg = WorldConfig(users=users, days=1, seed=seed, events_per_user_day=118.0 * events / (users * 100))
+    with tempfile.TemporaryDirectory(prefix="argus-bench-profile-") as scratch:
+        lake = Path(scratch)
+        manifest = write_world(World(cfg), lake)
+        total = sum(sum(d.values()) for d in manifest["events"].values())
+        spark = local_session("argus-bench-profile")
+        try:
+            started = time.perf_counter()
+            spark.read.parquet(str(lake / "events")).groupBy("user_id").count().write.format("noop").mode(
+                "overwrite"
+            ).save()
+            baseline = time.perf_counter() - started
+            started = time.perf_counter()
+            result = run_profile(spark, lake, cfg.start)
+            seconds = time.perf_counter() - started
+        finally:
+            spark.stop()
+    return {
+        "events": total,
+        "users": result["users"],
+        "seconds": round(seconds, 2),
+        "events_per_s": round(total / seconds),
+        "baseline_groupby_s": round(baseline, 2),
+        "ratio": round(seconds / baseline, 2),
+    }

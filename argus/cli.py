@@ -293,6 +293,26 @@ def batch_quality(
     _spark_submit("quality", args, master, lake, print_command)
 
 
+@batch_app.command("profile")
+def batch_profile(
+    date_: Annotated[str, typer.Option("--date", help="Profile as of the end of this day, YYYY-MM-DD.")],
+    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    feature_days: Annotated[int, typer.Option(min=1, help="Days of events behind the behaviour features.")] = 30,
+    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+) -> None:
+    """Per-user profiles: 1/7/30-day and lifetime activity, context-aware chat, click, payment, account.
+
+    Writes LAKE/profiles/date=D/ whole (staged, then swapped in); see jobs/profile.py for every column.
+    """
+    try:
+        date.fromisoformat(date_)
+    except ValueError as exc:
+        raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
+    args = ["--lake", str(lake.resolve()), "--date", date_, "--feature-days", str(feature_days)]
+    _spark_submit("profile", args, master, lake, print_command)
+
+
 def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_command: bool) -> None:
     """Run ``jobs/<job>.py`` through spark-submit; its last stdout line (JSON) is the result."""
     import subprocess
@@ -412,6 +432,22 @@ def bench_cluster(
     except RuntimeError as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps(result))
+
+
+@bench_app.command("profile")
+def bench_profile(
+    events: Annotated[
+        int, typer.Option("--events", min=1000, help="Events to generate (one day, events/100 users).")
+    ] = 1_000_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+) -> None:
+    """The nightly profile job against a bare Spark groupBy-count over the same Parquet, in one session.
+
+    Keys: events, users, seconds, events_per_s, baseline_groupby_s, ratio (seconds / baseline).
+    """
+    from argus.bench import bench_profile as run
+
+    print(json.dumps(run(events)))
 
 
 @app.command()
