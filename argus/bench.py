@@ -178,7 +178,7 @@ def bench_profile(events: int, seed: int = 7) -> dict[str, Any]:
     against a bare groupBy-count over the same Parquet in the same session."""
 
     from infra.spark import local_session
-    from jobs.profile import run_profile
+    from jobs.profiles import run_profile
 
     users = max(50, events // 100)
     cfg = WorldConfig(users=users, days=1, seed=seed, events_per_user_day=118.0 * events / (users * 100))
@@ -206,3 +206,44 @@ def bench_profile(events: int, seed: int = 7) -> dict[str, Any]:
         "baseline_groupby_s": round(baseline, 2),
         "ratio": round(seconds / baseline, 2),
     }
+
+
+def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
+    """Cosine distance within each injected fraud ring against ring-to-normal, on a generated world."""
+    from datetime import timedelta
+
+    from infra.spark import local_session
+    from jobs.embed import run_embed
+    from world.truth import truth_table
+
+    world = World(WorldConfig(users=users, days=days, seed=seed, events_per_user_day=30.0))
+    with tempfile.TemporaryDirectory(prefix="argus-eval-embed-") as scratch:
+        lake = Path(scratch)
+        write_world(world, lake)
+        spark = local_session("argus-eval-embeddings")
+        try:
+            result = run_embed(spark, lake, world.cfg.start + timedelta(days=days - 1))
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(str(result["path"])).to_pandas().set_index("user_id")
+        finally:
+            spark.stop()
+    vectors = np.stack(table.embedding.to_numpy())
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    truth = truth_table(world).to_pandas().set_index("user_id").reindex(table.index)
+    normal = truth.fraud_ring.isna().to_numpy()
+    rings = []
+    for ring, members in truth[~normal].groupby("fraud_ring"):
+        mask = truth.index.isin(members.index)
+        within = 1 - (unit[mask] @ unit[mask].T)[np.triu_indices(int(mask.sum()), 1)].mean()
+        to_normal = 1 - (unit[mask] @ unit[normal].T).mean()
+        rings.append(
+            {
+                "ring": ring,
+                "pattern": members.fraud_pattern.iloc[0],
+                "members": int(mask.sum()),
+                "within_ring_distance": round(float(within), 4),
+                "to_normal_distance": round(float(to_normal), 4),
+            }
+        )
+    return {"users": len(table), "days": days, "dim": result["dim"], "rings": rings}

@@ -26,6 +26,8 @@ batch_app = typer.Typer(
     help="Nightly Spark jobs, run with spark-submit (local[2] by default; --master for a cluster).",
 )
 app.add_typer(batch_app, name="batch")
+eval_app = typer.Typer(no_args_is_help=True, help="Quality against the generator's ground truth; each prints JSON.")
+app.add_typer(eval_app, name="eval")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(bench_app, name="bench")
@@ -303,14 +305,53 @@ def batch_profile(
 ) -> None:
     """Per-user profiles: 1/7/30-day and lifetime activity, context-aware chat, click, payment, account.
 
-    Writes LAKE/profiles/date=D/ whole (staged, then swapped in); see jobs/profile.py for every column.
+    Writes LAKE/profiles/date=D/ whole (staged, then swapped in); see jobs/profiles.py for every column.
     """
     try:
         date.fromisoformat(date_)
     except ValueError as exc:
         raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
     args = ["--lake", str(lake.resolve()), "--date", date_, "--feature-days", str(feature_days)]
-    _spark_submit("profile", args, master, lake, print_command)
+    _spark_submit("profiles", args, master, lake, print_command)
+
+
+@batch_app.command("embed")
+def batch_embed(
+    date_: Annotated[str, typer.Option("--date", help="Embed behaviour up to the end of this day, YYYY-MM-DD.")],
+    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    days: Annotated[int, typer.Option(min=1, help="Days of events in each sequence.")] = 30,
+    dim: Annotated[int, typer.Option(min=2, help="Embedding dimensions.")] = 32,
+    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+) -> None:
+    """Time-aware behaviour-sequence embeddings: event and time-gap tokens, Word2Vec, time-decay pooling.
+
+    Writes LAKE/embeddings/date=D/ (user_id, embedding, tokens); see jobs/embed.py for the method.
+    """
+    try:
+        date.fromisoformat(date_)
+    except ValueError as exc:
+        raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
+    args = ["--lake", str(lake.resolve()), "--date", date_, "--days", str(days), "--dim", str(dim)]
+    _spark_submit("embed", args, master, lake, print_command)
+
+
+@batch_app.command("nightly")
+def batch_nightly(
+    date_: Annotated[str, typer.Option("--date", help="The day to process, YYYY-MM-DD.")],
+    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    skip_ingest: Annotated[
+        bool, typer.Option(help="The lake is already filled (e.g. by argus generate --out).")
+    ] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """The nightly chain: ingest -> quality gate -> profile -> embed. A failing step stops the chain."""
+    if not skip_ingest:
+        batch_ingest(lake=lake, master=master, topics=None, rerun=None, print_command=False, bootstrap=bootstrap)
+    batch_quality(date_=date_, lake=lake, master=master, freshness_hours=6.0, volume_tolerance=0.5, print_command=False)
+    batch_profile(date_=date_, lake=lake, feature_days=30, master=master, print_command=False)
+    batch_embed(date_=date_, lake=lake, days=30, dim=32, master=master, print_command=False)
 
 
 def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_command: bool) -> None:
@@ -326,9 +367,10 @@ def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_comm
         return
     result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
     lines = (result.stdout + result.stderr).splitlines()
-    if result.returncode == 1 and job == "quality":  # a failed gate: its summary, then exit 1
-        summary = [line for line in result.stderr.splitlines() if line.startswith(("quality gate", "  "))]
+    if result.returncode != 0 and job == "quality" and '"passed": false' in result.stdout:
+        summary = [line for line in result.stdout.splitlines() if line.startswith(("quality gate", "  "))]
         err.print("\n".join(summary), highlight=False)
+        print(result.stdout.strip().splitlines()[-1])
         raise typer.Exit(1)
     if result.returncode != 0:
         log = lake / "_logs" / f"{job}-failed.log"
@@ -448,6 +490,18 @@ def bench_profile(
     from argus.bench import bench_profile as run
 
     print(json.dumps(run(events)))
+
+
+@eval_app.command("embeddings")
+def eval_embeddings(
+    users: Annotated[int, typer.Option(min=100, help="Accounts in the evaluation world.")] = 1500,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 7,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+) -> None:
+    """Do fraud-ring members sit closer to each other than to normal users? (cosine distance, per ring)"""
+    from argus.bench import eval_embeddings as run
+
+    print(json.dumps(run(users, days)))
 
 
 @app.command()

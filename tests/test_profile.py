@@ -44,7 +44,7 @@ def _pay(user: str, minutes: int, action: str, amount: float, **fields: object) 
 
 @pytest.fixture(scope="module")
 def profiles(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    from jobs.profile import run_profile
+    from jobs.profiles import run_profile
 
     lake = tmp_path_factory.mktemp("lake")
     _write_lake(
@@ -157,7 +157,7 @@ def test_windows_and_account(profiles: dict[str, dict[str, object]]) -> None:
 
 
 def test_a_day_without_events_is_a_clear_error(spark: object, tmp_path: Path) -> None:
-    from jobs.profile import run_profile
+    from jobs.profiles import run_profile
 
     _write_lake(tmp_path, [_chat("A", 0, "hello there")])
     with pytest.raises(ValueError, match="no events on 2026-10-05"):

@@ -68,7 +68,7 @@ def test_volume_against_the_previous_day(spark: object, lake: Path) -> None:
     from jobs.quality import run_quality
 
     _edit(lake, "click", lambda t: t.slice(0, t.num_rows // 4))
-    report = run_quality(spark, lake, DAY, volume_min_rows=100)  # type: ignore[arg-type]
+    report = run_quality(spark, lake, DAY, trend_min_rows=100)  # type: ignore[arg-type]
     assert any("table_row_count" in f for f in report.failures["click"])
 
 

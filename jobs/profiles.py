@@ -274,12 +274,12 @@ def _outer_join(frames: list[DataFrame]) -> DataFrame:
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: profile.py --lake DIR --date YYYY-MM-DD [--feature-days 30]."""
+    """spark-submit entry point: profiles.py --lake DIR --date YYYY-MM-DD [--feature-days 30]."""
     import argparse
 
     from pyspark.sql import SparkSession
 
-    parser = argparse.ArgumentParser(prog="profile.py", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="profiles.py", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, type=Path)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--feature-days", type=int, default=30)

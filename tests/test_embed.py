@@ -1,0 +1,43 @@
+"""Behaviour-sequence embeddings: fraud-ring members sit closer to each other than to normal users."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from jobs.embed import _with_gaps
+from world.config import WorldConfig
+from world.simulate import World
+from world.sinks import write_world
+from world.truth import truth_table
+
+
+def test_gap_tokens_sit_between_events_and_ages_count_back_from_the_day_end() -> None:
+    end = 10 * 86_400
+    words, ages = _with_gaps([(0, "chat"), (30, "click:view"), (30 + 7_200, "acct:login")], end, max_tokens=10)
+    assert words == ["chat", "gap:<1m", "click:view", "gap:1-6h", "acct:login"]
+    assert ages[0] == 10.0 and ages[-1] == (end - 7_230) / 86_400
+    assert _with_gaps([(0, "a"), (1, "b"), (2, "c")], end, max_tokens=2)[0] == ["gap:<1m", "c"]
+
+
+def test_fraud_rings_cluster_together(spark: object, tmp_path: Path) -> None:
+    from jobs.embed import run_embed
+
+    world = World(WorldConfig(users=900, days=6, seed=5, events_per_user_day=25.0))
+    write_world(world, tmp_path)
+    result = run_embed(spark, tmp_path, date(2026, 10, 6), dim=16)  # type: ignore[arg-type]
+    table = pq.read_table(result["path"]).to_pandas().set_index("user_id")
+    vectors = np.stack(table.embedding.to_numpy())
+    assert vectors.shape[1] == 16 and np.isfinite(vectors).all()
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    rings = truth_table(world).to_pandas().set_index("user_id").fraud_ring.reindex(table.index)
+    normal = rings.isna().to_numpy()
+    assert rings.nunique() == 3
+    for ring in rings.dropna().unique():
+        members = (rings == ring).to_numpy()
+        within = 1 - (unit[members] @ unit[members].T)[np.triu_indices(members.sum(), 1)].mean()
+        to_normal = 1 - (unit[members] @ unit[normal].T).mean()
+        assert within < to_normal, (ring, within, to_normal)
