@@ -510,7 +510,8 @@ def demo(
     days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 2,
     keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
 ) -> None:
-    """The whole story on embedded defaults: start Kafka, generate a world, stream it in, read it back."""
+    """The whole story on embedded defaults: Kafka, a generated world streamed in and read back with
+    dead-lettering, then the nightly Spark chain (ingest, quality gate, profiles, embeddings)."""
     from argus.demo import run_demo
 
     run_demo(out, users=users, days=days, keep_broker=keep_broker)

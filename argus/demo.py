@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 from datetime import date
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -13,7 +14,7 @@ from rich.table import Table
 from argus.progress import progress_bar
 from infra.broker import LocalBroker, argus_home, free_port
 from infra.clients import consumer
-from infra.topics import DLQ_TOPIC, ensure_topics
+from infra.topics import DLQ_TOPIC, EVENT_TOPICS, ensure_topics
 from pipelines.topic_validator import validate_topics
 from world.generate import World, config, expected_events, produce_world, write_world
 from world.truth import truth_summary
@@ -40,9 +41,9 @@ def run_demo(out: Console, users: int, days: int, keep_broker: bool = False) -> 
             out.print("broker stopped")
 
 
-def _story(out: Console, bootstrap: str, users: int, days: int, home: object) -> None:
+def _story(out: Console, bootstrap: str, users: int, days: int, home: Path) -> None:
     world = World(config(users=users, days=days, seed=7, start=date(2026, 10, 1), events_per_user_day=118.0))
-    lake = home / "lake"  # type: ignore[operator]
+    lake = home / "lake"
 
     out.rule(f"[bold]2. A synthetic world: {users} users, {days} days, seed 7")
     with progress_bar("writing the lake", total=expected_events(world)) as advance:
@@ -77,6 +78,37 @@ def _story(out: Console, bootstrap: str, users: int, days: int, home: object) ->
         original = base64.b64decode(example["original_b64"])[:60]
         reason = f"{example['reason_code']!r} ({example['reason']})"
         out.print(f"example dead letter: reason={reason}; original bytes {original!r}...")
+    _nightly(out, bootstrap, home / "nightly", world.dates()[-1])
+
+
+def _nightly(out: Console, bootstrap: str, lake: Path, day: date) -> None:
+    """The nightly Spark chain on what just went into Kafka."""
+    from infra.spark import local_session
+    from jobs.embed import run_embed
+    from jobs.ingest import run_ingest
+    from jobs.profiles import run_profile
+    from jobs.quality import run_quality
+
+    out.rule(f"[bold]5. The nightly Spark jobs for {day} (local[2])")
+    with out.status("starting Spark (the first run fetches the Kafka connector's jars)..."):
+        spark = local_session("argus-demo", **{"spark.sql.shuffle.partitions": "4"})
+    try:
+        with out.status("ingest: Kafka -> lake..."):
+            run = run_ingest(spark, bootstrap, lake, list(EVENT_TOPICS))
+        out.print(f"ingest run {run.run_id}: {run.valid:,} events to {lake}/events, {run.rejected} dead letters")
+        with out.status("quality gate..."):
+            report = run_quality(spark, lake, day)
+        out.print(report.summary())
+        if not report.passed:
+            return
+        with out.status("profiles..."):
+            profiles = run_profile(spark, lake, day)
+        out.print(f"profiles: {profiles['users']:,} users x {profiles['columns']} columns in {profiles['path']}")
+        with out.status("embeddings..."):
+            embeddings = run_embed(spark, lake, day)
+        out.print(f"embeddings: {embeddings['users']:,} users x {embeddings['dim']} dims in {embeddings['path']}")
+    finally:
+        spark.stop()
 
 
 def _first_dead_letter(bootstrap: str) -> dict[str, str] | None:
