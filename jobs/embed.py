@@ -156,6 +156,12 @@ def run_embed(
     staging = lake / "_staging" / f"embeddings-{day.isoformat()}"
     shutil.rmtree(staging, ignore_errors=True)
     embedded.repartition(4, "user_id").sortWithinPartitions("user_id").write.parquet(str(staging))
+    from jobs.quality import check_output
+
+    failed = check_output(spark.read.parquet(str(staging)), "embeddings")
+    if failed:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"embeddings for {day} failed their output checks, nothing was published: {'; '.join(failed)}")
     users = spark.read.parquet(str(staging)).count()
     docs.unpersist()
     if target.exists():

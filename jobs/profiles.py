@@ -258,6 +258,12 @@ def run_profile(spark: SparkSession, lake: Path, day: date, feature_days: int = 
     staging = lake / "_staging" / f"profiles-{day.isoformat()}"
     shutil.rmtree(staging, ignore_errors=True)
     profiles.repartition(4, "user_id").sortWithinPartitions("user_id").write.parquet(str(staging))
+    from jobs.quality import check_output
+
+    failed = check_output(spark.read.parquet(str(staging)), "profiles")
+    if failed:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"profiles for {day} failed their output checks, nothing was published: {'; '.join(failed)}")
     rows = spark.read.parquet(str(staging)).count()
     if target.exists():
         shutil.rmtree(target)

@@ -136,6 +136,38 @@ def run_quality(
     return report
 
 
+def check_output(frame: DataFrame, kind: str) -> list[str]:
+    """Checks on a job's output before it is published: the failed checks, empty when all pass.
+
+    ``kind``: ``profiles`` (one row per user, shares and ratios in [0, 1], counts >= 0) or
+    ``embeddings`` (one row per user, an embedding, at least one token).
+    """
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    suite = gx.ExpectationSuite(name=f"output.{kind}")
+    suite.add_expectation(gx.expectations.ExpectColumnValuesToNotBeNull(column="user_id"))
+    suite.add_expectation(gx.expectations.ExpectColumnValuesToBeUnique(column="user_id"))
+    suite.add_expectation(gx.expectations.ExpectTableRowCountToBeBetween(min_value=1))
+    if kind == "profiles":
+        for column in frame.columns:
+            if column.endswith(("_share", "_ratio")):
+                suite.add_expectation(
+                    gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=0, max_value=1)
+                )
+            elif column.startswith("events_"):
+                suite.add_expectation(gx.expectations.ExpectColumnValuesToBeBetween(column=column, min_value=0))
+    else:
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToNotBeNull(column="embedding"))
+        suite.add_expectation(gx.expectations.ExpectColumnValuesToBeBetween(column="tokens", min_value=1))
+    suite = context.suites.add(suite)
+    asset = context.data_sources.add_spark("output").add_dataframe_asset(kind)
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
+    return [_describe(r) for r in batch.validate(suite).results if not r.success]
+
+
 def _read(spark: SparkSession, path: Path) -> DataFrame:
     return spark.read.parquet(str(path))
 

@@ -161,11 +161,14 @@ def test_batch_jobs_run_through_spark_submit(tmp_path: Path) -> None:
         tmp_path / "embeddings" / "date=2026-10-02"
     ).is_dir()
 
-    path = lake_path(tmp_path, "payment", __import__("datetime").date(2026, 10, 2))
+    # A damaged day stops the chain at the gate: no profiles or embeddings for it.
+    path = lake_path(tmp_path, "payment", __import__("datetime").date(2026, 10, 1))
     table = pq.read_table(path)
     pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount", pc.negate(table["amount"])), path)
-    gate = _argus("batch", "quality", "--date", "2026-10-02", "--lake", str(tmp_path))
+    gate = _argus("batch", "nightly", "--date", "2026-10-01", "--lake", str(tmp_path), "--skip-ingest")
     assert gate.returncode == 1
     assert "quality gate FAILED" in gate.stderr and "column=amount" in gate.stderr
+    assert not (tmp_path / "profiles" / "date=2026-10-01").exists()
+    assert not (tmp_path / "embeddings" / "date=2026-10-01").exists()
     missing = _argus("batch", "profile", "--date", "2026-12-31", "--lake", str(tmp_path))
     assert missing.returncode == 2 and "no events on 2026-12-31" in missing.stderr

@@ -77,3 +77,13 @@ def test_a_missing_day_is_a_clear_error(spark: object, lake: Path) -> None:
 
     with pytest.raises(ValueError, match="no events for 2026-12-01"):
         run_quality(spark, lake, date(2026, 12, 1))  # type: ignore[arg-type]
+
+
+def test_output_checks_catch_impossible_profiles(spark: object) -> None:
+    from jobs.quality import check_output
+
+    good = spark.createDataFrame([("a", 0.5, 3), ("b", 1.0, 0)], ["user_id", "chat_top1_share", "events_chat_1d"])  # type: ignore[attr-defined]
+    assert check_output(good, "profiles") == []
+    bad = spark.createDataFrame([("a", 1.5, 3), ("a", 0.2, -1)], ["user_id", "chat_top1_share", "events_chat_1d"])  # type: ignore[attr-defined]
+    failed = " | ".join(check_output(bad, "profiles"))
+    assert "column=chat_top1_share" in failed and "column=events_chat_1d" in failed and "unique" in failed
