@@ -286,10 +286,7 @@ def batch_quality(
     Exits 1 with a summary when a check fails (full results in LAKE/_quality/date=D/results.json),
     so a nightly chain stops before anything downstream is published.
     """
-    try:
-        date.fromisoformat(date_)
-    except ValueError as exc:
-        raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
+    _check_date(date_)
     args = ["--lake", str(lake.resolve()), "--date", date_]
     args += ["--freshness-hours", str(freshness_hours), "--volume-tolerance", str(volume_tolerance)]
     _spark_submit("quality", args, master, lake, print_command)
@@ -307,10 +304,7 @@ def batch_profile(
 
     Writes LAKE/profiles/date=D/ whole (staged, then swapped in); see jobs/profiles.py for every column.
     """
-    try:
-        date.fromisoformat(date_)
-    except ValueError as exc:
-        raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
+    _check_date(date_)
     args = ["--lake", str(lake.resolve()), "--date", date_, "--feature-days", str(feature_days)]
     _spark_submit("profiles", args, master, lake, print_command)
 
@@ -328,10 +322,7 @@ def batch_embed(
 
     Writes LAKE/embeddings/date=D/ (user_id, embedding, tokens); see jobs/embed.py for the method.
     """
-    try:
-        date.fromisoformat(date_)
-    except ValueError as exc:
-        raise UserError(f"--date must be YYYY-MM-DD, not {date_!r}") from exc
+    _check_date(date_)
     args = ["--lake", str(lake.resolve()), "--date", date_, "--days", str(days), "--dim", str(dim)]
     _spark_submit("embed", args, master, lake, print_command)
 
@@ -352,6 +343,13 @@ def batch_nightly(
     batch_quality(date_=date_, lake=lake, master=master, freshness_hours=6.0, volume_tolerance=0.5, print_command=False)
     batch_profile(date_=date_, lake=lake, feature_days=30, master=master, print_command=False)
     batch_embed(date_=date_, lake=lake, days=30, dim=32, master=master, print_command=False)
+
+
+def _check_date(value: str) -> None:
+    try:
+        date.fromisoformat(value)
+    except ValueError as exc:
+        raise UserError(f"--date must be YYYY-MM-DD, not {value!r}") from exc
 
 
 def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_command: bool) -> None:

@@ -21,7 +21,6 @@ decay anyway). Output: ``LAKE/embeddings/date=D/`` with ``user_id``, ``embedding
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -30,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from jobs.publish import publish_per_user
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -152,22 +153,8 @@ def run_embed(
         ]
     )
     embedded = docs.mapInPandas(pool, schema=out_schema).withColumn("embedding_date", F.lit(day.isoformat()))
-    target = lake / "embeddings" / f"date={day.isoformat()}"
-    staging = lake / "_staging" / f"embeddings-{day.isoformat()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    embedded.repartition(4, "user_id").sortWithinPartitions("user_id").write.parquet(str(staging))
-    from jobs.quality import check_output
-
-    failed = check_output(spark.read.parquet(str(staging)), "embeddings")
-    if failed:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ValueError(f"embeddings for {day} failed their output checks, nothing was published: {'; '.join(failed)}")
-    users = spark.read.parquet(str(staging)).count()
+    target, users = publish_per_user(spark, embedded, lake, "embeddings", day)
     docs.unpersist()
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)
     return {"date": day.isoformat(), "users": users, "dim": dim, "vocabulary": len(vectors), "path": str(target)}
 
 

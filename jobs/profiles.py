@@ -22,11 +22,12 @@ Output: ``LAKE/profiles/date=D/`` (written to a staging folder, then swapped in 
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from jobs.publish import publish_per_user
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -254,21 +255,7 @@ def build_profiles(spark: SparkSession, lake: Path, day: date, feature_days: int
 def run_profile(spark: SparkSession, lake: Path, day: date, feature_days: int = 30) -> dict[str, object]:
     lake = Path(lake)
     profiles = build_profiles(spark, lake, day, feature_days)
-    target = lake / "profiles" / f"date={day.isoformat()}"
-    staging = lake / "_staging" / f"profiles-{day.isoformat()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    profiles.repartition(4, "user_id").sortWithinPartitions("user_id").write.parquet(str(staging))
-    from jobs.quality import check_output
-
-    failed = check_output(spark.read.parquet(str(staging)), "profiles")
-    if failed:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ValueError(f"profiles for {day} failed their output checks, nothing was published: {'; '.join(failed)}")
-    rows = spark.read.parquet(str(staging)).count()
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging.rename(target)
+    target, rows = publish_per_user(spark, profiles, lake, "profiles", day)
     return {"date": day.isoformat(), "users": rows, "columns": len(profiles.columns), "path": str(target)}
 
 
