@@ -508,8 +508,11 @@ def demo(
     days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 2,
     keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
 ) -> None:
-    """The whole story on embedded defaults: Kafka, a generated world streamed in and read back with
-    dead-lettering, then the nightly Spark chain (ingest, quality gate, profiles, embeddings)."""
+    """The whole story on embedded defaults: a world through Kafka, dead letters, the nightly Spark chain.
+
+    Starts a broker of its own, generates a small world, streams it in with malformed records mixed
+    in, reads it back with dead-lettering, then runs ingest, the quality gate, profiles and embeddings.
+    """
     from argus.demo import run_demo
 
     run_demo(out, users=users, days=days, keep_broker=keep_broker)
