@@ -20,7 +20,7 @@ decay anyway). Output: ``LAKE/embeddings/date=D/`` with ``user_id``, ``embedding
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from jobs.entry import run_job
 from jobs.publish import publish_per_user
 
 if TYPE_CHECKING:
@@ -160,26 +161,12 @@ def run_embed(
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: embed.py --lake DIR --date YYYY-MM-DD [--days 30] [--dim 32]."""
-    import argparse
-
-    from pyspark.sql import SparkSession
-
     parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, type=Path)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--dim", type=int, default=DIM)
-    args = parser.parse_args(argv)
-    spark = SparkSession.builder.getOrCreate()
-    try:
-        result = run_embed(spark, args.lake, args.date, args.days, args.dim)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(json.dumps(result))
-    return 0
+    return run_job(parser, argv, lambda spark, a: (run_embed(spark, a.lake, a.date, a.days, a.dim), 0))
 
 
 if __name__ == "__main__":

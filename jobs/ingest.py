@@ -13,6 +13,7 @@ Layout: ``LAKE/events/event_type=T/date=YYYY-MM-DD/part-<run_id>-NNNNN.parquet``
 
 from __future__ import annotations
 
+import argparse
 import base64
 import hashlib
 import json
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 import pyarrow as pa
 
+from jobs.entry import run_job
 from schemas.arrow import ARROW_SCHEMAS, wide_event_schema
 from schemas.models import EventBase
 from schemas.validate import DUPLICATE_EVENT_ID, validate
@@ -228,10 +230,6 @@ def _publish(staged: Path, target: Path, run_id: str) -> None:
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: ingest.py --bootstrap HOST:PORT --lake DIR [--topics a,b] [--rerun ID]."""
-    import argparse
-
-    from pyspark.sql import SparkSession
-
     from infra.topics import EVENT_TOPICS
 
     parser = argparse.ArgumentParser(prog="ingest.py", description=__doc__.splitlines()[0])
@@ -239,17 +237,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lake", required=True, type=Path)
     parser.add_argument("--topics", default=",".join(EVENT_TOPICS))
     parser.add_argument("--rerun")
-    args = parser.parse_args(argv)
-    spark = SparkSession.builder.getOrCreate()
-    try:
-        result = run_ingest(spark, args.bootstrap, args.lake, args.topics.split(","), args.rerun)
-    except ValueError as exc:  # a user's mistake: one line for the CLI to show
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(json.dumps(result.to_json()))
-    return 0
+    return run_job(
+        parser,
+        argv,
+        lambda spark, a: (run_ingest(spark, a.bootstrap, a.lake, a.topics.split(","), a.rerun).to_json(), 0),
+    )
 
 
 if __name__ == "__main__":

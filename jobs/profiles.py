@@ -21,12 +21,13 @@ Output: ``LAKE/profiles/date=D/`` (written to a staging folder, then swapped in 
 
 from __future__ import annotations
 
-import json
+import argparse
 import sys
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from jobs.entry import run_job
 from jobs.publish import publish_per_user
 
 if TYPE_CHECKING:
@@ -268,25 +269,11 @@ def _outer_join(frames: list[DataFrame]) -> DataFrame:
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: profiles.py --lake DIR --date YYYY-MM-DD [--feature-days 30]."""
-    import argparse
-
-    from pyspark.sql import SparkSession
-
     parser = argparse.ArgumentParser(prog="profiles.py", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, type=Path)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--feature-days", type=int, default=30)
-    args = parser.parse_args(argv)
-    spark = SparkSession.builder.getOrCreate()
-    try:
-        result = run_profile(spark, args.lake, args.date, args.feature_days)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(json.dumps(result))
-    return 0
+    return run_job(parser, argv, lambda spark, a: (run_profile(spark, a.lake, a.date, a.feature_days), 0))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ so a nightly chain stops before anything downstream is published.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.entry import run_job
 from schemas.arrow import ARROW_SCHEMAS
 from schemas.models import EVENT_MODELS
 
@@ -195,30 +197,20 @@ def _describe(result: Any) -> str:
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: quality.py --lake DIR --date YYYY-MM-DD."""
-    import argparse
-
-    from pyspark.sql import SparkSession
-
+    """spark-submit entry point: quality.py --lake DIR --date YYYY-MM-DD (exit 1 when the gate fails)."""
     parser = argparse.ArgumentParser(prog="quality.py", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, type=Path)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--freshness-hours", type=float, default=6.0)
     parser.add_argument("--volume-tolerance", type=float, default=0.5)
-    args = parser.parse_args(argv)
-    spark = SparkSession.builder.getOrCreate()
-    try:
-        report = run_quality(spark, args.lake, args.date, args.freshness_hours, args.volume_tolerance)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        spark.stop()
-    print(report.summary(), file=sys.stderr)
-    print(
-        json.dumps({"passed": report.passed, "date": report.day, "rows": report.rows, "results": report.results_path})
-    )
-    return 0 if report.passed else 1
+
+    def gate(spark: SparkSession, a: argparse.Namespace) -> tuple[dict[str, Any], int]:
+        report = run_quality(spark, a.lake, a.date, a.freshness_hours, a.volume_tolerance)
+        print(report.summary())  # stdout: spark-submit's stderr is full of Spark's own logging
+        result = {"passed": report.passed, "date": report.day, "rows": report.rows, "results": report.results_path}
+        return result, 0 if report.passed else 1
+
+    return run_job(parser, argv, gate)
 
 
 if __name__ == "__main__":
