@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import date
-from typing import Any
 
 from infra.clients import BulkProducer
 from world.bad_records import malformed_records
@@ -15,8 +14,8 @@ from world.sinks import Progress, event_records, write_world
 __all__ = ["World", "config", "expected_events", "produce_world", "write_world"]
 
 
-def config(users: int, days: int, seed: int, start: date, events_per_user_day: float, **extra: Any) -> WorldConfig:
-    return WorldConfig(users=users, days=days, seed=seed, start=start, events_per_user_day=events_per_user_day, **extra)
+def config(users: int, days: int, seed: int, start: date, events_per_user_day: float) -> WorldConfig:
+    return WorldConfig(users=users, days=days, seed=seed, start=start, events_per_user_day=events_per_user_day)
 
 
 def expected_events(world: World) -> int:
