@@ -212,6 +212,8 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
     """Cosine distance within each injected fraud ring against ring-to-normal, on a generated world."""
     from datetime import timedelta
 
+    import pyarrow.parquet as pq
+
     from infra.spark import local_session
     from jobs.embed import run_embed
     from world.truth import truth_table
@@ -223,8 +225,6 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
         spark = local_session("argus-eval-embeddings")
         try:
             result = run_embed(spark, lake, world.cfg.start + timedelta(days=days - 1))
-            import pyarrow.parquet as pq
-
             table = pq.read_table(str(result["path"])).to_pandas().set_index("user_id")
         finally:
             spark.stop()

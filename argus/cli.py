@@ -41,6 +41,11 @@ BootstrapOption = Annotated[
 ]
 
 
+LakeOption = Annotated[Path, typer.Option(help="The lake's root folder.")]
+MasterOption = Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")]
+PrintCommandOption = Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")]
+
+
 class UserError(Exception):
     """A mistake the user can fix; shown as one line, never a traceback."""
 
@@ -248,11 +253,11 @@ def _print_report(report: dict[str, object]) -> None:
 
 @batch_app.command("ingest")
 def batch_ingest(
-    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
-    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    lake: LakeOption = Path("lake"),
+    master: MasterOption = "local[2]",
     topics: Annotated[str | None, typer.Option(help="Comma-separated topics; default: every events.* topic.")] = None,
     rerun: Annotated[str | None, typer.Option(help="Read the offset range of this earlier run again.")] = None,
-    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+    print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Kafka event topics -> validated Parquet lake (by event type and date) + dead-letter table.
@@ -275,11 +280,11 @@ def batch_ingest(
 @batch_app.command("quality")
 def batch_quality(
     date_: Annotated[str, typer.Option("--date", help="The lake date to check, YYYY-MM-DD.")],
-    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
-    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    lake: LakeOption = Path("lake"),
+    master: MasterOption = "local[2]",
     freshness_hours: Annotated[float, typer.Option(help="The newest event must be this close to the day's end.")] = 6.0,
     volume_tolerance: Annotated[float, typer.Option(help="Allowed change in rows against the previous day.")] = 0.5,
-    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+    print_command: PrintCommandOption = False,
 ) -> None:
     """great-expectations gate on one lake date: schema, nulls, values, unique event_id, freshness, volume.
 
@@ -295,10 +300,10 @@ def batch_quality(
 @batch_app.command("profile")
 def batch_profile(
     date_: Annotated[str, typer.Option("--date", help="Profile as of the end of this day, YYYY-MM-DD.")],
-    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    lake: LakeOption = Path("lake"),
     feature_days: Annotated[int, typer.Option(min=1, help="Days of events behind the behaviour features.")] = 30,
-    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
-    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+    master: MasterOption = "local[2]",
+    print_command: PrintCommandOption = False,
 ) -> None:
     """Per-user profiles: 1/7/30-day and lifetime activity, context-aware chat, click, payment, account.
 
@@ -312,11 +317,11 @@ def batch_profile(
 @batch_app.command("embed")
 def batch_embed(
     date_: Annotated[str, typer.Option("--date", help="Embed behaviour up to the end of this day, YYYY-MM-DD.")],
-    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
+    lake: LakeOption = Path("lake"),
     days: Annotated[int, typer.Option(min=1, help="Days of events in each sequence.")] = 30,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimensions.")] = 32,
-    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
-    print_command: Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")] = False,
+    master: MasterOption = "local[2]",
+    print_command: PrintCommandOption = False,
 ) -> None:
     """Time-aware behaviour-sequence embeddings: event and time-gap tokens, Word2Vec, time-decay pooling.
 
@@ -330,8 +335,8 @@ def batch_embed(
 @batch_app.command("nightly")
 def batch_nightly(
     date_: Annotated[str, typer.Option("--date", help="The day to process, YYYY-MM-DD.")],
-    lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake"),
-    master: Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")] = "local[2]",
+    lake: LakeOption = Path("lake"),
+    master: MasterOption = "local[2]",
     skip_ingest: Annotated[
         bool, typer.Option(help="The lake is already filled (e.g. by argus generate --out).")
     ] = False,
@@ -383,7 +388,7 @@ def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_comm
 
 
 @batch_app.command("runs")
-def batch_runs(lake: Annotated[Path, typer.Option(help="The lake's root folder.")] = Path("lake")) -> None:
+def batch_runs(lake: LakeOption = Path("lake")) -> None:
     """List the lake's ingest runs: id, records read, rejects, when (one JSON line each)."""
     runs = sorted((lake / "_offsets").glob("*.json"), key=lambda p: json.loads(p.read_text())["finished_at"])
     if not runs:
