@@ -1,0 +1,1 @@
+"""``argus eval <detector>``: detection quality against the generator's ground truth (one module each)."""

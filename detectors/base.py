@@ -1,0 +1,184 @@
+"""The one interface every detector implements, and the versioned artefact it saves.
+
+A detector turns events into per-user ``features`` (pandas, one row per user), learns a model
+from them in ``fit`` and returns one row per user from ``score``: a score in 0..1 (NaN when the
+user cannot be scored, with ``status`` saying why), a ``flagged`` decision at the detector's
+operating threshold, and ``reasons`` that compare the user's values with the context's norm.
+The Spark jobs, the Beam pipelines and the CLI all call these three methods and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import pandas as pd
+
+from detectors.events import Events
+
+ARTEFACT_FORMAT = 1
+SCORE_COLUMNS = ["user_id", "score", "flagged", "status", "reasons"]
+SCORED = "scored"
+INSUFFICIENT_ACTIVITY = "insufficient activity"
+
+
+class ModelError(Exception):
+    """An artefact that cannot be used (missing, another detector's, another format); one line for the user."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why a user scored high: one feature, its value and the context's norm (Alert.reasons)."""
+
+    feature: str
+    value: float
+    norm: float | None
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Detector(ABC):
+    """Base class: subclasses set ``name`` and ``alert_kind`` and implement the three methods.
+
+    ``fit`` stores everything it learns in ``self.state`` (picklable) and ``self.metrics``;
+    ``save``/``load`` round-trip both together with the constructor parameters.
+    """
+
+    name: ClassVar[str]
+    alert_kind: ClassVar[str]
+
+    def __init__(self, **params: Any) -> None:
+        self.params: dict[str, Any] = params
+        self.state: dict[str, Any] | None = None
+        self.metrics: dict[str, Any] = {}
+        self.fitted_at: str | None = None
+
+    @abstractmethod
+    def features(self, events: Events) -> pd.DataFrame:
+        """Per-user features from events, indexed by ``user_id`` (sorted)."""
+
+    @abstractmethod
+    def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
+        """Learn the model; ``labels`` (indexed by user_id) only for detectors that are supervised."""
+
+    @abstractmethod
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """One row per input user, columns ``SCORE_COLUMNS``, in the input's order."""
+
+    # --- shared machinery -------------------------------------------------------------
+    def _fitted(self, state: dict[str, Any], metrics: dict[str, Any] | None = None) -> Self:
+        self.state = state
+        self.metrics = metrics or {}
+        self.fitted_at = datetime.now(UTC).isoformat(timespec="seconds")
+        return self
+
+    def require_fitted(self) -> dict[str, Any]:
+        if self.state is None:
+            raise ModelError(f"the {self.name} detector is not fitted: call fit() or load a model first")
+        return self.state
+
+    @property
+    def model_version(self) -> str:
+        """``name-<hash of the learned state>``: equal models give equal versions (alert ids rely on it)."""
+        digest = hashlib.sha256(pickle.dumps((self.params, self.state), protocol=5)).hexdigest()[:12]
+        return f"{self.name}-{digest}"
+
+    def save(self, path: Path) -> Path:
+        """Write ``path/model.json`` (readable metadata) and ``path/state.pkl``; returns ``path``."""
+        self.require_fitted()
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "detector": self.name,
+            "format": ARTEFACT_FORMAT,
+            "model_version": self.model_version,
+            "fitted_at": self.fitted_at,
+            "params": self.params,
+            "metrics": self.metrics,
+        }
+        (path / "state.pkl").write_bytes(pickle.dumps(self.state, protocol=5))
+        (path / "model.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=_json_default))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> Self:
+        path = Path(path)
+        meta_path = path / "model.json"
+        if not meta_path.is_file():
+            raise ModelError(f"no model at {path}: expected {meta_path} (save one with `argus detect ... --save-model`)")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("detector") != cls.name:
+            raise ModelError(f"{path} holds a {meta.get('detector')!r} model, not a {cls.name!r} one")
+        if meta.get("format") != ARTEFACT_FORMAT:
+            raise ModelError(f"{path} has artefact format {meta.get('format')}; this version reads {ARTEFACT_FORMAT}")
+        detector = cls(**meta["params"])
+        detector.state = pickle.loads((path / "state.pkl").read_bytes())
+        detector.metrics = meta.get("metrics", {})
+        detector.fitted_at = meta.get("fitted_at")
+        return detector
+
+
+def score_frame(
+    user_ids: pd.Index | list[str],
+    scores: np.ndarray,
+    flagged: np.ndarray,
+    status: np.ndarray | list[str],
+    reasons: list[list[Reason]],
+) -> pd.DataFrame:
+    """Assemble ``score``'s output; scores of users that could not be scored are NaN and never flagged."""
+    scores = np.asarray(scores, dtype=float)
+    return pd.DataFrame(
+        {
+            "user_id": pd.Index(user_ids).astype(str),
+            "score": np.clip(scores, 0.0, 1.0),
+            "flagged": np.asarray(flagged, dtype=bool) & ~np.isnan(scores),
+            "status": np.asarray(status, dtype=object),
+            "reasons": reasons,
+        },
+        columns=SCORE_COLUMNS,
+    )
+
+
+def norm_reasons(
+    values: pd.DataFrame,
+    norms: pd.Series,
+    deviation: pd.DataFrame,
+    labels: dict[str, str],
+    top: int = 3,
+) -> list[list[Reason]]:
+    """Per row, the ``top`` features with the largest positive ``deviation``, worded against the norm."""
+    cols = list(deviation.columns)
+    dev = deviation.to_numpy(dtype=float)
+    vals = values[cols].to_numpy(dtype=float)
+    order = np.argsort(-np.nan_to_num(dev, nan=-np.inf), axis=1)[:, :top]
+    out: list[list[Reason]] = []
+    for i in range(len(values)):
+        row: list[Reason] = []
+        for j in order[i]:
+            if not dev[i, j] > 0:
+                continue
+            feature, value, norm = cols[j], float(vals[i, j]), float(norms[cols[j]])
+            row.append(Reason(feature, value, norm, f"{labels.get(feature, feature)} {value:.3g} (norm {norm:.3g})"))
+        out.append(row)
+    return out
+
+
+def reasons_text(reasons: list[Reason]) -> str:
+    return "; ".join(r.text for r in reasons)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")

@@ -1,0 +1,22 @@
+"""Every detector by name; the CLI, the jobs and the contract tests find detectors here only."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from detectors.base import Detector
+
+# name -> "module:Class"; imported on first use so one detector's dependencies never slow another.
+DETECTORS: dict[str, str] = {
+    "trolls": "detectors.trolls:TrollDetector",
+    "evaders": "detectors.evaders:EvaderDetector",
+}
+
+
+def detector_class(name: str) -> type[Detector]:
+    if name not in DETECTORS:
+        raise KeyError(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
+    module, _, attr = DETECTORS[name].partition(":")
+    cls = getattr(import_module(module), attr)
+    assert issubclass(cls, Detector)
+    return cls
