@@ -89,7 +89,11 @@ class Detector(ABC):
     @property
     def model_version(self) -> str:
         """``name-<hash of the learned state>``: equal models give equal versions (alert ids rely on it)."""
-        digest = hashlib.sha256(pickle.dumps((self.params, self.state), protocol=5)).hexdigest()[:12]
+        # A pickle round trip first: pickle memoises shared objects by identity, so equal states
+        # built differently (fitted here, or loaded from disk) would otherwise hash differently.
+        canonical = pickle.dumps(pickle.loads(pickle.dumps(self.state, protocol=5)), protocol=5)
+        params = json.dumps(self.params, sort_keys=True, default=_json_default).encode()
+        digest = hashlib.sha256(params + canonical).hexdigest()[:12]
         return f"{self.name}-{digest}"
 
     def save(self, path: Path) -> Path:
@@ -114,7 +118,9 @@ class Detector(ABC):
         path = Path(path)
         meta_path = path / "model.json"
         if not meta_path.is_file():
-            raise ModelError(f"no model at {path}: expected {meta_path} (save one with `argus detect ... --save-model`)")
+            raise ModelError(
+                f"no model at {path}: expected {meta_path} (save one with `argus detect ... --save-model`)"
+            )
         meta = json.loads(meta_path.read_text())
         if meta.get("detector") != cls.name:
             raise ModelError(f"{path} holds a {meta.get('detector')!r} model, not a {cls.name!r} one")

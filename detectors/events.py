@@ -123,7 +123,8 @@ def _from_json_lines(lines: list[bytes]) -> Events:
         if isinstance(result, Rejection):
             rejected.append(result)
             continue
-        rows.setdefault(result.event_type, []).append(result.model_dump())
+        row = result.model_dump()
+        rows.setdefault(str(row["event_type"]), []).append(row)
     frames = {
         t: _normalise(pa.Table.from_pylist(r, schema=ARROW_SCHEMAS[t]).to_pandas()) for t, r in sorted(rows.items())
     }

@@ -10,6 +10,8 @@ from detectors.base import Detector
 DETECTORS: dict[str, str] = {
     "trolls": "detectors.trolls:TrollDetector",
     "evaders": "detectors.evaders:EvaderDetector",
+    "fraud": "detectors.fraud:FraudDetector",
+    "churn": "detectors.churn:ChurnDetector",
 }
 
 

@@ -1,0 +1,662 @@
+"""Churn risk: will a user who was active in the lookback window show no activity within the horizon?
+
+After Bhattacharjee, Thukral & Patil, *Early Churn Prediction from Large Scale User-Product
+Interaction Time Series* (ICMLA 2023): churn is multivariate time-series classification over
+each user's daily activity. The paper labels a user as churned after a run of inactive days, feeds
+30 days of daily activity to the models and compares gradient-boosted trees on aggregated windows
+with sequence models (CNN, Transformer). Here the same comparison runs with numpy and
+scikit-learn only: a ``HistGradientBoostingClassifier`` on window aggregates against a small
+neural network (``MLPClassifier``) over the raw daily series, and ``fit`` keeps whichever scores
+the higher AUC on held-out users.
+
+**Label.** For a cut-off at the end of day ``T``, a user with at least one activity event (chat,
+click, payment, or an account action of their own; not a report or ban about them) in the
+``lookback_days`` up to ``T`` *churns* when they have none in days ``T+1 .. T+horizon_days``.
+
+**Training without labels.** ``features`` keeps each user's daily series (``history_days`` of it,
+columns ``<channel>_lag<k>``, ``k`` days before ``as_of``). ``fit`` slides a cut-off ``c`` over
+that history: wherever the whole horizon after ``c`` lies inside the data, every user active in
+the window before ``c`` is one training example, labelled by what the series shows after ``c``.
+``score`` then classifies the window ending at ``as_of``, whose horizon is the unknown future.
+When the history is too short for any observed horizon (or shows too few churners and stayers
+to learn from), ``fit`` falls back to an activity-rate prior, ``P(no active day in h days) =
+(1 - p)^h`` with ``p`` the user's smoothed share of active days; such rows say so in ``status``.
+
+**Bad input.** Days on which the whole data set has (almost) no events are outages, not a week
+of everybody churning: they are skipped and the skip is listed in each user's reasons. Users with
+fewer than ``min_active_days`` active days, no activity in the lookback, no events before
+``as_of``, a ban in force, or broken (NaN) features get no score and a status that says why.
+
+Cost: one pass over the events, then ``O(users x cut-offs x lookback)`` numpy work; fitting the
+two models on up to ``MAX_EXAMPLES`` examples takes seconds to a minute on one core.
+
+>>> import pandas as pd
+>>> from detectors.events import Events
+>>> chat = pd.DataFrame({"event_id": ["a", "b", "c"], "user_id": ["u1", "u1", "u2"],
+...     "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-03 09:00", "2026-10-03 12:00"], utc=True)})
+>>> daily_activity(Events({"chat": chat}))["chat"].tolist()
+[1.0, 1.0, 1.0]
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import roc_auc_score
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from detectors.base import INSUFFICIENT_ACTIVITY, SCORED, Detector, Reason, norm_reasons, score_frame
+from detectors.events import Events
+
+# Daily channels, in tensor order. The first four are the user's own actions ("activity").
+CHANNELS = ("chat", "click", "payment", "account", "moderation", "spend", "sessions", "ban")
+ACTIVITY_CHANNELS = ("chat", "click", "payment", "account")
+NOT_USER_ACTIONS = frozenset(["ban", "unban"])  # account events the platform does to a user
+
+PAPER_LOOKBACK_DAYS = 30  # the paper trains on 30 days of daily time-series features
+DEFAULT_HORIZON_DAYS = 14
+DEFAULT_HISTORY_DAYS = 90  # lookback + horizon + room for ~45 training cut-offs
+MIN_ACTIVE_DAYS = 2  # a rate or trend needs two active days; one event is no history
+MIN_CLASS_EXAMPLES = 20  # fewer churners (or stayers) than this: too few to learn from, use the prior
+MAX_EXAMPLES = 30_000  # training examples kept (a seeded sample beyond that), to bound fit time
+CUTOFF_STRIDE_DAYS = 2  # training cut-offs every other day: neighbouring days' windows are near copies
+VALIDATION_SHARE = 4  # one user in 4 (by a hash of user_id) validates the model choice
+# A day is an outage when the whole data set has under 5% of a median day's events; only judged
+# when a median day has at least 100 events (smaller files cannot tell an outage from a quiet day).
+OUTAGE_SHARE = 0.05
+OUTAGE_MIN_MEDIAN_EVENTS = 100
+SEED = 0
+# A fixed number of epochs rather than MLPClassifier's early stopping, which watches accuracy: with
+# a few percent churners, accuracy stops improving at "nobody churns" and training ends there.
+SEQUENCE_EPOCHS = 40
+
+PRIOR_STATUS = "scored (activity-rate prior: no observed horizon to learn from)"
+MODELS = ("auto", "gbm", "sequence")
+
+REASON_LABELS = {
+    "days_since_active": "days since last activity",
+    "active_share_7": "share of active days, last 7 days",
+    "events_per_day_7": "events per day, last 7 days",
+    "activity_ratio_7": "events per day, last 7 days vs before",
+    "sessions_per_day_7": "sessions per day, last 7 days",
+    "moderation_window": "reports and sanctions in the lookback",
+}
+# +1: higher is riskier, -1: lower is riskier.
+REASON_DIRECTIONS = {
+    "days_since_active": 1.0,
+    "active_share_7": -1.0,
+    "events_per_day_7": -1.0,
+    "activity_ratio_7": -1.0,
+    "sessions_per_day_7": -1.0,
+    "moderation_window": 1.0,
+}
+
+
+def daily_activity(events: Events) -> pd.DataFrame:
+    """Per user and UTC day: events per type, approved purchase spend, distinct sessions and bans.
+
+    Indexed by ``(user_id, day)`` (day: midnight UTC), columns ``CHANNELS``, only user-days with at
+    least one event. ``account`` counts the user's own account actions (not bans or unbans, which
+    the platform does: ``ban`` is +1 per ban and -1 per unban, so its running sum says whether a ban
+    is in force); ``spend`` sums the amounts of approved purchases in their own currencies (no
+    conversion); ``sessions`` counts distinct ``session_id`` over all event types.
+    """
+    parts: list[pd.DataFrame] = []
+    sessions: list[pd.DataFrame] = []
+    for event_type in ("chat", "click", "payment", "account", "moderation"):
+        frame = events[event_type]
+        if not len(frame):
+            continue
+        day = pd.to_datetime(frame["ts"], utc=True).dt.floor("D")
+        part = pd.DataFrame({"user_id": frame["user_id"].astype(str).to_numpy(), "day": day.to_numpy()})
+        zeros = np.zeros(len(frame))
+        for channel in CHANNELS:
+            part[channel] = zeros
+        if event_type == "account" and "action" in frame:
+            action = frame["action"]
+            part["account"] = (~action.isin(NOT_USER_ACTIONS)).to_numpy(dtype=float)
+            part["ban"] = (action == "ban").to_numpy(dtype=float) - (action == "unban").to_numpy(dtype=float)
+        else:
+            part[event_type] = 1.0
+        if event_type == "payment" and {"action", "status", "amount"} <= set(frame.columns):
+            purchase = (frame["action"] == "purchase") & (frame["status"] == "approved")
+            part["spend"] = np.where(purchase, frame["amount"].astype(float).fillna(0.0), 0.0)
+        parts.append(part)
+        if "session_id" in frame:
+            has = frame["session_id"].notna().to_numpy()
+            sessions.append(part.loc[has, ["user_id", "day"]].assign(session_id=frame["session_id"].to_numpy()[has]))
+    if not parts:
+        empty = pd.MultiIndex.from_arrays([pd.Index([], dtype=object), pd.DatetimeIndex([], tz="UTC")])
+        return pd.DataFrame(columns=list(CHANNELS), index=empty.set_names(["user_id", "day"]), dtype=float)
+    daily = pd.concat(parts, ignore_index=True).groupby(["user_id", "day"], sort=True)[list(CHANNELS)].sum()
+    if sessions:
+        distinct = pd.concat(sessions, ignore_index=True).groupby(["user_id", "day"])["session_id"].nunique()
+        daily["sessions"] = distinct.reindex(daily.index).fillna(0).astype(float)
+    return daily
+
+
+def activity_tensor(daily: pd.DataFrame, users: pd.Index, days: pd.DatetimeIndex) -> np.ndarray:
+    """``daily`` as a dense ``(users, days, channels)`` array; user-days not in ``daily`` are 0."""
+    out = np.zeros((len(users), len(days), len(CHANNELS)))
+    if not len(daily) or not len(users) or not len(days):
+        return out
+    u = users.get_indexer(daily.index.get_level_values("user_id"))
+    d = days.get_indexer(daily.index.get_level_values("day"))
+    keep = (u >= 0) & (d >= 0)
+    out[u[keep], d[keep]] = daily.to_numpy(dtype=float)[keep]
+    return out
+
+
+def outage_days(totals: np.ndarray) -> np.ndarray:
+    """Mask of days whose event total is under ``OUTAGE_SHARE`` of the median day (see the module doc)."""
+    totals = np.asarray(totals, dtype=float)
+    if not totals.size:
+        return np.zeros(0, dtype=bool)
+    median = float(np.median(totals))
+    if median < OUTAGE_MIN_MEDIAN_EVENTS:
+        return np.zeros(totals.size, dtype=bool)
+    return totals < OUTAGE_SHARE * median
+
+
+def churn_labels(
+    tensor: np.ndarray, cutoff: int, lookback_days: int, horizon_days: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(eligible, churned)`` per user for a cut-off at the end of day index ``cutoff``.
+
+    Eligible: some activity in the ``lookback_days`` up to ``cutoff``; churned: no activity in the
+    ``horizon_days`` after it. Raises ``ValueError`` when the horizon runs past the series.
+    """
+    if cutoff + horizon_days >= tensor.shape[1]:
+        raise ValueError(
+            f"the {horizon_days}-day horizon after day {cutoff} runs past the {tensor.shape[1]}-day series"
+        )
+    activity = _activity(tensor)
+    eligible = activity[:, max(0, cutoff - lookback_days + 1) : cutoff + 1].sum(axis=1) > 0
+    churned = activity[:, cutoff + 1 : cutoff + 1 + horizon_days].sum(axis=1) == 0
+    return eligible, eligible & churned
+
+
+def _activity(tensor: np.ndarray) -> np.ndarray:
+    return np.asarray(tensor[:, :, [CHANNELS.index(c) for c in ACTIVITY_CHANNELS]].sum(axis=2))
+
+
+@dataclass
+class Windows:
+    """Model inputs for the windows ending at one cut-off: aggregates and the raw series."""
+
+    aggregates: pd.DataFrame  # one row per user, AGGREGATE_NAMES
+    series: np.ndarray  # (users, lookback * series channels + lookback)
+    active_days: np.ndarray  # active days in the window
+    banned: np.ndarray  # a ban in force at the cut-off
+
+
+SERIES_CHANNELS = ("chat", "click", "payment", "account", "moderation", "spend", "sessions")
+
+
+def window_inputs(tensor: np.ndarray, cutoff: int, lookback_days: int) -> Windows:
+    """Aggregates and the flattened daily series of the ``lookback_days`` ending at day ``cutoff``.
+
+    Days before the series starts are padded with zeros and marked unobserved (a mask row in the
+    series; ``observed_days`` among the aggregates), so early cut-offs and short histories still
+    give comparable rows. Rates are per day since the user's first active day in the window.
+    """
+    n, lb = tensor.shape[0], lookback_days
+    start = cutoff - lb + 1
+    window = np.zeros((n, lb, len(CHANNELS)))
+    observed = np.zeros(lb, dtype=bool)
+    lo = max(0, start)
+    window[:, lo - start :, :] = tensor[:, lo : cutoff + 1, :]
+    observed[lo - start :] = True
+    activity = _activity(window)
+    active = activity > 0
+    active_days = active.sum(axis=1)
+    any_active = active_days > 0
+    idx = np.arange(lb)
+    last = np.where(any_active, np.max(np.where(active, idx, -1), axis=1), -1)
+    first = np.where(any_active, np.min(np.where(active, idx, lb), axis=1), lb)
+    days_since_active = np.where(any_active, lb - 1 - last, lb).astype(float)
+    tenure = np.where(any_active, lb - first, 0).astype(float)  # days from first active day to the cut-off
+    since_first = idx[None, :] >= first[:, None]
+
+    def rate(values: np.ndarray, days: int) -> np.ndarray:
+        recent = values[:, lb - days :]
+        span = np.clip(np.minimum(tenure, days), 1, None)
+        return np.asarray(recent.sum(axis=1) / span)
+
+    def before(values: np.ndarray, days: int) -> np.ndarray:
+        mask = since_first[:, : lb - days]
+        span = mask.sum(axis=1)
+        total = (values[:, : lb - days] * mask).sum(axis=1)
+        return np.where(span > 0, total / np.clip(span, 1, None), np.nan)
+
+    agg: dict[str, np.ndarray] = {
+        "days_since_active": days_since_active,
+        "tenure_days": tenure,
+        "observed_days": np.full(n, float(observed.sum())),
+        "active_days": active_days.astype(float),
+        "active_share_7": rate(active.astype(float), min(7, lb)),
+        "active_share_window": active_days / np.clip(tenure, 1, None),
+    }
+    short = min(7, lb)
+    for label, days in (("1", 1), ("3", min(3, lb)), ("7", short), ("window", lb)):
+        agg[f"events_per_day_{label}"] = rate(activity, days)
+    prev = before(activity, short) if lb > short else np.full(n, np.nan)
+    # Ratios of daily rates with 0.1 events/day added to both sides, so quiet users do not divide by 0;
+    # with no days before the last 7 (a short history), 1.0: no evidence of a change either way.
+    agg["activity_ratio_7"] = np.where(
+        np.isnan(prev), 1.0, (agg["events_per_day_7"] + 0.1) / (np.nan_to_num(prev) + 0.1)
+    )
+    agg["activity_ratio_3"] = (rate(activity, min(3, lb)) + 0.1) / (agg["events_per_day_window"] + 0.1)
+    log_activity = np.log1p(activity)
+    agg["activity_slope"] = _slope(log_activity, since_first)
+    gaps = _gap_stats(active, first, last)
+    agg["max_gap"], agg["mean_gap"] = gaps
+    agg["recency_over_gap"] = days_since_active / (agg["max_gap"] + 1.0)
+    for channel in ("chat", "click", "payment", "spend", "sessions"):
+        values = window[:, :, CHANNELS.index(channel)]
+        agg[f"{channel}_per_day_7"] = rate(values, short)
+        agg[f"{channel}_per_day_window"] = rate(values, lb)
+    agg["moderation_window"] = window[:, :, CHANNELS.index("moderation")].sum(axis=1)
+    bans = tensor[:, : cutoff + 1, CHANNELS.index("ban")].sum(axis=1) if cutoff >= 0 else np.zeros(n)
+    aggregates = pd.DataFrame(agg)
+
+    series_idx = [CHANNELS.index(c) for c in SERIES_CHANNELS]
+    level = np.log1p(window[:, :, series_idx])
+    relative = activity / (np.clip(activity.sum(axis=1, keepdims=True), 1, None) / np.clip(tenure, 1, None)[:, None])
+    series = np.concatenate(
+        [
+            level.transpose(0, 2, 1).reshape(n, lb * len(series_idx)),
+            np.log1p(relative),
+            np.broadcast_to(observed, (n, lb)),
+        ],
+        axis=1,
+    )
+    return Windows(aggregates, series, active_days, bans > 0)
+
+
+def _slope(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Least-squares slope per row over the masked days (0 with fewer than two days)."""
+    x = np.arange(values.shape[1], dtype=float)[None, :]
+    w = mask.astype(float)
+    count = w.sum(axis=1)
+    safe = np.clip(count, 1, None)
+    mx = (w * x).sum(axis=1) / safe
+    my = (w * values).sum(axis=1) / safe
+    cov = (w * (x - mx[:, None]) * (values - my[:, None])).sum(axis=1)
+    var = (w * (x - mx[:, None]) ** 2).sum(axis=1)
+    return np.where((count >= 2) & (var > 0), cov / np.where(var > 0, var, 1.0), 0.0)
+
+
+def _gap_stats(active: np.ndarray, first: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Longest and mean run of inactive days between a user's first and last active day."""
+    n, lb = active.shape
+    longest = np.zeros(n)
+    run = np.zeros(n)
+    idx = np.arange(lb)
+    inside = (idx[None, :] > first[:, None]) & (idx[None, :] < last[:, None])
+    for day in range(lb):
+        gap_day = inside[:, day] & ~active[:, day]
+        run = np.where(gap_day, run + 1, 0.0)
+        longest = np.maximum(longest, run)
+    count = active.sum(axis=1)
+    span = np.clip(last - first + 1, 0, None)
+    mean = np.where(count >= 2, (span - count) / np.clip(count - 1, 1, None), 0.0)
+    return longest, mean
+
+
+AGGREGATE_NAMES: tuple[str, ...] = tuple(window_inputs(np.zeros((1, 2, len(CHANNELS))), 1, 8).aggregates.columns)
+
+
+def _user_fold(user_ids: np.ndarray) -> np.ndarray:
+    """A stable fold per user (crc32 of the id), so the same users validate in every run."""
+    return np.array([zlib.crc32(str(u).encode()) % VALIDATION_SHARE for u in user_ids])
+
+
+class ChurnDetector(Detector):
+    """Churn risk within ``horizon_days`` of ``as_of`` from each user's daily activity (see the module doc).
+
+    Parameters: ``as_of`` (ISO date; the last day of data used, default the last event day),
+    ``horizon_days`` (default 14), ``lookback_days`` (default 30, the paper's window),
+    ``history_days`` (daily series kept for training, default 90), ``model`` ("auto": the better
+    of "gbm" and "sequence" on held-out users), ``min_active_days`` (default 2).
+    """
+
+    name = "churn"
+    alert_kind = "churn"
+
+    def __init__(
+        self,
+        as_of: str | None = None,
+        horizon_days: int = DEFAULT_HORIZON_DAYS,
+        lookback_days: int = PAPER_LOOKBACK_DAYS,
+        history_days: int = DEFAULT_HISTORY_DAYS,
+        model: str = "auto",
+        min_active_days: int = MIN_ACTIVE_DAYS,
+    ) -> None:
+        if as_of is not None:
+            as_of = pd.Timestamp(as_of).date().isoformat()  # raises ValueError on a non-date
+        for label, value in (("horizon_days", horizon_days), ("lookback_days", lookback_days)):
+            if int(value) < 1:
+                raise ValueError(f"{label} must be at least 1 day (got {value})")
+        if model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)} (got {model!r})")
+        super().__init__(
+            as_of=as_of,
+            horizon_days=int(horizon_days),
+            lookback_days=int(lookback_days),
+            history_days=max(int(history_days), int(lookback_days)),
+            model=model,
+            min_active_days=max(1, int(min_active_days)),
+        )
+
+    def at(self, as_of: str | None) -> ChurnDetector:
+        """This detector, with what it learned, scoring at another ``as_of`` (same horizon and lookback).
+
+        For ``argus detect churn --model PATH --as-of DATE``: the loaded model answers for the
+        horizon it was fitted for; refit to change the horizon.
+        """
+        other = type(self)(**{**self.params, "as_of": as_of})
+        other.state, other.metrics, other.fitted_at = self.state, self.metrics, self.fitted_at
+        return other
+
+    # --- features -------------------------------------------------------------------------
+    def features(self, events: Events) -> pd.DataFrame:
+        """Per user: aggregates of the lookback window ending at ``as_of`` and the daily series.
+
+        Events after ``as_of`` are ignored. Outage days (see ``outage_days``) are left out of the
+        series; ``outage_days_skipped`` counts those in the lookback.
+        """
+        users = events.user_ids.astype(str)
+        daily = daily_activity(events)
+        history, skipped = self._history_days(daily)
+        tensor = activity_tensor(daily, users, history)
+        lookback = int(self.params["lookback_days"])
+        windows = window_inputs(tensor, len(history) - 1, lookback)
+        out = windows.aggregates.copy()
+        out.index = pd.Index(users, name="user_id")
+        out["banned"] = windows.banned.astype(float)
+        out["outage_days_skipped"] = float(len(skipped))
+        lags = {
+            f"{channel}_lag{lag:03d}": tensor[:, len(history) - 1 - lag, c]
+            for c, channel in enumerate(CHANNELS)
+            for lag in range(len(history))
+        }
+        out = pd.concat([out, pd.DataFrame(lags, index=out.index)], axis=1)
+        out.attrs["as_of"] = self._as_of(daily).date().isoformat() if len(daily) else self.params["as_of"]
+        out.attrs["outage_days"] = [d.date().isoformat() for d in skipped]
+        return out.sort_index()
+
+    def _as_of(self, daily: pd.DataFrame) -> pd.Timestamp:
+        if self.params["as_of"] is not None:
+            return pd.Timestamp(self.params["as_of"], tz="UTC")
+        return pd.Timestamp(daily.index.get_level_values("day").max())
+
+    def _history_days(self, daily: pd.DataFrame) -> tuple[pd.DatetimeIndex, list[pd.Timestamp]]:
+        """The days of the series (oldest first, outages left out) and the outage days left out."""
+        if not len(daily):
+            return pd.DatetimeIndex([], tz="UTC"), []
+        day_of = daily.index.get_level_values("day")
+        as_of = self._as_of(daily)
+        first = pd.Timestamp(day_of.min())
+        if as_of < first:
+            return pd.DatetimeIndex([], tz="UTC"), []
+        span = pd.date_range(first, as_of, freq="D")
+        totals = daily[list(ACTIVITY_CHANNELS)].sum(axis=1).groupby(day_of).sum().reindex(span, fill_value=0.0)
+        outage = outage_days(totals.to_numpy())
+        kept = span[~outage]
+        keep_days = int(self.params["history_days"])
+        lookback_start = span[-min(len(span), int(self.params["lookback_days"]))]
+        skipped = [d for d in span[outage] if d >= lookback_start]
+        return pd.DatetimeIndex(kept[-keep_days:]), skipped
+
+    # --- fit ------------------------------------------------------------------------------
+    def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
+        """Learn from cut-offs inside the series (labels derived, see the module doc) or from ``labels``.
+
+        ``labels`` (bool, indexed by user_id): churn within the horizon after ``as_of``; then the
+        windows ending at ``as_of`` are the training examples.
+        """
+        tensor, valid = _tensor(features)
+        users = features.index.astype(str).to_numpy()[valid]
+        tensor = tensor[valid]
+        lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
+        agg, seq, y, who, cutoffs = self._examples(tensor, users, labels)
+        positives, negatives = int(y.sum()), int((~y).sum())
+        metrics: dict[str, Any] = {
+            "examples": int(y.size),
+            "positives": positives,
+            "cutoffs": cutoffs,
+            "horizon_days": horizon,
+            "lookback_days": lookback,
+            "series_days": int(tensor.shape[1]),
+        }
+        if min(positives, negatives) < MIN_CLASS_EXAMPLES:
+            metrics["model"] = "prior"
+            metrics["why"] = (
+                f"{positives} churners and {negatives} stayers with an observed {horizon}-day horizon in "
+                f"{tensor.shape[1]} days of data (need {MIN_CLASS_EXAMPLES} of each)"
+            )
+            return self._fitted({"estimator": None, "threshold": 0.5, **self._reason_norms(agg)}, metrics)
+
+        choice = str(self.params["model"])
+        fold = _user_fold(who)
+        held_out = fold == 0
+        threshold = 0.5
+        if held_out.any() and (~held_out).any() and 0 < y[held_out].sum() < held_out.sum():
+            validation: dict[str, float] = {}
+            predictions: dict[str, np.ndarray] = {}
+            for kind in ("gbm", "sequence") if choice == "auto" else (choice,):
+                model = _fit(kind, _inputs(kind, agg, seq)[~held_out], y[~held_out])
+                predictions[kind] = model.predict_proba(_inputs(kind, agg, seq)[held_out])[:, 1]
+                validation[kind] = round(float(roc_auc_score(y[held_out], predictions[kind])), 4)
+            if choice == "auto":
+                choice = max(validation, key=lambda k: (validation[k], k == "gbm"))
+            threshold = _f1_threshold(y[held_out], predictions[choice])
+            metrics["validation_auc"] = validation
+        elif choice == "auto":
+            choice = "gbm"
+        final = _fit(choice, _inputs(choice, agg, seq), y)
+        metrics.update({"model": choice, "threshold": threshold})
+        # The estimator is kept as pickled bytes: model_version hashes a pickle of (params, state), and
+        # a pickle of a live sklearn estimator changes across a save/load round trip (object identities
+        # inside it do), bytes do not. For the same reason no state string doubles as a parameter.
+        state = {"estimator": pickle.dumps(final, protocol=5), "threshold": threshold, **self._reason_norms(agg)}
+        return self._fitted(state, metrics)
+
+    def _examples(
+        self, tensor: np.ndarray, users: np.ndarray, labels: pd.Series | None
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, np.ndarray, int]:
+        """Training rows: (aggregates, series, churned, user id, number of cut-offs used)."""
+        lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
+        min_active = int(self.params["min_active_days"])
+        days = tensor.shape[1]
+        aggs: list[pd.DataFrame] = []
+        seqs: list[np.ndarray] = []
+        ys: list[np.ndarray] = []
+        who: list[np.ndarray] = []
+        if labels is not None:
+            plan = [days - 1] if days else []
+        else:
+            plan = list(range(days - 1 - horizon, min(lookback, 7) - 2, -CUTOFF_STRIDE_DAYS))[::-1]
+        for cutoff in plan:
+            windows = window_inputs(tensor, cutoff, lookback)
+            keep = (windows.active_days >= min_active) & ~windows.banned
+            if labels is not None:
+                known = pd.Series(users).isin(labels.index).to_numpy()
+                keep &= known
+                y = labels.reindex(users).fillna(False).to_numpy(dtype=bool)
+            else:
+                _, y = churn_labels(tensor, cutoff, lookback, horizon)
+            aggs.append(windows.aggregates[keep])
+            seqs.append(windows.series[keep])
+            ys.append(y[keep])
+            who.append(users[keep])
+        if not aggs:
+            return pd.DataFrame(columns=list(AGGREGATE_NAMES)), np.zeros((0, 0)), np.zeros(0, bool), users[:0], 0
+        agg = pd.concat(aggs, ignore_index=True)
+        seq, y_all, who_all = np.concatenate(seqs), np.concatenate(ys), np.concatenate(who)
+        if y_all.size > MAX_EXAMPLES:
+            pick = np.sort(np.random.default_rng(SEED).choice(y_all.size, MAX_EXAMPLES, replace=False))
+            agg, seq, y_all, who_all = agg.iloc[pick].reset_index(drop=True), seq[pick], y_all[pick], who_all[pick]
+        return agg, seq, y_all, who_all, len(plan)
+
+    @staticmethod
+    def _reason_norms(agg: pd.DataFrame) -> dict[str, Any]:
+        """Median and spread of the reason features over the training rows: the norm users are held to."""
+        norms, scales = {}, {}
+        for name in REASON_LABELS:
+            values = agg[name].to_numpy(dtype=float) if name in agg and len(agg) else np.zeros(0)
+            values = values[np.isfinite(values)]
+            if not values.size:
+                norms[name], scales[name] = 0.0, 1.0
+                continue
+            q25, q50, q75 = np.percentile(values, [25, 50, 75])
+            norms[name] = float(q50)
+            scales[name] = float(max(q75 - q25, 0.1 * abs(q50), 1e-3))
+        return {"norms": norms, "scales": scales}
+
+    # --- score ----------------------------------------------------------------------------
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Churn probability within the horizon for each user; NaN with a status when not scorable."""
+        state = self.require_fitted()
+        lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
+        tensor, valid = _tensor(features)
+        n = len(features)
+        status = np.full(n, SCORED, dtype=object)
+        scores = np.full(n, np.nan)
+        if not n:
+            return score_frame(features.index, scores, np.zeros(0, bool), status, [])
+        if tensor.shape[1] == 0:
+            status[:] = "no events on or before as_of"
+            return score_frame(features.index, scores, np.zeros(n, bool), status, [[] for _ in range(n)])
+        windows = window_inputs(np.nan_to_num(tensor), tensor.shape[1] - 1, lookback)
+        ever = _activity(np.nan_to_num(tensor)).sum(axis=1) > 0
+        min_active = int(self.params["min_active_days"])
+        status[~ever] = "no activity on or before as_of"
+        status[ever & (windows.active_days == 0)] = f"inactive for the whole {lookback}-day lookback (already gone)"
+        few = (windows.active_days > 0) & (windows.active_days < min_active)
+        for i in np.flatnonzero(few):
+            days = int(windows.active_days[i])
+            status[i] = f"{INSUFFICIENT_ACTIVITY}: {days} active day{'s' if days != 1 else ''}, needs {min_active}"
+        status[windows.banned & (windows.active_days > 0)] = "banned (not a churn candidate)"
+        status[~valid] = "invalid features: NaN in the daily series"
+        ok = status == SCORED
+        if ok.any():
+            if state["estimator"] is None:
+                scores[ok] = _prior(windows.aggregates[ok], horizon)
+                status[ok] = PRIOR_STATUS
+            else:
+                estimator = self._estimator(state["estimator"])
+                kind = "gbm" if isinstance(estimator, HistGradientBoostingClassifier) else "sequence"
+                scores[ok] = estimator.predict_proba(_inputs(kind, windows.aggregates, windows.series)[ok])[:, 1]
+        flagged = np.nan_to_num(scores, nan=0.0) >= float(state["threshold"])
+        reasons = self._reasons(windows.aggregates, state, features)
+        reasons = [r if s in (SCORED, PRIOR_STATUS) else [] for r, s in zip(reasons, status, strict=True)]
+        return score_frame(features.index, scores, flagged, status, reasons)
+
+    def _estimator(self, blob: bytes) -> Any:
+        """The fitted estimator from the state's bytes, unpickled once per detector."""
+        cached = getattr(self, "_estimator_cache", None)
+        if cached is None or cached[0] is not blob:
+            cached = (blob, pickle.loads(blob))
+            self._estimator_cache = cached
+        return cached[1]
+
+    @staticmethod
+    def _reasons(agg: pd.DataFrame, state: dict[str, Any], features: pd.DataFrame) -> list[list[Reason]]:
+        names = list(REASON_LABELS)
+        norms = pd.Series(state["norms"])[names]
+        scales = pd.Series(state["scales"])[names]
+        directions = pd.Series(REASON_DIRECTIONS)[names]
+        values = agg[names].astype(float)
+        deviation = (values - norms) / scales * directions
+        out = norm_reasons(values, norms, deviation, REASON_LABELS)
+        skipped = (
+            features["outage_days_skipped"] if "outage_days_skipped" in features else pd.Series(0.0, features.index)
+        )
+        for row, gap in zip(out, np.nan_to_num(skipped.to_numpy(dtype=float)), strict=True):
+            if gap > 0:
+                text = f"{int(gap)} outage day(s) without data skipped in the lookback"
+                row.append(Reason("outage_days_skipped", float(gap), 0.0, text))
+        return out
+
+
+def _tensor(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(users, days, channels)`` series from the lag columns (oldest day first) and a row-validity mask."""
+    lag_columns = [c for c in features.columns if isinstance(c, str) and c.startswith(f"{CHANNELS[0]}_lag")]
+    days = len(lag_columns)
+    columns = [f"{channel}_lag{lag:03d}" for channel in CHANNELS for lag in range(days - 1, -1, -1)]
+    missing = [c for c in (*columns, "outage_days_skipped") if c not in features.columns]
+    if missing:
+        raise ValueError(f"features lack {missing[0]!r}: build them with ChurnDetector.features()")
+    values = features[columns].to_numpy(dtype=float).reshape(len(features), len(CHANNELS), days).transpose(0, 2, 1)
+    valid = np.isfinite(values).all(axis=(1, 2))
+    return np.asarray(values), valid
+
+
+def _inputs(kind: str, agg: pd.DataFrame, seq: np.ndarray) -> np.ndarray:
+    if kind == "gbm":
+        return np.asarray(agg[list(AGGREGATE_NAMES)].to_numpy(dtype=float))
+    return np.asarray(seq, dtype=float)
+
+
+def _new_model(kind: str) -> HistGradientBoostingClassifier | Pipeline:
+    """The two candidates: boosted trees on aggregates, and a small MLP over the daily series."""
+    if kind == "gbm":
+        return HistGradientBoostingClassifier(
+            max_iter=300,
+            learning_rate=0.05,
+            max_leaf_nodes=15,
+            min_samples_leaf=40,
+            l2_regularization=1.0,
+            early_stopping=True,
+            validation_fraction=0.15,
+            n_iter_no_change=20,
+            random_state=SEED,
+        )
+    return make_pipeline(
+        StandardScaler(),
+        MLPClassifier(
+            hidden_layer_sizes=(64, 16),
+            alpha=1e-3,
+            batch_size=256,
+            learning_rate_init=1e-3,
+            max_iter=SEQUENCE_EPOCHS,
+            random_state=SEED,
+        ),
+    )
+
+
+def _fit(kind: str, x: np.ndarray, y: np.ndarray) -> HistGradientBoostingClassifier | Pipeline:
+    with warnings.catch_warnings():
+        # SEQUENCE_EPOCHS is a budget, not a convergence criterion.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return _new_model(kind).fit(x, y)
+
+
+def _f1_threshold(y: np.ndarray, p: np.ndarray) -> float:
+    """The probability threshold with the best F1 on held-out rows (the operating point for ``flagged``)."""
+    order = np.argsort(-p, kind="stable")
+    hits = np.cumsum(y[order])
+    k = np.arange(1, p.size + 1)
+    f1 = 2 * hits / (k + max(1, int(y.sum())))
+    best = int(np.argmax(f1))
+    return round(float(p[order][best]), 6)
+
+
+def _prior(agg: pd.DataFrame, horizon_days: int) -> np.ndarray:
+    """``(1 - p)^h``: no active day in ``h`` days if each day is active with the user's smoothed share ``p``."""
+    days = np.clip(np.minimum(agg["tenure_days"].to_numpy(dtype=float), 7), 1, None)
+    active = agg["active_share_7"].to_numpy(dtype=float) * days
+    share = (active + 0.5) / (days + 1.0)
+    return np.asarray((1.0 - share) ** horizon_days)

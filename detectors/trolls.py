@@ -1,0 +1,384 @@
+"""Troll detection after Haque, "Twitch Plays Pokemon, Machine Learns Twitch" (two modes).
+
+**Paper mode** (`paper_scores`) reproduces the paper: on its ten per-user fractions, the score
+is the squared Euclidean distance of the *unscaled* features to the single k-means centroid
+(k=1, i.e. the mean), or the distance to the k-th nearest neighbour (k=5, FAISS); scores are
+min-max rescaled to 0..100 and a user is a troll above 40 (the paper's threshold).
+
+**Context mode** (`TrollDetector`) is for general live chat, where the paper's distances are
+dominated by whichever fraction has the widest spread and by users with one odd habit (shouty
+fans, link promoters, hype spammers). Each feature of ``SCORED_FEATURES`` becomes a one-sided
+deviation from the fitted population's median in units of its spread (IQR, floored at a tenth of
+its 1st-99th percentile range), counted only in the troll direction (fewer messages on the
+window's top goals; more spam, caps, links, hostility...) and capped at ``cap`` so that no single
+habit decides. The score is the distance from the typical user in that space: the Manhattan
+distance to the median (``method="centroid"``), or the distance to the ``k``-th nearest fitted
+user (``method="knn"``, FAISS; weaker when trolls coordinate, because they neighbour each other).
+The operating threshold is an outer fence on the fitted distances (Q3 + ``fence`` x IQR, Tukey);
+the 0..1 score maps the threshold to 0.5. Refitting on a schedule is the paper's hourly
+re-clustering: `relabelled` lists users whose decision changed between two fits.
+
+Raids (`find_raids`): groups of users that flood one channel together. Windows where several
+users post far above the window's norm are clustered with the FAISS-backed HDBSCAN on what they
+wrote; a cluster of at least ``min_members`` users is one group alert.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Self
+
+import numpy as np
+import pandas as pd
+
+from detectors.base import INSUFFICIENT_ACTIVITY, SCORED, Detector, Reason, norm_reasons, score_frame
+from detectors.chat_features import (
+    CONTEXT_WINDOW_S,
+    FEATURE_COLUMNS,
+    PAPER_FEATURES,
+    TERM_PATTERN,
+    chat_context_features,
+)
+from detectors.events import Events
+
+PAPER_THRESHOLD = 40.0  # Haque: troll when the rescaled score is above 40 of 100
+PAPER_KNN_K = 5
+
+# Feature -> direction that is suspicious (+1 higher, -1 lower).
+SCORED_FEATURES: dict[str, int] = {
+    "chat_top3_share": -1,
+    "chat_bottom3_share": 1,
+    "chat_spam_ratio": 1,
+    "chat_repetition": 1,
+    "chat_caps_ratio": 1,
+    "chat_link_ratio": 1,
+    "chat_mention_ratio": 1,
+    "chat_hostile_ratio": 1,
+    "chat_start_share": 1,
+    "chat_anarchy_vote_share": 1,
+    "chat_rate_vs_window": 1,
+    "chat_burstiness": 1,
+}
+LABELS = {
+    "chat_top3_share": "share on the window's top-3 goals",
+    "chat_bottom3_share": "share on the window's rarest goals",
+    "chat_spam_ratio": "spam ratio",
+    "chat_repetition": "repeated messages",
+    "chat_caps_ratio": "all-caps messages",
+    "chat_link_ratio": "messages with links",
+    "chat_mention_ratio": "messages with @mentions",
+    "chat_hostile_ratio": "messages with hostile words",
+    "chat_start_share": "START commands",
+    "chat_anarchy_vote_share": "anarchy votes",
+    "chat_rate_vs_window": "message rate against the window's norm",
+    "chat_burstiness": "burstiness",
+}
+
+
+def paper_scores(features: np.ndarray, method: str = "centroid", k: int = PAPER_KNN_K) -> np.ndarray:
+    """The paper's 0..100 troll scores for rows of its ten fractions (unscaled, as published).
+
+    ``centroid``: squared Euclidean distance to the mean (k-means with k=1). ``knn``: squared
+    Euclidean distance to the k-th nearest other user (FAISS, exact). Min-max rescaled; all-equal
+    distances give 0.
+    """
+    data = np.ascontiguousarray(features, dtype=np.float32)
+    if data.ndim != 2 or len(data) == 0:
+        raise ValueError("paper_scores needs a non-empty 2-D array (users x features)")
+    if method == "centroid":
+        distance = ((data - data.mean(axis=0)) ** 2).sum(axis=1).astype(float)
+    elif method == "knn":
+        distance = _kth_neighbour_distance(data, data, k, exclude_self=True)
+    else:
+        raise ValueError(f"method must be 'centroid' or 'knn', not {method!r}")
+    span = distance.max() - distance.min()
+    return np.zeros(len(data)) if span == 0 else (distance - distance.min()) / span * 100.0
+
+
+def _kth_neighbour_distance(reference: np.ndarray, query: np.ndarray, k: int, exclude_self: bool) -> np.ndarray:
+    import faiss
+
+    reference = np.ascontiguousarray(reference, dtype=np.float32)
+    query = np.ascontiguousarray(query, dtype=np.float32)
+    k_eff = min(k + int(exclude_self), len(reference))
+    if k_eff == 0:
+        return np.full(len(query), np.nan)
+    index = faiss.IndexFlatL2(reference.shape[1])
+    index.add(reference)
+    distances, _ = index.search(query, k_eff)
+    return np.asarray(distances[:, k_eff - 1], dtype=float)
+
+
+class TrollDetector(Detector):
+    """Context-mode troll scores (see the module doc); fit on the population it judges, unsupervised."""
+
+    name = "trolls"
+    alert_kind = "troll"
+
+    def __init__(
+        self,
+        method: str = "centroid",
+        k: int = PAPER_KNN_K,
+        min_messages: int = 20,
+        cap: float = 4.0,
+        fence: float = 2.0,
+        window_s: int = CONTEXT_WINDOW_S,
+    ) -> None:
+        if method not in ("centroid", "knn"):
+            raise ValueError(f"method must be 'centroid' or 'knn', not {method!r}")
+        if min_messages < 1 or cap <= 0 or fence < 0 or k < 1:
+            raise ValueError("need min_messages >= 1, k >= 1, cap > 0 and fence >= 0")
+        super().__init__(method=method, k=k, min_messages=min_messages, cap=cap, fence=fence, window_s=window_s)
+
+    def features(self, events: Events) -> pd.DataFrame:
+        """The context features of every user in ``events`` (users who never chatted: 0 messages)."""
+        features = chat_context_features(events["chat"], self.params["window_s"])
+        features = features.reindex(events.user_ids)
+        features["chat_messages"] = features["chat_messages"].fillna(0.0)
+        features.index.name = "user_id"
+        return features
+
+    def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
+        eligible = features[self._eligible(features)]
+        values = eligible[list(SCORED_FEATURES)].to_numpy(dtype=float)
+        if len(values) >= 2:
+            q1, median, q3, p1, p99 = np.percentile(values, [25, 50, 75, 1, 99], axis=0)
+            scale = np.maximum(q3 - q1, np.maximum(0.1 * (p99 - p1), 1e-3))
+        else:  # too few users to learn a norm: no deviation counts until a real fit
+            median, scale = np.zeros(len(SCORED_FEATURES)), np.full(len(SCORED_FEATURES), np.inf)
+        state: dict[str, Any] = {"median": median, "scale": scale, "reference": np.zeros((0, len(SCORED_FEATURES)))}
+        deviations = self._deviations(values, state)
+        if self.params["method"] == "knn":
+            state["reference"] = deviations.astype(np.float32)
+        distances = self._distances(deviations, state, exclude_self=True)
+        if len(distances):
+            q1d, q3d = np.percentile(distances, [25, 75])
+            threshold = max(q3d + self.params["fence"] * (q3d - q1d), 1e-6)
+        else:
+            threshold = np.inf
+        state["threshold"] = float(threshold)
+        metrics = {"users_fitted": len(values), "flagged_at_fit": int((distances > threshold).sum())}
+        return self._fitted(state, metrics)
+
+    def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        state = self.require_fitted()
+        eligible = self._eligible(features)
+        values = features[list(SCORED_FEATURES)].to_numpy(dtype=float)
+        scores = np.full(len(features), np.nan)
+        flagged = np.zeros(len(features), dtype=bool)
+        reasons: list[list[Reason]] = [[] for _ in range(len(features))]
+        status = self._status(features, eligible)
+        if eligible.any():
+            deviations = self._deviations(values[eligible], state)
+            distance = self._distances(deviations, state, exclude_self=False)
+            scores[eligible] = distance / (distance + state["threshold"])
+            flagged[eligible] = distance > state["threshold"]
+            norms = pd.Series(state["median"], index=list(SCORED_FEATURES))
+            frame = pd.DataFrame(deviations, columns=list(SCORED_FEATURES))
+            worded = norm_reasons(features[eligible].reset_index(drop=True), norms, frame, LABELS)
+            for position, row in zip(np.flatnonzero(eligible), worded, strict=True):
+                reasons[position] = row
+        return score_frame(features.index, scores, flagged, status, reasons)
+
+    def relabelled(self, previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
+        """Users whose ``flagged`` decision changed between two score frames (the paper's hourly relabel)."""
+        before = previous.set_index("user_id")["flagged"]
+        after = current.set_index("user_id")["flagged"]
+        both = before.index.intersection(after.index)
+        changed = both[before[both].to_numpy() != after[both].to_numpy()]
+        return pd.DataFrame({"user_id": changed, "was": before[changed].to_numpy(), "now": after[changed].to_numpy()})
+
+    # --- internals --------------------------------------------------------------------
+    def _eligible(self, features: pd.DataFrame) -> np.ndarray:
+        enough = features["chat_messages"].to_numpy(dtype=float) >= self.params["min_messages"]
+        complete = features[list(SCORED_FEATURES)].notna().all(axis=1).to_numpy()
+        return np.asarray(enough & complete, dtype=bool)
+
+    def _status(self, features: pd.DataFrame, eligible: np.ndarray) -> list[str]:
+        messages = features["chat_messages"].to_numpy(dtype=float)
+        missing = features[list(SCORED_FEATURES)].isna()
+        status = []
+        for i in range(len(features)):
+            if eligible[i]:
+                status.append(SCORED)
+            elif not messages[i] >= self.params["min_messages"]:
+                count = 0 if np.isnan(messages[i]) else int(messages[i])
+                status.append(f"{INSUFFICIENT_ACTIVITY}: {count} chat messages, needs {self.params['min_messages']}")
+            else:
+                status.append("missing features: " + ", ".join(missing.columns[missing.iloc[i].to_numpy()]))
+        return status
+
+    def _deviations(self, values: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        direction = np.array(list(SCORED_FEATURES.values()), dtype=float)
+        z = (values - state["median"]) / state["scale"] * direction
+        return np.asarray(np.minimum(np.clip(z, 0.0, None), self.params["cap"]), dtype=float)
+
+    def _distances(self, deviations: np.ndarray, state: dict[str, Any], exclude_self: bool) -> np.ndarray:
+        if len(deviations) == 0:
+            return np.zeros(0)
+        if self.params["method"] == "centroid":
+            return np.asarray(
+                deviations.sum(axis=1), dtype=float
+            )  # Manhattan distance to the median user (deviation 0)
+        reference = state["reference"]
+        if len(reference) == 0:
+            return np.zeros(len(deviations))
+        return np.sqrt(_kth_neighbour_distance(reference, deviations, self.params["k"], exclude_self))
+
+
+# --- raids ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Raid:
+    """A group of users flooding one channel in one window: one group alert."""
+
+    channel: str
+    window_start: pd.Timestamp
+    window_end: pd.Timestamp
+    members: list[str]
+    messages: int
+    rate_vs_norm: float  # members' median messages against the window's median
+    evidence_event_ids: list[str]
+
+
+def find_raids(
+    chat: pd.DataFrame,
+    window_s: int = 900,
+    burst_factor: float = 4.0,
+    min_burst_messages: int = 4,
+    min_members: int = 4,
+) -> list[Raid]:
+    """Coordinated floods: per (channel, window), users far above both the window's and their own norm.
+
+    A user bursts in a window when they post at least ``min_burst_messages`` there, and at least
+    ``burst_factor`` times both the window's median per-user count and their own median count per
+    active window (so heavy regulars of a busy channel are not a raid). Windows with ``min_members``
+    bursting users are clustered with pHDBSCAN on a hashed bag of words of each user's messages;
+    every cluster of ``min_members`` or more is a raid. Windows are half-overlapping so a raid that
+    straddles a boundary is seen whole; overlapping findings are merged.
+    """
+    if chat.empty:
+        return []
+    msgs = chat[["event_id", "user_id", "context", "ts", "text"]].copy()
+    seconds = msgs["ts"].dt.as_unit("s").astype("int64")
+    found: list[Raid] = []
+    habitual: dict[str, frozenset[str]] = {}
+    for offset in (0, window_s // 2):
+        msgs["slot"] = (seconds + offset) // window_s
+        counts = msgs.groupby(["context", "slot", "user_id"]).size().rename("n").reset_index()
+        counts["norm"] = counts.groupby(["context", "slot"])["n"].transform("median")
+        own = counts.groupby("user_id")["n"].transform("median")
+        bursting = counts[
+            (counts["n"] >= min_burst_messages)
+            & (counts["n"] >= burst_factor * counts["norm"])
+            & (counts["n"] >= burst_factor * own)
+        ]
+        bursting = bursting[bursting.groupby(["context", "slot"])["user_id"].transform("size") >= min_members]
+        if bursting.empty:
+            continue
+        candidates = msgs.merge(bursting[["context", "slot", "user_id", "norm"]], on=["context", "slot", "user_id"])
+        for (channel, slot), in_window in candidates.groupby(["context", "slot"], sort=True):
+            start = pd.Timestamp((int(slot) * window_s - offset) * 10**9, tz="UTC")
+            norm = float(in_window["norm"].iloc[0])
+            if channel not in habitual:
+                habitual[channel] = _habitual_terms(msgs.loc[msgs["context"] == channel, "text"])
+            for members in _text_clusters(in_window, min_members, habitual[channel]):
+                rows = in_window[in_window["user_id"].isin(members)]
+                found.append(
+                    Raid(
+                        channel=str(channel),
+                        window_start=start,
+                        window_end=start + pd.Timedelta(seconds=window_s),
+                        members=sorted(members),
+                        messages=len(rows),
+                        rate_vs_norm=float(rows.groupby("user_id").size().median() / max(norm, 1.0)),
+                        evidence_event_ids=rows["event_id"].head(50).tolist(),
+                    )
+                )
+    return _merge_raids(found)
+
+
+def _habitual_terms(texts: pd.Series, min_share: float = 0.02) -> frozenset[str]:
+    """Terms in at least ``min_share`` of a channel's messages: its usual vocabulary (commands, topics)."""
+    terms = texts.str.lower().str.findall(TERM_PATTERN).map(set).explode().dropna()
+    share = terms.value_counts() / max(len(texts), 1)
+    return frozenset(share.index[share >= min_share])
+
+
+def _text_clusters(
+    messages: pd.DataFrame, min_members: int, habitual: frozenset[str], min_similarity: float = 0.8
+) -> list[list[str]]:
+    """Users in one window grouped by what they wrote: pHDBSCAN over hashed, L2-normalised term counts.
+
+    The channel's habitual terms are left out (everyone in a plays channel types the same commands)
+    and a group counts only when its members wrote nearly the same thing (mean pairwise cosine of
+    at least ``min_similarity``): users who talk about the window's topic share words, raiders
+    share messages.
+    """
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    from detectors.cluster import PHDBSCAN
+
+    unusual = (
+        messages["text"].str.lower().str.findall(TERM_PATTERN).map(lambda ts: [t for t in ts if t not in habitual])
+    )
+    by_user = unusual.groupby(messages["user_id"]).agg(lambda lists: " ".join(t for ts in lists for t in ts))
+    by_user = by_user[by_user.str.len() > 0]
+    users = by_user.index.to_numpy()
+    if len(users) < min_members:
+        return []
+    vectorizer = HashingVectorizer(n_features=1024, token_pattern=TERM_PATTERN.pattern, alternate_sign=False)
+    data = vectorizer.transform(by_user.to_numpy()).toarray().astype(np.float32)
+    if len(users) > min_members and not np.allclose(data, data[0]):
+        min_samples = min(min_members, len(users) - 1)
+        labels = PHDBSCAN(min_cluster_size=min_members, min_samples=min_samples).fit_predict(data)
+    else:  # too few points for a density estimate: test the whole window as one group
+        labels = np.zeros(len(users), dtype=int)
+    groups = []
+    for label in np.unique(labels[labels >= 0]):
+        members = labels == label
+        similarity = data[members] @ data[members].T
+        count = int(members.sum())
+        mean_pairwise = (similarity.sum() - np.trace(similarity)) / (count * (count - 1))
+        group = users[members].tolist()
+        if count >= min_members and mean_pairwise >= min_similarity and _share_copied(messages, unusual, group) >= 0.5:
+            groups.append(group)
+    return groups
+
+
+def _share_copied(messages: pd.DataFrame, unusual: pd.Series, group: list[str]) -> float:
+    """Median over members of the share of their unusual messages that another member also sent verbatim."""
+    rows = messages[messages["user_id"].isin(group) & (unusual.str.len() > 0)]
+    text = rows["text"].str.lower().str.strip()
+    senders = rows.groupby(text)["user_id"].transform("nunique")
+    return float((senders > 1).groupby(rows["user_id"]).mean().median())
+
+
+def _merge_raids(raids: list[Raid]) -> list[Raid]:
+    """Findings of the same channel whose windows overlap and share a member become one raid."""
+    merged: list[Raid] = []
+    for raid in sorted(raids, key=lambda r: (r.channel, r.window_start, r.members)):
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.channel == raid.channel
+            and raid.window_start < last.window_end
+            and set(last.members) & set(raid.members)
+        ):
+            evidence = list(dict.fromkeys(last.evidence_event_ids + raid.evidence_event_ids))[:50]
+            merged[-1] = Raid(
+                channel=raid.channel,
+                window_start=last.window_start,
+                window_end=max(last.window_end, raid.window_end),
+                members=sorted(set(last.members) | set(raid.members)),
+                messages=max(last.messages, raid.messages),
+                rate_vs_norm=max(last.rate_vs_norm, raid.rate_vs_norm),
+                evidence_event_ids=evidence,
+            )
+        else:
+            merged.append(raid)
+    return merged
+
+
+__all__ = ["FEATURE_COLUMNS", "PAPER_FEATURES", "Raid", "TrollDetector", "find_raids", "paper_scores"]

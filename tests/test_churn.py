@@ -1,0 +1,314 @@
+"""The churn-risk detector: daily activity, labels at a cut-off, training without labels, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from detectors.base import INSUFFICIENT_ACTIVITY, SCORED
+from detectors.churn import (
+    CHANNELS,
+    PRIOR_STATUS,
+    ChurnDetector,
+    activity_tensor,
+    churn_labels,
+    daily_activity,
+    outage_days,
+    window_inputs,
+)
+from detectors.events import Events
+
+START = pd.Timestamp("2026-10-01", tz="UTC")
+
+
+def _chat(rows: list[tuple[str, int, int]]) -> pd.DataFrame:
+    """Chat events: ``(user, day, count)`` -> ``count`` messages on day ``day`` after START, from 10:00."""
+    users, ts = [], []
+    for user, day, count in rows:
+        for k in range(count):
+            users.append(user)
+            ts.append(START + pd.Timedelta(days=day, hours=10, minutes=k))
+    return pd.DataFrame({"event_id": [f"e{i}" for i in range(len(users))], "user_id": users, "ts": ts})
+
+
+def _synthetic_events(users: int = 240, days: int = 50, seed: int = 3) -> tuple[Events, dict[str, float]]:
+    """Daily Poisson chat; a quarter of the users fade over 10 days and leave, some others pause 5 days.
+
+    Returns the events and each leaver's last active day (days after START).
+    """
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, int, int]] = []
+    leaves: dict[str, float] = {}
+    for i in range(users):
+        user = f"u{i:04d}"
+        rate = rng.lognormal(1.0, 0.8)
+        leave = float(rng.uniform(10, days + 15)) if i % 4 == 0 else np.inf
+        pause = int(rng.integers(5, days)) if i % 4 == 1 else -100
+        for day in range(days):
+            fade = np.clip((leave - day) / 10.0, 0.0, 1.0) if day > leave - 10 else 1.0
+            if day >= leave or pause <= day < pause + 5:
+                continue
+            count = int(rng.poisson(rate * max(fade, 0.1) * rng.gamma(8.0, 1 / 8.0)))
+            if count:
+                rows.append((user, day, count))
+        leaves[user] = leave
+    return Events({"chat": _chat(rows)}), leaves
+
+
+# --- daily activity and labels: hand computations ------------------------------------------
+def test_daily_activity_counts_each_channel() -> None:
+    chat = _chat([("u1", 0, 2), ("u2", 1, 1)])
+    chat["session_id"] = ["s1", "s1", None]
+    click = pd.DataFrame(
+        {
+            "event_id": ["c1", "c2"],
+            "user_id": ["u1", "u1"],
+            "ts": [START + pd.Timedelta(hours=23, minutes=59), START + pd.Timedelta(days=1)],
+            "session_id": ["s2", "s3"],
+        }
+    )
+    payment = pd.DataFrame(
+        {
+            "event_id": ["p1", "p2", "p3"],
+            "user_id": ["u1", "u1", "u1"],
+            "ts": [START + pd.Timedelta(hours=h) for h in (1, 2, 3)],
+            "action": ["purchase", "purchase", "refund"],
+            "status": ["approved", "declined", "approved"],
+            "amount": [10.0, 5.0, 3.0],
+        }
+    )
+    account = pd.DataFrame(
+        {
+            "event_id": ["a1", "a2"],
+            "user_id": ["u2", "u2"],
+            "ts": [START + pd.Timedelta(days=1, hours=1), START + pd.Timedelta(days=1, hours=2)],
+            "action": ["login", "ban"],
+        }
+    )
+    daily = daily_activity(Events({"chat": chat, "click": click, "payment": payment, "account": account}))
+    assert list(daily.columns) == list(CHANNELS)
+    assert list(daily.index) == [
+        ("u1", START),
+        ("u1", START + pd.Timedelta(days=1)),
+        ("u2", START + pd.Timedelta(days=1)),
+    ]
+    expected = [
+        # chat, click, payment, account, moderation, spend, sessions, ban
+        [2, 1, 3, 0, 0, 10.0, 2, 0],
+        [0, 1, 0, 0, 0, 0.0, 1, 0],
+        [1, 0, 0, 1, 0, 0.0, 0, 1],
+    ]
+    np.testing.assert_array_equal(daily.to_numpy(), np.array(expected, dtype=float))
+
+
+def test_activity_tensor_and_labels_at_a_cutoff() -> None:
+    # u1: days 0-3 then gone; u2: days 0, 5; u3: only day 6; u4: days 0 and 3.
+    daily = daily_activity(
+        Events(
+            {
+                "chat": _chat(
+                    [("u1", d, 1) for d in range(4)]
+                    + [("u2", 0, 2), ("u2", 5, 1), ("u3", 6, 1), ("u4", 0, 1), ("u4", 3, 1)]
+                )
+            }
+        )
+    )
+    users = pd.Index(["u1", "u2", "u3", "u4"])
+    tensor = activity_tensor(daily, users, pd.date_range(START, periods=8, freq="D"))
+    assert tensor.shape == (4, 8, len(CHANNELS))
+    np.testing.assert_array_equal(tensor[1, :, 0], [2, 0, 0, 0, 0, 1, 0, 0])
+    # Cut-off at the end of day 3, lookback 4 days (0-3), horizon 3 days (4-6).
+    eligible, churned = churn_labels(tensor, cutoff=3, lookback_days=4, horizon_days=3)
+    np.testing.assert_array_equal(eligible, [True, True, False, True])
+    np.testing.assert_array_equal(churned, [True, False, False, True])
+    with pytest.raises(ValueError, match="runs past"):
+        churn_labels(tensor, cutoff=5, lookback_days=4, horizon_days=3)
+
+
+def test_window_inputs_recency_gaps_and_trend() -> None:
+    # One user, 10 days: active on days 0, 1, 4 and 6 (2, 2, 1, 1 events); cut-off day 9, lookback 10.
+    tensor = np.zeros((1, 10, len(CHANNELS)))
+    tensor[0, [0, 1, 4, 6], 0] = [2, 2, 1, 1]
+    agg = window_inputs(tensor, cutoff=9, lookback_days=10).aggregates.iloc[0]
+    assert agg["days_since_active"] == 3
+    assert agg["tenure_days"] == 10
+    assert agg["active_days"] == 4
+    assert agg["active_share_7"] == pytest.approx(2 / 7)  # days 4 and 6 among days 3-9
+    assert agg["events_per_day_7"] == pytest.approx(2 / 7)
+    assert agg["activity_ratio_7"] == pytest.approx((2 / 7 + 0.1) / (4 / 3 + 0.1))  # days 0-2: 4 events
+    assert agg["max_gap"] == 2  # days 2-3
+    assert agg["mean_gap"] == pytest.approx((7 - 4) / 3)  # 3 inactive days between 4 active ones
+    assert agg["recency_over_gap"] == pytest.approx(3 / 3)
+    # An early cut-off pads the missing days and says so.
+    early = window_inputs(tensor, cutoff=1, lookback_days=10).aggregates.iloc[0]
+    assert (early["observed_days"], early["tenure_days"], early["days_since_active"]) == (2, 2, 0)
+
+
+def test_outage_days_need_a_busy_median_day() -> None:
+    np.testing.assert_array_equal(outage_days(np.array([1000, 0, 980, 40, 1020])), [False, True, False, True, False])
+    np.testing.assert_array_equal(outage_days(np.array([50, 0, 40])), [False, False, False])  # too small to tell
+
+
+# --- features ------------------------------------------------------------------------------
+def test_features_ignore_events_after_as_of_and_keep_the_daily_series() -> None:
+    events = Events({"chat": _chat([("u1", 0, 3), ("u1", 2, 1), ("u2", 1, 2), ("u2", 5, 4)])})
+    features = ChurnDetector(as_of="2026-10-03", lookback_days=7).features(events)
+    assert list(features.index) == ["u1", "u2"]
+    assert features.index.name == "user_id"
+    # Days 0-2 kept; lag 0 is as_of (day 2). u2's day-5 events come after as_of.
+    assert features.loc["u1", ["chat_lag002", "chat_lag001", "chat_lag000"]].tolist() == [3, 0, 1]
+    assert features.loc["u2", ["chat_lag002", "chat_lag001", "chat_lag000"]].tolist() == [0, 2, 0]
+    assert "chat_lag003" not in features
+    assert features.loc["u2", "days_since_active"] == 1
+
+
+def test_outage_days_are_skipped_and_named_in_the_reasons() -> None:
+    # 30 users active every day for 20 days, except day 15, when the whole feed is empty.
+    rows = [(f"u{i:02d}", d, 5) for i in range(30) for d in range(20) if d != 15]
+    rows += [("late", d, 1) for d in (17, 18, 19)]
+    events = Events({"chat": _chat(rows)})
+    detector = ChurnDetector(lookback_days=7, horizon_days=3)
+    features = detector.features(events)
+    assert features.attrs["outage_days"] == ["2026-10-16"]
+    assert features["outage_days_skipped"].eq(1).all()
+    assert features.loc["u00", "days_since_active"] == 0  # not "inactive since the outage"
+    scores = detector.fit(features).score(features)
+    reasons = scores.set_index("user_id").loc["u00", "reasons"]
+    assert any(r.feature == "outage_days_skipped" and "outage" in r.text for r in reasons)
+
+
+# --- fitting without labels ----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def synthetic() -> tuple[Events, dict[str, float]]:
+    return _synthetic_events()
+
+
+@pytest.fixture(scope="module")
+def fitted_gbm(synthetic: tuple[Events, dict[str, float]]) -> tuple[ChurnDetector, pd.DataFrame]:
+    events, _ = synthetic
+    detector = ChurnDetector(as_of="2026-11-03", horizon_days=7, lookback_days=14, model="gbm")  # day 33 of 50
+    features = detector.features(events)
+    return detector.fit(features), features
+
+
+def test_fit_derives_labels_from_earlier_cutoffs_and_predicts_the_future(
+    synthetic: tuple[Events, dict[str, float]], fitted_gbm: tuple[ChurnDetector, pd.DataFrame]
+) -> None:
+    events, _ = synthetic
+    detector, features = fitted_gbm
+    assert detector.metrics["model"] == "gbm"
+    assert detector.metrics["cutoffs"] >= 10
+    assert 20 <= detector.metrics["positives"] < detector.metrics["examples"]
+    scores = detector.score(features)
+    scored = (scores["status"] == SCORED).to_numpy()
+    assert scored.sum() >= 150
+    # What happened in the 7 days after as_of (never shown to the detector):
+    full = ChurnDetector(lookback_days=14).features(events)
+    days = sorted({c for c in full.columns if c.startswith("chat_lag")}, reverse=True)
+    future = full[days].to_numpy()[:, 34:41]  # days 34-40
+    churned = future.sum(axis=1) == 0
+    assert churned[scored].sum() >= 5
+    assert roc_auc_score(churned[scored], scores["score"][scored]) >= 0.9
+    flagged = scores["flagged"].to_numpy()
+    assert flagged[scored & churned].mean() >= 0.5
+    assert flagged[scored & ~churned].mean() <= 0.1
+
+
+def test_sequence_model_and_auto_choice(fitted_gbm: tuple[ChurnDetector, pd.DataFrame]) -> None:
+    _, features = fitted_gbm
+    auto = ChurnDetector(as_of="2026-11-03", horizon_days=7, lookback_days=14).fit(features)
+    validation = auto.metrics["validation_auc"]
+    assert set(validation) == {"gbm", "sequence"}
+    assert min(validation.values()) >= 0.8
+    assert auto.metrics["model"] == max(validation, key=lambda k: (validation[k], k == "gbm"))
+
+
+def test_reasons_compare_risky_users_with_the_norm(fitted_gbm: tuple[ChurnDetector, pd.DataFrame]) -> None:
+    detector, features = fitted_gbm
+    scores = detector.score(features).set_index("user_id")
+    top = scores["score"].idxmax()
+    reasons = scores.loc[top, "reasons"]
+    assert reasons, "the riskiest user has no reasons"
+    by_feature = {r.feature: r for r in reasons}
+    if "days_since_active" in by_feature:
+        assert by_feature["days_since_active"].value > by_feature["days_since_active"].norm
+    if "events_per_day_7" in by_feature:
+        assert by_feature["events_per_day_7"].value < by_feature["events_per_day_7"].norm
+
+
+def test_trained_model_round_trips_with_the_same_version(
+    fitted_gbm: tuple[ChurnDetector, pd.DataFrame], tmp_path: Path
+) -> None:
+    detector, features = fitted_gbm
+    loaded = ChurnDetector.load(detector.save(tmp_path / "model"))
+    assert loaded.model_version == detector.model_version
+    again = ChurnDetector(**detector.params).fit(features.copy())
+    assert again.model_version == detector.model_version
+    pd.testing.assert_frame_equal(loaded.score(features), detector.score(features))
+
+
+def test_given_labels_train_on_the_as_of_windows(fitted_gbm: tuple[ChurnDetector, pd.DataFrame]) -> None:
+    _, features = fitted_gbm
+    labels = pd.Series(features["events_per_day_7"] < features["events_per_day_window"] / 2, index=features.index)
+    detector = ChurnDetector(as_of="2026-11-03", horizon_days=7, lookback_days=14, model="gbm")
+    detector.fit(features, labels)
+    assert detector.metrics["cutoffs"] == 1
+    assert detector.metrics["positives"] == int(labels[features["active_days"] >= 2].sum())
+
+
+# --- bad input -----------------------------------------------------------------------------
+def test_short_history_falls_back_to_the_activity_rate_prior() -> None:
+    # 3 days of data cannot show a 14-day horizon.
+    rows = [(f"u{i}", d, 2) for i in range(30) for d in range(3)] + [("gappy", 0, 1), ("gappy", 2, 1)]
+    detector = ChurnDetector()
+    features = detector.features(Events({"chat": _chat(rows)}))
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert detector.metrics["model"] == "prior"
+    assert "need 20 of each" in detector.metrics["why"]
+    assert (scores["status"] == PRIOR_STATUS).all()
+    # (1 - p)^14 with p = (active days + 0.5) / (days + 1): 3 of 3 days, then 2 of 3.
+    assert scores.loc["u0", "score"] == pytest.approx((1 - 3.5 / 4) ** 14)
+    assert scores.loc["gappy", "score"] == pytest.approx((1 - 2.5 / 4) ** 14)
+
+
+def test_users_with_little_history_get_no_score_and_a_reason(
+    fitted_gbm: tuple[ChurnDetector, pd.DataFrame], synthetic: tuple[Events, dict[str, float]]
+) -> None:
+    detector, _ = fitted_gbm
+    events, _ = synthetic
+    extra = _chat([("one-event", 30, 1), ("newcomer", 40, 3)])  # newcomer: after as_of
+    chat = pd.concat([events["chat"], extra.assign(event_id=["x1", "x2", "x3", "x4"])], ignore_index=True)
+    features = detector.features(Events({"chat": chat}))
+    scores = detector.score(features).set_index("user_id")
+    assert scores.loc["one-event", "status"] == f"{INSUFFICIENT_ACTIVITY}: 1 active day, needs 2"
+    assert scores.loc["newcomer", "status"] == "no activity on or before as_of"
+    assert scores.loc[["one-event", "newcomer"], "score"].isna().all()
+    assert not scores.loc[["one-event", "newcomer"], "flagged"].any()
+    gone = scores["status"].str.startswith("inactive for the whole 14-day lookback")
+    assert gone.sum() >= 1 and scores.loc[gone, "score"].isna().all()
+
+
+def test_as_of_before_any_event_scores_nobody(fitted_gbm: tuple[ChurnDetector, pd.DataFrame]) -> None:
+    detector, _ = fitted_gbm
+    early = detector.at("2026-09-01")
+    assert early.params["horizon_days"] == 7 and early.state is detector.state
+    features = early.features(Events({"chat": _chat([("u1", 0, 1), ("u2", 3, 2)])}))
+    scores = early.score(features)
+    assert list(scores["user_id"]) == ["u1", "u2"]
+    assert scores["score"].isna().all()
+    assert (scores["status"] == "no events on or before as_of").all()
+
+
+def test_bad_parameters_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="horizon_days must be at least 1"):
+        ChurnDetector(horizon_days=0)
+    with pytest.raises(ValueError, match="model must be one of"):
+        ChurnDetector(model="transformer")
+    with pytest.raises(ValueError):
+        ChurnDetector(as_of="not a date")
+    with pytest.raises(ValueError, match=r"build them with ChurnDetector\.features"):
+        ChurnDetector().fit(pd.DataFrame({"x": [1.0]}, index=pd.Index(["u1"], name="user_id")))

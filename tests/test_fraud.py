@@ -1,0 +1,292 @@
+"""Fraud-ring detector: expert features by hand, bad input, risky clusters, rules, assignment, quality floor."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from scipy.stats import binom
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from detectors.base import INSUFFICIENT_ACTIVITY, SCORED
+from detectors.events import Events
+from detectors.fraud import (
+    EMBED_COLUMNS,
+    FEATURE_COLUMNS,
+    FraudDetector,
+    _extract_rules,
+    expert_features,
+    sequence_embedding,
+)
+from schemas.arrow import ARROW_SCHEMAS
+from world.simulate import World
+
+T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
+
+
+def _payment(
+    event_id: str,
+    user: str,
+    seconds: float,
+    amount: float,
+    status: str = "approved",
+    action: str = "purchase",
+    merchant: str = "m1",
+    instrument: str = "aaaaaaaa",
+    currency: str = "USD",
+    counterparty: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": T0 + timedelta(seconds=seconds),
+        "user_id": user,
+        "context": "p2p" if action == "transfer" else merchant,
+        "event_type": "payment",
+        "action": action,
+        "amount": amount,
+        "currency": currency,
+        "instrument_id": instrument,
+        "status": status,
+        "decline_reason": "do_not_honor" if status == "declined" else None,
+        "counterparty_id": counterparty,
+    }
+
+
+def _login(event_id: str, user: str, seconds: float, device: str, network: str = "cccccccc") -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": T0 + timedelta(seconds=seconds),
+        "user_id": user,
+        "context": "web",
+        "event_type": "account",
+        "action": "login",
+        "username": user,
+        "device_fp": device,
+        "network_fp": network,
+    }
+
+
+def _events(payments: list[dict[str, Any]], accounts: list[dict[str, Any]] | None = None) -> Events:
+    tables = {"payment": pa.Table.from_pylist(payments, schema=ARROW_SCHEMAS["payment"])}
+    if accounts:
+        tables["account"] = pa.Table.from_pylist(accounts, schema=ARROW_SCHEMAS["account"])
+    return Events.from_tables(tables)
+
+
+@pytest.fixture(scope="module")
+def hand_made() -> Events:
+    """a: a burst of three $1 tries on two cards at one merchant, two declined; b sends c $200;
+    c spends $90 of it an hour later and logs in from a new device just before a $50 purchase."""
+    payments = [
+        _payment("p1", "a", 0, 1.0, "declined", instrument="aaaaaaa1"),
+        _payment("p2", "a", 60, 1.0, "declined", instrument="aaaaaaa2"),
+        _payment("p3", "a", 120, 1.0, "approved", instrument="aaaaaaa2"),
+        _payment("p4", "b", 0, 200.0, action="transfer", counterparty="c"),
+        _payment("p5", "c", 3_600, 90.0, merchant="m2", instrument="bbbbbbbb"),
+        _payment("p6", "c", 7_300, 50.0, merchant="m3", instrument="bbbbbbbb"),
+    ]
+    logins = [
+        _login("l1", "c", -86_400, "dddddddd"),
+        _login("l2", "c", 7_200, "eeeeeeee"),
+        _login("l3", "a", 0, "ffffffff"),
+        _login("l4", "b", 0, "ffffffff"),
+    ]
+    return _events(payments, logins)
+
+
+def test_expert_features_by_hand(hand_made: Events) -> None:
+    f = expert_features(hand_made)
+    assert list(f.index) == ["a", "b", "c"]
+    a, b, c = f.loc["a"], f.loc["b"], f.loc["c"]
+    assert (a["payments"], a["velocity_1h"], a["decline_burst"], a["instruments"]) == (3, 3, 2, 2)
+    assert a["decline_rate"] == pytest.approx(2 / 3)
+    assert (a["fold_max_len"], a["fold_max_declines"], a["fold_max_usd"]) == (3, 2, 1.0)
+    assert a["new_instrument_share"] == 1.0  # every try within an hour of its card's first use
+    assert (a["device_accounts"], b["device_accounts"], c["device_accounts"]) == (1, 1, 0)
+    assert (a["network_accounts"], c["network_accounts"]) == (2, 2)
+    assert (b["fan_out"], b["payee_fan_in"], b["inflow_usd"]) == (1, 1, 0)
+    assert (c["fan_in"], c["inflow_usd"], c["merchants"]) == (1, 200.0, 2)
+    assert c["pass_through"] == pytest.approx((90 + 50) / 200)  # both purchases fall within a day of the transfer
+    assert c["new_device_spend_usd"] == 50.0  # only the purchase after the new device's login
+    assert c["amount_median_usd"] == 70.0 and c["amount_max_usd"] == 90.0
+    assert (f["invalid_amounts"].sum(), f["unknown_currency"].sum(), f["chargebacks"].sum()) == (0, 0, 0)
+
+
+def test_amounts_are_converted_and_compared_within_the_currency() -> None:
+    payments = [_payment(f"u{i}", "u", i * 7_200, 100.0 * (i + 1)) for i in range(3)]
+    payments += [_payment(f"j{i}", "j", i * 7_200, 15_000.0, currency="JPY") for i in range(2)]
+    # 30 ordinary INR purchases set the INR norm (2,000 INR); 100 INR is tiny in INR, though $1.2 is not rare.
+    payments += [_payment(f"i{i}", "i", i * 3_600, 2_000.0, currency="INR") for i in range(30)]
+    payments.append(_payment("i30", "i", 40 * 3_600, 100.0, currency="INR"))
+    f = expert_features(_events(payments))
+    assert f.loc["j", "amount_median_usd"] == pytest.approx(100.0)  # 15,000 JPY at 150 per USD
+    assert f.loc["u", "amount_max_usd"] == 300.0
+    assert f.loc["i", "tiny_share"] == pytest.approx(1 / 31)
+    assert f.loc["u", "tiny_share"] == 0.0  # few USD purchases: the norm falls back to all purchases in USD
+
+
+def test_bad_amounts_and_currencies_are_counted_never_used() -> None:
+    payments = [
+        _payment("n1", "neg", 0, -5.0),
+        _payment("n2", "neg", 600, 20.0),
+        _payment("n3", "neg", 1_200, 30.0),
+        _payment("x1", "xyz", 0, 10.0, currency="XYZ"),
+        _payment("x2", "xyz", 600, 12.0, currency="XYZ"),
+        _payment("h1", "huge", 0, 9e12),
+        _payment("h2", "huge", 600, 40.0),
+        _payment("h3", "huge", 1_200, 60.0),
+    ]
+    f = expert_features(_events(payments))
+    assert f.loc["neg", "invalid_amounts"] == 1 and f.loc["neg", "amount_median_usd"] == 25.0
+    assert f.loc["huge", "invalid_amounts"] == 1 and f.loc["huge", "amount_max_usd"] == 60.0
+    assert f.loc["xyz", "unknown_currency"] == 2 and np.isnan(f.loc["xyz", "amount_median_usd"])
+    assert f.loc["xyz", "payments"] == 2  # still attempts: velocity and declines do not need the amount
+
+
+@pytest.fixture(scope="module")
+def world_events(small_world: World) -> Events:
+    tables: dict[str, list[pa.Table]] = {}
+    for _, day in small_world.days():
+        for event_type, table in day.items():
+            tables.setdefault(event_type, []).append(table)
+    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
+
+
+@pytest.fixture(scope="module")
+def fitted(world_events: Events) -> tuple[FraudDetector, pd.DataFrame]:
+    detector = FraudDetector()
+    features = detector.features(world_events)
+    return detector.fit(features), features
+
+
+def test_features_frame_columns(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    _, features = fitted
+    assert list(features.columns) == [*FEATURE_COLUMNS, "evidence"]
+    assert features[list(EMBED_COLUMNS)].notna().all().all()
+
+
+def test_bad_input_gets_a_status_and_a_reason(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    detector, _ = fitted
+    payments = [
+        _payment("o1", "one", 0, 20.0),
+        _payment("b1", "bad", 0, -1.0),
+        _payment("b2", "bad", 60, 5.0, currency="XYZ"),
+        _payment("g1", "mixed", 0, 20.0),
+        _payment("g2", "mixed", 600, 25.0),
+        _payment("g3", "mixed", 1_200, 30.0, currency="XYZ"),
+    ]
+    chat = {"event_id": "c1", "ts": T0, "user_id": "quiet", "context": "ch1", "event_type": "chat", "text": "hi"}
+    events = _events(payments)
+    events.frames["chat"] = Events.from_tables({"chat": pa.Table.from_pylist([chat], ARROW_SCHEMAS["chat"])})["chat"]
+    scores = detector.score(detector.features(events)).set_index("user_id")
+    assert scores.loc["one", "status"] == f"{INSUFFICIENT_ACTIVITY}: 1 payment(s), need 2"
+    assert scores.loc["quiet", "status"] == f"{INSUFFICIENT_ACTIVITY}: 0 payment(s), need 2"
+    assert scores.loc["bad", "status"] == "unusable payment data: 2 of 2 payments unusable"
+    assert scores.loc[["one", "quiet", "bad"], "score"].isna().all()
+    assert scores.loc["mixed", "status"] == SCORED and np.isfinite(scores.loc["mixed", "score"])
+    note = scores.loc["mixed", "reasons"][-1]
+    assert note.feature == "unusable_payments" and "1 unknown currency" in note.text
+
+
+def test_empty_days_and_no_payments(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    detector, _ = fitted
+    gap_day = expert_features(_events([_payment("d0", "g", 0, 20.0), _payment("d2", "g", 2 * 86_400, 30.0)]))
+    assert (gap_day.loc["g", "events_per_day"], gap_day.loc["g", "velocity_1h"]) == (1.0, 1.0)
+    empty = detector.features(Events({"payment": ARROW_SCHEMAS["payment"].empty_table().to_pandas()}))
+    assert len(empty) == 0 and list(empty.columns) == [*FEATURE_COLUMNS, "evidence"]
+    assert len(detector.score(empty)) == 0
+    assert sequence_embedding(Events()).shape == (0, len(EMBED_COLUMNS))
+
+
+def test_embedding_depends_on_the_sequence_not_the_user_id() -> None:
+    twin = [_payment(f"{u}{i}", u, i * 45, 2.0, "declined" if i % 2 else "approved") for u in "xy" for i in range(6)]
+    calm = [_payment(f"z{i}", "z", i * 86_400, 60.0) for i in range(6)]
+    e = sequence_embedding(_events(twin + calm))
+    np.testing.assert_allclose(e.loc["x"], e.loc["y"])
+    assert np.linalg.norm(e.loc["x"] - e.loc["z"]) > 0.1
+    np.testing.assert_allclose(e, sequence_embedding(_events(twin + calm)))  # seeded, stateless
+
+
+def test_rules_read_as_thresholds_with_support_and_precision() -> None:
+    rng = np.random.default_rng(0)
+    raw = pd.DataFrame({"decline_burst": rng.integers(0, 2, 60).astype(float), "fan_in": rng.integers(0, 4, 60)})
+    members = np.zeros(60, dtype=bool)
+    members[:8] = True
+    raw.loc[members, "decline_burst"] = 9.0
+    bad = members.copy()
+    rules = _extract_rules(raw, members, bad, {"rule_depth": 2, "seed": 0, "max_rules": 2})
+    assert rules[0]["text"] == "decline_burst > 5"
+    assert (rules[0]["support"], rules[0]["precision"], rules[0]["coverage"], rules[0]["bad_rate"]) == (
+        8,
+        1.0,
+        1.0,
+        1.0,
+    )
+    assert rules[0]["words"] == "most declines in ten minutes > 5"
+
+
+def test_cluster_risk_needs_support_and_an_unlikely_count() -> None:
+    detector = FraudDetector(min_support=2, alpha=1e-3)
+    labels = np.array([0] * 5 + [1] * 5 + [2] * 90)
+    flags = np.zeros(100, dtype=bool)
+    flags[[0, 1, 2, 5]] = True  # three of cluster 0, one of cluster 1
+    outcomes = pd.DataFrame({"labelled": flags, "chargeback": False, "decline_burst": False})
+    clusters, base = detector._risky_clusters(labels, outcomes)
+    assert base["labelled"] == 0.04
+    assert clusters[0]["risky"] and clusters[0]["p_value"] == pytest.approx(binom.sf(2, 5, 0.04))
+    assert not clusters[1]["risky"]  # one labelled member is below the minimum support
+    assert not clusters[2]["risky"] and clusters[2]["outcomes"]["labelled"] == 0
+
+
+def test_rings_score_above_everyone_else(fitted: tuple[FraudDetector, pd.DataFrame], small_world: World) -> None:
+    detector, features = fitted
+    scores = detector.score(features).set_index("user_id")
+    ring_members = {small_world.pop.user_id[i] for ring in small_world.pop.rings for i in ring.members}
+    truth = scores.index.isin(list(ring_members))
+    values = scores["score"].fillna(0.0).to_numpy()
+    assert roc_auc_score(truth, values) >= 0.85
+    assert average_precision_score(truth, values) >= 0.7
+    flagged = scores[scores["flagged"]]
+    assert len(flagged) >= 8 and flagged.index.isin(list(ring_members)).mean() >= 0.9
+    first = flagged["reasons"].iloc[0][0]
+    assert first.feature == "cluster" and "rule: " in first.text
+
+
+def test_explain_and_assign(fitted: tuple[FraudDetector, pd.DataFrame], world_events: Events) -> None:
+    detector, features = fitted
+    risky = detector.risky_clusters()
+    assert risky
+    info = detector.explain(risky[0])
+    assert info["risky"] and info["rules"] and info["size"] == len(info["members"])
+    rule = info["rules"][0]
+    assert rule["support"] >= 1 and 0.5 <= rule["precision"] <= 1.0
+    assert set(info["evidence"]) <= set(world_events["payment"]["event_id"])
+    with pytest.raises(KeyError, match="no cluster 999"):
+        detector.explain(999)
+    members = features.loc[info["members"]]
+    assert (detector.assign(members)["cluster"] == risky[0]).all()
+    # Streaming: the same behaviour under new account ids lands in the nightly cluster.
+    renamed = members.rename(index=lambda u: f"new-{u}")
+    assigned = detector.assign(renamed)
+    assert (assigned["cluster"] == risky[0]).mean() >= 0.6
+
+
+def test_a_night_without_scorable_users_still_fits(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    _, features = fitted
+    quiet = features[features["payments"] + features["fan_in"] < 2]
+    detector = FraudDetector().fit(quiet)
+    assert detector.metrics["clustered_users"] == 0 and detector.risky_clusters() == []
+    scores = detector.score(features.iloc[:30])
+    assert scores["score"].notna().any() and not scores["flagged"].any()
+
+
+def test_a_users_score_does_not_depend_on_who_else_is_scored(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    detector, features = fitted
+    everyone = detector.score(features).set_index("user_id")
+    flagged = everyone.index[everyone["flagged"]][:3].tolist()
+    alone = detector.score(features.loc[flagged + features.index[:5].tolist()]).set_index("user_id")
+    pd.testing.assert_frame_equal(alone, everyone.loc[alone.index])
