@@ -26,9 +26,43 @@ LINK_PATTERN = r"(?:https?://|www\.|bit\.ly|\.(?:gg|io|shop|com)\b)"
 TERM_PATTERN = re.compile(r"[^\W_]+")
 # Common hostile words in English game chat; a deployment plugs in its own list or a classifier.
 HOSTILE_TERMS = frozenset(
-    """trash garbage suck sucks clown clowns idiot idiots stupid dumb loser losers noob noobs cry crying
-    worst pathetic shut stfu kys hate moron morons cringe toxic ugly fake scam rigged bot bots
-    braindead clueless useless""".split()
+    [
+        "trash",
+        "garbage",
+        "suck",
+        "sucks",
+        "clown",
+        "clowns",
+        "idiot",
+        "idiots",
+        "stupid",
+        "dumb",
+        "loser",
+        "losers",
+        "noob",
+        "noobs",
+        "cry",
+        "crying",
+        "worst",
+        "pathetic",
+        "shut",
+        "stfu",
+        "kys",
+        "hate",
+        "moron",
+        "morons",
+        "cringe",
+        "toxic",
+        "ugly",
+        "fake",
+        "scam",
+        "rigged",
+        "bot",
+        "bots",
+        "braindead",
+        "clueless",
+        "useless",
+    ]
 )
 
 # The paper's ten per-user fractions, in the order f1..f10 of `argus trolls paper`.

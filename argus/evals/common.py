@@ -62,7 +62,7 @@ def binary_metrics(truth: np.ndarray, score: np.ndarray, flagged: np.ndarray) ->
         "precision": round(hits / max(1, int(flagged.sum())), 4),
         "recall": round(hits / max(1, int(truth.sum())), 4),
         "positives": int(truth.sum()),
-        "scored": int(len(truth)),
+        "scored": len(truth),
     }
 
 
