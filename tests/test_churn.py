@@ -234,10 +234,17 @@ def test_reasons_compare_risky_users_with_the_norm(fitted_gbm: tuple[ChurnDetect
     reasons = scores.loc[top, "reasons"]
     assert reasons, "the riskiest user has no reasons"
     by_feature = {r.feature: r for r in reasons}
-    if "days_since_active" in by_feature:
-        assert by_feature["days_since_active"].value > by_feature["days_since_active"].norm
-    if "events_per_day_7" in by_feature:
-        assert by_feature["events_per_day_7"].value < by_feature["events_per_day_7"].norm
+    assert {"days_since_active", "events_per_day_7", "activity_ratio_7", "active_share_7"} & set(by_feature)
+    for name, reason in by_feature.items():
+        riskier = (
+            reason.value > reason.norm
+            if name in ("days_since_active", "moderation_window")
+            else reason.value < reason.norm
+        )
+        assert riskier, reason.text
+        assert f"(norm {reason.norm:.3g})" in reason.text
+    # The least risky user is at or better than the norm on every reason feature: no reasons.
+    assert scores.loc[scores["score"].idxmin(), "reasons"] == []
 
 
 def test_trained_model_round_trips_with_the_same_version(
