@@ -19,6 +19,5 @@ def detector_class(name: str) -> type[Detector]:
     if name not in DETECTORS:
         raise KeyError(f"unknown detector {name!r}; known: {', '.join(sorted(DETECTORS))}")
     module, _, attr = DETECTORS[name].partition(":")
-    cls = getattr(import_module(module), attr)
-    assert issubclass(cls, Detector)
+    cls: type[Detector] = getattr(import_module(module), attr)
     return cls

@@ -217,13 +217,12 @@ class TrollDetector(Detector):
         if len(deviations) == 0:
             return np.zeros(0)
         if self.params["method"] == "centroid":
-            return np.asarray(
-                deviations.sum(axis=1), dtype=float
-            )  # Manhattan distance to the median user (deviation 0)
+            # Manhattan distance to the median user (whose deviations are all 0).
+            return np.asarray(deviations.sum(axis=1), dtype=float)
         reference = state["reference"]
         if len(reference) == 0:
             return np.zeros(len(deviations))
-        return np.sqrt(_kth_neighbour_distance(reference, deviations, self.params["k"], exclude_self))
+        return np.asarray(np.sqrt(_kth_neighbour_distance(reference, deviations, self.params["k"], exclude_self)))
 
 
 # --- raids ---------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ def run(world: Path | None = None) -> dict[str, Any]:
         for k, v in binary_metrics(is_child, unsupervised["score"], unsupervised["flagged"]).items()
         if k in ("auc", "pr_auc", "precision", "recall")
     }
-    result["children"] = int(len(parent_of))
+    result["children"] = len(parent_of)
     result["new_accounts"] = int(profiles["created_ts"].notna().sum())
     result["banned_accounts"] = int(profiles["banned_ts"].notna().sum())
     return result
