@@ -28,6 +28,10 @@ batch_app = typer.Typer(
 app.add_typer(batch_app, name="batch")
 eval_app = typer.Typer(no_args_is_help=True, help="Quality against the generator's ground truth; each prints JSON.")
 app.add_typer(eval_app, name="eval")
+trolls_app = typer.Typer(no_args_is_help=True, help="Troll detection tools (the paper's mode).")
+app.add_typer(trolls_app, name="trolls")
+explain_app = typer.Typer(no_args_is_help=True, help="Explain a detector's findings to an investigator.")
+app.add_typer(explain_app, name="explain")
 app.add_typer(kafka_app, name="kafka")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(bench_app, name="bench")
@@ -58,7 +62,7 @@ def main() -> None:
     try:
         app()
     except (UserError, ConfigError, BrokerError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -505,6 +509,153 @@ def eval_embeddings(
     from argus.bench import eval_embeddings as run
 
     print(json.dumps(run(users, days)))
+
+
+# --- detectors ----------------------------------------------------------------------------
+
+DETECTOR_NAMES = ("trolls", "evaders", "fraud", "churn")
+WorldOption = Annotated[
+    Path | None,
+    typer.Option("--world", help="A world written by `argus generate --out`; default: the seeded default world."),
+]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")]
+
+
+@app.command()
+def detect(
+    detector: Annotated[str, typer.Argument(help="trolls, evaders, fraud or churn.")],
+    events: Annotated[
+        Path, typer.Option(help="Events: a lake/world folder, a .parquet (wide schema) or a .jsonl file.")
+    ],
+    out: Annotated[Path, typer.Option(help="Scores CSV: user_id, score (0..1), flagged, status, reasons.")],
+    model: Annotated[Path | None, typer.Option(help="A saved model folder; without it, fit on these events.")] = None,
+    save_model: Annotated[Path | None, typer.Option(help="Save the model fitted here to this folder.")] = None,
+    as_of: Annotated[str | None, typer.Option(help="churn: score as of this day, YYYY-MM-DD.")] = None,
+    horizon_days: Annotated[int | None, typer.Option(min=1, help="churn: no activity within N days.")] = None,
+    alerts: Annotated[bool, typer.Option(help="Also produce the alerts to the alerts.* topics.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Score every user of an events file; users that cannot be scored get a status saying why.
+
+    Without --model the detector is fitted on the same events (unsupervised use) and
+    --save-model keeps that model for later runs or for streaming. trolls also writes the
+    raid groups it finds to OUT.raids.jsonl; malformed JSONL lines go to OUT.rejected.jsonl.
+    """
+    from argus.detect import publish_alerts, run_detect
+    from detectors.base import ModelError
+    from detectors.events import EventsError
+
+    if detector not in DETECTOR_NAMES:
+        raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
+    params: dict[str, object] = {}
+    if detector == "churn":
+        if as_of is not None:
+            _check_date(as_of)
+            params["as_of"] = as_of
+        if horizon_days is not None:
+            params["horizon_days"] = horizon_days
+    elif as_of is not None or horizon_days is not None:
+        raise UserError("--as-of and --horizon-days apply to churn only")
+    if model is not None and params:
+        raise UserError("--as-of/--horizon-days come from the model when --model is given; drop them or refit")
+    try:
+        summary, found = run_detect(detector, events, out, model, save_model, params)
+    except (EventsError, ModelError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
+    if alerts:
+        summary["alerts"] = publish_alerts(found, bootstrap)
+    print(json.dumps(summary))
+
+
+@trolls_app.command("paper")
+def trolls_paper(
+    features: Annotated[Path, typer.Argument(help="CSV with a header naming f1..f10 in that order.")],
+    method: Annotated[str, typer.Option(help="centroid (k-means, k=1) or knn (k-th neighbour, FAISS).")] = "centroid",
+    k: Annotated[int, typer.Option(min=1, help="knn: which neighbour.")] = 5,
+    threshold: Annotated[float, typer.Option(help="Troll above this rescaled score (0..100).")] = 40.0,
+    as_json: JsonFlag = True,
+) -> None:
+    """Haque's paper mode: distance of the unscaled f1..f10 to the k=1 centroid (or k-th neighbour),
+    min-max rescaled to 0..100, troll above 40. f1-f3: shares on the top-1/2/3 goals; f4: spam
+    ratio; f5: share in anarchy mode; f6: share of START; f7: share of anarchy votes; f8-f10:
+    shares on the bottom-1/2/3 goals."""
+    from argus.detect import paper_mode
+
+    if method not in ("centroid", "knn"):
+        raise UserError(f"--method must be centroid or knn, not {method!r}")
+    if not features.is_file():
+        raise UserError(f"no file at {features}")
+    try:
+        print(json.dumps(paper_mode(features, method, k, threshold)))
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+@explain_app.command("fraud")
+def explain_fraud(
+    cluster: Annotated[int, typer.Option(help="The cluster id named in a fraud alert.")],
+    model: Annotated[Path | None, typer.Option(help="A saved fraud model (from detect --save-model).")] = None,
+    events: Annotated[Path | None, typer.Option(help="Without --model: fit on these events first.")] = None,
+) -> None:
+    """A fraud cluster's rules (thresholds on expert features, with support and precision), members, evidence."""
+    from detectors.base import ModelError
+    from detectors.events import EventsError, load_events
+    from detectors.fraud import FraudDetector
+
+    if (model is None) == (events is None):
+        raise UserError("give exactly one of --model (a saved fraud model) or --events (fit on them first)")
+    try:
+        if model is not None:
+            detector = FraudDetector.load(model)
+        else:
+            assert events is not None
+            detector = FraudDetector()
+            detector.fit(detector.features(load_events(events)))
+        print(json.dumps(detector.explain(cluster), default=str))
+    except (EventsError, ModelError) as exc:
+        raise UserError(str(exc)) from exc
+    except KeyError as exc:
+        raise UserError(str(exc.args[0])) from exc
+
+
+@eval_app.command("trolls")
+def eval_trolls(
+    world: WorldOption = None,
+    method: Annotated[str, typer.Option(help="centroid or knn.")] = "centroid",
+    as_json: JsonFlag = True,
+) -> None:
+    """Troll scores (context mode), the paper's mode and raid groups against the truth file."""
+    from argus.evals.trolls import run
+
+    print(json.dumps(run(world, method)))
+
+
+@eval_app.command("evaders")
+def eval_evaders(world: WorldOption = None, as_json: JsonFlag = True) -> None:
+    """The ban-evasion paper's three tasks: detect (full and first 3 actions), match (MRR), predict."""
+    from argus.evals.evaders import run
+
+    print(json.dumps(run(world)))
+
+
+@eval_app.command("fraud")
+def eval_fraud(world: WorldOption = None, as_json: JsonFlag = True) -> None:
+    """Fraud-ring members, rings found by risky clusters, and the rules extracted."""
+    from argus.evals.fraud import run
+
+    print(json.dumps(run(world), default=str))
+
+
+@eval_app.command("churn")
+def eval_churn(
+    world: WorldOption = None,
+    horizon_days: Annotated[int, typer.Option(min=1, help="No activity within this many days.")] = 14,
+    as_json: JsonFlag = True,
+) -> None:
+    """Churn risk at a horizon, with AUC by lookback length."""
+    from argus.evals.churn import run
+
+    print(json.dumps(run(world, horizon_days=horizon_days), default=str))
 
 
 @app.command()

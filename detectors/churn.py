@@ -487,7 +487,11 @@ class ChurnDetector(Detector):
         if labels is not None:
             plan = [days - 1] if days else []
         else:
-            plan = list(range(days - 1 - horizon, min(lookback, 7) - 2, -CUTOFF_STRIDE_DAYS))[::-1]
+            # Every other day from the latest cut-off with an observed horizon back to one with a week of
+            # history; on short data back to day 1 (two days of history), so that a few cut-offs remain.
+            latest = days - 1 - horizon
+            earliest = max(1, min(min(lookback, 7) - 1, latest - 2 * CUTOFF_STRIDE_DAYS))
+            plan = list(range(latest, earliest - 1, -CUTOFF_STRIDE_DAYS))[::-1]
         for cutoff in plan:
             windows = window_inputs(tensor, cutoff, lookback)
             keep = (windows.active_days >= min_active) & ~windows.banned

@@ -380,7 +380,7 @@ def _complete(features: pd.DataFrame) -> pd.DataFrame:
 def _pair_reasons(row: pd.Series) -> list[Reason]:
     parent = str(row["parent"])
     hours = float(np.expm1(row["hours_after_ban_log"]))
-    reasons = [Reason("parent", float(row["probability"]), None, f"likely banned account {parent} come back")]
+    reasons = [Reason("parent", float(row["probability"]), None, f"closest banned account: {parent}")]
     reasons.append(
         Reason("name_core_similarity", float(row["name_core_similarity"]), None, "username like the banned one's")
     )

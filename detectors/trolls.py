@@ -251,8 +251,9 @@ def find_raids(
     """Coordinated floods: per (channel, window), users far above both the window's and their own norm.
 
     A user bursts in a window when they post at least ``min_burst_messages`` there, and at least
-    ``burst_factor`` times both the window's median per-user count and their own median count per
-    active window (so heavy regulars of a busy channel are not a raid). Windows with ``min_members``
+    ``burst_factor`` times both the window's median per-user count and their own mean count over
+    their other active windows (so heavy regulars of a busy channel are not a raid; accounts with
+    no history, typical of raids, have a norm of 0). Windows with ``min_members``
     bursting users are clustered with pHDBSCAN on a hashed bag of words of each user's messages;
     every cluster of ``min_members`` or more is a raid. Windows are half-overlapping so a raid that
     straddles a boundary is seen whole; overlapping findings are merged.
@@ -262,12 +263,14 @@ def find_raids(
     msgs = chat[["event_id", "user_id", "context", "ts", "text"]].copy()
     seconds = msgs["ts"].dt.as_unit("s").astype("int64")
     found: list[Raid] = []
-    habitual: dict[str, frozenset[str]] = {}
     for offset in (0, window_s // 2):
         msgs["slot"] = (seconds + offset) // window_s
         counts = msgs.groupby(["context", "slot", "user_id"]).size().rename("n").reset_index()
         counts["norm"] = counts.groupby(["context", "slot"])["n"].transform("median")
-        own = counts.groupby("user_id")["n"].transform("median")
+        # The user's own norm: mean count over their *other* active windows (0 without history).
+        total = counts.groupby("user_id")["n"].transform("sum")
+        active = counts.groupby("user_id")["n"].transform("size")
+        own = ((total - counts["n"]) / (active - 1).clip(lower=1)).where(active > 1, 0.0)
         bursting = counts[
             (counts["n"] >= min_burst_messages)
             & (counts["n"] >= burst_factor * counts["norm"])
@@ -280,10 +283,12 @@ def find_raids(
         for (channel, slot), in_window in candidates.groupby(["context", "slot"], sort=True):
             start = pd.Timestamp((int(slot) * window_s - offset) * 10**9, tz="UTC")
             norm = float(in_window["norm"].iloc[0])
-            if channel not in habitual:
-                habitual[channel] = _habitual_terms(msgs.loc[msgs["context"] == channel, "text"])
-            for members in _text_clusters(in_window, min_members, habitual[channel]):
-                rows = in_window[in_window["user_id"].isin(members)]
+            # The channel's usual vocabulary, learnt outside this window (a raid must not define it).
+            elsewhere = msgs.loc[(msgs["context"] == channel) & (msgs["slot"] != slot), "text"]
+            everyone = msgs[(msgs["context"] == channel) & (msgs["slot"] == slot)]
+            for core in _text_clusters(in_window, min_members, _habitual_terms(elsewhere)):
+                members = _with_copiers(everyone, core)
+                rows = everyone[everyone["user_id"].isin(members)]
                 found.append(
                     Raid(
                         channel=str(channel),
@@ -296,6 +301,16 @@ def find_raids(
                     )
                 )
     return _merge_raids(found)
+
+
+def _with_copiers(window: pd.DataFrame, core: list[str], min_copies: int = 2) -> list[str]:
+    """The core group plus anyone in the window who posted its shared messages at least ``min_copies`` times."""
+    text = window["text"].str.lower().str.strip()
+    in_core = window["user_id"].isin(core)
+    senders = window.loc[in_core, "user_id"].groupby(text[in_core]).transform("nunique")
+    raid_texts = set(text[in_core][senders > 1])
+    copies = text.isin(raid_texts).groupby(window["user_id"]).sum()
+    return sorted(set(core) | set(copies.index[copies >= min_copies]))
 
 
 def _habitual_terms(texts: pd.Series, min_share: float = 0.02) -> frozenset[str]:

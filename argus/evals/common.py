@@ -68,13 +68,19 @@ def binary_metrics(truth: np.ndarray, score: np.ndarray, flagged: np.ndarray) ->
 
 def best_single_feature_auc(features: pd.DataFrame, truth: np.ndarray) -> dict[str, object]:
     """The best AUC any one numeric feature reaches alone (either direction): the bar to beat."""
-    best_name, best = "", 0.5
+    best_name, best, best_pr = "", 0.5, float(np.mean(truth))
     for name in features.select_dtypes(include=[np.number]).columns:
         values = features[name].to_numpy(dtype=float)
         if np.all(np.isnan(values)) or np.nanstd(values) == 0:
             continue
-        auc = roc_auc_score(truth, np.nan_to_num(values, nan=np.nanmedian(values)))
-        auc = max(auc, 1 - auc)
-        if auc > best:
-            best_name, best = str(name), float(auc)
-    return {"best_single_feature_auc": round(best, 4), "best_single_feature": best_name}
+        values = np.nan_to_num(values, nan=np.nanmedian(values))
+        auc = roc_auc_score(truth, values)
+        if max(auc, 1 - auc) > best:
+            oriented = values if auc >= 0.5 else -values
+            best_name, best = str(name), float(max(auc, 1 - auc))
+            best_pr = float(average_precision_score(truth, oriented))
+    return {
+        "best_single_feature_auc": round(best, 4),
+        "best_single_feature": best_name,
+        "best_single_feature_pr_auc": round(best_pr, 4),
+    }

@@ -1,0 +1,150 @@
+"""``argus detect``: score every user of an events file with one detector, to CSV (and alert topics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from detectors.base import Detector, reasons_text
+from detectors.events import Events, load_events
+from detectors.registry import detector_class
+from schemas.models import Alert, AlertReason
+
+
+def run_detect(
+    name: str,
+    events_path: Path,
+    out: Path,
+    model: Path | None = None,
+    save_model: Path | None = None,
+    params: dict[str, Any] | None = None,
+) -> tuple[dict[str, Any], list[Alert]]:
+    """Load (or fit on the same events) the detector, score everyone, write ``out``; return summary and alerts."""
+    from detectors.alerts import alerts_from_scores
+
+    events = load_events(events_path)
+    cls = detector_class(name)
+    detector: Detector = cls.load(model) if model else cls(**(params or {}))
+    features = detector.features(events)
+    if model is None:
+        detector.fit(features)
+    scores = detector.score(features)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table = scores.assign(reasons=scores["reasons"].map(reasons_text))
+    table.to_csv(out, index=False, float_format="%.6f")
+    if save_model:
+        detector.save(save_model)
+    start, end = _window(events)
+    alerts = alerts_from_scores(scores, detector, start, end)
+    summary: dict[str, Any] = {
+        "detector": name,
+        "users": len(scores),
+        "scored": int(scores["score"].notna().sum()),
+        "flagged": int(scores["flagged"].sum()),
+        "out": str(out),
+        "model_version": detector.model_version,
+        "fitted": model is None,
+        "rejected_events": len(events.rejected),
+    }
+    if events.rejected:
+        rejected = out.with_suffix(".rejected.jsonl")
+        with rejected.open("wb") as sink:
+            for r in events.rejected:
+                sink.write(r.to_dead_letter().model_dump_json().encode() + b"\n")
+        summary["rejected_out"] = str(rejected)
+    if name == "trolls":
+        raid_alerts = _raids(events, detector.model_version)
+        raids_out = out.with_suffix(".raids.jsonl")
+        raids_out.write_text("".join(a.model_dump_json() + "\n" for a in raid_alerts))
+        summary["raids"] = len(raid_alerts)
+        summary["raids_out"] = str(raids_out)
+        alerts += raid_alerts
+    return summary, alerts
+
+
+def _window(events: Events) -> tuple[pd.Timestamp, pd.Timestamp]:
+    times = [f["ts"] for f in events.frames.values() if len(f)]
+    if not times:
+        now = pd.Timestamp(0, tz="UTC")
+        return now, now
+    joined = pd.concat(times)
+    return joined.min().floor("D"), joined.max().floor("D") + pd.Timedelta(days=1)
+
+
+def _raids(events: Events, model_version: str) -> list[Alert]:
+    from detectors.alerts import group_alert
+    from detectors.trolls import find_raids
+
+    alerts = []
+    for raid in find_raids(events["chat"]):
+        text = f"{len(raid.members)} accounts posting the same messages at {raid.rate_vs_norm:.1f}x the window's norm"
+        alerts.append(
+            group_alert(
+                "raids",
+                f"raid:{raid.channel}:{raid.window_start:%Y%m%dT%H%M}",
+                raid.members,
+                1.0 - 1.0 / max(raid.rate_vs_norm, 1.0),
+                [AlertReason(feature="rate_vs_norm", value=raid.rate_vs_norm, norm=1.0, text=text)],
+                model_version,
+                raid.window_start,
+                raid.window_end,
+                raid.evidence_event_ids,
+            )
+        )
+    return alerts
+
+
+def publish_alerts(alerts: list[Alert], bootstrap: str | None) -> dict[str, int]:
+    """Produce alerts to alerts.<kind> (raids to alerts.troll), keyed by alert_id for compaction."""
+    from infra.clients import producer
+    from infra.topics import alert_topic
+
+    sink = producer(bootstrap)
+    counts: dict[str, int] = {}
+    for alert in alerts:
+        topic = alert_topic("troll" if alert.kind == "raid" else alert.kind)
+        sink.send(topic, key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
+        counts[topic] = counts.get(topic, 0) + 1
+    sink.flush()
+    sink.close()
+    return counts
+
+
+def paper_mode(csv: Path, method: str, k: int, threshold: float) -> dict[str, Any]:
+    """``argus trolls paper``: the paper's scores over a CSV with columns f1..f10 in that order."""
+    import numpy as np
+
+    from detectors.trolls import paper_scores
+
+    try:
+        frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError as exc:
+        raise ValueError(f"{csv}: empty file; expected a header naming f1..f10") from exc
+    names = [f"f{i}" for i in range(1, 11)]
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{csv}: missing column {missing[0]}; the header must name f1..f10 (other columns are ignored)"
+        )
+    order = [c for c in frame.columns if c in names]
+    if order != names:
+        raise ValueError(f"{csv}: columns f1..f10 must appear in that order; found {', '.join(order)}")
+    if frame.empty:
+        raise ValueError(f"{csv}: no rows after the header")
+    values = frame[names].apply(pd.to_numeric, errors="coerce")
+    bad = values.isna() | ~np.isfinite(values.fillna(0))
+    if bad.any().any():
+        row, col = next((r, c) for r, c in zip(*np.nonzero(bad.to_numpy()), strict=True))
+        raw = frame[names].iat[row, col]
+        raise ValueError(f"{csv}: row {row + 2}, column {names[col]}: {raw!r} is not a number")
+    scores = paper_scores(values.to_numpy(dtype=float), method, k)
+    flagged = int((scores > threshold).sum())
+    return {
+        "users": len(scores),
+        "flagged": flagged,
+        "fraction": round(flagged / len(scores), 6),
+        "threshold": threshold,
+        "method": method,
+    }
