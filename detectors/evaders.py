@@ -50,8 +50,11 @@ _EMBED_DIM = 256
 
 
 def name_core(name: str) -> str:
-    """A username reduced to what evaders keep: leet undone, digits, separators and common affixes dropped."""
-    core = re.sub(r"[^a-z]", "", name.lower().translate(_LEET))
+    """A username reduced to what evaders keep: numbers, separators and common affixes dropped, leet undone."""
+    # Runs of two or more digits at either end of a part are numbers ("hawk44"); single digits
+    # between letters are leet ("th3").
+    parts = [re.sub(r"^\d{2,}|\d{2,}$", "", part) for part in re.split(r"[^a-z0-9@$]+", name.lower())]
+    core = re.sub(r"[^a-z]", "", "".join(parts).translate(_LEET))
     for _ in range(2):
         core = _AFFIXES.sub("", core) or core
     return core

@@ -115,6 +115,8 @@ def run(world: Path | None = None, horizon_days: int = 14) -> dict[str, Any]:
         "recall": main["recall"],
         "best_single_feature_auc": single["best_single_feature_auc"],
         "best_single_feature": single["best_single_feature"],
+        # The classic baseline: days since the last activity alone (the R of RFM).
+        "recency_auc": _auc(churned[scored], feats["days_since_active"].to_numpy()[scored]),
         "auc_by_lookback": by_lookback,
         "auc_by_horizon": by_horizon,
         "auc_truth": main["auc_truth"],

@@ -1,0 +1,229 @@
+"""Ban evasion: username and pair features by hand, candidate sets, out-of-sample quality, the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from sklearn.metrics import roc_auc_score
+from typer.testing import CliRunner
+
+from argus.cli import app
+from argus.evals.evaders import first_actions
+from detectors.events import Events
+from detectors.evaders import (
+    EvaderDetector,
+    account_profiles,
+    candidate_pairs,
+    name_core,
+    name_similarity,
+    pair_features,
+)
+from world.config import WorldConfig
+from world.simulate import World
+from world.sinks import write_world
+
+T0 = pd.Timestamp("2026-10-01T00:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("name", "core"),
+    [
+        ("th3_m1l0_kn1ght", "miloknight"),
+        ("the_milo_knight", "miloknight"),
+        ("xblazex4764", "blaze"),
+        ("leo_hawk_again", "leohawk"),
+        ("notivy_moon", "ivymoon"),
+        ("remy", "remy"),
+    ],
+)
+def test_name_core(name: str, core: str) -> None:
+    assert name_core(name) == core
+
+
+def test_name_similarity_by_hand() -> None:
+    same = name_similarity("the_milo_knight", "th3_m1l0_kn1ght")
+    assert same["name_core_similarity"] == 1.0
+    assert same["name_contains"] == 1.0
+    # "abc" vs "abd": 3-grams of ^abc$ {^ab, abc, bc$} and ^abd$ {^ab, abd, bd$}: 1 shared of 5.
+    assert name_similarity("abc", "abd")["name_ngram_jaccard"] == pytest.approx(1 / 5)
+    unrelated = name_similarity("nova_pilot", "zed")
+    assert unrelated["name_contains"] == 0.0
+    assert unrelated["name_core_similarity"] < 0.3
+
+
+def _account(
+    user: str, action: str, seconds: float, username: str, device: str = "aa00", network: str = "bb00"
+) -> dict:
+    return {
+        "event_id": f"{user}-{action}-{seconds}",
+        "ts": T0 + pd.Timedelta(seconds=seconds),
+        "user_id": user,
+        "session_id": None,
+        "context": "web",
+        "schema_version": 1,
+        "event_type": "account",
+        "action": action,
+        "username": username,
+        "previous_username": None,
+        "device_fp": device,
+        "network_fp": network,
+        "reason": None,
+    }
+
+
+def _chat(user: str, seconds: float, text: str, channel: str = "ch-1") -> dict:
+    return {
+        "event_id": f"{user}-chat-{seconds}",
+        "ts": T0 + pd.Timedelta(seconds=seconds),
+        "user_id": user,
+        "session_id": None,
+        "context": channel,
+        "schema_version": 1,
+        "event_type": "chat",
+        "text": text,
+        "channel_mode": None,
+        "reply_to": None,
+    }
+
+
+def _hand_events() -> Events:
+    accounts = [
+        _account("p1", "login", 0, "stormrider", "d1", "n1"),
+        _account("p1", "ban", 1000, "stormrider"),
+        _account("p2", "login", 0, "quietfox", "d2", "n2"),
+        _account("p2", "ban", 2000, "quietfox"),
+        _account("p3", "login", 0, "latebird", "d3", "n3"),
+        _account("p3", "ban", 9000, "latebird"),
+        _account("c1", "signup", 3000 + 3600, "st0rmrider_back", "d1", "n9"),
+    ]
+    chats = [
+        _chat("p1", 10, "that boss fight was rigged"),
+        _chat("c1", 7000, "that boss fight was rigged again"),
+        _chat("p2", 20, "hello friends", "ch-2"),
+    ]
+    return Events({"account": pd.DataFrame(accounts), "chat": pd.DataFrame(chats)})
+
+
+def test_profiles_and_candidates_by_hand() -> None:
+    profiles = account_profiles(_hand_events())
+    assert profiles.loc["c1", "created_ts"] == T0 + pd.Timedelta(seconds=6600)
+    assert pd.isna(profiles.loc["p1", "created_ts"])
+    assert profiles.loc["p1", "banned_ts"] == T0 + pd.Timedelta(seconds=1000)
+    assert profiles.loc["c1", "devices"] == frozenset({"d1"})
+    # Only accounts banned before c1 was created are candidates; the closest first when limited.
+    pairs = candidate_pairs(profiles, candidates=50, retrieved=0)
+    assert pairs.to_dict("records") == [{"child": "c1", "parent": "p1"}, {"child": "c1", "parent": "p2"}]
+    assert candidate_pairs(profiles, candidates=1, retrieved=0)["parent"].tolist() == ["p2"]
+    x = pair_features(profiles, pairs).set_index(pairs["parent"])
+    assert x.loc["p1", "shared_device"] == 1.0 and x.loc["p2", "shared_device"] == 0.0
+    assert x.loc["p1", "shared_network"] == 0.0
+    assert x.loc["p1", "channel_cosine"] == 1.0 and x.loc["p2", "channel_cosine"] == 0.0
+    assert x.loc["p1", "hours_after_ban_log"] == pytest.approx(np.log1p((6600 - 1000) / 3600))
+    assert x.loc["p1", "content_cosine"] > 0.5 > x.loc["p2", "content_cosine"]
+    assert x.loc["p1", "name_core_similarity"] == 1.0
+
+
+def test_first_actions_keeps_signup_and_three_events() -> None:
+    events = _hand_events()
+    more = [_chat("c1", 7000 + i, f"message {i}") for i in range(1, 6)]
+    events.frames["chat"] = pd.concat([events["chat"], pd.DataFrame(more)], ignore_index=True)
+    early = first_actions(events, 3)
+    assert len(early["chat"][early["chat"]["user_id"] == "c1"]) == 3
+    assert (early["account"]["user_id"] == "c1").sum() == 1
+    assert len(early["chat"][early["chat"]["user_id"] == "p1"]) == 1
+
+
+def _world_events(world: World) -> Events:
+    tables: dict[str, list[pa.Table]] = {}
+    for _, day in world.days():
+        for event_type, table in day.items():
+            tables.setdefault(event_type, []).append(table)
+    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
+
+
+EVASIVE = dict(users=900, days=4, events_per_user_day=25.0, troll_fraction=0.12)
+
+
+@pytest.fixture(scope="module")
+def trained() -> EvaderDetector:
+    world = World(WorldConfig(seed=21, **EVASIVE))  # type: ignore[arg-type]
+    detector = EvaderDetector()
+    features = detector.features(_world_events(world))
+    labels = pd.Series(
+        world.pop.user_id[world.pop.parent[world.pop.parent >= 0]], index=world.pop.user_id[world.pop.parent >= 0]
+    )
+    return detector.fit(features, labels)
+
+
+def test_children_are_detected_and_matched_out_of_sample(trained: EvaderDetector) -> None:
+    world = World(WorldConfig(seed=22, **EVASIVE))  # type: ignore[arg-type]
+    features = trained.features(_world_events(world))
+    scores = trained.score(features).set_index("user_id")
+    new = scores[scores["score"].notna()]
+    children = set(world.pop.user_id[world.pop.parent >= 0])
+    y = new.index.isin(children)
+    assert y.sum() >= 8
+    assert roc_auc_score(y, new["score"]) >= 0.9
+    matches = trained.match(features)
+    best = matches[matches["rank"] == 1].set_index("child")["parent"]
+    parent_of = dict(
+        zip(
+            world.pop.user_id[world.pop.parent >= 0],
+            world.pop.user_id[world.pop.parent[world.pop.parent >= 0]],
+            strict=True,
+        )
+    )
+    present = features.index[features["created_ts"].notna()]
+    right = [best.get(c) == p for c, p in parent_of.items() if c in present]  # some sign up after the world ends
+    assert len(right) >= 8
+    assert np.mean(right) >= 0.9
+    assert trained.metrics["supervision"] == "labels"
+
+
+def test_unsupervised_fit_learns_from_device_matches() -> None:
+    world = World(WorldConfig(seed=23, **EVASIVE))  # type: ignore[arg-type]
+    detector = EvaderDetector()
+    features = detector.features(_world_events(world))
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert detector.metrics["supervision"] == "shared devices"
+    assert "shared_device" not in detector.metrics["coefficients"]
+    new = scores[scores["score"].notna()]
+    y = new.index.isin(world.pop.user_id[world.pop.parent >= 0])
+    assert roc_auc_score(y, new["score"]) >= 0.8
+
+
+def test_detect_command_with_jsonl_and_a_bad_line(tmp_path: Path) -> None:
+    world = World(WorldConfig(users=300, days=2, seed=4, events_per_user_day=20.0, troll_fraction=0.2))
+    write_world(world, tmp_path / "w", "jsonl")
+    lines = b"".join(p.read_bytes() for p in sorted((tmp_path / "w" / "events").rglob("*.jsonl")))
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(lines + b'{"event_type": "chat", "oops": 1}\n')
+    out = tmp_path / "scores.csv"
+    result = CliRunner().invoke(app, ["detect", "evaders", "--events", str(events), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["rejected_events"] == 1
+    rejected = [json.loads(line) for line in Path(summary["rejected_out"]).read_text().splitlines()]
+    assert rejected[0]["reason_code"] in ("missing_field", "unexpected_field")
+    table = pd.read_csv(out)
+    assert list(table.columns) == ["user_id", "score", "flagged", "status", "reasons"]
+    assert len(table) == summary["users"]
+    assert table.loc[table["score"].isna(), "status"].str.len().gt(0).all()
+
+
+def test_detect_command_user_errors(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["detect", "gremlins", "--events", str(tmp_path), "--out", str(tmp_path / "o.csv")])
+    assert result.exit_code != 0
+    from argus.cli import UserError
+
+    assert isinstance(result.exception, UserError) and "unknown detector" in str(result.exception)
+    result = runner.invoke(
+        app, ["detect", "trolls", "--events", str(tmp_path / "none"), "--out", str(tmp_path / "o.csv")]
+    )
+    assert isinstance(result.exception, UserError) and "no events at" in str(result.exception)
