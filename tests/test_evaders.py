@@ -14,7 +14,6 @@ from typer.testing import CliRunner
 
 from argus.cli import app
 from argus.evals.evaders import first_actions
-from detectors.events import Events
 from detectors.evaders import (
     EvaderDetector,
     account_profiles,
@@ -23,6 +22,7 @@ from detectors.evaders import (
     name_similarity,
     pair_features,
 )
+from detectors.events import Events
 from world.config import WorldConfig
 from world.simulate import World
 from world.sinks import write_world
