@@ -27,6 +27,8 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# One definition of the chat context for the nightly job and the detectors (tested equal).
+from detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
 from jobs.entry import run_job
 from jobs.publish import publish_per_user
 
@@ -34,9 +36,6 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 WINDOWS_DAYS = (1, 7, 30)
-CONTEXT_WINDOW_S = 600
-STOPWORDS = ["the", "is", "this", "we", "so", "just", "now", "that", "it", "on", "for", "a", "an", "to", "and"]
-LINK_PATTERN = r"(https?://|www\.|bit\.ly|\.(gg|io|shop|com)\b)"
 EVENT_TYPES = ("chat", "click", "payment", "account", "moderation")
 
 
@@ -82,7 +81,7 @@ def chat_features(chat: DataFrame) -> DataFrame:
         "context",
         "slot",
         F.explode(F.array_distinct(F.split(F.lower("text"), r"[^\p{L}\p{N}]+"))).alias("term"),
-    ).where((F.length("term") >= 2) & ~F.col("term").isin(STOPWORDS))
+    ).where((F.length("term") >= 2) & ~F.col("term").isin(sorted(STOPWORDS)))
     counts = terms.groupBy("context", "slot", "term").agg(F.count(F.lit(1)).alias("n"))
     window = Window.partitionBy("context", "slot")
     ranked = counts.select(
@@ -116,6 +115,7 @@ def chat_features(chat: DataFrame) -> DataFrame:
         return F.avg(F.when(condition, 1.0).otherwise(0.0))
 
     text = F.trim(F.lower("text"))
+    hostile = F.array(*[F.lit(t) for t in sorted(HOSTILE_TERMS)])
     letters = F.regexp_replace("text", r"[^\p{L}]", "")
     features = enriched.groupBy("user_id").agg(
         F.count(F.lit(1)).alias("chat_messages"),
@@ -126,6 +126,7 @@ def chat_features(chat: DataFrame) -> DataFrame:
         share((F.length(letters) >= 3) & (F.upper(letters) == letters)).alias("chat_caps_ratio"),
         share(F.col("text").contains("@")).alias("chat_mention_ratio"),
         share(F.col("text").rlike(LINK_PATTERN)).alias("chat_link_ratio"),
+        share(F.arrays_overlap(F.split(F.lower("text"), r"[^\p{L}\p{N}]+"), hostile)).alias("chat_hostile_ratio"),
         F.avg(F.when(F.col("channel_mode").isNotNull(), (F.col("channel_mode") == "anarchy").cast("double"))).alias(
             "chat_anarchy_mode_share"
         ),
