@@ -78,10 +78,11 @@ def _story(out: Console, bootstrap: str, users: int, days: int, home: Path) -> N
         original = base64.b64decode(example["original_b64"])[:60]
         reason = f"{example['reason_code']!r} ({example['reason']})"
         out.print(f"example dead letter: reason={reason}; original bytes {original!r}...")
-    _nightly(out, bootstrap, home / "nightly", world.dates()[-1])
+    if _nightly(out, bootstrap, home / "nightly", world.dates()[-1]):
+        _detect(out, bootstrap, home / "nightly", home / "alerts", world)
 
 
-def _nightly(out: Console, bootstrap: str, lake: Path, day: date) -> None:
+def _nightly(out: Console, bootstrap: str, lake: Path, day: date) -> bool:
     """The nightly Spark chain on what just went into Kafka."""
     from infra.spark import local_session
     from jobs.embed import run_embed
@@ -100,7 +101,7 @@ def _nightly(out: Console, bootstrap: str, lake: Path, day: date) -> None:
             report = run_quality(spark, lake, day)
         out.print(report.summary())
         if not report.passed:
-            return
+            return False
         with out.status("profiles..."):
             profiles = run_profile(spark, lake, day)
         out.print(f"profiles: {profiles['users']:,} users x {profiles['columns']} columns in {profiles['path']}")
@@ -109,6 +110,48 @@ def _nightly(out: Console, bootstrap: str, lake: Path, day: date) -> None:
         out.print(f"embeddings: {embeddings['users']:,} users x {embeddings['dim']} dims in {embeddings['path']}")
     finally:
         spark.stop()
+    return True
+
+
+def _detect(out: Console, bootstrap: str, lake: Path, scores_dir: Path, world: World) -> None:
+    """The detectors on the lake the nightly ingest wrote, alerts to the alert topics, checked against the truth."""
+    from argus.detect import publish_alerts, run_detect
+    from world.truth import truth_table
+
+    out.rule("[bold]6. Detectors on the ingested lake: scores, alerts to Kafka, checked against the truth")
+    truth = truth_table(world).to_pandas().set_index("user_id")
+    positives = {
+        "trolls": set(truth.index[truth["is_troll"]]),
+        "evaders": set(truth.index[truth["is_evader"]]),
+        "fraud": set(truth.index[truth["fraud_ring"].notna()]),
+    }
+    table = Table("detector", "users", "scored", "flagged", "truly positive", "alerts")
+    tops = []
+    for name, positive in positives.items():
+        with out.status(f"{name}: fit on the lake and score everyone..."):
+            summary, alerts = run_detect(name, lake, scores_dir / f"{name}.csv")
+            published = publish_alerts(alerts, bootstrap)
+        flagged = [a.user_id for a in alerts if a.kind != "raid"]
+        top = max((a for a in alerts if a.kind != "raid"), key=lambda a: a.score, default=None)
+        table.add_row(
+            name,
+            f"{summary['users']:,}",
+            f"{summary['scored']:,}",
+            f"{summary['flagged']:,}",
+            f"{sum(u in positive for u in flagged)} of {len(positive)}",
+            ", ".join(f"{n} -> {t}" for t, n in published.items()) or "0",
+        )
+        if top is not None:
+            tops.append(
+                f"{name}: top alert {top.user_id} (score {top.score:.2f}): "
+                + "; ".join(r.text for r in top.reasons[:3])
+            )
+        if name == "trolls" and summary.get("raids"):
+            out.print(f"raid groups: {summary['raids']} (in {summary['raids_out']})")
+    out.print(table)
+    for line in tops:
+        out.print(line, highlight=False)
+    out.print(f"scores: {scores_dir}/*.csv; consume alerts with any Kafka client from alerts.*")
 
 
 def _first_dead_letter(bootstrap: str) -> dict[str, str] | None:
