@@ -13,6 +13,7 @@ words, message rate against the other users in the same windows, and burstiness.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 import numpy as np
@@ -91,24 +92,101 @@ CONTEXT_FEATURES = [
 FEATURE_COLUMNS = ["chat_messages", "chat_windows", *CONTEXT_FEATURES]
 
 
+SHARE_COLUMNS = [c for c in CONTEXT_FEATURES if c.endswith(("_share", "_ratio")) and c != "chat_anarchy_mode_share"]
+
+
 def chat_context_features(chat: pd.DataFrame, window_s: int = CONTEXT_WINDOW_S) -> pd.DataFrame:
     """One row per user who chatted: ``FEATURE_COLUMNS``, indexed by ``user_id`` (sorted)."""
-    if chat.empty:
-        return pd.DataFrame(columns=FEATURE_COLUMNS, index=pd.Index([], name="user_id"), dtype=float)
-    msgs = chat[["event_id", "user_id", "context", "ts", "text", "channel_mode"]].reset_index(drop=True)
-    msgs["slot"] = _epoch_seconds(msgs["ts"]) // window_s
+    state = ChatContextState(window_s)
+    state.add(chat)
+    return state.features()
+
+
+class ChatContextState:
+    """Per-user running sums behind ``chat_context_features``, updated one batch of windows at a time.
+
+    Streaming keeps one of these and ``add``s each batch of closed windows (every message of a
+    (channel, window) in the same batch, batches in event-time order); ``features()`` then equals
+    the batch computation over everything added (tested). Memory: a few numbers per user plus a
+    hash per distinct message text (for repetition).
+    """
+
+    def __init__(self, window_s: int = CONTEXT_WINDOW_S) -> None:
+        self.window_s = window_s
+        self.sums = pd.DataFrame(dtype=float)
+        self.texts: dict[str, set[int]] = {}
+        self.last_seen: dict[str, int] = {}
+
+    def add(self, chat: pd.DataFrame) -> None:
+        if chat.empty:
+            return
+        msgs = chat[["event_id", "user_id", "context", "ts", "text", "channel_mode"]].reset_index(drop=True)
+        msgs["slot"] = _epoch_seconds(msgs["ts"]) // self.window_s
+        per_message = _message_indicators(msgs)
+        users = per_message.groupby(msgs["user_id"], sort=True)
+        batch = users[SHARE_COLUMNS].sum()
+        batch["messages"] = users.size()
+        batch["anarchy_num"] = users["_anarchy"].sum()
+        batch["anarchy_den"] = users["_anarchy"].count()
+
+        in_slot = msgs.groupby(["context", "slot", "user_id"]).size().rename("n").reset_index()
+        in_slot["norm"] = in_slot.groupby(["context", "slot"])["n"].transform("mean")
+        by_user = in_slot.groupby("user_id")
+        batch["windows"] = by_user.size()
+        batch["rate_vs_window_sum"] = (in_slot["n"] / in_slot["norm"]).groupby(in_slot["user_id"]).sum()
+        gaps = self._gaps(msgs)
+        batch["gap_n"] = gaps.groupby(level=0).size()
+        batch["gap_sum"] = gaps.groupby(level=0).sum()
+        batch["gap_sq"] = (gaps.astype(float) ** 2).groupby(level=0).sum()
+        batch = batch.fillna(0.0).astype(float)
+        self.sums = batch if self.sums.empty else self.sums.add(batch, fill_value=0.0)
+        for user, text in zip(msgs["user_id"], msgs["text"], strict=True):
+            self.texts.setdefault(user, set()).add(_stable_hash(text))
+
+    def _gaps(self, msgs: pd.DataFrame) -> pd.Series:
+        """Seconds between a user's consecutive messages, continuing from the previous batch."""
+        ordered = msgs.sort_values(["user_id", "ts", "event_id"])
+        seconds = _epoch_seconds(ordered["ts"])
+        previous = seconds.groupby(ordered["user_id"]).shift()
+        first = previous.isna()
+        previous = previous.astype(float)
+        previous[first] = ordered.loc[first, "user_id"].map(lambda u: self.last_seen.get(u, np.nan)).astype(float)
+        gaps = (seconds - previous).dropna()
+        last = ordered.groupby("user_id").tail(1)
+        for user, ts in zip(last["user_id"], _epoch_seconds(last["ts"]), strict=True):
+            self.last_seen[user] = int(ts)
+        return pd.Series(gaps.to_numpy(dtype=float), index=ordered.loc[gaps.index, "user_id"].to_numpy())
+
+    def features(self) -> pd.DataFrame:
+        if self.sums.empty:
+            return pd.DataFrame(columns=FEATURE_COLUMNS, index=pd.Index([], name="user_id"), dtype=float)
+        sums = self.sums
+        out = sums[SHARE_COLUMNS].div(sums["messages"], axis=0)
+        out["chat_anarchy_mode_share"] = (sums["anarchy_num"] / sums["anarchy_den"]).where(sums["anarchy_den"] > 0, 0.0)
+        out["chat_messages"] = sums["messages"]
+        out["chat_windows"] = sums["windows"]
+        distinct = pd.Series({u: len(t) for u, t in self.texts.items()}).reindex(sums.index)
+        out["chat_repetition"] = 1.0 - distinct / sums["messages"]
+        out["chat_rate_vs_window"] = sums["rate_vs_window_sum"] / sums["windows"]
+        mean = sums["gap_sum"] / sums["gap_n"]
+        sd = np.sqrt(np.maximum(sums["gap_sq"] / sums["gap_n"] - mean**2, 0.0))
+        out["chat_burstiness"] = ((sd - mean) / (sd + mean)).where((sums["gap_n"] > 0) & (mean > 0))
+        out.index.name = "user_id"
+        return out[FEATURE_COLUMNS].sort_index()
+
+
+def _message_indicators(msgs: pd.DataFrame) -> pd.DataFrame:
+    """Per message, the 0/1 indicators the per-user shares average (``_anarchy``: NaN outside plays channels)."""
     lower = msgs["text"].str.lower()
     best_top, best_bottom = _goal_ranks(msgs, lower)
-
     copy = msgs.groupby(["user_id", "context", "slot", "text"], sort=False).cumcount()
     link = msgs["text"].str.contains(LINK_PATTERN, regex=True)
     letters = msgs["text"].str.replace(r"[^\w]|[\d_]", "", regex=True)
     terms = lower.str.findall(TERM_PATTERN)
     stripped = lower.str.strip()
     plays = msgs["channel_mode"].notna()
-    per_message = pd.DataFrame(
+    indicators = pd.DataFrame(
         {
-            "user_id": msgs["user_id"],
             "chat_top1_share": best_top <= 1,
             "chat_top2_share": best_top <= 2,
             "chat_top3_share": best_top <= 3,
@@ -122,24 +200,10 @@ def chat_context_features(chat: pd.DataFrame, window_s: int = CONTEXT_WINDOW_S) 
             "chat_hostile_ratio": terms.map(lambda ts: any(t in HOSTILE_TERMS for t in ts)),
             "chat_start_share": stripped == "start",
             "chat_anarchy_vote_share": stripped == "anarchy",
-            "_anarchy": (msgs["channel_mode"] == "anarchy").where(plays),
         }
-    )
-    users = per_message.groupby("user_id", sort=True)
-    shares = users.mean(numeric_only=False).astype(float)
-    out = shares.drop(columns="_anarchy")
-    # Share sent in anarchy mode, among the user's messages in channels that have modes (0 if none).
-    out["chat_anarchy_mode_share"] = shares["_anarchy"].fillna(0.0)
-    out["chat_messages"] = users.size().astype(float)
-    out["chat_repetition"] = 1.0 - msgs.groupby("user_id")["text"].nunique() / out["chat_messages"]
-
-    in_slot = msgs.groupby(["context", "slot", "user_id"]).size().rename("n").reset_index()
-    in_slot["norm"] = in_slot.groupby(["context", "slot"])["n"].transform("mean")
-    out["chat_windows"] = in_slot.groupby("user_id").size().astype(float)
-    out["chat_rate_vs_window"] = (in_slot["n"] / in_slot["norm"]).groupby(in_slot["user_id"]).mean()
-    out["chat_burstiness"] = _burstiness(msgs)
-    out.index.name = "user_id"
-    return out[FEATURE_COLUMNS]
+    ).astype(float)
+    indicators["_anarchy"] = (msgs["channel_mode"] == "anarchy").astype(float).where(plays)
+    return indicators
 
 
 def _goal_ranks(msgs: pd.DataFrame, lower: pd.Series) -> tuple[pd.Series, pd.Series]:
@@ -161,14 +225,9 @@ def _goal_ranks(msgs: pd.DataFrame, lower: pd.Series) -> tuple[pd.Series, pd.Ser
     return best["top_rank"].fillna(np.inf), best["bottom_rank"].fillna(np.inf)
 
 
-def _burstiness(msgs: pd.DataFrame) -> pd.Series:
-    """(sd - mean) / (sd + mean) of the gaps between a user's messages (population sd, as Spark's)."""
-    ordered = msgs.sort_values(["user_id", "ts", "event_id"])
-    seconds = _epoch_seconds(ordered["ts"])
-    gaps = seconds.groupby(ordered["user_id"]).diff().dropna()
-    by_user = gaps.groupby(ordered.loc[gaps.index, "user_id"])
-    mean, sd = by_user.mean(), by_user.std(ddof=0)
-    return ((sd - mean) / (sd + mean)).where(mean > 0)
+def _stable_hash(text: str) -> int:
+    """Equal across processes (Python's own str hash is salted per process; state is pickled)."""
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 def _epoch_seconds(ts: pd.Series) -> pd.Series:

@@ -201,3 +201,18 @@ def _events(world: World) -> Events:
         for event_type, table in day.items():
             tables.setdefault(event_type, []).append(table)
     return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
+
+
+def test_incremental_state_equals_the_batch_features(small_world: World) -> None:
+    from detectors.chat_features import ChatContextState
+
+    chat = _events(small_world)["chat"]
+    batch = chat_context_features(chat)
+    state = ChatContextState()
+    hour = chat["ts"].dt.floor("h")  # whole 10-minute windows per batch, in event-time order
+    for _, part in chat.groupby(hour, sort=True):
+        state.add(part)
+    streamed = state.features()
+    pd.testing.assert_index_equal(streamed.index, batch.index)
+    for column in batch.columns:
+        assert np.allclose(streamed[column], batch[column], equal_nan=True, atol=1e-9), column
