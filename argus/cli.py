@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -336,6 +337,36 @@ def batch_embed(
     _spark_submit("embed", args, master, lake, print_command)
 
 
+@batch_app.command("score")
+def batch_score(
+    detector: Annotated[str, typer.Option(help="trolls, evaders, fraud or churn.")],
+    date_: Annotated[str, typer.Option("--date", help="Score as of the end of this day, YYYY-MM-DD.")],
+    lake: LakeOption = Path("lake"),
+    days: Annotated[int, typer.Option(min=1, help="Days of events behind the features.")] = 30,
+    model: Annotated[Path | None, typer.Option(help="A saved model; without it, fit on the same night.")] = None,
+    alerts: Annotated[bool, typer.Option(help="Produce the alerts to the alerts.* topics.")] = False,
+    master: MasterOption = "local[2]",
+    print_command: PrintCommandOption = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Score one detector over the lake: LAKE/scores/detector=X/date=D/, the model in LAKE/models/X/.
+
+    trolls reads the nightly profile (run `batch profile` first); the others read the events.
+    """
+    from infra.clients import kafka_settings
+
+    _check_date(date_)
+    if detector not in DETECTOR_NAMES:
+        raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
+    args = ["--lake", str(lake.resolve()), "--date", date_, "--detector", detector, "--days", str(days)]
+    if model is not None:
+        args += ["--model", str(model.resolve())]
+    if alerts:
+        servers = kafka_settings(bootstrap)["bootstrap_servers"]
+        args += ["--bootstrap", servers if isinstance(servers, str) else ",".join(servers)]
+    _spark_submit("score", args, master, lake, print_command)
+
+
 @batch_app.command("nightly")
 def batch_nightly(
     date_: Annotated[str, typer.Option("--date", help="The day to process, YYYY-MM-DD.")],
@@ -344,14 +375,34 @@ def batch_nightly(
     skip_ingest: Annotated[
         bool, typer.Option(help="The lake is already filled (e.g. by argus generate --out).")
     ] = False,
+    detectors: Annotated[
+        str, typer.Option(help="Detectors to score after the profile, comma-separated; '' for none.")
+    ] = "trolls,evaders,fraud,churn",
+    alerts: Annotated[bool, typer.Option(help="Produce the detectors' alerts to the alerts.* topics.")] = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
-    """The nightly chain: ingest -> quality gate -> profile -> embed. A failing step stops the chain."""
+    """The nightly chain: ingest -> quality gate -> profile -> embed -> score. A failing step stops it."""
+    names = [d for d in detectors.split(",") if d]
+    unknown = [d for d in names if d not in DETECTOR_NAMES]
+    if unknown:
+        raise UserError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_NAMES)}")
     if not skip_ingest:
         batch_ingest(lake=lake, master=master, topics=None, rerun=None, print_command=False, bootstrap=bootstrap)
     batch_quality(date_=date_, lake=lake, master=master, freshness_hours=6.0, volume_tolerance=0.5, print_command=False)
     batch_profile(date_=date_, lake=lake, feature_days=30, master=master, print_command=False)
     batch_embed(date_=date_, lake=lake, days=30, dim=32, master=master, print_command=False)
+    for name in names:
+        batch_score(
+            detector=name,
+            date_=date_,
+            lake=lake,
+            days=30,
+            model=None,
+            alerts=alerts,
+            master=master,
+            print_command=False,
+            bootstrap=bootstrap,
+        )
 
 
 def _check_date(value: str) -> None:
@@ -541,9 +592,10 @@ def detect(
     --save-model keeps that model for later runs or for streaming. trolls also writes the
     raid groups it finds to OUT.raids.jsonl; malformed JSONL lines go to OUT.rejected.jsonl.
     """
-    from argus.detect import publish_alerts, run_detect
+    from argus.detect import run_detect
     from detectors.base import ModelError
     from detectors.events import EventsError
+    from infra.clients import publish_alerts
 
     if detector not in DETECTOR_NAMES:
         raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
@@ -556,8 +608,8 @@ def detect(
             params["horizon_days"] = horizon_days
     elif as_of is not None or horizon_days is not None:
         raise UserError("--as-of and --horizon-days apply to churn only")
-    if model is not None and params:
-        raise UserError("--as-of/--horizon-days come from the model when --model is given; drop them or refit")
+    if model is not None and "horizon_days" in params:
+        raise UserError("a saved churn model answers for the horizon it was fitted for; drop --horizon-days or refit")
     try:
         summary, found = run_detect(detector, events, out, model, save_model, params)
     except (EventsError, ModelError, ValueError) as exc:
@@ -627,7 +679,9 @@ def eval_trolls(
     """Troll scores (context mode), the paper's mode and raid groups against the truth file."""
     from argus.evals.trolls import run
 
-    print(json.dumps(run(world, method)))
+    if method not in ("centroid", "knn"):
+        raise UserError(f"--method must be centroid or knn, not {method!r}")
+    print(json.dumps(_evaluate(lambda: run(world, method))))
 
 
 @eval_app.command("evaders")
@@ -635,7 +689,7 @@ def eval_evaders(world: WorldOption = None, as_json: JsonFlag = True) -> None:
     """The ban-evasion paper's three tasks: detect (full and first 3 actions), match (MRR), predict."""
     from argus.evals.evaders import run
 
-    print(json.dumps(run(world)))
+    print(json.dumps(_evaluate(lambda: run(world))))
 
 
 @eval_app.command("fraud")
@@ -643,7 +697,7 @@ def eval_fraud(world: WorldOption = None, as_json: JsonFlag = True) -> None:
     """Fraud-ring members, rings found by risky clusters, and the rules extracted."""
     from argus.evals.fraud import run
 
-    print(json.dumps(run(world), default=str))
+    print(json.dumps(_evaluate(lambda: run(world)), default=str))
 
 
 @eval_app.command("churn")
@@ -655,7 +709,15 @@ def eval_churn(
     """Churn risk at a horizon, with AUC by lookback length."""
     from argus.evals.churn import run
 
-    print(json.dumps(run(world, horizon_days=horizon_days), default=str))
+    print(json.dumps(_evaluate(lambda: run(world, horizon_days=horizon_days)), default=str))
+
+
+def _evaluate(run: Callable[[], dict[str, object]]) -> dict[str, object]:
+    """An evaluation; a world that is missing, has no truth or is too short is the user's to fix."""
+    try:
+        return run()
+    except (FileNotFoundError, ValueError) as exc:
+        raise UserError(str(exc)) from exc
 
 
 @app.command()

@@ -115,7 +115,8 @@ def _nightly(out: Console, bootstrap: str, lake: Path, day: date) -> bool:
 
 def _detect(out: Console, bootstrap: str, lake: Path, scores_dir: Path, world: World) -> None:
     """The detectors on the lake the nightly ingest wrote, alerts to the alert topics, checked against the truth."""
-    from argus.detect import publish_alerts, run_detect
+    from argus.detect import run_detect
+    from infra.clients import publish_alerts
     from world.truth import truth_table
 
     out.rule("[bold]6. Detectors on the ingested lake: scores, alerts to Kafka, checked against the truth")

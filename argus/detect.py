@@ -27,6 +27,11 @@ def run_detect(
     events = load_events(events_path)
     cls = detector_class(name)
     detector: Detector = cls.load(model) if model else cls(**(params or {}))
+    if model and params and "as_of" in params:
+        from detectors.churn import ChurnDetector
+
+        assert isinstance(detector, ChurnDetector)
+        detector = detector.at(str(params["as_of"]))  # what was learnt, scored at another day
     features = detector.features(events)
     if model is None:
         detector.fit(features)
@@ -94,22 +99,6 @@ def _raids(events: Events, model_version: str) -> list[Alert]:
             )
         )
     return alerts
-
-
-def publish_alerts(alerts: list[Alert], bootstrap: str | None) -> dict[str, int]:
-    """Produce alerts to alerts.<kind> (raids to alerts.troll), keyed by alert_id for compaction."""
-    from infra.clients import producer
-    from infra.topics import alert_topic
-
-    sink = producer(bootstrap)
-    counts: dict[str, int] = {}
-    for alert in alerts:
-        topic = alert_topic("troll" if alert.kind == "raid" else alert.kind)
-        sink.send(topic, key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
-        counts[topic] = counts.get(topic, 0) + 1
-    sink.flush()
-    sink.close()
-    return counts
 
 
 def paper_mode(csv: Path, method: str, k: int, threshold: float) -> dict[str, Any]:

@@ -29,7 +29,7 @@ SCORED = "scored"
 INSUFFICIENT_ACTIVITY = "insufficient activity"
 
 
-class ModelError(Exception):
+class ModelError(ValueError):
     """An artefact that cannot be used (missing, another detector's, another format); one line for the user."""
 
 

@@ -64,7 +64,7 @@ ACTIVITY_CHANNELS = ("chat", "click", "payment", "account")
 NOT_USER_ACTIONS = frozenset(["ban", "unban"])  # account events the platform does to a user
 
 PAPER_LOOKBACK_DAYS = 30  # the paper trains on 30 days of daily time-series features
-DEFAULT_HORIZON_DAYS = 14  # the horizon of the issue's target
+DEFAULT_HORIZON_DAYS = 14  # two weeks: long enough to tell leaving from a quiet week
 DEFAULT_HISTORY_DAYS = 90  # a 30-day lookback, a 14-day horizon and ~23 full-window training cut-offs
 MIN_ACTIVE_DAYS = 2  # a rate or trend needs two active days; one event is no history
 MIN_CLASS_EXAMPLES = 20  # fewer churners (or stayers) than this: too few to learn from, use the prior
@@ -195,7 +195,7 @@ class Windows:
     """Model inputs for the windows ending at one cut-off: aggregates and the raw series."""
 
     aggregates: pd.DataFrame  # one row per user, AGGREGATE_NAMES
-    series: np.ndarray  # (users, lookback * series channels + lookback)
+    series: np.ndarray  # (users, lookback x (series channels + 2)): log counts, relative activity, observed mask
     active_days: np.ndarray  # active days in the window
     banned: np.ndarray  # a ban in force at the cut-off
 

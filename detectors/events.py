@@ -23,7 +23,7 @@ from schemas.models import EVENT_TYPES
 from schemas.validate import Rejection, validate_batch
 
 
-class EventsError(Exception):
+class EventsError(ValueError):
     """The events path cannot be read; one line that says what to do."""
 
 
@@ -55,6 +55,10 @@ class Events:
     @classmethod
     def from_tables(cls, tables: dict[str, pa.Table]) -> Events:
         return cls({t: _normalise(table.to_pandas()) for t, table in tables.items()})
+
+    @classmethod
+    def from_frames(cls, frames: dict[str, pd.DataFrame]) -> Events:
+        return cls({t: _normalise(frame.reset_index(drop=True)) for t, frame in frames.items()})
 
     def restrict(self, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> Events:
         """Events with ``start <= ts < end`` (either bound optional)."""

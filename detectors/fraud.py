@@ -28,7 +28,7 @@ outcomes, and every risky cluster gets rules an investigator can read.
    interquartile ranges (activity volume, which says how much and not how, weighted by
    ``volume_weight``), the embedding is appended with weight ``embed_weight``, and PHDBSCAN clusters
    the result (``min_cluster_size`` 5: the smallest ring worth an investigator's time).
-4. **Risk.** Known outcomes, as the issue lists them: a ``fraud``/``chargeback`` label from the risk
+4. **Risk.** Known outcomes: a ``fraud``/``chargeback`` label from the risk
    team (``fit(labels=...)`` adds labels from elsewhere), a chargeback, a burst of declines. A
    cluster is risky when, for one outcome, at least ``min_support`` members have it and so many
    would be unlikely at the population's base rate (binomial tail ``p <= alpha``); its risk is

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
@@ -152,3 +153,33 @@ class BulkProducer:
             raise RuntimeError(f"{remaining} records were not delivered within {timeout:.0f}s")
         if self._errors:
             raise RuntimeError(f"{len(self._errors)} records failed delivery; first error: {self._errors[0]}")
+
+
+class AlertRecord(Protocol):
+    """What ``publish_alerts`` needs of an alert (``schemas.Alert`` has it)."""
+
+    @property
+    def alert_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    def model_dump_json(self) -> str: ...
+
+
+def publish_alerts(alerts: Iterable[AlertRecord], bootstrap: str | None = None) -> dict[str, int]:
+    """Produce alerts to ``alerts.<kind>`` (raid groups to ``alerts.troll``), keyed by ``alert_id``:
+    a replay writes the same keys, so a compacted topic keeps one record per alert."""
+    from infra.topics import alert_topic
+
+    sink = producer(bootstrap)
+    counts: dict[str, int] = {}
+    try:
+        for alert in alerts:
+            topic = alert_topic("troll" if alert.kind == "raid" else alert.kind)
+            sink.send(topic, key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
+            counts[topic] = counts.get(topic, 0) + 1
+        sink.flush()
+    finally:
+        sink.close()
+    return counts

@@ -35,14 +35,10 @@ def _chat(rows: list[tuple[str, int, int]]) -> pd.DataFrame:
     return pd.DataFrame({"event_id": [f"e{i}" for i in range(len(users))], "user_id": users, "ts": ts})
 
 
-def _synthetic_events(users: int = 240, days: int = 50, seed: int = 3) -> tuple[Events, dict[str, float]]:
-    """Daily Poisson chat; a quarter of the users fade over 10 days and leave, some others pause 5 days.
-
-    Returns the events and each leaver's last active day (days after START).
-    """
+def _synthetic_events(users: int = 240, days: int = 50, seed: int = 3) -> Events:
+    """Daily Poisson chat; a quarter of the users fade over 10 days and leave, a quarter pause for 5 days."""
     rng = np.random.default_rng(seed)
     rows: list[tuple[str, int, int]] = []
-    leaves: dict[str, float] = {}
     for i in range(users):
         user = f"u{i:04d}"
         rate = rng.lognormal(1.0, 0.8)
@@ -55,8 +51,7 @@ def _synthetic_events(users: int = 240, days: int = 50, seed: int = 3) -> tuple[
             count = int(rng.poisson(rate * max(fade, 0.1) * rng.gamma(8.0, 1 / 8.0)))
             if count:
                 rows.append((user, day, count))
-        leaves[user] = leave
-    return Events({"chat": _chat(rows)}), leaves
+    return Events({"chat": _chat(rows)})
 
 
 # --- daily activity and labels: hand computations ------------------------------------------
@@ -183,22 +178,20 @@ def test_outage_days_are_skipped_and_named_in_the_reasons() -> None:
 
 # --- fitting without labels ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def synthetic() -> tuple[Events, dict[str, float]]:
+def synthetic() -> Events:
     return _synthetic_events()
 
 
 @pytest.fixture(scope="module")
-def fitted_gbm(synthetic: tuple[Events, dict[str, float]]) -> tuple[ChurnDetector, pd.DataFrame]:
-    events, _ = synthetic
+def fitted_gbm(synthetic: Events) -> tuple[ChurnDetector, pd.DataFrame]:
     detector = ChurnDetector(as_of="2026-11-03", horizon_days=7, lookback_days=14, model="gbm")  # day 33 of 50
-    features = detector.features(events)
+    features = detector.features(synthetic)
     return detector.fit(features), features
 
 
 def test_fit_derives_labels_from_earlier_cutoffs_and_predicts_the_future(
-    synthetic: tuple[Events, dict[str, float]], fitted_gbm: tuple[ChurnDetector, pd.DataFrame]
+    synthetic: Events, fitted_gbm: tuple[ChurnDetector, pd.DataFrame]
 ) -> None:
-    events, _ = synthetic
     detector, features = fitted_gbm
     assert detector.metrics["model"] == "gbm"
     assert detector.metrics["cutoffs"] >= 10
@@ -207,7 +200,7 @@ def test_fit_derives_labels_from_earlier_cutoffs_and_predicts_the_future(
     scored = (scores["status"] == SCORED).to_numpy()
     assert scored.sum() >= 150
     # What happened in the 7 days after as_of (never shown to the detector):
-    full = ChurnDetector(lookback_days=14).features(events)
+    full = ChurnDetector(lookback_days=14).features(synthetic)
     days = sorted({c for c in full.columns if c.startswith("chat_lag")}, reverse=True)
     future = full[days].to_numpy()[:, 34:41]  # days 34-40
     churned = future.sum(axis=1) == 0
@@ -225,6 +218,9 @@ def test_sequence_model_and_auto_choice(fitted_gbm: tuple[ChurnDetector, pd.Data
     assert set(validation) == {"gbm", "sequence"}
     assert min(validation.values()) >= 0.8
     assert auto.metrics["model"] == max(validation, key=lambda k: (validation[k], k == "gbm"))
+    sequence = [ChurnDetector(**{**auto.params, "model": "sequence"}).fit(features) for _ in range(2)]
+    assert sequence[0].metrics["model"] == "sequence"
+    assert sequence[0].model_version == sequence[1].model_version  # seeded: the same weights twice
 
 
 def test_reasons_compare_risky_users_with_the_norm(fitted_gbm: tuple[ChurnDetector, pd.DataFrame]) -> None:
@@ -282,13 +278,21 @@ def test_short_history_falls_back_to_the_activity_rate_prior() -> None:
     assert scores.loc["gappy", "score"] == pytest.approx((1 - 2.5 / 4) ** 14)
 
 
+def test_short_data_trains_on_the_cutoffs_it_has() -> None:
+    # 7 days, a 3-day horizon: cut-offs at the end of days 1 and 3 (horizons 2-4 and 4-6); 30 users each.
+    rows = [(f"u{i}", d, 1) for i in range(30) for d in range(7)]
+    detector = ChurnDetector(horizon_days=3)
+    detector.fit(detector.features(Events({"chat": _chat(rows)})))
+    assert (detector.metrics["cutoffs"], detector.metrics["examples"], detector.metrics["positives"]) == (2, 60, 0)
+    assert detector.metrics["model"] == "prior"  # nobody left: nothing to learn churn from
+
+
 def test_users_with_little_history_get_no_score_and_a_reason(
-    fitted_gbm: tuple[ChurnDetector, pd.DataFrame], synthetic: tuple[Events, dict[str, float]]
+    fitted_gbm: tuple[ChurnDetector, pd.DataFrame], synthetic: Events
 ) -> None:
     detector, _ = fitted_gbm
-    events, _ = synthetic
     extra = _chat([("one-event", 30, 1), ("newcomer", 40, 3)])  # newcomer: after as_of
-    chat = pd.concat([events["chat"], extra.assign(event_id=["x1", "x2", "x3", "x4"])], ignore_index=True)
+    chat = pd.concat([synthetic["chat"], extra.assign(event_id=["x1", "x2", "x3", "x4"])], ignore_index=True)
     features = detector.features(Events({"chat": chat}))
     scores = detector.score(features).set_index("user_id")
     assert scores.loc["one-event", "status"] == f"{INSUFFICIENT_ACTIVITY}: 1 active day, needs 2"
@@ -319,3 +323,14 @@ def test_bad_parameters_are_clear_errors() -> None:
         ChurnDetector(as_of="not a date")
     with pytest.raises(ValueError, match=r"build them with ChurnDetector\.features"):
         ChurnDetector().fit(pd.DataFrame({"x": [1.0]}, index=pd.Index(["u1"], name="user_id")))
+
+
+def test_evaluation_refuses_a_world_too_short_for_the_horizon(tmp_path: Path) -> None:
+    from argus.evals.churn import run
+    from world.config import WorldConfig
+    from world.simulate import World
+    from world.sinks import write_world
+
+    write_world(World(WorldConfig(users=50, days=2, events_per_user_day=5.0)), tmp_path / "world")
+    with pytest.raises(ValueError, match=r"spans 2 days; the churn evaluation needs 66 \(argus generate --days\)"):
+        run(tmp_path / "world")

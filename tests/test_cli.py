@@ -153,10 +153,16 @@ def test_batch_jobs_run_through_spark_submit(tmp_path: Path) -> None:
         app, ["generate", "--users", "60", "--days", "2", "--events-per-user-day", "15", "--out", str(tmp_path)]
     )
     assert generated.exit_code == 0, generated.output
-    chain = _argus("batch", "nightly", "--date", "2026-10-02", "--lake", str(tmp_path), "--skip-ingest")
+    chain = _argus(
+        "batch", "nightly", "--date", "2026-10-02", "--lake", str(tmp_path), "--skip-ingest", "--detectors", "trolls"
+    )
     assert chain.returncode == 0, chain.stderr[-2000:]
     results = [json.loads(line) for line in chain.stdout.strip().splitlines()]
     assert results[0]["passed"] is True and results[1]["users"] > 50 and results[2]["dim"] == 32
+    assert results[3]["detector"] == "trolls" and results[3]["users"] == results[1]["users"]
+    scores = pq.read_table(tmp_path / "scores" / "detector=trolls" / "date=2026-10-02").to_pandas()
+    assert len(scores) == results[3]["users"] and scores["status"].str.len().gt(0).all()
+    assert (tmp_path / "models" / "trolls" / results[3]["model_version"] / "model.json").is_file()
     assert (tmp_path / "profiles" / "date=2026-10-02").is_dir() and (
         tmp_path / "embeddings" / "date=2026-10-02"
     ).is_dir()
@@ -165,7 +171,9 @@ def test_batch_jobs_run_through_spark_submit(tmp_path: Path) -> None:
     path = lake_path(tmp_path, "payment", __import__("datetime").date(2026, 10, 1))
     table = pq.read_table(path)
     pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount", pc.negate(table["amount"])), path)
-    gate = _argus("batch", "nightly", "--date", "2026-10-01", "--lake", str(tmp_path), "--skip-ingest")
+    gate = _argus(
+        "batch", "nightly", "--date", "2026-10-01", "--lake", str(tmp_path), "--skip-ingest", "--detectors", ""
+    )
     assert gate.returncode == 1
     assert "quality gate FAILED" in gate.stderr and "column=amount" in gate.stderr
     assert not (tmp_path / "profiles" / "date=2026-10-01").exists()

@@ -14,7 +14,7 @@ from detectors.events import Events, load_events
 from infra.broker import argus_home
 from world.config import WorldConfig
 
-# The default synthetic world of the issues' targets (WorldConfig's defaults), seed 7.
+# The default synthetic world (WorldConfig's defaults, seed 7): the one the README's figures use.
 DEFAULT_EVAL_WORLD = WorldConfig()
 
 

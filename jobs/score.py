@@ -1,0 +1,147 @@
+"""Nightly scoring: one detector over the lake, scores published, model kept, alerts produced.
+
+Features: the troll detector reads the nightly profile (its chat columns are the detector's
+features, computed by Spark at scale); the other detectors read the last ``--days`` days of
+events with Spark and build their features in pandas on the driver (one row per user in
+memory). Without ``--model`` the detector is fitted on the same data, as `argus detect` does.
+
+Output: ``LAKE/scores/detector=X/date=D/part-00000.parquet`` (swapped in whole),
+``LAKE/models/X/<model_version>/`` and, with ``--bootstrap``, alerts on ``alerts.<kind>`` with
+ids that a rerun of the same night reproduces.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from jobs.entry import run_job
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from detectors.base import Detector
+    from detectors.events import Events
+
+
+def run_score(
+    spark: SparkSession,
+    lake: Path,
+    day: date,
+    detector_name: str,
+    days: int = 30,
+    model: Path | None = None,
+    bootstrap: str | None = None,
+) -> dict[str, Any]:
+    from detectors.alerts import alerts_from_scores
+    from detectors.registry import DETECTORS, detector_class
+
+    if detector_name not in DETECTORS:
+        raise ValueError(f"unknown detector {detector_name!r}; known: {', '.join(sorted(DETECTORS))}")
+    cls = detector_class(detector_name)
+    detector: Detector = cls.load(model) if model else cls()
+    if detector_name == "trolls":
+        features = _profile_features(spark, lake, day)
+    else:
+        features = detector.features(_events(spark, lake, day, days))
+    if model is None:
+        detector.fit(features)
+    scores = detector.score(features)
+    target = _publish_scores(scores, lake, detector_name, day)
+    saved = detector.save(lake / "models" / detector_name / detector.model_version)
+    start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
+    end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
+    alerts = alerts_from_scores(scores, detector, start, end)
+    result: dict[str, Any] = {
+        "detector": detector_name,
+        "date": day.isoformat(),
+        "users": len(scores),
+        "scored": int(scores["score"].notna().sum()),
+        "flagged": int(scores["flagged"].sum()),
+        "path": str(target),
+        "model": str(saved),
+        "model_version": detector.model_version,
+    }
+    if bootstrap:
+        from infra.clients import publish_alerts
+
+        result["alerts"] = publish_alerts(alerts, bootstrap)
+    return result
+
+
+def _profile_features(spark: SparkSession, lake: Path, day: date) -> pd.DataFrame:
+    from detectors.chat_features import FEATURE_COLUMNS
+
+    path = lake / "profiles" / f"date={day.isoformat()}"
+    if not path.exists():
+        raise ValueError(f"no profiles at {path}: run `argus batch profile --date {day}` first")
+    columns = [c for c in FEATURE_COLUMNS if c != "chat_windows"]
+    profile: pd.DataFrame = spark.read.parquet(str(path)).select("user_id", *columns).toPandas()
+    frame = profile.set_index("user_id").sort_index().astype(float)
+    frame["chat_messages"] = frame["chat_messages"].fillna(0.0)
+    frame["chat_anarchy_mode_share"] = frame["chat_anarchy_mode_share"].fillna(0.0)
+    return frame
+
+
+def _events(spark: SparkSession, lake: Path, day: date, days: int) -> Events:
+    from pyspark.sql import functions as F
+
+    from detectors.events import Events
+    from jobs.profiles import EVENT_TYPES, read_events
+
+    since = (day - timedelta(days=days - 1)).isoformat()
+    frames = {}
+    for event_type in EVENT_TYPES:
+        events = read_events(spark, lake, event_type, day)
+        if events is not None:
+            frames[event_type] = events.where(F.col("date") >= since).drop("date").toPandas()
+    if not any(len(f) for f in frames.values()):
+        raise ValueError(f"no events in {lake}/events between {since} and {day}")
+    return Events.from_frames(frames)
+
+
+def _publish_scores(scores: pd.DataFrame, lake: Path, detector_name: str, day: date) -> Path:
+    """Written to a staging folder, then swapped in whole: readers never see half a night."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from detectors.base import reasons_text
+
+    table = scores.assign(reasons=scores["reasons"].map(reasons_text))
+    target = lake / "scores" / f"detector={detector_name}" / f"date={day.isoformat()}"
+    staging = lake / "_staging" / f"scores-{detector_name}-{day.isoformat()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), staging / "part-00000.parquet")
+    if target.exists():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, target)
+    return target
+
+
+def main(argv: list[str]) -> int:
+    """spark-submit entry point: score.py --lake DIR --date D --detector NAME [--days N] [--model DIR] [--bootstrap]."""
+    parser = argparse.ArgumentParser(prog="score.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--date", required=True, type=date.fromisoformat)
+    parser.add_argument("--detector", required=True)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--model", type=Path)
+    parser.add_argument("--bootstrap")
+    return run_job(
+        parser,
+        argv,
+        lambda spark, a: (run_score(spark, a.lake, a.date, a.detector, a.days, a.model, a.bootstrap), 0),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
