@@ -77,7 +77,6 @@ from detectors.base import (
     norm_reasons,
     score_frame,
 )
-from detectors.cluster.knn import build_index
 from detectors.cluster.phdbscan import PHDBSCAN
 from detectors.events import Events
 
@@ -580,7 +579,7 @@ class FraudDetector(Detector):
             min_samples=int(p["min_samples"]),
             random_state=int(p["seed"]),
         ).fit(data)
-        state["clusterer"] = _clusterer_arrays(clusterer)
+        state["clusterer"] = clusterer.to_arrays()
         state["users"] = list(usable.index.astype(str))
         outcomes = _outcomes(usable, labels)
         clusters, base = self._risky_clusters(clusterer.labels_, outcomes)
@@ -698,7 +697,7 @@ class FraudDetector(Detector):
     # --- internals ---------------------------------------------------------------------------
     def _model(self) -> PHDBSCAN:
         if self._clusterer is None:
-            self._clusterer = _clusterer_from_arrays(self.require_fitted()["clusterer"])
+            self._clusterer = PHDBSCAN.from_arrays(self.require_fitted()["clusterer"])
         return self._clusterer
 
     def _representation(self, features: pd.DataFrame, state: dict[str, Any]) -> np.ndarray:
@@ -917,37 +916,3 @@ def _evidence_ids(events: Events, per_user: int = 5) -> pd.Series:
     pay = pay.assign(declined=pay["status"] == "declined", usd=pay["amount_usd"].fillna(0.0))
     pay = pay.sort_values(["user_id", "declined", "usd", "event_id"], ascending=[True, False, False, True])
     return pay.groupby("user_id").head(per_user).groupby("user_id")["event_id"].agg(" ".join)
-
-
-_CLUSTERER_ARRAYS = ("data", "core_distances_", "minimum_spanning_tree_", "labels_", "probabilities_")
-
-
-def _clusterer_arrays(model: PHDBSCAN) -> dict[str, Any]:
-    """PHDBSCAN's fitted arrays as plain data (its ``save`` writes a zip whose timestamps change the hash)."""
-    return {
-        "params": model.get_params(),
-        "data": np.asarray(model._data),
-        "core_distances_": model.core_distances_,
-        "minimum_spanning_tree_": model.minimum_spanning_tree_,
-        "labels_": model.labels_,
-        "probabilities_": model.probabilities_,
-        "outlier_scores_": model.outlier_scores_,
-        "condensed_tree_": model.condensed_tree_,
-    }
-
-
-def _clusterer_from_arrays(arrays: dict[str, Any]) -> PHDBSCAN:
-    """Rebuild a PHDBSCAN ready for approximate_predict (what PHDBSCAN.load does from its file)."""
-    model = PHDBSCAN(**arrays["params"])
-    model._data = np.ascontiguousarray(arrays["data"], dtype=np.float32)
-    model.core_distances_ = arrays["core_distances_"]
-    model.minimum_spanning_tree_ = arrays["minimum_spanning_tree_"]
-    model.labels_ = arrays["labels_"]
-    model.probabilities_ = arrays["probabilities_"]
-    model.outlier_scores_ = arrays["outlier_scores_"]
-    model.condensed_tree_ = arrays["condensed_tree_"]
-    model.timings_ = {}
-    if len(model._data):
-        model._index = build_index(model._data, model.knn, model.use_gpu, model.random_state)
-    model._prepare_prediction()
-    return model

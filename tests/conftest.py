@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from detectors.events import Events
 from infra.broker import LocalBroker, free_port
+from tests.worlds import events_of
 from world.config import WorldConfig
 from world.simulate import World
 
@@ -18,6 +20,12 @@ SMALL_WORLD = WorldConfig(users=400, days=3, seed=11, events_per_user_day=40.0)
 @pytest.fixture(scope="session")
 def small_world() -> World:
     return World(SMALL_WORLD)
+
+
+@pytest.fixture(scope="session")
+def small_world_events(small_world: World) -> Events:
+    """The small world's events as the detectors read them."""
+    return events_of(small_world)
 
 
 @pytest.fixture(scope="session")

@@ -11,24 +11,12 @@ import pytest
 from detectors.base import SCORE_COLUMNS, Detector, ModelError
 from detectors.events import Events
 from detectors.registry import DETECTORS, detector_class
-from world.simulate import World
-
-
-@pytest.fixture(scope="module")
-def events(small_world: World) -> Events:
-    tables: dict[str, list] = {}
-    for _, day in small_world.days():
-        for event_type, table in day.items():
-            tables.setdefault(event_type, []).append(table)
-    import pyarrow as pa
-
-    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
 
 
 @pytest.fixture(scope="module", params=sorted(DETECTORS))
-def fitted(request: pytest.FixtureRequest, events: Events) -> tuple[Detector, pd.DataFrame]:
+def fitted(request: pytest.FixtureRequest, small_world_events: Events) -> tuple[Detector, pd.DataFrame]:
     detector = detector_class(request.param)()
-    features = detector.features(events)
+    features = detector.features(small_world_events)
     return detector.fit(features), features
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import pytest
 from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
@@ -23,6 +22,7 @@ from detectors.evaders import (
     pair_features,
 )
 from detectors.events import Events
+from tests.worlds import events_of
 from world.config import WorldConfig
 from world.simulate import World
 from world.sinks import write_world
@@ -138,14 +138,6 @@ def test_first_actions_keeps_signup_and_three_events() -> None:
     assert len(early["chat"][early["chat"]["user_id"] == "p1"]) == 1
 
 
-def _world_events(world: World) -> Events:
-    tables: dict[str, list[pa.Table]] = {}
-    for _, day in world.days():
-        for event_type, table in day.items():
-            tables.setdefault(event_type, []).append(table)
-    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
-
-
 EVASIVE = dict(users=900, days=4, events_per_user_day=25.0, troll_fraction=0.12)
 
 
@@ -153,7 +145,7 @@ EVASIVE = dict(users=900, days=4, events_per_user_day=25.0, troll_fraction=0.12)
 def trained() -> EvaderDetector:
     world = World(WorldConfig(seed=21, **EVASIVE))  # type: ignore[arg-type]
     detector = EvaderDetector()
-    features = detector.features(_world_events(world))
+    features = detector.features(events_of(world))
     labels = pd.Series(
         world.pop.user_id[world.pop.parent[world.pop.parent >= 0]], index=world.pop.user_id[world.pop.parent >= 0]
     )
@@ -162,7 +154,7 @@ def trained() -> EvaderDetector:
 
 def test_children_are_detected_and_matched_out_of_sample(trained: EvaderDetector) -> None:
     world = World(WorldConfig(seed=22, **EVASIVE))  # type: ignore[arg-type]
-    features = trained.features(_world_events(world))
+    features = trained.features(events_of(world))
     scores = trained.score(features).set_index("user_id")
     new = scores[scores["score"].notna()]
     children = set(world.pop.user_id[world.pop.parent >= 0])
@@ -188,7 +180,7 @@ def test_children_are_detected_and_matched_out_of_sample(trained: EvaderDetector
 def test_unsupervised_fit_learns_from_device_matches() -> None:
     world = World(WorldConfig(seed=23, **EVASIVE))  # type: ignore[arg-type]
     detector = EvaderDetector()
-    features = detector.features(_world_events(world))
+    features = detector.features(events_of(world))
     scores = detector.fit(features).score(features).set_index("user_id")
     assert detector.metrics["supervision"] == "shared devices"
     assert "shared_device" not in detector.metrics["coefficients"]

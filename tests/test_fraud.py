@@ -148,18 +148,9 @@ def test_bad_amounts_and_currencies_are_counted_never_used() -> None:
 
 
 @pytest.fixture(scope="module")
-def world_events(small_world: World) -> Events:
-    tables: dict[str, list[pa.Table]] = {}
-    for _, day in small_world.days():
-        for event_type, table in day.items():
-            tables.setdefault(event_type, []).append(table)
-    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
-
-
-@pytest.fixture(scope="module")
-def fitted(world_events: Events) -> tuple[FraudDetector, pd.DataFrame]:
+def fitted(small_world_events: Events) -> tuple[FraudDetector, pd.DataFrame]:
     detector = FraudDetector()
-    features = detector.features(world_events)
+    features = detector.features(small_world_events)
     return detector.fit(features), features
 
 
@@ -256,7 +247,7 @@ def test_rings_score_above_everyone_else(fitted: tuple[FraudDetector, pd.DataFra
     assert first.feature == "cluster" and "rule: " in first.text
 
 
-def test_explain_and_assign(fitted: tuple[FraudDetector, pd.DataFrame], world_events: Events) -> None:
+def test_explain_and_assign(fitted: tuple[FraudDetector, pd.DataFrame], small_world_events: Events) -> None:
     detector, features = fitted
     risky = detector.risky_clusters()
     assert risky
@@ -264,7 +255,7 @@ def test_explain_and_assign(fitted: tuple[FraudDetector, pd.DataFrame], world_ev
     assert info["risky"] and info["rules"] and info["size"] == len(info["members"])
     rule = info["rules"][0]
     assert rule["support"] >= 1 and 0.5 <= rule["precision"] <= 1.0
-    assert set(info["evidence"]) <= set(world_events["payment"]["event_id"])
+    assert set(info["evidence"]) <= set(small_world_events["payment"]["event_id"])
     with pytest.raises(KeyError, match="no cluster 999"):
         detector.explain(999)
     members = features.loc[info["members"]]

@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from argus.cli import app
 from detectors.chat_features import chat_context_features
-from detectors.events import Events
 from detectors.trolls import TrollDetector, find_raids, paper_scores
+from tests.worlds import events_of
 from world.config import WorldConfig
 from world.simulate import World
 
@@ -92,7 +92,7 @@ def test_plays_mode_features() -> None:
 
 
 def test_insufficient_activity_gets_a_reason_not_a_score(small_world: World) -> None:
-    events = _events(small_world)
+    events = events_of(small_world)
     detector = TrollDetector(min_messages=20)
     features = detector.features(events)
     scores = detector.fit(features).score(features).set_index("user_id")
@@ -103,7 +103,7 @@ def test_insufficient_activity_gets_a_reason_not_a_score(small_world: World) -> 
 
 
 def test_trolls_rank_above_normal_users(small_world: World) -> None:
-    events = _events(small_world)
+    events = events_of(small_world)
     detector = TrollDetector()
     features = detector.features(events)
     scores = detector.fit(features).score(features).set_index("user_id")
@@ -150,7 +150,7 @@ def test_raid_is_found_as_one_group() -> None:
 
 def test_raid_recall_on_a_world_with_raids() -> None:
     world = World(WorldConfig(users=600, days=2, seed=5, events_per_user_day=40.0, raid_groups=4))
-    raids = find_raids(_events(world)["chat"])
+    raids = find_raids(events_of(world)["chat"])
     truth = [set(world.pop.user_id[r.members]) for r in world.pop.raids]
     found = [any(len(t & set(g.members)) > len(t) / 2 for g in raids) for t in truth]
     assert sum(found) >= 3
@@ -193,20 +193,10 @@ def test_paper_command_bad_csv(tmp_path: Path, content: str, message: str) -> No
         paper_mode(path, "centroid", 5, 40.0)
 
 
-def _events(world: World) -> Events:
-    import pyarrow as pa
-
-    tables: dict[str, list[pa.Table]] = {}
-    for _, day in world.days():
-        for event_type, table in day.items():
-            tables.setdefault(event_type, []).append(table)
-    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
-
-
 def test_incremental_state_equals_the_batch_features(small_world: World) -> None:
     from detectors.chat_features import ChatContextState
 
-    chat = _events(small_world)["chat"]
+    chat = events_of(small_world)["chat"]
     batch = chat_context_features(chat)
     state = ChatContextState()
     hour = chat["ts"].dt.floor("h")  # whole 10-minute windows per batch, in event-time order

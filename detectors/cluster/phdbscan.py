@@ -189,24 +189,49 @@ class PHDBSCAN:
         return labels, strengths
 
     # --- persistence ------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, Any]:
+        """The fitted model as plain data (parameters, tree, labels, training points): picklable,
+        and equal for equal fits, so it can live inside another model's state."""
+        self._check_fitted()
+        return {
+            "params": self.get_params(),
+            "data": np.asarray(self._data),
+            "core_distances": self.core_distances_,
+            "mst": self.minimum_spanning_tree_,
+            "labels": self.labels_,
+            "probabilities": self.probabilities_,
+            "outlier_scores": self.outlier_scores_,
+            "condensed_tree": self.condensed_tree_,
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, Any], timings: dict[str, float] | None = None) -> PHDBSCAN:
+        """A model ready for ``approximate_predict`` from ``to_arrays()``'s output."""
+        model = cls(**arrays["params"])
+        model.timings_ = dict(timings or {})
+        model._data = np.ascontiguousarray(arrays["data"], dtype=np.float32)
+        model.core_distances_ = arrays["core_distances"]
+        model.minimum_spanning_tree_ = arrays["mst"]
+        model.labels_ = arrays["labels"]
+        model.probabilities_ = arrays["probabilities"]
+        model.outlier_scores_ = arrays["outlier_scores"]
+        model.condensed_tree_ = arrays["condensed_tree"]
+        if len(model._data):
+            model._index = build_index(model._data, model.knn, model.use_gpu, model.random_state)
+        model._prepare_prediction()
+        return model
+
     def save(self, path: str | Path) -> Path:
         """Write the fitted model to one ``.npz`` file (parameters, tree, labels, training points)."""
-        self._check_fitted()
+        arrays = self.to_arrays()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        meta = {"format_version": FORMAT_VERSION, "params": self.get_params(), "timings": self.timings_}
-        arrays = {f"condensed_{f}": self.condensed_tree_[f] for f in _CONDENSED_FIELDS}
+        meta = {"format_version": FORMAT_VERSION, "params": arrays.pop("params"), "timings": self.timings_}
+        condensed = arrays.pop("condensed_tree")
+        fields = {f"condensed_{f}": condensed[f] for f in _CONDENSED_FIELDS}
         with path.open("wb") as handle:
             np.savez_compressed(
-                handle,
-                meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8),
-                data=self._data,
-                core_distances=self.core_distances_,
-                mst=self.minimum_spanning_tree_,
-                labels=self.labels_,
-                probabilities=self.probabilities_,
-                outlier_scores=self.outlier_scores_,
-                **arrays,
+                handle, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays, **fields
             )
         return path
 
@@ -216,24 +241,15 @@ class PHDBSCAN:
             meta = json.loads(saved["meta"].tobytes())
             if meta.get("format_version") != FORMAT_VERSION:
                 raise ValueError(f"{path}: model format {meta.get('format_version')} is not {FORMAT_VERSION}")
-            model = cls(**meta["params"])
-            model.timings_ = meta["timings"]
-            model._data = saved["data"]
-            model.core_distances_ = saved["core_distances"]
-            model.minimum_spanning_tree_ = saved["mst"]
-            model.labels_ = saved["labels"]
-            model.probabilities_ = saved["probabilities"]
-            model.outlier_scores_ = saved["outlier_scores"]
+            arrays = {name: saved[name] for name in ("data", "core_distances", "mst", "labels", "probabilities")}
+            arrays["outlier_scores"] = saved["outlier_scores"]
             condensed = np.empty(
                 saved["condensed_parent"].shape[0],
                 dtype=[("parent", np.intp), ("child", np.intp), ("lambda_val", np.float64), ("child_size", np.intp)],
             )
             for field in _CONDENSED_FIELDS:
                 condensed[field] = saved[f"condensed_{field}"]
-        model.condensed_tree_ = condensed
-        model._index = build_index(model._data, model.knn, model.use_gpu, model.random_state)
-        model._prepare_prediction()
-        return model
+        return cls.from_arrays({**arrays, "params": meta["params"], "condensed_tree": condensed}, meta["timings"])
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {
