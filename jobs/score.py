@@ -5,9 +5,9 @@ features, computed by Spark at scale); the other detectors read the last ``--day
 events with Spark and build their features in pandas on the driver (one row per user in
 memory). Without ``--model`` the detector is fitted on the same data, as `argus detect` does.
 
-Output: ``LAKE/scores/detector=X/date=D/part-00000.parquet`` (swapped in whole),
-``LAKE/models/X/<model_version>/`` and, with ``--bootstrap``, alerts on ``alerts.<kind>`` with
-ids that a rerun of the same night reproduces.
+Output: ``LAKE/scores/detector=X/date=D/part-00000.parquet`` (swapped in whole), the model in
+``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``) and,
+with ``--bootstrap``, alerts on ``alerts.<kind>`` with ids that a rerun of the same night reproduces.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def run_score(
         detector.fit(features)
     scores = detector.score(features)
     target = _publish_scores(scores, lake, detector_name, day)
-    saved = detector.save(lake / "models" / detector_name / detector.model_version)
+    from detectors.store import ModelStore
+
+    saved = ModelStore(lake / "models").publish(detector)
     start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
     end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
     alerts = alerts_from_scores(scores, detector, start, end)

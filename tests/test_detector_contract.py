@@ -97,3 +97,24 @@ def test_score_before_fit_is_a_clear_error(fitted: tuple[Detector, pd.DataFrame]
     detector, features = fitted
     with pytest.raises(ModelError, match="not fitted"):
         type(detector)(**detector.params).score(features)
+
+
+def test_model_store_publishes_and_live_models_reload(small_world_events: Events, tmp_path: Path) -> None:
+    from detectors.store import LiveModel, ModelStore
+    from detectors.trolls import TrollDetector
+
+    store = ModelStore(tmp_path / "models")
+    with pytest.raises(ModelError, match="no trolls model published"):
+        store.load("trolls")
+    features = TrollDetector().features(small_world_events)
+    first = TrollDetector().fit(features)
+    store.publish(first)
+    live = LiveModel(store, "trolls")
+    assert live.get().model_version == first.model_version
+    assert live.get() is live.get()  # no reload while CURRENT is unchanged
+    second = TrollDetector(cap=3.0).fit(features)
+    store.publish(second)
+    assert live.get().model_version == second.model_version != first.model_version
+    assert store.versions("trolls") == sorted([first.model_version, second.model_version])
+    store.publish(first)  # rolling back is publishing the old version again
+    assert live.get().model_version == first.model_version
