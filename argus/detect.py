@@ -25,6 +25,11 @@ def run_detect(
     from detectors.alerts import alerts_from_scores
 
     events = load_events(events_path)
+    if events.rejected:
+        rejected_out = _write_rejected(events, out)
+    if events.count == 0:
+        said = f"; all {len(events.rejected)} records were malformed (see {rejected_out})" if events.rejected else ""
+        raise ValueError(f"{events_path}: no valid events to score{said}")
     cls = detector_class(name)
     detector: Detector = cls.load(model) if model else cls(**(params or {}))
     if model and params and "as_of" in params:
@@ -54,11 +59,7 @@ def run_detect(
         "rejected_events": len(events.rejected),
     }
     if events.rejected:
-        rejected = out.with_suffix(".rejected.jsonl")
-        with rejected.open("wb") as sink:
-            for r in events.rejected:
-                sink.write(r.to_dead_letter().model_dump_json().encode() + b"\n")
-        summary["rejected_out"] = str(rejected)
+        summary["rejected_out"] = str(rejected_out)
     if name == "trolls":
         raid_alerts = _raids(events, detector.model_version)
         raids_out = out.with_suffix(".raids.jsonl")
@@ -67,6 +68,16 @@ def run_detect(
         summary["raids_out"] = str(raids_out)
         alerts += raid_alerts
     return summary, alerts
+
+
+def _write_rejected(events: Events, out: Path) -> Path:
+    """Malformed records as dead letters (reason and original bytes) beside the scores."""
+    path = out.with_suffix(".rejected.jsonl")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as sink:
+        for rejection in events.rejected:
+            sink.write(rejection.to_dead_letter().model_dump_json().encode() + b"\n")
+    return path
 
 
 def _window(events: Events) -> tuple[pd.Timestamp, pd.Timestamp]:
