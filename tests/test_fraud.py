@@ -14,14 +14,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from detectors.base import INSUFFICIENT_ACTIVITY, SCORED
 from detectors.events import Events
-from detectors.fraud import (
-    EMBED_COLUMNS,
-    FEATURE_COLUMNS,
-    FraudDetector,
-    _extract_rules,
-    expert_features,
-    sequence_embedding,
-)
+from detectors.fraud import FraudDetector, _extract_rules
+from detectors.fraud_features import EMBED_COLUMNS, FEATURE_COLUMNS, expert_features, sequence_embedding
 from schemas.arrow import ARROW_SCHEMAS
 from world.simulate import World
 

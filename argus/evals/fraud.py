@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from argus.evals.common import DEFAULT_EVAL_WORLD, best_single_feature_auc, binary_metrics, eval_world
-from detectors.fraud import OUTCOME_COLUMNS, FraudDetector
+from detectors.fraud import FraudDetector
+from detectors.fraud_features import OUTCOME_COLUMNS
 from world.config import WorldConfig
 
 
