@@ -247,3 +247,38 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
             }
         )
     return {"users": len(table), "days": days, "dim": result["dim"], "rings": rings}
+
+
+def bench_detect(users: int, days: int, detectors: list[str], seed: int = 7) -> dict[str, Any]:
+    """Each detector's features, fit and score times (and peak memory of this process) on one world."""
+    import resource
+
+    from detectors.events import Events
+    from detectors.registry import detector_class
+
+    world = World(WorldConfig(users=users, days=days, seed=seed))
+    tables: dict[str, list[Any]] = {}
+    for _, day in world.days():
+        for event_type, table in day.items():
+            tables.setdefault(event_type, []).append(table)
+    import pyarrow as pa
+
+    events = Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
+    result: dict[str, Any] = {"users": users, "days": days, "events": events.count}
+    for name in detectors:
+        detector = detector_class(name)()
+        started = time.perf_counter()
+        features = detector.features(events)
+        featured = time.perf_counter()
+        detector.fit(features)
+        fitted = time.perf_counter()
+        scores = detector.score(features)
+        scored = time.perf_counter()
+        result[name] = {
+            "features_s": round(featured - started, 2),
+            "fit_s": round(fitted - featured, 2),
+            "score_s": round(scored - fitted, 2),
+            "scored_users": int(scores["score"].notna().sum()),
+        }
+    result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return result

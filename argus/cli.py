@@ -550,6 +550,23 @@ def bench_profile(
     print(json.dumps(run(events)))
 
 
+@bench_app.command("detect")
+def bench_detect(
+    users: Annotated[int, typer.Option(min=50, help="Accounts in the benchmark world.")] = 10_000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days (118 events per user-day).")] = 1,
+    detectors: Annotated[str, typer.Option(help="Comma-separated detectors to time.")] = "trolls,evaders,fraud,churn",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+) -> None:
+    """Seconds for each detector's features, fit and score on one generated world, and peak memory."""
+    from argus.bench import bench_detect as run
+
+    names = [d for d in detectors.split(",") if d]
+    unknown = [d for d in names if d not in DETECTOR_NAMES]
+    if unknown:
+        raise UserError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_NAMES)}")
+    print(json.dumps(run(users, days, names)))
+
+
 @eval_app.command("embeddings")
 def eval_embeddings(
     users: Annotated[int, typer.Option(min=100, help="Accounts in the evaluation world.")] = 1500,

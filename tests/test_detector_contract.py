@@ -118,3 +118,14 @@ def test_model_store_publishes_and_live_models_reload(small_world_events: Events
     assert store.versions("trolls") == sorted([first.model_version, second.model_version])
     store.publish(first)  # rolling back is publishing the old version again
     assert live.get().model_version == first.model_version
+
+
+def test_bench_detect_reports_each_stage() -> None:
+    from argus.bench import bench_detect
+
+    result = bench_detect(users=120, days=1, detectors=["trolls", "fraud"])
+    assert result["users"] == 120 and result["events"] > 1000
+    for name in ("trolls", "fraud"):
+        assert set(result[name]) == {"features_s", "fit_s", "score_s", "scored_users"}
+        assert result[name]["scored_users"] > 0
+    assert "evaders" not in result and result["peak_rss_mb"] > 0
