@@ -10,10 +10,11 @@ and a logistic regression gives the probability that the child is the parent's n
 A new account's score is its best pair's probability; its reasons name the parent.
 
 Fitting: with known evasion cases (``labels``: child -> parent) the model is the paper's
-supervised pair classifier. Without them, pairs whose accounts share a device fingerprint teach
-the model (distant supervision) and the device feature is left out, so the model learns what
-evaders look like in names, timing, channels and words and finds those who changed devices too;
-a device match itself then scores ``DEVICE_MATCH_SCORE`` at least.
+supervised pair classifier. Without them, pairs whose accounts share a device or network
+fingerprint teach the model (distant supervision) and the fingerprint features are left out, so
+the model learns what evaders look like in names, timing, channels and words and finds those who
+changed device and network too; a fingerprint match itself then scores ``FINGERPRINT_MATCH_SCORE`` at
+least.
 With no such pairs at all it falls back to the mean of the pair similarities (status says so).
 """
 
@@ -31,7 +32,8 @@ from detectors.events import Events
 
 MATCH_CANDIDATES = 50  # the paper matches a child among the 50 accounts banned closest in time
 RETRIEVED = 10  # extra candidates per child from FAISS retrieval
-DEVICE_MATCH_SCORE = 0.75  # unsupervised fit: a new account on a banned account's device is flagged
+FINGERPRINTS = ("shared_device", "shared_network")
+FINGERPRINT_MATCH_SCORE = 0.75  # unsupervised fit: a new account on a banned account's device or network is flagged
 PAIR_FEATURES = [
     "name_ngram_jaccard",
     "name_core_similarity",
@@ -296,8 +298,8 @@ class EvaderDetector(Detector):
             y = np.array([known.get(c) == p for c, p in zip(pairs["child"], pairs["parent"], strict=True)])
             columns, supervision = list(PAIR_FEATURES), "labels"
         else:
-            y = x["shared_device"].to_numpy() > 0 if len(x) else np.zeros(0, dtype=bool)
-            columns, supervision = [c for c in PAIR_FEATURES if c != "shared_device"], "shared devices"
+            y = _fingerprint_match(x)
+            columns, supervision = [c for c in PAIR_FEATURES if c not in FINGERPRINTS], "shared fingerprints"
         metrics: dict[str, Any] = {"pairs": len(pairs), "positive_pairs": int(y.sum()), "supervision": supervision}
         if y.sum() < 2 or (~y).sum() < 2:
             metrics["model"] = "mean similarity (too few positive pairs to learn from)"
@@ -305,14 +307,14 @@ class EvaderDetector(Detector):
         model = fit_pair_model(x[columns], y)
         threshold = self.params["threshold"]
         if labels is None:
-            # Calibrated on the device-sharing pairs: flag what looks at least as much like an evader
-            # as four in five of them do, judged without the device.
+            # Calibrated on the fingerprint-sharing pairs: flag what looks at least as much like an
+            # evader as four in five of them do, judged without the fingerprints.
             taught = model.predict_proba(x.loc[y, columns].to_numpy())[:, 1]
             threshold = float(np.clip(np.quantile(taught, 0.2), 1e-3, 1 - 1e-3))
         metrics["model"] = "logistic regression"
         metrics["threshold"] = threshold
         metrics["coefficients"] = dict(zip(columns, np.round(model[-1].coef_[0], 4).tolist(), strict=True))
-        state = {"model": model, "columns": columns, "threshold": threshold, "device_rule": labels is None}
+        state = {"model": model, "columns": columns, "threshold": threshold, "fingerprint_rule": labels is None}
         return self._fitted(state, metrics)
 
     def pair_probabilities(self, x: pd.DataFrame) -> np.ndarray:
@@ -329,9 +331,9 @@ class EvaderDetector(Detector):
         # Piecewise-linear, monotone: the fitted operating threshold becomes 0.5.
         t = state["threshold"]
         scaled = np.where(raw < t, 0.5 * raw / t, 0.5 + 0.5 * (raw - t) / (1 - t))
-        if state.get("device_rule"):
-            # Taught by device matches, the model leaves the device out; the match itself still counts.
-            scaled = np.where(x["shared_device"].to_numpy() > 0, np.maximum(scaled, DEVICE_MATCH_SCORE), scaled)
+        if state.get("fingerprint_rule"):
+            # Taught by fingerprint matches, the model leaves them out; the match itself still counts.
+            scaled = np.where(_fingerprint_match(x), np.maximum(scaled, FINGERPRINT_MATCH_SCORE), scaled)
         return np.asarray(scaled, dtype=float)
 
     def match(self, features: pd.DataFrame) -> pd.DataFrame:
@@ -367,6 +369,13 @@ class EvaderDetector(Detector):
                 status.append(SCORED)
                 reasons.append(_pair_reasons(row))
         return score_frame(features.index, scores, scores >= 0.5, status, reasons)
+
+
+def _fingerprint_match(x: pd.DataFrame) -> np.ndarray:
+    """Pairs whose accounts share a device or a network fingerprint."""
+    if len(x) == 0:
+        return np.zeros(0, dtype=bool)
+    return np.asarray((x[list(FINGERPRINTS)] > 0).any(axis=1), dtype=bool)
 
 
 def _complete_mask(features: pd.DataFrame) -> np.ndarray:

@@ -177,13 +177,13 @@ def test_children_are_detected_and_matched_out_of_sample(trained: EvaderDetector
     assert trained.metrics["supervision"] == "labels"
 
 
-def test_unsupervised_fit_learns_from_device_matches() -> None:
+def test_unsupervised_fit_learns_from_fingerprint_matches() -> None:
     world = World(WorldConfig(seed=23, **EVASIVE))  # type: ignore[arg-type]
     detector = EvaderDetector()
     features = detector.features(events_of(world))
     scores = detector.fit(features).score(features).set_index("user_id")
-    assert detector.metrics["supervision"] == "shared devices"
-    assert "shared_device" not in detector.metrics["coefficients"]
+    assert detector.metrics["supervision"] == "shared fingerprints"
+    assert not {"shared_device", "shared_network"} & set(detector.metrics["coefficients"])
     new = scores[scores["score"].notna()]
     y = new.index.isin(world.pop.user_id[world.pop.parent >= 0])
     assert roc_auc_score(y, new["score"]) >= 0.8

@@ -93,9 +93,10 @@ def _detection(detector: EvaderDetector, profiles: pd.DataFrame, parent_of: pd.S
     is_child = np.array([u in parent_of.index for u in new_accounts])
     metrics = binary_metrics(is_child, best.to_numpy(), best.to_numpy() >= detector.params["threshold"])
 
-    # Matching: the true parent's rank among the 50 accounts banned closest before the child's creation.
+    # Matching: the true parent's rank among the 50 accounts banned closest before the child's creation
+    # (0 when it is not among them), over the children that appear in the events.
     reciprocal = []
-    for child in parent_of.index:
+    for child in parent_of.index.intersection(new_accounts):
         mine = pairs[pairs["child"] == child]
         closest = mine.merge(profiles[["banned_ts"]], left_on="parent", right_index=True)
         closest = closest.nlargest(MATCH_CANDIDATES, "banned_ts")
