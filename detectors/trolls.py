@@ -253,10 +253,13 @@ def find_raids(
     A user bursts in a window when they post at least ``min_burst_messages`` there, and at least
     ``burst_factor`` times both the window's median per-user count and their own mean count over
     their other active windows (so heavy regulars of a busy channel are not a raid; accounts with
-    no history, typical of raids, have a norm of 0). Windows with ``min_members``
-    bursting users are clustered with pHDBSCAN on a hashed bag of words of each user's messages;
-    every cluster of ``min_members`` or more is a raid. Windows are half-overlapping so a raid that
-    straddles a boundary is seen whole; overlapping findings are merged.
+    no history, typical of raids, have a norm of 0). Windows with ``min_members`` bursting users
+    are clustered with pHDBSCAN on the words each user wrote that are unusual for the channel; a
+    cluster of ``min_members`` or more whose members wrote nearly the same, and mostly copied each
+    other's messages verbatim, is a raid, widened to anyone in the window who posted its messages
+    twice or more. Windows are half-overlapping so a raid that straddles a boundary is seen whole;
+    overlapping findings are merged. Cost: two group-bys over the chat, then work only on the few
+    windows with bursts.
     """
     if chat.empty:
         return []
