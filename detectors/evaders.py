@@ -42,10 +42,28 @@ PAIR_FEATURES = [
     "page_jaccard",
     "content_cosine",
     "style_similarity",
+    "psycholinguistic_similarity",
     "hours_after_ban_log",
     "shared_device",
     "shared_network",
 ]
+# Psycholinguistic word categories in the spirit of LIWC (which the paper uses; its lexicon is not
+# free): how often an account uses each kind of word is a habit that survives a new account.
+PSYCHOLINGUISTIC_CATEGORIES: dict[str, frozenset[str]] = {
+    name: frozenset(words.split())
+    for name, words in {
+        "i": "i me my mine myself im ive",
+        "we": "we us our ours ourselves",
+        "you": "you your yours yourself u ur",
+        "negation": "no not never none nothing cant dont wont isnt aint nope",
+        "positive": "good great nice love awesome cool thanks gg lol haha pog poggers",
+        "negative": "bad sad hate worst awful terrible trash garbage sucks ugh",
+        "anger": "stupid idiot idiots dumb shut stfu wtf damn hell clown clowns",
+        "certainty": "always never definitely sure obviously literally totally",
+        "tentative": "maybe perhaps guess probably might kinda sorta idk",
+        "question": "why what how who when where",
+    }.items()
+}
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _AFFIXES = re.compile(r"^(?:the|not|x+|real|its|im)|(?:alt|back|v\d|real|new|again|x+|official)$")
 _EMBED_DIM = 256
@@ -110,6 +128,7 @@ def account_profiles(events: Events) -> pd.DataFrame:
     caps = (letters.str.len() >= 3) & (letters == letters.str.upper())
     profile["caps_ratio"] = caps.groupby(chat["user_id"]).mean().reindex(users)
     profile["message_length"] = chat["text"].str.len().groupby(chat["user_id"]).mean().reindex(users)
+    profile["psycholinguistic"] = psycholinguistic_profile(chat).reindex(users)
     profile["events"] = sum((f.groupby("user_id").size().reindex(users).fillna(0) for f in events.frames.values()), 0.0)
     profile["channels"] = profile["channels"].map(lambda v: v if isinstance(v, dict) else {})
     if len(profile) == 0:
@@ -211,6 +230,7 @@ def pair_features(profiles: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                 "channel_cosine": _cosine(p["channels"], c["channels"]),
                 "page_jaccard": _jaccard(p["pages"], c["pages"]),
                 "style_similarity": _style_similarity(p, c),
+                "psycholinguistic_similarity": _vector_cosine(p["psycholinguistic"], c["psycholinguistic"]),
                 "hours_after_ban_log": float(np.log1p(max(hours, 0.0))),
                 "shared_device": float(bool(p["devices"] & c["devices"])),
                 "shared_network": float(bool(p["networks"] & c["networks"])),
@@ -230,6 +250,28 @@ def _cosine(a: dict[str, int], b: dict[str, int]) -> float:
 
 def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 0.0
+
+
+def psycholinguistic_profile(chat: pd.DataFrame) -> pd.Series:
+    """Per user, a vector of ``PSYCHOLINGUISTIC_CATEGORIES`` rates: category words per message."""
+    if chat.empty:
+        return pd.Series(dtype=object)
+    terms = chat["text"].str.lower().str.findall(r"[a-z]+")
+    rates = pd.DataFrame(
+        {
+            name: terms.map(lambda ts, ws=words: sum(t in ws for t in ts))
+            for name, words in PSYCHOLINGUISTIC_CATEGORIES.items()
+        }
+    )
+    per_user = rates.groupby(chat["user_id"].to_numpy()).mean()
+    return pd.Series(list(per_user.to_numpy(dtype=float)), index=per_user.index)
+
+
+def _vector_cosine(a: object, b: object) -> float:
+    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+        return 0.0
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    return float(a @ b / norm) if norm > 0 else 0.0
 
 
 def _style_similarity(p: pd.Series, c: pd.Series) -> float:

@@ -219,3 +219,20 @@ def test_detect_command_user_errors(tmp_path: Path) -> None:
         app, ["detect", "trolls", "--events", str(tmp_path / "none"), "--out", str(tmp_path / "o.csv")]
     )
     assert isinstance(result.exception, UserError) and "no events at" in str(result.exception)
+
+
+def test_psycholinguistic_profile_by_hand() -> None:
+    from detectors.evaders import PSYCHOLINGUISTIC_CATEGORIES, psycholinguistic_profile
+
+    chat = pd.DataFrame(
+        [_chat("a", 0, "I love this, you know"), _chat("a", 1, "no way"), _chat("b", 2, "why so stupid")]
+    )
+    profile = psycholinguistic_profile(chat)
+    names = list(PSYCHOLINGUISTIC_CATEGORIES)
+    a = dict(zip(names, profile["a"], strict=True))
+    # Two messages: "i" once, "you" once, "love" (positive) once, "no" (negation) once -> 0.5 each.
+    assert a["i"] == a["you"] == a["positive"] == a["negation"] == 0.5
+    assert a["anger"] == 0.0
+    b = dict(zip(names, profile["b"], strict=True))
+    assert b["anger"] == 1.0 and b["question"] == 1.0
+    assert psycholinguistic_profile(chat.iloc[:0]).empty
