@@ -253,17 +253,10 @@ def bench_detect(users: int, days: int, detectors: list[str], seed: int = 7) -> 
     """Each detector's features, fit and score times (and peak memory of this process) on one world."""
     import resource
 
-    from detectors.events import Events
+    from argus.evals.common import world_events
     from detectors.registry import detector_class
 
-    world = World(WorldConfig(users=users, days=days, seed=seed))
-    tables: dict[str, list[Any]] = {}
-    for _, day in world.days():
-        for event_type, table in day.items():
-            tables.setdefault(event_type, []).append(table)
-    import pyarrow as pa
-
-    events = Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
+    events = world_events(World(WorldConfig(users=users, days=days, seed=seed)))
     result: dict[str, Any] = {"users": users, "days": days, "events": events.count}
     for name in detectors:
         detector = detector_class(name)()

@@ -272,11 +272,16 @@ def batch_ingest(
     through spark-submit with the Kafka connector's jars and a zip of Argus's code (--py-files),
     so the same command runs on a cluster with --master.
     """
-    from infra.clients import kafka_settings
     from infra.topics import EVENT_TOPICS
 
-    servers = kafka_settings(bootstrap)["bootstrap_servers"]
-    args = ["--bootstrap", servers, "--lake", str(lake.resolve()), "--topics", topics or ",".join(EVENT_TOPICS)]
+    args = [
+        "--bootstrap",
+        _servers(bootstrap),
+        "--lake",
+        str(lake.resolve()),
+        "--topics",
+        topics or ",".join(EVENT_TOPICS),
+    ]
     if rerun:
         args += ["--rerun", rerun]
     _spark_submit("ingest", args, master, lake, print_command)
@@ -353,7 +358,6 @@ def batch_score(
 
     trolls reads the nightly profile (run `batch profile` first); the others read the events.
     """
-    from infra.clients import kafka_settings
 
     _check_date(date_)
     if detector not in DETECTOR_NAMES:
@@ -362,8 +366,7 @@ def batch_score(
     if model is not None:
         args += ["--model", str(model.resolve())]
     if alerts:
-        servers = kafka_settings(bootstrap)["bootstrap_servers"]
-        args += ["--bootstrap", servers if isinstance(servers, str) else ",".join(servers)]
+        args += ["--bootstrap", _servers(bootstrap)]
     _spark_submit("score", args, master, lake, print_command)
 
 
@@ -403,6 +406,14 @@ def batch_nightly(
             print_command=False,
             bootstrap=bootstrap,
         )
+
+
+def _servers(bootstrap: str | None) -> str:
+    """The resolved bootstrap servers as one ``host:port,...`` argument for a spark-submit job."""
+    from infra.clients import kafka_settings
+
+    servers = kafka_settings(bootstrap)["bootstrap_servers"]
+    return servers if isinstance(servers, str) else ",".join(servers)
 
 
 def _check_date(value: str) -> None:

@@ -140,7 +140,8 @@ class ChatContextState:
         batch["gap_sq"] = (gaps.astype(float) ** 2).groupby(level=0).sum()
         batch = batch.fillna(0.0).astype(float)
         self.sums = batch if self.sums.empty else self.sums.add(batch, fill_value=0.0)
-        for user, text in zip(msgs["user_id"], msgs["text"], strict=True):
+        distinct = msgs[["user_id", "text"]].drop_duplicates()  # hash each (user, text) once, not per message
+        for user, text in zip(distinct["user_id"], distinct["text"], strict=True):
             self.texts.setdefault(user, set()).add(_stable_hash(text))
 
     def _gaps(self, msgs: pd.DataFrame) -> pd.Series:

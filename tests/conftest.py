@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from argus.evals.common import world_events as events_of
 from detectors.events import Events
 from infra.broker import LocalBroker, free_port
-from tests.worlds import events_of
 from world.config import WorldConfig
 from world.simulate import World
 

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from argus.cli import app
+from argus.evals.common import world_events as events_of
 from argus.evals.evaders import first_actions
 from detectors.evaders import (
     EvaderDetector,
@@ -22,7 +23,6 @@ from detectors.evaders import (
     pair_features,
 )
 from detectors.events import Events
-from tests.worlds import events_of
 from world.config import WorldConfig
 from world.simulate import World
 from world.sinks import write_world

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from argus.cli import app
+from argus.evals.common import world_events as events_of
 from detectors.chat_features import chat_context_features
 from detectors.trolls import TrollDetector, find_raids, paper_scores
-from tests.worlds import events_of
 from world.config import WorldConfig
 from world.simulate import World
 

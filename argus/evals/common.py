@@ -13,6 +13,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from detectors.events import Events, load_events
 from infra.broker import argus_home
 from world.config import WorldConfig
+from world.simulate import World
 
 # The default synthetic world (WorldConfig's defaults, seed 7): the one the README's figures use.
 DEFAULT_EVAL_WORLD = WorldConfig()
@@ -48,6 +49,17 @@ def eval_world(world: Path | None = None, config: WorldConfig = DEFAULT_EVAL_WOR
     truth = pd.read_parquet(truth_path).set_index("user_id").sort_index()
     summary = json.loads((world / "truth" / "truth.json").read_text())
     return EvalWorld(world, load_events(world), truth, summary)
+
+
+def world_events(world: World) -> Events:
+    """A generated world's events, every day, as the detectors read them (no files in between)."""
+    import pyarrow as pa
+
+    tables: dict[str, list[pa.Table]] = {}
+    for _, day in world.days():
+        for event_type, table in day.items():
+            tables.setdefault(event_type, []).append(table)
+    return Events.from_tables({t: pa.concat_tables(parts) for t, parts in tables.items()})
 
 
 def binary_metrics(truth: np.ndarray, score: np.ndarray, flagged: np.ndarray) -> dict[str, float]:
