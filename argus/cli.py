@@ -59,10 +59,11 @@ def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
     from infra.broker import BrokerError
     from infra.clients import ConfigError
+    from schemas.bounds import BoundsError
 
     try:
         app()
-    except (UserError, ConfigError, BrokerError) as exc:
+    except (UserError, ConfigError, BrokerError, BoundsError) as exc:
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:

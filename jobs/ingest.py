@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import hashlib
 import json
 import shutil
@@ -30,6 +31,7 @@ import pyarrow as pa
 
 from jobs.entry import run_job
 from schemas.arrow import ARROW_SCHEMAS, wide_event_schema
+from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import EventBase
 from schemas.validate import DUPLICATE_EVENT_ID, validate
 
@@ -81,15 +83,21 @@ def run_id_for(start: dict[str, dict[str, int]], end: dict[str, dict[str, int]])
     return hashlib.sha256(key).hexdigest()[:16]
 
 
-def validate_partition(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """mapInPandas body: raw Kafka records -> wide event columns plus validation metadata."""
+def validate_partition(
+    batches: Iterator[pd.DataFrame], bounds: EventTimeBounds | None = None
+) -> Iterator[pd.DataFrame]:
+    """mapInPandas body: raw Kafka records -> wide event columns plus validation metadata.
+
+    ``bounds`` is resolved on the driver, so executors without the driver's argus.toml agree.
+    """
+    bounds = bounds or current_bounds()
     for batch in batches:
         rows = []
         for topic, partition, offset, value in zip(
             batch["topic"], batch["partition"], batch["offset"], batch["value"], strict=True
         ):
             raw = bytes(value) if value is not None else b""
-            result = validate(raw)
+            result = validate(raw, bounds=bounds)
             meta = {
                 "_topic": topic,
                 "_partition": int(partition),
@@ -173,7 +181,9 @@ def run_ingest(
         .load()
         .select("topic", "partition", "offset", "value")
     )
-    validated = raw.mapInPandas(validate_partition, schema=from_arrow_schema(_VALIDATED))
+    validated = raw.mapInPandas(
+        functools.partial(validate_partition, bounds=current_bounds()), schema=from_arrow_schema(_VALIDATED)
+    )
     # A repeated event_id within the run: the first (by topic, partition, offset) wins.
     first = Window.partitionBy("event_id").orderBy("_topic", "_partition", "_offset")
     validated = validated.withColumn(

@@ -15,6 +15,7 @@ from typing import Any
 
 from infra import clients
 from infra.topics import DLQ_TOPIC, EVENT_TOPICS
+from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import EventBase
 from schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
 
@@ -53,6 +54,7 @@ def validate_topics(
     dlq = clients.producer(bootstrap=bootstrap)
     report = ValidationReport()
     seen: set[str] = set()
+    bounds = current_bounds()
     try:
         consumer.subscribe(list(topics))
         ends: dict[Any, int] | None = None
@@ -64,7 +66,7 @@ def validate_topics(
             handled = 0
             for partition, records in batch.items():
                 for record in records:
-                    _handle(record, partition.topic, seen, report, dlq, dlq_topic)
+                    _handle(record, partition.topic, seen, report, dlq, dlq_topic, bounds)
                 handled += len(records)
             if handled:
                 dlq.flush()
@@ -83,8 +85,16 @@ def validate_topics(
     return report
 
 
-def _handle(record: Any, topic: str, seen: set[str], report: ValidationReport, dlq: Any, dlq_topic: str) -> None:
-    result = validate(record.value or b"")
+def _handle(
+    record: Any,
+    topic: str,
+    seen: set[str],
+    report: ValidationReport,
+    dlq: Any,
+    dlq_topic: str,
+    bounds: EventTimeBounds,
+) -> None:
+    result = validate(record.value or b"", bounds=bounds)
     if isinstance(result, EventBase):
         if result.event_id in seen:
             result = Rejection(DUPLICATE_EVENT_ID, f"event_id {result.event_id!r} already seen", record.value)

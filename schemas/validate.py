@@ -5,16 +5,15 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import orjson
 from pydantic import ValidationError
 
+from schemas.bounds import EARLIEST_SETTING, SKEW_SETTING, EventTimeBounds, current_bounds
 from schemas.models import EVENT_MODELS, DeadLetter, EventBase
 
 MAX_MESSAGE_BYTES = 64 * 1024
-MAX_FUTURE_SKEW = timedelta(hours=1)
-EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 
 # Rejection reason codes, stable for dashboards and DLQ replays.
 OVERSIZE = "oversize"
@@ -64,9 +63,12 @@ def validate(
     *,
     now: datetime | None = None,
     max_bytes: int = MAX_MESSAGE_BYTES,
-    max_future_skew: timedelta = MAX_FUTURE_SKEW,
+    bounds: EventTimeBounds | None = None,
 ) -> EventBase | Rejection:
-    """Parse and check one record. Never raises on bad bytes."""
+    """Parse and check one record. Never raises on bad bytes.
+
+    ``bounds`` is the accepted event-time range; by default the configured one (schemas.bounds).
+    """
     if not isinstance(raw, bytes | bytearray | memoryview):
         return Rejection(NOT_UTF8, f"expected bytes, got {type(raw).__name__}", b"")
     raw = bytes(raw)
@@ -93,17 +95,22 @@ def validate(
         event = model.model_validate_json(text)
     except ValidationError as exc:
         return _rejection_from_error(exc, raw)
-    return _check_event_time(event, raw, now or datetime.now(UTC), max_future_skew)
+    return _check_event_time(event, raw, now or datetime.now(UTC), bounds or current_bounds())
 
 
 def validate_batch(
-    raws: Iterable[bytes], *, now: datetime | None = None, **limits: object
+    raws: Iterable[bytes],
+    *,
+    now: datetime | None = None,
+    max_bytes: int = MAX_MESSAGE_BYTES,
+    bounds: EventTimeBounds | None = None,
 ) -> Iterator[EventBase | Rejection]:
     """Validate records in order; a repeated ``event_id`` within the batch is rejected."""
     seen: set[str] = set()
     now = now or datetime.now(UTC)
+    bounds = bounds or current_bounds()
     for raw in raws:
-        result = validate(raw, now=now, **limits)  # type: ignore[arg-type]
+        result = validate(raw, now=now, max_bytes=max_bytes, bounds=bounds)
         if isinstance(result, EventBase):
             if result.event_id in seen:
                 result = Rejection(
@@ -132,16 +139,21 @@ def _rejection_from_error(exc: ValidationError, raw: bytes) -> Rejection:
     return Rejection(code, f"{where}: {error['msg']}{more}", raw)
 
 
-def _check_event_time(event: EventBase, raw: bytes, now: datetime, max_future_skew: timedelta) -> EventBase | Rejection:
+def _check_event_time(event: EventBase, raw: bytes, now: datetime, bounds: EventTimeBounds) -> EventBase | Rejection:
     ts = event.ts
     if ts.tzinfo is None or ts.utcoffset() is None:
         return Rejection(INVALID_VALUE, "ts: must carry a UTC offset, e.g. 2026-11-01T12:00:00Z", raw)
-    if ts < EARLIEST_TS:
-        return Rejection(TS_TOO_OLD, f"ts {ts.isoformat()} is before 2000-01-01", raw)
-    if ts > now + max_future_skew:
+    if ts < bounds.earliest:
+        return Rejection(
+            TS_TOO_OLD,
+            f"ts {ts.isoformat()} is before the earliest accepted time {bounds.earliest.isoformat()}"
+            f" (to accept older data, set {EARLIEST_SETTING})",
+            raw,
+        )
+    if ts > now + bounds.max_future_skew:
         return Rejection(
             TS_IN_FUTURE,
-            f"ts {ts.isoformat()} is more than {max_future_skew} in the future",
+            f"ts {ts.isoformat()} is more than {bounds.max_future_skew} in the future (the limit is {SKEW_SETTING})",
             raw,
         )
     return event
