@@ -31,9 +31,12 @@ def scratch_broker() -> Iterator[str]:
             broker.down()
 
 
-def bench_generate(users: int, days: int, kafka: bool = True, bootstrap: str | None = None) -> dict[str, Any]:
-    cfg = WorldConfig(users=users, days=days)
-    result: dict[str, Any] = {"users": users, "days": days}
+def bench_generate(
+    users: int, days: int, kafka: bool = True, bootstrap: str | None = None, profile: str = "dense"
+) -> dict[str, Any]:
+    """Generation throughput; the dense profile by default, so figures stay comparable across releases."""
+    cfg = WorldConfig(users=users, days=days, profile=profile)
+    result: dict[str, Any] = {"users": users, "days": days, "profile": profile}
     with tempfile.TemporaryDirectory(prefix="argus-bench-") as out:
         started = time.perf_counter()
         manifest = write_world(World(cfg), Path(out), "parquet")
@@ -181,7 +184,9 @@ def bench_profile(events: int, seed: int = 7) -> dict[str, Any]:
     from jobs.profiles import run_profile
 
     users = max(50, events // 100)
-    cfg = WorldConfig(users=users, days=1, seed=seed, events_per_user_day=118.0 * events / (users * 100))
+    cfg = WorldConfig(
+        users=users, days=1, seed=seed, events_per_user_day=118.0 * events / (users * 100), profile="dense"
+    )
     with tempfile.TemporaryDirectory(prefix="argus-bench-profile-") as scratch:
         lake = Path(scratch)
         manifest = write_world(World(cfg), lake)
@@ -218,7 +223,7 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
     from jobs.embed import run_embed
     from world.truth import truth_table
 
-    world = World(WorldConfig(users=users, days=days, seed=seed, events_per_user_day=30.0))
+    world = World(WorldConfig(users=users, days=days, seed=seed, events_per_user_day=30.0, profile="dense"))
     with tempfile.TemporaryDirectory(prefix="argus-eval-embed-") as scratch:
         lake = Path(scratch)
         write_world(world, lake)
@@ -256,7 +261,7 @@ def bench_detect(users: int, days: int, detectors: list[str], seed: int = 7) -> 
     from argus.evals.common import world_events
     from detectors.registry import detector_class
 
-    events = world_events(World(WorldConfig(users=users, days=days, seed=seed)))
+    events = world_events(World(WorldConfig(users=users, days=days, seed=seed, profile="dense")))
     result: dict[str, Any] = {"users": users, "days": days, "events": events.count}
     for name in detectors:
         detector = detector_class(name)()

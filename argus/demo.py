@@ -42,7 +42,7 @@ def run_demo(out: Console, users: int, days: int, keep_broker: bool = False) -> 
 
 
 def _story(out: Console, bootstrap: str, users: int, days: int, home: Path) -> None:
-    world = World(config(users=users, days=days, seed=7, start=date(2026, 10, 1), events_per_user_day=118.0))
+    world = World(config(users=users, days=days, seed=7, start=date(2026, 10, 1), profile="dense"))
     lake = home / "lake"
 
     out.rule(f"[bold]2. A synthetic world: {users} users, {days} days, seed 7")

@@ -14,7 +14,7 @@ from infra.broker import LocalBroker, free_port
 from world.config import WorldConfig
 from world.simulate import World
 
-SMALL_WORLD = WorldConfig(users=400, days=3, seed=11, events_per_user_day=40.0)
+SMALL_WORLD = WorldConfig(users=400, days=3, seed=11, events_per_user_day=40.0, profile="dense")
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ def test_gap_tokens_sit_between_events_and_ages_count_back_from_the_day_end() ->
 def test_fraud_rings_cluster_together(spark: object, tmp_path: Path) -> None:
     from jobs.embed import run_embed
 
-    world = World(WorldConfig(users=900, days=6, seed=5, events_per_user_day=25.0))
+    world = World(WorldConfig(users=900, days=6, seed=5, events_per_user_day=25.0, profile="dense"))
     write_world(world, tmp_path)
     result = run_embed(spark, tmp_path, date(2026, 10, 6), dim=16)  # type: ignore[arg-type]
     table = pq.read_table(result["path"]).to_pandas().set_index("user_id")

@@ -42,7 +42,7 @@ def test_ingest_lake_dead_letters_and_idempotent_reruns(
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     admin.create_topics([NewTopic(chat, 2, 1), NewTopic(payment, 2, 1)])
     admin.close()
-    world = World(WorldConfig(users=80, days=2, seed=4, events_per_user_day=15.0))
+    world = World(WorldConfig(users=80, days=2, seed=4, events_per_user_day=15.0, profile="dense"))
     day0, day1 = world.day(0), world.day(1)
     bad = malformed_records(20)
     _produce(kafka_bootstrap, [(chat, v) for v in to_json_lines(day0["chat"])] + [(chat, v) for _, _, v, _ in bad])

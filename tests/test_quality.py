@@ -20,7 +20,7 @@ DAY = date(2026, 10, 2)
 
 @pytest.fixture
 def lake(tmp_path: Path) -> Path:
-    write_world(World(WorldConfig(users=120, days=2, seed=2, events_per_user_day=15.0)), tmp_path)
+    write_world(World(WorldConfig(users=120, days=2, seed=2, events_per_user_day=15.0, profile="dense")), tmp_path)
     return tmp_path
 
 

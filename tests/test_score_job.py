@@ -18,7 +18,10 @@ DAY = date(2026, 10, 3)
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("lake")
-    write_world(World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, troll_fraction=0.15)), root)
+    write_world(
+        World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, troll_fraction=0.15, profile="dense")),
+        root,
+    )
     return root
 
 

@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from world.config import WorldConfig
+from world.figures import world_figures
 from world.simulate import World
 from world.sinks import lake_path, write_world
 from world.truth import truth_summary, truth_table
@@ -43,23 +44,25 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def test_same_seed_same_bytes_and_another_seed_differs(tmp_path: Path) -> None:
-    cfg = WorldConfig(users=150, days=2, seed=5, events_per_user_day=20.0)
+    cfg = WorldConfig(users=150, days=2, seed=5, events_per_user_day=20.0, profile="dense")
     write_world(World(cfg), tmp_path / "a")
     write_world(World(cfg), tmp_path / "b")
-    write_world(World(WorldConfig(users=150, days=2, seed=6, events_per_user_day=20.0)), tmp_path / "c")
+    write_world(
+        World(WorldConfig(users=150, days=2, seed=6, events_per_user_day=20.0, profile="dense")), tmp_path / "c"
+    )
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
 
 
 def test_days_are_independent_of_generation_order() -> None:
-    world = World(WorldConfig(users=120, days=3, seed=9, events_per_user_day=20.0))
+    world = World(WorldConfig(users=120, days=3, seed=9, events_per_user_day=20.0, profile="dense"))
     later_first = world.day(2)
     world.day(0)
     assert world.day(2)["chat"].equals(later_first["chat"])
 
 
 def test_lake_layout_and_idempotent_rerun(tmp_path: Path) -> None:
-    cfg = WorldConfig(users=100, days=2, seed=3, events_per_user_day=20.0)
+    cfg = WorldConfig(users=100, days=2, seed=3, events_per_user_day=20.0, profile="dense")
     manifest = write_world(World(cfg), tmp_path)
     before = _digest(tmp_path)
     for event_type in ("chat", "click", "payment", "account", "moderation"):
@@ -159,3 +162,162 @@ def test_config_rejects_nonsense() -> None:
         WorldConfig(users=3)
     with pytest.raises(ValueError, match="at least one day"):
         WorldConfig(days=0)
+    with pytest.raises(ValueError, match="realistic or dense"):
+        WorldConfig(profile="sparse")
+    with pytest.raises(ValueError, match="at most 1"):
+        WorldConfig(household_fraction=0.6, carrier_nat_fraction=0.5)
+
+
+# --- profiles ---------------------------------------------------------------------------
+
+
+def test_profiles_resolve_their_defaults_and_tag_their_worlds() -> None:
+    realistic, dense = WorldConfig(), WorldConfig(profile="dense")
+    assert realistic.profile == "realistic" and realistic.events_per_user_day == 4.0
+    assert dense.events_per_user_day == 118.0 and dense.ban_rate_trolls == 0.55
+    assert WorldConfig(profile="dense", events_per_user_day=20.0).events_per_user_day == 20.0
+    assert realistic.to_json()["profile"] == "realistic" and dense.to_json()["profile"] == "dense"
+    assert "lurker_fraction" in realistic.to_json() and "lurker_fraction" not in dense.to_json()
+    ids = {cfg.profile: World(cfg).day(0)["account"]["event_id"][0].as_py() for cfg in (realistic, dense)}
+    assert ids["realistic"].split("-")[1] != ids["dense"].split("-")[1]
+
+
+def test_dense_profile_is_unchanged() -> None:
+    """Exact figures of the world the detectors were written against, recorded before profiles existed."""
+    world = World(WorldConfig(users=150, days=2, seed=5, events_per_user_day=20.0, profile="dense"))
+    counts: dict[str, list[int]] = {}
+    for d in range(2):
+        for event_type, table in world.day(d).items():
+            counts.setdefault(event_type, []).append(table.num_rows)
+    assert counts == {
+        "chat": [1244, 1134],
+        "click": [1103, 1132],
+        "payment": [184, 322],
+        "account": [204, 183],
+        "moderation": [4, 3],
+    }
+    chat = world.day(1)["chat"]
+    rows = zip(chat["event_id"].to_pylist(), chat["user_id"].to_pylist(), chat["text"].to_pylist(), strict=True)
+    digest = hashlib.sha256("\n".join(f"{e}|{u}|{t}" for e, u, t in rows).encode()).hexdigest()
+    assert chat["event_id"][0].as_py() == "e5-712e81-0001-ch0"
+    assert digest == "57f9cf8f62d53fdc4ee3ac84fe67cc0bb1874ede370f1463b1b33041751ec624"
+
+
+def test_realistic_world_is_deterministic_by_seed(tmp_path: Path) -> None:
+    cfg = WorldConfig(users=300, days=3, seed=5)
+    write_world(World(cfg), tmp_path / "a")
+    write_world(World(cfg), tmp_path / "b")
+    write_world(World(WorldConfig(users=300, days=3, seed=6)), tmp_path / "c")
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+@pytest.fixture(scope="module")
+def realistic() -> tuple[World, dict[str, pa.Table]]:
+    """The default world: realistic, 2,000 users, 7 days."""
+    world = World(WorldConfig())
+    days = [tables for _, tables in world.days()]
+    return world, {t: pa.concat_tables([d[t] for d in days]) for t in days[0]}
+
+
+def _frame(tables: dict[str, pa.Table], event_type: str) -> pd.DataFrame:
+    return tables[event_type].to_pandas()
+
+
+def test_realistic_activity_is_heavy_tailed(realistic: tuple[World, dict[str, pa.Table]]) -> None:
+    world, tables = realistic
+    figures = world_figures(world, tables)
+    assert figures["share_user_days_le3_events"] > 0.58  # most active days are a glance
+    assert 0.4 <= figures["share_active_never_chat"] <= 0.62  # lurkers, 90-9-1
+    assert figures["share_payers_paying_once"] > 0.35
+    assert figures["share_payers_paying_at_most_twice"] > 0.55
+    assert figures["events_per_user_day"] < 4.0
+    # Return days: most active users come on one or two days, a few every day.
+    bulk = pd.concat([_frame(tables, t)[["user_id", "ts"]] for t in ("chat", "click", "payment")])
+    active_days = bulk.assign(day=bulk.ts.dt.date).groupby("user_id").day.nunique()
+    assert (active_days <= 2).mean() > 0.6
+    assert 0.02 < (active_days == 7).mean() < 0.15
+    # Lurkers as planned: the share of base accounts that never chat matches the parameter.
+    pop, cfg = world.pop, world.cfg
+    base = np.arange(cfg.users)
+    never = (pop.type_share[base, 0] == 0) & ~pop.is_troll[base]
+    assert abs(never.mean() - cfg.lurker_fraction * (1 - cfg.troll_fraction)) < 0.04
+    # Chatters write a few messages per session: per (user, hour) mostly 1-5.
+    chat = _frame(tables, "chat")
+    per_hour = chat.groupby([chat.user_id, chat.ts.dt.floor("h")]).size()
+    assert ((per_hour >= 1) & (per_hour <= 5)).mean() > 0.7
+
+
+def test_realistic_bad_actors_are_sparse_and_not_the_only_loud_ones(
+    realistic: tuple[World, dict[str, pa.Table]],
+) -> None:
+    world, tables = realistic
+    truth = truth_table(world).to_pandas().set_index("user_id")
+    chat = _frame(tables, "chat")
+    messages = chat.groupby("user_id").size()
+    trolls = truth.index[truth.is_troll]
+    troll_messages = messages.reindex(trolls, fill_value=0)
+    assert troll_messages.median() <= 15
+    assert (troll_messages <= 3).sum() >= 5
+    top = messages.nlargest(30).index
+    assert (~truth.loc[top, "is_troll"]).sum() >= 15  # heavy chatters are mostly fans and regulars
+    first_word = chat.text.str.split().str[0]  # an emote may follow the words, in its own case
+    shouting = chat.assign(caps=first_word.str.isupper()).groupby("user_id").caps.agg(["mean", "size"])
+    loud_fans = shouting[(shouting["mean"] > 0.3) & (shouting["size"] >= 20)].index
+    assert (~truth.loc[loud_fans, "is_troll"]).sum() >= 10
+    evaders = truth[truth.is_evader]
+    everything = pd.concat([_frame(tables, t)[["user_id"]] for t in ("chat", "click", "payment")])
+    evader_events = everything.user_id.value_counts().reindex(evaders.index, fill_value=0)
+    assert len(evaders) > 0 and evader_events.median() <= 10
+
+
+def test_realistic_look_alikes_of_every_role(realistic: tuple[World, dict[str, pa.Table]]) -> None:
+    world, tables = realistic
+    truth = truth_table(world).to_pandas().set_index("user_id")
+    honest = truth.index[truth.fraud_ring.isna() & ~truth.is_troll & ~truth.is_evader & truth.evaded_as.isna()]
+    payments = _frame(tables, "payment")
+    purchases = payments[payments.user_id.isin(honest) & (payments.action == "purchase")]
+    cards = purchases.groupby("user_id").instrument_id.nunique()
+    power = cards[cards >= 5].index
+    assert len(power) >= 8  # power buyers: 5-10 cards
+    assert (purchases[purchases.user_id.isin(power)].status == "declined").any()
+    start = pd.Timestamp(world.cfg.start, tz="UTC")
+    bulk = pd.concat([_frame(tables, t)[["user_id", "ts"]] for t in ("chat", "click", "payment")])
+    first_seen = bulk.groupby("user_id").ts.min().reindex(honest)
+    old = truth.loc[honest, "signup_ts"] < start - pd.Timedelta(days=180)
+    returning = old & (first_seen > start + pd.Timedelta(days=2))
+    assert returning.sum() >= 10  # dormant accounts back after months
+    new_honest = truth.loc[honest, "signup_ts"] >= start
+    assert new_honest.sum() >= 0.05 * world.cfg.users
+
+
+def test_realistic_normal_users_share_devices_and_networks(realistic: tuple[World, dict[str, pa.Table]]) -> None:
+    world, tables = realistic
+    figures = world_figures(world, tables)
+    assert 0.08 < figures["share_normal_sharing_device"] < 0.3
+    assert 0.45 < figures["share_normal_sharing_network"] < 0.75
+    pop = world.pop
+    normal = ~pop.is_troll & (pop.ring < 0) & (pop.parent < 0) & (pop.child < 0)
+    per_network = pd.Series(pop.network[normal]).value_counts()
+    assert per_network.max() >= 100  # carrier NAT
+    assert ((per_network >= 2) & (per_network <= 5)).sum() >= 100  # homes
+    assert ((per_network >= 20) & (per_network <= 100)).sum() >= 1  # a café or library
+
+
+def test_realistic_labels_are_late_partial_and_noisy(realistic: tuple[World, dict[str, pa.Table]]) -> None:
+    world, tables = realistic
+    figures = world_figures(world, tables)
+    assert figures["share_trolls_never_actioned"] > 0.5
+    assert figures["normal_users_actioned"] >= 5
+    truth = truth_table(world).to_pandas().set_index("user_id")
+    moderation = _frame(tables, "moderation")
+    warned = moderation[moderation.action.isin(["warn", "timeout"])]
+    assert (~truth.loc[warned.user_id, "is_troll"]).any()  # the truth file keeps the real truth
+    labels = moderation[moderation.action == "label"]
+    assert len(labels) <= 0.3 * truth.fraud_ring.notna().sum()
+    # Chargebacks come at least chargeback_days[0] = 10 days later: none inside a 7-day world.
+    payments = _frame(tables, "payment")
+    assert not (payments.context == "chargebacks").any()
+    trolls = truth.index[truth.is_troll]
+    reports = moderation[(moderation.action == "report") & moderation.user_id.isin(trolls)]
+    assert len(reports) / (len(trolls) * world.cfg.days) < 0.15  # troll_report_rate 0.08; dense 0.6

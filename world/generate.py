@@ -14,13 +14,23 @@ from world.sinks import Progress, event_records, write_world
 __all__ = ["World", "config", "expected_events", "produce_world", "write_world"]
 
 
-def config(users: int, days: int, seed: int, start: date, events_per_user_day: float) -> WorldConfig:
-    return WorldConfig(users=users, days=days, seed=seed, start=start, events_per_user_day=events_per_user_day)
+def config(
+    users: int,
+    days: int,
+    seed: int,
+    start: date,
+    events_per_user_day: float | None = None,
+    profile: str = "realistic",
+) -> WorldConfig:
+    """A world's settings; ``events_per_user_day=None`` takes the profile's default."""
+    return WorldConfig(
+        users=users, days=days, seed=seed, start=start, events_per_user_day=events_per_user_day, profile=profile
+    )
 
 
 def expected_events(world: World) -> int:
     """About how many events the world holds (for progress bars)."""
-    return int(world.pop.rate.sum() * world.cfg.days * 1.05)
+    return int((world.pop.rate * world.pop.visit_prob).sum() * world.cfg.days * 1.05)
 
 
 def produce_world(

@@ -27,6 +27,9 @@ NORMAL_OFF_GOAL_MIX = np.array([0.6, 0.35, 0.04, 0.01])
 SALTY_OFF_GOAL_MIX = np.array([0.45, 0.3, 0.22, 0.03])
 PROMOTER_OFF_GOAL_MIX = np.array([0.5, 0.2, 0.02, 0.28])
 TROLL_OFF_GOAL_MIX = np.array([0.25, 0.35, 0.28, 0.12])
+FAN_OFF_GOAL_MIX = np.array([0.85, 0.15, 0.0, 0.0])  # loud but never hostile
+FAN_EMOTES = np.array([text.PET_PHRASES.index(e) + 1 for e in ("pog", "kek", "lul", "kappa", "omegalul", "<3")])
+MAX_CARDS = 10  # power buyers in the realistic world hold 5-10 instruments
 
 FRAUD_PATTERNS = ("card_testing", "account_takeover", "money_mule")
 
@@ -69,6 +72,8 @@ class Population:
     pause_start_s: np.ndarray  # vacation or ban-until-unban; nan if none
     pause_end_s: np.ndarray
     rate: np.ndarray  # events per active day
+    visit_prob: np.ndarray  # chance of being active on a given day (1 in the dense world)
+    extra_sessions: np.ndarray  # mean sessions on an active day, beyond the first
     type_share: np.ndarray  # (n, 3): chat, click, payment
     tz_hours: np.ndarray
     channels: np.ndarray  # (n, 3) favourite channels, most used first
@@ -78,7 +83,8 @@ class Population:
     currency: np.ndarray
     amount_mu: np.ndarray  # log of a typical purchase
     decline_rate: np.ndarray
-    instruments: np.ndarray  # (n, 2)
+    instruments: np.ndarray  # (n, 2), or (n, MAX_CARDS) in the realistic world
+    card_count: np.ndarray  # how many of ``instruments`` the user pays with
     devices: np.ndarray  # (n, 2)
     network: np.ndarray
     on_goal: np.ndarray
@@ -116,6 +122,160 @@ def _pick_sets(rng: np.random.Generator, n: int, k: int, weights: np.ndarray) ->
     return np.argsort(-keys, axis=1)[:, :k]
 
 
+@dataclass
+class Habits:
+    """The per-user habit arrays that the realistic profile reshapes in place."""
+
+    rate: np.ndarray
+    type_share: np.ndarray
+    on_goal: np.ndarray
+    off_goal_mix: np.ndarray
+    repeat_prob: np.ndarray
+    caps_prob: np.ndarray
+    pet_prob: np.ndarray
+    pets: np.ndarray
+
+
+def _set_type_share(h: Habits, who: np.ndarray, chat: np.ndarray, pay: np.ndarray) -> None:
+    h.type_share[who] = np.stack([chat * (1 - pay), (1 - chat) * (1 - pay), pay], axis=1)
+
+
+def _realistic_activity(
+    cfg: WorldConfig, rng: np.random.Generator, h: Habits, is_troll: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lognormal events per active day, a Beta return probability per day, lurkers; returns
+    (visit probability, mean extra sessions on an active day)."""
+    n = h.rate.size
+    sigma = cfg.activity_sigma
+    h.rate[:] = cfg.rate * rng.lognormal(-(sigma**2) / 2, sigma, n)  # mean = events_per_user_day
+    visit_prob = rng.beta(*cfg.visit_days_beta, n)
+    extra_sessions = rng.gamma(1.0, 0.4, n)
+    heavy = rng.random(n) < cfg.heavy_user_fraction
+    k = int(heavy.sum())
+    visit_prob[heavy] = rng.uniform(0.85, 1.0, k)
+    extra_sessions[heavy] = rng.gamma(2.0, 0.75, k)
+    h.rate[heavy] *= 1.5
+    chat = rng.beta(2.0, 2.5, n)
+    chat[rng.random(n) < cfg.lurker_fraction] = 0.0
+    chat[is_troll] = rng.beta(6.0, 2.0, int(is_troll.sum()))  # trolls come to talk, if not often
+    _set_type_share(h, np.arange(n), chat, np.zeros(n))
+    return visit_prob, extra_sessions
+
+
+def _realistic_buyers(
+    cfg: WorldConfig,
+    rng: np.random.Generator,
+    h: Habits,
+    visit_prob: np.ndarray,
+    decline_rate: np.ndarray,
+    is_troll: np.ndarray,
+) -> np.ndarray:
+    """Most people never pay, most who do pay once or twice; a few power buyers pay often with
+    5-10 cards and see some declines. Returns each user's card count."""
+    n = h.rate.size
+    chat = h.type_share[:, 0] / np.maximum(h.type_share[:, :2].sum(axis=1), 1e-12)
+    expected_events = np.maximum(h.rate * visit_prob * cfg.days, 1.0)
+    payments = np.where(rng.random(n) < cfg.buyer_fraction, rng.gamma(1.0, 0.5, n), 0.0) * min(cfg.days, 7) / 7
+    pay = np.minimum(payments / expected_events, 0.6)
+    card_count = np.full(n, 2)
+    power = (rng.random(n) < cfg.frequent_buyer_fraction) & ~is_troll
+    k = int(power.sum())
+    visit_prob[power] = np.maximum(visit_prob[power], rng.uniform(0.5, 1.0, k))
+    h.rate[power] = cfg.rate * rng.uniform(2.0, 6.0, k)
+    pay[power] = rng.uniform(0.2, 0.45, k)
+    card_count[power] = rng.integers(5, MAX_CARDS + 1, k)
+    decline_rate[power] = rng.beta(2.0, 18.0, k)  # many cards, more of them expired or over limit
+    _set_type_share(h, np.arange(n), chat, pay)
+    return card_count
+
+
+def _harmless_fans(
+    cfg: WorldConfig,
+    rng: np.random.Generator,
+    h: Habits,
+    visit_prob: np.ndarray,
+    extra_sessions: np.ndarray,
+    is_troll: np.ndarray,
+) -> None:
+    """Loud fans chat a lot, in caps, with emote floods and repeats, but on topic and never hostile."""
+    n = h.rate.size
+    fan = np.flatnonzero((rng.random(n) < cfg.fan_fraction) & ~is_troll)
+    k = fan.size
+    h.rate[fan] = cfg.rate * rng.uniform(3.0, 10.0, k)
+    visit_prob[fan] = rng.uniform(0.5, 1.0, k)
+    extra_sessions[fan] = rng.uniform(0.5, 2.0, k)
+    _set_type_share(h, fan, rng.beta(8.0, 2.0, k), h.type_share[fan, 2])
+    h.on_goal[fan] = rng.beta(12.0, 1.5, k)
+    h.off_goal_mix[fan] = FAN_OFF_GOAL_MIX
+    h.repeat_prob[fan] = rng.beta(5.0, 5.0, k)
+    h.caps_prob[fan] = rng.beta(5.0, 4.0, k)
+    h.pet_prob[fan] = rng.beta(6.0, 2.0, k)
+    h.pets[fan] = FAN_EMOTES[rng.integers(0, FAN_EMOTES.size, (k, 2))]
+
+
+def _dormant_and_new(
+    cfg: WorldConfig,
+    rng: np.random.Generator,
+    signup_s: np.ndarray,
+    pause_start: np.ndarray,
+    pause_end: np.ndarray,
+    visit_prob: np.ndarray,
+    is_troll: np.ndarray,
+) -> None:
+    """Old accounts that come back after months away, and honest sign-ups during the world."""
+    n, horizon = signup_s.size, cfg.days * DAY
+    settled = np.isnan(pause_start) & ~is_troll & (signup_s < 0)
+    dormant = settled & (rng.random(n) < cfg.dormant_fraction)
+    k = int(dormant.sum())
+    signup_s[dormant] = -rng.uniform(180, 1500, k) * DAY
+    pause_start[dormant] = -rng.uniform(60, 365, k) * DAY  # last seen months before the world
+    pause_end[dormant] = rng.uniform(0, horizon, k)
+    new = settled & ~dormant & (rng.random(n) < cfg.newcomer_fraction)
+    k = int(new.sum())
+    signup_s[new] = rng.uniform(0, horizon, k)
+    visit_prob[new] = rng.beta(0.8, 2.0, k)  # most new accounts do not come back often
+
+
+def _shared_connections(
+    cfg: WorldConfig, rng: np.random.Generator, devices: np.ndarray, friends: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Networks and devices that normal users share: homes, cafés and libraries, carrier NAT.
+    Returns (network per user, devices); housemates become each other's first transfer friend."""
+    n = devices.shape[0]
+    devices = devices.copy()
+    shares = [cfg.household_fraction, cfg.cafe_fraction, cfg.carrier_nat_fraction]
+    kind = rng.choice(4, n, p=[1 - sum(shares), *shares])  # 0 own line, 1 home, 2 café, 3 carrier NAT
+    network = np.array([fingerprint(cfg.seed, "line", i) for i in range(n)], dtype=object)
+
+    home_users = rng.permutation(np.flatnonzero(kind == 1))
+    sizes = rng.integers(2, 6, home_users.size // 2 + 1)
+    home = np.searchsorted(np.cumsum(sizes), np.arange(home_users.size), side="right")
+    network[home_users] = [fingerprint(cfg.seed, "home", h) for h in home]
+    shared = (rng.random(sizes.size) < cfg.household_shared_device)[home]
+    devices[home_users[shared], 0] = [fingerprint(cfg.seed, "homedev", h) for h in home[shared]]
+    pos = np.arange(home_users.size)
+    after = np.minimum(pos + 1, max(home_users.size - 1, 0))
+    same = (pos + 1 < home_users.size) & (home[after] == home)
+    friends[home_users, 0] = home_users[np.where(same, after, np.searchsorted(home, home))]
+
+    cafe_users = np.flatnonzero(kind == 2)
+    venues = max(1, round(cafe_users.size / 50))
+    venue = rng.integers(0, venues, cafe_users.size)
+    seat = rng.integers(0, rng.integers(3, 9, venues)[venue])  # each venue has 3-8 shared machines
+    network[cafe_users] = [fingerprint(cfg.seed, "cafe", v) for v in venue]
+    own_device = rng.random(cafe_users.size) < 0.6  # the rest have no device of their own
+    devices[cafe_users, np.where(own_device, 1, 0)] = [
+        fingerprint(cfg.seed, "cafedev", v, s) for v, s in zip(venue, seat, strict=True)
+    ]
+
+    nat_users = np.flatnonzero(kind == 3)
+    carrier = rng.choice(3, nat_users.size, p=[0.45, 0.35, 0.2])
+    addresses = np.maximum(1, np.round(np.bincount(carrier, minlength=3) / 300)).astype(int)
+    address = rng.integers(0, addresses[carrier])
+    network[nat_users] = [fingerprint(cfg.seed, "nat", c, a) for c, a in zip(carrier, address, strict=True)]
+    return network, devices
+
+
 def build_population(cfg: WorldConfig, rng: np.random.Generator) -> Population:
     n_base = cfg.users
     horizon = cfg.days * DAY
@@ -136,7 +296,7 @@ def build_population(cfg: WorldConfig, rng: np.random.Generator) -> Population:
     troll_idx = rng.choice(n, size=max(1, round(cfg.troll_fraction * n)), replace=False)
     is_troll[troll_idx] = True
 
-    rate = cfg.events_per_user_day * rng.lognormal(-0.5, 1.0, n)  # mean = events_per_user_day
+    rate = cfg.rate * rng.lognormal(-0.5, 1.0, n)  # mean = events_per_user_day
     type_share = rng.dirichlet([6.0, 5.0, 0.6], n)
     type_share[is_troll] = rng.dirichlet([12.0, 3.0, 0.3], int(is_troll.sum()))
     tz_hours = rng.choice(np.arange(-8, 10), size=n)
@@ -204,9 +364,23 @@ def build_population(cfg: WorldConfig, rng: np.random.Generator) -> Population:
     decliners = rng.random(n) < 0.05
     decline_to[decliners] = rng.uniform(0.2, 0.5, int(decliners.sum()))
 
+    realistic = cfg.profile == "realistic"
+    visit_prob, extra_sessions, card_count = np.ones(n), np.zeros(n), np.full(n, 2)
+    if realistic:
+        habits = Habits(rate, type_share, on_goal, off_goal_mix, repeat_prob, caps_prob, pet_prob, pets)
+        visit_prob, extra_sessions = _realistic_activity(cfg, rng, habits, is_troll)
+        card_count = _realistic_buyers(cfg, rng, habits, visit_prob, decline_rate, is_troll)
+        _harmless_fans(cfg, rng, habits, visit_prob, extra_sessions, is_troll)
+        _dormant_and_new(cfg, rng, signup_s, pause_start, pause_end, visit_prob, is_troll)
+        network, devices = _shared_connections(cfg, rng, devices, friends)
+        # Room for MAX_CARDS cards; only power buyers' extra columns are ever used.
+        instruments = instruments[:, np.arange(MAX_CARDS) % 2]
+        for i in np.flatnonzero(card_count > 2):
+            instruments[i, 2:] = [fingerprint(cfg.seed, "card", i, k) for k in range(2, MAX_CARDS)]
+
     # --- bans -------------------------------------------------------------------------
     banned_s = np.full(n, np.nan)
-    ban_p = np.where(is_troll, cfg.ban_rate_trolls, cfg.ban_rate_others)
+    ban_p = np.where(is_troll, cfg.troll_ban_share, cfg.other_ban_share)
     banned = (rng.random(n) < ban_p) & (signup_s < horizon * 0.5)
     lo = np.maximum(signup_s[banned], 0) + 0.5 * DAY
     banned_s[banned] = rng.uniform(np.minimum(lo, horizon * 0.8), horizon * 0.8)
@@ -259,6 +433,13 @@ def build_population(cfg: WorldConfig, rng: np.random.Generator) -> Population:
     drift = rng.random(n_children) < 0.3  # some move one favourite channel
     child_channels[drift, 2] = rng.integers(0, n_channels, int(drift.sum()))
 
+    child_rate = rate[evades] * rng.uniform(0.6, 1.3, n_children)
+    child_visits = visit_prob[evades]
+    if realistic:
+        # A new account starts cautiously: fewer visits, shorter ones.
+        child_visits = child_visits * rng.uniform(0.3, 1.0, n_children)
+        child_rate = child_rate * rng.uniform(0.2, 0.8, n_children)
+
     pop = Population(
         n=total,
         user_id=np.array([f"u{i:07d}" for i in range(total)], dtype=object),
@@ -267,7 +448,9 @@ def build_population(cfg: WorldConfig, rng: np.random.Generator) -> Population:
         until_s=np.full(total, np.inf),
         pause_start_s=extend(pause_start, np.full(n_children, np.nan)),
         pause_end_s=extend(pause_end, np.full(n_children, np.nan)),
-        rate=extend(rate, rate[evades] * rng.uniform(0.6, 1.3, n_children)),
+        rate=extend(rate, child_rate),
+        visit_prob=extend(visit_prob, child_visits),
+        extra_sessions=extend(extra_sessions),
         type_share=np.concatenate([type_share, type_share[evades]]),
         tz_hours=extend(tz_hours),
         channels=np.concatenate([channels, child_channels]),
@@ -281,10 +464,12 @@ def build_population(cfg: WorldConfig, rng: np.random.Generator) -> Population:
             [
                 instruments,
                 np.array(
-                    [[fingerprint(cfg.seed, "card", i, k) for k in range(2)] for i in child_idx], dtype=object
-                ).reshape(n_children, 2),
+                    [[fingerprint(cfg.seed, "card", i, k) for k in range(instruments.shape[1])] for i in child_idx],
+                    dtype=object,
+                ).reshape(n_children, instruments.shape[1]),
             ]
         ),
+        card_count=extend(card_count, np.full(n_children, 2)),
         devices=np.concatenate([devices, child_devices]),
         network=np.concatenate([network, child_network]),
         on_goal=extend(on_goal),

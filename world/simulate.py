@@ -21,7 +21,7 @@ from schemas.arrow import ARROW_SCHEMAS, TS_TYPE
 from schemas.models import EVENT_TYPES
 from world import text
 from world.config import WorldConfig
-from world.population import CURRENCIES, DAY, Population, build_population
+from world.population import CURRENCIES, DAY, MAX_CARDS, Population, build_population
 
 MESSAGES_PER_TOPIC = 40
 TOPICS_PER_CHANNEL = 6
@@ -29,6 +29,10 @@ PLAYS_COMBOS = [(a, b) for a in range(6) for b in range(a + 1, 6)]
 DECLINE_REASONS = np.array(["insufficient_funds", "do_not_honor", "expired_card", "invalid_cvv"])
 MODERATORS = [f"mod{i:02d}" for i in range(12)]
 _CHANNEL_KEY = 1e8  # channel * key + seconds: one sorted key for (channel, time)
+# Realistic world: how likely a user is to visit on each weekday (Monday first), relative to the
+# average day: entertainment and chat traffic peaks on Friday to Sunday evenings.
+WEEKDAY_VISITS = np.array([0.93, 0.92, 0.94, 0.97, 1.04, 1.12, 1.08])
+SESSION_GAP_S = 45.0  # mean seconds between two events of one session
 
 
 @dataclass
@@ -114,7 +118,9 @@ class World:
         self.epoch_ms = int(datetime(cfg.start.year, cfg.start.month, cfg.start.day, tzinfo=UTC).timestamp() * 1000)
         self._user_ids = pa.array(self.pop.user_id.tolist(), pa.string())
         # Worlds with the same seed but other settings must not share event ids.
-        self._world_tag = hashlib.blake2b(json.dumps(cfg.to_json(), sort_keys=True).encode(), digest_size=3).hexdigest()
+        self._world_tag = hashlib.blake2b(
+            json.dumps(cfg.tag_json(), sort_keys=True).encode(), digest_size=3
+        ).hexdigest()
         self._renames = self._plan_renames(plan_rng)
         self._specials = self._plan_special_events(plan_rng)
 
@@ -128,7 +134,10 @@ class World:
 
     def day(self, d: int) -> dict[str, pa.Table]:
         rng = np.random.default_rng([self.cfg.seed, 1, d])
-        u, t, kind = self._bulk_activity(rng, d)
+        if self.cfg.profile == "realistic":
+            u, t, kind = self._session_activity(rng, d)
+        else:
+            u, t, kind = self._bulk_activity(rng, d)
         columns = {
             "chat": self._chat(rng, u[kind == 0], t[kind == 0]),
             "click": self._clicks(rng, d, u[kind == 1], t[kind == 1]),
@@ -154,6 +163,37 @@ class World:
         counts = rng.poisson(pop.rate * mult)
         u = np.repeat(np.arange(pop.n), counts)
         t = d * DAY + self._diurnal_seconds(rng, u)
+        cum = np.cumsum(pop.type_share, axis=1)[u]
+        r = rng.random(u.size)
+        kind = (r > cum[:, 0]).astype(np.int8) + (r > cum[:, 1])
+        keep = self._active(u, t)
+        return u[keep], t[keep], kind[keep]
+
+    def _session_activity(self, rng: np.random.Generator, d: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Realistic world: who visits today (a per-user return probability with a weekday rhythm),
+        how many sessions each visitor has, and a geometric number of events per session."""
+        pop, horizon = self.pop, self.cfg.days * DAY
+        mid = (d + 0.5) * DAY
+        p = pop.visit_prob * WEEKDAY_VISITS[(self.cfg.start + timedelta(days=d)).weekday()]
+        left = pop.churn_s - mid
+        with np.errstate(invalid="ignore"):
+            fading = left < pop.churn_len_s
+        p[fading] *= 0.1 + 0.9 * np.clip(left[fading] / pop.churn_len_s[fading], 0, 1) ** 1.2
+        p *= 1 - (1 - pop.decline_to) * (mid / horizon)
+        visits = rng.random(pop.n) < p
+        sessions = np.where(visits, 1 + rng.poisson(pop.extra_sessions), 0)
+        su = np.repeat(np.arange(pop.n), sessions)
+        per_session = np.maximum(pop.rate[su] / (1 + pop.extra_sessions[su]), 1.0)
+        size = rng.geometric(1 / per_session)
+        u = np.repeat(su, size)
+        first_at = np.cumsum(size) - size
+        gaps = rng.exponential(SESSION_GAP_S, u.size)
+        gaps[first_at] = 0.0
+        offset = np.cumsum(gaps)
+        offset -= np.repeat(offset[first_at], size)
+        span = offset[first_at + size - 1]
+        start = np.clip(self._diurnal_seconds(rng, su), 0.0, np.maximum(DAY - 1.0 - span, 0.0))  # within the day
+        t = d * DAY + np.minimum(np.repeat(start, size) + offset, DAY - 0.001)
         cum = np.cumsum(pop.type_share, axis=1)[u]
         r = rng.random(u.size)
         kind = (r > cum[:, 0]).astype(np.int8) + (r > cum[:, 1])
@@ -310,6 +350,11 @@ class World:
         reasons = np.where(declined, DECLINE_REASONS[rng.integers(0, 4, m)], None)
         friend = pop.friends[u, rng.integers(0, 3, m)]
         is_transfer = action == 1
+        if self.cfg.profile == "realistic":
+            cards = pop.card_count[u]
+            card = np.where(cards > 2, rng.integers(0, MAX_CARDS, m) % cards, rng.random(m) < 0.15)
+        else:
+            card = (rng.random(m) < 0.15).astype(int)
         return {
             "u": u,
             "t": t,
@@ -317,7 +362,7 @@ class World:
             "action": pa.array(np.array(["purchase", "transfer", "refund", "chargeback"])[action]),
             "amount": pa.array(amount),
             "currency": pa.array(CURRENCIES[currency]),
-            "instrument_id": pa.array(pop.instruments[u, (rng.random(m) < 0.15).astype(int)].tolist(), pa.string()),
+            "instrument_id": pa.array(pop.instruments[u, card.astype(int)].tolist(), pa.string()),
             "status": pa.array(np.where(declined, "declined", "approved")),
             "decline_reason": pa.array(reasons.tolist(), pa.string()),
             "counterparty_id": pc.if_else(pa.array(is_transfer), self._user_ids.take(friend), pa.nulls(m, pa.string())),
@@ -394,12 +439,19 @@ class World:
     def _plan_moderation(self, rng: np.random.Generator, add: _RowAdder) -> None:
         pop, horizon = self.pop, self.cfg.days * DAY
         labels = np.array(["troll", "harassment", "spam"])
+        # Reports and moderator warnings/timeouts per user-day, for trolls and for everyone else.
+        if self.cfg.profile == "realistic":
+            # Moderators see a fraction of what happens, and sometimes act on the wrong person.
+            troll_report, other_report = self.cfg.troll_report_rate, 0.003
+            troll_action, other_action = self.cfg.troll_action_rate, self.cfg.false_action_rate
+        else:
+            troll_report, other_report, troll_action, other_action = 0.6, 0.01, 0.1, 0.0
         for i in range(pop.n):
             lo = max(pop.signup_s[i], 0.0)
             hi = min(pop.until_s[i], horizon)
             if hi <= lo:
                 continue
-            report_rate = 0.6 if pop.is_troll[i] else 0.01
+            report_rate = troll_report if pop.is_troll[i] else other_report
             for ts in rng.uniform(lo, hi, rng.poisson(report_rate * (hi - lo) / DAY)):
                 add(
                     "moderation",
@@ -410,8 +462,9 @@ class World:
                     actor_id=pop.user_id[rng.integers(0, pop.n)],
                     label=labels[rng.integers(0, 3)],
                 )
-            if pop.is_troll[i]:
-                for ts in rng.uniform(lo, hi, rng.poisson(0.1 * (hi - lo) / DAY)):
+            action_rate = troll_action if pop.is_troll[i] else other_action
+            if action_rate > 0:
+                for ts in rng.uniform(lo, hi, rng.poisson(action_rate * (hi - lo) / DAY)):
                     add(
                         "moderation",
                         i,
@@ -419,7 +472,7 @@ class World:
                         context="moderation",
                         action=("warn", "timeout")[rng.integers(0, 2)],
                         actor_id=MODERATORS[rng.integers(0, len(MODERATORS))],
-                        label="troll",
+                        label="troll" if pop.is_troll[i] else labels[rng.integers(0, 3)],
                     )
         for i in np.flatnonzero(~np.isnan(pop.banned_s)):
             label = "troll" if pop.is_troll[i] else ("spam", "harassment")[rng.integers(0, 2)]
@@ -606,13 +659,14 @@ class World:
     def _chargebacks(
         self, rng: np.random.Generator, add: _RowAdder, i: int, purchases: list[tuple[float, str, float]], p: float
     ) -> None:
-        """Victims dispute some fraudulent purchases days later."""
+        """Victims dispute some fraudulent purchases days (realistic: weeks) later."""
+        lo, hi = self.cfg.chargeback_days if self.cfg.profile == "realistic" else (3.0, 20.0)
         for ts, instrument, amount in purchases:
             if rng.random() < p:
                 add(
                     "payment",
                     i,
-                    ts + rng.uniform(3, 20) * DAY,
+                    ts + rng.uniform(lo, hi) * DAY,
                     context="chargebacks",
                     action="chargeback",
                     amount=amount,
@@ -622,12 +676,16 @@ class World:
                 )
 
     def _fraud_labels(self, rng: np.random.Generator, add: _RowAdder, ring: Any) -> None:
-        """Known outcomes arrive late and only in part: the risk team labels about a third of a ring."""
-        for i in ring.members[rng.random(ring.members.size) < 0.35]:
+        """Known outcomes arrive late and only in part: the risk team labels about a third of a ring
+        (realistic: a minority, weeks later)."""
+        realistic = self.cfg.profile == "realistic"
+        share = self.cfg.fraud_label_share if realistic else 0.35
+        lo, hi = self.cfg.fraud_label_days if realistic else (1.0, 10.0)
+        for i in ring.members[rng.random(ring.members.size) < share]:
             add(
                 "moderation",
                 i,
-                self.pop.fraud_s[i] + rng.uniform(1, 10) * DAY,
+                self.pop.fraud_s[i] + rng.uniform(lo, hi) * DAY,
                 context="risk",
                 action="label",
                 actor_id="risk-team",
