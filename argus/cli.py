@@ -176,9 +176,21 @@ def generate(
     days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 7,
     seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 7,
     start: Annotated[str, typer.Option(help="First simulated day, YYYY-MM-DD (UTC).")] = "2026-10-01",
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="realistic: heavy-tailed activity (most users visit a day or two a week, most never chat or pay),"
+            " shared homes/cafés/carrier NAT, harmless look-alikes, late and partial labels."
+            " dense: every user chats, clicks and pays every day (~100 events per user-day).",
+        ),
+    ] = "realistic",
     events_per_user_day: Annotated[
-        float, typer.Option(help="Base event rate per user and day; 118 gives ~10M events a day for 100k users.")
-    ] = 118.0,
+        float | None,
+        typer.Option(
+            help="Mean events per user on a day the user is active; default: the profile's"
+            " (realistic 4, dense 118; dense at 118 gives ~10M events a day for 100k users).",
+        ),
+    ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Write the lake layout and truth files here.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl (with --out).")] = "parquet",
     to_kafka: Annotated[bool, typer.Option("--kafka", help="Produce the events to the events.* topics.")] = False,
@@ -199,7 +211,12 @@ def generate(
         raise UserError(f"--format must be parquet or jsonl, not {fmt!r}")
     try:
         config = gen.config(
-            users=users, days=days, seed=seed, start=date.fromisoformat(start), events_per_user_day=events_per_user_day
+            users=users,
+            days=days,
+            seed=seed,
+            start=date.fromisoformat(start),
+            events_per_user_day=events_per_user_day,
+            profile=profile,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -252,6 +269,70 @@ def _print_report(report: dict[str, object]) -> None:
     out.print(f"[bold]dead-lettered[/] {report['dead_lettered']:,} (to dlq.events)")
     for reason, count in report["rejected_by_reason"].items():  # type: ignore[attr-defined]
         out.print(f"  {reason:<20} {count:>10,}")
+
+
+# --- import -----------------------------------------------------------------------------
+
+
+@app.command("import")
+def import_(
+    source: Annotated[Path, typer.Argument(help="The file to import: .csv, .jsonl or .parquet.")],
+    mapping: Annotated[Path, typer.Option(help="The mapping file (TOML): source columns -> event fields.")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Write the events into this lake folder.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Lake file format: parquet or jsonl (with --out).")] = "parquet",
+    to_kafka: Annotated[bool, typer.Option("--kafka", help="Produce the events to the events.* topics.")] = False,
+    rejects: Annotated[
+        Path | None,
+        typer.Option(help="Dead-letter file (JSONL); default OUT.rejected.jsonl, or SOURCE-NAME.rejected.jsonl here."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line on stdout.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Import your own chat log, payments export or order history, mapped by a TOML file.
+
+    Every row is mapped, validated like any Kafka record and either written (lake layout
+    events/event_type=T/date=D/import-SOURCE.parquet, replaced on re-import; or events.<type>
+    keyed by user_id) or dead-lettered with its reason, row number and original row.
+    """
+    from argus.imports import MappingError, SourceError, load_mapping, run_import
+    from argus.imports.mapping import source_format
+    from argus.imports.run import count_rows
+
+    if out_dir is None and not to_kafka:
+        raise UserError("say where the events go: --out LAKE_DIR, --kafka, or both")
+    if fmt not in ("parquet", "jsonl"):
+        raise UserError(f"--format must be parquet or jsonl, not {fmt!r}")
+    try:
+        rules = load_mapping(mapping)
+        total = count_rows(source, source_format(source, rules)) if source.is_file() else None
+        with progress_bar(f"importing {source.name}", total=total) as advance:
+            summary = run_import(
+                source,
+                rules,
+                out=out_dir,
+                out_format=fmt,
+                kafka=to_kafka,
+                bootstrap=bootstrap,
+                rejects=rejects,
+                progress=advance,
+            )
+    except (MappingError, SourceError) as exc:
+        raise UserError(str(exc)) from exc
+    report = summary.to_json()
+    if as_json:
+        print(json.dumps(report))
+        return
+    err.print(f"[bold]{source}[/]: {summary.rows:,} rows read", highlight=False)
+    for event_type, count in report["imported"].items():
+        err.print(f"  imported {event_type:<12} {count:>10,}", highlight=False)
+    rejected = sum(summary.rejected.values())
+    err.print(f"  rejected {'':<12} {rejected:>10,} (to {summary.rejects_file})", highlight=False)
+    for reason, count in report["rejected"].items():
+        err.print(f"    {reason:<20} {count:>10,}", highlight=False)
+    if summary.out is not None:
+        err.print(f"  lake: {summary.out} ({summary.files} files)", highlight=False)
+    for topic, count in report.get("produced", {}).items():
+        err.print(f"  produced {topic:<20} {count:>10,}", highlight=False)
 
 
 # --- batch --------------------------------------------------------------------------------
@@ -699,46 +780,82 @@ def explain_fraud(
         raise UserError(str(exc.args[0])) from exc
 
 
+EvalJsonFlag = Annotated[
+    bool, typer.Option("--json/--text", help="One JSON line (the default), or a short readable report.")
+]
+ProfileOption = Annotated[
+    str,
+    typer.Option(
+        help="The generated evaluation world: realistic (sparse, heavy-tailed activity) or dense"
+        " (every user active every day; the earlier figures). Ignored with --world.",
+    ),
+]
+
+
 @eval_app.command("trolls")
 def eval_trolls(
     world: WorldOption = None,
     method: Annotated[str, typer.Option(help="centroid or knn.")] = "centroid",
-    as_json: JsonFlag = True,
+    profile: ProfileOption = "realistic",
+    as_json: EvalJsonFlag = True,
 ) -> None:
     """Troll scores (context mode), the paper's mode and raid groups against the truth file."""
     from argus.evals.trolls import run
 
     if method not in ("centroid", "knn"):
         raise UserError(f"--method must be centroid or knn, not {method!r}")
-    print(json.dumps(_evaluate(lambda: run(world, method))))
+    _check_profile(profile)
+    _print_eval(_evaluate(lambda: run(world, method, profile=profile)), as_json)
 
 
 @eval_app.command("evaders")
-def eval_evaders(world: WorldOption = None, as_json: JsonFlag = True) -> None:
+def eval_evaders(world: WorldOption = None, profile: ProfileOption = "realistic", as_json: EvalJsonFlag = True) -> None:
     """The ban-evasion paper's three tasks: detect (full and first 3 actions), match (MRR), predict."""
     from argus.evals.evaders import run
 
-    print(json.dumps(_evaluate(lambda: run(world))))
+    _check_profile(profile)
+    _print_eval(_evaluate(lambda: run(world, profile=profile)), as_json)
 
 
 @eval_app.command("fraud")
-def eval_fraud(world: WorldOption = None, as_json: JsonFlag = True) -> None:
+def eval_fraud(world: WorldOption = None, profile: ProfileOption = "realistic", as_json: EvalJsonFlag = True) -> None:
     """Fraud-ring members, rings found by risky clusters, and the rules extracted."""
     from argus.evals.fraud import run
 
-    print(json.dumps(_evaluate(lambda: run(world)), default=str))
+    _check_profile(profile)
+    _print_eval(_evaluate(lambda: run(world, profile=profile)), as_json)
 
 
 @eval_app.command("churn")
 def eval_churn(
     world: WorldOption = None,
     horizon_days: Annotated[int, typer.Option(min=1, help="No activity within this many days.")] = 14,
-    as_json: JsonFlag = True,
+    profile: ProfileOption = "realistic",
+    as_json: EvalJsonFlag = True,
 ) -> None:
     """Churn risk at a horizon, with AUC by lookback length."""
     from argus.evals.churn import run
 
-    print(json.dumps(_evaluate(lambda: run(world, horizon_days=horizon_days)), default=str))
+    _check_profile(profile)
+    _print_eval(_evaluate(lambda: run(world, horizon_days=horizon_days, profile=profile)), as_json)
+
+
+def _check_profile(profile: str) -> None:
+    from world.config import PROFILES
+
+    if profile not in PROFILES:
+        raise UserError(f"--profile must be {' or '.join(PROFILES)}, not {profile!r}")
+
+
+def _print_eval(result: dict[str, object], as_json: bool) -> None:
+    """One JSON line, or the readable report: coverage, per-status counts and quality per population."""
+    if as_json:
+        print(json.dumps(result, default=str))
+        return
+    from argus.evals.common import text_report
+
+    for line in text_report(result):
+        out.print(line, highlight=False, markup=False)
 
 
 def _evaluate(run: Callable[[], dict[str, object]]) -> dict[str, object]:
