@@ -855,7 +855,7 @@ def _print_eval(result: dict[str, object], as_json: bool) -> None:
     from argus.evals.common import text_report
 
     for line in text_report(result):
-        out.print(line, highlight=False, markup=False)
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 def _evaluate(run: Callable[[], dict[str, object]]) -> dict[str, object]:

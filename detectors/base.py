@@ -1,9 +1,11 @@
 """The one interface every detector implements, and the versioned artefact it saves.
 
 A detector turns events into per-user ``features`` (pandas, one row per user), learns a model
-from them in ``fit`` and returns one row per user from ``score``: a score in 0..1 (NaN when the
-user cannot be scored, with ``status`` saying why), a ``flagged`` decision at the detector's
-operating threshold, and ``reasons`` that compare the user's values with the context's norm.
+from them in ``fit`` and returns one row per user from ``score``: a score in 0..1, a ``flagged``
+decision at the detector's operating threshold, ``reasons`` that compare the user's values with
+the context's norm, and a ``status`` that says how much evidence the score rests on (``scored``,
+or ``low evidence: ...``). The score is NaN, with ``status`` saying why, only for a user with no
+event of the detector's kind or with features that cannot be used (NaN from broken data).
 The Spark jobs, the Beam pipelines and the CLI all call these three methods and nothing else.
 """
 
@@ -26,7 +28,8 @@ from detectors.events import Events
 ARTEFACT_FORMAT = 1
 SCORE_COLUMNS = ["user_id", "score", "flagged", "status", "reasons"]
 SCORED = "scored"
-INSUFFICIENT_ACTIVITY = "insufficient activity"
+# Status prefix of users scored on less evidence than the model was fitted on (same model, same threshold).
+LOW_EVIDENCE = "low evidence"
 
 
 class ModelError(ValueError):

@@ -22,10 +22,19 @@ When the history is too short for any observed horizon (or shows too few churner
 to learn from), ``fit`` falls back to an activity-rate prior, ``P(no active day in h days) =
 (1 - p)^h`` with ``p`` the user's smoothed share of active days; such rows say so in ``status``.
 
+**Evidence.** The models are fitted on users with at least ``min_active_days`` active days in
+the lookback (status ``scored``). Every user with an event on or before ``as_of`` gets a score:
+one with fewer active days is scored by the same model (``low evidence: 1 active day in the
+30-day lookback (the model is fit on users with >= 2)``); one silent through the whole lookback
+but with earlier events (``days_with_events``, counted over all the data, not only the kept
+history) gets the share of such users who stayed silent through the horizon, measured on the
+training cut-offs with one success and one failure added (status ``silent: ...``); silence is risk,
+not a reason to refuse.
+
 **Bad input.** Days on which the whole data set has (almost) no events are outages, not a week
 of everybody churning: they are skipped and the skip is listed in each user's reasons. Users with
-fewer than ``min_active_days`` active days, no activity in the lookback, no events before
-``as_of``, a ban in force, or broken (NaN) features get no score and a status that says why.
+no events on or before ``as_of``, a ban in force, or broken (NaN) features get no score and a
+status that says why.
 
 Cost: one pass over the events, then ``O(users x cut-offs x lookback)`` numpy work; fitting the
 two models on up to ``MAX_EXAMPLES`` examples takes seconds to a minute on one core.
@@ -55,7 +64,7 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from detectors.base import INSUFFICIENT_ACTIVITY, SCORED, Detector, Reason, norm_reasons, score_frame
+from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
 from detectors.events import Events
 
 # Daily channels, in tensor order. The first four are the user's own actions ("activity").
@@ -386,6 +395,7 @@ class ChurnDetector(Detector):
         out.index = pd.Index(users, name="user_id")
         out["banned"] = windows.banned.astype(float)
         out["outage_days_skipped"] = float(len(skipped))
+        out["days_with_events"] = _days_with_events(daily, self._as_of(daily) if len(daily) else None, out.index)
         lags = {
             f"{channel}_lag{lag:03d}": tensor[:, len(history) - 1 - lag, c]
             for c, channel in enumerate(CHANNELS)
@@ -446,7 +456,10 @@ class ChurnDetector(Detector):
                 f"{positives} churners and {negatives} stayers with an observed {horizon}-day horizon in "
                 f"{tensor.shape[1]} days of data (need {MIN_CLASS_EXAMPLES} of each)"
             )
-            return self._fitted({"estimator": None, "threshold": 0.5, **self._reason_norms(agg)}, metrics)
+            silent = self._silent_rate(tensor, users, labels, metrics)
+            return self._fitted(
+                {"estimator": None, "threshold": 0.5, "silent_churn": silent, **self._reason_norms(agg)}, metrics
+            )
 
         choice = str(self.params["model"])
         fold = _user_fold(who)
@@ -470,8 +483,42 @@ class ChurnDetector(Detector):
         # The estimator is kept as pickled bytes: model_version hashes a pickle of (params, state), and
         # a pickle of a live sklearn estimator changes across a save/load round trip (object identities
         # inside it do), bytes do not. For the same reason no state string doubles as a parameter.
-        state = {"estimator": pickle.dumps(final, protocol=5), "threshold": threshold, **self._reason_norms(agg)}
+        silent = self._silent_rate(tensor, users, labels, metrics)
+        state = {
+            "estimator": pickle.dumps(final, protocol=5),
+            "threshold": threshold,
+            "silent_churn": silent,
+            **self._reason_norms(agg),
+        }
         return self._fitted(state, metrics)
+
+    def _silent_rate(
+        self, tensor: np.ndarray, users: np.ndarray, labels: pd.Series | None, metrics: dict[str, Any]
+    ) -> float:
+        """Share of users silent through a lookback (active before it, not banned) who stay silent through
+        the horizon, over the training cut-offs (or, with ``labels``, at ``as_of``), with +1/+2 smoothing."""
+        lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
+        days = tensor.shape[1]
+        activity = _activity(tensor)
+        bans = np.cumsum(tensor[:, :, CHANNELS.index("ban")], axis=1) > 0
+        stayed = total = 0
+        if labels is not None:
+            cutoffs = [days - 1] if days > lookback else []
+        else:
+            cutoffs = list(range(days - 1 - horizon, lookback - 1, -CUTOFF_STRIDE_DAYS))
+        for cutoff in cutoffs:
+            start = cutoff - lookback + 1
+            silent = (activity[:, :start].sum(axis=1) > 0) & (activity[:, start : cutoff + 1].sum(axis=1) == 0)
+            silent &= ~bans[:, cutoff]
+            if labels is not None:
+                silent &= pd.Series(users).isin(labels.index).to_numpy()
+                away = labels.reindex(users).fillna(False).to_numpy(dtype=bool)
+            else:
+                away = activity[:, cutoff + 1 : cutoff + 1 + horizon].sum(axis=1) == 0
+            total += int(silent.sum())
+            stayed += int((silent & away).sum())
+        metrics["silent_examples"], metrics["silent_stayed"] = total, stayed
+        return (stayed + 1.0) / (total + 2.0)
 
     def _examples(
         self, tensor: np.ndarray, users: np.ndarray, labels: pd.Series | None
@@ -544,28 +591,43 @@ class ChurnDetector(Detector):
             status[:] = "no events on or before as_of"
             return score_frame(features.index, scores, np.zeros(n, bool), status, [[] for _ in range(n)])
         windows = window_inputs(np.nan_to_num(tensor), tensor.shape[1] - 1, lookback)
-        ever = _activity(np.nan_to_num(tensor)).sum(axis=1) > 0
+        # Any event on or before as_of, over all the data (the series keeps only the last history_days).
+        series_events = np.nan_to_num(tensor)[:, :, : CHANNELS.index("moderation") + 1].sum(axis=(1, 2)) > 0
+        if "days_with_events" in features:
+            has_events = series_events | (np.nan_to_num(features["days_with_events"].to_numpy(dtype=float)) > 0)
+        else:
+            has_events = series_events
         min_active = int(self.params["min_active_days"])
-        status[~ever] = "no activity on or before as_of"
-        status[ever & (windows.active_days == 0)] = f"inactive for the whole {lookback}-day lookback (already gone)"
-        few = (windows.active_days > 0) & (windows.active_days < min_active)
+        active_days = windows.active_days
+        status[~has_events] = "no events on or before as_of"
+        silent = has_events & (active_days == 0)
+        status[silent] = (
+            f"silent: no activity in the {lookback}-day lookback; scored as the share of such users who stayed away"
+        )
+        few = (active_days > 0) & (active_days < min_active)
         for i in np.flatnonzero(few):
-            days = int(windows.active_days[i])
-            status[i] = f"{INSUFFICIENT_ACTIVITY}: {days} active day{'s' if days != 1 else ''}, needs {min_active}"
-        status[windows.banned & (windows.active_days > 0)] = "banned (not a churn candidate)"
+            days = int(active_days[i])
+            status[i] = (
+                f"{LOW_EVIDENCE}: {days} active day{'s' if days != 1 else ''} in the {lookback}-day lookback"
+                f" (the model is fit on users with ≥ {min_active})"
+            )
+        status[windows.banned & has_events] = "banned (not a churn candidate)"
         status[~valid] = "invalid features: NaN in the daily series"
-        ok = status == SCORED
-        if ok.any():
+        modelled = (status == SCORED) | (few & valid & ~windows.banned)
+        if modelled.any():
             if state["estimator"] is None:
-                scores[ok] = _prior(windows.aggregates[ok], horizon)
-                status[ok] = PRIOR_STATUS
+                scores[modelled] = _prior(windows.aggregates[modelled], horizon)
+                status[modelled & (status == SCORED)] = PRIOR_STATUS
             else:
                 estimator = self._estimator(state["estimator"])
                 kind = "gbm" if isinstance(estimator, HistGradientBoostingClassifier) else "sequence"
-                scores[ok] = estimator.predict_proba(_inputs(kind, windows.aggregates, windows.series)[ok])[:, 1]
+                inputs = _inputs(kind, windows.aggregates, windows.series)
+                scores[modelled] = estimator.predict_proba(inputs[modelled])[:, 1]
+        quiet = silent & valid & ~windows.banned
+        scores[quiet] = float(state.get("silent_churn", 0.5))
         flagged = np.nan_to_num(scores, nan=0.0) >= float(state["threshold"])
         reasons = self._reasons(windows.aggregates, state, features)
-        reasons = [r if s in (SCORED, PRIOR_STATUS) else [] for r, s in zip(reasons, status, strict=True)]
+        reasons = [r if np.isfinite(v) else [] for r, v in zip(reasons, scores, strict=True)]
         return score_frame(features.index, scores, flagged, status, reasons)
 
     def _estimator(self, blob: bytes) -> Any:
@@ -593,6 +655,15 @@ class ChurnDetector(Detector):
                 text = f"{int(gap)} outage day(s) without data skipped in the lookback"
                 row.append(Reason("outage_days_skipped", float(gap), 0.0, text))
         return out
+
+
+def _days_with_events(daily: pd.DataFrame, as_of: pd.Timestamp | None, users: pd.Index) -> np.ndarray:
+    """Per user, the days with any event (own, moderation or ban) on or before ``as_of``, over all of ``daily``."""
+    if as_of is None or not len(daily):
+        return np.zeros(len(users))
+    before = daily[daily.index.get_level_values("day") <= as_of]
+    counts = before.groupby(level="user_id").size()
+    return np.asarray(counts.reindex(users.astype(str)).fillna(0).to_numpy(dtype=float))
 
 
 def _tensor(features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

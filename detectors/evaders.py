@@ -16,6 +16,11 @@ the model learns what evaders look like in names, timing, channels and words and
 changed device and network too; a fingerprint match itself then scores ``FINGERPRINT_MATCH_SCORE`` at
 least.
 With no such pairs at all it falls back to the mean of the pair similarities (status says so).
+
+The detector's population is new accounts (a sign-up in the events); other accounts get no score
+(``not a new account``). A new account with no account banned before its creation has no
+candidate parent: it scores 0 with status ``low evidence: no account was banned before this one
+was created`` (nobody it could be evading from is in the data).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from detectors.base import SCORED, Detector, Reason, score_frame
+from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, score_frame
 from detectors.events import Events
 
 MATCH_CANDIDATES = 50  # the paper matches a child among the 50 accounts banned closest in time
@@ -403,7 +408,8 @@ class EvaderDetector(Detector):
                 status.append("missing features: account profile incomplete")
                 reasons.append([])
             elif user not in best.index:
-                status.append("no candidate parent: no account was banned before this one was created")
+                scores[i] = 0.0
+                status.append(f"{LOW_EVIDENCE}: no account was banned before this one was created")
                 reasons.append([])
             else:
                 row = best.loc[user]

@@ -33,8 +33,15 @@ New activity is put into the nightly clusters with ``assign`` (PHDBSCAN.approxim
 Bad input never crashes and is never guessed at: negative, missing or absurd amounts (above
 ``MAX_AMOUNT_USD``) and currencies outside ``FX_PER_USD`` are left out of the amount features and
 counted (``invalid_amounts``, ``unknown_currency``, with a reason on the user's score). A user with
-at least as many such rows as usable ones, or with fewer than ``min_payments`` payment attempts
-and received transfers, gets score NaN and a status that says why.
+at least as many such rows as usable ones gets score NaN and a status that says why, and so does a
+user with no payment of its own and no account sending it money (``no payments``).
+
+**Evidence.** The detector's events are payment attempts a user sends and transfers it receives
+(counted as ``fan_in``, the accounts sending it money). The clusters, norms and risk are fitted
+on users with at least ``min_payments`` of them (status ``scored``); a user with fewer is scored
+by the same model (``assign`` puts it into the fitted clusters, its own score uses the fitted
+medians), flagged when it lands in a risky cluster, with status ``low evidence: 1 payment`` (or
+``1 account sending it money``).
 
 Costs: features are vectorised pandas, O(events log events); the fit is one PHDBSCAN (k-NN graph,
 exact below 20,000 users) and one shallow tree per risky cluster. It fails to find a ring whose
@@ -52,7 +59,7 @@ import pandas as pd
 from sklearn.tree import DecisionTreeClassifier
 
 from detectors.base import (
-    INSUFFICIENT_ACTIVITY,
+    LOW_EVIDENCE,
     SCORED,
     Detector,
     Reason,
@@ -98,7 +105,8 @@ class FraudDetector(Detector):
         min_support: members with one kind of known outcome a cluster needs to be risky.
         alpha: how unlikely (binomial tail at the population's base rate) those outcomes must be.
         rule_depth: depth of the tree whose purest leaves become a risky cluster's rules.
-        min_payments: payment attempts plus received transfers a user needs to be scored.
+        min_payments: payment attempts plus accounts sending it money that a user needs to be in the
+            fit; users with fewer (but at least one) are scored by the fitted model as low evidence.
         volume_weight: weight of the activity-volume features (``VOLUME_FEATURES``) in the clustering;
             0.3 chosen on the default evaluation world (1.0 left takeover accounts scattered).
         max_rules: rules kept per risky cluster.
@@ -203,7 +211,7 @@ class FraudDetector(Detector):
         """Cluster risk for members of risky clusters (0.5..1), the user's own outlier score below 0.5."""
         state = self.require_fitted()
         status, quality = self._status(features)
-        ok = status == SCORED
+        ok = np.array([s == SCORED or s.startswith(LOW_EVIDENCE) for s in status], dtype=bool)
         n = len(features)
         scores = np.full(n, np.nan)
         flagged = np.zeros(n, dtype=bool)
@@ -315,13 +323,17 @@ class FraudDetector(Detector):
         bad = (features["invalid_amounts"].fillna(0) + features["unknown_currency"].fillna(0)).to_numpy()
         usable = features["usable_payments"].fillna(0).to_numpy()
         need = int(self.params["min_payments"])
+        sent = features["payments"].fillna(0).to_numpy()
+        senders = features["fan_in"].fillna(0).to_numpy()
         for i in range(n):
             if incomplete[i]:
                 status[i] = "missing features"
+            elif activity[i] <= 0:
+                status[i] = "no payments: none sent and no account sending it money"
             elif bad[i] > 0 and bad[i] >= usable[i]:
                 status[i] = f"unusable payment data: {int(bad[i])} of {int(bad[i] + usable[i])} payments unusable"
             elif activity[i] < need:
-                status[i] = f"{INSUFFICIENT_ACTIVITY}: {int(activity[i])} payment(s), need {need}"
+                status[i] = f"{LOW_EVIDENCE}: {_evidence_words(int(sent[i]), int(senders[i]))}"
             if bad[i] > 0:
                 invalid = int(features["invalid_amounts"].iloc[i])
                 unknown = int(features["unknown_currency"].iloc[i])
@@ -357,6 +369,16 @@ class FraudDetector(Detector):
                 "rules": [],
             }
         return clusters, base
+
+
+def _evidence_words(sent: int, senders: int) -> str:
+    """``1 payment``, ``1 account sending it money``, or both joined: what a low-evidence score rests on."""
+    parts = []
+    if sent:
+        parts.append(f"{sent} payment{'s' if sent != 1 else ''}")
+    if senders:
+        parts.append(f"{senders} account{'s' if senders != 1 else ''} sending it money")
+    return " and ".join(parts) or "no payments"
 
 
 def _log_features(frame: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,18 @@ The operating threshold is an outer fence on the fitted distances (Q3 + ``fence`
 the 0..1 score maps the threshold to 0.5. Refitting on a schedule is the paper's hourly
 re-clustering: `relabelled` lists users whose decision changed between two fits.
 
+**Evidence.** The norms (median, spread, threshold and the kNN reference) are fitted on users
+with at least ``min_messages`` messages (status ``scored``). Every other user with at least one
+chat message is scored by the same model, status ``low evidence: n chat messages (norms are fit
+on users with >= 20)``, after its features are shrunk toward the fitted median in proportion to
+its evidence: ``median + n / (n + prior_messages) * (value - median)`` (empirical-Bayes shrinkage
+of a share estimated from ``n`` messages toward the population's, with a prior worth
+``prior_messages`` messages). A feature undefined for so few messages (burstiness needs two)
+counts as the median. A fraction over one or two messages is mostly noise, so a low-evidence user
+moves away from the median, and past the same threshold, only as far as its evidence carries it.
+Users without a chat message are not scored (``no chat messages``), nor are users with NaN
+features (``missing features: ...``).
+
 Raids (`find_raids`): groups of users that flood one channel together. Windows where several
 users post far above the window's norm are clustered with the FAISS-backed HDBSCAN on what they
 wrote; a cluster of at least ``min_members`` users is one group alert.
@@ -31,7 +43,7 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from detectors.base import INSUFFICIENT_ACTIVITY, SCORED, Detector, Reason, norm_reasons, score_frame
+from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
 from detectors.chat_features import (
     CONTEXT_WINDOW_S,
     FEATURE_COLUMNS,
@@ -120,15 +132,24 @@ class TrollDetector(Detector):
         method: str = "centroid",
         k: int = PAPER_KNN_K,
         min_messages: int = 20,
+        prior_messages: float = 20.0,
         cap: float = 4.0,
         fence: float = 2.0,
         window_s: int = CONTEXT_WINDOW_S,
     ) -> None:
         if method not in ("centroid", "knn"):
             raise ValueError(f"method must be 'centroid' or 'knn', not {method!r}")
-        if min_messages < 1 or cap <= 0 or fence < 0 or k < 1:
-            raise ValueError("need min_messages >= 1, k >= 1, cap > 0 and fence >= 0")
-        super().__init__(method=method, k=k, min_messages=min_messages, cap=cap, fence=fence, window_s=window_s)
+        if min_messages < 1 or cap <= 0 or fence < 0 or k < 1 or prior_messages < 0:
+            raise ValueError("need min_messages >= 1, k >= 1, cap > 0, fence >= 0 and prior_messages >= 0")
+        super().__init__(
+            method=method,
+            k=k,
+            min_messages=min_messages,
+            prior_messages=float(prior_messages),
+            cap=cap,
+            fence=fence,
+            window_s=window_s,
+        )
 
     def features(self, events: Events) -> pd.DataFrame:
         """The context features of every user in ``events`` (users who never chatted: 0 messages)."""
@@ -161,24 +182,43 @@ class TrollDetector(Detector):
         return self._fitted(state, metrics)
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Every user with a chat message gets a score; low-evidence users on shrunk features (module doc)."""
         state = self.require_fitted()
         eligible = self._eligible(features)
+        low = self._low_evidence(features, eligible)
+        scorable = eligible | low
         values = features[list(SCORED_FEATURES)].to_numpy(dtype=float)
         scores = np.full(len(features), np.nan)
         flagged = np.zeros(len(features), dtype=bool)
         reasons: list[list[Reason]] = [[] for _ in range(len(features))]
-        status = self._status(features, eligible)
-        if eligible.any():
-            deviations = self._deviations(values[eligible], state)
+        status = self._status(features, eligible, low)
+        if scorable.any():
+            messages = features["chat_messages"].to_numpy(dtype=float)[scorable]
+            shrunk = self.shrink(values[scorable], messages, state)
+            deviations = self._deviations(shrunk, state)
             distance = self._distances(deviations, state, exclude_self=False)
-            scores[eligible] = distance / (distance + state["threshold"])
-            flagged[eligible] = distance > state["threshold"]
+            scores[scorable] = distance / (distance + state["threshold"])
+            flagged[scorable] = distance > state["threshold"]
             norms = pd.Series(state["median"], index=list(SCORED_FEATURES))
             frame = pd.DataFrame(deviations, columns=list(SCORED_FEATURES))
-            worded = norm_reasons(features[eligible].reset_index(drop=True), norms, frame, LABELS)
-            for position, row in zip(np.flatnonzero(eligible), worded, strict=True):
+            worded = norm_reasons(features[scorable].reset_index(drop=True), norms, frame, LABELS)
+            for position, row in zip(np.flatnonzero(scorable), worded, strict=True):
                 reasons[position] = row
         return score_frame(features.index, scores, flagged, status, reasons)
+
+    def shrink(self, values: np.ndarray, messages: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        """Features of users below ``min_messages`` pulled toward the fitted median by ``n / (n + prior)``.
+
+        Users with ``min_messages`` or more keep their values exactly; a NaN (a feature undefined
+        for so few messages) becomes the median.
+        """
+        median = np.asarray(state["median"], dtype=float)
+        prior = float(self.params.get("prior_messages", self.params["min_messages"]))
+        n = np.nan_to_num(np.asarray(messages, dtype=float), nan=0.0)
+        weight = np.where(n >= self.params["min_messages"], 1.0, n / np.maximum(n + prior, 1e-12))[:, None]
+        values = np.asarray(values, dtype=float)
+        shrunk = median + weight * (np.where(np.isnan(values), median, values) - median)
+        return np.asarray(np.where(weight == 1.0, values, shrunk), dtype=float)
 
     def relabelled(self, previous: pd.DataFrame, current: pd.DataFrame) -> pd.DataFrame:
         """Users whose ``flagged`` decision changed between two score frames (the paper's hourly relabel)."""
@@ -194,16 +234,30 @@ class TrollDetector(Detector):
         complete = features[list(SCORED_FEATURES)].notna().all(axis=1).to_numpy()
         return np.asarray(enough & complete, dtype=bool)
 
-    def _status(self, features: pd.DataFrame, eligible: np.ndarray) -> list[str]:
+    def _low_evidence(self, features: pd.DataFrame, eligible: np.ndarray) -> np.ndarray:
+        """Users with 1 to ``min_messages - 1`` messages whose features are usable (burstiness may be undefined)."""
+        messages = features["chat_messages"].to_numpy(dtype=float)
+        few = (messages >= 1) & (messages < self.params["min_messages"])
+        defined = [c for c in SCORED_FEATURES if c != "chat_burstiness"]
+        complete = features[defined].notna().all(axis=1).to_numpy()
+        return np.asarray(few & complete & ~eligible, dtype=bool)
+
+    def _status(self, features: pd.DataFrame, eligible: np.ndarray, low: np.ndarray) -> list[str]:
         messages = features["chat_messages"].to_numpy(dtype=float)
         missing = features[list(SCORED_FEATURES)].isna()
+        need = self.params["min_messages"]
         status = []
         for i in range(len(features)):
             if eligible[i]:
                 status.append(SCORED)
-            elif not messages[i] >= self.params["min_messages"]:
-                count = 0 if np.isnan(messages[i]) else int(messages[i])
-                status.append(f"{INSUFFICIENT_ACTIVITY}: {count} chat messages, needs {self.params['min_messages']}")
+            elif low[i]:
+                count = int(messages[i])
+                plural = "s" if count != 1 else ""
+                status.append(f"{LOW_EVIDENCE}: {count} chat message{plural} (norms are fit on users with ≥ {need})")
+            elif np.isnan(messages[i]):
+                status.append("missing features: chat_messages")
+            elif messages[i] < 1:
+                status.append("no chat messages")
             else:
                 status.append("missing features: " + ", ".join(missing.columns[missing.iloc[i].to_numpy()]))
         return status

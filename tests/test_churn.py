@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detectors.base import INSUFFICIENT_ACTIVITY, SCORED
+from detectors.base import SCORED
 from detectors.churn import (
     CHANNELS,
     PRIOR_STATUS,
@@ -287,7 +287,10 @@ def test_short_data_trains_on_the_cutoffs_it_has() -> None:
     assert detector.metrics["model"] == "prior"  # nobody left: nothing to learn churn from
 
 
-def test_users_with_little_history_get_no_score_and_a_reason(
+SILENT_14 = "silent: no activity in the 14-day lookback; scored as the share of such users who stayed away"
+
+
+def test_users_with_little_history_are_scored_with_a_status_naming_the_evidence(
     fitted_gbm: tuple[ChurnDetector, pd.DataFrame], synthetic: Events
 ) -> None:
     detector, _ = fitted_gbm
@@ -295,12 +298,41 @@ def test_users_with_little_history_get_no_score_and_a_reason(
     chat = pd.concat([synthetic["chat"], extra.assign(event_id=["x1", "x2", "x3", "x4"])], ignore_index=True)
     features = detector.features(Events({"chat": chat}))
     scores = detector.score(features).set_index("user_id")
-    assert scores.loc["one-event", "status"] == f"{INSUFFICIENT_ACTIVITY}: 1 active day, needs 2"
-    assert scores.loc["newcomer", "status"] == "no activity on or before as_of"
-    assert scores.loc[["one-event", "newcomer"], "score"].isna().all()
-    assert not scores.loc[["one-event", "newcomer"], "flagged"].any()
-    gone = scores["status"].str.startswith("inactive for the whole 14-day lookback")
-    assert gone.sum() >= 1 and scores.loc[gone, "score"].isna().all()
+    one = scores.loc["one-event"]
+    assert one["status"] == "low evidence: 1 active day in the 14-day lookback (the model is fit on users with ≥ 2)"
+    assert np.isfinite(one["score"]) and one["flagged"] == (one["score"] >= detector.state["threshold"])
+    assert scores.loc["newcomer", "status"] == "no events on or before as_of"
+    assert np.isnan(scores.loc["newcomer", "score"]) and not scores.loc["newcomer", "flagged"]
+    # Users who went quiet before the lookback: the share of silent users who stayed away, +1/+2 smoothed.
+    metrics = detector.metrics
+    assert metrics["silent_examples"] > 0
+    rate = (metrics["silent_stayed"] + 1) / (metrics["silent_examples"] + 2)
+    gone = scores["status"] == SILENT_14
+    assert gone.sum() >= 1 and np.allclose(scores.loc[gone, "score"].to_numpy(dtype=float), rate)
+    # The fit is unchanged: only users with 2 active days or more are training examples.
+    assert metrics["examples"] == fitted_gbm[0].metrics["examples"]
+
+
+def test_a_purchase_long_before_as_of_is_silence_not_a_refusal(
+    fitted_gbm: tuple[ChurnDetector, pd.DataFrame], synthetic: Events
+) -> None:
+    detector, _ = fitted_gbm
+    purchase = pd.DataFrame(
+        {
+            "event_id": ["old-1"],
+            "user_id": ["old-buyer"],
+            "ts": [START - pd.Timedelta(days=200)],  # far outside the 90-day series
+            "action": ["purchase"],
+            "status": ["approved"],
+            "amount": [30.0],
+        }
+    )
+    features = detector.features(Events({"chat": synthetic["chat"], "payment": purchase}))
+    assert features.loc["old-buyer", "days_with_events"] == 1
+    scores = detector.score(features).set_index("user_id")
+    assert scores.loc["old-buyer", "status"] == SILENT_14
+    assert scores.loc["old-buyer", "score"] == pytest.approx(detector.state["silent_churn"])
+    assert (scores["status"] != "no activity on or before as_of").all()
 
 
 def test_as_of_before_any_event_scores_nobody(fitted_gbm: tuple[ChurnDetector, pd.DataFrame]) -> None:
@@ -331,6 +363,6 @@ def test_evaluation_refuses_a_world_too_short_for_the_horizon(tmp_path: Path) ->
     from world.simulate import World
     from world.sinks import write_world
 
-    write_world(World(WorldConfig(users=50, days=2, events_per_user_day=5.0)), tmp_path / "world")
+    write_world(World(WorldConfig(users=50, days=2, events_per_user_day=5.0, profile="dense")), tmp_path / "world")
     with pytest.raises(ValueError, match=r"spans 2 days; the churn evaluation needs 66 \(argus generate --days\)"):
         run(tmp_path / "world")

@@ -44,6 +44,7 @@ def test_user_mistakes_get_one_line_and_exit_2() -> None:
         (["generate"], "--out DIR, --kafka"),
         (["generate", "--out", "x", "--format", "xml"], "parquet or jsonl"),
         (["generate", "--out", "x", "--start", "tomorrow"], "Invalid isoformat"),
+        (["generate", "--out", "x", "--profile", "sparse"], "realistic or dense"),
         (["schemas", "check", "/no/such/file.jsonl"], "does not exist"),
     ]:
         result = _argus(*args)

@@ -109,6 +109,20 @@ def _hand_events() -> Events:
     return Events({"account": pd.DataFrame(accounts), "chat": pd.DataFrame(chats)})
 
 
+def test_a_new_account_with_no_earlier_ban_scores_zero_with_low_evidence() -> None:
+    events = _hand_events()
+    early = _account("e1", "signup", 500, "first_comer", "d7", "n7")  # before any ban
+    events = Events({"account": pd.concat([events["account"], pd.DataFrame([early])]), "chat": events["chat"]})
+    detector = EvaderDetector()
+    features = detector.features(events)
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert scores.loc["e1", "status"] == "low evidence: no account was banned before this one was created"
+    assert scores.loc["e1", "score"] == 0.0 and not scores.loc["e1", "flagged"]
+    assert scores.loc["c1", "status"] == "scored" and np.isfinite(scores.loc["c1", "score"])
+    assert scores.loc["p1", "status"] == "not a new account: no sign-up in these events"
+    assert np.isnan(scores.loc["p1", "score"])
+
+
 def test_profiles_and_candidates_by_hand() -> None:
     profiles = account_profiles(_hand_events())
     assert profiles.loc["c1", "created_ts"] == T0 + pd.Timedelta(seconds=6600)
@@ -138,7 +152,7 @@ def test_first_actions_keeps_signup_and_three_events() -> None:
     assert len(early["chat"][early["chat"]["user_id"] == "p1"]) == 1
 
 
-EVASIVE = dict(users=900, days=4, events_per_user_day=25.0, troll_fraction=0.12)
+EVASIVE = dict(users=900, days=4, events_per_user_day=25.0, troll_fraction=0.12, profile="dense")
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +204,7 @@ def test_unsupervised_fit_learns_from_fingerprint_matches() -> None:
 
 
 def test_detect_command_with_jsonl_and_a_bad_line(tmp_path: Path) -> None:
-    world = World(WorldConfig(users=300, days=2, seed=4, events_per_user_day=20.0, troll_fraction=0.2))
+    world = World(WorldConfig(users=300, days=2, seed=4, events_per_user_day=20.0, troll_fraction=0.2, profile="dense"))
     write_world(world, tmp_path / "w", "jsonl")
     lines = b"".join(p.read_bytes() for p in sorted((tmp_path / "w" / "events").rglob("*.jsonl")))
     events = tmp_path / "events.jsonl"

@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import binom
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from detectors.base import INSUFFICIENT_ACTIVITY, SCORED
+from detectors.base import LOW_EVIDENCE, SCORED
 from detectors.events import Events
 from detectors.fraud import FraudDetector, _extract_rules
 from detectors.fraud_features import EMBED_COLUMNS, FEATURE_COLUMNS, expert_features, sequence_embedding
@@ -168,13 +168,38 @@ def test_bad_input_gets_a_status_and_a_reason(fitted: tuple[FraudDetector, pd.Da
     events = _events(payments)
     events.frames["chat"] = Events.from_tables({"chat": pa.Table.from_pylist([chat], ARROW_SCHEMAS["chat"])})["chat"]
     scores = detector.score(detector.features(events)).set_index("user_id")
-    assert scores.loc["one", "status"] == f"{INSUFFICIENT_ACTIVITY}: 1 payment(s), need 2"
-    assert scores.loc["quiet", "status"] == f"{INSUFFICIENT_ACTIVITY}: 0 payment(s), need 2"
+    assert scores.loc["one", "status"] == f"{LOW_EVIDENCE}: 1 payment"
+    assert np.isfinite(scores.loc["one", "score"]) and 0 <= scores.loc["one", "score"] <= 1
+    assert scores.loc["quiet", "status"] == "no payments: none sent and no account sending it money"
     assert scores.loc["bad", "status"] == "unusable payment data: 2 of 2 payments unusable"
-    assert scores.loc[["one", "quiet", "bad"], "score"].isna().all()
+    assert scores.loc[["quiet", "bad"], "score"].isna().all()
     assert scores.loc["mixed", "status"] == SCORED and np.isfinite(scores.loc["mixed", "score"])
     note = scores.loc["mixed", "reasons"][-1]
     assert note.feature == "unusable_payments" and "1 unknown currency" in note.text
+
+
+def test_one_payment_is_scored_by_the_fitted_model(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    detector, features = fitted
+    payments = [_payment("p1", "newbie", 0, 20.0), _transfer_to("t1", "sender", "mule", 0, 50.0)]
+    events = _events(payments, [_login("l1", "mule", 60, "dddddddd")])  # the mule's only event: a login
+    scores = detector.score(detector.features(events)).set_index("user_id")
+    assert scores.loc["newbie", "status"] == "low evidence: 1 payment"
+    assert scores.loc["mule", "status"] == "low evidence: 1 account sending it money"
+    assert scores.loc["sender", "status"] == "low evidence: 1 payment"
+    # The same model: the cluster it lands in decides the flag, its own deviation the score below 0.5.
+    assigned = detector.assign(detector.features(events))
+    for user in ("newbie", "mule", "sender"):
+        assert np.isfinite(scores.loc[user, "score"])
+        assert bool(scores.loc[user, "flagged"]) == bool(assigned.loc[user, "risky"])
+        if not assigned.loc[user, "risky"]:
+            assert scores.loc[user, "score"] < 0.5
+    # The fit is unchanged: single-payment users of the fitted night are not in the clusters.
+    fitted_users = set(detector.require_fitted()["users"])
+    assert not fitted_users & set(features.index[(features["payments"] + features["fan_in"].fillna(0)) < 2])
+
+
+def _transfer_to(event_id: str, user: str, payee: str, seconds: float, amount: float) -> dict[str, Any]:
+    return _payment(event_id, user, seconds, amount, action="transfer", counterparty=payee)
 
 
 def test_empty_days_and_no_payments(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 from argus.cli import app
 from argus.evals.common import world_events as events_of
 from detectors.chat_features import chat_context_features
-from detectors.trolls import TrollDetector, find_raids, paper_scores
+from detectors.events import Events
+from detectors.trolls import SCORED_FEATURES, TrollDetector, find_raids, paper_scores
 from world.config import WorldConfig
 from world.simulate import World
 
@@ -91,15 +92,44 @@ def test_plays_mode_features() -> None:
     assert f.loc["u1", "chat_anarchy_mode_share"] == 1.0
 
 
-def test_insufficient_activity_gets_a_reason_not_a_score(small_world: World) -> None:
+def test_low_evidence_users_are_scored_on_shrunk_features(small_world: World) -> None:
     events = events_of(small_world)
     detector = TrollDetector(min_messages=20)
     features = detector.features(events)
     scores = detector.fit(features).score(features).set_index("user_id")
-    quiet = features.index[features["chat_messages"] < 20]
+    quiet = features.index[(features["chat_messages"] > 0) & (features["chat_messages"] < 20)]
     assert len(quiet) > 0
-    assert scores.loc[quiet, "score"].isna().all()
-    assert scores.loc[quiet, "status"].str.startswith("insufficient activity").all()
+    assert scores.loc[quiet, "score"].notna().all()
+    assert scores.loc[quiet, "status"].str.startswith("low evidence: ").all()
+    # The fit is unchanged: the norms come from the users with 20 messages or more only.
+    evidenced = features[features["chat_messages"] >= 20]
+    assert detector.metrics["users_fitted"] == len(evidenced)
+    alone = TrollDetector(min_messages=20).fit(evidenced)
+    assert alone.model_version == detector.model_version
+    silent = features.index[features["chat_messages"] == 0]
+    assert scores.loc[silent, "score"].isna().all() and (scores.loc[silent, "status"] == "no chat messages").all()
+
+
+def test_one_chat_message_gets_a_shrunk_score_and_a_status_naming_it() -> None:
+    # 20 regulars of one channel fit the norm; "once" writes one all-caps message.
+    rows = [(f"r{u:02d}", "ch-a", "gg pog nice", 60.0 * i + u) for u in range(20) for i in range(20)]
+    rows.append(("once", "ch-a", "YOU ALL TRASH", 30.0))
+    frame = chat(rows)
+    detector = TrollDetector(min_messages=20, prior_messages=20.0)
+    features = detector.features(Events({"chat": frame}))
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert scores.loc["once", "status"] == "low evidence: 1 chat message (norms are fit on users with ≥ 20)"
+    # Every regular is the median user (no deviation, score 0); the caps share of "once" (1.0)
+    # counts as 0 + 1 / (1 + 20) * (1.0 - 0), in units of the floored spread 1e-3, capped at 4.
+    state = detector.state
+    assert state is not None
+    values = features.loc[["once"], list(SCORED_FEATURES)].to_numpy(dtype=float)
+    shrunk = detector.shrink(values, np.array([1.0]), state)
+    caps = list(SCORED_FEATURES).index("chat_caps_ratio")
+    assert shrunk[0, caps] == pytest.approx(1 / 21)
+    assert np.isnan(values[0, list(SCORED_FEATURES).index("chat_burstiness")])  # one message: no gap
+    assert np.isfinite(scores.loc["once", "score"]) and scores.loc["once", "score"] > 0
+    assert (scores.drop(index="once")["status"] == "scored").all()
 
 
 def test_trolls_rank_above_normal_users(small_world: World) -> None:
@@ -107,13 +137,16 @@ def test_trolls_rank_above_normal_users(small_world: World) -> None:
     detector = TrollDetector()
     features = detector.features(events)
     scores = detector.fit(features).score(features).set_index("user_id")
-    scored = scores[scores["score"].notna()]
+    scored = scores[scores["status"] == "scored"]
     from sklearn.metrics import roc_auc_score
 
     trolls = small_world.pop.user_id[small_world.pop.is_troll]
     y = scored.index.isin(trolls)
     assert y.sum() >= 5
     assert roc_auc_score(y, scored["score"]) >= 0.9
+    # With the low-evidence users (shrunk toward the norm, so ranked lower) it stays high.
+    everyone = scores[scores["score"].notna()]
+    assert roc_auc_score(everyone.index.isin(trolls), everyone["score"]) >= 0.85
     flagged = scored[scored["flagged"]]
     assert flagged.index.isin(trolls).mean() >= 0.6
     top = flagged.iloc[0]
@@ -149,7 +182,7 @@ def test_raid_is_found_as_one_group() -> None:
 
 
 def test_raid_recall_on_a_world_with_raids() -> None:
-    world = World(WorldConfig(users=600, days=2, seed=5, events_per_user_day=40.0, raid_groups=4))
+    world = World(WorldConfig(users=600, days=2, seed=5, events_per_user_day=40.0, raid_groups=4, profile="dense"))
     raids = find_raids(events_of(world)["chat"])
     truth = [set(world.pop.user_id[r.members]) for r in world.pop.raids]
     found = [any(len(t & set(g.members)) > len(t) / 2 for g in raids) for t in truth]

@@ -1,16 +1,21 @@
 """Churn evaluation: fit on the past of a long synthetic world, score a later cut-off, compare with what happened.
 
-A 7-day world cannot show a 14-day horizon, so the evaluation world is ``EVAL_WORLD``: the
-default world run for 75 days at 20 events per user-day (the rest default, seed 7). The cut-off
+A 7-day world cannot show a 14-day horizon, so the evaluation world is ``churn_world(profile)``:
+the default world run for ``EVAL_DAYS`` (75) days (dense: at ``DENSE_EVENTS_PER_USER_DAY`` (20)
+events per user-day; realistic: at the profile's own rate; the rest default, seed 7). The cut-off
 ``T`` leaves the longest horizon evaluated (21 days) inside the world. The detector sees only
 events up to ``T``: it trains on earlier cut-offs whose horizon ends by ``T`` and scores the
 window ending at ``T``; the labels come from the days after ``T``, which it never saw.
 
-Labels, as the detector defines them: a user with activity in the lookback before ``T`` churns
-when they have none in ``(T, T + horizon]``. Against the world's truth (``churn_ts`` by the end
-of the horizon) the same scores give ``auc_truth``; vacations of 3-14 days and bans make the two
-differ. Users the detector does not score (too little activity, banned, gone for the whole
-lookback) are left out of both and counted in ``unscored``.
+The detector's kind is any event on or before ``T``; users with a ban in force at ``T`` are left out
+(the detector does not score them: their absence is the ban, not churn) and counted in
+``banned_excluded``. Label: a user of the kind churns when they
+have no activity of their own in ``(T, T + horizon]``; for a user active in the lookback that is
+the detector's own label. ``quality.all_of_kind`` (the top-level ``auc``...) covers every user of
+the kind, unscored ones (banned, broken data) as score 0; ``quality.evidenced`` the users with
+``min_active_days`` in the lookback (status ``scored``), the population the earlier figures were
+measured on. Against the world's truth (``churn_ts`` by the end of the horizon) the same scores
+give ``auc_truth``; vacations of 3-14 days and bans make the two differ.
 """
 
 from __future__ import annotations
@@ -23,28 +28,41 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from argus.evals.common import EvalWorld, best_single_feature_auc, binary_metrics, eval_world
+from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_world, quality
 from detectors.base import SCORED
 from detectors.churn import (
+    ACTIVITY_CHANNELS,
+    CHANNELS,
     PRIOR_STATUS,
     ChurnDetector,
     activity_tensor,
-    churn_labels,
     daily_activity,
 )
 from world.config import WorldConfig
 
-EVAL_WORLD = WorldConfig(days=75, events_per_user_day=20.0)
+EVAL_DAYS = 75
+DENSE_EVENTS_PER_USER_DAY = 20.0
 LOOKBACKS = (7, 14, 30)
 HORIZONS = (7, 14, 21)
 MAIN_LOOKBACK = 30  # the paper's window
 RECENT_DAYS = 3  # "recently active": an event in the last 3 days, so not visibly gone yet
 
 
-def run(world: Path | None = None, horizon_days: int = 14) -> dict[str, Any]:
+def churn_world(profile: str = "realistic") -> WorldConfig:
+    """The churn evaluation world: 75 days; the dense profile at 20 events per user-day, realistic at its own rate."""
+    if profile == "dense":
+        return WorldConfig(days=EVAL_DAYS, events_per_user_day=DENSE_EVENTS_PER_USER_DAY, profile="dense")
+    return WorldConfig(days=EVAL_DAYS, profile=profile)
+
+
+EVAL_WORLD = churn_world()
+
+
+def run(world: Path | None = None, horizon_days: int = 14, profile: str = "realistic") -> dict[str, Any]:
     """The JSON line of ``argus eval churn``: metrics at ``horizon_days`` and AUC by lookback and horizon."""
     started = time.perf_counter()
-    ev = eval_world(world, EVAL_WORLD)
+    config = churn_world(profile)
+    ev = eval_world(world, config)
     daily = daily_activity(ev.events)
     if not len(daily):
         raise ValueError(f"{ev.path} has no events to evaluate")
@@ -56,6 +74,7 @@ def run(world: Path | None = None, horizon_days: int = 14) -> dict[str, Any]:
         raise ValueError(f"{ev.path} spans {len(days)} days; the churn evaluation needs {need} (argus generate --days)")
     as_of = days[cutoff].date().isoformat()
     features: dict[int, pd.DataFrame] = {}
+    activity_idx = [CHANNELS.index(c) for c in ACTIVITY_CHANNELS]
 
     def evaluate(lookback: int, horizon: int, model: str = "auto") -> tuple[dict[str, Any], ChurnDetector]:
         detector = ChurnDetector(as_of=as_of, horizon_days=horizon, lookback_days=lookback, model=model)
@@ -63,22 +82,24 @@ def run(world: Path | None = None, horizon_days: int = 14) -> dict[str, Any]:
             features[lookback] = detector.features(ev.events)
         feats = features[lookback]
         scores = detector.fit(feats).score(feats)
-        tensor = activity_tensor(daily, feats.index, days)
-        _, churned = churn_labels(tensor, cutoff, lookback, horizon)
-        scored = scores["status"].isin([SCORED, PRIOR_STATUS]).to_numpy()
-        out: dict[str, Any] = binary_metrics(
-            churned[scored], scores["score"].to_numpy()[scored], scores["flagged"][scored]
-        )
-        out["unscored"] = int((~scored).sum())
-        out["status_counts"] = {str(k): int(v) for k, v in scores["status"].value_counts().items()}
+        activity = activity_tensor(daily, feats.index, days)[:, :, activity_idx].sum(axis=2)
+        away = activity[:, cutoff + 1 : cutoff + 1 + horizon].sum(axis=1) == 0
+        # A ban in force removes a user; their silence afterwards is not churn, so they are left out.
+        banned = feats["banned"].to_numpy() > 0
+        of_kind = (feats["days_with_events"].to_numpy() > 0) & ~banned
+        evidenced = scores["status"].isin([SCORED, PRIOR_STATUS]).to_numpy()
+        out: dict[str, Any] = {"quality": quality(away, scores, of_kind, evidenced), **coverage(scores, of_kind)}
+        score = np.nan_to_num(scores["score"].to_numpy(dtype=float), nan=0.0)
         truth = _truth_labels(ev, feats.index, days[cutoff + horizon])
-        out["auc_truth"] = None if truth is None else _auc(truth[scored], scores["score"].to_numpy()[scored])
+        out["auc_truth"] = None if truth is None else _auc(truth[of_kind], score[of_kind])
+        out["auc_truth_evidenced"] = None if truth is None else _auc(truth[evidenced], score[evidenced])
         out["_truth"] = truth
         out["model"] = detector.metrics.get("model")
         out["validation_auc"] = detector.metrics.get("validation_auc")
-        recent = scored & (feats["days_since_active"].to_numpy() < RECENT_DAYS)
-        out["auc_recently_active"] = _auc(churned[recent], scores["score"].to_numpy()[recent])
-        out["_churned"], out["_scored"] = churned, scored
+        recent = evidenced & (feats["days_since_active"].to_numpy() < RECENT_DAYS)
+        out["auc_recently_active"] = _auc(away[recent], score[recent])
+        out["_away"], out["_of_kind"], out["_evidenced"] = away, of_kind, evidenced
+        out["banned_excluded"] = int((banned & (feats["days_with_events"].to_numpy() > 0)).sum())
         return out, detector
 
     # Both candidates on the same held-out users; the kept one is the better by validation AUC,
@@ -88,58 +109,81 @@ def run(world: Path | None = None, horizon_days: int = 14) -> dict[str, Any]:
     kept = max(validation, key=lambda k: (validation[k], k == "gbm"))
     main, detector = candidates[kept]
     comparison = {
-        kind: {k: result[k] for k in ("auc", "pr_auc", "auc_truth", "auc_recently_active")}
-        | {"validation_auc": validation[kind]}
+        kind: {
+            "auc": result["quality"]["all_of_kind"]["auc"],
+            "pr_auc": result["quality"]["all_of_kind"]["pr_auc"],
+            "auc_evidenced": result["quality"]["evidenced"]["auc"],
+            "auc_truth": result["auc_truth"],
+            "auc_recently_active": result["auc_recently_active"],
+            "validation_auc": validation[kind],
+        }
         for kind, (result, _) in candidates.items()
     }
     feats = features[MAIN_LOOKBACK]
-    churned, scored = main["_churned"], main["_scored"]
-    single = best_single_feature_auc(feats.loc[scored], churned[scored])
+    away, of_kind, evidenced = main["_away"], main["_of_kind"], main["_evidenced"]
+    single = best_single_feature_auc(feats.loc[of_kind], away[of_kind])
+    single_evidenced = best_single_feature_auc(feats.loc[evidenced], away[evidenced])
     truth = main["_truth"]
-    single_truth = {} if truth is None else best_single_feature_auc(feats.loc[scored], truth[scored])
-    recent = scored & (feats["days_since_active"].to_numpy() < RECENT_DAYS)
-    single_recent = best_single_feature_auc(feats.loc[recent], churned[recent])
-    by_lookback = {}
+    single_truth = {} if truth is None else best_single_feature_auc(feats.loc[of_kind], truth[of_kind])
+    recent = evidenced & (feats["days_since_active"].to_numpy() < RECENT_DAYS)
+    single_recent = best_single_feature_auc(feats.loc[recent], away[recent])
+    main["quality"]["all_of_kind"].update(single)
+    main["quality"]["evidenced"].update(single_evidenced)
+    by_lookback: dict[str, dict[str, Any]] = {}
     for lookback in LOOKBACKS:
         result = main if lookback == MAIN_LOOKBACK else evaluate(lookback, horizon_days, kept)[0]
-        by_lookback[str(lookback)] = result["auc"]
-    by_horizon = {}
+        by_lookback[str(lookback)] = {b: result["quality"][b]["auc"] for b in ("all_of_kind", "evidenced")}
+    by_horizon: dict[str, dict[str, Any]] = {}
     for horizon in HORIZONS:
         result = main if horizon == horizon_days else evaluate(MAIN_LOOKBACK, horizon, kept)[0]
-        by_horizon[str(horizon)] = result["auc"]
+        by_horizon[str(horizon)] = {b: result["quality"][b]["auc"] for b in ("all_of_kind", "evidenced")}
+    days_since = feats["days_since_active"].to_numpy()
+    headline = main["quality"]["all_of_kind"]
     return {
         "detector": "churn",
-        "auc": main["auc"],
-        "pr_auc": main["pr_auc"],
-        "precision": main["precision"],
-        "recall": main["recall"],
+        "profile": config.profile if world is None else None,
+        "world_path": str(ev.path),
+        "kind": "users with any event on or before as_of and no ban in force",
+        "banned_excluded": main["banned_excluded"],
+        "auc": headline["auc"],
+        "pr_auc": headline["pr_auc"],
+        "precision": headline["precision"],
+        "recall": headline["recall"],
+        "quality_over": "all_of_kind",
+        "scored_share": main["scored_share"],
+        "users_of_kind": main["users_of_kind"],
+        "scored_users": main["scored_users"],
+        "users_not_of_kind": main["users_not_of_kind"],
+        "status_counts": main["status_counts"],
+        "quality": main["quality"],
         "best_single_feature_auc": single["best_single_feature_auc"],
         "best_single_feature": single["best_single_feature"],
         # The classic baseline: days since the last activity alone (the R of RFM).
-        "recency_auc": _auc(churned[scored], feats["days_since_active"].to_numpy()[scored]),
+        "recency_auc": _auc(away[of_kind], days_since[of_kind]),
+        "recency_auc_evidenced": _auc(away[evidenced], days_since[evidenced]),
         "auc_by_lookback": by_lookback,
         "auc_by_horizon": by_horizon,
         "auc_truth": main["auc_truth"],
+        "auc_truth_evidenced": main["auc_truth_evidenced"],
         "truth_best_single_feature_auc": single_truth.get("best_single_feature_auc"),
         "truth_best_single_feature": single_truth.get("best_single_feature"),
         "recently_active": {
             "users": int(recent.sum()),
-            "positives": int(churned[recent].sum()),
+            "positives": int(away[recent].sum()),
             "auc": main["auc_recently_active"],
             "best_single_feature_auc": single_recent["best_single_feature_auc"],
             "best_single_feature": single_recent["best_single_feature"],
         },
         "model_kept": kept,
         "comparison": comparison,
-        "positives": main["positives"],
-        "scored": main["scored"],
-        "unscored": main["unscored"],
-        "status_counts": main["status_counts"],
         "horizon_days": horizon_days,
         "lookback_days": MAIN_LOOKBACK,
         "as_of": as_of,
-        "training": {k: detector.metrics.get(k) for k in ("examples", "positives", "cutoffs", "threshold")},
-        "world": {"path": str(ev.path), **({} if world else EVAL_WORLD.to_json())},
+        "training": {
+            k: detector.metrics.get(k)
+            for k in ("examples", "positives", "cutoffs", "threshold", "silent_examples", "silent_stayed")
+        },
+        "world": {"path": str(ev.path), **({} if world else config.to_json())},
         "seconds": round(time.perf_counter() - started, 1),
     }
 

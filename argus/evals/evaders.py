@@ -2,6 +2,11 @@
 
 Pair probabilities come from 5-fold cross-validation grouped by child account (a child's pairs
 are never scored by a model that saw it), so every figure is out of sample.
+
+The detector's kind is new accounts (a sign-up in the events): the top-level detection figures are
+over all of them (an account with no candidate parent scores 0). ``scored_share``,
+``status_counts`` and ``quality`` describe the detector as `argus detect evaders` runs it, without
+labels (``unsupervised`` repeats ``quality.all_of_kind``).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
-from argus.evals.common import binary_metrics, eval_world
+from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
 from detectors.evaders import (
     MATCH_CANDIDATES,
     PAIR_FEATURES,
@@ -27,15 +32,22 @@ from detectors.events import Events
 EARLY_ACTIONS = 3  # the paper's early detection: a child's first three actions
 
 
-def run(world: Path | None = None) -> dict[str, Any]:
-    ew = eval_world(world)
+def run(world: Path | None = None, profile: str = "realistic") -> dict[str, Any]:
+    config = eval_config(profile)
+    ew = eval_world(world, config)
     parent_of = ew.truth["parent_user_id"].dropna().astype(str)
     detector = EvaderDetector()
     profiles = detector.features(ew.events)
     full = _detection(detector, profiles, parent_of)
     early = _detection(detector, detector.features(first_actions(ew.events, EARLY_ACTIONS)), parent_of)
-    result: dict[str, Any] = {"detector": "evaders", "world": str(ew.path)}
+    result: dict[str, Any] = {
+        "detector": "evaders",
+        "profile": config.profile if world is None else None,
+        "world_path": str(ew.path),
+        "kind": "new accounts (a sign-up in the events)",
+    }
     result.update(full["metrics"])
+    result["quality_over"] = "all new accounts, pair scores out of sample (no candidate parent: score 0)"
     result["early_auc"] = early["metrics"]["auc"]
     result["early_pr_auc"] = early["metrics"]["pr_auc"]
     result["mrr"] = full["mrr"]
@@ -43,16 +55,14 @@ def run(world: Path | None = None) -> dict[str, Any]:
     result["predict_auc"] = _predict_auc(ew.events, profiles, ew.truth)
     result["best_single_feature_auc"], result["best_single_feature"] = full["best_single"]
     # Without labels (what `argus detect evaders` does with no model): distant supervision.
-    unsupervised = EvaderDetector().fit(profiles).score(profiles).set_index("user_id")
-    unsupervised = unsupervised[unsupervised["score"].notna()]
-    is_child = unsupervised.index.isin(parent_of.index)
-    result["unsupervised"] = {
-        k: v
-        for k, v in binary_metrics(is_child, unsupervised["score"], unsupervised["flagged"]).items()
-        if k in ("auc", "pr_auc", "precision", "recall")
-    }
+    unsupervised = EvaderDetector().fit(profiles).score(profiles)
+    of_kind = profiles["created_ts"].notna().to_numpy()
+    is_child = unsupervised["user_id"].isin(parent_of.index).to_numpy()
+    result.update(coverage(unsupervised, of_kind))
+    result["quality"] = quality(is_child, unsupervised, of_kind)
+    result["unsupervised"] = {k: result["quality"]["all_of_kind"][k] for k in QUALITY_KEYS}
     result["children"] = len(parent_of)
-    result["new_accounts"] = int(profiles["created_ts"].notna().sum())
+    result["new_accounts"] = int(of_kind.sum())
     result["banned_accounts"] = int(profiles["banned_ts"].notna().sum())
     return result
 
@@ -81,9 +91,11 @@ def _detection(detector: EvaderDetector, profiles: pd.DataFrame, parent_of: pd.S
     pairs, x = detector.pairs(profiles)
     y = np.array([parent_of.get(c) == p for c, p in zip(pairs["child"], pairs["parent"], strict=True)])
     probability = np.zeros(len(pairs))
-    folds = GroupKFold(n_splits=5)
-    for train, test in folds.split(x, y, groups=pairs["child"]):
-        if y[train].sum() < 2:
+    # Five folds where there are five children with candidates (a sparse world may have fewer).
+    splits = min(5, int(pairs["child"].nunique()))
+    folds = GroupKFold(n_splits=splits).split(x, y, groups=pairs["child"]) if splits >= 2 else []
+    for train, test in folds:
+        if y[train].sum() < 2 or (~y[train]).sum() < 2:
             continue
         model = fit_pair_model(x.iloc[train][PAIR_FEATURES], y[train])
         probability[test] = model.predict_proba(x.iloc[test][PAIR_FEATURES].to_numpy())[:, 1]
@@ -106,16 +118,17 @@ def _detection(detector: EvaderDetector, profiles: pd.DataFrame, parent_of: pd.S
         rank = (closest["probability"] > closest.loc[closest["truth"], "probability"].iloc[0]).sum() + 1
         reciprocal.append(1.0 / rank)
     single = {}
-    for feature in PAIR_FEATURES:
-        sign = -1.0 if feature == "hours_after_ban_log" else 1.0
-        per_account = (sign * x[feature]).groupby(pairs["child"]).max().reindex(new_accounts).fillna(-np.inf)
-        values = np.nan_to_num(per_account.to_numpy(), neginf=-1e9)
-        single[feature] = roc_auc_score(is_child, values)
-    best_feature = max(single, key=lambda k: single[k])
+    if 0 < is_child.sum() < len(is_child):
+        for feature in PAIR_FEATURES:
+            sign = -1.0 if feature == "hours_after_ban_log" else 1.0
+            per_account = (sign * x[feature]).groupby(pairs["child"]).max().reindex(new_accounts).fillna(-np.inf)
+            values = np.nan_to_num(per_account.to_numpy(), neginf=-1e9)
+            single[feature] = roc_auc_score(is_child, values)
+    best_feature = max(single, key=lambda k: single[k]) if single else ""
     return {
         "metrics": metrics,
         "mrr": round(float(np.mean(reciprocal)), 4) if reciprocal else None,
-        "best_single": (round(single[best_feature], 4), best_feature),
+        "best_single": (round(single[best_feature], 4) if single else None, best_feature),
     }
 
 
