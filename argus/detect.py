@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from detectors.base import Detector, reasons_text
+from detectors.base import Detector, reasons_text, status_counts
 from detectors.events import Events, load_events
 from detectors.registry import detector_class
 from schemas.models import Alert, AlertReason
@@ -53,6 +53,7 @@ def run_detect(
         "users": len(scores),
         "scored": int(scores["score"].notna().sum()),
         "flagged": int(scores["flagged"].sum()),
+        "status_counts": status_counts(scores["status"]),
         "out": str(out),
         "model_version": detector.model_version,
         "fitted": model is None,

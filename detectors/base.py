@@ -15,6 +15,8 @@ import hashlib
 import json
 import pickle
 from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -191,3 +193,14 @@ def _json_default(value: object) -> object:
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def status_group(status: object) -> str:
+    """A status without its numbers: the text before the first ``:`` (``low evidence: 3 chat messages``)."""
+    return str(status).split(":", 1)[0].strip()
+
+
+def status_counts(statuses: Iterable[object]) -> dict[str, int]:
+    """Users per status group, largest first."""
+    counts = Counter(status_group(s) for s in statuses)
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_world, quality
+from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_config, eval_world, quality
 from detectors.base import SCORED
 from detectors.churn import (
     ACTIVITY_CHANNELS,
@@ -49,10 +49,10 @@ RECENT_DAYS = 3  # "recently active": an event in the last 3 days, so not visibl
 
 
 def churn_world(profile: str = "realistic") -> WorldConfig:
-    """The churn evaluation world: 75 days; the dense profile at 20 events per user-day, realistic at its own rate."""
+    """The churn evaluation world: 75 days; dense at 20 events per user-day, realistic at its own rate and size."""
     if profile == "dense":
         return WorldConfig(days=EVAL_DAYS, events_per_user_day=DENSE_EVENTS_PER_USER_DAY, profile="dense")
-    return WorldConfig(days=EVAL_DAYS, profile=profile)
+    return eval_config(profile, days=EVAL_DAYS)
 
 
 EVAL_WORLD = churn_world()
