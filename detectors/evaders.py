@@ -5,7 +5,8 @@ the candidates are the ``candidates`` (50, the paper's matching set) accounts ba
 time before it was created, plus its nearest banned accounts by FAISS inner product over account
 embeddings (username character n-grams, channels, words), so a child that waited long is still
 found. Each (parent, child) pair is described by ``PAIR_FEATURES`` (username similarity, shared
-channels and words, writing style, time since the ban, shared device and network fingerprints)
+channels and words, writing style, time since the ban, and shared device and network
+fingerprints weighted by how few accounts use them, so a carrier's NAT address is no evidence)
 and a logistic regression gives the probability that the child is the parent's new account.
 A new account's score is its best pair's probability; its reasons name the parent.
 
@@ -39,6 +40,9 @@ MATCH_CANDIDATES = 50  # the paper matches a child among the 50 accounts banned 
 RETRIEVED = 10  # extra candidates per child from FAISS retrieval
 FINGERPRINTS = ("shared_device", "shared_network")
 FINGERPRINT_MATCH_SCORE = 0.75  # unsupervised fit: a new account on a banned account's device or network is flagged
+# A fingerprint counts as a match only when few accounts use it: a family's router is evidence, a
+# mobile carrier's NAT address or an internet café's machine (hundreds of accounts) is not.
+SPECIFIC_MATCH = 0.3  # fingerprint specificity 1/(accounts on it - 1): at most 4 accounts share it (a home)
 PAIR_FEATURES = [
     "name_ngram_jaccard",
     "name_core_similarity",
@@ -225,6 +229,8 @@ def pair_features(profiles: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     ci = np.array([position[c] for c in pairs["child"]])
     pi = np.array([position[p] for p in pairs["parent"]])
     content = np.asarray(text[ci].multiply(text[pi]).sum(axis=1)).ravel()
+    device_users = _accounts_per_fingerprint(profiles["devices"])
+    network_users = _accounts_per_fingerprint(profiles["networks"])
     rows = []
     for child, parent in zip(pairs["child"], pairs["parent"], strict=True):
         c, p = sub.loc[child], sub.loc[parent]
@@ -237,13 +243,29 @@ def pair_features(profiles: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                 "style_similarity": _style_similarity(p, c),
                 "psycholinguistic_similarity": _vector_cosine(p["psycholinguistic"], c["psycholinguistic"]),
                 "hours_after_ban_log": float(np.log1p(max(hours, 0.0))),
-                "shared_device": float(bool(p["devices"] & c["devices"])),
-                "shared_network": float(bool(p["networks"] & c["networks"])),
+                "shared_device": _specificity(p["devices"] & c["devices"], device_users),
+                "shared_network": _specificity(p["networks"] & c["networks"], network_users),
             }
         )
     out = pd.DataFrame(rows)
     out["content_cosine"] = content
     return out[PAIR_FEATURES].astype(float)
+
+
+def _accounts_per_fingerprint(sets: pd.Series) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for fingerprints in sets:
+        for fingerprint in fingerprints:
+            counts[fingerprint] = counts.get(fingerprint, 0) + 1
+    return counts
+
+
+def _specificity(shared: frozenset[str], accounts: dict[str, int]) -> float:
+    """How much a shared fingerprint says: 1 when only the pair uses it, 1/(n-1) when n accounts do
+    (the chance that a given one of the others is the parent), 0 when nothing is shared."""
+    if not shared:
+        return 0.0
+    return max(1.0 / max(accounts.get(f, 2) - 1, 1) for f in shared)
 
 
 def _cosine(a: dict[str, int], b: dict[str, int]) -> float:
@@ -420,10 +442,10 @@ class EvaderDetector(Detector):
 
 
 def _fingerprint_match(x: pd.DataFrame) -> np.ndarray:
-    """Pairs whose accounts share a device or a network fingerprint."""
+    """Pairs whose accounts share a device or a network fingerprint that few other accounts use."""
     if len(x) == 0:
         return np.zeros(0, dtype=bool)
-    return np.asarray((x[list(FINGERPRINTS)] > 0).any(axis=1), dtype=bool)
+    return np.asarray((x[list(FINGERPRINTS)] >= SPECIFIC_MATCH).any(axis=1), dtype=bool)
 
 
 def _complete_mask(features: pd.DataFrame) -> np.ndarray:
@@ -446,8 +468,8 @@ def _pair_reasons(row: pd.Series) -> list[Reason]:
     )
     reasons.append(Reason("hours_after_ban", hours, None, f"created {hours:.1f} h after {parent}'s ban"))
     for feature, text in (("shared_device", "same device"), ("shared_network", "same network")):
-        if row[feature] > 0:
-            reasons.append(Reason(feature, 1.0, None, text))
+        if row[feature] >= SPECIFIC_MATCH:
+            reasons.append(Reason(feature, float(row[feature]), None, text))
     if row["channel_cosine"] >= 0.5:
         reasons.append(Reason("channel_cosine", float(row["channel_cosine"]), None, "chats in the same channels"))
     return reasons

@@ -142,6 +142,27 @@ def test_profiles_and_candidates_by_hand() -> None:
     assert x.loc["p1", "name_core_similarity"] == 1.0
 
 
+def test_a_network_many_accounts_share_is_weak_evidence() -> None:
+    """A carrier NAT address used by twelve accounts says little; a home router of two says a lot."""
+    events = _hand_events()
+    # p2 and c1 are both behind a carrier NAT address that ten other accounts also use.
+    nat = [_account(f"m{i}", "login", 100 + i, f"mobile{i}", f"dm{i}", "nat1") for i in range(10)]
+    nat += [
+        _account("p2", "login", 50, "quietfox", "d2", "nat1"),
+        _account("c1", "login", 6700, "st0rmrider_back", "d1", "nat1"),
+    ]
+    events = Events({"account": pd.concat([events["account"], pd.DataFrame(nat)]), "chat": events["chat"]})
+    profiles = account_profiles(events)
+    pairs = pd.DataFrame({"child": ["c1", "c1"], "parent": ["p1", "p2"]})
+    x = pair_features(profiles, pairs).set_index(pairs["parent"])
+    assert x.loc["p2", "shared_network"] == pytest.approx(1 / 11)  # 12 accounts on nat1: 1 in 11 others
+    assert x.loc["p1", "shared_device"] == 1.0  # d1: only p1 and c1
+    detector = EvaderDetector()
+    features = detector.features(events)
+    reasons = detector.fit(features).score(features).set_index("user_id").loc["c1", "reasons"]
+    assert "same network" not in [r.text for r in reasons]
+
+
 def test_first_actions_keeps_signup_and_three_events() -> None:
     events = _hand_events()
     more = [_chat("c1", 7000 + i, f"message {i}") for i in range(1, 6)]
