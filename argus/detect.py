@@ -20,8 +20,13 @@ def run_detect(
     model: Path | None = None,
     save_model: Path | None = None,
     params: dict[str, Any] | None = None,
+    per: str = "user",
 ) -> tuple[dict[str, Any], list[Alert]]:
-    """Load (or fit on the same events) the detector, score everyone, write ``out``; return summary and alerts."""
+    """Load (or fit on the same events) the detector, score everyone, write ``out``; return summary and alerts.
+
+    ``per="user"`` writes one row per user to ``out``; ``per`` = the detector's ``item_kind``
+    ("message", "payment") writes one row per item to ``out`` and the users to ``OUT.users.csv``.
+    """
     from detectors.alerts import alerts_from_scores
 
     events = load_events(events_path)
@@ -31,6 +36,9 @@ def run_detect(
         said = f"; all {len(events.rejected)} records were malformed (see {rejected_out})" if events.rejected else ""
         raise ValueError(f"{events_path}: no valid events to score{said}")
     cls = detector_class(name)
+    if per != "user" and per != cls.item_kind:
+        offered = f"user or {cls.item_kind}" if cls.item_kind else "user only"
+        raise ValueError(f"--per {per}: the {name} detector scores {offered}")
     detector: Detector = cls.load(model) if model else cls(**(params or {}))
     if model and params and "as_of" in params:
         from detectors.churn import ChurnDetector
@@ -42,8 +50,13 @@ def run_detect(
         detector.fit(features)
     scores = detector.score(features)
     out.parent.mkdir(parents=True, exist_ok=True)
+    users_out = out if per == "user" else out.with_suffix(".users.csv")
     table = scores.assign(reasons=scores["reasons"].map(reasons_text))
-    table.to_csv(out, index=False, float_format="%.6f")
+    table.to_csv(users_out, index=False, float_format="%.6f")
+    items: pd.DataFrame | None = None
+    if per != "user":
+        items = detector.score_items(features)
+        items.assign(reasons=items["reasons"].map(reasons_text)).to_csv(out, index=False, float_format="%.6f")
     if save_model:
         detector.save(save_model)
     start, end = _window(events)
@@ -55,6 +68,8 @@ def run_detect(
         "flagged": int(scores["flagged"].sum()),
         "status_counts": status_counts(scores["status"]),
         "out": str(out),
+        **({} if items is None else {f"{per}s": len(items), f"{per}s_flagged": int(items["flagged"].sum())}),
+        **({} if per == "user" else {"users_out": str(users_out)}),
         "model_version": detector.model_version,
         "fitted": model is None,
         "rejected_events": len(events.rejected),

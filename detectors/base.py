@@ -29,6 +29,8 @@ from detectors.events import Events
 
 ARTEFACT_FORMAT = 1
 SCORE_COLUMNS = ["user_id", "score", "flagged", "status", "reasons"]
+# Per-item scores (one row per chat message or payment), for detectors that score items.
+ITEM_COLUMNS = ["event_id", "user_id", "ts", "context", "score", "flagged", "reasons"]
 SCORED = "scored"
 # Status prefix of users scored on less evidence than the model was fitted on (same model, same threshold).
 LOW_EVIDENCE = "low evidence"
@@ -60,6 +62,8 @@ class Detector(ABC):
 
     name: ClassVar[str]
     alert_kind: ClassVar[str]
+    # What ``score_items`` scores ("message", "payment"); None for detectors that score users only.
+    item_kind: ClassVar[str | None] = None
 
     def __init__(self, **params: Any) -> None:
         self.params: dict[str, Any] = params
@@ -78,6 +82,10 @@ class Detector(ABC):
     @abstractmethod
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """One row per input user, columns ``SCORE_COLUMNS``, in the input's order."""
+
+    def score_items(self, features: pd.DataFrame) -> pd.DataFrame:
+        """One row per scored item (``ITEM_COLUMNS``) behind ``score(features)``; only where ``item_kind`` is set."""
+        raise NotImplementedError(f"the {self.name} detector scores users only")
 
     # --- shared machinery -------------------------------------------------------------
     def _fitted(self, state: dict[str, Any], metrics: dict[str, Any] | None = None) -> Self:
