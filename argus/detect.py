@@ -55,7 +55,7 @@ def run_detect(
     table.to_csv(users_out, index=False, float_format="%.6f")
     items: pd.DataFrame | None = None
     if per != "user":
-        items = detector.score_items(features)
+        items = detector.score_items(events, features)
         items.assign(reasons=items["reasons"].map(reasons_text)).to_csv(out, index=False, float_format="%.6f")
     if save_model:
         detector.save(save_model)

@@ -83,8 +83,9 @@ class Detector(ABC):
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """One row per input user, columns ``SCORE_COLUMNS``, in the input's order."""
 
-    def score_items(self, features: pd.DataFrame) -> pd.DataFrame:
-        """One row per scored item (``ITEM_COLUMNS``) behind ``score(features)``; only where ``item_kind`` is set."""
+    def score_items(self, events: Events, features: pd.DataFrame) -> pd.DataFrame:
+        """One row per item of ``events`` (``ITEM_COLUMNS``), consistent with ``score(features)`` (a user's
+        score summarises their items' scores); only detectors whose ``item_kind`` is set implement it."""
         raise NotImplementedError(f"the {self.name} detector scores users only")
 
     # --- shared machinery -------------------------------------------------------------
