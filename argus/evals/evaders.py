@@ -40,6 +40,8 @@ def run(world: Path | None = None, profile: str = "realistic") -> dict[str, Any]
     profiles = detector.features(ew.events)
     full = _detection(detector, profiles, parent_of)
     early = _detection(detector, detector.features(first_actions(ew.events, EARLY_ACTIONS)), parent_of)
+    # Sparse real accounts: a new account seen only through its sign-up and one action.
+    first = _detection(detector, detector.features(first_actions(ew.events, 1)), parent_of)
     result: dict[str, Any] = {
         "detector": "evaders",
         "profile": config.profile if world is None else None,
@@ -52,6 +54,8 @@ def run(world: Path | None = None, profile: str = "realistic") -> dict[str, Any]
     result["early_pr_auc"] = early["metrics"]["pr_auc"]
     result["mrr"] = full["mrr"]
     result["early_mrr"] = early["mrr"]
+    result["first_action_auc"] = first["metrics"]["auc"]
+    result["first_action_mrr"] = first["mrr"]
     result["predict_auc"] = _predict_auc(ew.events, profiles, ew.truth)
     result["best_single_feature_auc"], result["best_single_feature"] = full["best_single"]
     # Without labels (what `argus detect evaders` does with no model): distant supervision.
