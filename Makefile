@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 	@bash infra/prerequisites.sh
 	@$(BIN)/argus kafka fetch
+	@$(BIN)/argus stream fetch
 
 demo: setup
 	$(BIN)/argus demo

@@ -693,6 +693,13 @@ def detect(
     save_model: Annotated[Path | None, typer.Option(help="Save the model fitted here to this folder.")] = None,
     as_of: Annotated[str | None, typer.Option(help="churn: score as of this day, YYYY-MM-DD.")] = None,
     horizon_days: Annotated[int | None, typer.Option(min=1, help="churn: no activity within N days.")] = None,
+    per: Annotated[
+        str,
+        typer.Option(
+            help="user: one row per user in --out. message (trolls) or payment (fraud): one row per"
+            " chat message or payment in --out, and the users in OUT.users.csv."
+        ),
+    ] = "user",
     alerts: Annotated[bool, typer.Option(help="Also produce the alerts to the alerts.* topics.")] = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
@@ -721,7 +728,7 @@ def detect(
     if model is not None and "horizon_days" in params:
         raise UserError("a saved churn model answers for the horizon it was fitted for; drop --horizon-days or refit")
     try:
-        summary, found = run_detect(detector, events, out, model, save_model, params)
+        summary, found = run_detect(detector, events, out, model, save_model, params, per=per)
     except (EventsError, ModelError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     if alerts:
@@ -880,6 +887,134 @@ def demo(
     from argus.demo import run_demo
 
     run_demo(out, users=users, days=days, keep_broker=keep_broker)
+
+
+# --- stream -------------------------------------------------------------------------------
+stream_app = typer.Typer(
+    no_args_is_help=True,
+    help="The streaming pipeline (Beam): Kafka events -> validation -> per-user state -> alert topics.",
+)
+app.add_typer(stream_app, name="stream")
+
+
+@stream_app.command("fetch")
+def stream_fetch() -> None:
+    """Build the Beam Prism runner once (go install, 2-8 minutes) into $ARGUS_HOME/cache; idempotent."""
+    from infra.prism import PrismError, fetch_prism, prism_path
+
+    try:
+        if prism_path().is_file():
+            path = fetch_prism()
+        else:
+            with err.status("building the Beam Prism runner with Go (once; 2-8 minutes)..."):
+                path = fetch_prism()
+    except PrismError as exc:
+        raise UserError(str(exc)) from exc
+    out.print(f"Prism runner at {path}")
+
+
+@stream_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def stream_run(
+    ctx: typer.Context,
+    model_store: Annotated[
+        Path,
+        typer.Option(
+            help="Model store folder (ROOT/<detector>/CURRENT); `argus batch score` publishes to LAKE/models. "
+            "A model published while the pipeline runs is used from its next batch on."
+        ),
+    ] = Path("lake/models"),
+    detectors: Annotated[
+        str, typer.Option(help="Comma-separated streaming detectors: trolls (chat context), fraud (payment graph).")
+    ] = "trolls,fraud",
+    topics: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated topics to read; default: the events.* topics the detectors need."),
+    ] = None,
+    runner: Annotated[
+        str,
+        typer.Option(
+            help="prism (local, no Docker; built by `argus stream fetch`), flink (--flink_master=HOST:PORT after --), "
+            "dataflow (--project, --region, --temp_location after --), or direct."
+        ),
+    ] = "prism",
+    bounded: Annotated[
+        bool,
+        typer.Option(
+            "--bounded/--unbounded",
+            help="--bounded reads to the end offsets seen at start, then stops (replays, backfills, tests); "
+            "--unbounded (default) runs until stopped.",
+        ),
+    ] = False,
+    start: Annotated[
+        str,
+        typer.Option(
+            help="earliest: replay the retained log, rebuilding state (restart-safe: alerts and dead letters already "
+            "published are skipped); latest: only new records."
+        ),
+    ] = "earliest",
+    parallelism: Annotated[int, typer.Option(min=1, help="Workers or task slots on Flink and Dataflow.")] = 2,
+    allowed_lateness: Annotated[
+        float, typer.Option(help="Seconds a chat window stays open after the watermark passes its end.")
+    ] = 60.0,
+    out_of_orderness: Annotated[
+        float, typer.Option(help="Seconds event time may go back within one partition before records count as late.")
+    ] = 5.0,
+    idle_slack: Annotated[
+        float, typer.Option(help="An idle partition at its log end holds the watermark at wall clock minus this.")
+    ] = 10.0,
+    checkpoint_interval: Annotated[
+        float,
+        typer.Option(help="Seconds between source checkpoints (Prism), and Flink's checkpointing interval."),
+    ] = 2.0,
+    fraud_interval: Annotated[
+        int, typer.Option(help="Event-time seconds between fraud scorings of the users with new payments.")
+    ] = 3_600,
+    fraud_lookback_days: Annotated[int, typer.Option(help="Days of payment graph the fraud features see.")] = 30,
+    alerts_prefix: Annotated[str, typer.Option(help="Alerts go to PREFIX.<kind> (e.g. a staging prefix).")] = "alerts",
+    dlq_topic: Annotated[str, typer.Option(help="Topic for rejected records.")] = "dlq.events",
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Run the streaming pipeline: events.* -> validate (rejects to dlq.events) -> detectors -> alerts.<kind>.
+
+    Alerts cover the event-time day of their evidence, with ids that replays reproduce. Beam pipeline
+    options go after `--`, for example:
+
+      argus stream run --runner flink -- --flink_master=flink-jm:8081 --environment_type=DOCKER
+
+    Prints the run's counters as JSON when a --bounded run ends.
+    """
+    from pipelines.stream import StreamConfig, StreamError, run_stream
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()]
+    config = StreamConfig(
+        model_store=model_store,
+        detectors=names,
+        bootstrap=bootstrap,
+        runner=runner,
+        bounded=bounded,
+        start=start,
+        parallelism=parallelism,
+        allowed_lateness_s=allowed_lateness,
+        out_of_orderness_s=out_of_orderness,
+        idle_slack_s=idle_slack,
+        checkpoint_interval_s=checkpoint_interval,
+        fraud_interval_s=fraud_interval,
+        fraud_lookback_days=fraud_lookback_days,
+        alerts_prefix=alerts_prefix,
+        dlq_topic=dlq_topic,
+        beam_args=list(ctx.args),
+    )
+    if topics:
+        config.topics = [t.strip() for t in topics.split(",") if t.strip()]
+    if start not in ("earliest", "latest"):
+        raise UserError(f"--start must be earliest or latest, not {start!r}")
+    from infra.prism import PrismError
+
+    try:
+        result = run_stream(config)
+    except (StreamError, PrismError) as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# System tools Argus needs besides Python: Java 17+ (Kafka, Spark) and Maven (fetches Kafka's jars).
+# System tools Argus needs besides Python: Java 17+ (Kafka, Spark), Maven (fetches Kafka's jars)
+# and Go (builds the Beam Prism runner for `argus stream`).
 # Installs them with apt-get when missing and allowed (root); otherwise says what to install.
 set -euo pipefail
 
@@ -12,6 +13,7 @@ java_ok() {
 }
 java_ok || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

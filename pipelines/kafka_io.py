@@ -1,0 +1,526 @@
+"""Kafka for Beam in Python: a splittable-DoFn source and a sink that acknowledges per bundle.
+
+**Source** (``ReadKafka``). One restriction per *topic* holds every partition's next offset and
+stop offset (``TopicRestriction``); one restriction per partition lost records on Prism, a topic
+is the unit that resumes together. The watermark is the minimum over the partitions: a partition
+with records contributes the latest event time it delivered minus ``out_of_orderness``, a
+partition idle at its log end follows the wall clock minus ``idle_slack`` (so a quiet partition
+does not stall event-time timers), a partition not read yet holds the watermark where it is.
+Progress is reported as a fraction only (a byte-based ``completed`` can be NaN, which the SDK's
+split arithmetic cannot take). Records go out in batches, one output element per partition and
+poll, timestamped with the batch's earliest event time, so per-element overhead stays low.
+
+*Bounded* mode reads up to the end offsets seen when the restriction was created, then finishes
+(tests, replays, backfills); *unbounded* mode never finishes and checkpoints itself every
+``poll_budget_s`` (``defer_remainder``), which is where a runner takes its checkpoints.
+
+**Sink** (``WriteKafka``). Produces with librdkafka (idempotent, ``acks=all``) and flushes in
+``finish_bundle``: a bundle completes only after Kafka acknowledged every record of it, so a
+runner that retries a failed bundle re-sends rather than loses. With ``skip_published`` it first
+reads the identities already on its topics (an alert's id, a dead letter's source position) and
+never writes one twice, which makes replays and restarts idempotent on the topics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.iobase import RestrictionProgress, RestrictionTracker
+from apache_beam.io.watermark_estimators import ManualWatermarkEstimator
+from apache_beam.metrics.metric import Metrics
+from apache_beam.transforms.core import RestrictionProvider
+from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
+
+from infra.clients import _LIBRDKAFKA_NAMES, ConfigError, kafka_settings
+
+__all__ = [
+    "KafkaRecord",
+    "OutRecord",
+    "ReadKafka",
+    "TopicRestriction",
+    "WriteKafka",
+    "librdkafka_settings",
+]
+
+START_POSITIONS = ("earliest", "latest")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """One consumed record; ``timestamp_ms`` is Kafka's record timestamp."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OutRecord:
+    """One record to produce; ``identity`` names it for ``skip_published`` (None: always write)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    identity: str | None = None
+
+
+# decode(record) -> (element to emit, event time in seconds or None to use Kafka's timestamp)
+Decoder = Callable[[KafkaRecord], tuple[Any, float | None]]
+
+
+def _raw_record(record: KafkaRecord) -> tuple[Any, float | None]:
+    return record, None
+
+
+def librdkafka_settings(bootstrap: str | None) -> dict[str, Any]:
+    """The shared Kafka settings (``infra.clients.kafka_settings``) in librdkafka's names."""
+    settings = kafka_settings(bootstrap)
+    unknown = sorted(set(settings) - set(_LIBRDKAFKA_NAMES) - {"sasl_oauth_token_provider"})
+    if unknown:
+        raise ConfigError(f"the streaming Kafka clients cannot translate settings {unknown}; remove them from [kafka]")
+    return {_LIBRDKAFKA_NAMES[k]: v for k, v in settings.items()}
+
+
+# --- the restriction -------------------------------------------------------------------------
+@dataclass
+class TopicRestriction:
+    """Every partition of one topic: the next offset to read and the stop offset (None: unbounded)."""
+
+    topic: str
+    start: dict[int, int]
+    stop: dict[int, int | None] = field(default_factory=dict)
+
+    def remaining(self) -> int | None:
+        """Records left in a bounded restriction (None when unbounded)."""
+        if any(s is None for s in self.stop.values()):
+            return None
+        return sum(max(0, int(self.stop[p] or 0) - o) for p, o in self.start.items())
+
+    def is_done(self, next_offsets: dict[int, int]) -> bool:
+        return all(s is not None and next_offsets[p] >= s for p, s in self.stop.items())
+
+
+class TopicTracker(RestrictionTracker):  # type: ignore[misc]
+    """Claims ``(partition, offset)``: every record of that partition up to ``offset`` is consumed.
+
+    Splits only at the claimed position (``fraction_of_remainder == 0``, a checkpoint): the
+    primary keeps what was claimed, the residual resumes every partition where it stopped.
+    """
+
+    def __init__(self, restriction: TopicRestriction) -> None:
+        self._restriction = restriction
+        self._next = dict(restriction.start)
+        self._initial_remaining = restriction.remaining()
+
+    def current_restriction(self) -> TopicRestriction:
+        return self._restriction
+
+    def try_claim(self, position: tuple[int, int]) -> bool:
+        partition, offset = position
+        stop = self._restriction.stop.get(partition)
+        if partition not in self._next or offset < self._next[partition]:
+            raise ValueError(
+                f"claim of {position} behind partition {partition}'s next offset {self._next.get(partition)}"
+            )
+        if stop is not None and offset >= stop:
+            return False
+        self._next[partition] = offset + 1
+        return True
+
+    def try_split(self, fraction_of_remainder: float) -> tuple[TopicRestriction, TopicRestriction] | None:
+        if fraction_of_remainder != 0:
+            return None
+        current = self._restriction
+        if current.is_done(self._next):
+            return None
+        primary = TopicRestriction(current.topic, dict(current.start), dict(self._next))
+        residual = TopicRestriction(current.topic, dict(self._next), dict(current.stop))
+        self._restriction = primary
+        return primary, residual
+
+    def check_done(self) -> None:
+        if not self._restriction.is_done(self._next):
+            left = {p: (self._next[p], s) for p, s in self._restriction.stop.items()}
+            raise ValueError(f"{self._restriction.topic}: restriction not fully claimed (next, stop): {left}")
+
+    def current_progress(self) -> RestrictionProgress:
+        total = self._initial_remaining
+        if not total:
+            return RestrictionProgress(fraction=0.0)
+        done = sum(self._next[p] - o for p, o in self._restriction.start.items())
+        return RestrictionProgress(fraction=min(1.0, max(0.0, done / total)))
+
+    def is_bounded(self) -> bool:
+        return self._restriction.remaining() is not None
+
+    def next_offsets(self) -> dict[int, int]:
+        return dict(self._next)
+
+
+class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
+    """Builds the initial restriction of a topic from the broker's offsets when the element arrives."""
+
+    def __init__(self, bootstrap: str | None, start: str, bounded: bool) -> None:
+        self.bootstrap, self.start, self.bounded = bootstrap, start, bounded
+
+    def initial_restriction(self, topic: str) -> TopicRestriction:
+        from confluent_kafka import Consumer, TopicPartition
+
+        consumer = Consumer({**librdkafka_settings(self.bootstrap), "group.id": "argus-stream-offsets"})
+        try:
+            meta = consumer.list_topics(topic, timeout=30)
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None or not info.partitions:
+                raise ValueError(f"topic {topic} does not exist; create the topic layout with `argus kafka up`")
+            start: dict[int, int] = {}
+            stop: dict[int, int | None] = {}
+            for partition in sorted(info.partitions):
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                start[partition] = int(low if self.start == "earliest" else high)
+                stop[partition] = int(high) if self.bounded else None
+            return TopicRestriction(topic, start, stop)
+        finally:
+            consumer.close()
+
+    def create_tracker(self, restriction: TopicRestriction) -> TopicTracker:
+        return TopicTracker(restriction)
+
+    def split(self, topic: str, restriction: TopicRestriction) -> Iterator[TopicRestriction]:
+        yield restriction  # one restriction per topic (see the module doc)
+
+    def restriction_size(self, topic: str, restriction: TopicRestriction) -> float:
+        remaining = restriction.remaining()
+        return float(remaining) if remaining is not None else 1.0
+
+    def truncate(self, topic: str, restriction: TopicRestriction) -> TopicRestriction | None:
+        # On drain, a bounded restriction is read to its end; an unbounded one stops where it is.
+        return restriction if restriction.remaining() is not None else None
+
+
+# --- the source DoFn ------------------------------------------------------------------------
+class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
+    """The splittable DoFn; it is its own restriction provider (``RestrictionParam()`` binds to it)."""
+
+    def __init__(
+        self,
+        bootstrap: str | None,
+        start: str,
+        bounded: bool,
+        decode: Decoder,
+        out_of_orderness_s: float,
+        idle_slack_s: float,
+        poll_budget_s: float,
+        max_batch: int,
+    ) -> None:
+        TopicRestrictionProvider.__init__(self, bootstrap, start, bounded)
+        self.decode = decode
+        self.out_of_orderness_s = out_of_orderness_s
+        self.idle_slack_s = idle_slack_s
+        self.poll_budget_s = poll_budget_s
+        self.max_batch = max_batch
+        self._consumer: Any = None
+        self.records = Metrics.counter("kafka", "records_read")
+
+    def setup(self) -> None:
+        from confluent_kafka import Consumer
+
+        settings = librdkafka_settings(self.bootstrap)
+        self._consumer = Consumer(
+            {
+                **settings,
+                "group.id": "argus-stream",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "fetch.wait.max.ms": 100,
+                "log_level": 3,
+            }
+        )
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    @beam.DoFn.unbounded_per_element()
+    def process(
+        self,
+        topic: str,
+        tracker: Any = beam.DoFn.RestrictionParam(),  # noqa: B008
+        estimator: Any = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),  # noqa: B008
+    ) -> Iterator[Any]:
+        yield from self._read(topic, tracker, estimator)
+
+    def _read(self, topic: str, tracker: Any, estimator: Any) -> Iterator[Any]:
+        from confluent_kafka import KafkaError, TopicPartition
+
+        restriction: TopicRestriction = tracker.current_restriction()
+        next_offsets = dict(restriction.start)
+        live = {p for p, o in next_offsets.items() if (stop := restriction.stop.get(p)) is None or o < stop}
+        if not live:
+            return  # nothing left: the restriction is done as given
+        consumer = self._consumer
+        consumer.assign([TopicPartition(topic, p, next_offsets[p]) for p in sorted(live)])
+        current = estimator.current_watermark()
+        floor = current.micros / 1e6 if current is not None and current > MIN_TIMESTAMP else None
+        partition_wm: dict[int, float | None] = {p: floor for p in live}
+        at_end: dict[int, bool] = {p: False for p in live}
+        deadline = time.monotonic() + self.poll_budget_s
+        try:
+            while live:
+                messages = consumer.consume(num_messages=self.max_batch, timeout=0.2)
+                batches: dict[int, list[KafkaRecord]] = {}
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            at_end[message.partition()] = True
+                            continue
+                        raise RuntimeError(f"Kafka error reading {topic}: {error}")
+                    partition = message.partition()
+                    if partition not in live:
+                        continue
+                    stop = restriction.stop.get(partition)
+                    if stop is not None and message.offset() >= stop:
+                        continue
+                    at_end[partition] = False
+                    _, stamp = message.timestamp()
+                    batches.setdefault(partition, []).append(
+                        KafkaRecord(topic, partition, message.offset(), message.key(), message.value(), int(stamp))
+                    )
+                for partition, records in batches.items():
+                    if not tracker.try_claim((partition, records[-1].offset)):
+                        return
+                    next_offsets[partition] = records[-1].offset + 1
+                    decoded = [self.decode(r) for r in records]
+                    times = [
+                        t if t is not None else r.timestamp_ms / 1e3 for (_, t), r in zip(decoded, records, strict=True)
+                    ]
+                    self.records.inc(len(records))
+                    latest = max(times) - self.out_of_orderness_s
+                    previous = partition_wm[partition]
+                    partition_wm[partition] = latest if previous is None else max(previous, latest)
+                    yield TimestampedValue([item for item, _ in decoded], Timestamp(min(times)))
+                # Bounded partitions that reached their stop offset are finished.
+                for partition in list(live):
+                    stop = restriction.stop.get(partition)
+                    if stop is not None and next_offsets[partition] >= stop:
+                        live.discard(partition)
+                        partition_wm.pop(partition, None)
+                    elif stop is not None and at_end[partition]:
+                        # The log ends before the stop offset (e.g. transaction markers): claim up to it.
+                        if not tracker.try_claim((partition, stop - 1)):
+                            return
+                        next_offsets[partition] = stop
+                        live.discard(partition)
+                        partition_wm.pop(partition, None)
+                self._advance_watermark(estimator, partition_wm, at_end)
+                if live and time.monotonic() >= deadline:
+                    tracker.defer_remainder(Duration(seconds=0.05 if messages else 0.5))
+                    return
+        finally:
+            consumer.unassign()
+
+    def _advance_watermark(
+        self, estimator: Any, partition_wm: dict[int, float | None], at_end: dict[int, bool]
+    ) -> None:
+        if not partition_wm:
+            return
+        now = time.time() - self.idle_slack_s
+        values = []
+        for partition, value in partition_wm.items():
+            if at_end.get(partition):
+                value = now if value is None else max(value, now)
+            if value is None:
+                return  # a partition not read yet holds the watermark
+            values.append(value)
+        candidate = Timestamp(min(values))
+        current = estimator.current_watermark()
+        if (current is None or candidate > current) and candidate < MAX_TIMESTAMP:
+            estimator.set_watermark(candidate)
+
+
+class ReadKafka(beam.PTransform):  # type: ignore[misc]
+    """Read ``topics`` as batches (lists) of ``decode(record)`` elements, timestamped by event time.
+
+    Args:
+        topics: topic names; each becomes one restriction covering all its partitions.
+        bootstrap: Kafka bootstrap servers (None: ``KAFKA_BOOTSTRAP`` / argus.toml / the local broker).
+        decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp.
+        start: ``earliest`` (replay the retained log) or ``latest`` (only what arrives from now on).
+        bounded: stop at the end offsets seen at start.
+        out_of_orderness_s: how far event time may go back within one partition without being late.
+        idle_slack_s: a partition at its log end holds the watermark at wall clock minus this.
+        poll_budget_s: an unbounded read checkpoints itself this often.
+        max_batch: records per poll.
+    """
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        bootstrap: str | None = None,
+        decode: Decoder = _raw_record,
+        start: str = "earliest",
+        bounded: bool = False,
+        out_of_orderness_s: float = 5.0,
+        idle_slack_s: float = 10.0,
+        poll_budget_s: float = 2.0,
+        max_batch: int = 5_000,
+    ) -> None:
+        super().__init__()
+        if start not in START_POSITIONS:
+            raise ValueError(f"start must be one of {', '.join(START_POSITIONS)}, not {start!r}")
+        if not topics:
+            raise ValueError("give at least one topic to read")
+        self.topics = list(topics)
+        self.fn = _ReadTopicFn(
+            bootstrap,
+            start,
+            bounded,
+            decode,
+            out_of_orderness_s,
+            idle_slack_s,
+            poll_budget_s,
+            max_batch,
+        )
+
+    def expand(self, pbegin: Any) -> Any:
+        return pbegin | "Topics" >> beam.Create(self.topics) | "Read" >> beam.ParDo(self.fn)
+
+
+# --- the sink --------------------------------------------------------------------------------
+# identify(topic, key, value) -> the identity of a record already on a topic (see OutRecord).
+Identifier = Callable[[str, bytes | None, bytes], str | None]
+
+
+def _key_identity(topic: str, key: bytes | None, value: bytes) -> str | None:
+    return key.decode() if key else None
+
+
+class _WriteFn(beam.DoFn):  # type: ignore[misc]
+    def __init__(self, bootstrap: str | None, skip_published: Sequence[str], identify: Identifier) -> None:
+        self.bootstrap = bootstrap
+        self.skip_topics = list(skip_published)
+        self.identify = identify
+        self._producer: Any = None
+        self._published: set[str] = set()
+        self._errors: list[str] = []
+        self.written = Metrics.counter("kafka", "records_written")
+        self.skipped = Metrics.counter("kafka", "already_published")
+
+    def setup(self) -> None:
+        from confluent_kafka import Producer
+
+        settings = librdkafka_settings(self.bootstrap)
+        conf = {**settings, "enable.idempotence": True, "acks": "all", "linger.ms": 20, "log_level": 3}
+        self._producer = Producer(conf)
+        self._published = set(published_identities(self.bootstrap, self.skip_topics, self.identify))
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._errors.append(str(err))
+
+    def process(self, record: OutRecord) -> None:
+        if record.identity is not None:
+            if record.identity in self._published:
+                self.skipped.inc()
+                return
+            self._published.add(record.identity)
+        while True:
+            try:
+                self._producer.produce(record.topic, record.value, record.key, on_delivery=self._on_delivery)
+                break
+            except BufferError:
+                self._producer.poll(0.05)
+        self._producer.poll(0)
+        self.written.inc()
+
+    def finish_bundle(self) -> None:
+        remaining = self._producer.flush(120)
+        if remaining or self._errors:
+            errors, self._errors = self._errors, []
+            raise RuntimeError(f"{remaining} records undelivered, {len(errors)} failed; first error: {errors[:1]}")
+
+    def teardown(self) -> None:
+        if self._producer is not None:
+            self._producer.flush(30)
+            self._producer = None
+
+
+class WriteKafka(beam.PTransform):  # type: ignore[misc]
+    """Produce ``OutRecord``s; each bundle is flushed (acknowledged) before it completes.
+
+    ``skip_published``: topics whose existing records' identities (``identify``) are read at
+    start-up; records with an identity already there are not written again.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        skip_published: Sequence[str] = (),
+        identify: Identifier = _key_identity,
+    ) -> None:
+        super().__init__()
+        self.fn = _WriteFn(bootstrap, skip_published, identify)
+
+    def expand(self, records: Any) -> Any:
+        return records | beam.ParDo(self.fn)
+
+
+def published_identities(bootstrap: str | None, topics: Iterable[str], identify: Identifier) -> Iterator[str]:
+    """The identities of every record on ``topics`` now (read to the end offsets at call time)."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    topics = list(topics)
+    if not topics:
+        return
+    consumer = Consumer(
+        {
+            **librdkafka_settings(bootstrap),
+            "group.id": "argus-stream-published",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
+    try:
+        assignment: list[Any] = []
+        stops: dict[tuple[str, int], int] = {}
+        meta = consumer.list_topics(timeout=30)
+        for topic in topics:
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None:
+                continue
+            for partition in info.partitions:
+                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                if high > low:
+                    assignment.append(TopicPartition(topic, partition, low))
+                    stops[(topic, partition)] = high
+        if not assignment:
+            return
+        consumer.assign(assignment)
+        open_parts = set(stops)
+        while open_parts:
+            for message in consumer.consume(num_messages=10_000, timeout=1.0):
+                error = message.error()
+                where: tuple[str, int] = (str(message.topic()), int(message.partition() or 0))
+                if error is not None:
+                    if error.code() != KafkaError._PARTITION_EOF:
+                        raise RuntimeError(f"Kafka error reading {where[0]}: {error}")
+                    open_parts.discard(where)
+                    continue
+                if int(message.offset() or 0) >= stops[where] - 1:
+                    open_parts.discard(where)
+                identity = identify(where[0], message.key(), message.value() or b"")
+                if identity is not None:
+                    yield identity
+    finally:
+        consumer.close()

@@ -1,0 +1,266 @@
+"""The streaming pipeline: Kafka ``events.*`` -> validate -> per-key state -> detectors -> ``alerts.*``.
+
+::
+
+    ReadKafka(events.*)  --decode: schemas.validate-->  rejects --> dlq.events (reason, bytes, topic/partition/offset)
+           |                                            events (timestamped by event time)
+           v                                                 |
+       TrollStream (chat: channel windows -> user state)  FraudStream (payment graph)   ... pluggable
+           \\__________________ alerts ______________________/
+                                  |  keyed by alert_id: once per run
+                                  v
+                  WriteKafka(alerts.<kind>, skip ids already published)
+
+Engine-thin: validation is ``schemas.validate``; features, scores and alert ids come from
+``detectors/`` (see ``pipelines/stream_detectors.py``). Models come from the model store through
+``LiveModel``, so a model published while the pipeline runs is used from its next batch on.
+
+**Restart safety.** Nothing is acknowledged before it is durable: the sink flushes each bundle
+to Kafka before the bundle completes. A restarted pipeline replays the retained log
+(``start="earliest"``) and rebuilds its state from it, and the sinks skip alert ids and dead
+letters already on their topics, so a crash, a ``kill -9`` or a redeploy loses no event and
+publishes no alert twice. On runners with durable checkpoints (Flink, Dataflow) the same
+pipeline also resumes from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics.metric import Metrics, MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import TimestampedValue
+
+from infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
+from pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, WriteKafka
+from pipelines.stream_detectors import STREAMING_DETECTORS, StreamSettings, StrKeyed, epoch_us
+from schemas.models import Alert
+from schemas.validate import Rejection, validate
+
+__all__ = ["RUNNERS", "StreamConfig", "StreamError", "build_pipeline", "decode_event", "pipeline_options", "run_stream"]
+
+RUNNERS = ("prism", "flink", "dataflow", "direct")
+
+
+class StreamError(ValueError):
+    """A configuration the pipeline cannot run with; one line that says what to fix."""
+
+
+@dataclass
+class StreamConfig:
+    """Everything ``argus stream run`` sets; see its ``--help`` for each field."""
+
+    model_store: Path
+    detectors: Sequence[str] = ("trolls", "fraud")
+    topics: Sequence[str] = EVENT_TOPICS
+    bootstrap: str | None = None
+    runner: str = "prism"
+    bounded: bool = False
+    start: str = "earliest"
+    parallelism: int = 2
+    allowed_lateness_s: float = 60.0
+    out_of_orderness_s: float = 5.0
+    idle_slack_s: float = 10.0
+    checkpoint_interval_s: float = 2.0
+    fraud_interval_s: int = 3_600
+    fraud_lookback_days: int = 30
+    skip_published: bool = True
+    alerts_prefix: str = "alerts"
+    dlq_topic: str = DLQ_TOPIC
+    beam_args: Sequence[str] = field(default_factory=list)
+
+    def check(self) -> None:
+        unknown = [d for d in self.detectors if d not in STREAMING_DETECTORS]
+        if unknown or not self.detectors:
+            known = ", ".join(sorted(STREAMING_DETECTORS))
+            raise StreamError(f"unknown streaming detector(s) {unknown or '(none given)'}; known: {known}")
+        if self.runner not in RUNNERS:
+            raise StreamError(f"unknown runner {self.runner!r}; use one of {', '.join(RUNNERS)}")
+        if self.parallelism < 1 or self.checkpoint_interval_s <= 0 or self.fraud_interval_s < 60:
+            raise StreamError("need --parallelism >= 1, --checkpoint-interval > 0 and --fraud-interval >= 60")
+        from detectors.store import ModelStore
+
+        store = ModelStore(self.model_store)
+        for name in self.detectors:
+            if store.current_version(name) is None:
+                raise StreamError(
+                    f"no {name} model published in {self.model_store}; publish one with "
+                    f"`argus batch score --detector {name}` (models in LAKE/models) or point --model-store at it"
+                )
+
+
+# --- decode: validation at the source -------------------------------------------------------
+def decode_event(record: KafkaRecord) -> tuple[tuple[str, Any], float | None]:
+    """Validate one record: ``("event", (type, row))`` with its event time, or ``("dlq", OutRecord)``."""
+    result = validate(record.value)
+    if isinstance(result, Rejection):
+        letter = result.to_dead_letter(record.topic, record.partition, record.offset)
+        out = OutRecord(DLQ_TOPIC, record.key, letter.model_dump_json().encode(), _position(record))
+        return ("dlq", out), None
+    row = result.model_dump()
+    return ("event", (str(row["event_type"]), row)), epoch_us(row["ts"]) / 1e6
+
+
+def _position(record: KafkaRecord) -> str:
+    return f"{record.topic}/{record.partition}/{record.offset}"
+
+
+def _dead_letter_identity(topic: str, key: bytes | None, value: bytes) -> str | None:
+    try:
+        letter = json.loads(value)
+        return f"{letter['source_topic']}/{letter['source_partition']}/{letter['source_offset']}"
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+class _SplitFn(beam.DoFn):  # type: ignore[misc]
+    """Batches from the source -> one timestamped element per event; dead letters to the ``dlq`` output."""
+
+    def __init__(self, dlq_topic: str) -> None:
+        self.dlq_topic = dlq_topic
+        self.valid = Metrics.counter("stream", "events")
+        self.rejected = Metrics.counter("stream", "rejected")
+
+    def process(self, batch: list[tuple[str, Any]]) -> Iterator[Any]:
+        for kind, item in batch:
+            if kind == "dlq":
+                self.rejected.inc()
+                if item.topic != self.dlq_topic:
+                    item = OutRecord(self.dlq_topic, item.key, item.value, item.identity)
+                yield beam.pvalue.TaggedOutput("dlq", item)
+            else:
+                self.valid.inc()
+                yield TimestampedValue(item, epoch_us(item[1]["ts"]) / 1e6)
+
+
+class _OncePerRunFn(beam.DoFn):  # type: ignore[misc]
+    """Keyed by alert id: the first alert with an id goes on, later ones (same user, same day) do not."""
+
+    SEEN = beam.transforms.userstate.ReadModifyWriteStateSpec("seen", beam.coders.BooleanCoder())
+
+    def __init__(self, alerts_prefix: str) -> None:
+        self.alerts_prefix = alerts_prefix
+        self.alerts = Metrics.counter("stream", "alerts")
+
+    def process(self, element: tuple[str, Alert], seen: Any = beam.DoFn.StateParam(SEEN)) -> Iterator[OutRecord]:  # noqa: B008
+        if seen.read():
+            return
+        seen.write(True)
+        alert = element[1]
+        self.alerts.inc()
+        topic = f"{self.alerts_prefix}.{'troll' if alert.kind == 'raid' else alert.kind}"
+        yield OutRecord(topic, alert.alert_id.encode(), alert.model_dump_json().encode(), alert.alert_id)
+
+
+def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
+    """Add the streaming graph for ``config`` to ``pipeline``."""
+    settings = StreamSettings(
+        model_store=Path(config.model_store),
+        allowed_lateness_s=config.allowed_lateness_s,
+        fraud_interval_s=config.fraud_interval_s,
+        fraud_lookback_days=config.fraud_lookback_days,
+    )
+    chosen = [STREAMING_DETECTORS[name]() for name in config.detectors]
+    wanted = {event_topic(t) for d in chosen for t in d.event_types}
+    topics = [t for t in config.topics if t in wanted or t not in EVENT_TOPICS]
+    batches = pipeline | "ReadEvents" >> ReadKafka(
+        topics,
+        config.bootstrap,
+        decode=decode_event,
+        start=config.start,
+        bounded=config.bounded,
+        out_of_orderness_s=config.out_of_orderness_s,
+        idle_slack_s=config.idle_slack_s,
+        poll_budget_s=config.checkpoint_interval_s,
+    )
+    split = batches | "Validate" >> beam.ParDo(_SplitFn(config.dlq_topic)).with_outputs("dlq", main="events")
+    skip = config.skip_published
+    _ = split.dlq | "DeadLetters" >> WriteKafka(
+        config.bootstrap, [config.dlq_topic] if skip else [], identify=_dead_letter_identity
+    )
+    alerts = [
+        split.events | f"{d.name}" >> _DetectorTransform(d, settings)  # type: ignore[operator]
+        for d in chosen
+    ]
+    merged = alerts[0] if len(alerts) == 1 else tuple(alerts) | "AllAlerts" >> beam.Flatten()
+    kinds = [f"{config.alerts_prefix}.{kind}" for kind in ALERT_KINDS]
+    _ = (
+        merged
+        | "ById" >> beam.Map(lambda a: (a.alert_id, a))
+        | "OncePerRun" >> beam.ParDo(_OncePerRunFn(config.alerts_prefix)).with_input_types(StrKeyed)
+        | "PublishAlerts" >> WriteKafka(config.bootstrap, kinds if skip else [])
+    )
+
+
+class _DetectorTransform(beam.PTransform):  # type: ignore[misc]
+    def __init__(self, detector: Any, settings: StreamSettings) -> None:
+        super().__init__()
+        self.detector, self.settings = detector, settings
+
+    def expand(self, events: Any) -> Any:
+        return self.detector.expand(events, self.settings)
+
+
+def pipeline_options(config: StreamConfig) -> PipelineOptions:
+    """Beam options for the chosen runner; ``config.beam_args`` are appended and win."""
+    args = ["--streaming"] if not config.bounded or config.runner == "prism" else []
+    if config.runner == "prism":
+        from infra.prism import fetch_prism
+
+        args += [
+            "--runner=PrismRunner",
+            f"--prism_location={fetch_prism()}",
+            "--environment_type=LOOPBACK",
+            "--job_server_timeout=86400",  # without it Prism ends the job after 300 s (DEADLINE_EXCEEDED)
+        ]
+    elif config.runner == "flink":
+        args += [
+            "--runner=FlinkRunner",
+            f"--parallelism={config.parallelism}",
+            f"--checkpointing_interval={int(config.checkpoint_interval_s * 1000)}",
+        ]
+    elif config.runner == "dataflow":
+        args += ["--runner=DataflowRunner", f"--max_num_workers={config.parallelism}", "--save_main_session"]
+    else:
+        args += ["--runner=DirectRunner", f"--direct_num_workers={config.parallelism}"]
+    return PipelineOptions([*args, *config.beam_args])
+
+
+def run_stream(config: StreamConfig, wait: bool = True) -> dict[str, Any]:
+    """Build and run the pipeline; with ``wait`` (and ``bounded``) return its counters when it ends."""
+    config.check()
+    pipeline = beam.Pipeline(options=pipeline_options(config))
+    build_pipeline(pipeline, config)
+    result = pipeline.run()
+    if not wait:
+        return {"state": str(result.state)}
+    result.wait_until_finish()
+    return {"state": str(result.state), **_counters(result)}
+
+
+def _counters(result: Any) -> dict[str, int]:
+    wanted = {
+        "records_read": "records_read",
+        "events": "events",
+        "rejected": "dead_letters",
+        "late_events": "late_events",
+        "duplicate_events": "duplicate_events",
+        "alerts": "alerts",
+        "already_published": "already_published",
+    }
+    counts = dict.fromkeys(wanted.values(), 0)
+    try:
+        query = result.metrics().query(MetricsFilter())
+    except (NotImplementedError, AttributeError):  # runners without metrics
+        return counts
+    for counter in query.get("counters", []):
+        name = counter.key.metric.name
+        if name in wanted:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            counts[wanted[name]] += int(value or 0)
+    return counts
