@@ -151,7 +151,9 @@ def test_batch_jobs_run_through_spark_submit(tmp_path: Path) -> None:
     from world.sinks import lake_path
 
     generated = runner.invoke(
-        app, ["generate", "--users", "60", "--days", "2", "--events-per-user-day", "15", "--out", str(tmp_path)]
+        app,
+        ["generate", "--users", "60", "--days", "2", "--profile", "dense", "--events-per-user-day", "15"]
+        + ["--out", str(tmp_path)],
     )
     assert generated.exit_code == 0, generated.output
     chain = _argus(
