@@ -692,7 +692,22 @@ def detect(
     model: Annotated[Path | None, typer.Option(help="A saved model folder; without it, fit on these events.")] = None,
     save_model: Annotated[Path | None, typer.Option(help="Save the model fitted here to this folder.")] = None,
     as_of: Annotated[str | None, typer.Option(help="churn: score as of this day, YYYY-MM-DD.")] = None,
-    horizon_days: Annotated[int | None, typer.Option(min=1, help="churn: no activity within N days.")] = None,
+    horizon_days: Annotated[
+        int | None, typer.Option(min=1, help="churn: no activity within N days (an alias of --horizon Nd).")
+    ] = None,
+    horizon: Annotated[
+        str | None, typer.Option(help="churn: no activity within this long: days, weeks or months (14d, 39w, 3m).")
+    ] = None,
+    lookback: Annotated[
+        str | None, typer.Option(help="churn: the recent window the features look at (30d, 26w, 6m).")
+    ] = None,
+    churn_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="churn: daily (dense platforms), purchase (days to months between events) or auto (from the data).",
+        ),
+    ] = None,
     per: Annotated[
         str,
         typer.Option(
@@ -717,23 +732,53 @@ def detect(
     if detector not in DETECTOR_NAMES:
         raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
     params: dict[str, object] = {}
+    churn_options = (as_of, horizon_days, horizon, lookback, churn_mode)
     if detector == "churn":
-        if as_of is not None:
-            _check_date(as_of)
-            params["as_of"] = as_of
-        if horizon_days is not None:
-            params["horizon_days"] = horizon_days
-    elif as_of is not None or horizon_days is not None:
-        raise UserError("--as-of and --horizon-days apply to churn only")
-    if model is not None and "horizon_days" in params:
-        raise UserError("a saved churn model answers for the horizon it was fitted for; drop --horizon-days or refit")
+        params = _churn_params(as_of, horizon_days, horizon, lookback, churn_mode)
+    elif any(option is not None for option in churn_options):
+        raise UserError("--as-of, --horizon, --horizon-days, --lookback and --mode apply to churn only")
+    if model is not None and {"horizon_days", "lookback_days", "mode"} & set(params):
+        raise UserError(
+            "a saved churn model answers for the horizon, lookback and mode it was fitted for;"
+            " drop --horizon/--lookback/--mode or refit"
+        )
     try:
         summary, found = run_detect(detector, events, out, model, save_model, params, per=per)
     except (EventsError, ModelError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     if alerts:
         summary["alerts"] = publish_alerts(found, bootstrap)
+    if summary.get("horizon_note"):
+        err.print(f"churn: {summary['horizon_note']}", highlight=False, markup=False, soft_wrap=True)
     print(json.dumps(summary))
+
+
+def _churn_params(
+    as_of: str | None, horizon_days: int | None, horizon: str | None, lookback: str | None, mode: str | None
+) -> dict[str, object]:
+    """The churn detector's parameters from ``detect``'s options; a bad value is a one-line error naming it."""
+    from detectors.churn import MODES, parse_duration
+
+    params: dict[str, object] = {}
+    if as_of is not None:
+        _check_date(as_of)
+        params["as_of"] = as_of
+    if horizon is not None and horizon_days is not None:
+        raise UserError("give --horizon or --horizon-days, not both")
+    try:
+        if horizon is not None:
+            params["horizon_days"] = parse_duration(horizon, "--horizon")
+        if lookback is not None:
+            params["lookback_days"] = parse_duration(lookback, "--lookback")
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if horizon_days is not None:
+        params["horizon_days"] = horizon_days
+    if mode is not None:
+        if mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, not {mode!r}")
+        params["mode"] = mode
+    return params
 
 
 @trolls_app.command("paper")

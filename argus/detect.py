@@ -76,6 +76,11 @@ def run_detect(
     }
     if events.rejected:
         summary["rejected_out"] = str(rejected_out)
+    if name == "churn":
+        from detectors.churn import ChurnDetector
+
+        assert isinstance(detector, ChurnDetector)
+        summary.update(detector.run_summary())
     if name == "trolls":
         raid_alerts = _raids(events, detector.model_version)
         raids_out = out.with_suffix(".raids.jsonl")

@@ -65,6 +65,16 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
+from detectors.churn_purchase import (
+    HISTORY_COLUMNS,
+    PURCHASE_FEATURES,
+    History,
+    churned_after,
+    detect_mode,
+    encode_history,
+    summary_at,
+    training_plan,
+)
 from detectors.events import Events
 
 # Daily channels, in tensor order. The first four are the user's own actions ("activity").
@@ -91,6 +101,8 @@ SEQUENCE_EPOCHS = 20  # measured on the evaluation world: 40 epochs gave the sam
 
 PRIOR_STATUS = "scored (activity-rate prior: no observed horizon to learn from)"
 MODELS = ("auto", "gbm", "sequence")
+MODES = ("auto", "daily", "purchase")
+DAYS_PER_UNIT = {"d": 1.0, "w": 7.0, "m": 365.25 / 12}  # a month is a twelfth of a year (3m = 91 days)
 
 REASON_LABELS = {
     "days_since_active": "days since last activity",
@@ -99,6 +111,21 @@ REASON_LABELS = {
     "activity_ratio_7": "events per day, last 7 days vs before",
     "sessions_per_day_7": "sessions per day, last 7 days",
     "moderation_window": "reports and sanctions in the lookback",
+}
+PURCHASE_PRIOR_STATUS = "scored (purchase-rate prior: too few churners, stayers or repeat customers to learn from)"
+PURCHASE_REASON_LABELS = {
+    "recency_days": "days since the last purchase or activity",
+    "recency_over_gap": "days since the last one vs the customer's mean gap",
+    "bgnbd_p_alive": "BG/NBD probability the customer is still active",
+    "active_days_lookback": "days with events in the lookback",
+    "frequency": "repeat days with events",
+}
+PURCHASE_REASON_DIRECTIONS = {
+    "recency_days": 1.0,
+    "recency_over_gap": 1.0,
+    "bgnbd_p_alive": -1.0,
+    "active_days_lookback": -1.0,
+    "frequency": -1.0,
 }
 # +1: higher is riskier, -1: lower is riskier.
 REASON_DIRECTIONS = {
@@ -109,6 +136,27 @@ REASON_DIRECTIONS = {
     "sessions_per_day_7": -1.0,
     "moderation_window": 1.0,
 }
+
+
+def parse_duration(value: str | int, option: str = "--horizon") -> int:
+    """Days in ``value``: a number of days (``14``, ``14d``), weeks (``26w``) or months (``3m``, 30.44 days each).
+
+    Raises ``ValueError`` naming ``option`` for anything else or for less than one day.
+
+    >>> [parse_duration(v) for v in ("14", "14d", "26w", "3m")]
+    [14, 14, 182, 91]
+    """
+    text = str(value).strip().lower()
+    unit = text[-1:] if text[-1:] in DAYS_PER_UNIT else "d"
+    number = text[:-1] if text[-1:] in DAYS_PER_UNIT else text
+    try:
+        amount = float(number)
+    except ValueError:
+        amount = float("nan")
+    days = round(amount * DAYS_PER_UNIT[unit]) if np.isfinite(amount) else 0
+    if not np.isfinite(amount) or days < 1:
+        raise ValueError(f"{option} {value!r}: expected a duration of at least one day such as 14d, 26w or 3m")
+    return int(days)
 
 
 def daily_activity(events: Events) -> pd.DataFrame:
@@ -337,7 +385,9 @@ class ChurnDetector(Detector):
     Parameters: ``as_of`` (ISO date; the last day of data used, default the last event day),
     ``horizon_days`` (default 14), ``lookback_days`` (default 30, the paper's window),
     ``history_days`` (daily series kept for training, default 90), ``model`` ("auto": the better
-    of "gbm" and "sequence" on held-out users), ``min_active_days`` (default 2).
+    of "gbm" and "sequence" on held-out users), ``min_active_days`` (default 2), ``mode``
+    ("daily": the daily-activity series above; "purchase": the non-contractual mode of
+    ``detectors.churn_purchase``; "auto": chosen from the data by ``detect_mode``).
     """
 
     name = "churn"
@@ -351,6 +401,7 @@ class ChurnDetector(Detector):
         history_days: int = DEFAULT_HISTORY_DAYS,
         model: str = "auto",
         min_active_days: int = MIN_ACTIVE_DAYS,
+        mode: str = "auto",
     ) -> None:
         if as_of is not None:
             as_of = pd.Timestamp(as_of).date().isoformat()  # raises ValueError on a non-date
@@ -359,6 +410,8 @@ class ChurnDetector(Detector):
                 raise ValueError(f"{label} must be at least 1 day (got {value})")
         if model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)} (got {model!r})")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)} (got {mode!r})")
         super().__init__(
             as_of=as_of,
             horizon_days=int(horizon_days),
@@ -366,6 +419,7 @@ class ChurnDetector(Detector):
             history_days=max(int(history_days), int(lookback_days)),
             model=model,
             min_active_days=max(1, int(min_active_days)),
+            mode=mode,
         )
 
     def at(self, as_of: str | None) -> ChurnDetector:
@@ -387,6 +441,9 @@ class ChurnDetector(Detector):
         """
         users = events.user_ids.astype(str)
         daily = daily_activity(events)
+        mode, why = self._mode(daily)
+        if mode == "purchase":
+            return self._purchase_features(daily, users, why)
         history, skipped = self._history_days(daily)
         tensor = activity_tensor(daily, users, history)
         lookback = int(self.params["lookback_days"])
@@ -404,6 +461,40 @@ class ChurnDetector(Detector):
         out = pd.concat([out, pd.DataFrame(lags, index=out.index)], axis=1)
         out.attrs["as_of"] = self._as_of(daily).date().isoformat() if len(daily) else self.params["as_of"]
         out.attrs["outage_days"] = [d.date().isoformat() for d in skipped]
+        out.attrs["mode"], out.attrs["mode_why"] = mode, why
+        return out.sort_index()
+
+    def _mode(self, daily: pd.DataFrame) -> tuple[str, str]:
+        """The mode: a fitted model's, else the ``mode`` parameter, else ``detect_mode`` on the data."""
+        if self.state is not None and "mode" in self.state:
+            return str(self.state["mode"]), "the fitted model's mode"
+        if self.params.get("mode", "auto") != "auto":
+            return str(self.params["mode"]), "set by the mode parameter"
+        if len(daily) and self.params["as_of"] is not None:
+            daily = daily[daily.index.get_level_values("day") <= self._as_of(daily)]
+        return detect_mode(daily)
+
+    def _purchase_features(self, daily: pd.DataFrame, users: pd.Index, why: str) -> pd.DataFrame:
+        """Purchase mode: the customer summary at ``as_of`` (``PURCHASE_FEATURES``) and the history as text."""
+        index = pd.Index(users, name="user_id")
+        if not len(daily):
+            out = pd.DataFrame({c: "" for c in HISTORY_COLUMNS}, index=index)
+            for name in PURCHASE_FEATURES:
+                out[name] = np.nan
+            out["days_with_events"], out["banned"] = 0.0, 0.0
+            out.attrs.update(as_of=self.params["as_of"], mode="purchase", mode_why=why)
+            return out.sort_index()
+        as_of = self._as_of(daily)
+        text = encode_history(daily, index, as_of)
+        history = History.from_features(text)
+        summary, has_history, banned, _ = summary_at(
+            history, 0, int(self.params["lookback_days"]), int(self.params["horizon_days"])
+        )
+        summary.index = index
+        out = pd.concat([summary, text], axis=1)
+        out["days_with_events"] = _days_with_events(daily, as_of, index)
+        out["banned"] = (banned & has_history).astype(float)
+        out.attrs.update(as_of=as_of.date().isoformat(), mode="purchase", mode_why=why)
         return out.sort_index()
 
     def _as_of(self, daily: pd.DataFrame) -> pd.Timestamp:
@@ -434,8 +525,18 @@ class ChurnDetector(Detector):
         """Learn from cut-offs inside the series (labels derived, see the module doc) or from ``labels``.
 
         ``labels`` (bool, indexed by user_id): churn within the horizon after ``as_of``; then the
-        windows ending at ``as_of`` are the training examples.
+        windows ending at ``as_of`` are the training examples. Features built in purchase mode
+        (``HISTORY_COLUMNS``) fit the purchase mode; the mode is kept in the state and ``metrics``.
         """
+        if all(c in features.columns for c in HISTORY_COLUMNS):
+            return self._fit_purchase(features, labels)
+        self._fit_daily(features, labels)
+        assert self.state is not None
+        self.state["mode"] = "daily"
+        self.metrics.update(mode="daily", mode_why=features.attrs.get("mode_why", ""))
+        return self
+
+    def _fit_daily(self, features: pd.DataFrame, labels: pd.Series | None) -> Self:
         tensor, valid = _tensor(features)
         users = features.index.astype(str).to_numpy()[valid]
         tensor = tensor[valid]
@@ -576,10 +677,142 @@ class ChurnDetector(Detector):
             scales[name] = float(max(q75 - q25, 0.1 * abs(q50), 1e-3))
         return {"norms": norms, "scales": scales}
 
+    def _fit_purchase(self, features: pd.DataFrame, labels: pd.Series | None) -> Self:
+        """Purchase mode: GBM on customer summaries at earlier cut-offs, or BG/NBD alone if that does better."""
+        lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
+        history = History.from_features(features)
+        users = features.index.astype(str).to_numpy()
+        plan = training_plan(history, lookback, horizon)
+        if labels is not None:
+            plan = type(plan)(horizon, (0,), plan.history_days, "")
+        metrics: dict[str, Any] = {
+            "mode": "purchase",
+            "mode_why": features.attrs.get("mode_why", ""),
+            "horizon_days": horizon,
+            "training_horizon_days": plan.horizon,
+            "lookback_days": lookback,
+            "history_days": plan.history_days,
+            "cutoffs": len(plan.cutoffs),
+        }
+        if plan.note:
+            metrics["horizon_note"] = plan.note
+        x, y, who = purchase_examples(history, users, plan, lookback, labels)
+        positives, negatives = int(y.sum()), int((~y).sum())
+        metrics.update(examples=int(y.size), positives=positives)
+        state: dict[str, Any] = {"mode": "purchase", "estimator": None, "model": "bgnbd", "threshold": 0.5}
+        state["train_horizon"] = plan.horizon
+        state.update(self._purchase_norms(x))
+        if min(positives, negatives) < MIN_CLASS_EXAMPLES:
+            metrics["model"] = "bgnbd"
+            metrics["why"] = (
+                f"{positives} churners and {negatives} stayers with an observed {plan.horizon}-day horizon"
+                f" (need {MIN_CLASS_EXAMPLES} of each to train trees)"
+            )
+            return self._fitted(state, metrics)
+        held_out = _user_fold(who) == 0
+        inputs = x[list(PURCHASE_FEATURES)].to_numpy(dtype=float)
+        # A column NaN throughout (BG/NBD unfitted, or a <= 1 for expected purchases) cannot be binned.
+        inputs[:, ~np.isfinite(inputs).any(axis=0)] = 0.0
+        baseline = x["bgnbd_p_churn"].to_numpy(dtype=float)
+        choice, threshold = "gbm", 0.5
+        if held_out.any() and (~held_out).any() and 0 < y[held_out].sum() < held_out.sum():
+            model = _fit("purchase", inputs[~held_out], y[~held_out])
+            predictions = {"gbm": model.predict_proba(inputs[held_out])[:, 1]}
+            validation = {"gbm": round(float(roc_auc_score(y[held_out], predictions["gbm"])), 4)}
+            if np.isfinite(baseline[held_out]).all():
+                predictions["bgnbd"] = baseline[held_out]
+                validation["bgnbd"] = round(float(roc_auc_score(y[held_out], baseline[held_out])), 4)
+            choice = max(validation, key=lambda k: (validation[k], k == "gbm"))
+            threshold = _f1_threshold(y[held_out], predictions[choice])
+            metrics["validation_auc"] = validation
+        if choice == "gbm":
+            state["estimator"] = pickle.dumps(_fit("purchase", inputs, y), protocol=5)
+        state.update(model=choice, threshold=threshold)
+        metrics.update(model=choice, threshold=threshold)
+        return self._fitted(state, metrics)
+
+    @staticmethod
+    def _purchase_norms(x: pd.DataFrame) -> dict[str, Any]:
+        norms, scales = {}, {}
+        for name in PURCHASE_REASON_LABELS:
+            values = x[name].to_numpy(dtype=float) if name in x and len(x) else np.zeros(0)
+            values = values[np.isfinite(values)]
+            if not values.size:
+                norms[name], scales[name] = 0.0, 1.0
+                continue
+            q25, q50, q75 = np.percentile(values, [25, 50, 75])
+            norms[name], scales[name] = float(q50), float(max(q75 - q25, 0.1 * abs(q50), 1e-3))
+        return {"norms": norms, "scales": scales}
+
+    def _score_purchase(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
+        """Purchase mode: every customer with an event on or before ``as_of`` gets a score and a status."""
+        n = len(features)
+        if not n:
+            return score_frame(features.index, np.zeros(0), np.zeros(0, bool), np.zeros(0, dtype=object), [])
+        history = History.from_features(features)
+        lookback, train_horizon = int(self.params["lookback_days"]), int(state["train_horizon"])
+        summary, has_history, banned, params = summary_at(history, 0, lookback, train_horizon)
+        valid = features["days_with_events"].notna().to_numpy() if "days_with_events" in features else np.ones(n, bool)
+        status = np.full(n, SCORED, dtype=object)
+        scores = np.full(n, np.nan)
+        min_active = int(self.params["min_active_days"])
+        active = summary["active_days"].to_numpy(dtype=float)
+        recency = summary["recency_days"].to_numpy(dtype=float)
+        for i in np.flatnonzero(has_history & (active < min_active)):
+            if active[i] >= 1:
+                days = int(active[i])
+                status[i] = (
+                    f"{LOW_EVIDENCE}: {days} day{'s' if days != 1 else ''} with events, the last"
+                    f" {int(recency[i])} days before as_of (the trees are fit on all customers; ≥ {min_active}"
+                    " days give a gap to compare with)"
+                )
+            else:
+                status[i] = f"{LOW_EVIDENCE}: no activity of their own, only reports or bans about them"
+        status[~has_history] = "no events on or before as_of"
+        status[has_history & banned] = "banned (not a churn candidate)"
+        status[~valid] = "invalid features: NaN in the customer summary"
+        modelled = has_history & ~banned & valid
+        if modelled.any():
+            if state["model"] == "gbm" and state["estimator"] is not None:
+                inputs = summary[list(PURCHASE_FEATURES)].to_numpy(dtype=float)
+                scores[modelled] = self._estimator(state["estimator"]).predict_proba(inputs[modelled])[:, 1]
+            elif params is not None:
+                scores[modelled] = summary["bgnbd_p_churn"].to_numpy(dtype=float)[modelled]
+            else:
+                rate = (summary["active_days"] + 0.5) / (summary["age_days"] + 1.0)
+                scores[modelled] = np.exp(-rate.to_numpy(dtype=float) * train_horizon)[modelled]
+                status[modelled & (status == SCORED)] = PURCHASE_PRIOR_STATUS
+        flagged = np.nan_to_num(scores, nan=0.0) >= float(state["threshold"])
+        names = list(PURCHASE_REASON_LABELS)
+        norms = pd.Series(state["norms"])[names]
+        deviation = (
+            (summary[names] - norms) / pd.Series(state["scales"])[names] * pd.Series(PURCHASE_REASON_DIRECTIONS)[names]
+        )
+        reasons = norm_reasons(summary[names], norms, deviation, PURCHASE_REASON_LABELS)
+        reasons = [r if np.isfinite(v) else [] for r, v in zip(reasons, scores, strict=True)]
+        return score_frame(features.index, scores, flagged, status, reasons)
+
+    def run_summary(self) -> dict[str, Any]:
+        """What ``argus detect churn`` adds to its summary: the mode, why, and any horizon fallback."""
+        out: dict[str, Any] = {
+            "mode": self.metrics.get("mode") or (self.state or {}).get("mode", "daily"),
+            "mode_why": self.metrics.get("mode_why", ""),
+            "model": self.metrics.get("model"),
+            "horizon_days": int(self.params["horizon_days"]),
+            "lookback_days": int(self.params["lookback_days"]),
+        }
+        if "training_horizon_days" in self.metrics:
+            out["training_horizon_days"] = self.metrics["training_horizon_days"]
+        if self.metrics.get("horizon_note"):
+            out["horizon_note"] = self.metrics["horizon_note"]
+        return out
+
     # --- score ----------------------------------------------------------------------------
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """Churn probability within the horizon for each user; NaN with a status when not scorable."""
         state = self.require_fitted()
+        if state.get("mode") == "purchase":
+            return self._score_purchase(features, state)
         lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
         tensor, valid = _tensor(features)
         n = len(features)
@@ -657,6 +890,37 @@ class ChurnDetector(Detector):
         return out
 
 
+def purchase_examples(
+    history: History, users: np.ndarray, plan: Any, lookback: int, labels: pd.Series | None = None
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Purchase-mode training rows over ``plan.cutoffs``: (customer summaries, churned, user id).
+
+    Every customer with an event on or before the cut-off and no ban in force is a row; with
+    ``labels`` the rows are the customers in ``labels`` at ``as_of``.
+    """
+    xs: list[pd.DataFrame] = []
+    ys: list[np.ndarray] = []
+    who: list[np.ndarray] = []
+    for cutoff in plan.cutoffs:
+        summary, has_history, banned, _ = summary_at(history, cutoff, lookback, plan.horizon)
+        keep = has_history & ~banned
+        if labels is not None:
+            keep &= pd.Series(users).isin(labels.index).to_numpy()
+            y = labels.reindex(users).fillna(False).to_numpy(dtype=bool)
+        else:
+            y = churned_after(history, cutoff, plan.horizon)
+        xs.append(summary[keep])
+        ys.append(y[keep])
+        who.append(users[keep])
+    if not xs:
+        return pd.DataFrame(columns=list(PURCHASE_FEATURES)), np.zeros(0, bool), users[:0]
+    x, y_all, who_all = pd.concat(xs, ignore_index=True), np.concatenate(ys), np.concatenate(who)
+    if y_all.size > MAX_EXAMPLES:
+        pick = np.sort(np.random.default_rng(SEED).choice(y_all.size, MAX_EXAMPLES, replace=False))
+        x, y_all, who_all = x.iloc[pick].reset_index(drop=True), y_all[pick], who_all[pick]
+    return x, y_all, who_all
+
+
 def _days_with_events(daily: pd.DataFrame, as_of: pd.Timestamp | None, users: pd.Index) -> np.ndarray:
     """Per user, the days with any event (own, moderation or ban) on or before ``as_of``, over all of ``daily``."""
     if as_of is None or not len(daily):
@@ -687,6 +951,15 @@ def _inputs(kind: str, agg: pd.DataFrame, seq: np.ndarray) -> np.ndarray:
 
 def _new_model(kind: str) -> HistGradientBoostingClassifier | Pipeline:
     """The two candidates: boosted trees on aggregates, and a small MLP over the daily series."""
+    if kind == "purchase":  # the purchase mode's trees: ~20 features, fewer and coarser steps
+        return HistGradientBoostingClassifier(
+            max_iter=150,
+            learning_rate=0.08,
+            max_leaf_nodes=15,
+            min_samples_leaf=40,
+            l2_regularization=1.0,
+            random_state=SEED,
+        )
     if kind == "gbm":
         return HistGradientBoostingClassifier(
             max_iter=300,

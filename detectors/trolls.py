@@ -1,4 +1,22 @@
-"""Troll detection after Haque, "Twitch Plays Pokemon, Machine Learns Twitch" (two modes).
+"""Troll detection after Haque, "Twitch Plays Pokemon, Machine Learns Twitch" (three modes).
+
+**Message mode** (the default of `TrollDetector` on events): every chat message gets a
+norm-violation score from its content and its context (`detectors/chat_messages.py`: an
+offensive-language model, hostile words, links, shouting and emote floods; off-topic against the
+channel's last minutes, copy-pasta across users, attacks aimed at a person, bursts against the
+sender's own rate, per-channel rules), combined by a latent-class model learnt without labels.
+A user's score is the posterior mean of their violation rate under a Beta-Binomial prior fitted
+on users with at least ``min_messages`` messages; its credible interval, in the reasons, shrinks
+with evidence. One message gives a score, with status ``low evidence: 1 chat message ...``. A
+user is flagged when the lower end of that interval is above the rate threshold: an outer fence
+(Q3 + ``fence`` x IQR) on the fitted users' posterior means, at least the prior mean. `score_items`
+writes the message scores; a user's expected violating messages is their sum.
+The context mode below is fitted alongside, and a user's score combines both sources of evidence
+as independent ones, ``1 - (1 - rate) * (1 - context score)``, flagged when either flags: the
+message rate carries sparse users with a violating message, the context features carry users with
+enough messages whose violations are in their pattern (off the window's goals, repetition, caps).
+Feature frames without the message columns (the nightly profile, the streaming state) are scored
+by the context mode alone.
 
 **Paper mode** (`paper_scores`) reproduces the paper: on its ten per-user fractions, the score
 is the squared Euclidean distance of the *unscaled* features to the single k-means centroid
@@ -43,13 +61,26 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
+from detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
 from detectors.chat_features import (
     CONTEXT_WINDOW_S,
     FEATURE_COLUMNS,
     PAPER_FEATURES,
     TERM_PATTERN,
     chat_context_features,
+)
+from detectors.chat_messages import (
+    BURST_S,
+    CONTEXT_S,
+    DEFAULT_MODEL,
+    SIGNAL_LABELS,
+    SIGNALS,
+    BetaPrior,
+    MessageModel,
+    fit_message_model,
+    fit_rate_prior,
+    message_signals,
+    rate_posterior,
 )
 from detectors.events import Events
 
@@ -85,6 +116,10 @@ LABELS = {
     "chat_rate_vs_window": "message rate against the window's norm",
     "chat_burstiness": "burstiness",
 }
+# Per-user aggregates of the message scores (message mode); signal counts are "msg_<signal>".
+MESSAGE_COLUMNS = ["msg_violations", "msg_max_score", *(f"msg_{s}" for s in SIGNALS)]
+MESSAGE_MODEL_ATTR = "message_model"
+ITEM_FLAG = 0.5  # a message is flagged when a violation is more likely than not
 
 
 def paper_scores(features: np.ndarray, method: str = "centroid", k: int = PAPER_KNN_K) -> np.ndarray:
@@ -122,10 +157,11 @@ def _kth_neighbour_distance(reference: np.ndarray, query: np.ndarray, k: int, ex
 
 
 class TrollDetector(Detector):
-    """Context-mode troll scores (see the module doc); fit on the population it judges, unsupervised."""
+    """Message-mode troll scores, context mode for profile features (module doc); unsupervised."""
 
     name = "trolls"
     alert_kind = "troll"
+    item_kind = "message"
 
     def __init__(
         self,
@@ -136,11 +172,17 @@ class TrollDetector(Detector):
         cap: float = 4.0,
         fence: float = 2.0,
         window_s: int = CONTEXT_WINDOW_S,
+        context_s: int = CONTEXT_S,
+        burst_s: int = BURST_S,
+        channel_rules: dict[str, list[str]] | None = None,
+        interval: float = 0.8,
     ) -> None:
         if method not in ("centroid", "knn"):
             raise ValueError(f"method must be 'centroid' or 'knn', not {method!r}")
         if min_messages < 1 or cap <= 0 or fence < 0 or k < 1 or prior_messages < 0:
             raise ValueError("need min_messages >= 1, k >= 1, cap > 0, fence >= 0 and prior_messages >= 0")
+        if context_s <= 0 or burst_s <= 0 or not 0 < interval < 1:
+            raise ValueError("need context_s > 0, burst_s > 0 and 0 < interval < 1")
         super().__init__(
             method=method,
             k=k,
@@ -149,15 +191,77 @@ class TrollDetector(Detector):
             cap=cap,
             fence=fence,
             window_s=window_s,
+            context_s=context_s,
+            burst_s=burst_s,
+            channel_rules={str(c): sorted(r) for c, r in sorted((channel_rules or {}).items())},
+            interval=interval,
         )
 
     def features(self, events: Events) -> pd.DataFrame:
-        """The context features of every user in ``events`` (users who never chatted: 0 messages)."""
-        features = chat_context_features(events["chat"], self.params["window_s"])
-        features = features.reindex(events.user_ids)
+        """Context features and message-score aggregates of every user in ``events`` (no chat: 0 messages).
+
+        The message scores come from the fitted detector's message model; an unfitted detector
+        learns one from these events (EM, no labels) and hands it to ``fit`` in the frame's
+        ``attrs["message_model"]``.
+        """
+        chat = events["chat"]
+        features = chat_context_features(chat, self.params["window_s"])
+        signals = self.message_signals(chat)
+        model = self._message_model(signals)
+        scores = model.score(signals) if len(signals) else np.zeros(0)
+        per_user = signals[list(SIGNALS)].fillna(0.0).groupby(chat["user_id"].to_numpy())
+        aggregates = per_user.sum().add_prefix("msg_")
+        aggregates["msg_violations"] = pd.Series(scores).groupby(chat["user_id"].to_numpy()).sum()
+        aggregates["msg_max_score"] = pd.Series(scores).groupby(chat["user_id"].to_numpy()).max()
+        features = features.join(aggregates[MESSAGE_COLUMNS]).reindex(events.user_ids)
         features["chat_messages"] = features["chat_messages"].fillna(0.0)
+        features[MESSAGE_COLUMNS] = features[MESSAGE_COLUMNS].where(features["chat_messages"] > 0, 0.0)
         features.index.name = "user_id"
+        features.attrs[MESSAGE_MODEL_ATTR] = model
         return features
+
+    def message_signals(self, chat: pd.DataFrame) -> pd.DataFrame:
+        """``chat_messages.message_signals`` with this detector's context, burst and channel settings."""
+        return message_signals(
+            chat,
+            context_s=self.params.get("context_s", CONTEXT_S),
+            burst_s=self.params.get("burst_s", BURST_S),
+            channel_rules=self.params.get("channel_rules"),
+        )
+
+    def score_items(self, events: Events, features: pd.DataFrame) -> pd.DataFrame:
+        """One row per chat message: its violation probability, flagged above 0.5, the signals that fired."""
+        state = self.require_fitted()
+        chat = events["chat"].reset_index(drop=True)
+        if chat.empty:
+            return pd.DataFrame(columns=ITEM_COLUMNS)
+        signals = self.message_signals(chat)
+        model: MessageModel = state.get(MESSAGE_MODEL_ATTR, DEFAULT_MODEL)
+        scores = model.score(signals)
+        fired = signals[list(SIGNALS)].to_numpy(dtype=float) == 1.0
+        lift = model.weights()[:, 0]
+        reasons: list[list[Reason]] = []
+        for row in fired:
+            hits = sorted(np.flatnonzero(row), key=lambda j: -lift[j])
+            reasons.append(
+                [
+                    Reason(SIGNALS[j], 1.0, float(model.theta0[j]), SIGNAL_LABELS[SIGNALS[j]])
+                    for j in hits
+                    if lift[j] > 0
+                ]
+            )
+        return pd.DataFrame(
+            {
+                "event_id": chat["event_id"].astype(str),
+                "user_id": chat["user_id"].astype(str),
+                "ts": chat["ts"],
+                "context": chat["context"].astype(str),
+                "score": scores,
+                "flagged": scores > ITEM_FLAG,
+                "reasons": reasons,
+            },
+            columns=ITEM_COLUMNS,
+        )
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         eligible = features[self._eligible(features)]
@@ -178,12 +282,59 @@ class TrollDetector(Detector):
         else:
             threshold = np.inf
         state["threshold"] = float(threshold)
-        metrics = {"users_fitted": len(values), "flagged_at_fit": int((distances > threshold).sum())}
+        metrics: dict[str, Any] = {"users_fitted": len(values), "flagged_at_fit": int((distances > threshold).sum())}
+        if self._has_messages(features):
+            model = features.attrs.get(MESSAGE_MODEL_ATTR, DEFAULT_MODEL)
+            k = eligible["msg_violations"].to_numpy(dtype=float)
+            n = eligible["chat_messages"].to_numpy(dtype=float)
+            prior = fit_rate_prior(k, n)
+            means, lower, _ = rate_posterior(k, n, prior, self.params.get("interval", 0.8))
+            if len(means):
+                q1m, q3m = np.percentile(means, [25, 75])
+                rate_threshold = max(q3m + self.params["fence"] * (q3m - q1m), prior.mean)
+            else:
+                rate_threshold = 0.5
+            shares = eligible[[f"msg_{s}" for s in SIGNALS]].to_numpy(dtype=float) / np.maximum(n, 1.0)[:, None]
+            state[MESSAGE_MODEL_ATTR] = model
+            state["rate_prior"] = prior
+            state["rate_threshold"] = float(rate_threshold)
+            state["signal_norms"] = shares.mean(axis=0) if len(shares) else np.zeros(len(SIGNALS))
+            metrics.update(
+                message_model_iterations=model.iterations,
+                violation_prior=round(prior.mean, 6),
+                rate_threshold=round(float(rate_threshold), 6),
+                message_flagged_at_fit=int((lower > rate_threshold).sum()),
+            )
         return self._fitted(state, metrics)
+
+    def _message_model(self, signals: pd.DataFrame) -> MessageModel:
+        if self.state is not None and MESSAGE_MODEL_ATTR in self.state:
+            model: MessageModel = self.state[MESSAGE_MODEL_ATTR]
+            return model
+        return fit_message_model(signals)
+
+    @staticmethod
+    def _has_messages(features: pd.DataFrame) -> bool:
+        return all(c in features.columns for c in MESSAGE_COLUMNS)
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
         """Every user with a chat message gets a score; low-evidence users on shrunk features (module doc)."""
         state = self.require_fitted()
+        context = self._score_context(features, state)
+        if not (self._has_messages(features) and "rate_prior" in state):
+            return context
+        messages = self._score_messages(features, state)
+        # Two sources of evidence, either enough: P(troll) = 1 - (1 - messages)(1 - context).
+        both = messages["score"].notna() & context["score"].notna()
+        combined = 1.0 - (1.0 - messages["score"]) * (1.0 - context["score"].where(both, 0.0))
+        # Flagged when the rate is credibly high (interval above the threshold) and the combined
+        # probability is past even, or when the context mode flags on its own.
+        flagged = (messages["flagged"] & (combined > 0.5)) | (context["flagged"] & both)
+        reasons = [m + c[:1] for m, c in zip(messages["reasons"], context["reasons"], strict=True)]
+        return score_frame(features.index, combined.to_numpy(), flagged.to_numpy(), messages["status"], reasons)
+
+    def _score_context(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
+        """Context-mode scores: deviations of (shrunk) context features from the fitted norms."""
         eligible = self._eligible(features)
         low = self._low_evidence(features, eligible)
         scorable = eligible | low
@@ -204,6 +355,44 @@ class TrollDetector(Detector):
             worded = norm_reasons(features[scorable].reset_index(drop=True), norms, frame, LABELS)
             for position, row in zip(np.flatnonzero(scorable), worded, strict=True):
                 reasons[position] = row
+        return score_frame(features.index, scores, flagged, status, reasons)
+
+    def _score_messages(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
+        """The posterior mean of each user's violation rate; flagged above the fitted fence (module doc)."""
+        eligible = self._eligible(features)
+        low = self._low_evidence(features, eligible)
+        usable = features[MESSAGE_COLUMNS].notna().all(axis=1).to_numpy()
+        eligible, low = eligible & usable, low & usable
+        scorable = eligible | low
+        status = self._status(features, eligible, low)
+        for i in np.flatnonzero(~usable & (features["chat_messages"].to_numpy(dtype=float) >= 1)):
+            missing = features[MESSAGE_COLUMNS].iloc[i].isna()
+            status[i] = "missing features: " + ", ".join(missing.index[missing.to_numpy()])
+        scores = np.full(len(features), np.nan)
+        flagged = np.zeros(len(features), dtype=bool)
+        reasons: list[list[Reason]] = [[] for _ in range(len(features))]
+        if scorable.any():
+            prior: BetaPrior = state["rate_prior"]
+            k = features["msg_violations"].to_numpy(dtype=float)[scorable]
+            n = features["chat_messages"].to_numpy(dtype=float)[scorable]
+            mean, lo, hi = rate_posterior(k, n, prior, self.params.get("interval", 0.8))
+            scores[scorable] = mean
+            # Flagged only when the rate is credibly above the threshold: one message rarely suffices.
+            flagged[scorable] = lo > state["rate_threshold"]
+            counts = features.loc[scorable, [f"msg_{s}" for s in SIGNALS]].to_numpy(dtype=float)
+            shares = pd.DataFrame(counts / np.maximum(n, 1.0)[:, None], columns=list(SIGNALS))
+            norms = pd.Series(state["signal_norms"], index=list(SIGNALS))
+            model: MessageModel = state[MESSAGE_MODEL_ATTR]
+            lift = np.maximum(model.weights()[:, 0], 0.0)
+            worded = norm_reasons(shares, norms, (shares - norms) * lift, SIGNAL_LABELS, top=2)
+            width = round(100 * self.params.get("interval", 0.8))
+            for row, position in enumerate(np.flatnonzero(scorable)):
+                text = (
+                    f"violating messages {k[row]:.1f} of {int(n[row])}: rate {mean[row]:.3f}"
+                    f" ({width}% interval {lo[row]:.3f}-{hi[row]:.3f}) (norm {prior.mean:.3g})"
+                )
+                rate = Reason("violation_rate", float(mean[row]), float(prior.mean), text)
+                reasons[position] = [rate, *worded[row]]
         return score_frame(features.index, scores, flagged, status, reasons)
 
     def shrink(self, values: np.ndarray, messages: np.ndarray, state: dict[str, Any]) -> np.ndarray:

@@ -366,3 +366,188 @@ def test_evaluation_refuses_a_world_too_short_for_the_horizon(tmp_path: Path) ->
     write_world(World(WorldConfig(users=50, days=2, events_per_user_day=5.0, profile="dense")), tmp_path / "world")
     with pytest.raises(ValueError, match=r"spans 2 days; the churn evaluation needs 66 \(argus generate --days\)"):
         run(tmp_path / "world")
+
+
+# --- the non-contractual (purchase) mode ---------------------------------------------------
+def test_bgnbd_closed_forms_on_hand_computable_cases() -> None:
+    from detectors.btyd import BGNBDParams, expected_purchases, log_likelihood, p_alive, p_no_purchase
+
+    ones = BGNBDParams(r=1.0, alpha=1.0, a=1.0, b=1.0)
+    # x = 0, T = 1: L = (alpha / (alpha + T))^r = 1/2. x = 1, t_x = 1, T = 2: L = 1/18 + 1/8 = 13/72.
+    ll = log_likelihood(ones, np.array([0.0, 1.0]), np.array([0.0, 1.0]), np.array([1.0, 2.0]))
+    assert np.allclose(ll, np.log([0.5, 13 / 72]))
+    # P(alive) = 1 / (1 + a / (b + x - 1) * ((alpha + T) / (alpha + t_x))^(r + x)) = 1 / (1 + (3/2)^2) = 4/13.
+    assert p_alive(ones, np.array([1.0, 0.0]), np.array([1.0, 0.0]), np.array([2.0, 5.0])) == pytest.approx([4 / 13, 1])
+    # No purchase in 1 more day, x = 0, T = 1: alive for sure, (2/3)^1 for no Poisson arrival.
+    assert p_no_purchase(ones, 1.0, np.array([0.0]), np.array([0.0]), np.array([1.0]))[0] == pytest.approx(2 / 3)
+    assert np.isnan(expected_purchases(ones, 1.0, np.array([0.0]), np.array([0.0]), np.array([1.0]))[0])
+    # a = 2: E = 2 * (1 - (2/3) 2F1(1, 1; 2; 1/3)) = 2 * (1 - 2 ln 1.5).
+    two = BGNBDParams(r=1.0, alpha=1.0, a=2.0, b=1.0)
+    expected = expected_purchases(two, 1.0, np.array([0.0]), np.array([0.0]), np.array([1.0]))[0]
+    assert expected == pytest.approx(2 - 4 * np.log(1.5))
+
+
+def test_bgnbd_fit_recovers_its_parameters_and_refuses_without_repeat_buyers() -> None:
+    from detectors.btyd import fit_bgnbd
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    lam, p = rng.gamma(0.5, 1 / 20.0, n), rng.beta(1.0, 3.0, n)
+    age = rng.uniform(100, 200, n)
+    x, t_x = np.zeros(n), np.zeros(n)
+    for i in range(n):
+        t = 0.0
+        while True:
+            t += rng.exponential(1 / lam[i])
+            if t > age[i]:
+                break
+            x[i], t_x[i] = x[i] + 1, t
+            if rng.random() < p[i]:
+                break
+    params, _ = fit_bgnbd(x, t_x, age)
+    assert params.r == pytest.approx(0.5, rel=0.25) and params.alpha == pytest.approx(20.0, rel=0.35)
+    assert params.a / (params.a + params.b) == pytest.approx(0.25, abs=0.08)
+    with pytest.raises(ValueError, match="at least 10 customers with a repeat purchase"):
+        fit_bgnbd(np.zeros(50), np.zeros(50), np.full(50, 30.0))
+
+
+def test_durations_in_days_weeks_and_months() -> None:
+    from detectors.churn import parse_duration
+
+    assert [parse_duration(v) for v in ("14", "14d", "26w", "39w", "3m", "1M")] == [14, 14, 182, 273, 91, 30]
+    for bad in ("x", "0d", "-3w", "2y", ""):
+        with pytest.raises(ValueError, match=r"^--lookback .*: expected a duration of at least one day"):
+            parse_duration(bad, "--lookback")
+
+
+def test_cli_names_the_option_with_a_bad_duration() -> None:
+    from argus.cli import UserError, _churn_params
+
+    assert _churn_params(None, None, "39w", "26w", "purchase") == {
+        "horizon_days": 273,
+        "lookback_days": 182,
+        "mode": "purchase",
+    }
+    assert _churn_params(None, 14, None, None, None) == {"horizon_days": 14}  # the --horizon-days alias
+    with pytest.raises(UserError, match=r"^--horizon '3x': expected a duration"):
+        _churn_params(None, None, "3x", None, None)
+    with pytest.raises(UserError, match="--mode must be one of auto, daily, purchase"):
+        _churn_params(None, None, None, None, "weekly")
+
+
+SHOP_START = pd.Timestamp("2025-01-01", tz="UTC")
+SHOP_AS_OF = SHOP_START + pd.Timedelta(days=199)
+
+
+def _shop(customers: int = 400, days: int = 260, seed: int = 5) -> pd.DataFrame:
+    """A purchase log: buyers every few weeks (gamma gaps) who may stop for good after any purchase, and
+    half of them buying once; plus three hand-made customers (see the tests)."""
+    rng = np.random.default_rng(seed)
+    rows: list[tuple[str, int]] = []
+    for i in range(customers):
+        day = int(rng.integers(0, 120))
+        if i % 2:
+            rows.append((f"c{i:04d}", day))
+            continue
+        gap, stop = rng.uniform(10, 40), rng.uniform(0.05, 0.4)
+        while day < days:
+            rows.append((f"c{i:04d}", day))
+            if rng.random() < stop:
+                break
+            day += max(1, int(rng.gamma(4.0, gap / 4.0)))
+    rows += [("once-long-ago", 20)]
+    rows += [("weekly-gone", d) for d in range(60, 140, 7)]  # usual gap 7 days, silent for 62 before as_of
+    rows += [("weekly-here", d) for d in range(120, 197, 7)]  # last bought 3 days before as_of
+    return pd.DataFrame(
+        {
+            "event_id": [f"p{k}" for k in range(len(rows))],
+            "user_id": [u for u, _ in rows],
+            "ts": [SHOP_START + pd.Timedelta(days=d, hours=12) for _, d in rows],
+            "action": "purchase",
+            "status": "approved",
+            "amount": 20.0,
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def shop() -> tuple[ChurnDetector, pd.DataFrame, pd.DataFrame]:
+    detector = ChurnDetector(as_of=SHOP_AS_OF.date().isoformat(), horizon_days=42, lookback_days=56)
+    features = detector.features(Events({"payment": _shop()}))
+    detector.fit(features)
+    return detector, features, detector.score(features).set_index("user_id")
+
+
+def test_auto_mode_picks_purchase_on_a_purchase_log_and_daily_on_a_dense_world(
+    shop: tuple[ChurnDetector, pd.DataFrame, pd.DataFrame], small_world_events: Events
+) -> None:
+    from detectors.churn_purchase import detect_mode
+
+    detector, features, _ = shop
+    assert features.attrs["mode"] == "purchase" and detector.metrics["mode"] == "purchase"
+    assert detector.metrics["mode_why"].startswith("median user active on 0.0")
+    assert detector.run_summary()["mode"] == "purchase"
+    assert detect_mode(daily_activity(small_world_events))[0] == "daily"
+    assert ChurnDetector(mode="daily").features(Events({"payment": _shop()})).attrs["mode"] == "daily"
+
+
+def test_every_customer_with_a_purchase_gets_a_score_and_a_status(
+    shop: tuple[ChurnDetector, pd.DataFrame, pd.DataFrame],
+) -> None:
+    detector, features, scores = shop
+    before = features["days_with_events"] > 0
+    assert scores.loc[before.index[before], "score"].notna().all()
+    assert (scores["status"] != "no activity on or before as_of").all()
+    once = scores.loc["once-long-ago"]
+    assert np.isfinite(once["score"])
+    assert once["status"] == (
+        "low evidence: 1 day with events, the last 179 days before as_of (the trees are fit on all customers;"
+        " ≥ 2 days give a gap to compare with)"
+    )
+    assert features.loc["once-long-ago", "recency_days"] == 179 and features.loc["once-long-ago", "frequency"] == 0
+    # A weekly buyer silent for 62 days is riskier than one who bought 3 days ago.
+    assert features.loc["weekly-gone", "recency_over_gap"] == pytest.approx(62 / 7)  # last bought on day 137
+    assert scores.loc["weekly-gone", "score"] > scores.loc["weekly-here", "score"]
+    assert scores.loc["weekly-here", "status"] == SCORED
+    assert detector.metrics["model"] in ("gbm", "bgnbd") and set(detector.metrics["validation_auc"]) == {"gbm", "bgnbd"}
+
+
+def test_purchase_mode_predicts_who_buys_again(shop: tuple[ChurnDetector, pd.DataFrame, pd.DataFrame]) -> None:
+    _, features, scores = shop
+    log = _shop()
+    ts = pd.to_datetime(log["ts"], utc=True)
+    later = set(
+        log.loc[(ts > SHOP_AS_OF + pd.Timedelta(days=1)) & (ts <= SHOP_AS_OF + pd.Timedelta(days=43)), "user_id"]
+    )
+    kind = features.index[features["days_with_events"] > 0]
+    truth = ~kind.isin(list(later))
+    assert roc_auc_score(truth, scores.loc[kind, "score"]) > 0.75
+
+
+def test_a_horizon_longer_than_the_history_allows_learns_from_the_longest_that_fits() -> None:
+    detector = ChurnDetector(as_of=SHOP_AS_OF.date().isoformat(), horizon_days=273, lookback_days=30)
+    features = detector.features(Events({"payment": _shop()}))
+    detector.fit(features)
+    # 200 days of history (2025-01-01 .. as_of): a training cut-off keeps half of it, 100 days, before it.
+    assert detector.metrics["training_horizon_days"] == 100 and detector.metrics["cutoffs"] == 1
+    note = detector.metrics["horizon_note"]
+    assert note == (
+        "the 200-day history is shorter than needed for a 273-day horizon after a training cut-off with 100 days"
+        " of history before it; learned from the longest horizon that fits, 100 days"
+    )
+    assert detector.run_summary()["horizon_note"] == note
+    scores = detector.score(features)
+    assert scores.loc[features["days_with_events"].to_numpy() > 0, "score"].notna().all()
+
+
+def test_purchase_model_round_trips_and_refuses_daily_features(
+    shop: tuple[ChurnDetector, pd.DataFrame, pd.DataFrame], tmp_path: Path, synthetic: Events
+) -> None:
+    detector, _, scores = shop
+    loaded = ChurnDetector.load(detector.save(tmp_path / "m"))
+    assert loaded.model_version == detector.model_version
+    again = loaded.features(Events({"payment": _shop()}))
+    assert again.attrs["mode"] == "purchase"
+    pd.testing.assert_series_equal(loaded.score(again).set_index("user_id")["score"], scores["score"])
+    with pytest.raises(ValueError, match="history_days"):
+        detector.score(ChurnDetector(mode="daily", horizon_days=7, lookback_days=14).features(synthetic))

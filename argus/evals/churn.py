@@ -30,6 +30,7 @@ from sklearn.metrics import roc_auc_score
 
 from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_config, eval_world, quality
 from detectors.base import SCORED
+from detectors.btyd import fit_bgnbd, p_no_purchase
 from detectors.churn import (
     ACTIVITY_CHANNELS,
     CHANNELS,
@@ -37,7 +38,10 @@ from detectors.churn import (
     ChurnDetector,
     activity_tensor,
     daily_activity,
+    purchase_examples,
 )
+from detectors.churn_purchase import RFM_FEATURES, History, detect_mode, summary_at, training_plan
+from detectors.events import Events
 from world.config import WorldConfig
 
 EVAL_DAYS = 75
@@ -46,6 +50,11 @@ LOOKBACKS = (7, 14, 30)
 HORIZONS = (7, 14, 21)
 MAIN_LOOKBACK = 30  # the paper's window
 RECENT_DAYS = 3  # "recently active": an event in the last 3 days, so not visibly gone yet
+# The purchase-style evaluation: approved purchases only, a 5-week horizon after a cut-off 5 weeks
+# before the world's last day, a 4-week lookback: 40 days of history, shorter than lookback +
+# horizon, so the detector learns from the longest horizon that fits (as on a shop's 39 + 39 weeks).
+PURCHASE_HORIZON_DAYS = 35
+PURCHASE_LOOKBACK_DAYS = 28
 
 
 def churn_world(profile: str = "realistic") -> WorldConfig:
@@ -96,7 +105,7 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
         out["_truth"] = truth
         out["model"] = detector.metrics.get("model")
         out["validation_auc"] = detector.metrics.get("validation_auc")
-        recent = evidenced & (feats["days_since_active"].to_numpy() < RECENT_DAYS)
+        recent = evidenced & (feats[_since(feats)].to_numpy() < RECENT_DAYS)
         out["auc_recently_active"] = _auc(away[recent], score[recent])
         out["_away"], out["_of_kind"], out["_evidenced"] = away, of_kind, evidenced
         out["banned_excluded"] = int((banned & (feats["days_with_events"].to_numpy() > 0)).sum())
@@ -104,7 +113,9 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
 
     # Both candidates on the same held-out users; the kept one is the better by validation AUC,
     # exactly what ChurnDetector(model="auto") picks, so this avoids fitting everything twice.
-    candidates = {kind: evaluate(MAIN_LOOKBACK, horizon_days, kind) for kind in ("gbm", "sequence")}
+    mode, _ = detect_mode(daily[daily.index.get_level_values("day") <= days[cutoff]])
+    kinds = ("gbm", "sequence") if mode == "daily" else ("gbm",)  # purchase mode: its trees or BG/NBD
+    candidates = {kind: evaluate(MAIN_LOOKBACK, horizon_days, kind) for kind in kinds}
     validation = {kind: (result["validation_auc"] or {}).get(kind, 0.0) for kind, (result, _) in candidates.items()}
     kept = max(validation, key=lambda k: (validation[k], k == "gbm"))
     main, detector = candidates[kept]
@@ -125,19 +136,19 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
     single_evidenced = best_single_feature_auc(feats.loc[evidenced], away[evidenced])
     truth = main["_truth"]
     single_truth = {} if truth is None else best_single_feature_auc(feats.loc[of_kind], truth[of_kind])
-    recent = evidenced & (feats["days_since_active"].to_numpy() < RECENT_DAYS)
+    recent = evidenced & (feats[_since(feats)].to_numpy() < RECENT_DAYS)
     single_recent = best_single_feature_auc(feats.loc[recent], away[recent])
     main["quality"]["all_of_kind"].update(single)
     main["quality"]["evidenced"].update(single_evidenced)
     by_lookback: dict[str, dict[str, Any]] = {}
-    for lookback in LOOKBACKS:
+    for lookback in LOOKBACKS if mode == "daily" else (MAIN_LOOKBACK,):
         result = main if lookback == MAIN_LOOKBACK else evaluate(lookback, horizon_days, kept)[0]
         by_lookback[str(lookback)] = {b: result["quality"][b]["auc"] for b in ("all_of_kind", "evidenced")}
     by_horizon: dict[str, dict[str, Any]] = {}
     for horizon in HORIZONS:
         result = main if horizon == horizon_days else evaluate(MAIN_LOOKBACK, horizon, kept)[0]
         by_horizon[str(horizon)] = {b: result["quality"][b]["auc"] for b in ("all_of_kind", "evidenced")}
-    days_since = feats["days_since_active"].to_numpy()
+    days_since = feats[_since(feats)].to_numpy()
     headline = main["quality"]["all_of_kind"]
     return {
         "detector": "churn",
@@ -161,6 +172,9 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
         # The classic baseline: days since the last activity alone (the R of RFM).
         "recency_auc": _auc(away[of_kind], days_since[of_kind]),
         "recency_auc_evidenced": _auc(away[evidenced], days_since[evidenced]),
+        "bgnbd_auc": _bgnbd_auc(daily, feats.index, days[cutoff], horizon_days, away, of_kind),
+        "mode": detector.metrics.get("mode"),
+        "mode_why": detector.metrics.get("mode_why"),
         "auc_by_lookback": by_lookback,
         "auc_by_horizon": by_horizon,
         "auc_truth": main["auc_truth"],
@@ -184,8 +198,109 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
             for k in ("examples", "positives", "cutoffs", "threshold", "silent_examples", "silent_stayed")
         },
         "world": {"path": str(ev.path), **({} if world else config.to_json())},
+        "purchase": purchase_eval(ev.events),
         "seconds": round(time.perf_counter() - started, 1),
     }
+
+
+def _since(features: pd.DataFrame) -> str:
+    """Days since the last activity: the daily mode's column or the purchase mode's."""
+    return "days_since_active" if "days_since_active" in features else "recency_days"
+
+
+def purchases_only(events: Events) -> Events:
+    """A shop's purchase log from a world: approved purchases, nothing else."""
+    payment = events["payment"]
+    if len(payment) and {"action", "status"} <= set(payment.columns):
+        payment = payment[(payment["action"] == "purchase") & (payment["status"] == "approved")]
+    return Events({"payment": payment.reset_index(drop=True)})
+
+
+def purchase_eval(
+    events: Events, horizon_days: int = PURCHASE_HORIZON_DAYS, lookback_days: int = PURCHASE_LOOKBACK_DAYS
+) -> dict[str, Any]:
+    """The purchase-style block: the detector in ``auto`` mode on approved purchases only (see the constants).
+
+    Kind: customers with a purchase on or before ``as_of`` (no ban in force); label: no purchase in
+    the horizon. Baselines: recency alone, a GBM on recency, frequency, monetary value and age
+    trained at the detector's own cut-offs, and BG/NBD alone at the asked-for horizon.
+    """
+    log = purchases_only(events)
+    daily = daily_activity(log)
+    if not len(daily):
+        return {"error": "no approved purchases"}
+    last = pd.Timestamp(daily.index.get_level_values("day").max())
+    as_of = last - pd.Timedelta(days=horizon_days)
+    detector = ChurnDetector(as_of=as_of.date().isoformat(), horizon_days=horizon_days, lookback_days=lookback_days)
+    feats = detector.features(log)
+    scores = detector.fit(feats).score(feats)
+    day = daily.index.get_level_values("day")
+    later = daily.index.get_level_values("user_id")[(day > as_of) & (day <= as_of + pd.Timedelta(days=horizon_days))]
+    away = ~feats.index.isin(pd.Index(later))
+    of_kind = (feats["days_with_events"].to_numpy() > 0) & (feats["banned"].to_numpy() == 0)
+    cov = coverage(scores, of_kind)
+    out: dict[str, Any] = {
+        "events": "approved purchases only",
+        "mode": detector.metrics.get("mode"),
+        "mode_why": detector.metrics.get("mode_why"),
+        "as_of": as_of.date().isoformat(),
+        "horizon_days": horizon_days,
+        "lookback_days": lookback_days,
+        "training_horizon_days": detector.metrics.get("training_horizon_days"),
+        "horizon_note": detector.metrics.get("horizon_note"),
+        "model": detector.metrics.get("model"),
+        "validation_auc": detector.metrics.get("validation_auc"),
+        "customers": int(of_kind.sum()),
+        "churners": int(away[of_kind].sum()),
+        "one_time_share": round(float((feats["active_days"].to_numpy()[of_kind] == 1).mean()), 4),
+        "scored_share": cov["scored_share"],
+        "status_counts": cov["status_counts"],
+    }
+    if detector.metrics.get("mode") != "purchase":
+        return out
+    score = np.nan_to_num(scores["score"].to_numpy(dtype=float), nan=0.0)
+    q = quality(away, scores, of_kind)["all_of_kind"]
+    out.update(auc=q["auc"], pr_auc=q["pr_auc"], precision=q["precision"], recall=q["recall"])
+    out["auc"] = _auc(away[of_kind], score[of_kind])
+    out["recency_auc"] = _auc(away[of_kind], feats["recency_days"].to_numpy()[of_kind])
+    # RFM-GBM: the same cut-offs and labels as the detector, only recency, frequency, monetary value and age.
+    history = History.from_features(feats)
+    plan = training_plan(history, lookback_days, horizon_days)
+    x, y, _ = purchase_examples(history, feats.index.astype(str).to_numpy(), plan, lookback_days)
+    if 0 < y.sum() < y.size:
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        rfm = HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=0)
+        rfm.fit(x[list(RFM_FEATURES)].to_numpy(dtype=float), y)
+        now, _, _, _ = summary_at(history, 0, lookback_days, plan.horizon)
+        rfm_score = rfm.predict_proba(now[list(RFM_FEATURES)].to_numpy(dtype=float))[:, 1]
+        out["rfm_gbm_auc"] = _auc(away[of_kind], rfm_score[of_kind])
+    asked, _, _, params = summary_at(history, 0, lookback_days, horizon_days)
+    out["bgnbd_auc"] = None if params is None else _auc(away[of_kind], asked["bgnbd_p_churn"].to_numpy()[of_kind])
+    out["bgnbd_params"] = None if params is None else params.to_dict()
+    single = best_single_feature_auc(feats.loc[of_kind].drop(columns=["days_with_events", "banned"]), away[of_kind])
+    out.update(single)
+    return out
+
+
+def _bgnbd_auc(
+    daily: pd.DataFrame, users: pd.Index, as_of: pd.Timestamp, horizon: int, away: np.ndarray, of_kind: np.ndarray
+) -> float | None:
+    """BG/NBD alone on days with activity up to ``as_of``: P(no activity in the horizon), as an AUC."""
+    rows = daily[(daily.index.get_level_values("day") <= as_of) & (daily[list(ACTIVITY_CHANNELS)].sum(axis=1) > 0)]
+    day = rows.index.get_level_values("day")
+    frame = pd.DataFrame({"user": rows.index.get_level_values("user_id"), "day": (day - as_of).days})
+    grouped = frame.groupby("user")["day"].agg(["count", "min", "max"]).reindex(users.astype(str))
+    has = grouped["count"].notna().to_numpy()
+    x = np.nan_to_num(grouped["count"].to_numpy(dtype=float) - 1)
+    t_x = np.nan_to_num((grouped["max"] - grouped["min"]).to_numpy(dtype=float))
+    age = np.nan_to_num(1 - grouped["min"].to_numpy(dtype=float), nan=1.0)
+    try:
+        params, _ = fit_bgnbd(x[has], t_x[has], age[has])
+    except ValueError:
+        return None
+    score = np.where(has, p_no_purchase(params, horizon, x, t_x, age), 1.0)
+    return _auc(away[of_kind], score[of_kind])
 
 
 def _truth_labels(ev: EvalWorld, users: pd.Index, horizon_end: pd.Timestamp) -> np.ndarray | None:

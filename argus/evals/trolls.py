@@ -4,6 +4,17 @@ The detector's kind is chat: ``scored_share`` is over users with at least one ch
 ``quality.all_of_kind`` counts chatters the detector does not score as score 0. The top-level
 ``auc``/``pr_auc``/``precision``/``recall`` are ``quality.all_of_kind``'s; the paper mode runs on
 the evidenced users (the paper's population: users with enough inputs).
+
+Message mode adds: ``few_messages`` (users with at most ``FEW_MESSAGES`` chat messages: AUC,
+PR-AUC, precision and recall at the detector's flag, and the best precision at recall >= 0.6),
+``messages`` (per message, against "the sender is a troll": a noisy target, since most of a
+troll's messages are ordinary) and ``window_ranking``, which imitates a moderator's queue: for
+every 2-minute window of a channel holding at least one troll message, the window's senders are
+ranked and each troll's reciprocal rank among the window's non-trolls is averaged (MRR), with the
+mean within-window AUC, by the user's score over the whole period, by a score from the window's
+messages alone, by the mean offensive-language probability of the user's messages in the window
+(an off-the-shelf classifier's baseline) and at random. The best single feature leaves out the
+message-score aggregates (``msg_violations``, ``msg_max_score``), which are the detector's own.
 """
 
 from __future__ import annotations
@@ -17,9 +28,19 @@ import pandas as pd
 
 from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
 from detectors.base import SCORED
-from detectors.trolls import PAPER_FEATURES, PAPER_THRESHOLD, TrollDetector, find_raids, paper_scores
+from detectors.chat_messages import rate_posterior
+from detectors.trolls import (
+    MESSAGE_MODEL_ATTR,
+    PAPER_FEATURES,
+    PAPER_THRESHOLD,
+    TrollDetector,
+    find_raids,
+    paper_scores,
+)
 
 RAID_WORLD_RAIDS = 10
+FEW_MESSAGES = 3
+RANKING_WINDOW_S = 120
 
 
 def run(world: Path | None = None, method: str = "centroid", profile: str = "realistic") -> dict[str, Any]:
@@ -31,7 +52,8 @@ def run(world: Path | None = None, method: str = "centroid", profile: str = "rea
     scores = detector.fit(features).score(features)
     truth = ew.truth["is_troll"].reindex(scores["user_id"]).fillna(False).astype(bool).to_numpy()
     of_kind = features["chat_messages"].fillna(0).to_numpy() > 0
-    blocks = quality(truth, scores, of_kind, features=features)
+    baseline = features.drop(columns=["msg_violations", "msg_max_score"], errors="ignore")
+    blocks = quality(truth, scores, of_kind, features=baseline)
     result: dict[str, Any] = {
         "detector": "trolls",
         "method": method,
@@ -47,6 +69,11 @@ def run(world: Path | None = None, method: str = "centroid", profile: str = "rea
         result[key] = blocks["all_of_kind"].get(key)
     result["trolls_unscored"] = int((truth & of_kind & scores["score"].isna().to_numpy()).sum())
     result["trolls_without_chat"] = int((truth & ~of_kind).sum())
+
+    messages = features["chat_messages"].fillna(0).to_numpy()
+    result["few_messages"] = _few_messages(truth, scores, of_kind & (messages <= FEW_MESSAGES))
+    if detector.state is not None and MESSAGE_MODEL_ATTR in detector.state:
+        result.update(_message_blocks(detector, ew.events["chat"], ew.truth["is_troll"], scores))
 
     evidenced = (scores["status"] == SCORED).to_numpy()
     paper = features.loc[evidenced, PAPER_FEATURES].to_numpy(dtype=float)
@@ -66,6 +93,73 @@ def run(world: Path | None = None, method: str = "centroid", profile: str = "rea
             **_raid_metrics(raid_world.events["chat"], raid_world.summary),
         }
     return result
+
+
+def _few_messages(truth: np.ndarray, scores: pd.DataFrame, rows: np.ndarray) -> dict[str, Any]:
+    """Quality over users with few messages, with the best precision at recall >= 0.6."""
+    from sklearn.metrics import precision_recall_curve
+
+    score = np.nan_to_num(scores["score"].to_numpy(dtype=float), nan=0.0)[rows]
+    flagged = scores["flagged"].to_numpy(dtype=bool)[rows]
+    metrics = binary_metrics(truth[rows], score, flagged)
+    block: dict[str, Any] = {"max_messages": FEW_MESSAGES, "users": int(rows.sum()), "positives": metrics["positives"]}
+    block.update({k: metrics[k] for k in QUALITY_KEYS})
+    if 0 < metrics["positives"] < len(score):
+        precision, recall, _ = precision_recall_curve(truth[rows], score)
+        block["precision_at_recall_0_6"] = round(float(precision[recall >= 0.6].max()), 4)
+    return block
+
+
+def _message_blocks(
+    detector: TrollDetector, chat: pd.DataFrame, is_troll: pd.Series, scores: pd.DataFrame
+) -> dict[str, Any]:
+    """Per-message quality and the window-ranking figure (module doc)."""
+    from sklearn.metrics import roc_auc_score
+
+    state = detector.require_fitted()
+    chat = chat.reset_index(drop=True)
+    signals = detector.message_signals(chat)
+    p = state[MESSAGE_MODEL_ATTR].score(signals)
+    sender_troll = chat["user_id"].map(is_troll).fillna(False).astype(bool).to_numpy()
+    metrics = binary_metrics(sender_troll, p, p > 0.5)
+    messages = {"messages": len(chat), **{k: metrics[k] for k in QUALITY_KEYS}, "positives": metrics["positives"]}
+
+    slot = chat["ts"].dt.as_unit("s").astype("int64") // RANKING_WINDOW_S
+    frame = pd.DataFrame(
+        {"w": chat["context"].astype(str) + ":" + slot.astype(str), "u": chat["user_id"], "p": p}
+    ).assign(tox=signals["toxicity"].to_numpy(), troll=sender_troll)
+    per_user = frame.groupby(["w", "u"]).agg(
+        k=("p", "sum"), n=("p", "size"), tox=("tox", "mean"), troll=("troll", "max")
+    )
+    per_user = per_user[per_user.groupby(level="w")["troll"].transform("any")].reset_index()
+    interval = detector.params.get("interval", 0.8)
+    per_user["window_only"] = rate_posterior(per_user["k"], per_user["n"], state["rate_prior"], interval)[0]
+    per_user["period"] = per_user["u"].map(scores.set_index("user_id")["score"]).fillna(0.0)
+    per_user["offensive_language_mean"] = per_user["tox"]
+    ranking: dict[str, Any] = {
+        "window_s": RANKING_WINDOW_S,
+        "windows": int(per_user["w"].nunique()),
+        "mean_users_per_window": round(float(per_user.groupby("w").size().mean()), 2) if len(per_user) else None,
+        "targets": int(per_user["troll"].sum()),
+    }
+    for name in ("period", "window_only", "offensive_language_mean", "random"):
+        rr, aucs = [], []
+        for _, window in per_user.groupby("w"):
+            troll = window["troll"].to_numpy(dtype=bool)
+            others = window.loc[~troll]
+            values = window[name].to_numpy(dtype=float) if name != "random" else np.zeros(len(window))
+            for value in values[troll]:
+                higher = float((others[name] > value).sum()) if name != "random" else 0.0
+                ties = float((others[name] == value).sum()) if name != "random" else float(len(others))
+                rr.append(np.mean(1.0 / (1.0 + higher + np.arange(int(ties) + 1))))
+            if troll.any() and (~troll).any():
+                aucs.append(roc_auc_score(troll, values) if name != "random" else 0.5)
+        ranking[name] = {
+            "mrr": round(float(np.mean(rr)), 4) if rr else None,
+            "auc": round(float(np.mean(aucs)), 4) if aucs else None,
+            "windows_with_both": len(aucs),
+        }
+    return {"messages_block": messages, "window_ranking": ranking}
 
 
 def _raid_metrics(chat: pd.DataFrame, summary: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,402 @@
+"""Message-level norm-violation scores in context, and a user's violation rate from them.
+
+Every chat message gets binary *signals* (1 fires, 0 does not, NaN abstains) from its content,
+from its channel's conversation in the trailing ``context_s`` seconds and from its sender's own
+recent messages. Context matters: *Analyzing Norm Violations in Live-Stream Chat* finds that the
+surrounding chat and the user's own recent messages improve moderation a lot over the message
+alone, and Haque (*Twitch Plays Pokemon, Machine Learns Twitch*) defines a troll against the
+group's current goal in a time window. Every window here is trailing, so a message's signals are
+known when it arrives (streaming can compute them the same way).
+
+Content
+- ``toxic``: ``alt-profanity-check``'s offensive-language probability is at least 0.5 (its own
+  decision threshold). A linear model over word n-grams trained on English offensive-language
+  data, shipped inside the package. Fails on other languages, on hostility without swear words
+  ("nobody cares") and on reclaimed or quoted profanity; about 5 µs per message.
+- ``hostile_words``: a word of ``HOSTILE_TERMS`` (chat_features), a small list of insults common
+  in game chat; catches mild hostility the model misses, misses everything else.
+- ``link``: a URL or an ad-like domain (``LINK_PATTERN``); fails on links spelled out ("dot com").
+- ``shouting``: at least ``SHOUT_MIN_LETTERS`` letters, nearly all upper case. Fans shout too,
+  which is why no signal decides alone.
+- ``emote_flood``: at least ``FLOOD_MIN_TOKENS`` tokens, one of which makes most of them.
+- ``aimed_at_person``: an @-mention (or a reply) whose content is toxic or hostile: an attack on
+  a person rather than hostility in the air. ``mention`` alone also counts, weakly.
+
+Context (the channel's trailing ``context_s`` seconds, other users only)
+- ``off_topic``: none of the message's content terms (two letters or more, not a stopword) was
+  used by another user in the window: the message ignores the window's conversation. Abstains
+  when the window holds fewer than ``min_context_messages`` messages or the message no term.
+  Fails on a channel that has just started a topic and on greetings.
+- ``copypasta``: another user sent the same text (case and spacing ignored, at least
+  ``PASTA_MIN_TOKENS`` tokens) in the window. Coordinated floods and pastas; also catches a
+  chant that everyone joins, which is why it is one signal among many.
+- ``self_repeat``: the sender sent the same text in the window already.
+- ``burst``: the sender's messages in the trailing ``burst_s`` seconds are at least
+  ``MIN_BURST`` and ``burst_factor`` times both the channel's mean per sender in the same span
+  and the sender's own mean per active span elsewhere (0 for a sender without other history).
+- ``backseating`` and ``other_streamer``: only in channels whose rules (``channel_rules``, a
+  detector parameter: channel -> rule names) say so; abstain elsewhere. Backseating is game
+  advice in the imperative ("you should", "go left", "use the..."); another streamer is a
+  mention of another channel's name or a twitch.tv link to it.
+
+Combination, learned without labels: a latent-class (two-class naive Bayes) model, the label
+model of data programming (Ratner et al., *Data Programming*, 2016): each signal fires with rate
+``theta1`` on violating messages and ``theta0`` on the rest, the classes and rates estimated by
+EM on the messages themselves, with rates constrained so that a signal never speaks *for* the
+normal class (a signal that fires less on the violating class is uninformative). A message's
+score is its posterior probability of being a violation. Fails when signals are strongly
+correlated (each is counted as independent evidence) and when violations are so rare that EM
+cannot separate them (it then falls back to its prior rates). Cost: O(messages x signals) per
+iteration, a few dozen iterations over the distinct signal patterns.
+
+A user's violation rate: a Beta-Binomial empirical-Bayes posterior. With ``k`` = the sum of the
+user's message scores (expected violating messages) out of ``n`` messages and a Beta(a, b)
+prior fitted by the method of moments on users with at least ``min_messages`` messages, the
+posterior is Beta(a + k, b + n - k): one message moves it a little, many messages pin it down,
+and its credible interval shrinks with evidence.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from detectors.chat_features import HOSTILE_TERMS, LINK_PATTERN, STOPWORDS, TERM_PATTERN
+
+SIGNALS = (
+    "toxic",
+    "hostile_words",
+    "link",
+    "shouting",
+    "emote_flood",
+    "mention",
+    "aimed_at_person",
+    "off_topic",
+    "copypasta",
+    "self_repeat",
+    "burst",
+    "backseating",
+    "other_streamer",
+)
+SIGNAL_LABELS = {
+    "toxic": "offensive-language messages",
+    "hostile_words": "messages with hostile words",
+    "link": "messages with links",
+    "shouting": "all-caps messages",
+    "emote_flood": "emote floods",
+    "mention": "messages @-mentioning someone",
+    "aimed_at_person": "hostile messages aimed at a person",
+    "off_topic": "messages off the conversation's topic",
+    "copypasta": "messages copied from other users",
+    "self_repeat": "messages repeating their own",
+    "burst": "messages in bursts",
+    "backseating": "backseating where the channel forbids it",
+    "other_streamer": "mentions of other streamers where the channel forbids it",
+}
+RULES = ("no_backseating", "no_other_streamers")
+CONTEXT_S = 120  # the conversation a message answers: about two minutes of live chat
+BURST_S = 60
+TOXIC_THRESHOLD = 0.5  # alt-profanity-check's own decision threshold
+SHOUT_MIN_LETTERS = 6
+FLOOD_MIN_TOKENS = 4
+PASTA_MIN_TOKENS = 3
+MIN_BURST = 4
+BACKSEAT_PATTERN = re.compile(
+    r"\b(?:you should|you need to|you have to|why (?:don'?t|didn'?t) you|just (?:go|use|jump|do|press)"
+    r"|go (?:left|right|back|up|down)|use the|try (?:the|to)|don'?t (?:go|use)|wrong way)\b",
+    re.IGNORECASE,
+)
+MENTION_PATTERN = re.compile(r"@\w+")
+
+
+@dataclass(frozen=True)
+class MessageModel:
+    """The latent-class model's parameters: prior violation share and per-signal firing rates."""
+
+    prior: float
+    theta1: tuple[float, ...]  # P(signal fires | violation), in SIGNALS order
+    theta0: tuple[float, ...]  # P(signal fires | no violation)
+    iterations: int
+
+    def weights(self) -> np.ndarray:
+        """Per signal, log-likelihood ratios when it fires (column 0) and when it does not (column 1)."""
+        t1, t0 = np.asarray(self.theta1), np.asarray(self.theta0)
+        return np.column_stack([np.log(t1 / t0), np.log((1 - t1) / (1 - t0))])
+
+    def score(self, signals: pd.DataFrame) -> np.ndarray:
+        """Posterior probability of a violation per message (rows of ``message_signals``)."""
+        values = signals[list(SIGNALS)].to_numpy(dtype=float)
+        return _posterior(values, self.prior, self.weights())
+
+
+DEFAULT_MODEL = MessageModel(
+    # Before any fit: every signal weakly for a violation, nothing learnt (used for empty input).
+    prior=0.05,
+    theta1=tuple([0.2] * len(SIGNALS)),
+    theta0=tuple([0.05] * len(SIGNALS)),
+    iterations=0,
+)
+
+
+def message_signals(
+    chat: pd.DataFrame,
+    context_s: int = CONTEXT_S,
+    burst_s: int = BURST_S,
+    burst_factor: float = 3.0,
+    min_context_messages: int = 5,
+    channel_rules: Mapping[str, list[str]] | None = None,
+) -> pd.DataFrame:
+    """One row per message of ``chat`` (same index order): ``SIGNALS`` (1/0/NaN) and ``toxicity`` (0..1)."""
+    columns = [*SIGNALS, "toxicity"]
+    if chat.empty:
+        return pd.DataFrame(columns=columns, dtype=float)
+    msgs = chat.reset_index(drop=True)
+    text = msgs["text"].fillna("").astype(str)
+    lower = text.str.lower()
+    normal = lower.str.split().str.join(" ")
+    tokens = normal.str.split()
+    n_tokens = tokens.str.len().fillna(0).to_numpy()
+    seconds = (msgs["ts"].dt.as_unit("ms").astype("int64") / 1000.0).to_numpy()
+    channel = msgs["context"].astype(str)
+    user = msgs["user_id"].astype(str)
+    out = pd.DataFrame(index=msgs.index, columns=columns, dtype=float)
+
+    toxicity = _toxicity(text.tolist())
+    out["toxicity"] = toxicity
+    out["toxic"] = (toxicity >= TOXIC_THRESHOLD).astype(float)
+    terms = lower.str.findall(TERM_PATTERN)
+    hostile = terms.map(lambda ts: any(t in HOSTILE_TERMS for t in ts)).to_numpy(dtype=bool)
+    out["hostile_words"] = hostile.astype(float)
+    out["link"] = text.str.contains(LINK_PATTERN, regex=True).astype(float)
+    letters = text.str.replace(r"[^A-Za-z]", "", regex=True)
+    upper = letters.str.count(r"[A-Z]")
+    out["shouting"] = ((letters.str.len() >= SHOUT_MIN_LETTERS) & (upper >= 0.9 * letters.str.len())).astype(float)
+    top_share = tokens.map(lambda ts: Counter(ts).most_common(1)[0][1] / len(ts) if ts else 0.0)
+    out["emote_flood"] = ((n_tokens >= FLOOD_MIN_TOKENS) & (top_share.to_numpy() >= 0.75)).astype(float)
+    mentions = text.str.contains(MENTION_PATTERN)
+    if "reply_to" in msgs.columns:
+        mentions |= msgs["reply_to"].notna() & (msgs["reply_to"].astype(str) != "")
+    out["mention"] = mentions.astype(float)
+    out["aimed_at_person"] = (mentions.to_numpy() & ((toxicity >= TOXIC_THRESHOLD) | hostile)).astype(float)
+
+    # Context: trailing counts of equal keys within the channel's last context_s seconds.
+    in_channel = _trailing(seconds, [channel], context_s)
+    own_in_channel = _trailing(seconds, [channel, user], context_s)
+    others = in_channel - own_in_channel
+    same_text = _trailing(seconds, [channel, normal], context_s)
+    own_same_text = _trailing(seconds, [channel, normal, user], context_s)
+    long_enough = n_tokens >= PASTA_MIN_TOKENS
+    out["copypasta"] = ((same_text - own_same_text >= 1) & long_enough).astype(float)
+    out["self_repeat"] = (own_same_text >= 1).astype(float)
+    out["off_topic"] = _off_topic(terms, seconds, channel, user, others, context_s, min_context_messages)
+    out["burst"] = _bursts(seconds, channel, user, burst_s, burst_factor)
+
+    rules = {str(k): set(v) for k, v in (channel_rules or {}).items()}
+    unknown = {r for v in rules.values() for r in v} - set(RULES)
+    if unknown:
+        raise ValueError(f"unknown channel rule(s) {sorted(unknown)}; known: {', '.join(RULES)}")
+    no_backseat = channel.map(lambda c: "no_backseating" in rules.get(c, set())).to_numpy(dtype=bool)
+    no_others = channel.map(lambda c: "no_other_streamers" in rules.get(c, set())).to_numpy(dtype=bool)
+    backseat = text.str.contains(BACKSEAT_PATTERN).to_numpy(dtype=bool)
+    out["backseating"] = np.where(no_backseat, backseat.astype(float), np.nan)
+    names = sorted({c.lower() for c in channel.unique()})
+    other = _mentions_other_channel(lower, channel.str.lower(), names) if no_others.any() else np.zeros(len(msgs))
+    out["other_streamer"] = np.where(no_others, other.astype(float), np.nan)
+    return out
+
+
+def fit_message_model(signals: pd.DataFrame, max_iter: int = 200, tol: float = 1e-6) -> MessageModel:
+    """EM for the latent-class model on ``message_signals`` rows (module doc); no labels.
+
+    Starts from each message's share of firing signals (a message where most observed signals fire
+    starts as likely a violation), then alternates posterior and rate updates (rates smoothed by
+    half a message each way). Distinct signal patterns are fitted once, weighted by their count.
+    """
+    if signals.empty:
+        return DEFAULT_MODEL
+    values = signals[list(SIGNALS)].to_numpy(dtype=float)
+    patterns, counts = _patterns(values)
+    observed = ~np.isnan(patterns)
+    fired = np.nan_to_num(patterns, nan=0.0)
+    seen = observed.sum(axis=1)
+    resp = np.where(seen > 0, fired.sum(axis=1) / np.maximum(seen, 1), 0.0)
+    resp = np.clip(resp, 0.01, 0.99)
+    prior, theta1, theta0 = DEFAULT_MODEL.prior, np.asarray(DEFAULT_MODEL.theta1), np.asarray(DEFAULT_MODEL.theta0)
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+        w1, w0 = counts * resp, counts * (1 - resp)
+        prior = float(np.clip(w1.sum() / counts.sum(), 1e-4, 0.5))
+        theta1 = ((w1[:, None] * fired).sum(axis=0) + 0.5) / ((w1[:, None] * observed).sum(axis=0) + 1.0)
+        theta0 = ((w0[:, None] * fired).sum(axis=0) + 0.5) / ((w0[:, None] * observed).sum(axis=0) + 1.0)
+        # Monotone: a signal never speaks for the normal class; pooled rate where it would.
+        pooled = (((w1 + w0)[:, None] * fired).sum(axis=0) + 0.5) / ((counts[:, None] * observed).sum(axis=0) + 1.0)
+        backwards = theta1 < theta0
+        theta1, theta0 = np.where(backwards, pooled, theta1), np.where(backwards, pooled, theta0)
+        weights = np.column_stack([np.log(theta1 / theta0), np.log((1 - theta1) / (1 - theta0))])
+        updated = _posterior(patterns, prior, weights)
+        change = float(np.max(np.abs(updated - resp)))
+        resp = updated
+        if change < tol:
+            break
+    return MessageModel(
+        prior=round(prior, 12),
+        theta1=tuple(round(float(t), 12) for t in theta1),
+        theta0=tuple(round(float(t), 12) for t in theta0),
+        iterations=iterations,
+    )
+
+
+@dataclass(frozen=True)
+class BetaPrior:
+    """Beta(a, b) prior on a user's violation rate."""
+
+    a: float
+    b: float
+
+    @property
+    def mean(self) -> float:
+        return self.a / (self.a + self.b)
+
+
+def fit_rate_prior(violations: np.ndarray, messages: np.ndarray, fallback_mean: float = 0.05) -> BetaPrior:
+    """Method-of-moments Beta prior from users' expected violations ``k`` out of ``n`` messages.
+
+    The spread of observed rates k/n is the prior's variance plus binomial noise; subtracting the
+    noise leaves the prior's. Without users (or without excess spread) the prior is weak, worth two
+    messages, around ``fallback_mean``.
+    """
+    k, n = np.asarray(violations, dtype=float), np.asarray(messages, dtype=float)
+    keep = n > 0
+    if keep.sum() < 2:
+        return BetaPrior(2.0 * fallback_mean, 2.0 * (1 - fallback_mean))
+    rate = k[keep] / n[keep]
+    mean = float(np.clip(rate.mean(), 1e-4, 1 - 1e-4))
+    noise = float(np.mean(mean * (1 - mean) / n[keep]))
+    variance = float(rate.var()) - noise
+    if variance <= 1e-9:
+        return BetaPrior(2.0 * mean, 2.0 * (1 - mean))
+    strength = max(mean * (1 - mean) / variance - 1.0, 0.5)
+    return BetaPrior(mean * strength, (1 - mean) * strength)
+
+
+def rate_posterior(
+    violations: np.ndarray, messages: np.ndarray, prior: BetaPrior, interval: float = 0.8
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Posterior mean and the central ``interval`` credible bounds of each user's violation rate."""
+    from scipy.stats import beta
+
+    k = np.asarray(violations, dtype=float)
+    n = np.asarray(messages, dtype=float)
+    a, b = prior.a + k, prior.b + np.maximum(n - k, 0.0)
+    tail = (1 - interval) / 2
+    return a / (a + b), beta.ppf(tail, a, b), beta.ppf(1 - tail, a, b)
+
+
+# --- internals ---------------------------------------------------------------------------------
+
+
+def _toxicity(texts: list[str]) -> np.ndarray:
+    from profanity_check import predict_prob
+
+    return np.asarray(predict_prob(texts), dtype=float) if texts else np.zeros(0)
+
+
+def _posterior(values: np.ndarray, prior: float, weights: np.ndarray) -> np.ndarray:
+    """P(violation | signals) under conditional independence; NaN signals abstain."""
+    fires = np.where(np.isnan(values), 0.0, values)
+    quiet = np.where(np.isnan(values), 0.0, 1.0 - values)
+    log_odds = np.log(prior / (1 - prior)) + fires @ weights[:, 0] + quiet @ weights[:, 1]
+    return np.asarray(1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50))), dtype=float)
+
+
+def _patterns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    coded = np.nan_to_num(values, nan=-1.0)
+    unique, counts = np.unique(coded, axis=0, return_counts=True)
+    return np.where(unique < 0, np.nan, unique), counts.astype(float)
+
+
+def _trailing(seconds: np.ndarray, keys: list[pd.Series], window_s: float) -> np.ndarray:
+    """Per row, the earlier rows with the same keys in ``[t - window_s, t]`` (ties: earlier rows first)."""
+    codes = pd.MultiIndex.from_arrays(keys).factorize()[0] if len(keys) > 1 else pd.factorize(keys[0])[0]
+    return _trailing_by_code(seconds, np.asarray(codes), window_s)
+
+
+def _trailing_by_code(seconds: np.ndarray, codes: np.ndarray, window_s: float) -> np.ndarray:
+    order = np.lexsort((np.arange(len(seconds)), seconds, codes))
+    span = float(seconds.max() - seconds.min()) + window_s + 1.0 if len(seconds) else 1.0
+    base = seconds.min() if len(seconds) else 0.0
+    key = codes[order] * span + (seconds[order] - base)
+    start = np.searchsorted(key, key - window_s, side="left")
+    counts = np.empty(len(seconds))
+    counts[order] = np.arange(len(seconds)) - start
+    return counts
+
+
+def _off_topic(
+    terms: pd.Series,
+    seconds: np.ndarray,
+    channel: pd.Series,
+    user: pd.Series,
+    others_in_window: np.ndarray,
+    context_s: int,
+    min_context_messages: int,
+) -> np.ndarray:
+    content = terms.map(lambda ts: sorted({t for t in ts if len(t) >= 2 and t not in STOPWORDS}))
+    exploded = content.explode().dropna()
+    result = np.full(len(terms), np.nan)
+    if exploded.empty:
+        return result
+    rows = exploded.index.to_numpy()
+    term = exploded.astype(str)
+    t = seconds[rows]
+    ch = channel.to_numpy()[rows]
+    us = user.to_numpy()[rows]
+    by_term = _trailing(t, [pd.Series(ch), pd.Series(term.to_numpy())], context_s)
+    by_term_user = _trailing(t, [pd.Series(ch), pd.Series(term.to_numpy()), pd.Series(us)], context_s)
+    shared = pd.Series(by_term - by_term_user >= 1, index=rows).groupby(level=0).any()
+    enough = others_in_window >= min_context_messages
+    positions = shared.index.to_numpy()
+    result[positions] = np.where(enough[positions], (~shared.to_numpy()).astype(float), np.nan)
+    return result
+
+
+def _bursts(seconds: np.ndarray, channel: pd.Series, user: pd.Series, burst_s: int, factor: float) -> np.ndarray:
+    own = _trailing(seconds, [channel, user], burst_s) + 1.0
+    # The channel's mean per sender in fixed spans of burst_s; the sender's own mean per active span elsewhere.
+    span = np.floor(seconds / burst_s).astype(np.int64)
+    frame = pd.DataFrame({"c": channel.to_numpy(), "u": user.to_numpy(), "s": span})
+    per_sender = frame.groupby(["c", "s", "u"]).size().rename("n").reset_index()
+    channel_mean = per_sender.groupby(["c", "s"])["n"].mean()
+    total = per_sender.groupby("u")["n"].agg(["sum", "size"])
+    here = frame.merge(per_sender, on=["c", "s", "u"], how="left")
+    norm = channel_mean.reindex(pd.MultiIndex.from_frame(frame[["c", "s"]])).to_numpy()
+    stats = total.reindex(frame["u"])
+    elsewhere = (stats["sum"].to_numpy() - here["n"].to_numpy()) / np.maximum(stats["size"].to_numpy() - 1, 1)
+    elsewhere = np.where(stats["size"].to_numpy() > 1, elsewhere, 0.0)
+    burst = (own >= MIN_BURST) & (own >= factor * norm) & (own >= factor * elsewhere)
+    return np.asarray(burst, dtype=float)
+
+
+def _mentions_other_channel(lower: pd.Series, channel: pd.Series, names: list[str]) -> np.ndarray:
+    patterns = {name: re.compile(rf"(?:@|twitch\.tv/|\b){re.escape(name)}\b") for name in names}
+    hits = [
+        any(p.search(text) for name, p in patterns.items() if name != own)
+        for text, own in zip(lower.to_numpy(), channel.to_numpy(), strict=True)
+    ]
+    return np.asarray(hits, dtype=bool)
+
+
+__all__ = [
+    "SIGNALS",
+    "BetaPrior",
+    "MessageModel",
+    "fit_message_model",
+    "fit_rate_prior",
+    "message_signals",
+    "rate_posterior",
+]

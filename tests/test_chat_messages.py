@@ -1,0 +1,219 @@
+"""Message-level troll signals, their unsupervised combination and the users' violation-rate posterior."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from argus.cli import app
+from detectors.base import ITEM_COLUMNS
+from detectors.chat_messages import (
+    DEFAULT_MODEL,
+    SIGNALS,
+    BetaPrior,
+    fit_message_model,
+    fit_rate_prior,
+    message_signals,
+    rate_posterior,
+)
+from detectors.events import Events
+from detectors.trolls import TrollDetector
+
+T0 = pd.Timestamp("2026-10-01T12:00:00Z")
+
+
+def chat(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
+    """(user, channel, text, seconds after T0) rows as a chat frame."""
+    return pd.DataFrame(
+        {
+            "event_id": [f"e{i}" for i in range(len(rows))],
+            "user_id": [r[0] for r in rows],
+            "context": [r[1] for r in rows],
+            "text": [r[2] for r in rows],
+            "ts": [T0 + pd.Timedelta(seconds=r[3]) for r in rows],
+            "channel_mode": [None] * len(rows),
+        }
+    )
+
+
+def test_content_signals_by_hand() -> None:
+    frame = chat(
+        [
+            ("a", "ch", "you are a stupid idiot", 0),
+            ("b", "ch", "good game everyone", 1),
+            ("c", "ch", "free skins at www.win.shop", 2),
+            ("d", "ch", "WHAT A PLAY THAT WAS", 3),
+            ("e", "ch", "pog pog pog pog", 4),
+            ("f", "ch", "@b you are a stupid idiot", 5),
+        ]
+    )
+    s = message_signals(frame)
+    assert list(s["toxic"]) == [1, 0, 0, 0, 0, 1]
+    assert list(s["hostile_words"]) == [1, 0, 0, 0, 0, 1]
+    assert list(s["link"]) == [0, 0, 1, 0, 0, 0]
+    assert list(s["shouting"]) == [0, 0, 0, 1, 0, 0]
+    assert list(s["emote_flood"]) == [0, 0, 0, 0, 1, 0]
+    assert list(s["mention"]) == [0, 0, 0, 0, 0, 1]
+    assert list(s["aimed_at_person"]) == [0, 0, 0, 0, 0, 1]
+    # Channel rules are off unless a channel sets them: those signals abstain.
+    assert s["backseating"].isna().all() and s["other_streamer"].isna().all()
+
+
+def test_hostile_scores_above_friendly_and_aimed_above_unaimed() -> None:
+    frame = chat(
+        [
+            ("a", "ch", "you are a stupid idiot", 0),
+            ("b", "ch", "good game everyone", 1),
+            ("c", "ch", "@b you are a stupid idiot", 2),
+        ]
+    )
+    p = DEFAULT_MODEL.score(message_signals(frame))
+    assert p[0] > p[1]
+    assert p[2] > p[0]
+
+
+def test_copypasta_across_users_and_self_repeat() -> None:
+    pasta = "this streamer is the best wow"
+    frame = chat(
+        [
+            ("a", "ch", pasta, 0),
+            ("b", "ch", pasta.upper(), 10),  # case and spacing do not matter
+            ("c", "ch", pasta, 20),
+            ("a", "ch", pasta, 30),
+            ("d", "ch", pasta, 400),  # outside the 2-minute context
+            ("e", "other", pasta, 25),  # another channel
+            ("f", "ch", "gg", 31),
+            ("g", "ch", "gg", 32),  # too short to be a pasta
+        ]
+    )
+    s = message_signals(frame)
+    assert list(s["copypasta"]) == [0, 1, 1, 1, 0, 0, 0, 0]
+    assert list(s["self_repeat"]) == [0, 0, 0, 1, 0, 0, 0, 0]
+
+
+def test_off_topic_against_the_window_and_abstaining_without_context() -> None:
+    rows = [(f"u{i}", "ch", "dragon boss fight", float(i)) for i in range(6)]
+    rows += [
+        ("x", "ch", "buy cheap watches", 10.0),
+        ("y", "ch", "that boss again", 11.0),
+        ("z", "quiet", "hello", 12.0),
+    ]
+    s = message_signals(chat(rows))
+    assert s["off_topic"].iloc[6] == 1.0 and s["off_topic"].iloc[7] == 0.0
+    assert s["off_topic"].iloc[:5].isna().all()  # fewer than 5 other messages before them
+    assert np.isnan(s["off_topic"].iloc[8])
+
+
+def test_channel_rules_backseating_and_other_streamers() -> None:
+    frame = chat(
+        [("a", "speedrun", "you should go left here", 0), ("b", "speedrun", "come watch rival on twitch.tv/rival", 1)]
+    )
+    frame = pd.concat([frame, chat([("c", "rival", "hi", 2)]).assign(event_id="e9")], ignore_index=True)
+    s = message_signals(frame, channel_rules={"speedrun": ["no_backseating", "no_other_streamers"]})
+    assert list(s["backseating"].iloc[:2]) == [1, 0]
+    assert list(s["other_streamer"].iloc[:2]) == [0, 1]
+    assert np.isnan(s["backseating"].iloc[2])
+    with pytest.raises(ValueError, match="unknown channel rule"):
+        message_signals(frame, channel_rules={"speedrun": ["no_fun"]})
+
+
+def test_em_recovers_planted_signal_rates() -> None:
+    rng = np.random.default_rng(3)
+    violation = rng.random(20_000) < 0.1
+    values = np.zeros((20_000, len(SIGNALS)))
+    values[:, 0] = rng.random(20_000) < np.where(violation, 0.8, 0.01)  # informative
+    values[:, 1] = rng.random(20_000) < np.where(violation, 0.6, 0.02)  # informative
+    values[:, 2] = rng.random(20_000) < 0.3  # noise
+    values[:, 3] = rng.random(20_000) < np.where(violation, 0.5, 0.05)
+    model = fit_message_model(pd.DataFrame(values, columns=list(SIGNALS)))
+    assert model.prior == pytest.approx(0.1, abs=0.03)
+    assert model.theta1[0] == pytest.approx(0.8, abs=0.08) and model.theta0[0] == pytest.approx(0.01, abs=0.01)
+    assert abs(model.theta1[2] - model.theta0[2]) < 0.05  # noise carries no weight
+    p = model.score(pd.DataFrame(values, columns=list(SIGNALS)))
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(violation, p) >= 0.9
+
+
+def test_rate_posterior_by_hand_rises_with_evidence_and_narrows() -> None:
+    prior = BetaPrior(1.0, 9.0)
+    # Beta(1 + k, 9 + n - k): half of 2 messages, then half of 20.
+    mean, lo, hi = rate_posterior(np.array([0.0, 1.0, 10.0]), np.array([1.0, 2.0, 20.0]), prior)
+    assert mean == pytest.approx([1 / 11, 2 / 12, 11 / 30])
+    assert mean[0] < mean[1] < mean[2]
+    assert (hi[2] - lo[2]) < (hi[1] - lo[1])
+    # Method of moments: rates 0.1 and 0.3 over 10 messages each -> mean 0.2, excess spread 0.01 - 0.016 < 0:
+    # no spread beyond binomial noise gives a weak prior worth two messages.
+    weak = fit_rate_prior(np.array([1.0, 3.0]), np.array([10.0, 10.0]))
+    assert (weak.a, weak.b) == pytest.approx((0.4, 1.6))
+
+
+def _channel_with_a_troll(extra_troll_messages: int) -> pd.DataFrame:
+    rows = [(f"r{u:02d}", "ch-a", f"nice play {u} gg", 60.0 * i + u) for u in range(20) for i in range(20)]
+    rows.append(("once", "ch-a", "you are all stupid idiots", 30.0))
+    rows += [("troll", "ch-a", "you are all stupid idiots", 61.0 * i + 7) for i in range(extra_troll_messages)]
+    return chat(rows)
+
+
+def test_one_message_user_is_scored_with_a_status_naming_one_message() -> None:
+    frame = _channel_with_a_troll(0)
+    detector = TrollDetector(min_messages=20)
+    features = detector.features(Events({"chat": frame}))
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert scores.loc["once", "status"] == "low evidence: 1 chat message (norms are fit on users with ≥ 20)"
+    assert scores.loc["once", "score"] > scores.drop(index="once")["score"].max()
+    assert scores.loc["once", "reasons"][0].text.startswith("violating messages 1.0 of 1")
+
+
+def test_user_score_rises_with_violating_messages_and_uncertainty_shrinks() -> None:
+    detector = TrollDetector(min_messages=20)
+    features = detector.features(Events({"chat": _channel_with_a_troll(12)}))
+    detector.fit(features)
+    state = detector.state
+    assert state is not None
+    prior = state["rate_prior"]
+    means, lows, highs = rate_posterior(np.array([1.0, 3.0, 12.0]), np.array([1.0, 3.0, 12.0]), prior)
+    assert means[0] < means[1] < means[2]
+    assert (highs - lows)[2] < (highs - lows)[0]
+    scores = detector.score(features).set_index("user_id")
+    assert scores.loc["troll", "score"] > scores.loc["once", "score"]
+    assert scores.loc["troll", "flagged"] and not scores.loc["r00", "flagged"]
+
+
+def test_score_items_sum_to_the_users_expected_violations() -> None:
+    events = Events({"chat": _channel_with_a_troll(3)})
+    detector = TrollDetector(min_messages=20)
+    features = detector.features(events)
+    items = detector.fit(features).score_items(events, features)
+    assert list(items.columns) == ITEM_COLUMNS and len(items) == len(events["chat"])
+    summed = items.groupby("user_id")["score"].sum()
+    assert summed.loc["troll"] == pytest.approx(features.loc["troll", "msg_violations"])
+    hostile = items[items["user_id"] == "troll"].iloc[0]
+    assert hostile["flagged"] and {r.feature for r in hostile["reasons"]} >= {"toxic", "hostile_words"}
+    # A loaded model scores the same messages the same way.
+    assert detector.score_items(events, detector.features(events))["score"].tolist() == items["score"].tolist()
+
+
+def test_detect_per_message_writes_one_row_per_message(tmp_path: Path) -> None:
+    from world.config import WorldConfig
+    from world.generate import write_world
+    from world.simulate import World
+
+    world = World(WorldConfig(users=150, days=1, seed=5, events_per_user_day=20.0, profile="dense"))
+    write_world(world, tmp_path / "w")
+    out = tmp_path / "messages.csv"
+    result = CliRunner().invoke(
+        app, ["detect", "trolls", "--events", str(tmp_path / "w"), "--out", str(out), "--per", "message"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    items = pd.read_csv(out)
+    assert list(items.columns) == ITEM_COLUMNS
+    assert len(items) == summary["messages"] == items["event_id"].nunique() > 0
+    users = pd.read_csv(out.with_suffix(".users.csv"))
+    assert users["score"].notna().sum() == items["user_id"].nunique()
