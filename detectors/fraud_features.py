@@ -133,11 +133,13 @@ def payment_table(events: Events) -> pd.DataFrame:
 
 def expert_features(events: Events) -> pd.DataFrame:
     """The expert features, outcomes and data-quality counts per user (index ``user_id``, sorted)."""
-    users = events.user_ids
-    frame = pd.DataFrame(index=users)
     pay = payment_table(events)
     attempts = pay[pay["action"].isin(["purchase", "transfer"])]
     approved = attempts[attempts["status"] == "approved"]
+    # Accounts that only receive money (a mule seen through its payers) are users of the kind too.
+    payees = approved.loc[approved["action"] == "transfer", "counterparty"].dropna().astype(str)
+    users = pd.Index(sorted(set(events.user_ids) | set(payees)), name="user_id")
+    frame = pd.DataFrame(index=users)
     declined = attempts[attempts["status"] == "declined"]
     purchases = attempts[attempts["action"] == "purchase"]
     by_user = attempts.groupby("user_id")
@@ -205,7 +207,7 @@ def expert_features(events: Events) -> pd.DataFrame:
     # Absent counts are zero; rates and amounts of a user without payments stay NaN (nothing to measure).
     measured = ["tiny_share", "amount_median_usd", "amount_max_usd", "decline_rate", "new_instrument_share"]
     counts = [c for c in frame.columns if c not in measured]
-    frame[counts] = frame[counts].fillna(0.0)
+    frame[counts] = frame[counts].astype(float).fillna(0.0)
     frame.index.name = "user_id"
     return frame.astype(float)
 
@@ -406,6 +408,9 @@ def sequence_embedding(events: Events, seed: int = 7, dim: int = EMBED_DIM) -> p
     vocab = len(_TOKENS)
     grams = [seq_tok]
     for n in (2, 3):
+        if len(seq_tok) < n:  # a night with fewer events than the n-gram: no n-grams
+            grams.append(np.full(len(seq_tok), -1, dtype=np.int64))
+            continue
         same = np.ones(len(seq_tok) - n + 1, dtype=bool)
         for k in range(1, n):
             same &= seq_user[k : len(seq_user) - n + 1 + k] == seq_user[: len(seq_user) - n + 1]

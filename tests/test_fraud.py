@@ -12,10 +12,11 @@ import pytest
 from scipy.stats import binom
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from detectors.base import LOW_EVIDENCE, SCORED
+from detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED
 from detectors.events import Events
-from detectors.fraud import FraudDetector, _extract_rules
-from detectors.fraud_features import EMBED_COLUMNS, FEATURE_COLUMNS, expert_features, sequence_embedding
+from detectors.fraud import COLUMNS, FraudDetector, _extract_rules
+from detectors.fraud_features import EMBED_COLUMNS, expert_features, sequence_embedding
+from detectors.fraud_payments import ACCOUNT_EVIDENCE, MULE_SCALE, PROPAGATION_PRIOR
 from schemas.arrow import ARROW_SCHEMAS
 from world.simulate import World
 
@@ -150,7 +151,7 @@ def fitted(small_world_events: Events) -> tuple[FraudDetector, pd.DataFrame]:
 
 def test_features_frame_columns(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
     _, features = fitted
-    assert list(features.columns) == [*FEATURE_COLUMNS, "evidence"]
+    assert list(features.columns) == list(COLUMNS)
     assert features[list(EMBED_COLUMNS)].notna().all().all()
 
 
@@ -207,7 +208,7 @@ def test_empty_days_and_no_payments(fitted: tuple[FraudDetector, pd.DataFrame]) 
     gap_day = expert_features(_events([_payment("d0", "g", 0, 20.0), _payment("d2", "g", 2 * 86_400, 30.0)]))
     assert (gap_day.loc["g", "events_per_day"], gap_day.loc["g", "velocity_1h"]) == (1.0, 1.0)
     empty = detector.features(Events({"payment": ARROW_SCHEMAS["payment"].empty_table().to_pandas()}))
-    assert len(empty) == 0 and list(empty.columns) == [*FEATURE_COLUMNS, "evidence"]
+    assert len(empty) == 0 and list(empty.columns) == list(COLUMNS)
     assert len(detector.score(empty)) == 0
     assert sequence_embedding(Events()).shape == (0, len(EMBED_COLUMNS))
 
@@ -262,8 +263,11 @@ def test_rings_score_above_everyone_else(fitted: tuple[FraudDetector, pd.DataFra
     assert average_precision_score(truth, values) >= 0.7
     flagged = scores[scores["flagged"]]
     assert len(flagged) >= 8 and flagged.index.isin(list(ring_members)).mean() >= 0.9
-    first = flagged["reasons"].iloc[0][0]
-    assert first.feature == "cluster" and "rule: " in first.text
+    # Every flag names its evidence first: a risky cluster (with its rule), a pattern or shared entities.
+    named = {"cluster", "payment_model", *ACCOUNT_EVIDENCE}
+    assert all(reasons[0].feature in named for reasons in flagged["reasons"])
+    cluster_reasons = [r for reasons in flagged["reasons"] for r in reasons if r.feature == "cluster"]
+    assert cluster_reasons and all("rule: " in r.text for r in cluster_reasons)
 
 
 def test_explain_and_assign(fitted: tuple[FraudDetector, pd.DataFrame], small_world_events: Events) -> None:
@@ -291,7 +295,12 @@ def test_a_night_without_scorable_users_still_fits(fitted: tuple[FraudDetector, 
     detector = FraudDetector().fit(quiet)
     assert detector.metrics["clustered_users"] == 0 and detector.risky_clusters() == []
     scores = detector.score(features.iloc[:30])
-    assert scores["score"].notna().any() and not scores["flagged"].any()
+    assert scores["score"].notna().any()
+    # Without clusters only the evidence around the payments can flag, and it says which.
+    assert not any(r.feature == "cluster" for reasons in scores["reasons"] for r in reasons)
+    assert all(
+        reasons and reasons[0].feature in ACCOUNT_EVIDENCE for reasons in scores.loc[scores["flagged"], "reasons"]
+    )
 
 
 def test_a_users_score_does_not_depend_on_who_else_is_scored(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
@@ -300,3 +309,168 @@ def test_a_users_score_does_not_depend_on_who_else_is_scored(fitted: tuple[Fraud
     flagged = everyone.index[everyone["flagged"]][:3].tolist()
     alone = detector.score(features.loc[flagged + features.index[:5].tolist()]).set_index("user_id")
     pd.testing.assert_frame_equal(alone, everyone.loc[alone.index])
+
+
+# --- payments scored from the sender's first payment -------------------------------------------
+def _label(event_id: str, user: str, seconds: float) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "ts": T0 + timedelta(seconds=seconds),
+        "user_id": user,
+        "context": "risk",
+        "event_type": "moderation",
+        "action": "label",
+        "actor_id": "risk-team",
+        "label": "fraud",
+        "reason": "account_takeover",
+    }
+
+
+def _with_labels(events: Events, labels: list[dict[str, Any]]) -> Events:
+    table = pa.Table.from_pylist(labels, schema=ARROW_SCHEMAS["moderation"])
+    events.frames["moderation"] = Events.from_tables({"moderation": table})["moderation"]
+    return events
+
+
+def _honest_background(n: int = 40) -> list[dict[str, Any]]:
+    """Ordinary customers: two purchases each at one of a few merchants, each on its own card."""
+    rows = []
+    for i in range(n):
+        for k in range(2):
+            rows.append(_payment(f"bg{i}-{k}", f"bg{i}", i * 900 + k * 86_400, 20.0 + i % 7, instrument=f"card{i:04d}"))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def shared_payee() -> Events:
+    """F (labelled fraud) pays P; X pays P once; Y pays an unrelated Q once; F, Z and 29 others log in
+    behind one network (a carrier NAT) and Z pays an unrelated R once. Every account has its own card."""
+    payments = [
+        _transfer_to("f1", "F", "P", 0, 400.0) | {"instrument_id": "cardF"},
+        _transfer_to("x1", "X", "P", 3_600, 120.0) | {"instrument_id": "cardX"},
+        _transfer_to("y1", "Y", "Q", 3_600, 120.0) | {"instrument_id": "cardY"},
+        _transfer_to("z1", "Z", "R", 3_600, 120.0) | {"instrument_id": "cardZ"},
+        *_honest_background(),
+    ]
+    nat = [_login(f"n{i}", f"bg{i}", i * 60, f"dev{i:04d}", network="carriernat") for i in range(29)]
+    nat += [_login("nF", "F", 0, "devF", network="carriernat"), _login("nZ", "Z", 0, "devZ", network="carriernat")]
+    return _with_labels(_events(payments, nat), [_label("lab1", "F", 7_200)])
+
+
+def test_known_outcomes_spread_through_a_shared_payee_not_a_carrier_network(shared_payee: Events) -> None:
+    detector = FraudDetector()
+    features = detector.features(shared_payee)
+    # X shares payee P with F and P: one known-bad of two others, plus the prior's two.
+    assert features.loc["X", "known_nearby"] == pytest.approx(1 / (2 + PROPAGATION_PRIOR))
+    assert features.loc["Y", "known_nearby"] == 0.0
+    # Z shares the NAT address with F and 29 others: one known-bad of 30 others.
+    assert features.loc["Z", "known_nearby"] == pytest.approx(1 / (30 + PROPAGATION_PRIOR))
+    scores = detector.fit(features).score(features).set_index("user_id")
+    for user in ("X", "Y", "Z"):
+        assert scores.loc[user, "status"] == f"{LOW_EVIDENCE}: 1 payment" and np.isfinite(scores.loc[user, "score"])
+    assert scores.loc["X", "score"] > scores.loc["Y", "score"] + 0.1
+    assert scores.loc["X", "score"] > scores.loc["Z", "score"] and not scores.loc["Z", "flagged"]
+    assert any(r.feature == "known_nearby" for r in scores.loc["X", "reasons"])
+
+
+def test_per_payment_scores_and_the_users_maximum(shared_payee: Events) -> None:
+    detector = FraudDetector()
+    features = detector.features(shared_payee)
+    scores = detector.fit(features).score(features).set_index("user_id")
+    items = detector.score_items(shared_payee, features)
+    assert list(items.columns) == ITEM_COLUMNS
+    assert len(items) == len(shared_payee["payment"]) and items["event_id"].is_unique
+    assert items["score"].between(0, 1).all()
+    # A sender's score is its payments' maximum (these senders receive nothing).
+    best = items.groupby("user_id")["score"].max()
+    for user in ("X", "Y", "Z", "bg3"):
+        assert scores.loc[user, "score"] == pytest.approx(best[user])
+    assert items.set_index("event_id").loc["x1", "user_id"] == "X"
+
+
+def test_a_mule_scores_high_without_any_label() -> None:
+    """M receives from five single-payment senders and forwards 95 % of each within the hour to K."""
+    payments = _honest_background()
+    for i in range(5):
+        amount = 100.0 * (i + 1)
+        payments.append(_transfer_to(f"in{i}", f"s{i}", "M", i * 7_200, amount) | {"instrument_id": f"cs{i}"})
+        payments.append(_transfer_to(f"out{i}", "M", "K", i * 7_200 + 1_800, 0.95 * amount) | {"instrument_id": "cm"})
+    events = _events(payments)
+    detector = FraudDetector()
+    features = detector.features(events)
+    mule = (1 - np.exp(-5 / MULE_SCALE)) * 1.0 * np.sqrt(1 - 1 / 5)  # five matched forwards, all of them, five senders
+    assert features.loc["M", "mule_pattern"] == pytest.approx(mule)
+    assert features.loc["s0", "pays_mule"] == pytest.approx(mule)
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert scores.loc["M", "score"] >= mule and scores.loc["M", "flagged"]
+    assert scores.loc["M", "reasons"][0].feature == "mule_pattern"
+    # Its payers are not flagged on that alone (honest people are talked into paying mules too),
+    # but they rank above the ordinary customers.
+    assert not scores.loc[[f"s{i}" for i in range(5)], "flagged"].any()
+    assert scores.loc["s0", "score"] > scores.loc[[f"bg{i}" for i in range(40)], "score"].max()
+
+
+def test_a_single_payment_sender_is_scored_with_a_status(fitted: tuple[FraudDetector, pd.DataFrame]) -> None:
+    detector, _ = fitted
+    events = _events([_transfer_to("t1", "once", "friend", 0, 35.0)])
+    features = detector.features(events)
+    scores = detector.score(features).set_index("user_id")
+    assert scores.loc["once", "status"] == f"{LOW_EVIDENCE}: 1 payment"
+    assert scores.loc["friend", "status"] == f"{LOW_EVIDENCE}: 1 account sending it money"
+    assert scores["score"].notna().all()
+    items = detector.score_items(events, features)
+    assert items["event_id"].tolist() == ["t1"] and np.isfinite(items["score"].iloc[0])
+
+
+def test_positive_unlabelled_model_generalises_to_unreported_payments() -> None:
+    """Reported fraud: large night-time transfers to fresh payees; unreported ones rank above honest payments."""
+    rng = np.random.default_rng(3)
+    payments, labels = [], []
+    for i in range(300):
+        payments.append(
+            _payment(f"h{i}", f"h{i}", rng.uniform(8, 20) * 3_600, float(rng.lognormal(3.5, 0.6)), instrument=f"ch{i}")
+        )
+    for i in range(40):
+        seconds = 86_400 + rng.uniform(1, 4) * 3_600
+        payments.append(_transfer_to(f"v{i}", f"v{i}", f"dst{i}", seconds, float(rng.lognormal(7, 0.3))))
+        payments[-1]["instrument_id"] = f"cv{i}"
+        if i < 12:
+            labels.append(_label(f"l{i}", f"v{i}", 30 * 86_400))
+    events = _with_labels(_events(payments), labels)
+    detector = FraudDetector()
+    features = detector.features(events)
+    detector.fit(features)
+    assert detector.metrics["pu_labelled_accounts"] == 12
+    scores = detector.score(features).set_index("user_id")
+    unreported = scores.loc[[f"v{i}" for i in range(12, 40)], "score"]
+    honest = scores.loc[[f"h{i}" for i in range(300)], "score"]
+    truth = np.r_[np.ones(len(unreported)), np.zeros(len(honest))]
+    assert average_precision_score(truth, np.r_[unreported, honest]) >= 0.9
+
+
+def test_detect_per_payment_writes_payment_rows(tmp_path: Any) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+    from world.config import WorldConfig
+    from world.generate import write_world
+
+    write_world(
+        World(WorldConfig(users=150, days=1, seed=5, events_per_user_day=20.0, profile="dense")), tmp_path / "w"
+    )
+    out = tmp_path / "payments.csv"
+    result = CliRunner().invoke(
+        app, ["detect", "fraud", "--events", str(tmp_path / "w"), "--out", str(out), "--per", "payment"]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    items = pd.read_csv(out)
+    assert list(items.columns) == ITEM_COLUMNS
+    assert len(items) == summary["payments"] == items["event_id"].nunique() > 0
+    users = pd.read_csv(out.with_suffix(".users.csv"))
+    senders = users.set_index("user_id").loc[items["user_id"].unique()]
+    assert senders["score"].notna().all()
+    best = items.groupby("user_id")["score"].max()
+    assert (senders["score"] >= best.reindex(senders.index) - 1e-6).all()

@@ -5,6 +5,14 @@ one account sending it money (received transfers; money-mule accounts may only r
 ``scored_share`` is over those users, ``quality.all_of_kind`` counts the unscored among them as
 score 0, and the top-level ``auc``/``pr_auc``/``precision``/``recall`` are over every user of the
 world (ring members who never paid count as misses), as before.
+
+Beside them: ``unreported`` (ring members *without* a known outcome against everyone outside the
+rings: how far the known outcomes generalise), ``single_payment`` (users with exactly one payment
+attempt), ``per_payment`` (payment scores from ``score_items`` against the truth's payments: those
+sent by ring members from an hour before their fraud began) and ``evidence_components`` (each
+part of the payment evidence alone). The bar, ``best_single_feature``, is over the per-user input
+features (expert features, embedding, outcomes, data quality); the evidence components are
+derived from several of them and are reported on their own.
 """
 
 from __future__ import annotations
@@ -16,8 +24,9 @@ import numpy as np
 import pandas as pd
 
 from argus.evals.common import best_single_feature_auc, binary_metrics, coverage, eval_config, eval_world, quality
-from detectors.fraud import FraudDetector
-from detectors.fraud_features import OUTCOME_COLUMNS
+from detectors.fraud import FraudDetector, _outcomes
+from detectors.fraud_features import FEATURE_COLUMNS, OUTCOME_COLUMNS
+from detectors.fraud_payments import ACCOUNT_EVIDENCE
 from world.config import WorldConfig
 
 
@@ -50,13 +59,24 @@ def run(
     result.update(binary_metrics(y, scores["score"].to_numpy(), scores["flagged"].to_numpy()))
     result["quality_over"] = "every user of the world (unscored: score 0)"
     result.update(coverage(frame, of_kind))
-    result["quality"] = quality(y, frame, of_kind, features=features)
+    inputs = features[list(FEATURE_COLUMNS)]
+    result["quality"] = quality(y, frame, of_kind, features=inputs)
     result["ring_members_unscored"] = int((y & ~scored).sum())
     result["ring_members_without_payments"] = int((y & ~of_kind).sum())
-    # The bar: any one column of the features frame (expert, embedding, outcomes, data quality).
-    result.update(best_single_feature_auc(features, y))
+    # The bar: any one input column of the features frame (expert, embedding, outcomes, data quality).
+    result.update(best_single_feature_auc(inputs, y))
     if result["best_single_feature"]:
         result["best_single_feature_pr_auc"] = _single_feature_pr_auc(features[result["best_single_feature"]], y)
+    known = _outcomes(features, None).any(axis=1).to_numpy()
+    result["unreported"] = _block(y & ~known, scores, of_kind & ~(y & known), inputs)
+    result["unreported"]["known_outcome_members"] = int((y & known).sum())
+    one = of_kind & (features["payments"].fillna(0).to_numpy() == 1)
+    result["single_payment"] = _block(y, scores, one, inputs)
+    result["single_payment"]["scored_share"] = round(float(scored[one].mean()), 4) if one.any() else None
+    result["evidence_components"] = {
+        c: _single_block(features[c].to_numpy(dtype=float), y, of_kind) for c in ACCOUNT_EVIDENCE
+    }
+    result["per_payment"] = _per_payment(detector, ew, features)
     outcomes_only = best_single_feature_auc(features[list(OUTCOME_COLUMNS)], y)
     result["best_outcome_auc"] = outcomes_only["best_single_feature_auc"]
 
@@ -65,6 +85,7 @@ def run(
     risky = set(detector.risky_clusters())
     patterns: dict[str, Any] = {}
     found = 0
+    flagged_rings = 0  # most members flagged, by a risky cluster or by the evidence around their payments
     rings = sorted(ring.dropna().unique())
     for ring_id in rings:
         members = ring == ring_id
@@ -72,6 +93,7 @@ def run(
         best = int(counts.index[0]) if len(counts) else None
         hit = best is not None and counts.iloc[0] > members.sum() / 2
         found += int(hit)
+        flagged_rings += int(scores.loc[members, "flagged"].sum() > members.sum() / 2)
         info = detector.explain(best) if best is not None else None
         member_scores = scores.loc[members, "score"].fillna(0.0)
         patterns[str(pattern[members].iloc[0]) + ":" + str(ring_id)] = {
@@ -89,6 +111,7 @@ def run(
         {
             "rings_total": len(rings),
             "rings_found": found,
+            "rings_flagged": flagged_rings,
             "rules": int(detector.metrics["rules"]),
             "risky_clusters": len(risky),
             "flagged": int(scores["flagged"].sum()),
@@ -100,6 +123,42 @@ def run(
     )
     jsonable: dict[str, Any] = _jsonable(result)
     return jsonable
+
+
+def _block(truth: np.ndarray, scores: pd.DataFrame, rows: np.ndarray, inputs: pd.DataFrame) -> dict[str, Any]:
+    """AUC, PR-AUC, precision and recall over ``rows``, with the best single input feature there."""
+    metrics = binary_metrics(truth[rows], scores["score"].to_numpy()[rows], scores["flagged"].to_numpy()[rows])
+    block: dict[str, Any] = {k: metrics[k] for k in ("auc", "pr_auc", "precision", "recall")}
+    block.update(
+        users=int(rows.sum()), positives=int(truth[rows].sum()), flagged=int(scores["flagged"].to_numpy()[rows].sum())
+    )
+    if 0 < block["positives"] < block["users"]:
+        block.update(best_single_feature_auc(inputs.iloc[np.flatnonzero(rows)], truth[rows]))
+    return block
+
+
+def _single_block(values: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> dict[str, Any]:
+    metrics = binary_metrics(truth[rows], values[rows], np.zeros(int(rows.sum()), dtype=bool))
+    return {"auc": metrics["auc"], "pr_auc": metrics["pr_auc"]}
+
+
+def _per_payment(detector: FraudDetector, ew: Any, features: pd.DataFrame) -> dict[str, Any]:
+    """Payment scores against the truth's payments: sent by a ring member at most an hour before its
+    fraud began (mule crews log in up to an hour early) or later."""
+    items = detector.score_items(ew.events, features)
+    start = pd.to_datetime(ew.truth["fraud_start_ts"], utc=True)
+    begins = items["user_id"].map(start)
+    ts = pd.to_datetime(items["ts"], utc=True)
+    truth = (begins.notna() & (ts >= begins - pd.Timedelta(hours=1))).to_numpy()
+    metrics = binary_metrics(truth, items["score"].to_numpy(), items["flagged"].to_numpy())
+    block: dict[str, Any] = {k: metrics[k] for k in ("auc", "pr_auc", "precision", "recall")}
+    block.update(
+        payments=len(items),
+        fraud_payments=int(truth.sum()),
+        scored_share=round(float(items["score"].notna().mean()), 4) if len(items) else None,
+        flagged=int(items["flagged"].sum()),
+    )
+    return block
 
 
 def _single_feature_pr_auc(values: pd.Series, truth: np.ndarray) -> float:
