@@ -152,7 +152,19 @@ def test_batch_jobs_run_through_spark_submit(tmp_path: Path) -> None:
 
     generated = runner.invoke(
         app,
-        [*"generate --users 60 --days 2 --profile dense --events-per-user-day 15 --out".split(), str(tmp_path)],
+        [
+            "generate",
+            "--users",
+            "60",
+            "--days",
+            "2",
+            "--profile",
+            "dense",
+            "--events-per-user-day",
+            "15",
+            "--out",
+            str(tmp_path),
+        ],
     )
     assert generated.exit_code == 0, generated.output
     chain = _argus(
