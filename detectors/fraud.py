@@ -742,10 +742,13 @@ def _cluster_evidence(evidence: pd.Series, limit: int = 10) -> list[str]:
 
 
 def _evidence_ids(events: Events, per_user: int = 5) -> pd.Series:
-    """Per user, the payment event ids an investigator should open first: declines, then the largest."""
+    """Per user, the payment event ids an investigator should open first: declines, then the largest;
+    for an account that only receives money (a mule's first layer), the transfers it received."""
     pay = payment_table(events)
     if pay.empty:
         return pd.Series(dtype=object)
-    pay = pay.assign(declined=pay["status"] == "declined", usd=pay["amount_usd"].fillna(0.0))
-    pay = pay.sort_values(["user_id", "declined", "usd", "event_id"], ascending=[True, False, False, True])
-    return pay.groupby("user_id").head(per_user).groupby("user_id")["event_id"].agg(" ".join)
+    pay = pay.assign(declined=pay["status"] == "declined", usd=pay["amount_usd"].fillna(0.0), received=False)
+    received = pay[pay["counterparty"].notna()].assign(user_id=lambda f: f["counterparty"].astype(str), received=True)
+    rows = pd.concat([pay, received[~received["user_id"].isin(pay["user_id"])]], ignore_index=True)
+    rows = rows.sort_values(["user_id", "declined", "usd", "event_id"], ascending=[True, False, False, True])
+    return rows.groupby("user_id").head(per_user).groupby("user_id")["event_id"].agg(" ".join)

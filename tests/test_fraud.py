@@ -417,6 +417,8 @@ def test_a_single_payment_sender_is_scored_with_a_status(fitted: tuple[FraudDete
     scores = detector.score(features).set_index("user_id")
     assert scores.loc["once", "status"] == f"{LOW_EVIDENCE}: 1 payment"
     assert scores.loc["friend", "status"] == f"{LOW_EVIDENCE}: 1 account sending it money"
+    # An account that only receives money: its evidence (for alerts) is the transfer it received.
+    assert features.loc["friend", "evidence"] == "t1" and features.loc["once", "evidence"] == "t1"
     assert scores["score"].notna().all()
     items = detector.score_items(events, features)
     assert items["event_id"].tolist() == ["t1"] and np.isfinite(items["score"].iloc[0])
