@@ -23,22 +23,7 @@ from detectors.chat_messages import (
 )
 from detectors.events import Events
 from detectors.trolls import TrollDetector
-
-T0 = pd.Timestamp("2026-10-01T12:00:00Z")
-
-
-def chat(rows: list[tuple[str, str, str, float]]) -> pd.DataFrame:
-    """(user, channel, text, seconds after T0) rows as a chat frame."""
-    return pd.DataFrame(
-        {
-            "event_id": [f"e{i}" for i in range(len(rows))],
-            "user_id": [r[0] for r in rows],
-            "context": [r[1] for r in rows],
-            "text": [r[2] for r in rows],
-            "ts": [T0 + pd.Timedelta(seconds=r[3]) for r in rows],
-            "channel_mode": [None] * len(rows),
-        }
-    )
+from tests.test_trolls import chat
 
 
 def test_content_signals_by_hand() -> None:
