@@ -52,6 +52,7 @@ from __future__ import annotations
 import pickle
 import warnings
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -663,10 +664,10 @@ class ChurnDetector(Detector):
         return agg, seq, y_all, who_all, len(plan)
 
     @staticmethod
-    def _reason_norms(agg: pd.DataFrame) -> dict[str, Any]:
+    def _reason_norms(agg: pd.DataFrame, labels: Iterable[str] = REASON_LABELS) -> dict[str, Any]:
         """Median and spread of the reason features over the training rows: the norm users are held to."""
         norms, scales = {}, {}
-        for name in REASON_LABELS:
+        for name in labels:
             values = agg[name].to_numpy(dtype=float) if name in agg and len(agg) else np.zeros(0)
             values = values[np.isfinite(values)]
             if not values.size:
@@ -701,7 +702,7 @@ class ChurnDetector(Detector):
         metrics.update(examples=int(y.size), positives=positives)
         state: dict[str, Any] = {"mode": "purchase", "estimator": None, "model": "bgnbd", "threshold": 0.5}
         state["train_horizon"] = plan.horizon
-        state.update(self._purchase_norms(x))
+        state.update(self._reason_norms(x, PURCHASE_REASON_LABELS))
         if min(positives, negatives) < MIN_CLASS_EXAMPLES:
             metrics["model"] = "bgnbd"
             metrics["why"] = (
@@ -730,19 +731,6 @@ class ChurnDetector(Detector):
         state.update(model=choice, threshold=threshold)
         metrics.update(model=choice, threshold=threshold)
         return self._fitted(state, metrics)
-
-    @staticmethod
-    def _purchase_norms(x: pd.DataFrame) -> dict[str, Any]:
-        norms, scales = {}, {}
-        for name in PURCHASE_REASON_LABELS:
-            values = x[name].to_numpy(dtype=float) if name in x and len(x) else np.zeros(0)
-            values = values[np.isfinite(values)]
-            if not values.size:
-                norms[name], scales[name] = 0.0, 1.0
-                continue
-            q25, q50, q75 = np.percentile(values, [25, 50, 75])
-            norms[name], scales[name] = float(q50), float(max(q75 - q25, 0.1 * abs(q50), 1e-3))
-        return {"norms": norms, "scales": scales}
 
     def _score_purchase(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
         """Purchase mode: every customer with an event on or before ``as_of`` gets a score and a status."""
