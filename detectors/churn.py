@@ -939,26 +939,18 @@ def _inputs(kind: str, agg: pd.DataFrame, seq: np.ndarray) -> np.ndarray:
 
 def _new_model(kind: str) -> HistGradientBoostingClassifier | Pipeline:
     """The two candidates: boosted trees on aggregates, and a small MLP over the daily series."""
+    trees: dict[str, Any] = {"max_leaf_nodes": 15, "min_samples_leaf": 40, "l2_regularization": 1.0}
     if kind == "purchase":  # the purchase mode's trees: ~20 features, fewer and coarser steps
-        return HistGradientBoostingClassifier(
-            max_iter=150,
-            learning_rate=0.08,
-            max_leaf_nodes=15,
-            min_samples_leaf=40,
-            l2_regularization=1.0,
-            random_state=SEED,
-        )
+        return HistGradientBoostingClassifier(max_iter=150, learning_rate=0.08, random_state=SEED, **trees)
     if kind == "gbm":
         return HistGradientBoostingClassifier(
             max_iter=300,
             learning_rate=0.05,
-            max_leaf_nodes=15,
-            min_samples_leaf=40,
-            l2_regularization=1.0,
             early_stopping=True,
             validation_fraction=0.15,
             n_iter_no_change=20,
             random_state=SEED,
+            **trees,
         )
     return make_pipeline(
         StandardScaler(),

@@ -173,8 +173,8 @@ def expert_features(events: Events) -> pd.DataFrame:
         (user_cards["instrument"].map(cards["accounts"]) - 1).groupby(user_cards["user_id"]).max()
     )
     logins = _account_table(events)
-    frame["device_accounts"] = _shared_accounts(logins.dropna(subset=["device"]), "device")
-    frame["network_accounts"] = _shared_accounts(logins.dropna(subset=["network"]), "network")
+    frame["device_accounts"] = shared_accounts(logins, "device")
+    frame["network_accounts"] = shared_accounts(logins, "network")
 
     transfers = approved[(approved["action"] == "transfer") & approved["counterparty"].notna()]
     transfers = transfers.assign(counterparty=transfers["counterparty"].astype(str))
@@ -269,8 +269,9 @@ def _currency_norms(purchases: pd.DataFrame) -> pd.Series:
     return medians.where(counts >= MIN_CURRENCY_NORM, fallback)
 
 
-def _shared_accounts(rows: pd.DataFrame, key: str) -> pd.Series:
+def shared_accounts(rows: pd.DataFrame, key: str) -> pd.Series:
     """Per user, the most *other* accounts seen on one of its ``key`` values (instrument, device, network)."""
+    rows = rows.dropna(subset=[key])
     if rows.empty:
         return pd.Series(dtype=float)
     pairs = rows[["user_id", key]].drop_duplicates()

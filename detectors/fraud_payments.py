@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from detectors.events import Events
-from detectors.fraud_features import NEW_DEVICE_SPEND_S, _account_table, payment_table
+from detectors.fraud_features import NEW_DEVICE_SPEND_S, _account_table, payment_table, shared_accounts
 
 # Payment features: name -> wording for reasons.
 PAYMENT_FEATURES: dict[str, str] = {
@@ -122,8 +122,8 @@ def payment_features(events: Events) -> pd.DataFrame:
     instrument_accounts = rows.groupby("instrument")["user_id"].transform("nunique") - 1
     rows["instrument_accounts"] = instrument_accounts.astype(float)
     logins = _account_table(events)
-    rows["device_accounts"] = rows["user_id"].map(_shared(logins, "device")).fillna(0.0)
-    rows["network_accounts"] = rows["user_id"].map(_shared(logins, "network")).fillna(0.0)
+    rows["device_accounts"] = rows["user_id"].map(shared_accounts(logins, "device")).fillna(0.0)
+    rows["network_accounts"] = rows["user_id"].map(shared_accounts(logins, "network")).fillna(0.0)
     rows["new_device_login"] = _after_new_device(rows, logins)
     rows["attempts_1h"] = _around(rows, np.ones(len(rows), dtype=bool), 3_600)
     rows["declines_10m"] = _around(rows, (rows["status"] == "declined").to_numpy(), 600)
@@ -384,16 +384,6 @@ def _inflow_before(rows: pd.DataFrame, transfers: pd.DataFrame) -> np.ndarray:
     before = transfers["t"].to_numpy()[j] < rows["t"].to_numpy()[i]
     np.add.at(out, i[before], received[j[before]])
     return out
-
-
-def _shared(logins: pd.DataFrame, key: str) -> pd.Series:
-    """Per account, the most other accounts seen on one of its ``key`` values."""
-    known = logins.dropna(subset=[key])
-    if known.empty:
-        return pd.Series(dtype=float)
-    pairs = known[["user_id", key]].drop_duplicates()
-    others = pairs.groupby(key)["user_id"].transform("size") - 1
-    return others.groupby(pairs["user_id"]).max().astype(float)
 
 
 def _new_device_logins(logins: pd.DataFrame) -> pd.DataFrame:

@@ -25,6 +25,7 @@ pipeline also resumes from its checkpoint.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from apache_beam.transforms.window import TimestampedValue
 from infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
 from pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, WriteKafka
 from pipelines.stream_detectors import STREAMING_DETECTORS, StreamSettings, StrKeyed, epoch_us
+from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import Alert
 from schemas.validate import Rejection, validate
 
@@ -95,9 +97,12 @@ class StreamConfig:
 
 
 # --- decode: validation at the source -------------------------------------------------------
-def decode_event(record: KafkaRecord) -> tuple[tuple[str, Any], float | None]:
-    """Validate one record: ``("event", (type, row))`` with its event time, or ``("dlq", OutRecord)``."""
-    result = validate(record.value)
+def decode_event(record: KafkaRecord, bounds: EventTimeBounds | None = None) -> tuple[tuple[str, Any], float | None]:
+    """Validate one record: ``("event", (type, row))`` with its event time, or ``("dlq", OutRecord)``.
+
+    ``bounds`` is resolved where the pipeline is built, so workers without its argus.toml agree.
+    """
+    result = validate(record.value, bounds=bounds)
     if isinstance(result, Rejection):
         letter = result.to_dead_letter(record.topic, record.partition, record.offset)
         out = OutRecord(DLQ_TOPIC, record.key, letter.model_dump_json().encode(), _position(record))
@@ -171,7 +176,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
     batches = pipeline | "ReadEvents" >> ReadKafka(
         topics,
         config.bootstrap,
-        decode=decode_event,
+        decode=functools.partial(decode_event, bounds=current_bounds()),
         start=config.start,
         bounded=config.bounded,
         out_of_orderness_s=config.out_of_orderness_s,

@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from argus.imports.convert import RowConverter, RowError
 from argus.imports.mapping import Mapping, SourceFormat, source_format
 from schemas.arrow import ARROW_SCHEMAS
+from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import DeadLetter, EventBase
 from schemas.validate import DUPLICATE_EVENT_ID, NOT_JSON, NOT_OBJECT, NOT_UTF8, Rejection, validate
 
@@ -124,12 +125,13 @@ def run_import(
     topics = KafkaWriter(bootstrap, mapping.source.batch_rows) if kafka else None
     dead = DeadLetterWriter(rejects, str(source))
     seen: set[str] = set()
+    bounds = current_bounds()  # once per import, not per row
     try:
         for row in rows:
             summary.rows += 1
             if progress and summary.rows % _PROGRESS_EVERY == 0:
                 progress(_PROGRESS_EVERY)
-            result = _check(row, converter, seen)
+            result = _check(row, converter, seen, bounds)
             if isinstance(result, EventBase):
                 summary.imported[result.event_type] += 1  # type: ignore[attr-defined]
                 if lake:
@@ -156,7 +158,7 @@ def run_import(
 
 
 def _check(
-    row: SourceRow, converter: RowConverter, seen: set[str]
+    row: SourceRow, converter: RowConverter, seen: set[str], bounds: EventTimeBounds
 ) -> EventBase | tuple[str, str, dict[str, Any] | None]:
     """The row's valid event, or (reason code, reason, candidate event) for its dead letter."""
     if row.error is not None:
@@ -166,7 +168,7 @@ def _check(
         candidate = converter.convert(row.values)
     except RowError as exc:
         return exc.reason_code, exc.reason, None
-    result = validate(orjson.dumps(candidate))
+    result = validate(orjson.dumps(candidate), bounds=bounds)
     if isinstance(result, Rejection):
         return result.reason_code, result.reason, candidate
     if result.event_id in seen:
