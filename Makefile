@@ -5,12 +5,17 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Airflow (for the DAG's tests only) conflicts with Argus's pins: it gets its own environment.
+AIRFLOW_VENV  := .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
+AIRFLOW_PINS  := infra/schedule/airflow-constraints.txt
 
-.PHONY: help setup demo test lint bench clean
+.PHONY: help setup demo test test-airflow lint bench clean
 
 help:
-	@echo "make demo   start Kafka, generate a world, stream it in, read it back (embedded defaults)"
+	@echo "make demo   Kafka, a world streamed in, the nightly chain, streaming, alerts, report, precision/recall"
 	@echo "make test   run the test suite (starts and stops its own Kafka broker)"
+	@echo "make test-airflow  load the Airflow DAG with Airflow's DagBag (own venv: $(AIRFLOW_VENV))"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  generator throughput (JSON)"
 
@@ -33,6 +38,17 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
+$(AIRFLOW_STAMP): $(AIRFLOW_PINS)
+	$(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip
+	$(AIRFLOW_VENV)/bin/pip install -q -c $(AIRFLOW_PINS) apache-airflow pytest
+	@touch $(AIRFLOW_STAMP)
+
+# The DAG's tests (pytest marker `airflow`), in Airflow's environment; conftest.py needs Argus's, so it is not loaded.
+test-airflow: $(STAMP) $(AIRFLOW_STAMP)
+	AIRFLOW_HOME=$(CURDIR)/$(AIRFLOW_VENV)/home ARGUS_PYTHON=$(CURDIR)/$(BIN)/python \
+		$(AIRFLOW_VENV)/bin/pytest -q --noconftest -p no:cacheprovider -m airflow tests/test_airflow_dag.py
+
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -42,4 +58,4 @@ bench: setup
 	$(BIN)/argus bench generate --json
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from argus.progress import progress_bar
+from argus.progress import progress_bar, working
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -37,8 +37,10 @@ app.add_typer(kafka_app, name="kafka")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(bench_app, name="bench")
 
-err = Console(stderr=True)
-out = Console()
+# soft_wrap: long lines (paths, ids, reasons) are never broken at the console's width, which is 80
+# columns when output goes to a pipe or a file.
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 BootstrapOption = Annotated[
     str | None,
@@ -60,24 +62,28 @@ def main() -> None:
     from infra.broker import BrokerError
     from infra.clients import ConfigError
     from schemas.bounds import BoundsError
+    from schemas.privacy import PrivacyError
 
     try:
         app()
-    except (UserError, ConfigError, BrokerError, BoundsError) as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+    except (UserError, ConfigError, BrokerError, BoundsError, PrivacyError) as exc:
+        from rich.markup import escape
+
+        # Escaped: a message may quote brackets, such as pip install -e '.[bench]'.
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
     except Exception as exc:
-        from kafka.errors import KafkaConnectionError, KafkaError
+        from kafka.errors import KafkaError
+        from rich.markup import escape
 
-        unreachable = "NoBrokersAvailable" in type(exc).__name__ or "Unable to bootstrap" in str(exc)
-        if isinstance(exc, KafkaConnectionError) or unreachable:
-            err.print(
-                "[bold red]error:[/] no Kafka broker answers; start one with `argus kafka up` "
-                "or set KAFKA_BOOTSTRAP to your cluster"
-            )
+        from infra.clients import explain_failure
+
+        said = explain_failure(exc)  # unreachable, wrong protocol, bad credentials, no ACL: what to do
+        if said is not None:
+            err.print(f"[bold red]error:[/] {escape(said)}", highlight=False, soft_wrap=True)
             sys.exit(2)
         if isinstance(exc, KafkaError):
             err.print(f"[bold red]error:[/] Kafka: {exc}")
@@ -91,14 +97,27 @@ def main() -> None:
 @kafka_app.command("up")
 def kafka_up(
     port: Annotated[
-        int | None, typer.Option(help="Client port (the controller uses port+1). Default: 9092, or the last port used.")
+        int | None,
+        typer.Option(
+            help="Client port (the controller uses port+1, and --secure's inter-broker listener port+2)."
+            " Default: 9092, or the last port used."
+        ),
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each events.* topic.")] = 3,
     heap: Annotated[str, typer.Option(help="Broker JVM heap, e.g. 1g.")] = "1g",
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="Serve clients over SASL_SSL (SCRAM-SHA-512) only, with a private CA, principals admin, pipeline"
+            " and alerts-reader, and ACLs; writes their client settings to $ARGUS_HOME/kafka/clients/.",
+        ),
+    ] = False,
 ) -> None:
     """Start the broker in the background (fetching its jars once), then create the topic layout.
 
     Data lives in $ARGUS_HOME/kafka (default ~/.argus/kafka) and survives `argus kafka down`.
+    A broker set up with --secure stays secure on later `up`s.
     """
     from infra.broker import LocalBroker
     from infra.topics import ensure_topics
@@ -107,14 +126,21 @@ def kafka_up(
     if port is not None:
         broker.port = port
     broker.heap = heap
+    broker.secure = broker.secure or secure
     was_running = broker.is_running()
     with err.status("starting Kafka (the first start fetches the broker's jars from Maven Central)..."):
         broker.up()
-        created = ensure_topics(broker.bootstrap, event_partitions=partitions)
+        admin_settings = broker.admin_settings() if broker.secure else None
+        created = ensure_topics(broker.bootstrap, event_partitions=partitions, client_settings=admin_settings)
     state = "already running" if was_running else "started"
     out.print(f"Kafka {state} at {broker.bootstrap}; data in {broker.data_dir}")
     if created:
         out.print(f"created topics: {', '.join(created)}")
+    if broker.secure:
+        from infra.security import secure_broker_summary
+
+        summary = secure_broker_summary(broker.material, broker.bootstrap)
+        out.print(summary, highlight=False, markup=False, soft_wrap=True)
 
 
 @kafka_app.command("down")
@@ -131,20 +157,31 @@ def kafka_status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
-    """Is the broker up, where, and how many records each topic holds."""
+    """Is the broker up, where, and how many records each topic holds. Exits 1 when it does not answer."""
+    from argus.preflight import PreflightError, require_broker
     from infra.broker import LocalBroker
     from infra.topics import topic_sizes
 
     status: dict[str, object] = {}
+    client_settings = None
     if bootstrap is None:
-        status = LocalBroker.default().status()
+        broker = LocalBroker.default()
+        status = broker.status()
         reachable = bool(status["running"])
+        client_settings = broker.admin_settings() if broker.secure and reachable else None
     else:
         status = {"bootstrap": bootstrap}
-        reachable = True
-    status["topics"] = topic_sizes(bootstrap) if reachable else {}
+        try:
+            require_broker(bootstrap)
+            reachable = True
+        except PreflightError:
+            reachable = False
+        status["reachable"] = reachable
+    status["topics"] = topic_sizes(bootstrap, client_settings) if reachable else {}
     if as_json:
         print(json.dumps(status))
+        if not reachable:
+            raise typer.Exit(1)
         return
     for key, value in status.items():
         if key != "topics":
@@ -209,6 +246,12 @@ def generate(
         raise UserError("say where the events go: --out DIR, --kafka, or both")
     if fmt not in ("parquet", "jsonl"):
         raise UserError(f"--format must be parquet or jsonl, not {fmt!r}")
+    from argus.preflight import PreflightError, iso_date
+
+    try:
+        iso_date(start, "--start")
+    except PreflightError as exc:
+        raise UserError(str(exc)) from exc
     try:
         config = gen.config(
             users=users,
@@ -252,9 +295,16 @@ def validate(
     Rejected records go to dlq.events with the reason, the original bytes (base64) and their
     topic/partition/offset. Offsets are committed per consumer group, so a rerun continues.
     """
+    from argus.preflight import PreflightError, require_broker
+    from argus.progress import advance, step
     from pipelines.topic_validator import validate_topics
 
-    with progress_bar("validating", total=None) as advance:
+    try:
+        require_broker(bootstrap)
+    except PreflightError as exc:
+        raise UserError(str(exc)) from exc
+    with working("validate"):
+        step(f"reading the events.* topics in group {group} (ends {idle_timeout:g}s after the last record)")
         report = validate_topics(group_id=group, bootstrap=bootstrap, idle_timeout_s=idle_timeout, progress=advance)
     if as_json:
         print(json.dumps(report.to_json()))
@@ -454,40 +504,69 @@ def batch_score(
 
 @batch_app.command("nightly")
 def batch_nightly(
-    date_: Annotated[str, typer.Option("--date", help="The day to process, YYYY-MM-DD.")],
+    date_: Annotated[str | None, typer.Option("--date", help="The day to process, YYYY-MM-DD.")] = None,
+    from_: Annotated[
+        str | None, typer.Option("--from", help="Backfill: the first day, YYYY-MM-DD (with --to).")
+    ] = None,
+    to: Annotated[str | None, typer.Option("--to", help="Backfill: the last day, YYYY-MM-DD (with --from).")] = None,
     lake: LakeOption = Path("lake"),
     master: MasterOption = "local[2]",
     skip_ingest: Annotated[
         bool, typer.Option(help="The lake is already filled (e.g. by argus generate --out).")
     ] = False,
     detectors: Annotated[
-        str, typer.Option(help="Detectors to score after the profile, comma-separated; '' for none.")
+        str, typer.Option(help="Detectors to fit and score after the embeddings, comma-separated; '' for none.")
     ] = "trolls,evaders,fraud,churn",
+    fit: Annotated[
+        bool, typer.Option(help="--no-fit scores with the model store's current models instead of refitting.")
+    ] = True,
     alerts: Annotated[bool, typer.Option(help="Produce the detectors' alerts to the alerts.* topics.")] = False,
+    print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
-    """The nightly chain: ingest -> quality gate -> profile -> embed -> score. A failing step stops it."""
+    """The nightly chain in one Spark application: ingest -> quality gate -> profiles -> embeddings ->
+    fit and score each detector -> alerts.
+
+    Each date is published whole at its end (scores, models made current in LAKE/models, alerts in
+    LAKE/alerts/ and, with --alerts, on the alerts.* topics): a crash leaves the previous night in
+    place, and a rerun replaces the date's outputs with the same alert ids. A failing quality gate
+    stops the chain (exit 1). Step results go to stdout as JSON lines; Spark's log to LAKE/_logs/.
+    """
+    from argus.nightly import NightlyError, NightlyRun, nightly_command, run_nightly_submit
+
     names = [d for d in detectors.split(",") if d]
     unknown = [d for d in names if d not in DETECTOR_NAMES]
     if unknown:
-        raise UserError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_NAMES)}")
-    if not skip_ingest:
-        batch_ingest(lake=lake, master=master, topics=None, rerun=None, print_command=False, bootstrap=bootstrap)
-    batch_quality(date_=date_, lake=lake, master=master, freshness_hours=6.0, volume_tolerance=0.5, print_command=False)
-    batch_profile(date_=date_, lake=lake, feature_days=30, master=master, print_command=False)
-    batch_embed(date_=date_, lake=lake, days=30, dim=32, master=master, print_command=False)
-    for name in names:
-        batch_score(
-            detector=name,
-            date_=date_,
-            lake=lake,
-            days=30,
-            model=None,
-            alerts=alerts,
-            master=master,
-            print_command=False,
-            bootstrap=bootstrap,
-        )
+        raise UserError(f"--detectors: unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_NAMES)}")
+    if date_ is not None and (from_ or to):
+        raise UserError("give either --date D or --from D1 --to D2, not both")
+    if date_ is not None:
+        dates = [_parse_date(date_, "--date")]
+    elif from_ and to:
+        first, last = _parse_date(from_, "--from"), _parse_date(to, "--to")
+        if last < first:
+            raise UserError(f"--to {last} is before --from {first}; give the earlier date first")
+        dates = [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
+    else:
+        raise UserError("give --date YYYY-MM-DD, or --from and --to for a backfill")
+    servers = _servers(bootstrap) if (alerts or not skip_ingest) else None
+    run = NightlyRun(lake, dates, names, master, servers, ingest=not skip_ingest, alerts=alerts, fit=fit)
+    if print_command:
+        print(" ".join(nightly_command(run, err)))
+        return
+    try:
+        code = run_nightly_submit(run, err)
+    except NightlyError as exc:
+        raise UserError(str(exc)) from exc
+    if code:
+        raise typer.Exit(code)
+
+
+def _parse_date(value: str, option: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise UserError(f"{option} must be YYYY-MM-DD, not {value!r}") from exc
 
 
 def _servers(bootstrap: str | None) -> str:
@@ -516,7 +595,14 @@ def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_comm
     if print_command:
         print(" ".join(cmd))
         return
-    result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
+    from argus.progress import step
+
+    log = lake / "_logs" / f"{job}.log"  # Spark's own output: kept here, never on the terminal
+    with working(f"batch {job}"):
+        step(f"spark-submit on {master} (Spark's log: {log})")
+        result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(result.stdout + result.stderr)
     lines = (result.stdout + result.stderr).splitlines()
     if result.returncode != 0 and job == "quality" and '"passed": false' in result.stdout:
         summary = [line for line in result.stdout.splitlines() if line.startswith(("quality gate", "  "))]
@@ -524,9 +610,6 @@ def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_comm
         print(result.stdout.strip().splitlines()[-1])
         raise typer.Exit(1)
     if result.returncode != 0:
-        log = lake / "_logs" / f"{job}-failed.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text(result.stdout + result.stderr)
         said = next((line[len("error: ") :] for line in lines if line.startswith("error: ")), None)
         if said:
             raise UserError(said)
@@ -544,6 +627,40 @@ def batch_runs(lake: LakeOption = Path("lake")) -> None:
     for path in runs:
         run = json.loads(path.read_text())
         print(json.dumps({k: run[k] for k in ("run_id", "valid", "rejected", "finished_at")}))
+
+
+# --- forget -------------------------------------------------------------------------------
+
+
+@app.command()
+def forget(
+    user: Annotated[list[str], typer.Option("--user", help="The user id to erase; repeat for several.")],
+    reason: Annotated[str | None, typer.Option(help="Why (a ticket or request id); kept in the audit log.")] = None,
+    lake: LakeOption = Path("lake"),
+    no_kafka: Annotated[bool, typer.Option("--no-kafka", help="Erase from the lake only; no broker needed.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Erase users: their rows from every lake table and date, tombstones on compacted topics, models.
+
+    Mentions of the user in other users' rows become a pseudonym; dead letters mentioning them are
+    removed. One JSON record per run goes to LAKE/_audit/forget.jsonl, with the users as keyed
+    digests and counts, never the removed content. Rerunning is safe and reports 0 removed.
+    """
+    from argus.forget import ForgetError, summary
+    from argus.forget import forget as run_forget
+
+    try:
+        report = run_forget(lake, user, reason, bootstrap=bootstrap, kafka=not no_kafka)
+    except ForgetError as exc:
+        raise UserError(str(exc)) from exc
+    result = summary(report)
+    print(json.dumps(result, sort_keys=True))
+    if report.models_pending_refit:
+        err.print(
+            f"note: models in use still name the user: {', '.join(report.models_pending_refit)}; the next fit"
+            " (argus batch nightly) replaces them, then rerun argus forget to delete them",
+            highlight=False,
+        )
 
 
 # --- schemas ----------------------------------------------------------------------------
@@ -603,28 +720,39 @@ def bench_generate(
 def bench_cluster(
     n: Annotated[int, typer.Option("--n", min=2, help="Points in the generated blobs (5% uniform noise).")] = 50_000,
     dim: Annotated[int, typer.Option("--dim", min=1, help="Dimensions of the generated blobs.")] = 64,
-    data: Annotated[Path | None, typer.Option("--data", help="Cluster this .npy matrix instead of blobs.")] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Cluster this matrix instead of blobs: .npy, .csv or .parquet.")
+    ] = None,
     min_cluster_size: Annotated[int, typer.Option(min=2)] = 50,
     min_samples: Annotated[int, typer.Option(min=1)] = 10,
     skip_hdbscan: Annotated[bool, typer.Option(help="Skip the hdbscan library (hours at large n).")] = False,
     skip_fast: Annotated[bool, typer.Option(help="Skip fast_hdbscan.")] = False,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed fits per library, round-robin; medians reported.")] = 1,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="Give up on a library after this many seconds per fit.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
 ) -> None:
     """pHDBSCAN against the hdbscan library and fast_hdbscan (warm) on the same data.
 
-    Keys: n, dim, ours_s, hdbscan_s, fast_hdbscan_s, speedup (hdbscan_s / ours_s), speedup_vs_fast,
-    ari (ours vs hdbscan), ari_fast, peak_rss_mb (ours). Each library runs in its own process;
-    fast_hdbscan is timed on a second fit; the first (JIT compilation) is fast_hdbscan_warmup_s.
+    Keys: n, dim, duplicate_rows, ours_s, hdbscan_s, fast_hdbscan_s (medians; *_runs_s: every run),
+    speedup (hdbscan_s / ours_s), speedup_vs_fast, ari (ours vs hdbscan), ari_fast, peak_rss_mb
+    (ours). Each library runs in its own process on the same float32 matrix; fast_hdbscan's first
+    fit (JIT compilation) is fast_hdbscan_warmup_s. A library that fails gets {"error": ...} under
+    its name, the others' figures stay, and the exit code is 1.
     """
+    from argus.bench import BenchDataError
     from argus.bench import bench_cluster as run
 
-    if data is not None and not data.exists():
-        raise UserError(f"{data} does not exist")
+    if data is not None and not data.is_file():
+        raise UserError(f"--data: {data} is not a file")
     try:
-        result = run(n, dim, min_cluster_size, min_samples, data, skip_hdbscan, skip_fast)
-    except RuntimeError as exc:
-        raise UserError(str(exc)) from exc
+        result = run(n, dim, min_cluster_size, min_samples, data, skip_hdbscan, skip_fast, 0, repeats, timeout)
+    except (RuntimeError, BenchDataError) as exc:
+        raise UserError(f"--data: {exc}" if isinstance(exc, BenchDataError) else str(exc)) from exc
     print(json.dumps(result))
+    if any(isinstance(value, dict) and "error" in value for value in result.values()):
+        raise typer.Exit(1)
 
 
 @bench_app.command("profile")
@@ -658,6 +786,41 @@ def bench_detect(
     if unknown:
         raise UserError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_NAMES)}")
     print(json.dumps(run(users, days, names)))
+
+
+@bench_app.command("stream")
+def bench_stream(
+    events: Annotated[
+        int, typer.Option("--events", min=1000, help="Events to offer (one dense day, in order).")
+    ] = 200_000,
+    rate: Annotated[float, typer.Option(min=1.0, help="Events per second offered to Kafka.")] = 25_000.0,
+    detectors: Annotated[str, typer.Option(help="Comma-separated streaming detectors to run.")] = "trolls,fraud",
+    key_shards: Annotated[int, typer.Option(min=1, help="Shards of the pipeline's keyed state.")] = 1,
+    timeout: Annotated[float, typer.Option(min=10.0, help="Seconds to wait for the last outputs.")] = 600.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """The streaming pipeline on Prism fed at a fixed rate: Kafka in to alert and feature topics out.
+
+    Keys: events, offered_per_s, events_per_s, latency_p50_s, latency_p99_s, latency_max_s, checked,
+    lost, alerts, duplicate_alerts, detectors, key_shards, event_time_speedup (see argus/bench_stream.py).
+    Starts a scratch broker unless --bootstrap is given; needs the Prism runner (`argus stream fetch`).
+    """
+    from argus.bench_stream import BenchStreamError
+    from argus.bench_stream import bench_stream as run
+    from infra.prism import PrismError, fetch_prism
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()]
+    unknown = [d for d in names if d not in ("trolls", "fraud")]
+    if unknown or not names:
+        given = unknown[0] if unknown else detectors
+        raise UserError(f"--detectors: unknown streaming detector {given!r}; use trolls and/or fraud")
+    try:
+        fetch_prism()
+        result = run(events, rate, names, key_shards, bootstrap=bootstrap, timeout_s=timeout)
+    except (BenchStreamError, PrismError) as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps(result))
 
 
 @eval_app.command("embeddings")
@@ -724,7 +887,8 @@ def detect(
     --save-model keeps that model for later runs or for streaming. trolls also writes the
     raid groups it finds to OUT.raids.jsonl; malformed JSONL lines go to OUT.rejected.jsonl.
     """
-    from argus.detect import run_detect
+    from argus.detect import nothing_useful, run_detect
+    from argus.preflight import PreflightError, require_broker, writable_file
     from detectors.base import ModelError
     from detectors.events import EventsError
     from infra.clients import publish_alerts
@@ -742,15 +906,29 @@ def detect(
             "a saved churn model answers for the horizon, lookback and mode it was fitted for;"
             " drop --horizon/--lookback/--mode or refit"
         )
+    try:  # mistakes that would otherwise surface only after the whole fit
+        writable_file(out, "--out")
+        if save_model is not None and save_model.is_file():
+            raise PreflightError(f"--save-model {save_model} is a file; give a folder to save the model into")
+        if alerts:
+            require_broker(bootstrap)
+    except PreflightError as exc:
+        raise UserError(str(exc)) from exc
     try:
-        summary, found = run_detect(detector, events, out, model, save_model, params, per=per)
+        with working(f"detect {detector}"):
+            summary, found = run_detect(detector, events, out, model, save_model, params, per=per)
     except (EventsError, ModelError, ValueError) as exc:
         raise UserError(str(exc)) from exc
     if alerts:
-        summary["alerts"] = publish_alerts(found, bootstrap)
+        with err.status(f"publishing {len(found)} alerts..."):
+            summary["alerts"] = publish_alerts(found, bootstrap)
     if summary.get("horizon_note"):
         err.print(f"churn: {summary['horizon_note']}", highlight=False, markup=False, soft_wrap=True)
     print(json.dumps(summary))
+    warning = nothing_useful(summary)
+    if warning:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _churn_params(
@@ -761,8 +939,12 @@ def _churn_params(
 
     params: dict[str, object] = {}
     if as_of is not None:
-        _check_date(as_of)
-        params["as_of"] = as_of
+        from argus.preflight import PreflightError, iso_date
+
+        try:
+            params["as_of"] = iso_date(as_of, "--as-of")
+        except PreflightError as exc:
+            raise UserError(str(exc)) from exc
     if horizon is not None and horizon_days is not None:
         raise UserError("give --horizon or --horizon-days, not both")
     try:
@@ -818,14 +1000,25 @@ def explain_fraud(
 
     if (model is None) == (events is None):
         raise UserError("give exactly one of --model (a saved fraud model) or --events (fit on them first)")
+    from argus.progress import step
+
     try:
-        if model is not None:
-            detector = FraudDetector.load(model)
-        else:
-            assert events is not None
-            detector = FraudDetector()
-            detector.fit(detector.features(load_events(events)))
-        print(json.dumps(detector.explain(cluster), default=str))
+        with working("explain fraud"):
+            if model is not None:
+                step(f"loading {model}")
+                detector = FraudDetector.load(model)
+            else:
+                assert events is not None
+                step(f"reading {events}")
+                loaded = load_events(events)
+                detector = FraudDetector()
+                step(f"features of {len(loaded.user_ids):,} users")
+                features = detector.features(loaded)
+                step(f"clustering and fitting on {len(features):,} users")
+                detector.fit(features)
+            step(f"explaining cluster {cluster}")
+            explained = detector.explain(cluster)
+        print(json.dumps(explained, default=str))
     except (EventsError, ModelError) as exc:
         raise UserError(str(exc)) from exc
     except KeyError as exc:
@@ -857,7 +1050,7 @@ def eval_trolls(
     if method not in ("centroid", "knn"):
         raise UserError(f"--method must be centroid or knn, not {method!r}")
     _check_profile(profile)
-    _print_eval(_evaluate(lambda: run(world, method, profile=profile)), as_json)
+    _print_eval(_evaluate(lambda: run(world, method, profile=profile), "eval trolls"), as_json)
 
 
 @eval_app.command("evaders")
@@ -866,7 +1059,7 @@ def eval_evaders(world: WorldOption = None, profile: ProfileOption = "realistic"
     from argus.evals.evaders import run
 
     _check_profile(profile)
-    _print_eval(_evaluate(lambda: run(world, profile=profile)), as_json)
+    _print_eval(_evaluate(lambda: run(world, profile=profile), "eval evaders"), as_json)
 
 
 @eval_app.command("fraud")
@@ -875,7 +1068,7 @@ def eval_fraud(world: WorldOption = None, profile: ProfileOption = "realistic", 
     from argus.evals.fraud import run
 
     _check_profile(profile)
-    _print_eval(_evaluate(lambda: run(world, profile=profile)), as_json)
+    _print_eval(_evaluate(lambda: run(world, profile=profile), "eval fraud"), as_json)
 
 
 @eval_app.command("churn")
@@ -889,7 +1082,7 @@ def eval_churn(
     from argus.evals.churn import run
 
     _check_profile(profile)
-    _print_eval(_evaluate(lambda: run(world, horizon_days=horizon_days, profile=profile)), as_json)
+    _print_eval(_evaluate(lambda: run(world, horizon_days=horizon_days, profile=profile), "eval churn"), as_json)
 
 
 def _check_profile(profile: str) -> None:
@@ -910,28 +1103,232 @@ def _print_eval(result: dict[str, object], as_json: bool) -> None:
         out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
-def _evaluate(run: Callable[[], dict[str, object]]) -> dict[str, object]:
+def _evaluate(run: Callable[[], dict[str, object]], title: str = "eval") -> dict[str, object]:
     """An evaluation; a world that is missing, has no truth or is too short is the user's to fix."""
     try:
-        return run()
+        with working(title):
+            return run()
     except (FileNotFoundError, ValueError) as exc:
         raise UserError(str(exc)) from exc
 
 
 @app.command()
 def demo(
-    users: Annotated[int, typer.Option(min=50, help="Accounts in the demo world.")] = 1000,
-    days: Annotated[int, typer.Option(min=1, help="Simulated days.")] = 2,
-    keep_broker: Annotated[bool, typer.Option(help="Leave the broker running afterwards.")] = False,
+    users: Annotated[int, typer.Option(min=200, help="Accounts in the demo world.")] = 2000,
+    days: Annotated[
+        int, typer.Option(min=15, help="Days streamed in before the night (churn learns from 14-day horizons).")
+    ] = 21,
+    live_hours: Annotated[int, typer.Option(min=1, max=24, help="Hours of the next day the streaming run scores.")] = 3,
 ) -> None:
-    """The whole story on embedded defaults: a world through Kafka, dead letters, the nightly Spark chain.
+    """The whole story on embedded defaults, in a few minutes on two cores.
 
-    Starts a broker of its own, generates a small world, streams it in with malformed records mixed
-    in, reads it back with dead-lettering, then runs ingest, the quality gate, profiles and embeddings.
+    Starts a broker of its own, streams a synthetic world's first weeks into Kafka (malformed records
+    mixed in), runs the nightly chain in one Spark application (all four detectors, alerts to Kafka),
+    streams the following hours through the Beam pipeline, reads the alerts back, writes the HTML
+    report and prints precision and recall against the injected truth. Engine logs go to
+    ~/.argus/demo/demo.log; the broker stays up afterwards (the last lines say how to stop it).
     """
     from argus.demo import run_demo
 
-    run_demo(out, users=users, days=days, keep_broker=keep_broker)
+    run_demo(users=users, days=days, live_hours=live_hours)
+
+
+# --- alerts -------------------------------------------------------------------------------
+alerts_app = typer.Typer(no_args_is_help=True, help="Read the alert topics (alerts.troll, .evader, .fraud, .churn).")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.command("tail")
+def alerts_tail(
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", help="troll, evader, fraud, churn or raid; repeat for several.")
+    ] = None,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep waiting for new alerts (Ctrl-C stops).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line (the Alert contract).")] = False,
+    max_alerts: Annotated[int | None, typer.Option("--max", min=1, help="Stop after this many alerts.")] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(help="Consumer group: commit what was shown, so a tail started again resumes after it."),
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(help="Only alerts published since then: an ISO time (2026-10-03T12:00Z) or a duration (2h, 7d)."),
+    ] = None,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Alerts as they are published, each alert id once (replays and reruns are not shown twice).
+
+    Without --follow it stops at the topics' current end. Reasons and evidence ids under each alert,
+    coloured by severity; --json prints the alerts themselves, one per line, for jq or another program.
+    """
+    from argus.alerts_tail import TailStats, parse_since, render, summary, tail_alerts, write_json_line
+    from argus.preflight import PreflightError
+
+    stats = TailStats()
+    if follow and err.is_terminal:
+        err.print("[dim]following the alert topics; Ctrl-C stops[/]")
+    try:
+        start = parse_since(since) if since is not None else None
+        for tailed in tail_alerts(kind, group, start, follow, max_alerts, bootstrap, stats):
+            if as_json:
+                write_json_line(tailed)
+            else:
+                for line in render(tailed):
+                    out.print(line, highlight=False)
+    except PreflightError as exc:
+        raise UserError(str(exc)) from exc
+    except KeyboardInterrupt:
+        pass  # following ends with Ctrl-C; what was shown is committed
+    for problem in stats.problems:
+        err.print(f"skipped {problem}", highlight=False, markup=False, soft_wrap=True)
+    if not as_json:
+        err.print(json.dumps(summary(stats)), highlight=False, markup=False, soft_wrap=True)
+
+
+@alerts_app.command("publish")
+def alerts_publish(
+    date_: Annotated[str, typer.Option("--date", help="The night whose alerts to produce, YYYY-MM-DD.")],
+    lake: LakeOption = Path("lake"),
+    detectors: Annotated[str, typer.Option(help="Comma-separated detectors whose alerts to produce.")] = (
+        "trolls,evaders,fraud,churn"
+    ),
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Produce a night's alerts from LAKE/alerts/ to the alerts.* topics, keyed by alert id (a rerun
+    writes the same keys). The scheduler's step after scoring; prints the records per topic as JSON."""
+    from argus.preflight import PreflightError, require_broker
+    from argus.publish_alerts import PublishError, night_alerts
+    from infra.clients import publish_alerts
+
+    day = _parse_date(date_, "--date")
+    names = [d for d in detectors.split(",") if d]
+    unknown = [d for d in names if d not in DETECTOR_NAMES]
+    if unknown or not names:
+        named = unknown[0] if unknown else ""
+        raise UserError(f"--detectors: unknown detector {named!r}; choose from {', '.join(DETECTOR_NAMES)}")
+    try:
+        alerts = night_alerts(lake, day, names)  # every file is there and readable before the broker is asked
+        require_broker(bootstrap)
+        produced = publish_alerts(alerts, bootstrap) if alerts else {}
+    except (PublishError, PreflightError) as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps({"date": day.isoformat(), "produced": produced}))
+
+
+# --- report and schedule ------------------------------------------------------------------
+
+
+@app.command()
+def report(
+    date_: Annotated[str, typer.Option("--date", help="The night to report on, YYYY-MM-DD.")],
+    out_file: Annotated[Path, typer.Option("--out", help="The HTML file to write (one self-contained page).")],
+    lake: LakeOption = Path("lake"),
+    truth: Annotated[
+        Path | None,
+        typer.Option(
+            help="Truth to evaluate against: users.parquet or a folder of `argus generate --out`; "
+            "default: LAKE/truth/ when it exists."
+        ),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Nights of alerts to plot, up to --date.")] = 30,
+    max_points: Annotated[int, typer.Option(min=100, help="Most users drawn on the behaviour map.")] = 5_000,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line.")] = False,
+) -> None:
+    """One HTML page about a night: alerts over time, a map of behaviour embeddings, top reasons,
+    data quality and, with a truth file, precision and recall. Opens offline (plotly.js is inlined).
+
+    A part the lake lacks becomes a sentence on the page saying what to run.
+    """
+    from argus.preflight import PreflightError, writable_file
+    from argus.report import ReportError, write_report
+
+    day = _parse_date(date_, "--date")
+    if out_file.is_dir():
+        raise UserError(f"--out {out_file} is a folder; give a file name, e.g. --out {out_file / f'report-{day}.html'}")
+    try:
+        writable_file(out_file, "--out")
+        with err.status(f"writing the report for {day}..."):
+            summary = write_report(lake, day, out_file, truth, days=days, max_points=max_points)
+    except (ReportError, PreflightError) as exc:
+        raise UserError(str(exc)) from exc
+    if as_json:
+        print(json.dumps(summary.to_json()))
+        return
+    alerts = ", ".join(f"{kind} {n:,}" for kind, n in sorted(summary.alerts.items())) or "none"
+    out.print(f"report for {day}: {summary.out} (alerts: {alerts})", highlight=False, soft_wrap=True)
+    for key, state in summary.sections.items():
+        if state != "ok":
+            err.print(f"  {key}: {state}", highlight=False, soft_wrap=True)
+
+
+schedule_app = typer.Typer(
+    no_args_is_help=True, help="Run the nightly chain from cron (the Airflow DAG is in infra/schedule/)."
+)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("install")
+def schedule_install(
+    lake: LakeOption = Path("lake"),
+    master: MasterOption = "local[2]",
+    at: Annotated[str, typer.Option(help="When, as a cron schedule in the machine's time zone.")] = "30 1 * * *",
+    log: Annotated[
+        Path | None, typer.Option(help="Append each night's output here; default LAKE/_logs/cron-nightly.log.")
+    ] = None,
+    report_dir: Annotated[
+        Path | None, typer.Option(help="Also write each night's HTML report here (argus-report-DATE.html).")
+    ] = None,
+    skip_ingest: Annotated[bool, typer.Option(help="The lake is filled some other way; do not read Kafka.")] = False,
+    alerts: Annotated[bool, typer.Option(help="Produce the night's alerts to the alerts.* topics.")] = False,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """Add (or replace) the crontab entry that runs `argus batch nightly` for yesterday (UTC) every night.
+
+    The entry sits between two marker comments; other crontab lines are left alone. KAFKA_BOOTSTRAP and
+    ARGUS_CONFIG, when set, are written into it (cron starts commands without your environment).
+    """
+    import os
+
+    from argus.schedule import NightlyCron, ScheduleError, install
+
+    try:
+        config = os.environ.get("ARGUS_CONFIG")
+        entry = NightlyCron(
+            lake, master, at, log, report_dir, skip_ingest, alerts, bootstrap, Path(config) if config else None
+        )
+        block, replaced = install(entry)
+    except ScheduleError as exc:
+        raise UserError(str(exc)) from exc
+    err.print("replaced the argus-nightly crontab entry:" if replaced else "installed the crontab entry:")
+    out.print("\n".join(block), highlight=False, markup=False, soft_wrap=True)
+    err.print(f"each night's output is appended to {entry.log}", highlight=False, soft_wrap=True)
+
+
+@schedule_app.command("show")
+def schedule_show() -> None:
+    """Print the installed argus-nightly crontab entry (exit 1 when there is none)."""
+    from argus.schedule import ScheduleError, show
+
+    try:
+        block = show()
+    except ScheduleError as exc:
+        raise UserError(str(exc)) from exc
+    if block is None:
+        err.print("no argus-nightly entry in the crontab; add one with `argus schedule install`")
+        raise typer.Exit(1)
+    out.print("\n".join(block), highlight=False, markup=False, soft_wrap=True)
+
+
+@schedule_app.command("remove")
+def schedule_remove() -> None:
+    """Delete the argus-nightly crontab entry; the crontab's other lines stay."""
+    from argus.schedule import ScheduleError, remove
+
+    try:
+        removed = remove()
+    except ScheduleError as exc:
+        raise UserError(str(exc)) from exc
+    err.print("removed the argus-nightly crontab entry" if removed else "no argus-nightly entry in the crontab")
 
 
 # --- stream -------------------------------------------------------------------------------
@@ -1017,6 +1414,18 @@ def stream_run(
     fraud_lookback_days: Annotated[int, typer.Option(help="Days of payment graph the fraud features see.")] = 30,
     alerts_prefix: Annotated[str, typer.Option(help="Alerts go to PREFIX.<kind> (e.g. a staging prefix).")] = "alerts",
     dlq_topic: Annotated[str, typer.Option(help="Topic for rejected records.")] = "dlq.events",
+    key_shards: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Shards of the keyed state (channels, users), spread over workers on clusters; "
+            "default 1 on prism and direct (one Python process), 4 x --parallelism on flink and dataflow.",
+        ),
+    ] = None,
+    features_prefix: Annotated[
+        str | None,
+        typer.Option(help="Also publish every scored feature snapshot to PREFIX.<detector> (topics must exist)."),
+    ] = None,
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Run the streaming pipeline: events.* -> validate (rejects to dlq.events) -> detectors -> alerts.<kind>.
@@ -1047,6 +1456,8 @@ def stream_run(
         fraud_lookback_days=fraud_lookback_days,
         alerts_prefix=alerts_prefix,
         dlq_topic=dlq_topic,
+        key_shards=key_shards,
+        features_prefix=features_prefix,
         beam_args=list(ctx.args),
     )
     if topics:

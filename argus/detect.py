@@ -7,6 +7,7 @@ from typing import Any
 
 import pandas as pd
 
+from argus.progress import step
 from detectors.base import Detector, reasons_text, status_counts
 from detectors.events import Events, load_events
 from detectors.registry import detector_class
@@ -29,6 +30,7 @@ def run_detect(
     """
     from detectors.alerts import alerts_from_scores
 
+    step(f"reading {events_path.name}")
     events = load_events(events_path)
     if events.rejected:
         rejected_out = _write_rejected(events, out)
@@ -39,16 +41,22 @@ def run_detect(
     if per != "user" and per != cls.item_kind:
         offered = f"user or {cls.item_kind}" if cls.item_kind else "user only"
         raise ValueError(f"--per {per}: the {name} detector scores {offered}")
+    if name == "churn" and params and params.get("as_of"):
+        _check_as_of_within(str(params["as_of"]), events)
     detector: Detector = cls.load(model) if model else cls(**(params or {}))
     if model and params and "as_of" in params:
         from detectors.churn import ChurnDetector
 
         assert isinstance(detector, ChurnDetector)
         detector = detector.at(str(params["as_of"]))  # what was learnt, scored at another day
+    step(f"features of {len(events.user_ids):,} users ({events.count:,} events)")
     features = detector.features(events)
     if model is None:
+        step(f"fitting on {len(features):,} users")
         detector.fit(features)
+    step(f"scoring {len(features):,} users")
     scores = detector.score(features)
+    step("writing the scores")
     out.parent.mkdir(parents=True, exist_ok=True)
     users_out = out if per == "user" else out.with_suffix(".users.csv")
     table = scores.assign(reasons=scores["reasons"].map(reasons_text))
@@ -60,7 +68,8 @@ def run_detect(
     if save_model:
         detector.save(save_model)
     start, end = _window(events)
-    alerts = alerts_from_scores(scores, detector, start, end)
+    step(f"alerts and their evidence for {int(scores['flagged'].sum()):,} flagged users")
+    alerts = alerts_from_scores(scores, detector, start, end, events=events, features=features)
     summary: dict[str, Any] = {
         "detector": name,
         "users": len(scores),
@@ -81,6 +90,8 @@ def run_detect(
 
         assert isinstance(detector, ChurnDetector)
         summary.update(detector.run_summary())
+        if summary.get("model") == "prior" and detector.metrics.get("why"):
+            summary["model_why"] = detector.metrics["why"]
     if name == "trolls":
         raid_alerts = _raids(events, detector.model_version)
         raids_out = out.with_suffix(".raids.jsonl")
@@ -89,6 +100,33 @@ def run_detect(
         summary["raids_out"] = str(raids_out)
         alerts += raid_alerts
     return summary, alerts
+
+
+def nothing_useful(summary: dict[str, Any]) -> str | None:
+    """Why a finished run is of no use (nothing scored; churn with no horizon to learn from), or None."""
+    if summary["users"] and not summary["scored"]:
+        counts = ", ".join(f"{n} {status}" for status, n in summary["status_counts"].items())
+        return f"nothing scored ({counts}); see the status column of {summary['out']}"
+    if summary["detector"] == "churn" and summary.get("model") == "prior":
+        why = summary.get("model_why") or "too few churners and stayers with an observed horizon"
+        return (
+            f"churn: no horizon to learn from ({why}); the scores are only the activity-rate prior."
+            " Give more days of events, or a shorter --horizon"
+        )
+    return None
+
+
+def _check_as_of_within(as_of: str, events: Events) -> None:
+    """``--as-of`` must fall on a day the events cover: outside them nobody can be scored usefully."""
+    times = [f["ts"] for f in events.frames.values() if len(f)]
+    if not times:
+        return
+    first, last = (t.date() for t in (min(x.min() for x in times), max(x.max() for x in times)))
+    day = pd.Timestamp(as_of).date()
+    if not first <= day <= last:
+        raise ValueError(
+            f"--as-of {as_of} is outside the events, which run from {first} to {last}; give a day between them"
+        )
 
 
 def _write_rejected(events: Events, out: Path) -> Path:

@@ -54,6 +54,20 @@ user's message scores (expected violating messages) out of ``n`` messages and a 
 prior fitted by the method of moments on users with at least ``min_messages`` messages, the
 posterior is Beta(a + k, b + n - k): one message moves it a little, many messages pin it down,
 and its credible interval shrinks with evidence.
+
+A user's troll probability from three views (``fit_user_views``, when the data holds moderation
+events): what the user wrote (the content score above, binned within message-count tiers), how
+many distinct users reported them and how many sanctions (warnings, timeouts, bans) moderators
+gave them on chat grounds. Reports and sanctions are late, partial and noisy (moderators see a
+fraction of what happens and sometimes warn the wrong person), so they are views, not labels:
+a latent-class model (Dawid and Skene, *Maximum Likelihood Estimation of Observer Error-rates*,
+1979) learns each view's category rates per class by EM, without labels, assuming the views are
+independent given the class. A user with one message and two reports scores far above one with
+one message and none; a sanctioned user who wrote nothing odd is pulled back by what they wrote.
+The model is identifiable only with at least three views and enough moderated users
+(``MIN_MODERATED``); without them (a feed without moderation, the streaming state) the content
+score stands alone. Fails where reports are brigaded (many users reporting an innocent together)
+and where moderation follows the content model itself (the views are then not independent).
 """
 
 from __future__ import annotations
@@ -391,12 +405,191 @@ def _mentions_other_channel(lower: pd.Series, channel: pd.Series, names: list[st
     return np.asarray(hits, dtype=bool)
 
 
+# --- users from three views: content, reports, sanctions ----------------------------------------
+
+SANCTIONS = ("warn", "timeout", "ban")
+CHAT_GROUNDS = ("troll", "spam", "harassment")  # moderation labels about chat (fraud and evasion are not)
+MODERATION_COLUMNS = ["mod_reporters", "mod_sanctions"]
+MIN_MODERATED = 5  # users with a report or a sanction: fewer, and the moderation views say nothing
+MIN_VIEW_USERS = 1000  # about 60 rates to learn (31 categories, two classes): fewer users overfit them
+CONTENT_BINS = 8  # content-score bins per message-count tier
+MAX_REPORTERS = 3  # report categories 0, 1, 2, 3+
+MAX_SANCTIONS = 2  # sanction categories 0, 1, 2+
+# Each class's rates start from this many users distributed as everybody is: a view's likelihood
+# ratios stay near 1 until the class holds well more users than this (a few dozen trolls cannot
+# make one report decisive), and are the data's once it does.
+PSEUDO_USERS = 1.0
+
+
+def moderation_counts(moderation: pd.DataFrame) -> pd.DataFrame:
+    """Per user (index ``user_id``): ``mod_reporters`` (distinct users who reported them) and
+    ``mod_sanctions`` (warnings, timeouts and bans), on chat grounds or without a stated ground."""
+    if moderation.empty:
+        return pd.DataFrame(columns=MODERATION_COLUMNS, dtype=float)
+    label = moderation["label"] if "label" in moderation.columns else pd.Series(None, index=moderation.index)
+    about_chat = label.isna() | label.isin(CHAT_GROUNDS)
+    action = moderation["action"].astype(str)
+    reports = moderation[about_chat & (action == "report")]
+    sanctions = moderation[about_chat & action.isin(SANCTIONS)]
+    return pd.DataFrame(
+        {
+            "mod_reporters": reports.groupby("user_id")["actor_id"].nunique(),
+            "mod_sanctions": sanctions.groupby("user_id").size(),
+        }
+    ).fillna(0.0)
+
+
+@dataclass(frozen=True)
+class UserViewModel:
+    """The latent-class model over a user's three views (module doc).
+
+    ``tiers``: upper message counts of the message-count tiers (the last tier is open);
+    ``content_edges``: per tier, the content-score bin edges; ``rates1``/``rates0``: per view
+    (content, reporters, sanctions), the category probabilities for trolls and for the rest.
+    """
+
+    tiers: tuple[int, ...]
+    content_edges: tuple[tuple[float, ...], ...]
+    prior: float
+    rates1: tuple[tuple[float, ...], ...]
+    rates0: tuple[tuple[float, ...], ...]
+    iterations: int
+
+    def categories(
+        self, content: np.ndarray, messages: np.ndarray, reporters: np.ndarray, sanctions: np.ndarray
+    ) -> list[np.ndarray]:
+        """Each user's category in each view."""
+        content = np.nan_to_num(np.asarray(content, dtype=float), nan=0.0)
+        tier = np.searchsorted(np.asarray(self.tiers, dtype=float), np.asarray(messages, dtype=float), side="left")
+        binned = np.zeros(len(content), dtype=int)
+        for t, edges in enumerate(self.content_edges):
+            rows = tier == t
+            binned[rows] = np.searchsorted(np.asarray(edges), content[rows], side="right")
+        return [
+            tier * CONTENT_BINS + binned,
+            np.minimum(np.nan_to_num(np.asarray(reporters, dtype=float)), MAX_REPORTERS).astype(int),
+            np.minimum(np.nan_to_num(np.asarray(sanctions, dtype=float)), MAX_SANCTIONS).astype(int),
+        ]
+
+    def log_ratios(self, views: list[np.ndarray]) -> np.ndarray:
+        """Per user and view (columns), the log-likelihood ratio troll : rest of its category."""
+        return np.column_stack(
+            [
+                np.log(np.asarray(r1)[v] / np.asarray(r0)[v])
+                for v, r1, r0 in zip(views, self.rates1, self.rates0, strict=True)
+            ]
+        )
+
+    def posterior(
+        self, content: np.ndarray, messages: np.ndarray, reporters: np.ndarray, sanctions: np.ndarray
+    ) -> np.ndarray:
+        """P(troll | the three views) per user."""
+        ratios = self.log_ratios(self.categories(content, messages, reporters, sanctions))
+        log_odds = np.log(self.prior / (1 - self.prior)) + ratios.sum(axis=1)
+        return np.asarray(1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50))), dtype=float)
+
+
+def fit_user_views(
+    content: np.ndarray,
+    messages: np.ndarray,
+    reporters: np.ndarray,
+    sanctions: np.ndarray,
+    tiers: tuple[int, ...] = (3, 20),
+    max_iter: int = 500,
+    tol: float = 1e-7,
+    pseudo_users: float = PSEUDO_USERS,
+) -> UserViewModel | None:
+    """EM for the three-view latent-class model (module doc); None when the views cannot be learnt.
+
+    ``content`` (0..1, from the message and context modes) starts the responsibilities; content bins
+    are quantiles within each message-count tier (``tiers``: users with up to 3, up to 20, more
+    messages), so a one-message user is compared with other one-message users. Rates are smoothed by
+    one user spread over a view's categories. None with fewer than ``MIN_VIEW_USERS`` users, fewer
+    than ``MIN_MODERATED`` reported or sanctioned ones, or when the fitted troll class is reported
+    and sanctioned less than the rest (the views disagree; the content score then stands alone).
+    """
+    content = np.nan_to_num(np.asarray(content, dtype=float), nan=0.0)
+    messages = np.asarray(messages, dtype=float)
+    reporters = np.nan_to_num(np.asarray(reporters, dtype=float))
+    sanctions = np.nan_to_num(np.asarray(sanctions, dtype=float))
+    moderated = int(((reporters > 0) | (sanctions > 0)).sum())
+    if len(content) < MIN_VIEW_USERS or moderated < MIN_MODERATED:
+        return None
+    tier = np.searchsorted(np.asarray(tiers, dtype=float), messages, side="left")
+    edges = []
+    for t in range(len(tiers) + 1):
+        values = content[tier == t]
+        cut = np.quantile(values, np.linspace(0, 1, CONTENT_BINS + 1)[1:-1]) if len(values) else np.zeros(0)
+        edges.append(tuple(float(e) for e in cut))
+    shell = UserViewModel(tuple(tiers), tuple(edges), 0.5, (), (), 0)
+    views = shell.categories(content, messages, reporters, sanctions)
+    sizes = [(len(tiers) + 1) * CONTENT_BINS, MAX_REPORTERS + 1, MAX_SANCTIONS + 1]
+    resp = np.clip(content, 0.01, 0.99)
+    prior, rates1, rates0 = 0.5, [np.ones(k) / k for k in sizes], [np.ones(k) / k for k in sizes]
+    iterations = 0
+    for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+        prior = float(np.clip(resp.mean(), 1e-4, 0.5))
+        log_odds = np.full(len(resp), np.log(prior / (1 - prior)))
+        for j, (view, k) in enumerate(zip(views, sizes, strict=True)):
+            pooled = pseudo_users * (np.bincount(view, minlength=k) + 1.0 / k) / (len(view) + 1.0)
+            c1 = np.bincount(view, weights=resp, minlength=k) + pooled
+            c0 = np.bincount(view, weights=1 - resp, minlength=k) + pooled
+            runs = (
+                [range(t * CONTENT_BINS, (t + 1) * CONTENT_BINS) for t in range(len(tiers) + 1)]
+                if j == 0
+                else [range(k)]
+            )
+            c1, c0 = _monotone(c1, c0, runs)
+            rates1[j], rates0[j] = c1 / c1.sum(), c0 / c0.sum()
+            log_odds += np.log(rates1[j][view] / rates0[j][view])
+        updated = 1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50)))
+        change = float(np.max(np.abs(updated - resp)))
+        resp = updated
+        if change < tol:
+            break
+    mean_count = [float(np.arange(k) @ r) for k, r in zip(sizes[1:], rates1[1:], strict=True)]
+    mean_rest = [float(np.arange(k) @ r) for k, r in zip(sizes[1:], rates0[1:], strict=True)]
+    if not all(a > b for a, b in zip(mean_count, mean_rest, strict=True)):
+        return None
+    return UserViewModel(
+        tiers=tuple(int(t) for t in tiers),
+        content_edges=tuple(edges),
+        prior=round(prior, 12),
+        rates1=tuple(tuple(round(float(x), 12) for x in r) for r in rates1),
+        rates0=tuple(tuple(round(float(x), 12) for x in r) for r in rates0),
+        iterations=iterations,
+    )
+
+
+def _monotone(c1: np.ndarray, c1_rest: np.ndarray, runs: list[range]) -> tuple[np.ndarray, np.ndarray]:
+    """Class counts per category with the troll share non-decreasing along each run of ordered categories.
+
+    A higher content bin, more reporters or more sanctions never speak *less* for the troll class:
+    pool-adjacent-violators on the troll share of each run (weighted by the category's users), which
+    also keeps a sparse bin's noise from deciding a user alone."""
+    from sklearn.isotonic import IsotonicRegression
+
+    c1, c1_rest = c1.copy(), c1_rest.copy()
+    for run in runs:
+        idx = np.asarray(run)
+        weight = c1[idx] + c1_rest[idx]
+        share = IsotonicRegression(increasing=True).fit_transform(
+            np.arange(len(idx)), c1[idx] / weight, sample_weight=weight
+        )
+        c1[idx], c1_rest[idx] = share * weight, (1 - share) * weight
+    return c1, c1_rest
+
+
 __all__ = [
+    "MODERATION_COLUMNS",
     "SIGNALS",
     "BetaPrior",
     "MessageModel",
+    "UserViewModel",
     "fit_message_model",
     "fit_rate_prior",
+    "fit_user_views",
     "message_signals",
+    "moderation_counts",
     "rate_posterior",
 ]

@@ -679,7 +679,7 @@ class ChurnDetector(Detector):
         return {"norms": norms, "scales": scales}
 
     def _fit_purchase(self, features: pd.DataFrame, labels: pd.Series | None) -> Self:
-        """Purchase mode: GBM on customer summaries at earlier cut-offs, or BG/NBD alone if that does better."""
+        """Purchase mode: GBM on customer summaries at earlier cut-offs, BG/NBD alone, or their mean (see below)."""
         lookback, horizon = int(self.params["lookback_days"]), int(self.params["horizon_days"])
         history = History.from_features(features)
         users = features.index.astype(str).to_numpy()
@@ -722,11 +722,13 @@ class ChurnDetector(Detector):
             validation = {"gbm": round(float(roc_auc_score(y[held_out], predictions["gbm"])), 4)}
             if np.isfinite(baseline[held_out]).all():
                 predictions["bgnbd"] = baseline[held_out]
-                validation["bgnbd"] = round(float(roc_auc_score(y[held_out], baseline[held_out])), 4)
-            choice = max(validation, key=lambda k: (validation[k], k == "gbm"))
+                predictions["blend"] = (predictions["gbm"] + baseline[held_out]) / 2
+                for kind in ("bgnbd", "blend"):
+                    validation[kind] = round(float(roc_auc_score(y[held_out], predictions[kind])), 4)
+            choice = _purchase_choice(validation, y[held_out])
             threshold = _f1_threshold(y[held_out], predictions[choice])
             metrics["validation_auc"] = validation
-        if choice == "gbm":
+        if choice in ("gbm", "blend"):
             state["estimator"] = pickle.dumps(_fit("purchase", inputs, y), protocol=5)
         state.update(model=choice, threshold=threshold)
         metrics.update(model=choice, threshold=threshold)
@@ -761,9 +763,11 @@ class ChurnDetector(Detector):
         status[~valid] = "invalid features: NaN in the customer summary"
         modelled = has_history & ~banned & valid
         if modelled.any():
-            if state["model"] == "gbm" and state["estimator"] is not None:
+            if state["model"] in ("gbm", "blend") and state["estimator"] is not None:
                 inputs = summary[list(PURCHASE_FEATURES)].to_numpy(dtype=float)
                 scores[modelled] = self._estimator(state["estimator"]).predict_proba(inputs[modelled])[:, 1]
+                if state["model"] == "blend" and params is not None:
+                    scores[modelled] = (scores[modelled] + summary["bgnbd_p_churn"].to_numpy(dtype=float)[modelled]) / 2
             elif params is not None:
                 scores[modelled] = summary["bgnbd_p_churn"].to_numpy(dtype=float)[modelled]
             else:
@@ -970,6 +974,30 @@ def _fit(kind: str, x: np.ndarray, y: np.ndarray) -> HistGradientBoostingClassif
         # SEQUENCE_EPOCHS is a budget, not a convergence criterion.
         warnings.simplefilter("ignore", ConvergenceWarning)
         return _new_model(kind).fit(x, y)
+
+
+def _purchase_choice(validation: dict[str, float], y: np.ndarray) -> str:
+    """The purchase model to keep: the blend of the trees and BG/NBD unless one of them beats it on
+    the held-out customers by more than the AUC's standard error (Hanley and McNeil, 1982).
+
+    Trees and BG/NBD are often within noise of each other on held-out cut-offs and swap places at
+    ``as_of``; their mean is rarely worse than either and never by much, so it wins near-ties."""
+    if "blend" not in validation:
+        return max(validation, key=lambda k: (validation[k], k == "gbm"))
+    best = max(("gbm", "bgnbd"), key=lambda k: (validation[k], k == "gbm"))
+    if validation[best] - validation["blend"] > _auc_standard_error(validation["blend"], y):
+        return best
+    return "blend"
+
+
+def _auc_standard_error(auc: float, y: np.ndarray) -> float:
+    """Hanley and McNeil's standard error of an AUC with ``y``'s positives and negatives."""
+    positives, negatives = max(int(y.sum()), 1), max(int((~y.astype(bool)).sum()), 1)
+    q1, q2 = auc / (2 - auc), 2 * auc**2 / (1 + auc)
+    variance = (auc * (1 - auc) + (positives - 1) * (q1 - auc**2) + (negatives - 1) * (q2 - auc**2)) / (
+        positives * negatives
+    )
+    return float(np.sqrt(max(variance, 0.0)))
 
 
 def _f1_threshold(y: np.ndarray, p: np.ndarray) -> float:

@@ -10,8 +10,10 @@ BG/NBD quantities of ``detectors.btyd`` (P(alive), expected purchases and P(no p
 horizon) from a BG/NBD fitted on everybody's history up to ``c``.
 
 ``ChurnDetector`` (mode ``purchase``) trains gradient-boosted trees on these features at earlier
-cut-offs whose horizon is observed, and keeps whichever of the trees and BG/NBD alone has the
-higher AUC on held-out customers at those cut-offs.
+cut-offs whose horizon is observed, and keeps, by AUC on held-out customers at those cut-offs, the
+mean of the trees' and BG/NBD's probabilities unless the trees or BG/NBD alone beat it by more than
+the AUC's standard error (the two are often within noise of each other and swap places at
+``as_of``; their mean is rarely worse than either).
 
 **Horizon longer than the history allows.** A training cut-off needs the lookback and half the
 history before it (so that the customers it learns from have ages like those scored at

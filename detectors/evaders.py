@@ -76,6 +76,7 @@ PSYCHOLINGUISTIC_CATEGORIES: dict[str, frozenset[str]] = {
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _AFFIXES = re.compile(r"^(?:the|not|x+|real|its|im)|(?:alt|back|v\d|real|new|again|x+|official)$")
 _EMBED_DIM = 256
+_DIGEST = re.compile(r"[0-9a-f]{32}")  # schemas.privacy's digests
 
 
 def name_core(name: str) -> str:
@@ -94,8 +95,16 @@ def _grams(text: str, n: int = 3) -> set[str]:
     return {padded[i : i + n] for i in range(max(1, len(padded) - n + 1))}
 
 
+def is_digest(name: str) -> bool:
+    """A username stored salted-hashed (``[privacy] hash_fields``): only equality means anything."""
+    return _DIGEST.fullmatch(name) is not None
+
+
 def name_similarity(parent: str, child: str) -> dict[str, float]:
-    """The username part of the pair features."""
+    """The username part of the pair features (exact match only between hashed usernames)."""
+    if is_digest(parent) or is_digest(child):
+        same = float(bool(parent) and parent == child)
+        return {"name_ngram_jaccard": same, "name_core_similarity": same, "name_contains": same}
     p, c = parent.lower(), child.lower()
     gp, gc = _grams(p), _grams(c)
     core_p, core_c = name_core(parent), name_core(child)
@@ -184,7 +193,7 @@ def account_embeddings(profiles: pd.DataFrame) -> np.ndarray:
     """Unit vectors from username character 3-grams, channels and words (hashed, equally weighted)."""
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    names = profiles["username"].map(lambda n: " ".join(_grams(name_core(n) or n.lower())))
+    names = profiles["username"].map(lambda n: n if is_digest(n) else " ".join(_grams(name_core(n) or n.lower())))
     channels = profiles["channels"].map(lambda c: " ".join(f"ch{i}" for i in c))
     parts = []
     for texts, analyzer in ((names, "word"), (channels, "word"), (profiles["text"], "word")):

@@ -15,8 +15,10 @@ with its sender's history:
    no outcome for weeks: a *mule* receives from several accounts and forwards almost the same
    amount within hours (``mule``: ``(1 - exp(-matched / 3)) * matched share * sqrt(1 - 1/senders)``,
    ``matched`` the received transfers followed by such a forward; the share keeps out cash agents
-   and exchanges, which receive from many and pay out a little of it); a *takeover* spends within
-   three hours of logging in from a device that is new to several accounts at once (``takeover``).
+   and exchanges, which receive from many and pay out a little of it); a *takeover* spends at least
+   twice the merchant's median within three hours of logging in from a device that is new to
+   several accounts at once (``takeover``; ordinary spending after a café's or a library's shared
+   machine is not a takeover).
 3. **Known outcomes through shared entities** (``propagated_evidence``): a payee, instrument,
    device or network is evidence against an account in proportion to how specific it is, the
    share of the *other* accounts on it with a known outcome, ``bad / (others + 2)`` (two imagined
@@ -69,7 +71,7 @@ PAYMENT_FEATURES: dict[str, str] = {
 # Per-account evidence that needs no fitting (``account_evidence``): name -> wording for reasons.
 ACCOUNT_EVIDENCE: dict[str, str] = {
     "mule_pattern": "receives from several accounts and forwards almost the same amounts within hours",
-    "takeover_pattern": "spends right after a login from a device new to several accounts",
+    "takeover_pattern": "spends big right after a login from a device new to several accounts",
     "pays_mule": "pays an account with the mule pattern",
     "crew_share": "suspicious patterns among the other accounts on its device, network or instrument",
     "known_nearby": "known fraud outcomes among the accounts sharing its payee, instrument, device or network",
@@ -82,6 +84,7 @@ MULE_SCALE = 3.0  # matched forwards: three make the mule pattern 0.63, ten 0.96
 PROPAGATION_PRIOR = 2.0  # two imagined unlabelled neighbours on every entity
 PU_MIN_LEAF = 20  # no tree leaf smaller than this: single unlabelled payments cannot be memorised
 PU_FOLDS = 3
+TAKEOVER_AMOUNT = float(np.log(2.0))  # a takeover spends at least twice the merchant's median
 
 
 def payment_features(events: Events) -> pd.DataFrame:
@@ -200,10 +203,12 @@ def pattern_scores(rows: pd.DataFrame, events: Events) -> pd.DataFrame:
     # A hub (cash agent, exchange, merchant) receives from many and pays out too, but forwards only
     # a small share of what it receives at the same amount: the share keeps it out of the pattern.
     mule = (1.0 - np.exp(-matched / MULE_SCALE)) * share * np.sqrt(breadth)
-    # Takeover: spend right after a login from a device that several accounts first used in the window.
+    # Takeover: unusual spend right after a login from a device that several accounts first used in the window.
     logins = _account_table(events)
     hopping = _device_hopping(logins)
-    spend = rows[(rows["new_device_login"] > 0) & (rows["declined"] == 0)]
+    spend = rows[
+        (rows["new_device_login"] > 0) & (rows["declined"] == 0) & (rows["amount_vs_context"] > TAKEOVER_AMOUNT)
+    ]
     spend_hop = spend.assign(hop=spend["user_id"].map(hopping).fillna(0.0))
     hop = spend_hop.groupby("user_id")["hop"].max().reindex(accounts).fillna(0.0)
     takeover = 1.0 - 1.0 / (1.0 + hop.clip(lower=0.0))

@@ -21,14 +21,25 @@ class ModelStore:
 
     def publish(self, detector: Detector) -> Path:
         """Save ``detector`` under its version (kept if already there) and make it the current one."""
+        folder = self.save(detector)
+        self.make_current(detector.name, detector.model_version)
+        return folder
+
+    def save(self, detector: Detector) -> Path:
+        """Save ``detector`` under its version (kept if already there) without making it current."""
         folder = self.root / detector.name / detector.model_version
         if not (folder / "model.json").is_file():
             detector.save(folder)
-        pointer = self.root / detector.name / "CURRENT"
-        staging = pointer.with_name(".CURRENT.partial")
-        staging.write_text(detector.model_version + "\n")
-        os.replace(staging, pointer)
         return folder
+
+    def make_current(self, name: str, version: str) -> None:
+        """Point ``CURRENT`` at a saved version, atomically: a reader sees the old or the new one."""
+        if not (self.root / name / version / "model.json").is_file():
+            raise ModelError(f"no {name} model {version} in {self.root}; save it before making it current")
+        pointer = self.root / name / "CURRENT"
+        staging = pointer.with_name(".CURRENT.partial")
+        staging.write_text(version + "\n")
+        os.replace(staging, pointer)
 
     def current_version(self, name: str) -> str | None:
         pointer = self.root / name / "CURRENT"

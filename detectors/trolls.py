@@ -18,6 +18,16 @@ enough messages whose violations are in their pattern (off the window's goals, r
 Feature frames without the message columns (the nightly profile, the streaming state) are scored
 by the context mode alone.
 
+**Moderation views.** With moderation events in the input, ``features`` counts per user the
+distinct users who reported them and the moderator sanctions on chat grounds
+(``chat_messages.moderation_counts``), and ``fit`` learns a latent-class model over three views of
+every scored user, without labels: the content score above (message and context modes), the
+reports and the sanctions (``chat_messages.fit_user_views``). The score is then P(troll) from all
+three, flagged above 0.5, with the reports and sanctions first among the reasons. Reports and
+sanctions are partial and noisy, which is why they are views and not labels; with fewer than
+``MIN_VIEW_USERS`` users or ``MIN_MODERATED`` moderated ones the content score stands alone.
+``content_scores`` gives the content score with moderation left out.
+
 **Paper mode** (`paper_scores`) reproduces the paper: on its ten per-user fractions, the score
 is the squared Euclidean distance of the *unscaled* features to the single k-means centroid
 (k=1, i.e. the mean), or the distance to the k-th nearest neighbour (k=5, FAISS); scores are
@@ -73,13 +83,17 @@ from detectors.chat_messages import (
     BURST_S,
     CONTEXT_S,
     DEFAULT_MODEL,
+    MODERATION_COLUMNS,
     SIGNAL_LABELS,
     SIGNALS,
     BetaPrior,
     MessageModel,
+    UserViewModel,
     fit_message_model,
     fit_rate_prior,
+    fit_user_views,
     message_signals,
+    moderation_counts,
     rate_posterior,
 )
 from detectors.events import Events
@@ -119,7 +133,9 @@ LABELS = {
 # Per-user aggregates of the message scores (message mode); signal counts are "msg_<signal>".
 MESSAGE_COLUMNS = ["msg_violations", "msg_max_score", *(f"msg_{s}" for s in SIGNALS)]
 MESSAGE_MODEL_ATTR = "message_model"
+USER_VIEWS = "user_views"  # the state's three-view model (chat_messages.fit_user_views), when learnt
 ITEM_FLAG = 0.5  # a message is flagged when a violation is more likely than not
+FEW_MESSAGES_TIER = 3  # the three-view model compares users with up to 3 messages among themselves
 
 
 def paper_scores(features: np.ndarray, method: str = "centroid", k: int = PAPER_KNN_K) -> np.ndarray:
@@ -216,6 +232,8 @@ class TrollDetector(Detector):
         features = features.join(aggregates[MESSAGE_COLUMNS]).reindex(events.user_ids)
         features["chat_messages"] = features["chat_messages"].fillna(0.0)
         features[MESSAGE_COLUMNS] = features[MESSAGE_COLUMNS].where(features["chat_messages"] > 0, 0.0)
+        moderation = moderation_counts(events["moderation"]).reindex(features.index)
+        features[MODERATION_COLUMNS] = moderation[MODERATION_COLUMNS].fillna(0.0).to_numpy(dtype=float)
         features.index.name = "user_id"
         features.attrs[MESSAGE_MODEL_ATTR] = model
         return features
@@ -305,7 +323,29 @@ class TrollDetector(Detector):
                 rate_threshold=round(float(rate_threshold), 6),
                 message_flagged_at_fit=int((lower > rate_threshold).sum()),
             )
+            if self._has_moderation(features):
+                views = self._fit_views(features, state)
+                metrics["user_views"] = "fitted" if views is not None else "too few moderated users"
+                if views is not None:
+                    state[USER_VIEWS] = views
+                    metrics.update(user_views_prior=round(views.prior, 6), user_views_iterations=views.iterations)
         return self._fitted(state, metrics)
+
+    def _fit_views(self, features: pd.DataFrame, state: dict[str, Any]) -> UserViewModel | None:
+        """The three-view model on every user with a content score (chat_messages.fit_user_views)."""
+        content = self._score_content(features, state)["score"].to_numpy(dtype=float)
+        rows = np.isfinite(content)
+        return fit_user_views(
+            content[rows],
+            features["chat_messages"].to_numpy(dtype=float)[rows],
+            features["mod_reporters"].to_numpy(dtype=float)[rows],
+            features["mod_sanctions"].to_numpy(dtype=float)[rows],
+            tiers=(FEW_MESSAGES_TIER, int(self.params["min_messages"])),
+        )
+
+    @staticmethod
+    def _has_moderation(features: pd.DataFrame) -> bool:
+        return all(c in features.columns for c in MODERATION_COLUMNS)
 
     def _message_model(self, signals: pd.DataFrame) -> MessageModel:
         if self.state is not None and MESSAGE_MODEL_ATTR in self.state:
@@ -318,8 +358,45 @@ class TrollDetector(Detector):
         return all(c in features.columns for c in MESSAGE_COLUMNS)
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Every user with a chat message gets a score; low-evidence users on shrunk features (module doc)."""
+        """Every user with a chat message gets a score; low-evidence users on shrunk features (module doc).
+
+        With a three-view model and the moderation columns, the score is P(troll) from what the user
+        wrote, their reports and their sanctions, flagged when more likely than not."""
         state = self.require_fitted()
+        content = self._score_content(features, state)
+        views: UserViewModel | None = state.get(USER_VIEWS)
+        if views is None or not self._has_moderation(features):
+            return content
+        rows = content["score"].notna().to_numpy()
+        scores = content["score"].to_numpy(dtype=float).copy()
+        flagged = np.zeros(len(features), dtype=bool)
+        reasons = list(content["reasons"])
+        if rows.any():
+            reporters = features["mod_reporters"].to_numpy(dtype=float)
+            sanctions = features["mod_sanctions"].to_numpy(dtype=float)
+            messages = features["chat_messages"].to_numpy(dtype=float)
+            scores[rows] = views.posterior(scores[rows], messages[rows], reporters[rows], sanctions[rows])
+            flagged[rows] = scores[rows] > ITEM_FLAG
+            for i in np.flatnonzero(rows):
+                said = []
+                if reporters[i] > 0:
+                    count = int(reporters[i])
+                    said.append(
+                        Reason("mod_reporters", float(count), 0.0, f"reported by {count} user{'s' * (count != 1)}")
+                    )
+                if sanctions[i] > 0:
+                    count = int(sanctions[i])
+                    text = f"{count} moderator sanction{'s' * (count != 1)} (warnings, timeouts, bans)"
+                    said.append(Reason("mod_sanctions", float(count), 0.0, text))
+                reasons[i] = said + list(reasons[i])
+        return score_frame(features.index, scores, flagged, content["status"], reasons)
+
+    def content_scores(self, features: pd.DataFrame) -> pd.DataFrame:
+        """The score frame from what users wrote alone (message and context modes), moderation left out."""
+        return self._score_content(features, self.require_fitted())
+
+    def _score_content(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
+        """The message and context modes combined: what the user wrote, in its context."""
         context = self._score_context(features, state)
         if not (self._has_messages(features) and "rate_prior" in state):
             return context

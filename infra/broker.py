@@ -4,6 +4,10 @@
 ``infra/kafka/pom.xml``), formats the storage on first start, launches the JVM in the
 background and creates the topic layout. The data directory persists across ``down``/``up``.
 State lives in ``$ARGUS_HOME/kafka`` (default ``~/.argus/kafka``).
+
+``secure=True`` (``argus kafka up --secure``) serves clients only over SASL_SSL with SCRAM-SHA-512,
+with principals and ACLs; ``infra.security`` makes and describes that material. A home formatted
+in one mode stays in it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from infra import maven
 from infra.maven import argus_home
+from infra.security import ADMIN, PRINCIPALS, SecureMaterial, apply_acls, write_private
 
 KAFKA_DIR = Path(__file__).parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
@@ -65,14 +70,15 @@ class LocalBroker:
     port: int = DEFAULT_PORT
     host: str = "127.0.0.1"
     heap: str = "1g"
+    secure: bool = False
 
     @classmethod
     def default(cls) -> LocalBroker:
-        """The broker of ``$ARGUS_HOME``, on the port it was last started with."""
+        """The broker of ``$ARGUS_HOME``, on the port and in the mode it was last started with."""
         home = argus_home() / "kafka"
         saved = home / "broker.json"
-        port = json.loads(saved.read_text())["port"] if saved.exists() else DEFAULT_PORT
-        return cls(home=home, port=port)
+        state = json.loads(saved.read_text()) if saved.exists() else {}
+        return cls(home=home, port=state.get("port", DEFAULT_PORT), secure=state.get("secure", False))
 
     @property
     def bootstrap(self) -> str:
@@ -81,6 +87,29 @@ class LocalBroker:
     @property
     def controller_port(self) -> int:
         return self.port + 1
+
+    @property
+    def internal_port(self) -> int:
+        """The secure mode's certificate-authenticated inter-broker listener."""
+        return self.port + 2
+
+    @property
+    def material(self) -> SecureMaterial:
+        return SecureMaterial(self.home)
+
+    def admin_settings(self) -> dict[str, Any]:
+        """kafka-python settings for this broker's super user (plain settings when not secure)."""
+        settings: dict[str, Any] = {"bootstrap_servers": self.bootstrap}
+        if self.secure:
+            client = self.material.client_settings(ADMIN, self.bootstrap)
+            settings.update(
+                security_protocol=client["security_protocol"],
+                sasl_mechanism=client["sasl_mechanism"],
+                sasl_plain_username=ADMIN,
+                sasl_plain_password=self.material.password(ADMIN),
+                ssl_cafile=client["ssl_cafile"],
+            )
+        return settings
 
     @property
     def data_dir(self) -> Path:
@@ -112,6 +141,13 @@ class LocalBroker:
 
     def up(self, timeout: float = 90.0) -> None:
         """Start the broker unless it already runs; wait until it accepts connections."""
+        secure_marker = self.home / "secure"
+        if (self.data_dir / "meta.properties").exists() and secure_marker.exists() != self.secure:
+            mode = "with --secure" if secure_marker.exists() else "without --secure"
+            raise BrokerError(
+                f"the broker's data in {self.data_dir} was created {mode}; start it the same way, "
+                f"or remove {self.home} to start over in the other mode"
+            )
         if self.pid() is not None:
             self._wait_ready(timeout)
             return
@@ -122,10 +158,16 @@ class LocalBroker:
             )
         libs = fetch_jars()
         self.home.mkdir(parents=True, exist_ok=True)
+        formatted = (self.data_dir / "meta.properties").exists()
+        if self.secure:
+            self.home.chmod(0o700)
+            self.material.ensure([self.host])
         (self.home / "logs").mkdir(exist_ok=True)
         config = self._write_config()
-        if not (self.data_dir / "meta.properties").exists():
+        if not formatted:
             self._format(libs, config)
+            if self.secure:
+                secure_marker.touch()
         java = shutil.which("java")
         if java is None:
             raise BrokerError("Java is not installed; Kafka needs Java 17+ (apt-get install openjdk-17-jre)")
@@ -151,8 +193,11 @@ class LocalBroker:
                 start_new_session=True,
             )
         self.pid_file.write_text(str(process.pid))
-        (self.home / "broker.json").write_text(json.dumps({"port": self.port}))
+        (self.home / "broker.json").write_text(json.dumps({"port": self.port, "secure": self.secure}))
         self._wait_ready(timeout, process)
+        if self.secure:
+            self._apply_acls()
+            self.material.write_client_files(self.bootstrap)
 
     def down(self, timeout: float = 60.0) -> bool:
         """Stop the broker cleanly (SIGTERM, then SIGKILL after ``timeout``); False if it was not running."""
@@ -176,6 +221,7 @@ class LocalBroker:
             "running": self.is_running(),
             "pid": self.pid(),
             "bootstrap": self.bootstrap,
+            "secure": self.secure,
             "home": str(self.home),
             "log": str(self.log_file),
         }
@@ -209,28 +255,52 @@ class LocalBroker:
             "log.retention.hours": "168",
             "auto.create.topics.enable": "false",
         }
+        if self.secure:
+            settings.update(
+                self.material.server_properties(self.host, self.port, self.controller_port, self.internal_port)
+            )
         path = self.home / "server.properties"
-        path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        write_private(path, "".join(f"{key}={value}\n" for key, value in settings.items()))
         return path
 
     def _format(self, libs: Path, config: Path) -> None:
+        tool_args = ["format", "--ignore-formatted", "-t", self._cluster_id(), "-c", str(config)]
+        if self.secure:
+            tool_args += self.material.scram_arguments()
+        # The tool's arguments (SCRAM passwords, in secure mode) go through a Java @argfile readable
+        # by the owner only, so that they never show in the process list.
+        argfile = self.home / "format.args"
+        write_private(argfile, "\n".join(_quote_java_arg(a) for a in ["kafka.tools.StorageTool", *tool_args]))
         cmd = [
             "java",
             "-cp",
             f"{libs}/*",
             f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.home / 'logs'}",
-            "kafka.tools.StorageTool",
-            "format",
-            "--ignore-formatted",
-            "-t",
-            self._cluster_id(),
-            "-c",
-            str(config),
+            f"@{argfile}",
         ]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        try:
+            result = subprocess.run(cmd, capture_output=True, text=True)
+        finally:
+            argfile.unlink(missing_ok=True)
         if result.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage failed: {result.stdout}{result.stderr}".strip())
+            said = self._redact(f"{result.stdout}{result.stderr}".strip())
+            raise BrokerError(f"formatting Kafka storage failed: {said}")
+
+    def _redact(self, text: str) -> str:
+        if self.secure:
+            for principal in PRINCIPALS:
+                text = text.replace(self.material.password(principal), "***")
+        return text
+
+    def _apply_acls(self) -> None:
+        from kafka import KafkaAdminClient
+
+        client = KafkaAdminClient(**self.admin_settings(), request_timeout_ms=30_000)
+        try:
+            apply_acls(client)
+        finally:
+            client.close()
 
     def _wait_ready(self, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout
@@ -248,7 +318,7 @@ class LocalBroker:
         from kafka.errors import KafkaError
 
         try:
-            client = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000)
+            client = KafkaAdminClient(**self.admin_settings(), request_timeout_ms=3000)
         except (KafkaError, OSError, ValueError):
             return False
         try:
@@ -257,6 +327,11 @@ class LocalBroker:
             return False
         finally:
             client.close()
+
+
+def _quote_java_arg(arg: str) -> str:
+    """One argument of a Java @argfile: quoted, with backslashes and quotes escaped."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _alive(pid: int) -> bool:

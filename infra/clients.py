@@ -1,16 +1,27 @@
 """Kafka client settings: where the cluster is and how to authenticate, for every command.
 
 Precedence: explicit argument > environment (``KAFKA_BOOTSTRAP``, ``KAFKA_SECURITY_PROTOCOL``,
-``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``, ``KAFKA_SSL_CAFILE``,
-``KAFKA_SSL_CERTFILE``, ``KAFKA_SSL_KEYFILE``) > the ``[kafka]`` table of the config file
-(``ARGUS_CONFIG``, default ``argus.toml`` in the working directory) > the local broker
+``KAFKA_SASL_MECHANISM``, ``KAFKA_SASL_USERNAME``, ``KAFKA_SASL_PASSWORD``, ``KAFKA_SASL_PASSWORD_FILE``,
+``KAFKA_SSL_CAFILE``, ``KAFKA_SSL_CERTFILE``, ``KAFKA_SSL_KEYFILE``) > the ``[kafka]`` table of the
+config file (``ARGUS_CONFIG``, default ``argus.toml`` in the working directory) > the local broker
 started by ``argus kafka up``. Keys of the ``[kafka]`` table are kafka-python client
-settings and pass through unchanged (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...).
+settings and pass through unchanged (``security_protocol``, ``sasl_mechanism``, ``ssl_cafile``...),
+plus ``sasl_password_file``: a file holding the password (first line), readable by its owner only.
+
+Every client path takes its settings from here: kafka-python producers, consumers and admin clients,
+the librdkafka bulk producer and Beam I/O (``librdkafka_settings``), and the Spark connector
+(``spark_kafka_options``). A password file or config file with a password that group or others can
+read draws a warning on stderr. ``explain_failure`` turns a refused connection, a rejected password
+or a missing ACL into one line that says what to do; it never repeats a secret.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import ssl
+import sys
+import time
 import tomllib
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,6 +36,7 @@ _ENV_SETTINGS = {
     "KAFKA_SASL_MECHANISM": "sasl_mechanism",
     "KAFKA_SASL_USERNAME": "sasl_plain_username",
     "KAFKA_SASL_PASSWORD": "sasl_plain_password",
+    "KAFKA_SASL_PASSWORD_FILE": "sasl_password_file",
     "KAFKA_SSL_CAFILE": "ssl_cafile",
     "KAFKA_SSL_CERTFILE": "ssl_certfile",
     "KAFKA_SSL_KEYFILE": "ssl_keyfile",
@@ -51,17 +63,74 @@ def load_config(path: Path | None = None) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
 
 
+# kafka-python-only tuning (e.g. how long a client tries to bootstrap); the librdkafka and Java
+# translations leave these out.
+KAFKA_PYTHON_ONLY = frozenset({"bootstrap_timeout_ms", "request_timeout_ms", "api_version_auto_timeout_ms"})
+_PASSWORD_KEYS = ("sasl_plain_password", "ssl_password")
+NO_BROKER_HINT = "start one with `argus kafka up` or set KAFKA_BOOTSTRAP to your cluster"
+
+
 def kafka_settings(bootstrap: str | None = None) -> dict[str, Any]:
-    """kafka-python settings shared by producers, consumers and admin clients."""
+    """kafka-python settings shared by producers, consumers and admin clients (the password resolved)."""
+    path = config_file()
     settings: dict[str, Any] = dict(load_config().get("kafka", {}))
     if "bootstrap" in settings:
         settings["bootstrap_servers"] = settings.pop("bootstrap")
+    if "sasl_plain_password" in settings and "sasl_password_file" in settings:
+        raise ConfigError(f"[kafka] in {path} sets both sasl_plain_password and sasl_password_file; keep one")
+    if any(key in settings for key in _PASSWORD_KEYS) and path.exists():
+        warn_if_readable(path, "holds a Kafka password")
+    if os.environ.get("KAFKA_SASL_PASSWORD") and os.environ.get("KAFKA_SASL_PASSWORD_FILE"):
+        raise ConfigError("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both")
+    if os.environ.get("KAFKA_SASL_PASSWORD") or os.environ.get("KAFKA_SASL_PASSWORD_FILE"):
+        settings.pop("sasl_plain_password", None)  # the environment's password wins over the file's
+        settings.pop("sasl_password_file", None)
     for env, key in _ENV_SETTINGS.items():
         if os.environ.get(env):
             settings[key] = os.environ[env]
+    password_file = settings.pop("sasl_password_file", None)
+    if password_file:
+        settings["sasl_plain_password"] = read_password_file(Path(password_file).expanduser())
     bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or settings.get("bootstrap_servers")
     settings["bootstrap_servers"] = bootstrap or LocalBroker.default().bootstrap
     return settings
+
+
+_warned: set[Path] = set()
+
+
+def warn_if_readable(path: Path, what: str) -> None:
+    """One stderr line (once per file and process) when ``path`` is readable by group or others."""
+    from infra.security import loose_permissions
+
+    who = loose_permissions(path)
+    if who is None or path in _warned:
+        return
+    _warned.add(path)
+    print(f"warning: {path} {what} and is readable by {who}; run chmod 600 {path}", file=sys.stderr)
+
+
+def read_password_file(path: Path) -> str:
+    """The password in ``path`` (its first line); warns when the file is readable by others."""
+    from infra.security import SecretFileError, read_secret_file
+
+    try:
+        secret = read_secret_file(path)
+    except SecretFileError as exc:
+        raise ConfigError(f"{exc}; set KAFKA_SASL_PASSWORD_FILE or sasl_password_file to the right file") from exc
+    warn_if_readable(path, "holds a Kafka password")
+    return secret
+
+
+def secrets_of(settings: dict[str, Any]) -> list[str]:
+    """The secret values in ``settings`` (passwords), for redaction."""
+    return [str(settings[key]) for key in _PASSWORD_KEYS if settings.get(key)]
+
+
+def redact(text: str, settings: dict[str, Any]) -> str:
+    for secret in secrets_of(settings):
+        text = text.replace(secret, "***")
+    return text
 
 
 def producer(bootstrap: str | None = None, **overrides: Any) -> KafkaProducer:
@@ -81,8 +150,9 @@ def consumer(*topics: str, bootstrap: str | None = None, **overrides: Any) -> Ka
     return KafkaConsumer(*topics, **settings)
 
 
-def admin(bootstrap: str | None = None) -> KafkaAdminClient:
-    return KafkaAdminClient(**kafka_settings(bootstrap))
+def admin(bootstrap: str | None = None, settings: dict[str, Any] | None = None) -> KafkaAdminClient:
+    """An admin client with the shared settings, or with ``settings`` (e.g. the local broker's super user)."""
+    return KafkaAdminClient(**(settings if settings is not None else kafka_settings(bootstrap)))
 
 
 # kafka-python setting -> librdkafka setting, for the bulk producer.
@@ -100,6 +170,78 @@ _LIBRDKAFKA_NAMES = {
 }
 
 
+def librdkafka_conf(settings: dict[str, Any], client: str = "the bulk producer") -> dict[str, Any]:
+    """kafka-python settings in librdkafka's names (confluent-kafka clients)."""
+    settings = {k: v for k, v in settings.items() if k not in KAFKA_PYTHON_ONLY}
+    unknown = sorted(set(settings) - set(_LIBRDKAFKA_NAMES))
+    if unknown:
+        raise ConfigError(f"{client} cannot translate Kafka settings {unknown}; remove them from [kafka]")
+    return {_LIBRDKAFKA_NAMES[k]: v for k, v in settings.items()}
+
+
+# kafka-python setting -> Java client property, for the Spark connector (``kafka.`` + property).
+_JAVA_NAMES = {
+    "bootstrap_servers": "bootstrap.servers",
+    "client_id": "client.id",
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+}
+_JAAS_MODULES = {
+    "PLAIN": "org.apache.kafka.common.security.plain.PlainLoginModule",
+    "SCRAM-SHA-256": "org.apache.kafka.common.security.scram.ScramLoginModule",
+    "SCRAM-SHA-512": "org.apache.kafka.common.security.scram.ScramLoginModule",
+}
+
+
+def java_client_properties(bootstrap: str | None = None) -> dict[str, str]:
+    """The shared settings as Java Kafka client properties (TLS files as PEM, the SASL login as JAAS)."""
+    settings = {k: v for k, v in kafka_settings(bootstrap).items() if k not in KAFKA_PYTHON_ONLY}
+    servers = settings.pop("bootstrap_servers")
+    props = {"bootstrap.servers": servers if isinstance(servers, str) else ",".join(servers)}
+    for key in list(settings):
+        if key in _JAVA_NAMES:
+            props[_JAVA_NAMES[key]] = str(settings.pop(key))
+    username, password = settings.pop("sasl_plain_username", None), settings.pop("sasl_plain_password", None)
+    if username is not None or password is not None:
+        mechanism = props.get("sasl.mechanism", "PLAIN")
+        if mechanism not in _JAAS_MODULES:
+            raise ConfigError(f"the Spark Kafka connector supports SASL {', '.join(_JAAS_MODULES)}, not {mechanism}")
+        props["sasl.jaas.config"] = (
+            f'{_JAAS_MODULES[mechanism]} required username="{_jaas_quote(username or "")}"'
+            f' password="{_jaas_quote(password or "")}";'
+        )
+    if "ssl_cafile" in settings:
+        props["ssl.truststore.type"] = "PEM"
+        props["ssl.truststore.location"] = str(settings.pop("ssl_cafile"))
+    if "ssl_certfile" in settings or "ssl_keyfile" in settings:
+        certfile, keyfile = settings.pop("ssl_certfile", None), settings.pop("ssl_keyfile", None)
+        if not (certfile and keyfile):
+            raise ConfigError("client certificates need both ssl_certfile and ssl_keyfile (KAFKA_SSL_CERTFILE/KEYFILE)")
+        props["ssl.keystore.type"] = "PEM"
+        props["ssl.keystore.certificate.chain"] = Path(certfile).read_text()
+        props["ssl.keystore.key"] = Path(keyfile).read_text()
+        if settings.get("ssl_password"):
+            props["ssl.key.password"] = str(settings.pop("ssl_password"))
+    if settings.pop("ssl_check_hostname", True) in (False, "false", "False"):
+        props["ssl.endpoint.identification.algorithm"] = ""
+    if settings:
+        raise ConfigError(f"the Spark Kafka connector cannot translate Kafka settings {sorted(settings)}")
+    return props
+
+
+def spark_kafka_options(bootstrap: str | None = None) -> dict[str, str]:
+    """``kafka.*`` options for Spark's Kafka source and sink, from the shared settings."""
+    return {f"kafka.{key}": value for key, value in java_client_properties(bootstrap).items()}
+
+
+def _jaas_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class KafkaAccessError(ConfigError):
+    """The cluster refused this client (wrong protocol, untrusted certificate, bad password, no ACL)."""
+
+
 class BulkProducer:
     """High-throughput, idempotent producer for loads of millions of records (librdkafka).
 
@@ -110,11 +252,8 @@ class BulkProducer:
     def __init__(self, bootstrap: str | None = None) -> None:
         from confluent_kafka import Producer
 
-        settings = kafka_settings(bootstrap)
-        unknown = sorted(set(settings) - set(_LIBRDKAFKA_NAMES) - {"sasl_oauth_token_provider"})
-        if unknown:
-            raise ConfigError(f"the bulk producer cannot translate Kafka settings {unknown}; remove them from [kafka]")
-        conf: dict[str, Any] = {_LIBRDKAFKA_NAMES[k]: v for k, v in settings.items()}
+        self._settings = kafka_settings(bootstrap)
+        conf = librdkafka_conf(self._settings)
         conf.update(
             {
                 "enable.idempotence": True,
@@ -125,15 +264,35 @@ class BulkProducer:
                 "partitioner": "murmur2_random",
                 "queue.buffering.max.messages": 500_000,
                 "log_level": 3,  # errors only: transient broker states are retried quietly
+                "error_cb": self._on_error,
             }
         )
         self._producer = Producer(conf)
         self._errors: list[str] = []
+        self._refused: str | None = None  # why the cluster refused us before anything was delivered
+        self._delivered_any = False
         self.sent = 0
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
-        if err is not None:
-            self._errors.append(str(err))
+    def _on_error(self, err: Any) -> None:
+        from confluent_kafka import KafkaError
+
+        fatal = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError._ALL_BROKERS_DOWN)
+        if err.code() in fatal and not self._delivered_any:
+            self._refused = str(err.str())
+
+    def _on_delivery(self, err: Any, msg: Any) -> None:
+        if err is None:
+            self._delivered_any = True
+            return
+        self._errors.append(str(err))
+        from confluent_kafka import KafkaError
+
+        if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED and self._refused is None:
+            self._refused = f"authorization failed: writing to {msg.topic()}"
+
+    def _check_refused(self) -> None:
+        if self._refused is not None:
+            raise KafkaAccessError(explain_refusal(self._settings, self._refused))
 
     def send_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
         produce, poll = self._producer.produce, self._producer.poll
@@ -144,11 +303,18 @@ class BulkProducer:
                     break
                 except BufferError:  # local queue full: let librdkafka drain it
                     poll(0.05)
+                    self._check_refused()
         poll(0)
+        self._check_refused()
         self.sent += len(values)
 
     def flush(self, timeout: float = 120.0) -> None:
-        remaining = self._producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        remaining = self._producer.flush(0)
+        while remaining and time.monotonic() < deadline:
+            self._check_refused()
+            remaining = self._producer.flush(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._check_refused()
         if remaining:
             raise RuntimeError(f"{remaining} records were not delivered within {timeout:.0f}s")
         if self._errors:
@@ -169,10 +335,12 @@ class AlertRecord(Protocol):
 
 def publish_alerts(alerts: Iterable[AlertRecord], bootstrap: str | None = None) -> dict[str, int]:
     """Produce alerts to ``alerts.<kind>`` (raid groups to ``alerts.troll``), keyed by ``alert_id``:
-    a replay writes the same keys, so a compacted topic keeps one record per alert."""
-    from infra.topics import alert_topic
+    a replay writes the same keys, so a compacted topic keeps one record per alert. The producer is
+    idempotent (``acks=all``): a retried send never writes a record twice."""
+    from infra.topics import alert_topic, ensure_alert_topics
 
-    sink = producer(bootstrap)
+    ensure_alert_topics(bootstrap)  # the alert topics exist, compacted, before the first send
+    sink = producer(bootstrap, enable_idempotence=True)
     counts: dict[str, int] = {}
     try:
         for alert in alerts:
@@ -183,3 +351,190 @@ def publish_alerts(alerts: Iterable[AlertRecord], bootstrap: str | None = None) 
     finally:
         sink.close()
     return counts
+
+
+# --- why the cluster refused a client -----------------------------------------------------
+
+_AUTHORIZATION_ERRORS = (
+    "TopicAuthorizationFailedError",
+    "GroupAuthorizationFailedError",
+    "ClusterAuthorizationFailedError",
+    "TransactionalIdAuthorizationFailedError",
+    "DelegationTokenAuthorizationFailedError",
+)
+
+
+def explain_failure(exc: BaseException, bootstrap: str | None = None) -> str | None:
+    """One line that says what to do about a Kafka failure, or None when it is not one we recognise.
+
+    Authorization errors name the principal; an unreachable cluster is probed (TCP, TLS, certificate,
+    SASL) to say which of them is wrong. No secret appears in the line.
+    """
+    if isinstance(exc, KafkaAccessError):
+        return str(exc)
+    name = type(exc).__name__
+    text = str(exc)
+    try:
+        settings = kafka_settings(bootstrap or _bootstrap_in(text))
+    except ConfigError as config_error:
+        return str(config_error)
+    if name in _AUTHORIZATION_ERRORS or "AUTHORIZATION_FAILED" in text:
+        return redact(_authorization_line(settings, name, text), settings)
+    unreachable = (
+        "NoBrokersAvailable" in name
+        or "KafkaConnectionError" in name
+        or "Unable to bootstrap" in text
+        or "_ALL_BROKERS_DOWN" in text
+        or "_TRANSPORT" in text
+    )
+    if unreachable:
+        return redact(diagnose_connection(settings), settings)
+    return None
+
+
+def require_topic_access(client: KafkaConsumer) -> None:
+    """Raise ``KafkaAccessError`` when the cluster refused this consumer's principal any subscribed topic.
+
+    kafka-python records such topics in its metadata and otherwise reads nothing, silently.
+    """
+    denied = sorted(getattr(getattr(client, "_cluster", None), "unauthorized_topics", None) or ())
+    if denied:
+        settings = {"sasl_plain_username": client.config.get("sasl_plain_username")}
+        raise KafkaAccessError(_authorization_line(settings, "TopicAuthorizationFailedError", f"read: {denied}"))
+
+
+def explain_refusal(settings: dict[str, Any], reason: str) -> str:
+    """The line for a librdkafka client that the cluster refused with ``reason``."""
+    if "authorization failed" in reason.lower():
+        return redact(_authorization_line(settings, "TopicAuthorizationFailedError", reason), settings)
+    return redact(diagnose_connection(settings), settings)
+
+
+def _bootstrap_in(text: str) -> str | None:
+    marker = "Unable to bootstrap from "
+    return text.split(marker, 1)[1].strip(" '\"[]") if marker in text else None
+
+
+def _authorization_line(settings: dict[str, Any], name: str, text: str) -> str:
+    principal = settings.get("sasl_plain_username") or "ANONYMOUS"
+    what = {
+        "TopicAuthorizationFailedError": "the topic(s)",
+        "GroupAuthorizationFailedError": "the consumer group",
+        "ClusterAuthorizationFailedError": "that cluster operation",
+        "TransactionalIdAuthorizationFailedError": "that transactional id",
+    }.get(name, "that resource")
+    detail = text.split(":", 1)[1].strip() if ":" in text else text
+    return (
+        f"Kafka denied principal {principal!r} access to {what} ({detail or name}); use the credentials of a "
+        "principal allowed to do this (KAFKA_SASL_USERNAME and its password file) or ask the cluster admin for an ACL"
+    )
+
+
+def diagnose_connection(settings: dict[str, Any], timeout: float = 5.0) -> str:
+    """Why a client with ``settings`` cannot use the cluster: probes TCP, TLS, the certificate, then SASL."""
+    servers = settings["bootstrap_servers"]
+    first = (servers.split(",") if isinstance(servers, str) else list(servers))[0].strip()
+    host, _, port_text = first.rpartition(":")
+    host = host.strip("[]")
+    protocol = str(settings.get("security_protocol", "PLAINTEXT")).upper()
+    hint_files = "`argus kafka up --secure` writes them to $ARGUS_HOME/kafka/clients/<principal>.env and .toml"
+    try:
+        port = int(port_text)
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except (OSError, ValueError):
+        return f"no Kafka broker answers at {first}; {NO_BROKER_HINT}"
+    speaks_tls = _speaks_tls(host, port, timeout)
+    if speaks_tls and protocol not in ("SSL", "SASL_SSL"):
+        return (
+            f"the Kafka broker at {first} requires TLS and authentication, but this client connects with {protocol}; "
+            f"set security_protocol, sasl_mechanism, sasl_plain_username, the password and ssl_cafile ({hint_files})"
+        )
+    if not speaks_tls and protocol in ("SSL", "SASL_SSL"):
+        return (
+            f"the Kafka broker at {first} does not speak TLS, but this client connects with {protocol}; "
+            "unset KAFKA_SECURITY_PROTOCOL / security_protocol, or point KAFKA_BOOTSTRAP at the TLS listener"
+        )
+    if speaks_tls:
+        problem = _certificate_problem(host, port, settings, timeout)
+        if problem:
+            return (
+                f"the Kafka broker's certificate at {first} is not trusted ({problem}); set KAFKA_SSL_CAFILE or "
+                "ssl_cafile to the CA that signed it (the local secure broker's is $ARGUS_HOME/kafka/tls/ca.pem)"
+            )
+    if protocol.startswith("SASL"):
+        refused = _sasl_refusal(settings, timeout)
+        if refused:
+            user = settings.get("sasl_plain_username") or "(none)"
+            return (
+                f"the Kafka broker at {first} rejected the credentials of {user!r} "
+                f"({settings.get('sasl_mechanism', 'PLAIN')}); check KAFKA_SASL_USERNAME and the password "
+                "(KAFKA_SASL_PASSWORD_FILE or sasl_password_file)"
+            )
+        if protocol == "SASL_SSL" and not speaks_tls:
+            return f"the Kafka broker at {first} is not a SASL_SSL listener; check KAFKA_BOOTSTRAP's port"
+    return f"Kafka at {first} accepts connections but did not answer this client; see the broker's log"
+
+
+def _speaks_tls(host: str, port: int, timeout: float) -> bool:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def _certificate_problem(host: str, port: int, settings: dict[str, Any], timeout: float) -> str | None:
+    cafile = settings.get("ssl_cafile")
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        return f"ssl_cafile {cafile}: {exc}"
+    if settings.get("ssl_check_hostname", True) in (False, "false", "False"):
+        context.check_hostname = False
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host),
+        ):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return str(exc.verify_message or exc)
+    except (OSError, ssl.SSLError):
+        return None
+
+
+def _sasl_refusal(settings: dict[str, Any], timeout: float) -> str | None:
+    """librdkafka's authentication error for ``settings``, if the broker rejects them."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[str] = []
+
+    def on_error(err: Any) -> None:
+        if err.code() == KafkaError._AUTHENTICATION:
+            errors.append(str(err.str()))
+
+    try:
+        conf = librdkafka_conf(settings, client="the connection check")
+    except ConfigError:
+        return None
+    probe_conf: dict[str, Any] = {**conf, "error_cb": on_error, "log_level": 0}
+    client = AdminClient(probe_conf)
+    deadline = time.monotonic() + timeout
+    try:
+        while not errors and time.monotonic() < deadline:
+            try:
+                client.list_topics(timeout=1.0)
+                return None
+            except Exception:  # a timeout here is expected while the error callback catches up
+                client.poll(0.1)
+    finally:
+        del client
+    return errors[0] if errors else None

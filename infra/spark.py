@@ -2,12 +2,18 @@
 
 Local mode (``local[2]``) by default; ``--master`` and a ``[spark]`` table in ``argus.toml``
 (any ``spark.*`` settings) run the same jobs on a cluster.
+
+The JVM's own output (log4j warnings, the JDK's and native BLAS notices) goes to
+``$ARGUS_HOME/logs/spark.log``, never to the terminal: the JVM inherits the process's stdout and
+stderr when it starts, so they point at the log file for that moment only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,7 +57,33 @@ def local_session(app_name: str = "argus", master: str = DEFAULT_MASTER, **extra
     builder = builder.config("spark.jars", ",".join(str(p) for p in connector_jars()))
     for key, value in spark_settings(extra).items():
         builder = builder.config(key, value)
-    return builder.getOrCreate()
+    with jvm_output_to(spark_log()):
+        return builder.getOrCreate()
+
+
+def spark_log() -> Path:
+    """Where the local JVM's own output goes."""
+    return maven.argus_home() / "logs" / "spark.log"
+
+
+@contextlib.contextmanager
+def jvm_output_to(log: Path) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``log`` while a JVM is started here (it inherits them)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    try:
+        with log.open("ab") as sink:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, copy in zip((1, 2), saved, strict=True):
+            os.dup2(copy, fd)
+            os.close(copy)
 
 
 def submit_command(job: str, args: list[str], master: str = DEFAULT_MASTER, py_files: Path | None = None) -> list[str]:

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from jobs.entry import run_job
-from jobs.publish import publish_per_user
+from jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -103,6 +103,7 @@ def run_embed(
     dim: int = DIM,
     max_tokens: int = 512,
     seed: int = 7,
+    publication: Publication | None = None,
 ) -> dict[str, object]:
     from pyspark.ml.feature import Word2Vec
     from pyspark.sql import functions as F
@@ -154,7 +155,7 @@ def run_embed(
         ]
     )
     embedded = docs.mapInPandas(pool, schema=out_schema).withColumn("embedding_date", F.lit(day.isoformat()))
-    target, users = publish_per_user(spark, embedded, lake, "embeddings", day)
+    target, users = publish_per_user(spark, embedded, lake, "embeddings", day, publication)
     docs.unpersist()
     return {"date": day.isoformat(), "users": users, "dim": dim, "vocabulary": len(vectors), "path": str(target)}
 

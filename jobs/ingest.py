@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 import pandas as pd
 import pyarrow as pa
 
@@ -33,11 +34,13 @@ from jobs.entry import run_job
 from schemas.arrow import ARROW_SCHEMAS, wide_event_schema
 from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import EventBase
-from schemas.validate import DUPLICATE_EVENT_ID, validate
+from schemas.privacy import ErasedSubjects, Pseudonymizer, current_privacy, erased_subjects
+from schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+ERASED_SUBJECT = "erased_subject"
 _META = pa.schema(
     [
         ("date", pa.string()),
@@ -72,6 +75,7 @@ class IngestResult:
     rejected: int
     started_at: str  # also the dead letters' rejected_at, kept by reruns so they write the same bytes
     finished_at: str
+    erased: int = 0  # records of users erased by `argus forget`, read again and kept nowhere
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,13 +88,20 @@ def run_id_for(start: dict[str, dict[str, int]], end: dict[str, dict[str, int]])
 
 
 def validate_partition(
-    batches: Iterator[pd.DataFrame], bounds: EventTimeBounds | None = None
+    batches: Iterator[pd.DataFrame],
+    bounds: EventTimeBounds | None = None,
+    privacy: Pseudonymizer | None = None,
+    erased: ErasedSubjects | None = None,
 ) -> Iterator[pd.DataFrame]:
     """mapInPandas body: raw Kafka records -> wide event columns plus validation metadata.
 
-    ``bounds`` is resolved on the driver, so executors without the driver's argus.toml agree.
+    ``bounds``, ``privacy`` (the fields stored salted-hashed) and ``erased`` (users ``argus forget``
+    erased, whose records a replay must not bring back: marked ``erased_subject`` and kept nowhere)
+    are resolved on the driver, so executors without the driver's files or environment agree.
     """
     bounds = bounds or current_bounds()
+    privacy = privacy or current_privacy()
+    erased = erased or ErasedSubjects()
     for batch in batches:
         rows = []
         for topic, partition, offset, value in zip(
@@ -104,14 +115,27 @@ def validate_partition(
                 "_offset": int(offset),
                 "_original_b64": base64.b64encode(raw).decode("ascii"),  # kept for in-run duplicates
             }
-            if isinstance(result, EventBase):
-                row = result.model_dump()
+            if erased and _of_erased_subject(result, erased):
+                row = {**meta, "_ok": False, "_reason_code": ERASED_SUBJECT, "_original_b64": ""}
+            elif isinstance(result, EventBase):
+                row = privacy.row(result.model_dump())
+                erased.row(row)  # references to erased users become their pseudonym
                 row["date"] = result.ts.date().isoformat()
                 row.update(meta, _ok=True)
             else:
                 row = {**meta, "_ok": False, "_reason_code": result.reason_code, "_reason": result.reason}
             rows.append(row)
         yield pa.Table.from_pylist(rows, schema=_VALIDATED).to_pandas()
+
+
+def _of_erased_subject(result: EventBase | Rejection, erased: ErasedSubjects) -> bool:
+    if isinstance(result, EventBase):
+        return erased.is_erased(result.user_id)
+    try:
+        record = orjson.loads(result.raw)  # a rejected record that still names its subject
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(record, dict) and erased.is_erased(record.get("user_id"))
 
 
 def kafka_end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
@@ -157,6 +181,8 @@ def run_ingest(
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
+    from infra.clients import spark_kafka_options
+
     lake = Path(lake)
     if rerun:
         log_path = lake / "_offsets" / f"{rerun}.json"
@@ -173,7 +199,7 @@ def run_ingest(
 
     raw = (
         spark.read.format("kafka")
-        .option("kafka.bootstrap.servers", bootstrap)
+        .options(**spark_kafka_options(bootstrap))  # bootstrap plus TLS/SASL from the shared settings
         .option("subscribe", ",".join(sorted(end)))
         .option("startingOffsets", json.dumps(start))
         .option("endingOffsets", json.dumps(end))
@@ -182,7 +208,10 @@ def run_ingest(
         .select("topic", "partition", "offset", "value")
     )
     validated = raw.mapInPandas(
-        functools.partial(validate_partition, bounds=current_bounds()), schema=from_arrow_schema(_VALIDATED)
+        functools.partial(
+            validate_partition, bounds=current_bounds(), privacy=current_privacy(), erased=erased_subjects(lake)
+        ),
+        schema=from_arrow_schema(_VALIDATED),
     )
     # A repeated event_id within the run: the first (by topic, partition, offset) wins.
     first = Window.partitionBy("event_id").orderBy("_topic", "_partition", "_offset")
@@ -190,8 +219,9 @@ def run_ingest(
         "_copy", F.when(F.col("_ok"), F.row_number().over(first)).otherwise(F.lit(1))
     ).cache()
     duplicate = F.col("_ok") & (F.col("_copy") > 1)
+    erased = F.coalesce(F.col("_reason_code") == ERASED_SUBJECT, F.lit(False))
     good = validated.where(F.col("_ok") & ~duplicate)
-    rejected = validated.where(~F.col("_ok") | duplicate).select(
+    rejected = validated.where((~F.col("_ok") | duplicate) & ~erased).select(
         F.col("_original_b64").alias("original_b64"),
         F.col("_topic").alias("source_topic"),
         F.col("_partition").alias("source_partition"),
@@ -213,13 +243,20 @@ def run_ingest(
     rejected.withColumn("date", F.lit(started_at.date().isoformat())).coalesce(1).sortWithinPartitions(
         "source_topic", "source_partition", "source_offset"
     ).write.partitionBy("date").parquet(str(staging / "dead_letter"))
-    valid_count, rejected_count = good.count(), rejected.count()
+    valid_count, rejected_count, erased_count = good.count(), rejected.count(), validated.where(erased).count()
     validated.unpersist()
     _publish(staging / "events", lake / "events", run_id)
     _publish(staging / "dead_letter", lake / "dead_letter", run_id)
     shutil.rmtree(staging, ignore_errors=True)
     result = IngestResult(
-        run_id, start, end, valid_count, rejected_count, started_at.isoformat(), datetime.now(UTC).isoformat()
+        run_id,
+        start,
+        end,
+        valid_count,
+        rejected_count,
+        started_at.isoformat(),
+        datetime.now(UTC).isoformat(),
+        erased_count,
     )
     (lake / "_offsets").mkdir(parents=True, exist_ok=True)
     (lake / "_offsets" / f"{run_id}.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))

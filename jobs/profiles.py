@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 # One definition of the chat context for the nightly job and the detectors (tested equal).
 from detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
 from jobs.entry import run_job
-from jobs.publish import publish_per_user
+from jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -254,10 +254,13 @@ def build_profiles(spark: SparkSession, lake: Path, day: date, feature_days: int
     return profiles.withColumn("profile_date", F.lit(day.isoformat()).cast("date"))
 
 
-def run_profile(spark: SparkSession, lake: Path, day: date, feature_days: int = 30) -> dict[str, object]:
+def run_profile(
+    spark: SparkSession, lake: Path, day: date, feature_days: int = 30, publication: Publication | None = None
+) -> dict[str, object]:
+    """Build and publish ``LAKE/profiles/date=D/`` (with a deferred ``publication``: stage it)."""
     lake = Path(lake)
     profiles = build_profiles(spark, lake, day, feature_days)
-    target, rows = publish_per_user(spark, profiles, lake, "profiles", day)
+    target, rows = publish_per_user(spark, profiles, lake, "profiles", day, publication)
     return {"date": day.isoformat(), "users": rows, "columns": len(profiles.columns), "path": str(target)}
 
 

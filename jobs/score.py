@@ -13,8 +13,6 @@ with ``--bootstrap``, alerts on ``alerts.<kind>`` with ids that a rerun of the s
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 from datetime import date, timedelta
 from pathlib import Path
@@ -23,12 +21,14 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from jobs.entry import run_job
+from jobs.publish import Publication
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from detectors.base import Detector
     from detectors.events import Events
+    from schemas.models import Alert
 
 
 def run_score(
@@ -40,27 +40,62 @@ def run_score(
     model: Path | None = None,
     bootstrap: str | None = None,
 ) -> dict[str, Any]:
+    """Score one detector for one night and publish at once, its alerts to ``LAKE/alerts/detector=X/date=D/``
+    as the nightly chain writes them (`argus alerts publish` produces them later); with ``bootstrap``, now."""
+    from jobs.nightly import stage_alerts
+
+    publication = Publication(lake, f"scores-{detector_name}-{day.isoformat()}")
+    result, alerts = score_night(spark, lake, day, detector_name, days, model, publication=publication)
+    stage_alerts(publication, lake, detector_name, day, alerts)
+    if bootstrap:
+        from infra.clients import publish_alerts
+
+        result["alerts"] = publish_alerts(alerts, bootstrap)
+    return result
+
+
+def score_night(
+    spark: SparkSession,
+    lake: Path,
+    day: date,
+    detector_name: str,
+    days: int = 30,
+    model: Path | None = None,
+    publication: Publication | None = None,
+    events: Events | None = None,
+) -> tuple[dict[str, Any], list[Alert]]:
+    """Fit (or load) and score one detector; scores and model go through ``publication``.
+
+    ``events`` (from ``night_events``) spares the event-based detectors a read each.
+    """
     from detectors.alerts import alerts_from_scores
     from detectors.registry import DETECTORS, detector_class
 
     if detector_name not in DETECTORS:
         raise ValueError(f"unknown detector {detector_name!r}; known: {', '.join(sorted(DETECTORS))}")
+    publication = publication or Publication(lake, f"scores-{detector_name}-{day.isoformat()}")
     cls = detector_class(detector_name)
     detector: Detector = cls.load(model) if model else cls()
+    if model is not None and detector_name == "churn":
+        from detectors.churn import ChurnDetector
+
+        assert isinstance(detector, ChurnDetector)
+        detector = detector.at(day.isoformat())  # what was learnt, scored as of this night
     if detector_name == "trolls":
-        features = _profile_features(spark, lake, day)
+        features = _profile_features(spark, publication.readable(lake / "profiles" / f"date={day.isoformat()}"), day)
     else:
-        features = detector.features(_events(spark, lake, day, days))
+        events = events if events is not None else night_events(spark, lake, day, days)
+        features = detector.features(events)
     if model is None:
         detector.fit(features)
     scores = detector.score(features)
-    target = _publish_scores(scores, lake, detector_name, day)
-    from detectors.store import ModelStore
-
-    saved = ModelStore(lake / "models").publish(detector)
+    target = _publish_scores(scores, lake, detector_name, day, publication)
+    saved = publication.model(lake / "models", detector)
     start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
     end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
-    alerts = alerts_from_scores(scores, detector, start, end)
+    # Evidence: the items behind the score where the features came from the events, else the latest events.
+    item_features = None if detector_name == "trolls" else features
+    alerts = alerts_from_scores(scores, detector, start, end, events=events, features=item_features)
     result: dict[str, Any] = {
         "detector": detector_name,
         "date": day.isoformat(),
@@ -71,17 +106,12 @@ def run_score(
         "model": str(saved),
         "model_version": detector.model_version,
     }
-    if bootstrap:
-        from infra.clients import publish_alerts
-
-        result["alerts"] = publish_alerts(alerts, bootstrap)
-    return result
+    return result, alerts
 
 
-def _profile_features(spark: SparkSession, lake: Path, day: date) -> pd.DataFrame:
+def _profile_features(spark: SparkSession, path: Path, day: date) -> pd.DataFrame:
     from detectors.chat_features import FEATURE_COLUMNS
 
-    path = lake / "profiles" / f"date={day.isoformat()}"
     if not path.exists():
         raise ValueError(f"no profiles at {path}: run `argus batch profile --date {day}` first")
     columns = [c for c in FEATURE_COLUMNS if c != "chat_windows"]
@@ -92,7 +122,8 @@ def _profile_features(spark: SparkSession, lake: Path, day: date) -> pd.DataFram
     return frame
 
 
-def _events(spark: SparkSession, lake: Path, day: date, days: int) -> Events:
+def night_events(spark: SparkSession, lake: Path, day: date, days: int) -> Events:
+    """The lake's events of the ``days`` days up to ``day``, as the detectors read them."""
     from pyspark.sql import functions as F
 
     from detectors.events import Events
@@ -109,7 +140,7 @@ def _events(spark: SparkSession, lake: Path, day: date, days: int) -> Events:
     return Events.from_frames(frames)
 
 
-def _publish_scores(scores: pd.DataFrame, lake: Path, detector_name: str, day: date) -> Path:
+def _publish_scores(scores: pd.DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> Path:
     """Written to a staging folder, then swapped in whole: readers never see half a night."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -118,14 +149,10 @@ def _publish_scores(scores: pd.DataFrame, lake: Path, detector_name: str, day: d
 
     table = scores.assign(reasons=scores["reasons"].map(reasons_text))
     target = lake / "scores" / f"detector={detector_name}" / f"date={day.isoformat()}"
-    staging = lake / "_staging" / f"scores-{detector_name}-{day.isoformat()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = publication.stage(target)
     staging.mkdir(parents=True)
     pq.write_table(pa.Table.from_pandas(table, preserve_index=False), staging / "part-00000.parquet")
-    if target.exists():
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
+    publication.staged(target)
     return target
 
 

@@ -23,7 +23,10 @@ never writes one twice, which makes replays and restarts idempotent on the topic
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +39,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
-from infra.clients import _LIBRDKAFKA_NAMES, ConfigError, kafka_settings
+from infra.clients import kafka_settings, librdkafka_conf
 
 __all__ = [
     "KafkaRecord",
@@ -48,6 +51,8 @@ __all__ = [
 ]
 
 START_POSITIONS = ("earliest", "latest")
+# How long the sink keeps retrying a record (a broker restart, a leader election) before it fails the bundle.
+DELIVERY_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +87,7 @@ def _raw_record(record: KafkaRecord) -> tuple[Any, float | None]:
 
 def librdkafka_settings(bootstrap: str | None) -> dict[str, Any]:
     """The shared Kafka settings (``infra.clients.kafka_settings``) in librdkafka's names."""
-    settings = kafka_settings(bootstrap)
-    unknown = sorted(set(settings) - set(_LIBRDKAFKA_NAMES) - {"sasl_oauth_token_provider"})
-    if unknown:
-        raise ConfigError(f"the streaming Kafka clients cannot translate settings {unknown}; remove them from [kafka]")
-    return {_LIBRDKAFKA_NAMES[k]: v for k, v in settings.items()}
+    return librdkafka_conf(kafka_settings(bootstrap), client="the streaming Kafka clients")
 
 
 # --- the restriction -------------------------------------------------------------------------
@@ -172,7 +173,7 @@ class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
         self.bootstrap, self.start, self.bounded = bootstrap, start, bounded
 
     def initial_restriction(self, topic: str) -> TopicRestriction:
-        from confluent_kafka import Consumer, TopicPartition
+        from confluent_kafka import Consumer
 
         consumer = Consumer({**librdkafka_settings(self.bootstrap), "group.id": "argus-stream-offsets"})
         try:
@@ -183,7 +184,7 @@ class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
             start: dict[int, int] = {}
             stop: dict[int, int | None] = {}
             for partition in sorted(info.partitions):
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                low, high = _watermark_offsets(consumer, topic, partition)
                 start[partition] = int(low if self.start == "earliest" else high)
                 stop[partition] = int(high) if self.bounded else None
             return TopicRestriction(topic, start, stop)
@@ -228,6 +229,8 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         self.max_batch = max_batch
         self._consumer: Any = None
         self.records = Metrics.counter("kafka", "records_read")
+        self.transient = Metrics.counter("kafka", "transient_errors")
+        self.refetched = Metrics.counter("kafka", "records_refetched")
 
     def setup(self) -> None:
         from confluent_kafka import Consumer
@@ -274,6 +277,7 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         partition_wm: dict[int, float | None] = {p: floor for p in live}
         at_end: dict[int, bool] = {p: False for p in live}
         deadline = time.monotonic() + self.poll_budget_s
+        expected = dict(next_offsets)  # the next offset each partition may deliver
         try:
             while live:
                 messages = consumer.consume(num_messages=self.max_batch, timeout=0.2)
@@ -284,6 +288,9 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
                         if error.code() == KafkaError._PARTITION_EOF:
                             at_end[message.partition()] = True
                             continue
+                        if _transient(error):  # e.g. the broker restarting: librdkafka reconnects and resumes
+                            self.transient.inc()
+                            continue
                         raise RuntimeError(f"Kafka error reading {topic}: {error}")
                     partition = message.partition()
                     if partition not in live:
@@ -291,6 +298,12 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
                     stop = restriction.stop.get(partition)
                     if stop is not None and message.offset() >= stop:
                         continue
+                    if message.offset() < expected[partition]:
+                        # Delivered before: librdkafka re-fetches from an older position after some
+                        # broker restarts (offset reset); re-emitting would apply events twice.
+                        self.refetched.inc()
+                        continue
+                    expected[partition] = message.offset() + 1
                     at_end[partition] = False
                     _, stamp = message.timestamp()
                     batches.setdefault(partition, []).append(
@@ -346,6 +359,41 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         current = estimator.current_watermark()
         if (current is None or candidate > current) and candidate < MAX_TIMESTAMP:
             estimator.set_watermark(candidate)
+
+
+def _watermark_offsets(consumer: Any, topic: str, partition: int, attempts: int = 20) -> tuple[int, int]:
+    """(low, high) offsets of a partition; retried while a new topic's leader is still being elected."""
+    from confluent_kafka import KafkaError, KafkaException, TopicPartition
+
+    for attempt in range(attempts):
+        try:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+            return int(low), int(high)
+        except KafkaException as exc:
+            error = exc.args[0]
+            leaderless = error.code() in (
+                KafkaError.NOT_LEADER_FOR_PARTITION,
+                KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError.UNKNOWN_TOPIC_OR_PART,
+            )
+            if attempt == attempts - 1 or not (leaderless or _transient(error)):
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _transient(error: Any) -> bool:
+    """Connection-level errors librdkafka recovers from by itself; a fatal or topic error is not one."""
+    from confluent_kafka import KafkaError
+
+    if error.fatal():
+        return False
+    return bool(error.retriable()) or error.code() in (
+        KafkaError._TRANSPORT,
+        KafkaError._ALL_BROKERS_DOWN,
+        KafkaError._TIMED_OUT,
+        KafkaError._RESOLVE,
+    )
 
 
 class ReadKafka(beam.PTransform):  # type: ignore[misc]
@@ -405,11 +453,18 @@ def _key_identity(topic: str, key: bytes | None, value: bytes) -> str | None:
     return key.decode() if key else None
 
 
+# Identities written per sink, shared by every instance of that sink in a worker process: a
+# runner may run one sink in several instances at once, and each must skip what another wrote.
+_PUBLISHED: dict[str, set[str]] = {}
+_PUBLISHED_LOCK = threading.Lock()
+
+
 class _WriteFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, bootstrap: str | None, skip_published: Sequence[str], identify: Identifier) -> None:
         self.bootstrap = bootstrap
         self.skip_topics = list(skip_published)
         self.identify = identify
+        self.sink_id = uuid.uuid4().hex  # travels with the pickled DoFn: the same for all its instances
         self._producer: Any = None
         self._published: set[str] = set()
         self._errors: list[str] = []
@@ -420,23 +475,39 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         from confluent_kafka import Producer
 
         settings = librdkafka_settings(self.bootstrap)
-        conf = {**settings, "enable.idempotence": True, "acks": "all", "linger.ms": 20, "log_level": 3}
+        conf = {
+            **settings,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 20,
+            "log_level": 3,
+            # A failed bundle fails the whole job on some runners (Prism): ride out broker restarts.
+            "message.timeout.ms": int(DELIVERY_TIMEOUT_S * 1000),
+        }
         self._producer = Producer(conf)
-        self._published = set(published_identities(self.bootstrap, self.skip_topics, self.identify))
+        with _PUBLISHED_LOCK:
+            if self.sink_id not in _PUBLISHED:
+                _PUBLISHED[self.sink_id] = set(published_identities(self.bootstrap, self.skip_topics, self.identify))
+            self._published = _PUBLISHED[self.sink_id]
 
-    def _on_delivery(self, err: Any, _msg: Any) -> None:
+    def _on_delivery(self, err: Any, _msg: Any, identity: str | None = None) -> None:
         if err is not None:
             self._errors.append(str(err))
+            if identity is not None:  # not written after all: a retried bundle must write it
+                with _PUBLISHED_LOCK:
+                    self._published.discard(identity)
 
     def process(self, record: OutRecord) -> None:
         if record.identity is not None:
-            if record.identity in self._published:
-                self.skipped.inc()
-                return
-            self._published.add(record.identity)
+            with _PUBLISHED_LOCK:
+                if record.identity in self._published:
+                    self.skipped.inc()
+                    return
+                self._published.add(record.identity)
+        callback = functools.partial(self._on_delivery, identity=record.identity)
         while True:
             try:
-                self._producer.produce(record.topic, record.value, record.key, on_delivery=self._on_delivery)
+                self._producer.produce(record.topic, record.value, record.key, on_delivery=callback)
                 break
             except BufferError:
                 self._producer.poll(0.05)
@@ -444,7 +515,7 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         self.written.inc()
 
     def finish_bundle(self) -> None:
-        remaining = self._producer.flush(120)
+        remaining = self._producer.flush(DELIVERY_TIMEOUT_S + 30)
         if remaining or self._errors:
             errors, self._errors = self._errors, []
             raise RuntimeError(f"{remaining} records undelivered, {len(errors)} failed; first error: {errors[:1]}")
@@ -500,7 +571,7 @@ def published_identities(bootstrap: str | None, topics: Iterable[str], identify:
             if info is None or info.error is not None:
                 continue
             for partition in info.partitions:
-                low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+                low, high = _watermark_offsets(consumer, topic, partition)
                 if high > low:
                     assignment.append(TopicPartition(topic, partition, low))
                     stops[(topic, partition)] = high

@@ -3,13 +3,15 @@
 ::
 
     ReadKafka(events.*)  --decode: schemas.validate-->  rejects --> dlq.events (reason, bytes, topic/partition/offset)
-           |                                            events (timestamped by event time)
+           |                                            event batches (timestamped by their earliest event)
            v                                                 |
        TrollStream (chat: channel windows -> user state)  FraudStream (payment graph)   ... pluggable
            \\__________________ alerts ______________________/
                                   |  keyed by alert_id: once per run
                                   v
                   WriteKafka(alerts.<kind>, skip ids already published)
+
+    (with --features-prefix, every scored snapshot also goes to <prefix>.<detector>)
 
 Engine-thin: validation is ``schemas.validate``; features, scores and alert ids come from
 ``detectors/`` (see ``pipelines/stream_detectors.py``). Models come from the model store through
@@ -35,7 +37,6 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
-from apache_beam.transforms.window import TimestampedValue
 
 from infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
 from pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, WriteKafka
@@ -74,7 +75,16 @@ class StreamConfig:
     skip_published: bool = True
     alerts_prefix: str = "alerts"
     dlq_topic: str = DLQ_TOPIC
+    key_shards: int | None = None  # None: 1 on Prism and direct, 4 x parallelism on Flink and Dataflow
+    features_prefix: str | None = None
     beam_args: Sequence[str] = field(default_factory=list)
+
+    def shards(self) -> int:
+        """Key shards in use. On Prism all Python work runs in one process, so each extra shard only
+        adds a per-firing fixed cost; a cluster spreads shards over workers."""
+        if self.key_shards is not None:
+            return self.key_shards
+        return 4 * self.parallelism if self.runner in ("flink", "dataflow") else 1
 
     def check(self) -> None:
         unknown = [d for d in self.detectors if d not in STREAMING_DETECTORS]
@@ -85,6 +95,8 @@ class StreamConfig:
             raise StreamError(f"unknown runner {self.runner!r}; use one of {', '.join(RUNNERS)}")
         if self.parallelism < 1 or self.checkpoint_interval_s <= 0 or self.fraud_interval_s < 60:
             raise StreamError("need --parallelism >= 1, --checkpoint-interval > 0 and --fraud-interval >= 60")
+        if self.key_shards is not None and self.key_shards < 1:
+            raise StreamError(f"--key-shards must be at least 1, not {self.key_shards}")
         from detectors.store import ModelStore
 
         store = ModelStore(self.model_store)
@@ -98,7 +110,7 @@ class StreamConfig:
 
 # --- decode: validation at the source -------------------------------------------------------
 def decode_event(record: KafkaRecord, bounds: EventTimeBounds | None = None) -> tuple[tuple[str, Any], float | None]:
-    """Validate one record: ``("event", (type, row))`` with its event time, or ``("dlq", OutRecord)``.
+    """Validate one record: ``("event", (type, row, t_us))`` with its event time, or ``("dlq", OutRecord)``.
 
     ``bounds`` is resolved where the pipeline is built, so workers without its argus.toml agree.
     """
@@ -108,7 +120,8 @@ def decode_event(record: KafkaRecord, bounds: EventTimeBounds | None = None) -> 
         out = OutRecord(DLQ_TOPIC, record.key, letter.model_dump_json().encode(), _position(record))
         return ("dlq", out), None
     row = result.model_dump()
-    return ("event", (str(row["event_type"]), row)), epoch_us(row["ts"]) / 1e6
+    t_us = epoch_us(row["ts"])
+    return ("event", (str(row["event_type"]), row, t_us)), t_us / 1e6
 
 
 def _position(record: KafkaRecord) -> str:
@@ -124,7 +137,7 @@ def _dead_letter_identity(topic: str, key: bytes | None, value: bytes) -> str | 
 
 
 class _SplitFn(beam.DoFn):  # type: ignore[misc]
-    """Batches from the source -> one timestamped element per event; dead letters to the ``dlq`` output."""
+    """A source batch -> the batch of its valid events (same timestamp); dead letters to the ``dlq`` output."""
 
     def __init__(self, dlq_topic: str) -> None:
         self.dlq_topic = dlq_topic
@@ -132,6 +145,7 @@ class _SplitFn(beam.DoFn):  # type: ignore[misc]
         self.rejected = Metrics.counter("stream", "rejected")
 
     def process(self, batch: list[tuple[str, Any]]) -> Iterator[Any]:
+        events = []
         for kind, item in batch:
             if kind == "dlq":
                 self.rejected.inc()
@@ -139,8 +153,10 @@ class _SplitFn(beam.DoFn):  # type: ignore[misc]
                     item = OutRecord(self.dlq_topic, item.key, item.value, item.identity)
                 yield beam.pvalue.TaggedOutput("dlq", item)
             else:
-                self.valid.inc()
-                yield TimestampedValue(item, epoch_us(item[1]["ts"]) / 1e6)
+                events.append(item)
+        if events:
+            self.valid.inc(len(events))
+            yield events  # the source's timestamp: the batch's earliest event time
 
 
 class _OncePerRunFn(beam.DoFn):  # type: ignore[misc]
@@ -169,6 +185,8 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
         allowed_lateness_s=config.allowed_lateness_s,
         fraud_interval_s=config.fraud_interval_s,
         fraud_lookback_days=config.fraud_lookback_days,
+        key_shards=config.shards(),
+        publish_features=config.features_prefix is not None,
     )
     chosen = [STREAMING_DETECTORS[name]() for name in config.detectors]
     wanted = {event_topic(t) for d in chosen for t in d.event_types}
@@ -188,11 +206,21 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
     _ = split.dlq | "DeadLetters" >> WriteKafka(
         config.bootstrap, [config.dlq_topic] if skip else [], identify=_dead_letter_identity
     )
-    alerts = [
+    outputs = [
         split.events | f"{d.name}" >> _DetectorTransform(d, settings)  # type: ignore[operator]
         for d in chosen
     ]
+    alerts = [o.alerts for o in outputs]
     merged = alerts[0] if len(alerts) == 1 else tuple(alerts) | "AllAlerts" >> beam.Flatten()
+    snapshots = [
+        o.features | f"{d.name}FeatureRecords" >> beam.Map(_snapshot_record, f"{config.features_prefix}.{d.name}")
+        for d, o in zip(chosen, outputs, strict=True)
+        if o.features is not None
+    ]
+    if snapshots:
+        _ = (
+            snapshots[0] if len(snapshots) == 1 else tuple(snapshots) | "AllFeatures" >> beam.Flatten()
+        ) | "PublishFeatures" >> WriteKafka(config.bootstrap)
     kinds = [f"{config.alerts_prefix}.{kind}" for kind in ALERT_KINDS]
     _ = (
         merged
@@ -200,6 +228,10 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
         | "OncePerRun" >> beam.ParDo(_OncePerRunFn(config.alerts_prefix)).with_input_types(StrKeyed)
         | "PublishAlerts" >> WriteKafka(config.bootstrap, kinds if skip else [])
     )
+
+
+def _snapshot_record(snapshot: tuple[str, bytes], topic: str) -> OutRecord:
+    return OutRecord(topic, snapshot[0].encode(), snapshot[1])
 
 
 class _DetectorTransform(beam.PTransform):  # type: ignore[misc]
@@ -222,6 +254,10 @@ def pipeline_options(config: StreamConfig) -> PipelineOptions:
             f"--prism_location={fetch_prism()}",
             "--environment_type=LOOPBACK",
             "--job_server_timeout=86400",  # without it Prism ends the job after 300 s (DEADLINE_EXCEEDED)
+            # Prism splits a slow bundle and frees the residual's keys while the primary still holds
+            # them (apache/beam#35771): two bundles then update one key's state at once. The source
+            # checkpoints itself, so nothing needs those splits.
+            "--experiments=prism_disable_sdf_split",
         ]
     elif config.runner == "flink":
         args += [

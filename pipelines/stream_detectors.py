@@ -1,9 +1,16 @@
 """Streaming adapters of the detectors: per-key state and event-time timers around ``detectors/``.
 
 Each adapter is a ``StreamingDetector``: it names the event types it needs and turns the
-stream of validated events into ``schemas.Alert``s. The feature and scoring math stays in
-``detectors/``; an adapter only decides what state to keep, when the evidence is complete, and
-calls the same functions the nightly job calls.
+stream of validated event *batches* into ``schemas.Alert``s (and, when asked, feature
+snapshots). The feature and scoring math stays in ``detectors/``; an adapter only decides what
+state to keep, when the evidence is complete, and calls the same functions the nightly job calls.
+
+**Batches and shards.** Elements are lists, never single events: the source emits one list per
+partition and poll, each adapter splits it into one list per *key shard* (``crc32(key) % shards``),
+and every stateful stage adds a whole list to its state in one call and fires one timer per
+event-time point for all the keys of a shard. Per-element costs (a runner round trip, a state
+append, a timer) are then paid per batch, and shards spread the keyed work over workers on
+Flink or Dataflow. Shards are stable across processes and restarts (crc32, not Python's hash).
 
 **Alert windows.** A streaming alert covers the event-time day (UTC) its evidence falls in:
 ``alert_id(detector, user, day, day + 1)``. A user flagged again later that day produces the same
@@ -13,13 +20,13 @@ when the runner happened to fire a timer, so replays give the same ids.
 
 **Trolls** (``TrollStream``), two stateful stages:
 
-1. keyed by channel: messages wait until the watermark passes the end of their 10-minute
-   context window plus the allowed lateness; the closed windows then go through
-   ``ChatContextState.add`` in one batch (goal ranks, repetition and rate against the window's
-   norm need every message of the window), giving each user's sums for each window;
-2. keyed by user: those per-window sums are added in event-time order, gaps between messages
-   continue from the user's last message, and after each window the user's running sums become
-   a feature row (``ChatContextState.features``), scored by the published troll model.
+1. keyed by channel shard: messages wait until the watermark passes the end of their 10-minute
+   context window plus the allowed lateness; the closed windows of every channel of the shard
+   then go through ``ChatContextState.add`` in one batch (goal ranks, repetition and rate against
+   the window's norm need every message of the window), giving each user's sums for each window;
+2. keyed by user shard: those per-window sums are added in event-time order, gaps between
+   messages continue from the user's last message, and after each window the user's running sums
+   become a feature row (``ChatContextState.features``), scored by the published troll model.
 
 The final features equal ``chat_context_features`` over the same events (tested). A message
 arriving after its window closed is counted in ``late_events`` and still applied, as a window of
@@ -27,20 +34,30 @@ its own (its goal ranks see only the late messages; its gap is not counted).
 
 **Fraud** (``FraudStream``): ring features need the payment graph around a user (shared devices,
 instruments, payees), so one keyed stage holds the payment, account and moderation events of
-the last ``lookback_days`` and a per-day activity count; at every ``interval_s`` boundary of
+the last ``lookback_days`` and, for chat and clicks, counts per user and interval (events per
+active day is a fraud feature; the counts give it exactly); at every ``interval_s`` boundary of
 event time that saw new payment or account activity it computes ``FraudDetector.features`` over
 the lookback and scores the users touched since the previous boundary (and their payees) with
 ``FraudDetector.score`` (clusters assigned with ``FraudDetector.assign``). The stage runs on one
 worker: its cost is one feature pass over the lookback per boundary.
+
+**Feature snapshots.** With ``StreamSettings.publish_features`` every scored snapshot also goes
+out as a ``FeatureSnapshot`` record (user, event time, model version, score, the numeric
+features), keyed by user, on ``<features prefix>.<detector>``: a live feature feed, the
+``state update`` that ``argus bench stream`` times, and what the batch/stream agreement test reads.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
+import math
+import pickle
+import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -62,12 +79,15 @@ __all__ = [
     "STREAMING_DETECTORS",
     "ChatMessage",
     "FraudStream",
+    "StreamOutputs",
     "StreamSettings",
     "StreamingDetector",
     "TrollStream",
     "UserChatState",
     "apply_window_sums",
     "chat_feature_rows",
+    "feature_snapshot",
+    "shard_of",
     "window_sums",
 ]
 
@@ -76,6 +96,8 @@ DAY_US = 86_400 * 1_000_000
 StrKeyed = beam.typehints.Tuple[str, Any]
 GAP_COLUMNS = ("gap_n", "gap_sum", "gap_sq")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# A validated event as the source emits it: (event_type, row, event time in epoch microseconds).
+Event = tuple[str, dict[str, Any], int]
 
 
 def epoch_us(ts: dt.datetime) -> int:
@@ -83,15 +105,29 @@ def epoch_us(ts: dt.datetime) -> int:
     return (ts - EPOCH) // dt.timedelta(microseconds=1)
 
 
+def shard_of(key: str, shards: int) -> str:
+    """The shard of ``key``: the same in every process and after restarts (crc32, not ``hash``)."""
+    return str(zlib.crc32(key.encode()) % shards)
+
+
 @dataclass(frozen=True)
 class StreamSettings:
-    """What every adapter needs: the model store and the event-time tolerances."""
+    """What every adapter needs: the model store, the event-time tolerances and the key shards."""
 
     model_store: Path
     allowed_lateness_s: float = 60.0
     fraud_interval_s: int = 3_600
     fraud_lookback_days: int = 30
     evidence_per_alert: int = 20
+    key_shards: int = 1
+    publish_features: bool = False
+
+
+class StreamOutputs(NamedTuple):
+    """What an adapter's ``expand`` returns: alerts, and feature snapshots (JSON records) or None."""
+
+    alerts: Any
+    features: Any | None
 
 
 class StreamingDetector:
@@ -100,9 +136,33 @@ class StreamingDetector:
     name: ClassVar[str]  # the model store's name (detectors.registry)
     event_types: ClassVar[tuple[str, ...]]
 
-    def expand(self, events: Any, settings: StreamSettings) -> Any:
-        """``events``: (event_type, row) elements timestamped by event time -> ``Alert`` elements."""
+    def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
+        """``batches``: lists of ``(event_type, row, t_us)`` timestamped by their earliest event."""
         raise NotImplementedError
+
+
+def feature_snapshot(
+    detector: Detector, user: str, at_us: int, features: dict[str, Any], score: float, flagged: bool
+) -> tuple[str, bytes]:
+    """One feature snapshot as (key, JSON value); non-finite numbers become null."""
+
+    def number(value: Any) -> float | None:
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+
+    record = {
+        "detector": detector.name,
+        "user_id": user,
+        "at_us": int(at_us),
+        "model_version": detector.model_version,
+        "score": number(score),
+        "flagged": bool(flagged),
+        "features": {k: number(v) for k, v in features.items() if not isinstance(v, str | np.ndarray | tuple)},
+    }
+    return user, json.dumps(record).encode()
 
 
 def _day_window(t_us: int) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -123,8 +183,8 @@ def _alerts_by_day(
 
 
 # --- trolls: per-window sums, per-user accumulation ---------------------------------------------
-# (event_id, user_id, ts in epoch microseconds, text, channel_mode)
-ChatMessage = tuple[str, str, int, str, str | None]
+# (event_id, user_id, ts in epoch microseconds, text, channel_mode, channel)
+ChatMessage = tuple[str, str, int, str, str | None, str]
 
 
 @dataclass
@@ -138,22 +198,19 @@ class WindowSums:
     late: bool = False
 
 
-def window_sums(
-    channel: str, messages: list[ChatMessage], window_s: int, late: bool = False
-) -> list[tuple[str, WindowSums]]:
-    """Per (user, window) sums of a channel's closed windows, by one ``ChatContextState.add``.
+def window_sums(messages: list[ChatMessage], window_s: int, late: bool = False) -> list[tuple[str, WindowSums]]:
+    """Per (user, channel, window) sums of closed windows, any number of channels, by one ``ChatContextState.add``.
 
-    Users are renamed ``user\\x1fslot`` for the call, so one batch yields per-window rows; the
-    window-level quantities (goal ranks, the window's rate norm, copies) group by (channel,
-    window) and are unaffected.
+    Users are renamed ``user\\x1fchannel\\x1fslot`` for the call, so one batch yields per-window
+    rows; the window-level quantities (goal ranks, the window's rate norm, copies) group by
+    (channel, window) and are unaffected.
     """
     if not messages:
         return []
-    frame = pd.DataFrame(messages, columns=["event_id", "user_id", "t_us", "text", "channel_mode"])
+    frame = pd.DataFrame(messages, columns=["event_id", "user_id", "t_us", "text", "channel_mode", "context"])
     slot = frame["t_us"] // (window_s * 1_000_000)
     frame["ts"] = pd.to_datetime(frame["t_us"], unit="us", utc=True)
-    frame["context"] = channel
-    frame["user_id"] = frame["user_id"] + "\x1f" + slot.astype(str)
+    frame["user_id"] = frame["user_id"] + "\x1f" + frame["context"] + "\x1f" + slot.astype(str)
     state = ChatContextState(window_s)
     state.add(frame[["event_id", "user_id", "context", "ts", "text", "channel_mode"]])
     sums = state.sums.drop(columns=[c for c in GAP_COLUMNS if c in state.sums.columns])
@@ -162,7 +219,7 @@ def window_sums(
         times.setdefault(pseudo, []).append((int(t), str(event_id)))
     out = []
     for pseudo, row in zip(sums.index, sums.to_dict("records"), strict=True):
-        user, slot_text = str(pseudo).split("\x1f")
+        user, _channel, slot_text = str(pseudo).split("\x1f")
         out.append((user, WindowSums(int(slot_text), row, set(state.texts.get(pseudo, set())), times[pseudo], late)))
     return out
 
@@ -190,12 +247,17 @@ def apply_window_sums(state: UserChatState, parts: Iterable[WindowSums], keep_ev
         state.texts |= part.texts
     on_time = sorted(t for part in parts if not part.late for t in part.times)
     if on_time:
-        seconds = np.array([t // 1_000_000 for t, _ in on_time], dtype=np.int64)
-        previous = np.r_[np.nan if state.last_seen_s is None else float(state.last_seen_s), seconds[:-1]]
-        gaps = (seconds - previous)[~np.isnan(previous)]
-        state.sums["gap_n"] = state.sums.get("gap_n", 0.0) + float(len(gaps))
-        state.sums["gap_sum"] = state.sums.get("gap_sum", 0.0) + float(gaps.sum())
-        state.sums["gap_sq"] = state.sums.get("gap_sq", 0.0) + float((gaps**2).sum())
+        seconds = [t // 1_000_000 for t, _ in on_time]
+        previous = state.last_seen_s
+        gap_n = gap_sum = gap_sq = 0.0
+        for second in seconds:
+            if previous is not None:
+                gap = float(second - previous)
+                gap_n, gap_sum, gap_sq = gap_n + 1.0, gap_sum + gap, gap_sq + gap * gap
+            previous = second
+        state.sums["gap_n"] = state.sums.get("gap_n", 0.0) + gap_n
+        state.sums["gap_sum"] = state.sums.get("gap_sum", 0.0) + gap_sum
+        state.sums["gap_sq"] = state.sums.get("gap_sq", 0.0) + gap_sq
         state.last_seen_s = int(seconds[-1])
     ids = [e for part in parts for _, e in sorted(part.times)]
     state.recent = (state.recent + ids)[-keep_evidence:]
@@ -220,19 +282,34 @@ def chat_feature_rows(rows: list[tuple[str, dict[str, float], set[int]]], window
     return features
 
 
-class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
-    """Keyed by channel: hold messages until their window closes, then emit per-user window sums.
+def _chat_by_shard(batch: list[Event], shards: int) -> Iterator[tuple[str, list[ChatMessage]]]:
+    """One source batch -> one list of chat messages per channel shard."""
+    out: dict[str, list[ChatMessage]] = {}
+    for event_type, row, t_us in batch:
+        if event_type == "chat":
+            channel = str(row["context"])
+            message = (row["event_id"], row["user_id"], t_us, row["text"], row.get("channel_mode"), channel)
+            out.setdefault(shard_of(channel, shards), []).append(message)
+    yield from out.items()
 
-    One bag holds the waiting messages and the last closed window, and one timer per window
-    (dynamic tag) closes it: a firing reads state once, and ``process`` never reads state (each
-    read is a round trip to the runner on Prism, which has no state cache).
+
+class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
+    """Keyed by channel shard: hold messages until their window closes, then emit per-user window sums.
+
+    One bag holds the waiting batches and each channel's last closed window, one timer per window
+    (dynamic tag) closes it for every channel of the shard: a firing reads state once, and
+    ``process`` never reads state (each read is a round trip to the runner on Prism, which has no
+    state cache). Each batch is stored pickled with the time its first window closes, so a firing
+    unpickles only batches that are due: a pipeline running behind holds many windows, and
+    re-reading all of them at every firing made its cost quadratic. Output: one list of
+    (user, WindowSums) per user shard.
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
-    def __init__(self, window_s: int, lateness_s: float) -> None:
-        self.window_s, self.lateness_s = window_s, lateness_s
+    def __init__(self, window_s: int, lateness_s: float, user_shards: int) -> None:
+        self.window_s, self.lateness_s, self.user_shards = window_s, lateness_s, user_shards
         self.late = Metrics.counter("stream", "late_events")
         self.duplicates = Metrics.counter("stream", "duplicate_events")
 
@@ -241,34 +318,39 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        element: tuple[str, ChatMessage],
+        element: tuple[str, list[ChatMessage]],
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(CLOSE),  # noqa: B008
     ) -> None:
-        message = element[1]
-        slot = message[2] // (self.window_s * 1_000_000)
-        buffer.add(("m", message))
-        timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=str(slot))
+        messages = element[1]
+        window_us = self.window_s * 1_000_000
+        slots = {m[2] // window_us for m in messages}
+        buffer.add(("m", (self._fire_at(min(slots)), pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL))))
+        for slot in slots:
+            timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=str(slot))
 
     @on_timer(CLOSE)
     def close(
         self,
-        key: Any = beam.DoFn.KeyParam,
         fired: Any = beam.DoFn.TimestampParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
     ) -> Iterator[Any]:
         now = fired.micros / 1e6
         window_us = self.window_s * 1_000_000
-        closed: int | None = None
+        closed: dict[str, int] = {}
         due: list[ChatMessage] = []
         keep: list[ChatMessage] = []
+        waiting: list[tuple[float, bytes]] = []  # batches not due yet, kept as they were stored
         for kind, item in buffer.read():
             if kind == "closed":
-                closed = item if closed is None else max(closed, item)
-            elif self._fire_at(item[2] // window_us) <= now:
-                due.append(item)
-            else:
-                keep.append(item)
+                for channel, slot in item.items():
+                    closed[channel] = max(slot, closed.get(channel, slot))
+                continue
+            if item[0] > now:  # a lagging pipeline holds many windows: do not unpickle them at every firing
+                waiting.append(item)
+                continue
+            for message in pickle.loads(item[1]):
+                (due if self._fire_at(message[2] // window_us) <= now else keep).append(message)
         if not due:
             return
         unique: dict[str, ChatMessage] = {}
@@ -277,25 +359,42 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
                 self.duplicates.inc()
             else:
                 unique[message[0]] = message
-        on_time = [m for m in unique.values() if closed is None or m[2] // window_us > closed]
-        late = [m for m in unique.values() if closed is not None and m[2] // window_us <= closed]
-        last = max(m[2] // window_us for m in due)
+        on_time: list[ChatMessage] = []
+        late: list[ChatMessage] = []
+        newest: dict[str, int] = {}
+        for message in unique.values():
+            channel, slot = message[5], message[2] // window_us
+            (late if channel in closed and slot <= closed[channel] else on_time).append(message)
+            newest[channel] = max(slot, newest.get(channel, slot))
+        for channel, slot in newest.items():
+            closed[channel] = max(slot, closed.get(channel, slot))
         buffer.clear()
-        buffer.add(("closed", last if closed is None else max(closed, last)))
-        for message in keep:
-            buffer.add(("m", message))
-        yield from window_sums(key, on_time, self.window_s)
+        buffer.add(("closed", closed))
+        for item in waiting:
+            buffer.add(("m", item))
+        if keep:
+            first = min(self._fire_at(m[2] // window_us) for m in keep)
+            buffer.add(("m", (first, pickle.dumps(keep, protocol=pickle.HIGHEST_PROTOCOL))))
+        parts = window_sums(on_time, self.window_s)
         if late:
             self.late.inc(len(late))
-            yield from window_sums(key, late, self.window_s, late=True)
+            parts += window_sums(late, self.window_s, late=True)
+        by_shard: dict[str, list[tuple[str, WindowSums]]] = {}
+        for user, part in parts:
+            by_shard.setdefault(shard_of(user, self.user_shards), []).append((user, part))
+        yield from by_shard.items()
+
+
+# A user's snapshot after one window: (user, sums, texts, recent evidence ids, event time in us).
+ChatSnapshot = tuple[str, dict[str, float], set[int], list[str], int]
 
 
 class _UserChatFn(beam.DoFn):  # type: ignore[misc]
-    """Keyed by user: add window sums in event-time order; one feature snapshot per window.
+    """Keyed by user shard: add window sums in event-time order; one feature snapshot per user and window.
 
-    One bag holds the user's running state and the window sums waiting for the watermark; a
-    timer per arrival time (dynamic tag) applies them in order once every channel's sums for
-    that time are in.
+    One bag holds the shard's users' running state (one dict) and the window sums waiting for the
+    watermark; a timer per arrival time (dynamic tag) applies them in order once every channel
+    shard's sums for that time are in. Output: one list of snapshots per firing.
     """
 
     BUFFER = BagStateSpec("buffer", PickleCoder())
@@ -306,7 +405,7 @@ class _UserChatFn(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        element: tuple[str, WindowSums],
+        element: tuple[str, list[tuple[str, WindowSums]]],
         ts: Any = beam.DoFn.TimestampParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(APPLY),  # noqa: B008
@@ -317,41 +416,45 @@ class _UserChatFn(beam.DoFn):  # type: ignore[misc]
     @on_timer(APPLY)
     def apply(
         self,
-        key: Any = beam.DoFn.KeyParam,
         fired: Any = beam.DoFn.TimestampParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-    ) -> Iterator[Any]:
-        user = UserChatState()
-        due: list[WindowSums] = []
-        keep: list[tuple[str, int, WindowSums]] = []
+    ) -> Iterator[list[ChatSnapshot]]:
+        users: dict[str, UserChatState] = {}
+        due: dict[str, list[WindowSums]] = {}
+        keep: list[tuple[str, int, list[tuple[str, WindowSums]]]] = []
         for entry in buffer.read():
             if entry[0] == "state":
-                user = entry[1]
+                users = entry[1]
             elif entry[1] <= fired.micros:
-                due.append(entry[2])
+                for user, part in entry[2]:
+                    due.setdefault(user, []).append(part)
             else:
                 keep.append(entry)
         if not due:
             return
-        by_slot: dict[tuple[bool, int], list[WindowSums]] = {}
-        for part in due:
-            by_slot.setdefault((part.late, part.slot), []).append(part)
-        # On-time windows in event-time order; late parts after them.
-        for (_, _slot), parts in sorted(by_slot.items()):
-            apply_window_sums(user, parts, self.keep_evidence)
-            t_us = max(t for part in parts for t, _ in part.times)
-            yield (key, dict(user.sums), set(user.texts), list(user.recent), int(t_us))
+        snapshots: list[ChatSnapshot] = []
+        for user, parts in due.items():
+            state = users.setdefault(user, UserChatState())
+            by_slot: dict[tuple[bool, int], list[WindowSums]] = {}
+            for part in parts:
+                by_slot.setdefault((part.late, part.slot), []).append(part)
+            # On-time windows in event-time order; late parts after them.
+            for (_, _slot), group in sorted(by_slot.items()):
+                apply_window_sums(state, group, self.keep_evidence)
+                t_us = max(t for part in group for t, _ in part.times)
+                snapshots.append((user, dict(state.sums), set(state.texts), list(state.recent), int(t_us)))
         buffer.clear()
-        buffer.add(("state", user))
+        buffer.add(("state", users))
         for entry in keep:
             buffer.add(entry)
+        yield snapshots
 
 
 class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
     """Scores batches of snapshots with the store's current model (reloaded when a new one is published)."""
 
-    def __init__(self, store: Path, name: str) -> None:
-        self.store, self.name = store, name
+    def __init__(self, store: Path, name: str, publish_features: bool) -> None:
+        self.store, self.name, self.publish_features = store, name, publish_features
         self._live: LiveModel | None = None
         self.scored = Metrics.counter("stream", f"{name}_scored")
 
@@ -364,7 +467,7 @@ class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
 
 
 class _ScoreChatFn(_ScoreBatchFn):
-    def process(self, batch: list[tuple[str, dict[str, float], set[int], list[str], int]]) -> Iterator[Alert]:
+    def process(self, batch: list[ChatSnapshot]) -> Iterator[Any]:
         detector = self.detector()
         window_s = int(detector.params.get("window_s", CONTEXT_WINDOW_S))
         features = chat_feature_rows([(u, s, t) for u, s, t, _, _ in batch], window_s)
@@ -374,35 +477,54 @@ class _ScoreChatFn(_ScoreBatchFn):
         for i in np.flatnonzero(flagged):
             user, _, _, recent, t_us = batch[i]
             yield from _alerts_by_day(scores.iloc[[i]], detector, [t_us], {user: list(reversed(recent))})
+        if self.publish_features:
+            rows = features.to_dict("records")
+            for j, (user, _, _, _, t_us) in enumerate(batch):
+                snapshot = feature_snapshot(detector, user, t_us, rows[j], scores.at[j, "score"], flagged[j])
+                yield beam.pvalue.TaggedOutput("features", snapshot)
 
 
 class TrollStream(StreamingDetector):
     name = "trolls"
     event_types = ("chat",)
 
-    def expand(self, events: Any, settings: StreamSettings) -> Any:
+    def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
         window_s = int(ModelStore(settings.model_store).load(self.name).params.get("window_s", CONTEXT_WINDOW_S))
-        by_channel = (
-            events
-            | "ChatOnly" >> beam.Filter(lambda e: e[0] == "chat")
-            | "ByChannel" >> beam.Map(lambda e: (e[1]["context"], _chat_message(e[1])))
-        )
-        return (
-            by_channel
+        shards = settings.key_shards
+        scored = (
+            batches
+            | "ByChannelShard" >> beam.FlatMap(_chat_by_shard, shards)
             | "ChannelWindows"
-            >> beam.ParDo(_ChannelWindowsFn(window_s, settings.allowed_lateness_s)).with_input_types(StrKeyed)
+            >> beam.ParDo(_ChannelWindowsFn(window_s, settings.allowed_lateness_s, shards)).with_input_types(StrKeyed)
             | "UserChat" >> beam.ParDo(_UserChatFn(settings.evidence_per_alert)).with_input_types(StrKeyed)
-            | "BatchSnapshots" >> beam.BatchElements(min_batch_size=1, max_batch_size=500)
-            | "ScoreTrolls" >> beam.ParDo(_ScoreChatFn(settings.model_store, self.name))
+            | "ScoreTrolls"
+            >> beam.ParDo(_ScoreChatFn(settings.model_store, self.name, settings.publish_features)).with_outputs(
+                "features", main="alerts"
+            )
         )
-
-
-def _chat_message(row: dict[str, Any]) -> ChatMessage:
-    return (row["event_id"], row["user_id"], epoch_us(row["ts"]), row["text"], row.get("channel_mode"))
+        return StreamOutputs(scored.alerts, scored.features if settings.publish_features else None)
 
 
 # --- fraud: the payment graph on one key -----------------------------------------------------
 GRAPH_TYPES = ("payment", "account", "moderation")
+# (event_type, t_us, row) of a payment, account or moderation event
+GraphRow = tuple[str, int, dict[str, Any]]
+# (user_id, bucket start in us) -> chat and click events of that user in that bucket
+ActivityCounts = dict[tuple[str, int], int]
+
+
+def _graph_batch(batch: list[Event], bucket_us: int) -> Iterator[tuple[str, tuple[list[GraphRow], ActivityCounts]]]:
+    """One source batch -> the graph rows and activity counts it adds to the payment graph."""
+    graph: list[GraphRow] = []
+    activity: ActivityCounts = {}
+    for event_type, row, t_us in batch:
+        if event_type in GRAPH_TYPES:
+            graph.append((event_type, t_us, row))
+        else:
+            key = (str(row["user_id"]), t_us // bucket_us * bucket_us)
+            activity[key] = activity.get(key, 0) + 1
+    if graph or activity:
+        yield "payments", (graph, activity)
 
 
 class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
@@ -417,6 +539,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         self.lookback_us = int(settings.fraud_lookback_days) * DAY_US
         self.lateness_s = settings.allowed_lateness_s
         self.store, self.name = settings.model_store, name
+        self.publish_features = settings.publish_features
         self._live: LiveModel | None = None
         self.late = Metrics.counter("stream", "late_events")
         self.scored = Metrics.counter("stream", f"{name}_scored")
@@ -429,18 +552,14 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        element: tuple[str, tuple[str, dict[str, Any]]],
+        element: tuple[str, tuple[list[GraphRow], ActivityCounts]],
         rows: Any = beam.DoFn.StateParam(ROWS),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(SCORE),  # noqa: B008
     ) -> None:
-        event_type, row = element[1]
-        t_us = epoch_us(row["ts"])
-        if event_type in GRAPH_TYPES:
-            rows.add((event_type, t_us, row))
-            boundary = self._boundary(t_us)
+        graph, _activity = element[1]
+        rows.add(element[1])
+        for boundary in {self._boundary(t_us) for _, t_us, _ in graph}:
             timer.set(Timestamp(boundary / 1e6 + self.lateness_s), dynamic_timer_tag=str(boundary))
-        else:  # only counted: events per active day is a fraud feature
-            rows.add(("activity", t_us, {"user_id": row["user_id"], "event_id": row["event_id"]}))
 
     @on_timer(SCORE)
     def score(
@@ -448,14 +567,18 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         tag: Any = beam.DoFn.DynamicTimerTagParam,
         rows: Any = beam.DoFn.StateParam(ROWS),  # noqa: B008
         done: Any = beam.DoFn.StateParam(DONE),  # noqa: B008
-    ) -> Iterator[Alert]:
+    ) -> Iterator[Any]:
         assert self._live is not None
         boundary = int(tag)
         done_us = done.read()
-        items = list(rows.read())
+        items: list[GraphRow] = []
+        activity: ActivityCounts = {}
+        for graph, counts in rows.read():
+            items += graph
+            for key, n in counts.items():
+                activity[key] = activity.get(key, 0) + n
         times = np.array([t for _, t, _ in items], dtype=np.int64)
-        graph = np.array([k != "activity" for k, _, _ in items], dtype=bool)
-        fresh = graph & (times >= boundary - self.interval_us) & (times < boundary)
+        fresh = (times >= boundary - self.interval_us) & (times < boundary)
         if done_us is not None and boundary <= done_us:
             # Evidence for a boundary already scored: kept for later boundaries, counted as late.
             self.late.inc(int(fresh.sum()))
@@ -463,45 +586,55 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         done.write(boundary)
         if fresh.any():
             touched = _touched_users([items[i] for i in np.flatnonzero(fresh)])
-            yield from self._score_at(self._live.get(), _graph_frames(items), boundary, touched)
+            yield from self._score_at(self._live.get(), _graph_frames(items, activity), boundary, touched)
+        # One bag entry from now on (fewer, larger reads), without what fell out of the lookback.
         cutoff = boundary - self.lookback_us
-        if (times < cutoff).any():
-            rows.clear()
-            for item in items:
-                if item[1] >= cutoff:
-                    rows.add(item)
+        rows.clear()
+        rows.add(([item for item in items if item[1] >= cutoff], {k: n for k, n in activity.items() if k[1] >= cutoff}))
 
     def _score_at(
         self, detector: Detector, frames: dict[str, pd.DataFrame], boundary: int, touched: set[str]
-    ) -> list[Alert]:
+    ) -> Iterator[Any]:
         end = pd.Timestamp(boundary, unit="us", tz="UTC")
         start = end - pd.Timedelta(microseconds=self.lookback_us)
         events = Events(frames).restrict(start, end)
         features = detector.features(events)
         features = features[features.index.isin(touched)]
         if features.empty:
-            return []
+            return
         scores = detector.score(features)
         self.scored.inc(len(scores))
         evidence = {u: str(v).split() for u, v in features["evidence"].items()}
-        return _alerts_by_day(scores, detector, [boundary - 1] * len(scores), evidence)
+        yield from _alerts_by_day(scores, detector, [boundary - 1] * len(scores), evidence)
+        if self.publish_features:
+            numeric = features.select_dtypes("number")
+            by_user = scores.set_index("user_id")
+            for user, row in zip(numeric.index, numeric.to_dict("records"), strict=True):
+                score, flagged = by_user.at[user, "score"], by_user.at[user, "flagged"]
+                yield beam.pvalue.TaggedOutput(
+                    "features", feature_snapshot(detector, str(user), boundary, row, score, bool(flagged))
+                )
 
 
-def _graph_frames(items: list[tuple[str, int, dict[str, Any]]]) -> dict[str, pd.DataFrame]:
-    """The held rows as Events frames; chat and click activity as (user_id, ts) rows under ``activity``."""
+def _graph_frames(items: list[GraphRow], activity: ActivityCounts) -> dict[str, pd.DataFrame]:
+    """The held rows as Events frames; chat and click counts as one (user_id, ts) row per event under ``activity``."""
     grouped: dict[str, list[dict[str, Any]]] = {}
-    for kind, t_us, row in items:
-        grouped.setdefault(kind, []).append(row if kind != "activity" else {**row, "ts": t_us})
+    for kind, _, row in items:
+        grouped.setdefault(kind, []).append(row)
     frames = {}
     for kind, rows in grouped.items():
-        frame = pd.DataFrame(rows)
-        if kind == "activity":
-            frame["ts"] = pd.to_datetime(frame["ts"], unit="us", utc=True)
-        frames[kind] = Events.from_frames({kind: frame}).frames[kind]
+        frames[kind] = Events.from_frames({kind: pd.DataFrame(rows)}).frames[kind]
+    if activity:
+        keys = list(activity)
+        counts = np.fromiter(activity.values(), dtype=np.int64, count=len(keys))
+        users = np.repeat(np.array([k[0] for k in keys], dtype=object), counts)
+        starts = np.repeat(np.array([k[1] for k in keys], dtype=np.int64), counts)
+        frame = pd.DataFrame({"user_id": users, "ts": pd.to_datetime(starts, unit="us", utc=True), "event_id": ""})
+        frames["activity"] = Events.from_frames({"activity": frame}).frames["activity"]
     return frames
 
 
-def _touched_users(items: list[tuple[str, int, dict[str, Any]]]) -> set[str]:
+def _touched_users(items: list[GraphRow]) -> set[str]:
     """Users with new payment/account/moderation rows, and the payees of new transfers."""
     users = set()
     for _, _, row in items:
@@ -515,12 +648,19 @@ class FraudStream(StreamingDetector):
     name = "fraud"
     event_types = ("payment", "account", "moderation", "chat", "click")
 
-    def expand(self, events: Any, settings: StreamSettings) -> Any:
-        return (
-            events
-            | "OneGraph" >> beam.Map(lambda e: ("payments", e))
-            | "PaymentGraph" >> beam.ParDo(_PaymentGraphFn(settings, self.name)).with_input_types(StrKeyed)
+    def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
+        # Activity counts per bucket that divides both the interval and the day, so the lookback's
+        # cut and events per active day see exactly what one row per event would give.
+        bucket_us = math.gcd(int(settings.fraud_interval_s), 86_400) * 1_000_000
+        scored = (
+            batches
+            | "OneGraph" >> beam.FlatMap(_graph_batch, bucket_us)
+            | "PaymentGraph"
+            >> beam.ParDo(_PaymentGraphFn(settings, self.name))
+            .with_input_types(StrKeyed)
+            .with_outputs("features", main="alerts")
         )
+        return StreamOutputs(scored.alerts, scored.features if settings.publish_features else None)
 
 
 STREAMING_DETECTORS: dict[str, type[StreamingDetector]] = {"trolls": TrollStream, "fraud": FraudStream}

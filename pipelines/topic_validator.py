@@ -61,6 +61,7 @@ def validate_topics(
         idle_since = datetime.now(UTC)
         while True:
             batch = consumer.poll(timeout_ms=500)
+            clients.require_topic_access(consumer)  # a denied topic would otherwise read as empty
             if ends is None and consumer.assignment():
                 ends = consumer.end_offsets(list(consumer.assignment()))
             handled = 0

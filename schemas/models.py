@@ -17,7 +17,12 @@ SCHEMA_VERSION = 1
 EventType = Literal["chat", "click", "payment", "account", "moderation"]
 EVENT_TYPES: tuple[str, ...] = ("chat", "click", "payment", "account", "moderation")
 
-Identifier = Annotated[str, Field(min_length=1, max_length=128)]
+# Control characters are refused in every string of the contract: in ids they forge log lines and
+# Kafka keys, in text they drive terminals (ANSI escapes) and truncate C strings (NUL). Free text
+# keeps tab, line feed and carriage return.
+NO_CONTROL = r"^[^\x00-\x1f\x7f]*$"
+TEXT_CONTROLS = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+Identifier = Annotated[str, Field(min_length=1, max_length=128, pattern=NO_CONTROL)]
 Fingerprint = Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$", description="hex digest")]
 
 
@@ -39,7 +44,7 @@ class EventBase(_Strict):
 
 class ChatEvent(EventBase):
     event_type: Literal["chat"] = "chat"
-    text: str = Field(min_length=1, max_length=2000)
+    text: str = Field(min_length=1, max_length=2000, pattern=TEXT_CONTROLS)
     channel_mode: Literal["anarchy", "democracy"] | None = Field(
         default=None, description="input mode of a plays-style channel at the time, if it has one"
     )
@@ -60,18 +65,18 @@ class PaymentEvent(EventBase):
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code")
     instrument_id: Fingerprint = Field(description="hashed card or wallet")
     status: Literal["approved", "declined"]
-    decline_reason: str | None = Field(default=None, max_length=64)
+    decline_reason: str | None = Field(default=None, max_length=64, pattern=NO_CONTROL)
     counterparty_id: Identifier | None = Field(default=None, description="payee of a transfer")
 
 
 class AccountEvent(EventBase):
     event_type: Literal["account"] = "account"
     action: Literal["signup", "login", "rename", "ban", "unban"]
-    username: str = Field(min_length=1, max_length=64)
-    previous_username: str | None = Field(default=None, max_length=64)
+    username: str = Field(min_length=1, max_length=64, pattern=NO_CONTROL)
+    previous_username: str | None = Field(default=None, max_length=64, pattern=NO_CONTROL)
     device_fp: Fingerprint | None = None
     network_fp: Fingerprint | None = None
-    reason: str | None = Field(default=None, max_length=256)
+    reason: str | None = Field(default=None, max_length=256, pattern=TEXT_CONTROLS)
 
 
 class ModerationEvent(EventBase):
@@ -81,7 +86,7 @@ class ModerationEvent(EventBase):
     action: Literal["report", "warn", "timeout", "ban", "label"]
     actor_id: Identifier
     label: Literal["troll", "spam", "harassment", "fraud", "chargeback", "ban_evasion"] | None = None
-    reason: str | None = Field(default=None, max_length=256)
+    reason: str | None = Field(default=None, max_length=256, pattern=TEXT_CONTROLS)
 
 
 Event = Annotated[

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ INVALID_VALUE = "invalid_value"
 TS_IN_FUTURE = "ts_in_future"
 TS_TOO_OLD = "ts_too_old"
 DUPLICATE_EVENT_ID = "duplicate_event_id"
+DUPLICATE_KEY = "duplicate_key"
 
 _TYPE_ERRORS = ("_type", "_parsing", "is_instance_of", "literal_error_type")
 
@@ -84,6 +86,10 @@ def validate(
         return Rejection(NOT_JSON, f"not JSON: {exc}", raw)
     if not isinstance(obj, dict):
         return Rejection(NOT_OBJECT, f"expected a JSON object, got {type(obj).__name__}", raw)
+    repeated = _repeated_key(text, obj)
+    if repeated is not None:
+        # Parsers disagree on which copy wins; a record that reads differently to another consumer is refused.
+        return Rejection(DUPLICATE_KEY, f"{repeated!r}: the field appears more than once", raw)
     event_type = obj.get("event_type")
     if event_type is None:
         return Rejection(MISSING_FIELD, "event_type: field required", raw)
@@ -121,6 +127,43 @@ def validate_batch(
             else:
                 seen.add(result.event_id)
         yield result
+
+
+class _Repeated(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
+def _refuse_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Repeated(key)
+            seen.add(key)
+    return obj
+
+
+def _repeated_key(text: str, obj: dict[str, object]) -> str | None:
+    """A key that ``text`` repeats, at any depth, or None.
+
+    Fast path for flat objects without escapes (nearly every event): each key is followed by one
+    colon, and the only other colons are inside strings, all of which the parsed object still
+    holds, so the colons outside strings count the keys exactly; a repeated key makes the count
+    exceed the keys that survived. Anything else is checked by a second, pair-preserving parse.
+    """
+    if "\\" not in text and not any(isinstance(v, dict | list) for v in obj.values()):
+        inside = sum(k.count(":") for k in obj) + sum(v.count(":") for v in obj.values() if isinstance(v, str))
+        if text.count(":") - inside == len(obj):
+            return None
+    try:
+        json.loads(text, object_pairs_hook=_refuse_repeats)
+    except _Repeated as exc:
+        return exc.key[:64]
+    except (ValueError, RecursionError):
+        return None  # orjson accepted it; the model refuses what the standard parser cannot read
+    return None
 
 
 def _rejection_from_error(exc: ValidationError, raw: bytes) -> Rejection:

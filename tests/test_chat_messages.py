@@ -14,11 +14,14 @@ from argus.cli import app
 from detectors.base import ITEM_COLUMNS
 from detectors.chat_messages import (
     DEFAULT_MODEL,
+    MIN_VIEW_USERS,
     SIGNALS,
     BetaPrior,
     fit_message_model,
     fit_rate_prior,
+    fit_user_views,
     message_signals,
+    moderation_counts,
     rate_posterior,
 )
 from detectors.events import Events
@@ -202,3 +205,100 @@ def test_detect_per_message_writes_one_row_per_message(tmp_path: Path) -> None:
     assert len(items) == summary["messages"] == items["event_id"].nunique() > 0
     users = pd.read_csv(out.with_suffix(".users.csv"))
     assert users["score"].notna().sum() == items["user_id"].nunique()
+
+
+def moderation(rows: list[tuple[str, str, str, str | None]]) -> pd.DataFrame:
+    """(subject, action, actor, label) rows as a moderation frame."""
+    return pd.DataFrame(
+        {
+            "event_id": [f"m{i}" for i in range(len(rows))],
+            "user_id": [r[0] for r in rows],
+            "action": [r[1] for r in rows],
+            "actor_id": [r[2] for r in rows],
+            "label": [r[3] for r in rows],
+            "ts": [pd.Timestamp("2026-10-02T00:00:00Z")] * len(rows),
+        }
+    )
+
+
+def test_moderation_counts_by_hand() -> None:
+    frame = moderation(
+        [
+            ("a", "report", "x", "troll"),
+            ("a", "report", "x", "spam"),  # the same reporter twice counts once
+            ("a", "report", "y", None),
+            ("a", "warn", "mod1", "harassment"),
+            ("b", "timeout", "mod1", "troll"),
+            ("b", "ban", "mod2", None),
+            ("c", "label", "risk-team", "fraud"),  # not about chat, not a sanction
+            ("c", "report", "z", "fraud"),
+        ]
+    )
+    counts = moderation_counts(frame)
+    assert counts.loc["a", "mod_reporters"] == 2 and counts.loc["a", "mod_sanctions"] == 1
+    assert counts.loc["b", "mod_reporters"] == 0 and counts.loc["b", "mod_sanctions"] == 2
+    assert "c" not in counts.index
+
+
+def _three_views(seed: int, users: int = 4000, share: float = 0.05) -> tuple[np.ndarray, ...]:
+    """Users with a planted class: content scores, reporters and sanctions independent given the class."""
+    rng = np.random.default_rng(seed)
+    troll = rng.random(users) < share
+    messages = rng.integers(1, 40, users).astype(float)
+    content = np.where(troll, rng.beta(3, 4, users), rng.beta(2, 6, users))
+    reporters = rng.poisson(np.where(troll, 1.2, 0.04))
+    sanctions = rng.poisson(np.where(troll, 0.3, 0.02))
+    return troll, content, messages, reporters.astype(float), sanctions.astype(float)
+
+
+def test_user_views_recover_the_class_and_beat_each_view_alone() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    troll, content, messages, reporters, sanctions = _three_views(3)
+    model = fit_user_views(content, messages, reporters, sanctions)
+    assert model is not None
+    assert model.prior == pytest.approx(troll.mean(), abs=0.02)
+    posterior = model.posterior(content, messages, reporters, sanctions)
+    auc = roc_auc_score(troll, posterior)
+    assert auc > max(roc_auc_score(troll, content), roc_auc_score(troll, reporters)) + 0.03
+    # One message, the same content: two reporters and a sanction outweigh none.
+    one = np.array([1.0])
+    quiet = model.posterior(np.array([0.3]), one, np.array([0.0]), np.array([0.0]))[0]
+    reported = model.posterior(np.array([0.3]), one, np.array([2.0]), np.array([1.0]))[0]
+    assert reported > 0.5 > quiet
+    # More reporters never speak less for the troll class (the rates are monotone).
+    ratios = [model.posterior(np.array([0.3]), one, np.array([k]), np.array([0.0]))[0] for k in (0.0, 1.0, 2.0, 3.0)]
+    assert ratios == sorted(ratios)
+
+
+def test_user_views_are_not_learnt_without_moderation_or_users() -> None:
+    _, content, messages, reporters, sanctions = _three_views(4)
+    assert fit_user_views(content, messages, np.zeros_like(reporters), np.zeros_like(sanctions)) is None
+    few = MIN_VIEW_USERS - 1
+    assert fit_user_views(content[:few], messages[:few], reporters[:few], sanctions[:few]) is None
+
+
+def test_reported_one_message_user_scores_above_the_same_message_unreported() -> None:
+    rng = np.random.default_rng(5)
+    texts = ["gg nice play", "hello chat", "lol", "what a run", "you all suck", "this is trash", "pog"]
+    rows, reports = [], []
+    for u in range(1200):
+        user = f"u{u:04d}"
+        troll = u % 20 == 0
+        for k in range(1 + u % 3):
+            text = texts[rng.integers(4, 6)] if troll and rng.random() < 0.5 else texts[rng.integers(0, 4)]
+            rows.append((user, f"ch-{u % 8}", text, 30.0 * u + 7.0 * k))
+        if rng.random() < (0.7 if troll else 0.03):
+            reports.append((user, "report", f"r{rng.integers(0, 999)}", "troll"))
+        if rng.random() < (0.3 if troll else 0.01):
+            reports.append((user, "warn", "mod1", "troll"))
+    rows += [("once_reported", "ch-0", "hello chat", 1.0), ("once_quiet", "ch-1", "hello chat", 2.0)]
+    reports += [("once_reported", "report", "r1", "troll"), ("once_reported", "report", "r2", "spam")]
+    events = Events.from_frames({"chat": chat(rows), "moderation": moderation(reports)})
+    detector = TrollDetector()
+    features = detector.features(events)
+    scores = detector.fit(features).score(features).set_index("user_id")
+    assert detector.metrics["user_views"] == "fitted"
+    assert scores.loc["once_reported", "score"] > scores.loc["once_quiet", "score"]
+    assert scores.loc["once_reported", "status"].startswith("low evidence: 1 chat message")
+    assert scores.loc["once_reported", "reasons"][0].text == "reported by 2 users"

@@ -509,7 +509,8 @@ def test_every_customer_with_a_purchase_gets_a_score_and_a_status(
     assert features.loc["weekly-gone", "recency_over_gap"] == pytest.approx(62 / 7)  # last bought on day 137
     assert scores.loc["weekly-gone", "score"] > scores.loc["weekly-here", "score"]
     assert scores.loc["weekly-here", "status"] == SCORED
-    assert detector.metrics["model"] in ("gbm", "bgnbd") and set(detector.metrics["validation_auc"]) == {"gbm", "bgnbd"}
+    assert detector.metrics["model"] in ("gbm", "bgnbd", "blend")
+    assert set(detector.metrics["validation_auc"]) == {"gbm", "bgnbd", "blend"}
 
 
 def test_purchase_mode_predicts_who_buys_again(shop: tuple[ChurnDetector, pd.DataFrame, pd.DataFrame]) -> None:
@@ -551,3 +552,16 @@ def test_purchase_model_round_trips_and_refuses_daily_features(
     pd.testing.assert_series_equal(loaded.score(again).set_index("user_id")["score"], scores["score"])
     with pytest.raises(ValueError, match="history_days"):
         detector.score(ChurnDetector(mode="daily", horizon_days=7, lookback_days=14).features(synthetic))
+
+
+def test_purchase_choice_keeps_the_blend_within_noise_and_a_clear_winner_beyond() -> None:
+    from detectors.churn import _auc_standard_error, _purchase_choice
+
+    y = np.r_[np.ones(500, dtype=bool), np.zeros(1500, dtype=bool)]
+    error = _auc_standard_error(0.85, y)
+    assert 0.005 < error < 0.02  # Hanley-McNeil at 500 + 1500 examples
+    near = {"gbm": 0.85 + error / 2, "bgnbd": 0.84, "blend": 0.85}
+    assert _purchase_choice(near, y) == "blend"
+    clear = {"gbm": 0.80, "bgnbd": 0.85 + 2 * error, "blend": 0.85}
+    assert _purchase_choice(clear, y) == "bgnbd"
+    assert _purchase_choice({"gbm": 0.8}, y) == "gbm"

@@ -43,7 +43,7 @@ def test_user_mistakes_get_one_line_and_exit_2() -> None:
     for args, message in [
         (["generate"], "--out DIR, --kafka"),
         (["generate", "--out", "x", "--format", "xml"], "parquet or jsonl"),
-        (["generate", "--out", "x", "--start", "tomorrow"], "Invalid isoformat"),
+        (["generate", "--out", "x", "--start", "tomorrow"], "--start must be a date as YYYY-MM-DD"),
         (["generate", "--out", "x", "--profile", "sparse"], "realistic or dense"),
         (["schemas", "check", "/no/such/file.jsonl"], "does not exist"),
     ]:
@@ -141,56 +141,3 @@ def test_generate_to_kafka_and_validate(kafka_bootstrap: str) -> None:
     status = runner.invoke(app, ["kafka", "status", "--json", "--bootstrap", kafka_bootstrap])
     assert status.exit_code == 0, status.output
     assert json.loads(status.output)["topics"]["events.chat"]["records"] == after["events.chat"]["records"]
-
-
-def test_batch_jobs_run_through_spark_submit(tmp_path: Path) -> None:
-    """The real spark-submit path: a chain that passes, then a damaged day that stops at the gate."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    from world.sinks import lake_path
-
-    generated = runner.invoke(
-        app,
-        [
-            "generate",
-            "--users",
-            "60",
-            "--days",
-            "2",
-            "--profile",
-            "dense",
-            "--events-per-user-day",
-            "15",
-            "--out",
-            str(tmp_path),
-        ],
-    )
-    assert generated.exit_code == 0, generated.output
-    chain = _argus(
-        "batch", "nightly", "--date", "2026-10-02", "--lake", str(tmp_path), "--skip-ingest", "--detectors", "trolls"
-    )
-    assert chain.returncode == 0, chain.stderr[-2000:]
-    results = [json.loads(line) for line in chain.stdout.strip().splitlines()]
-    assert results[0]["passed"] is True and results[1]["users"] > 50 and results[2]["dim"] == 32
-    assert results[3]["detector"] == "trolls" and results[3]["users"] == results[1]["users"]
-    scores = pq.read_table(tmp_path / "scores" / "detector=trolls" / "date=2026-10-02").to_pandas()
-    assert len(scores) == results[3]["users"] and scores["status"].str.len().gt(0).all()
-    assert (tmp_path / "models" / "trolls" / results[3]["model_version"] / "model.json").is_file()
-    assert (tmp_path / "profiles" / "date=2026-10-02").is_dir() and (
-        tmp_path / "embeddings" / "date=2026-10-02"
-    ).is_dir()
-
-    # A damaged day stops the chain at the gate: no profiles or embeddings for it.
-    path = lake_path(tmp_path, "payment", __import__("datetime").date(2026, 10, 1))
-    table = pq.read_table(path)
-    pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount", pc.negate(table["amount"])), path)
-    gate = _argus(
-        "batch", "nightly", "--date", "2026-10-01", "--lake", str(tmp_path), "--skip-ingest", "--detectors", ""
-    )
-    assert gate.returncode == 1
-    assert "quality gate FAILED" in gate.stderr and "column=amount" in gate.stderr
-    assert not (tmp_path / "profiles" / "date=2026-10-01").exists()
-    assert not (tmp_path / "embeddings" / "date=2026-10-01").exists()
-    missing = _argus("batch", "profile", "--date", "2026-12-31", "--lake", str(tmp_path))
-    assert missing.returncode == 2 and "no events on 2026-12-31" in missing.stderr

@@ -476,3 +476,27 @@ def test_detect_per_payment_writes_payment_rows(tmp_path: Any) -> None:
     assert senders["score"].notna().all()
     best = items.groupby("user_id")["score"].max()
     assert (senders["score"] >= best.reindex(senders.index) - 1e-6).all()
+
+
+def test_takeover_pattern_needs_unusual_spend_after_the_shared_new_device() -> None:
+    """Four accounts each first log in on their own device, then on one device new to all of them, and
+    spend at m1 right after. At a café's shared machine they spend as usual; after a takeover, big."""
+    from detectors.fraud_payments import account_evidence, payment_features
+
+    def world(amount: float) -> Events:
+        payments = [_payment(f"bg{i}", f"bg{i}", i * 60.0, 20.0, instrument=f"cardbg{i}") for i in range(8)]
+        logins = []
+        for k, user in enumerate(("a", "b", "c", "d")):
+            logins += [
+                _login(f"l{user}0", user, k * 10.0, f"own{user}"),
+                _login(f"l{user}1", user, 3_600 + k, "shared"),
+            ]
+            payments.append(_payment(f"p{user}", user, 3_700.0 + k, amount, instrument=f"card{user}"))
+        return _events(payments, logins)
+
+    def takeover(events: Events) -> pd.Series:
+        known = pd.Series(dtype=bool)
+        return account_evidence(payment_features(events), events, known)["takeover_pattern"]
+
+    assert (takeover(world(20.0)).loc[["a", "b", "c", "d"]] == 0).all()
+    assert (takeover(world(300.0)).loc[["a", "b", "c", "d"]] > 0.5).all()

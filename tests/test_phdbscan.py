@@ -177,3 +177,146 @@ def test_predict_before_fit_and_gpu_without_gpu() -> None:
     if not gpu_available():
         with pytest.raises(ValueError, match="FAISS sees no GPU"):
             PHDBSCAN(use_gpu=True).fit(np.random.default_rng(0).normal(size=(100, 4)))
+
+
+def test_duplicate_rows_are_grouped_with_counts() -> None:
+    from detectors.cluster.duplicates import unique_rows, weighted_core_distances
+
+    X = np.array([[0, 0], [1, 0], [0, 0], [2, 2], [1, 0], [0, 0]], dtype=np.float32)
+    rows = unique_rows(X)
+    assert rows is not None
+    assert rows.first.tolist() == [0, 1, 3] and rows.group.tolist() == [0, 1, 0, 2, 1, 0]
+    assert rows.counts.tolist() == [3, 2, 1]
+    assert unique_rows(np.eye(3, dtype=np.float32)) is None
+    # Distinct rows 0 and 1 (2 and 1 other copies) list each other, then row 2, as neighbours.
+    dist, idx = np.array([[1.0, 2.8], [1.0, 2.2]]), np.array([[1, 2], [0, 2]])
+    copies = rows.counts[:2] - 1
+    assert weighted_core_distances(dist, idx, rows.counts, copies, 2).tolist() == [0.0, 1.0]  # a copy; (0, 0)
+    assert weighted_core_distances(dist, idx, rows.counts, copies, 4).tolist() == [1.0, 1.0]  # 2 + 2 (1, 0)s
+    assert weighted_core_distances(dist, idx, rows.counts, copies, 5).tolist() == [2.8, 2.2]  # then (2, 2)
+
+
+@pytest.mark.parametrize("copies", [3, 40])
+def test_duplicate_heavy_data_gives_hdbscans_exact_result(copies: int) -> None:
+    rng = np.random.default_rng(9)
+    distinct = np.vstack([rng.normal(0, 0.5, (30, 3)), rng.normal(6, 0.5, (30, 3)), rng.uniform(-8, 14, (10, 3))])
+    X = np.repeat(distinct, rng.integers(1, copies, len(distinct)), axis=0)
+    rng.shuffle(X)
+    params = {"min_cluster_size": 3 * copies, "min_samples": 5}
+    reference = hdbscan.HDBSCAN(algorithm="generic", **params).fit(X)
+    # 80 neighbours cover every distinct row (a complete graph among them), though far fewer than n - 1.
+    ours = PHDBSCAN(n_neighbors=80, **params).fit(X)
+    assert ours.n_distinct_ == len(distinct) < len(X) - 1 > 80
+    assert reference.labels_.max() >= 1
+    assert _same_partition(reference.labels_, ours.labels_)
+    np.testing.assert_allclose(ours.probabilities_, reference.probabilities_, atol=1e-6)
+    np.testing.assert_allclose(ours.outlier_scores_, reference.outlier_scores_, atol=1e-6)
+    labels, _ = ours.approximate_predict(X[:50])
+    assert (labels[ours.probabilities_[:50] > 0.5] == ours.labels_[:50][ours.probabilities_[:50] > 0.5]).all()
+
+
+# --- the benchmark harness (argus bench cluster) -------------------------------------------
+
+
+def _two_blobs(n: int = 400, dim: int = 4) -> np.ndarray:
+    rng = np.random.default_rng(11)
+    return np.vstack([rng.normal(0, 0.3, (n // 2, dim)), rng.normal(5, 0.3, (n // 2, dim))]).astype(np.float32)
+
+
+def test_bench_reads_npy_csv_and_parquet_alike(tmp_path: Path) -> None:
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from argus.bench import load_matrix
+
+    X = _two_blobs(40, 3).astype(np.float64)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(X))
+    pd.DataFrame(X, columns=["a", "b", "c"]).to_csv(tmp_path / "header.csv", index=False)
+    pd.DataFrame(X).to_csv(tmp_path / "bare.csv", index=False, header=False)
+    pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}), tmp_path / "columns.parquet")
+    embedding = pa.array(X.tolist(), type=pa.list_(pa.float64(), 3))  # one vector per row, as jobs.embed writes
+    pq.write_table(pa.table({"embedding": embedding}), tmp_path / "vectors.pq")
+    for name in ("fortran.npy", "header.csv", "bare.csv", "columns.parquet", "vectors.pq"):
+        np.testing.assert_allclose(load_matrix(tmp_path / name), X, rtol=1e-12, err_msg=name)
+
+
+def test_bench_data_errors_say_what_to_do(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from argus.bench import BenchDataError, load_matrix
+
+    pd.DataFrame({"x": [1.0, 2.0], "user": ["a", "b"]}).to_csv(tmp_path / "text.csv", index=False)
+    pd.DataFrame({"x": [1.0, np.nan, 3.0], "y": [1.0, 2.0, 3.0]}).to_parquet(tmp_path / "gaps.parquet")
+    np.save(tmp_path / "flat.npy", np.zeros(5))
+    (tmp_path / "data.json").write_text("[]")
+    for name, message in [
+        ("text.csv", "column.* user are not numeric; drop or encode them"),
+        ("gaps.parquet", "1 rows have missing or infinite values .first: row 1.; drop or impute"),
+        ("flat.npy", "need a 2-D matrix"),
+        ("data.json", r"--data takes \.npy, \.csv, \.parquet, \.pq files"),
+    ]:
+        with pytest.raises(BenchDataError, match=message):
+            load_matrix(tmp_path / name)
+
+
+def test_bench_runs_every_library_on_the_same_fortran_ordered_duplicate_heavy_data(tmp_path: Path) -> None:
+    from argus.bench import bench_cluster
+
+    X = np.asfortranarray(np.repeat(_two_blobs(), 3, axis=0))  # as pandas' .to_numpy() often leaves it
+    np.save(tmp_path / "x.npy", X)
+    result = bench_cluster(0, 0, 20, 5, tmp_path / "x.npy", skip_fast=True, repeats=2)
+    assert (result["n"], result["dim"], result["duplicate_rows"]) == (1200, 4, 800)
+    assert len(result["ours_runs_s"]) == len(result["hdbscan_runs_s"]) == 2
+    assert result["clusters"] == 2 and result["ari"] == 1.0
+    assert "fast_hdbscan_s" not in result and "hdbscan" not in result  # skipped, not failed
+
+
+def test_one_library_failing_keeps_the_others_figures(tmp_path: Path) -> None:
+    from argus.bench import bench_cluster
+
+    np.save(tmp_path / "x.npy", _two_blobs(30, 2))
+    # scikit-learn's HDBSCAN in hdbscan's place refuses min_samples above n; ours clusters the 30 points.
+    sklearn_in_its_place = {"hdbscan": "sklearn.cluster:HDBSCAN"}
+    result = bench_cluster(0, 0, 5, 40, tmp_path / "x.npy", skip_fast=True, repeats=2, estimators=sklearn_in_its_place)
+    assert result["hdbscan"]["error"].startswith("ValueError") and result["hdbscan"]["completed_runs"] == 0
+    assert len(result["ours_runs_s"]) == 2 and "speedup" not in result
+
+
+def test_bench_without_fast_hdbscan_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sys
+
+    from argus import cli
+
+    monkeypatch.setitem(sys.modules, "fast_hdbscan", None)  # import fails as if not installed
+    monkeypatch.setattr(sys, "argv", ["argus", "bench", "cluster", "--n", "100", "--dim", "2", "--skip-hdbscan"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert "pip install -e '.[bench]'" in " ".join(capsys.readouterr().err.split())
+
+
+# --- the GPU check script, its steps run on CPU ------------------------------------------------
+
+
+def test_gpu_check_script_runs_its_steps_on_cpu_and_judges_them(tmp_path: Path) -> None:
+    import json
+    import os
+    import subprocess
+
+    script = Path(__file__).parents[1] / "infra" / "gpu" / "check_phdbscan.sh"
+    small = {"CPU_ONLY": "1", "N": "3000", "DIM": "8", "SAMPLE": "2000", "OUT": str(tmp_path), "LIMIT_S": "0.000001"}
+    done = subprocess.run(
+        ["bash", str(script)], env={**os.environ, **small}, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 1, done.stderr  # no fit takes a microsecond: the time target is missed
+    verdict = json.loads((tmp_path / "verdict.json").read_text())
+    assert verdict["fast_enough"] is False and verdict["agrees"] is True and verdict["ari_gpu_vs_cpu"] == 1.0
+    assert json.loads((tmp_path / "full.json").read_text())["n"] == 3000
+    if subprocess.run(["bash", "-c", "command -v nvidia-smi"], capture_output=True).returncode != 0:
+        no_gpu = subprocess.run(
+            ["bash", str(script)], env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True
+        )
+        assert no_gpu.returncode == 3 and "no NVIDIA GPU here" in no_gpu.stderr

@@ -33,6 +33,9 @@ def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) 
     assert len(published) == first["users"] > 250
     assert published["status"].str.len().gt(0).all()
     assert (Path(first["model"]) / "model.json").is_file()
+    # The night's alerts, as `argus alerts publish` reads them: one line per flagged user.
+    alerts = (lake / "alerts" / "detector=evaders" / f"date={DAY}" / "alerts.jsonl").read_text().splitlines()
+    assert len(alerts) == first["flagged"]
     again = run_score(spark, lake, DAY, "evaders", days=3)  # type: ignore[arg-type]
     assert again["model_version"] == first["model_version"]
     pd.testing.assert_frame_equal(pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={DAY}"), published)

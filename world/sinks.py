@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from infra.topics import event_topic
+from schemas.privacy import current_privacy
 from world.simulate import World
 from world.truth import truth_summary, truth_table
 
@@ -51,11 +52,15 @@ def write_table(table: pa.Table, path: Path, fmt: str) -> None:
 
 
 def write_world(world: World, out: Path, fmt: str = "parquet", progress: Progress | None = None) -> dict[str, Any]:
-    """Write every day of ``world`` under ``out`` plus its truth; rerunning overwrites, never appends."""
+    """Write every day of ``world`` under ``out`` plus its truth; rerunning overwrites, never appends.
+
+    Fields named by ``[privacy] hash_fields`` are stored salted-hashed (``schemas.privacy``).
+    """
+    privacy = current_privacy()
     counts: dict[str, dict[str, int]] = {}
     for day, tables in world.days():
         for event_type, table in tables.items():
-            write_table(table, lake_path(out, event_type, day, fmt), fmt)
+            write_table(privacy.table(table), lake_path(out, event_type, day, fmt), fmt)
             counts.setdefault(event_type, {})[day.isoformat()] = table.num_rows
             if progress:
                 progress(table.num_rows)
@@ -67,7 +72,8 @@ def write_world(world: World, out: Path, fmt: str = "parquet", progress: Progres
 
 def write_truth(world: World, out: Path) -> None:
     truth = out / "truth"
-    _atomic_write(truth / "users.parquet", lambda p: pq.write_table(truth_table(world), p))
+    users = current_privacy().table(truth_table(world))  # usernames hashed like the events' ones
+    _atomic_write(truth / "users.parquet", lambda p: pq.write_table(users, p))
     summary = json.dumps(truth_summary(world), indent=2, sort_keys=True)
     _atomic_write(truth / "truth.json", lambda p: p.write_text(summary))
 

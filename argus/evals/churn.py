@@ -29,6 +29,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_config, eval_world, quality
+from argus.progress import step
 from detectors.base import SCORED
 from detectors.btyd import fit_bgnbd, p_no_purchase
 from detectors.churn import (
@@ -88,8 +89,10 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
     def evaluate(lookback: int, horizon: int, model: str = "auto") -> tuple[dict[str, Any], ChurnDetector]:
         detector = ChurnDetector(as_of=as_of, horizon_days=horizon, lookback_days=lookback, model=model)
         if lookback not in features:
+            step(f"churn features, {lookback}-day lookback")
             features[lookback] = detector.features(ev.events)
         feats = features[lookback]
+        step(f"fitting and scoring: {lookback}-day lookback, {horizon}-day horizon ({model})")
         scores = detector.fit(feats).score(feats)
         activity = activity_tensor(daily, feats.index, days)[:, :, activity_idx].sum(axis=2)
         away = activity[:, cutoff + 1 : cutoff + 1 + horizon].sum(axis=1) == 0
@@ -114,9 +117,13 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
     # Both candidates on the same held-out users; the kept one is the better by validation AUC,
     # exactly what ChurnDetector(model="auto") picks, so this avoids fitting everything twice.
     mode, _ = detect_mode(daily[daily.index.get_level_values("day") <= days[cutoff]])
-    kinds = ("gbm", "sequence") if mode == "daily" else ("gbm",)  # purchase mode: its trees or BG/NBD
+    # Purchase mode chooses among its trees, BG/NBD and their mean itself ("auto"; ``model`` names the choice).
+    kinds = ("gbm", "sequence") if mode == "daily" else ("auto",)
     candidates = {kind: evaluate(MAIN_LOOKBACK, horizon_days, kind) for kind in kinds}
-    validation = {kind: (result["validation_auc"] or {}).get(kind, 0.0) for kind, (result, _) in candidates.items()}
+    validation = {
+        kind: (result["validation_auc"] or {}).get(result["model"] if kind == "auto" else kind, 0.0)
+        for kind, (result, _) in candidates.items()
+    }
     kept = max(validation, key=lambda k: (validation[k], k == "gbm"))
     main, detector = candidates[kept]
     comparison = {
@@ -127,6 +134,8 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
             "auc_truth": result["auc_truth"],
             "auc_recently_active": result["auc_recently_active"],
             "validation_auc": validation[kind],
+            "model": result["model"],
+            "validation_auc_by_model": result["validation_auc"],
         }
         for kind, (result, _) in candidates.items()
     }

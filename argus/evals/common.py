@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from argus.progress import step
 from detectors.base import status_counts
 from detectors.events import Events, load_events
 from infra.broker import argus_home
@@ -63,6 +64,7 @@ def eval_world(world: Path | None = None, config: WorldConfig = DEFAULT_EVAL_WOR
 
         world = argus_home() / "eval-worlds" / hashlib.sha256(key.encode()).hexdigest()[:12]
         if not (world / "manifest.json").is_file():
+            step(f"generating the evaluation world ({config.users:,} users x {config.days} days; once, then cached)")
             write_world(World(config), world)
     world = Path(world)
     truth_path = world / "truth" / "users.parquet"
@@ -70,6 +72,7 @@ def eval_world(world: Path | None = None, config: WorldConfig = DEFAULT_EVAL_WOR
         raise FileNotFoundError(f"{world} has no truth/users.parquet; evaluate a world written by `argus generate`")
     truth = pd.read_parquet(truth_path).set_index("user_id").sort_index()
     summary = json.loads((world / "truth" / "truth.json").read_text())
+    step(f"reading {world}")
     return EvalWorld(world, load_events(world), truth, summary)
 
 

@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
+from argus.progress import step
 from detectors.evaders import (
     MATCH_CANDIDATES,
     PAIR_FEATURES,
@@ -37,8 +38,11 @@ def run(world: Path | None = None, profile: str = "realistic") -> dict[str, Any]
     ew = eval_world(world, config)
     parent_of = ew.truth["parent_user_id"].dropna().astype(str)
     detector = EvaderDetector()
+    step(f"account profiles of {len(ew.events.user_ids):,} users")
     profiles = detector.features(ew.events)
+    step("detection on full histories")
     full = _detection(detector, profiles, parent_of)
+    step("early detection (first actions)")
     early = _detection(detector, detector.features(first_actions(ew.events, EARLY_ACTIONS)), parent_of)
     # Sparse real accounts: a new account seen only through its sign-up and one action.
     first = _detection(detector, detector.features(first_actions(ew.events, 1)), parent_of)
@@ -56,6 +60,7 @@ def run(world: Path | None = None, profile: str = "realistic") -> dict[str, Any]
     result["early_mrr"] = early["mrr"]
     result["first_action_auc"] = first["metrics"]["auc"]
     result["first_action_mrr"] = first["mrr"]
+    step("predicting bans")
     result["predict_auc"] = _predict_auc(ew.events, profiles, ew.truth)
     result["best_single_feature_auc"], result["best_single_feature"] = full["best_single"]
     # Without labels (what `argus detect evaders` does with no model): distant supervision.

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from argus.evals.common import best_single_feature_auc, binary_metrics, coverage, eval_config, eval_world, quality
+from argus.progress import step
 from detectors.fraud import FraudDetector, _outcomes
 from detectors.fraud_features import FEATURE_COLUMNS, OUTCOME_COLUMNS
 from detectors.fraud_payments import ACCOUNT_EVIDENCE
@@ -42,8 +43,11 @@ def run(
     config = config if config is not None else eval_config(profile)
     ew = eval_world(world, config)
     detector = FraudDetector(**params)
+    step(f"fraud features of {len(ew.events.user_ids):,} users")
     features = detector.features(ew.events)
+    step("clustering, fitting and scoring")
     frame = detector.fit(features).score(features)
+    step("measuring against the truth")
     scores = frame.set_index("user_id")
     ring = ew.truth["fraud_ring"].reindex(scores.index)
     pattern = ew.truth["fraud_pattern"].reindex(scores.index)

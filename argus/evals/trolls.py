@@ -14,7 +14,10 @@ ranked and each troll's reciprocal rank among the window's non-trolls is average
 mean within-window AUC, by the user's score over the whole period, by a score from the window's
 messages alone, by the mean offensive-language probability of the user's messages in the window
 (an off-the-shelf classifier's baseline) and at random. The best single feature leaves out the
-message-score aggregates (``msg_violations``, ``msg_max_score``), which are the detector's own.
+message-score aggregates (``msg_violations``, ``msg_max_score``), which are the detector's own;
+the moderation counts (``mod_reporters``, ``mod_sanctions``) are in it. When the detector learns its
+three-view model (content, reports, sanctions), ``content_only`` gives the same figures from the
+content score alone: what a feed without moderation events gets.
 """
 
 from __future__ import annotations
@@ -27,12 +30,14 @@ import numpy as np
 import pandas as pd
 
 from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
+from argus.progress import step
 from detectors.base import SCORED
 from detectors.chat_messages import rate_posterior
 from detectors.trolls import (
     MESSAGE_MODEL_ATTR,
     PAPER_FEATURES,
     PAPER_THRESHOLD,
+    USER_VIEWS,
     TrollDetector,
     find_raids,
     paper_scores,
@@ -48,8 +53,11 @@ def run(world: Path | None = None, method: str = "centroid", profile: str = "rea
     config = eval_config(profile)
     ew = eval_world(world, config)
     detector = TrollDetector(method=method)
+    step(f"troll features of {len(ew.events.user_ids):,} users")
     features = detector.features(ew.events)
+    step("fitting and scoring")
     scores = detector.fit(features).score(features)
+    step("measuring against the truth")
     truth = ew.truth["is_troll"].reindex(scores["user_id"]).fillna(False).astype(bool).to_numpy()
     of_kind = features["chat_messages"].fillna(0).to_numpy() > 0
     baseline = features.drop(columns=["msg_violations", "msg_max_score"], errors="ignore")
@@ -72,6 +80,15 @@ def run(world: Path | None = None, method: str = "centroid", profile: str = "rea
 
     messages = features["chat_messages"].fillna(0).to_numpy()
     result["few_messages"] = _few_messages(truth, scores, of_kind & (messages <= FEW_MESSAGES))
+    if detector.state is not None and USER_VIEWS in detector.state:
+        # What the same detector gives from the chat alone, as on a feed without moderation events.
+        content = detector.content_scores(features)
+        alone = quality(truth, content, of_kind)["all_of_kind"]
+        result["content_only"] = {
+            **{k: alone[k] for k in QUALITY_KEYS},
+            "few_messages": _few_messages(truth, content, of_kind & (messages <= FEW_MESSAGES)),
+        }
+    result["user_views"] = detector.metrics.get("user_views")
     if detector.state is not None and MESSAGE_MODEL_ATTR in detector.state:
         result.update(_message_blocks(detector, ew.events["chat"], ew.truth["is_troll"], scores))
 

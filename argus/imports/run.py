@@ -2,7 +2,8 @@
 
 Reading streams (CSV and JSON Lines line by line, Parquet in record batches), so memory does not
 grow with the file, except for the set of event ids seen (duplicates are rejected). Every row
-ends up in exactly one place: an events file or topic, or the dead-letter file with its reason.
+ends up in exactly one place: an events file or topic, or the dead-letter file with its reason;
+rows of users that ``argus forget`` erased from the lake are left out and counted (``erased``).
 
 Lake output follows the project's layout (``events/event_type=T/date=D/``, dates in UTC, Parquet
 in the event's Arrow schema or JSON Lines), one file per source file name and partition,
@@ -32,6 +33,7 @@ from argus.imports.mapping import Mapping, SourceFormat, source_format
 from schemas.arrow import ARROW_SCHEMAS
 from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import DeadLetter, EventBase
+from schemas.privacy import ErasedSubjects, current_privacy, erased_subjects
 from schemas.validate import DUPLICATE_EVENT_ID, NOT_JSON, NOT_OBJECT, NOT_UTF8, Rejection, validate
 
 Progress = Callable[[int], None]
@@ -76,6 +78,7 @@ class ImportSummary:
     out: str | None = None
     files: int = 0
     produced: Counter[str] = field(default_factory=Counter)
+    erased: int = 0  # rows of users erased from the lake by `argus forget`, left out again
 
     def to_json(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -90,6 +93,8 @@ class ImportSummary:
             summary["files"] = self.files
         if self.produced:
             summary["produced"] = dict(sorted(self.produced.items()))
+        if self.erased:
+            summary["erased"] = self.erased
         return summary
 
 
@@ -126,12 +131,19 @@ def run_import(
     dead = DeadLetterWriter(rejects, str(source))
     seen: set[str] = set()
     bounds = current_bounds()  # once per import, not per row
+    erased = erased_subjects(out) if out is not None else ErasedSubjects()  # `argus forget` holds
     try:
         for row in rows:
             summary.rows += 1
             if progress and summary.rows % _PROGRESS_EVERY == 0:
                 progress(_PROGRESS_EVERY)
             result = _check(row, converter, seen, bounds)
+            if erased:
+                kept = _unless_erased(result, erased)
+                if kept is None:
+                    summary.erased += 1  # an erased user's row: imported nowhere, dead-lettered nowhere
+                    continue
+                result = kept
             if isinstance(result, EventBase):
                 summary.imported[result.event_type] += 1  # type: ignore[attr-defined]
                 if lake:
@@ -177,6 +189,16 @@ def _check(
     return result
 
 
+def _unless_erased(
+    result: EventBase | tuple[str, str, dict[str, Any] | None], erased: ErasedSubjects
+) -> EventBase | tuple[str, str, dict[str, Any] | None] | None:
+    """None for a row of an erased user (valid or not); else the row, references pseudonymised."""
+    if isinstance(result, EventBase):
+        return erased.event(result)
+    mapped = result[2]
+    return None if mapped is not None and erased.is_erased(mapped.get("user_id")) else result
+
+
 # --- reading ------------------------------------------------------------------------------------------
 
 
@@ -216,8 +238,14 @@ def _mapped_columns(mapping: Mapping) -> dict[str, str]:
 def _check_header(path: Path, header: list[str], mapping: Mapping) -> None:
     for column, key in _mapped_columns(mapping).items():
         if column not in header:
-            shown = ", ".join(header[:20]) + (", ..." if len(header) > 20 else "")
+            # Names come from the file: control characters are shown escaped, so a crafted header
+            # cannot break the one-line error or drive the terminal.
+            shown = ", ".join(_printable(name) for name in header[:20]) + (", ..." if len(header) > 20 else "")
             raise SourceError(f"{path}: column {column!r} ({key}) is not in the file; its columns are: {shown}")
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _csv_rows(path: Path, mapping: Mapping) -> Iterator[SourceRow]:
@@ -324,6 +352,7 @@ class LakeWriter:
         self._buffers: dict[Path, list[EventBase]] = {}
         self._parquet: dict[Path, pq.ParquetWriter] = {}
         self._written: set[Path] = set()
+        self._privacy = current_privacy()  # [privacy] hash_fields, applied to what the lake stores
 
     def path(self, event_type: str, day: date) -> Path:
         partition = self.root / "events" / f"event_type={event_type}" / f"date={day.isoformat()}"
@@ -332,7 +361,7 @@ class LakeWriter:
     def add(self, event: EventBase) -> None:
         path = self.path(event.event_type, event.ts.astimezone(UTC).date())  # type: ignore[attr-defined]
         buffer = self._buffers.setdefault(path, [])
-        buffer.append(event)
+        buffer.append(self._privacy.event(event))
         if len(buffer) >= self.batch_rows:
             self._flush(path)
 
@@ -435,7 +464,7 @@ class DeadLetterWriter:
 
     def add(self, row: SourceRow, reason_code: str, reason: str, mapped: dict[str, Any] | None) -> None:
         values = _json_safe(row.values) if row.values is not None else None
-        original = row.raw if row.raw is not None else orjson.dumps(values)
+        original = row.raw if row.raw is not None else _row_bytes(row.values)
         letter = ImportDeadLetter(
             original_b64=base64.b64encode(original).decode("ascii"),
             source_topic=self.source,
@@ -457,6 +486,38 @@ class DeadLetterWriter:
         _staging(self.path).unlink(missing_ok=True)
 
 
-def _json_safe(values: dict[str, Any]) -> dict[str, Any]:
-    safe: dict[str, Any] = orjson.loads(orjson.dumps(values, default=str, option=orjson.OPT_NON_STR_KEYS))
-    return safe
+# Deeper rows are kept only as their original bytes: JSON readers (pydantic's included) refuse to
+# read, and sometimes to write, documents nested much deeper, and a dead letter must stay readable.
+MAX_KEPT_DEPTH = 64
+
+
+def _row_bytes(values: dict[str, Any] | None) -> bytes:
+    """A source row without original bytes (Parquet), as JSON; its repr if it cannot be JSON."""
+    try:
+        return orjson.dumps(values, default=str, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return repr(values).encode("utf-8", "backslashreplace")
+
+
+def _json_safe(values: dict[str, Any]) -> dict[str, Any] | None:
+    """``values`` as plain JSON types, or None when it cannot be (too deep, not encodable)."""
+    try:
+        safe: dict[str, Any] = orjson.loads(_row_bytes(values))
+    except orjson.JSONDecodeError:
+        return None
+    return safe if isinstance(safe, dict) and _depth(safe) <= MAX_KEPT_DEPTH else None
+
+
+def _depth(value: Any) -> int:
+    deepest, level = 0, [value]
+    while level:
+        deepest += 1
+        if deepest > MAX_KEPT_DEPTH:
+            return deepest
+        level = [
+            child
+            for item in level
+            if isinstance(item, dict | list)
+            for child in (item.values() if isinstance(item, dict) else item)
+        ]
+    return deepest

@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
 
-from detectors.cluster.knn import KnnMethod, build_index, knn_graph
+from detectors.cluster.duplicates import UniqueRows, expand_tree, unique_rows, weighted_core_distances
+from detectors.cluster.knn import KnnIndex, KnnMethod, build_index, knn_graph
 from detectors.cluster.mst import (
     core_distances,
     dense_mutual_reachability_mst,
@@ -108,19 +109,16 @@ class PHDBSCAN:
             return self
         k = min(n - 1, self.n_neighbors or max(2 * min_samples, 16))
         k = max(k, min(min_samples, n - 1))
+        data32 = np.ascontiguousarray(data, dtype=np.float32)
         started = time.perf_counter()
         if k >= n - 1:
             # The k-NN graph would be complete: take hdbscan's exact dense path (same ties, same tree).
-            index = build_index(data, "exact", self.use_gpu, self.random_state)
             core, mst = dense_mutual_reachability_mst(data, min_samples, self.alpha)
             self.timings_["mst"] = time.perf_counter() - started
+            self._index, self._distinct = _prediction_index(data32, self.knn, self.use_gpu, self.random_state)
+            self.n_distinct_ = n if self._distinct is None else self._distinct.n_unique
         else:
-            knn_dist, knn_idx, index = knn_graph(data, k, self.knn, self.use_gpu, self.random_state)
-            self.timings_["knn"] = time.perf_counter() - started
-            core = core_distances(knn_dist, min_samples)
-            started = time.perf_counter()
-            mst = mutual_reachability_mst(knn_dist, knn_idx, core, index, self.alpha, self.random_state)
-            self.timings_["mst"] = time.perf_counter() - started
+            core, mst = self._knn_tree(data32, k, min_samples)
         started = time.perf_counter()
         single_linkage = single_linkage_tree(mst)
         condensed = condense_tree(single_linkage, self.min_cluster_size)
@@ -136,16 +134,48 @@ class PHDBSCAN:
             float("inf"),
         )
         self.timings_["tree"] = time.perf_counter() - started
-        self._index = index
-        self._data = index.data
+        self._data = data32
         self.core_distances_ = core
         self.minimum_spanning_tree_ = mst
         self.condensed_tree_ = condensed
         self.labels_ = np.asarray(labels, dtype=np.intp)
         self.probabilities_ = np.asarray(probabilities, dtype=np.float64)
         self.outlier_scores_ = np.asarray(outlier_scores(condensed), dtype=np.float64)
-        self._prepare_prediction()
+        self._prediction_ready = False  # prepared by the first approximate_predict: fit does not need it
         return self
+
+    def _knn_tree(self, data32: np.ndarray, k: int, min_samples: int) -> tuple[np.ndarray, np.ndarray]:
+        """(core distances, MST) from the k-NN graph of the distinct rows, copies added back; keeps
+        the graph's index (of the distinct rows) for approximate_predict."""
+        started = time.perf_counter()
+        rows = unique_rows(data32)
+        self._distinct = rows
+        self.n_distinct_ = data32.shape[0] if rows is None else rows.n_unique
+        self.timings_["duplicates"] = time.perf_counter() - started
+        started = time.perf_counter()
+        if rows is None:
+            knn_dist, knn_idx, index = knn_graph(data32, k, self.knn, self.use_gpu, self.random_state)
+            core = core_distances(knn_dist, min_samples)
+        else:
+            distinct = data32[rows.first]
+            k_distinct = min(k, rows.n_unique - 1)
+            if k_distinct < 1:  # every row is the same point: one group, no distances
+                self.timings_["knn"] = time.perf_counter() - started
+                self._index = build_index(distinct, "exact", self.use_gpu, self.random_state)
+                core_one = np.zeros(1)
+                return core_one[rows.group], expand_tree(np.empty((0, 3)), core_one, rows)
+            knn_dist, knn_idx, index = knn_graph(distinct, k_distinct, self.knn, self.use_gpu, self.random_state)
+            wanted = min(min_samples, data32.shape[0] - 1)
+            core = weighted_core_distances(knn_dist, knn_idx, rows.counts, rows.counts - 1, wanted)
+        self.timings_["knn"] = time.perf_counter() - started
+        started = time.perf_counter()
+        mst = mutual_reachability_mst(knn_dist, knn_idx, core, index, self.alpha, self.random_state)
+        if rows is not None:
+            mst = expand_tree(mst, core, rows)
+            core = core[rows.group]
+        self.timings_["mst"] = time.perf_counter() - started
+        self._index = index
+        return core, mst
 
     def fit_predict(self, X: Any, y: None = None) -> np.ndarray:
         return self.fit(X).labels_
@@ -158,6 +188,8 @@ class PHDBSCAN:
         library's ``approximate_predict``, with FAISS for the neighbour search).
         """
         self._check_fitted()
+        if not self._prediction_ready:
+            self._prepare_prediction()
         queries = _check_data(points, name="points")
         if queries.shape[1] != self._data.shape[1]:
             raise ValueError(f"points have {queries.shape[1]} features; the model was fitted on {self._data.shape[1]}")
@@ -168,11 +200,16 @@ class PHDBSCAN:
             return labels, strengths
         min_samples = min(self._min_samples, self._data.shape[0] - 1) or 1
         dist, idx = self._index.search(queries, 2 * min_samples)
-        point_core = dist[:, min(min_samples, dist.shape[1]) - 1]
-        reach = np.maximum(np.maximum(self.core_distances_[np.maximum(idx, 0)], point_core[:, None]), dist)
+        if self._distinct is None:
+            point_core = dist[:, min(min_samples, dist.shape[1]) - 1]
+            training_row = idx
+        else:  # the index holds distinct rows: count their copies, name their first training row
+            point_core = weighted_core_distances(dist, idx, self._distinct.counts, 0, min_samples)
+            training_row = np.where(idx >= 0, self._distinct.first[np.maximum(idx, 0)], -1)
+        reach = np.maximum(np.maximum(self.core_distances_[np.maximum(training_row, 0)], point_core[:, None]), dist)
         reach[idx < 0] = np.inf
         best = reach.argmin(axis=1)
-        neighbour = idx[np.arange(m), best]
+        neighbour = training_row[np.arange(m), best]
         with np.errstate(divide="ignore"):
             lam = 1.0 / reach[np.arange(m), best]
         for i in range(m):
@@ -216,9 +253,12 @@ class PHDBSCAN:
         model.probabilities_ = arrays["probabilities"]
         model.outlier_scores_ = arrays["outlier_scores"]
         model.condensed_tree_ = arrays["condensed_tree"]
+        model.n_distinct_ = len(model._data)
+        model._distinct = None
         if len(model._data):
-            model._index = build_index(model._data, model.knn, model.use_gpu, model.random_state)
-        model._prepare_prediction()
+            model._index, model._distinct = _prediction_index(model._data, model.knn, model.use_gpu, model.random_state)
+            model.n_distinct_ = len(model._data) if model._distinct is None else model._distinct.n_unique
+        model._prediction_ready = False
         return model
 
     def save(self, path: str | Path) -> Path:
@@ -298,6 +338,8 @@ class PHDBSCAN:
         """Fewer than two points: everything is noise."""
         self._data = np.ascontiguousarray(data, dtype=np.float32)
         self._index = build_index(self._data, "exact", False) if n else None  # type: ignore[assignment]
+        self._distinct = None
+        self.n_distinct_ = n
         self.core_distances_ = np.zeros(n)
         self.minimum_spanning_tree_ = np.empty((0, 3))
         self.condensed_tree_ = np.empty(
@@ -306,10 +348,11 @@ class PHDBSCAN:
         self.labels_ = np.full(n, -1, dtype=np.intp)
         self.probabilities_ = np.zeros(n)
         self.outlier_scores_ = np.zeros(n)
-        self._prepare_prediction()
+        self._prediction_ready = False
 
     def _prepare_prediction(self) -> None:
         """Lookups for approximate_predict: each point's leaf node, the node tree, each cluster's node."""
+        self._prediction_ready = True
         tree = self.condensed_tree_
         n = self.labels_.shape[0]
         points = tree[tree["child_size"] == 1]
@@ -344,6 +387,14 @@ class PHDBSCAN:
     def _check_fitted(self) -> None:
         if not hasattr(self, "labels_"):
             raise RuntimeError("this PHDBSCAN is not fitted yet: call fit(X) first")
+
+
+def _prediction_index(
+    data32: np.ndarray, method: KnnMethod, use_gpu: bool | None, seed: int
+) -> tuple[KnnIndex, UniqueRows | None]:
+    """An index of the distinct training rows (as fit builds it) and the copies they stand for."""
+    rows = unique_rows(data32)
+    return build_index(data32 if rows is None else data32[rows.first], method, use_gpu, seed), rows
 
 
 def _check_data(X: Any, name: str = "X") -> np.ndarray:

@@ -1,32 +1,93 @@
-"""Airflow DAG for the nightly chain: ingest -> quality gate -> profiles -> embeddings.
+"""Airflow DAG for the nightly chain, one task per step:
 
-Copy into your DAGs folder on a host with Argus installed (`pip install argus-behaviour`), set
-the Airflow Variables `argus_lake` (e.g. s3a://bucket/lake or /data/lake) and `argus_master`
-(e.g. yarn), and point `KAFKA_BOOTSTRAP` / `ARGUS_CONFIG` at your cluster in the worker's
-environment. Each task is one `argus batch` command; a failing quality gate fails its task and
-stops the run before profiles are published.
+    ingest -> quality_gate -> profiles -> embeddings -> score_trolls   -> alerts -> report
+                                                     -> score_evaders  ->
+                                                     -> score_fraud    ->
+                                                     -> score_churn    ->
+
+For Airflow 3 (tested with 3.3 by `make test-airflow`). Copy this file into the DAGs folder of a
+deployment whose workers have Argus installed (`argus` on their PATH) and set, as Airflow Variables:
+
+- ``argus_lake``: the lake (``/data/lake``, ``s3a://bucket/lake``); default ``/data/lake``
+- ``argus_master``: the Spark master for every job (``yarn``, ``k8s://...``); default ``yarn``
+- ``argus_report_dir``: where the nightly HTML reports go; default ``/data/argus-reports``
+- ``argus_oncall_email``: who hears when a night is late (the deadline below)
+
+and point ``KAFKA_BOOTSTRAP`` / ``ARGUS_CONFIG`` at your cluster in the workers' environment.
+
+Each task is one ``argus`` command for the night ``{{ ds }}``: a run scheduled at 01:30 UTC
+processes the previous day (the data interval's start), and a backfill run processes its own
+date. Every task retries twice, ten minutes apart; a failing quality gate fails its task (exit 1)
+and nothing downstream runs, so no profile, score, model or alert of a bad day is published.
+Deadline (the SLA): a night not finished six hours after it was queued mails the on-call address.
+
+Backfill: ``airflow backfill create --dag-id argus_nightly --from-date 2026-10-01 --to-date
+2026-10-07``; or set ``ARGUS_DAG_CATCHUP=true`` (and ``ARGUS_DAG_START``) in the scheduler's
+environment to have every missed night since the start date run. Runs never overlap
+(``max_active_runs=1``): each night's models build on the store the previous night left.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+import os
+from datetime import UTC, datetime, timedelta
 
-from airflow import DAG
-from airflow.operators.bash import BashOperator
+from airflow.providers.smtp.notifications.smtp import SmtpNotifier
+from airflow.providers.standard.operators.bash import BashOperator
+from airflow.sdk import DAG
+from airflow.sdk.definitions.deadline import AsyncCallback, DeadlineAlert, DeadlineReference
+from airflow.timetables.interval import CronDataIntervalTimetable
 
-ARGS = "--lake {{ var.value.argus_lake }} --master {{ var.value.argus_master }}"
-DAY = "--date {{ ds }}"
+DETECTORS = ("trolls", "evaders", "fraud", "churn")
+NIGHT = "--date {{ ds }}"
+LAKE = "--lake {{ var.value.get('argus_lake', '/data/lake') }}"
+SPARK = f"{LAKE} --master {{{{ var.value.get('argus_master', 'yarn') }}}}"
+REPORT_OUT = "{{ var.value.get('argus_report_dir', '/data/argus-reports') }}/argus-report-{{ ds }}.html"
+ONCALL = "{{ var.value.get('argus_oncall_email', 'trust-and-safety-data@example.com') }}"
+
+# The command of each step, by task id: the test renders them and checks them against `argus`'s options.
+COMMANDS = {
+    "ingest": f"argus batch ingest {SPARK}",
+    "quality_gate": f"argus batch quality {NIGHT} {SPARK}",
+    "profiles": f"argus batch profile {NIGHT} {SPARK}",
+    "embeddings": f"argus batch embed {NIGHT} {SPARK}",
+    **{f"score_{name}": f"argus batch score --detector {name} {NIGHT} {SPARK}" for name in DETECTORS},
+    "alerts": f"argus alerts publish {NIGHT} {LAKE}",
+    "report": f"argus report {NIGHT} {LAKE} --out {REPORT_OUT}",
+}
 
 with DAG(
     dag_id="argus_nightly",
-    schedule="30 1 * * *",  # after midnight UTC, once the day's events have landed
-    start_date=datetime(2026, 1, 1),
-    catchup=False,
-    default_args={"retries": 1, "retry_delay": timedelta(minutes=10)},
+    description="Argus nightly chain: ingest, quality gate, profiles, embeddings, four detectors, alerts, report",
+    # Data-interval schedule: the 01:30 run of day D+1 has {{ ds }} = D, the day whose events are complete.
+    schedule=CronDataIntervalTimetable("30 1 * * *", timezone="UTC"),
+    start_date=datetime.fromisoformat(os.environ.get("ARGUS_DAG_START", "2026-01-01")).replace(tzinfo=UTC),
+    catchup=os.environ.get("ARGUS_DAG_CATCHUP", "false").lower() in ("1", "true", "yes"),
+    max_active_runs=1,
+    dagrun_timeout=timedelta(hours=12),
+    default_args={
+        "owner": "trust-and-safety-data",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=10),
+        "retry_exponential_backoff": True,
+        "execution_timeout": timedelta(hours=3),
+    },
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=6),
+        callback=AsyncCallback(
+            SmtpNotifier,
+            kwargs={
+                "to": ONCALL,
+                "subject": "Argus nightly {{ dag_run.logical_date | ds }} is not done after 6 hours",
+                "html_content": "The argus_nightly run for {{ dag_run.logical_date | ds }} missed its deadline.",
+            },
+        ),
+    ),
     tags=["argus"],
+    doc_md=__doc__,
 ) as dag:
-    ingest = BashOperator(task_id="ingest", bash_command=f"argus batch ingest {ARGS}")
-    quality = BashOperator(task_id="quality", bash_command=f"argus batch quality {DAY} {ARGS}")
-    profiles = BashOperator(task_id="profiles", bash_command=f"argus batch profile {DAY} {ARGS}")
-    embeddings = BashOperator(task_id="embeddings", bash_command=f"argus batch embed {DAY} {ARGS}")
-    ingest >> quality >> profiles >> embeddings
+    tasks = {task_id: BashOperator(task_id=task_id, bash_command=command) for task_id, command in COMMANDS.items()}
+    scores = [tasks[f"score_{name}"] for name in DETECTORS]
+    tasks["ingest"] >> tasks["quality_gate"] >> tasks["profiles"] >> tasks["embeddings"] >> scores
+    scores >> tasks["alerts"] >> tasks["report"]

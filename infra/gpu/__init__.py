@@ -1,0 +1,1 @@
+"""Checks that need a GPU machine (see check_phdbscan.sh)."""

@@ -1,0 +1,210 @@
+"""The nightly chain in one Spark application: ingest -> quality gate -> profiles -> embeddings ->
+each detector fitted (or loaded) and scored -> alerts.
+
+``argus batch nightly`` launches this entry point with one spark-submit, so every step of every
+date shares one JVM and one SparkSession (a JVM per step cost more than the work on small lakes).
+Backfills (``--from D1 --to D2``) run the dates one after another in the same session; ingest,
+when asked for, runs once before the first date (it reads whatever the topics hold).
+
+Each date is all or nothing: its profiles, embeddings, scores and alert files are staged under
+``LAKE/_staging/nightly-D/`` and swapped in together at the end, and only then do its models
+become ``CURRENT`` in the model store (``LAKE/models``, which the streaming pipeline reloads from)
+and its alerts go to Kafka. A crash or a failed check anywhere before that leaves the previous
+outputs and models in place. A failing quality gate stops the chain at that date (exit 1).
+
+Alerts: ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``schemas.Alert`` per line, sorted by
+``alert_id``) and, with ``--alerts``, the ``alerts.<kind>`` topics keyed by ``alert_id``. Alert ids
+depend only on the detector, the user and the night's window, so rerunning a date reproduces them.
+
+Output: one JSON line per finished step on stdout (``{"step": ..., "date": ..., ...}``), for the
+CLI's progress display, and a last line summing up the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import date, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from jobs.entry import run_job
+from jobs.publish import Publication
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from detectors.store import ModelStore
+    from schemas.models import Alert
+
+DETECTOR_ORDER = ("trolls", "evaders", "fraud", "churn")
+Report = Callable[[dict[str, Any]], None]
+
+
+def print_step(step: dict[str, Any]) -> None:
+    print(json.dumps(step, default=str), flush=True)
+
+
+def night_dates(first: date, last: date) -> list[date]:
+    if last < first:
+        raise ValueError(f"--to {last} is before --from {first}; give the earlier date first")
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
+
+
+def run_nightly(
+    spark: SparkSession,
+    lake: Path,
+    dates: list[date],
+    detectors: list[str],
+    *,
+    ingest_bootstrap: str | None = None,
+    alerts_bootstrap: str | None = None,
+    fit: bool = True,
+    feature_days: int = 30,
+    days: int = 30,
+    dim: int = 32,
+    report: Report = print_step,
+) -> tuple[dict[str, Any], int]:
+    """Run the chain for ``dates`` in order; (summary, exit code: 0, or 1 when a quality gate failed)."""
+    from detectors.registry import DETECTORS
+
+    unknown = [name for name in detectors if name not in DETECTORS]
+    if unknown:
+        raise ValueError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_ORDER)}")
+    lake = Path(lake)
+    started = time.monotonic()
+    spark.sparkContext.setLogLevel("WARN")  # the chain's own steps are the progress; Spark's INFO is noise
+    application = spark.sparkContext.applicationId
+    summary: dict[str, Any] = {"step": "done", "lake": str(lake), "dates": [], "alerts": 0, "application": application}
+    if ingest_bootstrap:
+        from infra.topics import EVENT_TOPICS
+        from jobs.ingest import run_ingest
+
+        ingested = run_ingest(spark, ingest_bootstrap, lake, list(EVENT_TOPICS))
+        report({"step": "ingest", "run_id": ingested.run_id, "valid": ingested.valid, "rejected": ingested.rejected})
+    for day in dates:
+        night = run_night(
+            spark, lake, day, detectors, fit=fit, feature_days=feature_days, days=days, dim=dim, report=report
+        )
+        if night is None:
+            summary.update(failed=day.isoformat(), seconds=round(time.monotonic() - started, 1))
+            return summary, 1
+        if alerts_bootstrap:
+            from infra.clients import publish_alerts
+
+            produced = publish_alerts(night, alerts_bootstrap)
+            report({"step": "alerts", "date": day.isoformat(), "produced": produced})
+        summary["dates"].append(day.isoformat())
+        summary["alerts"] += len(night)
+    summary["seconds"] = round(time.monotonic() - started, 1)
+    return summary, 0
+
+
+def run_night(
+    spark: SparkSession,
+    lake: Path,
+    day: date,
+    detectors: list[str],
+    *,
+    fit: bool = True,
+    feature_days: int = 30,
+    days: int = 30,
+    dim: int = 32,
+    report: Report = print_step,
+) -> list[Alert] | None:
+    """One date of the chain, published all at once at its end; its alerts, or None when the gate failed."""
+    from detectors.store import ModelStore
+    from jobs.embed import run_embed
+    from jobs.profiles import run_profile
+    from jobs.quality import run_quality
+    from jobs.score import night_events, score_night
+
+    when = day.isoformat()
+    gate = run_quality(spark, lake, day)
+    report({"step": "quality", "date": when, "passed": gate.passed, "rows": gate.rows, "summary": gate.summary()})
+    if not gate.passed:
+        return None
+    publication = Publication(lake, f"nightly-{when}", deferred=True)
+    try:
+        report({"step": "profiles", **run_profile(spark, lake, day, feature_days, publication=publication)})
+        report({"step": "embeddings", **run_embed(spark, lake, day, days, dim, publication=publication)})
+        events = night_events(spark, lake, day, days) if detectors else None  # read once for every detector
+        store = ModelStore(lake / "models")
+        alerts: list[Alert] = []
+        for name in detectors:
+            model = None if fit else _current_model(store, name)
+            scored, found = score_night(spark, lake, day, name, days, model, publication=publication, events=events)
+            report({"step": "score", **scored, "alerts": len(found)})
+            stage_alerts(publication, lake, name, day, found)
+            alerts += found
+        published = publication.commit()
+    except BaseException:
+        publication.discard()
+        raise
+    report({"step": "publish", "date": when, "folders": len(published), "models": detectors})
+    return sorted(alerts, key=lambda a: a.alert_id)
+
+
+def _current_model(store: ModelStore, name: str) -> Path:
+    version = store.current_version(name)
+    if version is None:
+        raise ValueError(f"no {name} model in {store.root} to load; run the chain once with fitting (without --no-fit)")
+    return Path(store.root) / name / version
+
+
+def stage_alerts(publication: Publication, lake: Path, detector: str, day: date, alerts: list[Alert]) -> None:
+    target = lake / "alerts" / f"detector={detector}" / f"date={day.isoformat()}"
+    staging = publication.stage(target)
+    staging.mkdir(parents=True)
+    lines = [a.model_dump_json() + "\n" for a in sorted(alerts, key=lambda a: a.alert_id)]
+    (staging / "alerts.jsonl").write_text("".join(lines))
+    publication.staged(target)
+
+
+def main(argv: list[str]) -> int:
+    """spark-submit entry point: nightly.py --lake DIR (--date D | --from D1 --to D2) [--detectors a,b]
+    [--ingest] [--alerts] [--bootstrap HOST:PORT] [--no-fit] [--feature-days N] [--days N] [--dim N]."""
+    parser = argparse.ArgumentParser(prog="nightly.py", description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--date", type=date.fromisoformat)
+    parser.add_argument("--from", dest="first", type=date.fromisoformat)
+    parser.add_argument("--to", dest="last", type=date.fromisoformat)
+    parser.add_argument("--detectors", default=",".join(DETECTOR_ORDER))
+    parser.add_argument("--ingest", action="store_true")
+    parser.add_argument("--alerts", action="store_true")
+    parser.add_argument("--bootstrap")
+    parser.add_argument("--no-fit", dest="fit", action="store_false")
+    parser.add_argument("--feature-days", type=int, default=30)
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--dim", type=int, default=32)
+
+    def chain(spark: SparkSession, a: argparse.Namespace) -> tuple[dict[str, Any], int]:
+        if a.date is not None:
+            dates = [a.date]
+        elif a.first is not None and a.last is not None:
+            dates = night_dates(a.first, a.last)
+        else:
+            raise ValueError("give --date D, or --from D1 --to D2 for a backfill")
+        if (a.ingest or a.alerts) and not a.bootstrap:
+            raise ValueError("--ingest and --alerts need --bootstrap HOST:PORT")
+        return run_nightly(
+            spark,
+            a.lake,
+            dates,
+            [d for d in a.detectors.split(",") if d],
+            ingest_bootstrap=a.bootstrap if a.ingest else None,
+            alerts_bootstrap=a.bootstrap if a.alerts else None,
+            fit=a.fit,
+            feature_days=a.feature_days,
+            days=a.days,
+            dim=a.dim,
+        )
+
+    return run_job(parser, argv, chain)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,161 @@
+"""The nightly chain: one spark-submit for every step and date, all-or-nothing per date, reruns identical."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from world.config import WorldConfig
+from world.simulate import World
+from world.sinks import write_world
+
+FIRST, LAST = date(2026, 10, 1), date(2026, 10, 2)
+DETECTORS = ["trolls", "evaders", "fraud", "churn"]
+
+
+@pytest.fixture(scope="module")
+def backfilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]], str]:
+    """A small lake backfilled over two dates by one `argus batch nightly` (one spark-submit)."""
+    from infra.broker import argus_home
+
+    lake = tmp_path_factory.mktemp("lake")
+    write_world(World(WorldConfig(users=60, days=2, seed=5, events_per_user_day=15.0, profile="dense")), lake)
+    args = ["batch", "nightly", "--from", str(FIRST), "--to", str(LAST), "--lake", str(lake), "--skip-ingest"]
+    home = tmp_path_factory.mktemp("home")  # as tests/conftest.py isolates each test: its own home, shared jars
+    (home / "cache").symlink_to(argus_home() / "cache", target_is_directory=True)
+    env = {**os.environ, "ARGUS_HOME": str(home)}
+    done = subprocess.run(
+        [sys.executable, "-c", "from argus.cli import main; main()", *args], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return lake, [json.loads(line) for line in done.stdout.splitlines()], done.stderr
+
+
+def _alert_ids(lake: Path, day: date) -> dict[str, list[str]]:
+    ids = {}
+    for name in DETECTORS:
+        path = lake / "alerts" / f"detector={name}" / f"date={day}" / "alerts.jsonl"
+        ids[name] = [json.loads(line)["alert_id"] for line in path.read_text().splitlines()]
+    return ids
+
+
+def _published(lake: Path, day: date) -> dict[str, tuple[int, int]]:
+    """Every published output of ``day`` and each model pointer, by (inode, mtime): a swap changes both."""
+    folders = [lake / kind / f"date={day}" for kind in ("profiles", "embeddings")]
+    folders += [lake / kind / f"detector={name}" / f"date={day}" for kind in ("scores", "alerts") for name in DETECTORS]
+    folders += [lake / "models" / name / "CURRENT" for name in DETECTORS]
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folders}
+
+
+def test_backfill_runs_every_step_of_every_date_in_one_spark_application(
+    backfilled: tuple[Path, list[dict[str, Any]], str],
+) -> None:
+    lake, steps, stderr = backfilled
+    per_date = ["quality", "profiles", "embeddings", "score", "score", "score", "score", "publish"]
+    assert [s["step"] for s in steps] == per_date * 2 + ["done"]
+    assert steps[-1]["dates"] == [str(FIRST), str(LAST)]
+    log = (lake / "_logs" / f"nightly-{FIRST}_{LAST}.log").read_text()
+    assert log.count("SparkContext: Running Spark version") == 1  # one SparkContext for the whole backfill
+    assert steps[-1]["application"].startswith("local-")
+    assert "WARN" not in stderr and "Running Spark version" not in stderr  # Spark's noise stays in the log
+    scored = {s["detector"]: s for s in steps if s["step"] == "score" and s["date"] == str(LAST)}
+    assert list(scored) == DETECTORS
+    for name, step in scored.items():
+        assert step["users"] > 40 and step["scored"] > 0, step
+        scores = pd.read_parquet(lake / "scores" / f"detector={name}" / f"date={LAST}")
+        assert len(scores) == step["users"] and scores["status"].str.len().gt(0).all()
+        assert (lake / "models" / name / "CURRENT").read_text().strip() == step["model_version"]
+        assert len(_alert_ids(lake, LAST)[name]) == step["alerts"] == step["flagged"]
+    assert not (lake / "_staging").exists() or not any((lake / "_staging").iterdir())
+
+
+def test_rerunning_a_date_replaces_its_outputs_with_the_same_alert_ids(
+    spark: object, backfilled: tuple[Path, list[dict[str, Any]], str]
+) -> None:
+    from jobs.nightly import run_nightly
+
+    lake = backfilled[0]
+    before_ids = _alert_ids(lake, LAST)
+    before = _published(lake, LAST)
+    scores = pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={LAST}")
+    summary, code = run_nightly(spark, lake, [LAST], DETECTORS, report=lambda step: None)  # type: ignore[arg-type]
+    assert code == 0 and summary["dates"] == [str(LAST)]
+    assert _alert_ids(lake, LAST) == before_ids
+    assert sum(map(len, before_ids.values())) > 0
+    after = _published(lake, LAST)
+    assert all(after[p][0] != before[p][0] for p in before if not p.endswith("CURRENT"))  # replaced, not appended
+    rescored = pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={LAST}")
+    pd.testing.assert_frame_equal(rescored, scores)
+
+
+def test_a_crash_mid_chain_leaves_the_previous_night_and_models_in_place(
+    spark: object, backfilled: tuple[Path, list[dict[str, Any]], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import jobs.score
+    from jobs.nightly import run_nightly
+
+    lake, _, _ = backfilled
+    before = _published(lake, LAST)
+    versions = {name: (lake / "models" / name / "CURRENT").read_text() for name in DETECTORS}
+    real = jobs.score.score_night
+
+    def crash_on_fraud(*args: Any, **kwargs: Any) -> Any:
+        if args[3] == "fraud":
+            raise RuntimeError("injected crash while scoring fraud")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jobs.score, "score_night", crash_on_fraud)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        # One day of features instead of 30: every output and model would differ if it were published.
+        run_nightly(spark, lake, [LAST], DETECTORS, days=1, feature_days=1, report=lambda step: None)  # type: ignore[arg-type]
+    assert _published(lake, LAST) == before
+    assert {name: (lake / "models" / name / "CURRENT").read_text() for name in DETECTORS} == versions
+    assert not (lake / "_staging" / f"nightly-{LAST}").exists()
+
+
+def test_a_failing_quality_gate_stops_the_chain_before_anything_is_published(
+    spark: object, backfilled: tuple[Path, list[dict[str, Any]], str], tmp_path: Path
+) -> None:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from jobs.nightly import run_nightly
+    from world.sinks import lake_path
+
+    lake = tmp_path / "lake"
+    shutil.copytree(backfilled[0], lake, symlinks=True)
+    before = _published(lake, FIRST)
+    path = lake_path(lake, "payment", FIRST)
+    table = pq.read_table(path)
+    pq.write_table(table.set_column(table.schema.get_field_index("amount"), "amount", pc.negate(table["amount"])), path)
+    seen: list[dict[str, Any]] = []
+    summary, code = run_nightly(spark, lake, [FIRST, LAST], DETECTORS, report=seen.append)  # type: ignore[arg-type]
+    assert code == 1 and summary["failed"] == str(FIRST) and summary["dates"] == []
+    assert [s["step"] for s in seen] == ["quality"] and "column=amount" in seen[0]["summary"]
+    assert _published(lake, FIRST) == before  # nor was the next date run
+
+
+def test_nightly_user_mistakes_name_the_option(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    runner = CliRunner()
+    for args, message in [
+        (["--date", "2026/10/02"], "--date must be YYYY-MM-DD"),
+        (["--from", "2026-10-03", "--to", "2026-10-01"], "--to 2026-10-01 is before --from 2026-10-03"),
+        (["--from", "2026-10-03"], "give --date YYYY-MM-DD, or --from and --to"),
+        (["--date", "2026-10-03", "--detectors", "gremlins"], "--detectors: unknown detector 'gremlins'"),
+    ]:
+        result = runner.invoke(app, ["batch", "nightly", "--skip-ingest", "--lake", str(tmp_path), *args])
+        assert result.exit_code != 0
+        assert message in str(result.exception), (args, result.exception)

@@ -1,0 +1,94 @@
+"""`argus alerts publish`: a night's alert files from the lake to the alert topics, keyed by alert id."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from schemas.models import Alert
+
+DAY = "2026-10-03"
+
+
+def _argus(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", "from argus.cli import main; main()", "alerts", "publish", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def _write_night(lake: Path, prefix: str) -> list[str]:
+    ids = []
+    for detector, kind, users in (("trolls", "troll", 2), ("churn", "churn", 1)):
+        alerts = [
+            Alert(
+                alert_id=f"{prefix}-{kind}-{n}",
+                kind=kind,  # type: ignore[arg-type]
+                user_id=f"u{n}",
+                score=0.8,
+                severity="high",
+                reasons=[],
+                model_version="m1",
+                window_start=datetime(2026, 9, 4, tzinfo=UTC),
+                window_end=datetime(2026, 10, 4, tzinfo=UTC),
+            )
+            for n in range(users)
+        ]
+        path = lake / "alerts" / f"detector={detector}" / f"date={DAY}" / "alerts.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text("".join(a.model_dump_json() + "\n" for a in alerts))
+        ids += [a.alert_id for a in alerts]
+    return ids
+
+
+def _keys(bootstrap: str, topic: str) -> list[str]:
+    from kafka import TopicPartition
+
+    from infra.clients import consumer
+
+    reader = consumer(bootstrap=bootstrap, enable_auto_commit=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or [])]
+        reader.assign(parts)
+        reader.seek_to_beginning(*parts)
+        ends = reader.end_offsets(parts)
+        keys: list[str] = []
+        while any(reader.position(tp) < ends[tp] for tp in parts):
+            for records in reader.poll(timeout_ms=500).values():
+                keys += [r.key.decode() for r in records if r.key]
+        return keys
+    finally:
+        reader.close()
+
+
+@pytest.mark.kafka
+def test_publish_a_night_twice_writes_the_same_keys(kafka_bootstrap: str, tmp_path: Path, unique_name: str) -> None:
+    ids = _write_night(tmp_path, unique_name)
+    for _ in range(2):
+        result = _argus(
+            "--date", DAY, "--lake", str(tmp_path), "--detectors", "trolls,churn", "--bootstrap", kafka_bootstrap
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout) == {"date": DAY, "produced": {"alerts.troll": 2, "alerts.churn": 1}}
+    ours = [k for k in _keys(kafka_bootstrap, "alerts.troll") + _keys(kafka_bootstrap, "alerts.churn") if k in ids]
+    assert sorted(set(ours)) == sorted(ids) and len(ours) == 2 * len(ids)  # same keys: compaction keeps one each
+
+
+def test_missing_night_or_broker_is_one_line(tmp_path: Path) -> None:
+    from infra.broker import free_port
+
+    missing = _argus("--date", DAY, "--lake", str(tmp_path))
+    assert missing.returncode == 2 and "no trolls alerts for 2026-10-03" in missing.stderr
+    assert missing.stderr.count("\n") == 1
+    _write_night(tmp_path, "x")
+    down = _argus(
+        "--date", DAY, "--lake", str(tmp_path), "--detectors", "trolls", "--bootstrap", f"127.0.0.1:{free_port()}"
+    )
+    assert down.returncode == 2 and "no Kafka broker answers" in down.stderr and "Traceback" not in down.stderr
