@@ -539,7 +539,7 @@ def erase_from_kafka(
     configs = topic_configs(topics, bootstrap)
     compacted = {t for t in topics if "compact" in configs.get(t, {}).get("cleanup.policy", "")}
     result: dict[str, Any] = {"tombstones": {}, "redacted_alerts": {}, "alert_ids": [], "expires_by_retention": {}}
-    sink = clients.producer(bootstrap)
+    sink = clients.producer(bootstrap, enable_idempotence=True)
     try:
         for topic in topics:
             if topic not in compacted:

@@ -56,10 +56,24 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def free_port() -> int:
+def free_port(span: int = 3) -> int:
+    """A port whose next ``span - 1`` ports are free too (the broker also binds port+1 and port+2)."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + span - 1 <= 65535 and all(_bindable(port + offset) for offset in range(1, span)):
+            return port
+    raise BrokerError(f"no run of {span} free ports found on 127.0.0.1")
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass
