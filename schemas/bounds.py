@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
+
+from schemas.config_file import config_stamp, read_config_table
 
 DEFAULT_EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_FUTURE_SKEW = timedelta(hours=1)
@@ -110,13 +110,9 @@ _cache: dict[tuple[object, ...], EventTimeBounds] = {}
 
 def current_bounds() -> EventTimeBounds:
     """``load_bounds()``, cached until the environment or the config file changes (cheap per record)."""
-    path = Path(os.environ.get("ARGUS_CONFIG", "argus.toml"))
-    try:
-        stamp: object = path.stat().st_mtime_ns
-    except OSError:
-        stamp = None
+    path, stamp = config_stamp()
     key = (
-        str(path),
+        path,
         stamp,
         os.environ.get("ARGUS_CONFIG"),
         os.environ.get("ARGUS_EARLIEST_TS"),
@@ -130,11 +126,4 @@ def current_bounds() -> EventTimeBounds:
 
 
 def _config_file_table(environ: Mapping[str, str]) -> dict[str, Any]:
-    # The same file infra.clients reads for Kafka settings; schemas/ imports nothing of the project.
-    path = Path(environ.get("ARGUS_CONFIG", "argus.toml"))
-    if not path.is_file():
-        return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise BoundsError(f"{path} is not valid TOML: {exc}") from exc
+    return read_config_table(environ, BoundsError)

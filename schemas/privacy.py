@@ -27,7 +27,6 @@ import hmac
 import json
 import os
 import secrets
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,8 @@ from typing import Any, TypeGuard, TypeVar
 
 import pyarrow as pa
 from pydantic import BaseModel
+
+from schemas.config_file import config_stamp, read_config_table
 
 HASHABLE_FIELDS = ("username", "previous_username", "device_fp", "network_fp", "instrument_id")
 DEFAULT_SALT_ENV = "ARGUS_HASH_SALT"
@@ -151,14 +152,10 @@ _cache: dict[tuple[object, ...], Pseudonymizer] = {}
 
 def current_privacy() -> Pseudonymizer:
     """``load_privacy()``, cached until the environment or the config file changes."""
-    path = Path(os.environ.get("ARGUS_CONFIG", "argus.toml"))
-    try:
-        stamp: object = path.stat().st_mtime_ns
-    except OSError:
-        stamp = None
+    path, stamp = config_stamp()
     table = _config_file_table(os.environ) if stamp is not None else {}
     salt_env = str(table.get("privacy", {}).get("salt_env", DEFAULT_SALT_ENV))
-    key = (str(path), stamp, os.environ.get("ARGUS_CONFIG"), salt_env, os.environ.get(salt_env))
+    key = (path, stamp, os.environ.get("ARGUS_CONFIG"), salt_env, os.environ.get(salt_env))
     pseudonymizer = _cache.get(key)
     if pseudonymizer is None:
         _cache.clear()
@@ -167,14 +164,7 @@ def current_privacy() -> Pseudonymizer:
 
 
 def _config_file_table(environ: Mapping[str, str]) -> dict[str, Any]:
-    # The same file schemas.bounds and infra.clients read; schemas/ imports nothing of the project.
-    path = Path(environ.get("ARGUS_CONFIG", "argus.toml"))
-    if not path.is_file():
-        return {}
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise PrivacyError(f"{path} is not valid TOML: {exc}") from exc
+    return read_config_table(environ, PrivacyError)
 
 
 # --- erased subjects --------------------------------------------------------------------------------

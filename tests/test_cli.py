@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +10,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from argus.cli import app
+from tests.cli_run import run_argus
 
 runner = CliRunner()
 
@@ -29,14 +28,7 @@ def test_every_command_has_help(path: tuple[str, ...]) -> None:
     assert "Usage" in result.output
 
 
-def _argus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from argus.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+_argus = run_argus
 
 
 def test_user_mistakes_get_one_line_and_exit_2() -> None:

@@ -7,36 +7,22 @@ import io
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
 from argus.progress import advance, step, working
+from tests.cli_run import one_line_error, run_argus
 
 # Deep enough that an error naming it is longer than a pipe's 80 columns: it must stay one line.
 LONG = "a-folder-with-a-name-long-enough-to-wrap-at-eighty-columns-if-anything-wrapped-it"
 
 
-def _argus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from argus.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+_argus = run_argus
 
 
-def _one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert "Traceback" not in result.stderr and lines[0].startswith("error: ")
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
+_one_line_error = one_line_error
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import hashlib
 import hmac
 import json
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -22,6 +21,7 @@ from argus.imports import ImportDeadLetter, load_mapping, run_import
 from argus.imports.run import ImportSummary
 from detectors.events import load_events
 from schemas.models import DeadLetter
+from tests.cli_run import run_argus
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "import"
 SALT = "test-salt-do-not-use"
@@ -49,13 +49,7 @@ def _hmac(value: str) -> str:
 
 
 def _argus(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from argus.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=cwd,
-    )
+    return run_argus(*args, cwd=cwd, timeout=120)
 
 
 # --- the three examples, round trip through the detectors' reader -----------------------------------

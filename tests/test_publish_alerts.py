@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from schemas.models import Alert
+from tests.cli_run import run_argus
 
 DAY = "2026-10-03"
 
 
 def _argus(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from argus.cli import main; main()", "alerts", "publish", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_argus("alerts", "publish", *args)
 
 
 def _write_night(lake: Path, prefix: str) -> list[str]:

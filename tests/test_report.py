@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import pandas as pd
 import pytest
 
 from argus.report import ReportError, _feature_label, evaluate_night, truth_labels, write_report
+from tests.cli_run import run_argus
 from world.config import WorldConfig
 from world.simulate import World
 from world.sinks import write_world
@@ -178,10 +178,7 @@ def test_evaluation_by_hand() -> None:
     assert row["roc_auc"] == pytest.approx(0.75)  # pairs (a,c) (a,d) (b,d) ranked right, (b,c) wrong
 
 
-def _argus(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from argus.cli import main; main()", *args], capture_output=True, text=True, timeout=300
-    )
+_argus = run_argus
 
 
 def test_report_command_mistakes_are_one_line(tmp_path: Path) -> None:
