@@ -3,7 +3,8 @@
 Alert topics are compacted and keyed by ``alert_id`` (``infra/topics.py``), but the log cleaner
 only reaches closed segments: until it runs, a replayed night sits on the topic next to the
 first one. The tail therefore remembers the alert ids it has passed (the last two million),
-including those before its starting point (read as keys only), and shows each alert once.
+including those before its starting point (read as keys only), and shows each alert once. An alert
+whose latest record is a tombstone (erased by ``argus forget``) is not shown either.
 
 With ``group`` the offsets of what was shown are committed to that consumer group, so a tail
 started again with the same group resumes after the last alert it showed. Without a group
@@ -77,6 +78,7 @@ class TailStats:
     duplicates: int = 0
     malformed: int = 0
     other_kinds: int = 0
+    erased: int = 0  # alerts whose latest record is a tombstone (``argus forget``), not yet compacted away
     problems: list[str] = field(default_factory=list)  # the first few malformed records, why
 
 
@@ -120,6 +122,7 @@ def tail_alerts(
         for tp in partitions:
             reader.seek(tp, starts[tp])
         seen = _RecentIds(_ids_before(bootstrap, begins, starts))
+        erased = _erased_ids(bootstrap, starts, ends)
         idle_s = 0.0
         while True:
             if not follow and all(reader.position(tp) >= ends[tp] for tp in partitions):
@@ -144,6 +147,9 @@ def tail_alerts(
                         continue
                     if tailed.alert.alert_id in seen:
                         stats.duplicates += 1
+                        continue
+                    if tailed.alert.alert_id in erased:
+                        stats.erased += 1
                         continue
                     seen.add(tailed.alert.alert_id)
                     stats.shown += 1
@@ -233,6 +239,33 @@ def _ids_before(bootstrap: str | None, begins: dict[Any, int], starts: dict[Any,
     return seen
 
 
+def _erased_ids(bootstrap: str | None, starts: dict[Any, int], ends: dict[Any, int]) -> set[str]:
+    """Alert ids whose latest record up to the end offsets seen at start is a tombstone.
+
+    ``argus forget`` erases an alert with a tombstone; until the log cleaner compacts the topic, the
+    alert itself is still on it, before the tombstone. A tail must not show it again.
+    """
+    from infra.clients import consumer as make_consumer
+
+    todo = {tp: end for tp, end in ends.items() if end > starts[tp]}
+    if not todo:
+        return set()
+    reader = make_consumer(bootstrap=bootstrap, enable_auto_commit=False, client_id="argus-tail-tombstones")
+    latest_is_tombstone: dict[str, bool] = {}
+    try:
+        reader.assign(list(todo))
+        for tp in todo:
+            reader.seek(tp, starts[tp])
+        while any(reader.position(tp) < stop for tp, stop in todo.items()):
+            for tp, records in reader.poll(timeout_ms=POLL_MS).items():
+                for r in records:
+                    if r.offset < todo[tp] and r.key:
+                        latest_is_tombstone[r.key.decode(errors="replace")] = r.value is None
+    finally:
+        reader.close()
+    return {alert_id for alert_id, erased in latest_is_tombstone.items() if erased}
+
+
 def _read(record: Any, stats: TailStats) -> TailedAlert | None:
     """The record as an alert; a record that is not one is counted and skipped (never fatal)."""
     if record.value is None:  # a tombstone: the alert was erased (``argus forget``), nothing to show
@@ -291,4 +324,5 @@ def summary(stats: TailStats) -> dict[str, Any]:
         "duplicates_skipped": stats.duplicates,
         "malformed_skipped": stats.malformed,
         "other_kinds_skipped": stats.other_kinds,
+        "erased_skipped": stats.erased,
     }

@@ -788,6 +788,35 @@ def bench_detect(
     print(json.dumps(run(users, days, names)))
 
 
+@bench_app.command("nightly")
+def bench_nightly(
+    users: Annotated[int, typer.Option(min=50, help="Accounts in the benchmark world (realistic profile).")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Simulated days; the chain runs on the last.")] = 1,
+    master: Annotated[
+        str, typer.Option(help="Spark master: local[N], spark://HOST:PORT, or 'standalone' to start one here.")
+    ] = "local[2]",
+    skip_local1: Annotated[bool, typer.Option(help="Skip the second run at local[1] (seconds_local1).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+) -> None:
+    """The whole nightly chain (all four detectors) on a generated world, then again at local[1].
+
+    Keys: seconds, steps (seconds per step), driver_peak_rss_mb, executor_peak_mb, rss_peak_mb (per
+    part), seconds_local1, ratio_local1 (seconds_local1 / seconds), events, alerts, generate_s and the
+    load average before and after (see argus/bench_nightly.py for what each figure measures).
+    """
+    from argus.bench_nightly import BenchNightlyError
+    from argus.bench_nightly import bench_nightly as run
+    from infra.spark_cluster import ClusterError
+
+    if master != "standalone" and not master.startswith(("local", "spark://", "yarn", "k8s://")):
+        raise UserError(f"--master: {master!r} is not a Spark master; give local[N], spark://HOST:PORT or standalone")
+    try:
+        result = run(users, days, master=master, local1=not skip_local1, console=err)
+    except (BenchNightlyError, ClusterError) as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps(result))
+
+
 @bench_app.command("stream")
 def bench_stream(
     events: Annotated[
@@ -1406,7 +1435,10 @@ def stream_run(
     ] = 10.0,
     checkpoint_interval: Annotated[
         float,
-        typer.Option(help="Seconds between source checkpoints (Prism), and Flink's checkpointing interval."),
+        typer.Option(
+            help="Seconds between source checkpoints (Prism) and at least between --checkpoint-dir checkpoints; "
+            "Flink's checkpointing interval."
+        ),
     ] = 2.0,
     fraud_interval: Annotated[
         int, typer.Option(help="Event-time seconds between fraud scorings of the users with new payments.")
@@ -1426,6 +1458,17 @@ def stream_run(
         str | None,
         typer.Option(help="Also publish every scored feature snapshot to PREFIX.<detector> (topics must exist)."),
     ] = None,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prism/direct: keep state snapshots here and commit offsets to --group once outputs are on Kafka; "
+            "a restart restores the state and resumes at the committed offsets (default: replay the retained log)."
+        ),
+    ] = None,
+    group: Annotated[
+        str, typer.Option(help="Consumer group the checkpointed offsets are committed to (with --checkpoint-dir).")
+    ] = "argus-stream",
+    max_batch: Annotated[int, typer.Option(min=1, help="Records per source poll (one batch per partition).")] = 5_000,
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Run the streaming pipeline: events.* -> validate (rejects to dlq.events) -> detectors -> alerts.<kind>.
@@ -1458,6 +1501,9 @@ def stream_run(
         dlq_topic=dlq_topic,
         key_shards=key_shards,
         features_prefix=features_prefix,
+        checkpoint_dir=checkpoint_dir,
+        group=group,
+        max_batch=max_batch,
         beam_args=list(ctx.args),
     )
     if topics:

@@ -50,7 +50,9 @@ def alerts_from_scores(
     if evidence is None and events is not None:
         evidence = evidence_ids(detector, events, features, scores)
     out = []
-    for row in scores[scores["flagged"]].itertuples(index=False):
+    flagged = scores[scores["flagged"]]
+    version = detector.model_version if len(flagged) else ""  # a hash of the whole model: once per call
+    for row in flagged.itertuples(index=False):
         out.append(
             Alert(
                 alert_id=alert_id(detector.name, str(row.user_id), window_start, window_end),
@@ -59,7 +61,7 @@ def alerts_from_scores(
                 score=round(float(row.score), 6),
                 severity=severity(float(row.score)),  # type: ignore[arg-type]
                 reasons=[_reason(r) for r in row.reasons],
-                model_version=detector.model_version,
+                model_version=version,
                 window_start=window_start.to_pydatetime(),
                 window_end=window_end.to_pydatetime(),
                 evidence_event_ids=(evidence or {}).get(str(row.user_id), [])[:EVIDENCE_LIMIT],

@@ -24,9 +24,12 @@ Content
 
 Context (the channel's trailing ``context_s`` seconds, other users only)
 - ``off_topic``: none of the message's content terms (two letters or more, not a stopword) was
-  used by another user in the window: the message ignores the window's conversation. Abstains
-  when the window holds fewer than ``min_context_messages`` messages or the message no term.
-  Fails on a channel that has just started a topic and on greetings.
+  used by another user in the conversation: the message ignores it. The conversation is the
+  trailing ``context_s`` seconds, reaching back in a slow channel to its last ``context_messages``
+  messages but at most ``max_context_s`` seconds (a 2-minute window in a channel with a message
+  every few minutes holds nothing, and the signal would abstain on nearly every message there).
+  Abstains when the conversation holds fewer than ``min_context_messages`` messages of others or
+  the message no term. Fails on a channel that has just started a topic and on greetings.
 - ``copypasta``: another user sent the same text (case and spacing ignored, at least
   ``PASTA_MIN_TOKENS`` tokens) in the window. Coordinated floods and pastas; also catches a
   chant that everyone joins, which is why it is one signal among many.
@@ -56,10 +59,11 @@ posterior is Beta(a + k, b + n - k): one message moves it a little, many message
 and its credible interval shrinks with evidence.
 
 A user's troll probability from three views (``fit_user_views``, when the data holds moderation
-events): what the user wrote (the content score above, binned within message-count tiers), how
-many distinct users reported them and how many sanctions (warnings, timeouts, bans) moderators
-gave them on chat grounds. Reports and sanctions are late, partial and noisy (moderators see a
-fraction of what happens and sometimes warn the wrong person), so they are views, not labels:
+events): what the user wrote (the content score above, binned within message-count tiers, finest
+in the upper tail), how many distinct users reported them and how many sanctions (warnings,
+timeouts, bans) moderators gave them on chat grounds. Reports and sanctions are late, partial
+and noisy (moderators see a fraction of what happens and sometimes warn the wrong person), so
+they are views, not labels:
 a latent-class model (Dawid and Skene, *Maximum Likelihood Estimation of Observer Error-rates*,
 1979) learns each view's category rates per class by EM, without labels, assuming the views are
 independent given the class. A user with one message and two reports scores far above one with
@@ -114,6 +118,10 @@ SIGNAL_LABELS = {
 }
 RULES = ("no_backseating", "no_other_streamers")
 CONTEXT_S = 120  # the conversation a message answers: about two minutes of live chat
+# In a slow channel two minutes hold no conversation: the topic window reaches back to the channel's
+# last CONTEXT_MESSAGES messages (about what a chat pane shows), but never past MAX_CONTEXT_S.
+CONTEXT_MESSAGES = 20
+MAX_CONTEXT_S = 1800
 BURST_S = 60
 TOXIC_THRESHOLD = 0.5  # alt-profanity-check's own decision threshold
 SHOUT_MIN_LETTERS = 6
@@ -164,6 +172,8 @@ def message_signals(
     burst_factor: float = 3.0,
     min_context_messages: int = 5,
     channel_rules: Mapping[str, list[str]] | None = None,
+    context_messages: int = CONTEXT_MESSAGES,
+    max_context_s: int = MAX_CONTEXT_S,
 ) -> pd.DataFrame:
     """One row per message of ``chat`` (same index order): ``SIGNALS`` (1/0/NaN) and ``toxicity`` (0..1)."""
     columns = [*SIGNALS, "toxicity"]
@@ -199,15 +209,14 @@ def message_signals(
     out["aimed_at_person"] = (mentions.to_numpy() & ((toxicity >= TOXIC_THRESHOLD) | hostile)).astype(float)
 
     # Context: trailing counts of equal keys within the channel's last context_s seconds.
-    in_channel = _trailing(seconds, [channel], context_s)
-    own_in_channel = _trailing(seconds, [channel, user], context_s)
-    others = in_channel - own_in_channel
     same_text = _trailing(seconds, [channel, normal], context_s)
     own_same_text = _trailing(seconds, [channel, normal, user], context_s)
     long_enough = n_tokens >= PASTA_MIN_TOKENS
     out["copypasta"] = ((same_text - own_same_text >= 1) & long_enough).astype(float)
     out["self_repeat"] = (own_same_text >= 1).astype(float)
-    out["off_topic"] = _off_topic(terms, seconds, channel, user, others, context_s, min_context_messages)
+    topic_s = _conversation_span(seconds, channel, context_s, context_messages, max_context_s)
+    topic_others = _trailing(seconds, [channel], topic_s) - _trailing(seconds, [channel, user], topic_s)
+    out["off_topic"] = _off_topic(terms, seconds, channel, user, topic_others, topic_s, min_context_messages)
     out["burst"] = _bursts(seconds, channel, user, burst_s, burst_factor)
 
     rules = {str(k): set(v) for k, v in (channel_rules or {}).items()}
@@ -334,21 +343,43 @@ def _patterns(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(unique < 0, np.nan, unique), counts.astype(float)
 
 
-def _trailing(seconds: np.ndarray, keys: list[pd.Series], window_s: float) -> np.ndarray:
-    """Per row, the earlier rows with the same keys in ``[t - window_s, t]`` (ties: earlier rows first)."""
+def _trailing(seconds: np.ndarray, keys: list[pd.Series], window_s: float | np.ndarray) -> np.ndarray:
+    """Per row, the earlier rows with the same keys in ``[t - window_s, t]`` (ties: earlier rows first).
+
+    ``window_s`` is one span for every row or one per row."""
     codes = pd.MultiIndex.from_arrays(keys).factorize()[0] if len(keys) > 1 else pd.factorize(keys[0])[0]
     return _trailing_by_code(seconds, np.asarray(codes), window_s)
 
 
-def _trailing_by_code(seconds: np.ndarray, codes: np.ndarray, window_s: float) -> np.ndarray:
+def _trailing_by_code(seconds: np.ndarray, codes: np.ndarray, window_s: float | np.ndarray) -> np.ndarray:
     order = np.lexsort((np.arange(len(seconds)), seconds, codes))
-    span = float(seconds.max() - seconds.min()) + window_s + 1.0 if len(seconds) else 1.0
+    window = np.broadcast_to(np.asarray(window_s, dtype=float), seconds.shape)
+    widest = float(window.max()) if len(seconds) else 0.0
+    span = float(seconds.max() - seconds.min()) + widest + 1.0 if len(seconds) else 1.0
     base = seconds.min() if len(seconds) else 0.0
     key = codes[order] * span + (seconds[order] - base)
-    start = np.searchsorted(key, key - window_s, side="left")
+    start = np.searchsorted(key, key - window[order], side="left")
     counts = np.empty(len(seconds))
     counts[order] = np.arange(len(seconds)) - start
     return counts
+
+
+def _conversation_span(
+    seconds: np.ndarray, channel: pd.Series, context_s: int, context_messages: int, max_context_s: int
+) -> np.ndarray:
+    """Per message, how far back its conversation reaches: ``context_s``, or back to the channel's
+    ``context_messages``-th previous message when that is older, at most ``max_context_s``."""
+    if not len(seconds):
+        return np.zeros(0)
+    codes = np.asarray(pd.factorize(channel)[0])
+    order = np.lexsort((np.arange(len(seconds)), seconds, codes))
+    t, c = seconds[order], codes[order]
+    back = np.arange(len(t)) - context_messages
+    same = (back >= 0) & (c[np.maximum(back, 0)] == c)
+    reach = np.where(same, t - t[np.maximum(back, 0)], np.inf)
+    span = np.empty(len(seconds))
+    span[order] = np.clip(reach, context_s, max(max_context_s, context_s))
+    return span
 
 
 def _off_topic(
@@ -357,7 +388,7 @@ def _off_topic(
     channel: pd.Series,
     user: pd.Series,
     others_in_window: np.ndarray,
-    context_s: int,
+    context_s: np.ndarray,
     min_context_messages: int,
 ) -> np.ndarray:
     content = terms.map(lambda ts: sorted({t for t in ts if len(t) >= 2 and t not in STOPWORDS}))
@@ -370,8 +401,9 @@ def _off_topic(
     t = seconds[rows]
     ch = channel.to_numpy()[rows]
     us = user.to_numpy()[rows]
-    by_term = _trailing(t, [pd.Series(ch), pd.Series(term.to_numpy())], context_s)
-    by_term_user = _trailing(t, [pd.Series(ch), pd.Series(term.to_numpy()), pd.Series(us)], context_s)
+    span = context_s[rows]
+    by_term = _trailing(t, [pd.Series(ch), pd.Series(term.to_numpy())], span)
+    by_term_user = _trailing(t, [pd.Series(ch), pd.Series(term.to_numpy()), pd.Series(us)], span)
     shared = pd.Series(by_term - by_term_user >= 1, index=rows).groupby(level=0).any()
     enough = others_in_window >= min_context_messages
     positions = shared.index.to_numpy()
@@ -413,6 +445,11 @@ MODERATION_COLUMNS = ["mod_reporters", "mod_sanctions"]
 MIN_MODERATED = 5  # users with a report or a sanction: fewer, and the moderation views say nothing
 MIN_VIEW_USERS = 1000  # about 60 rates to learn (31 categories, two classes): fewer users overfit them
 CONTENT_BINS = 8  # content-score bins per message-count tier
+# Bin edges at the tier's quantiles 1/2, 3/4, 7/8, ...: each bin holds half the users above the
+# previous edge, the last two the top 1/128 each. Trolls are a few percent of users and sit in the
+# content score's upper tail; equal-mass bins spent seven of eight bins on ordinary users and put
+# everyone above the 88th percentile in one bin, so a borderline message and a slur counted alike.
+CONTENT_QUANTILES = 1.0 - 0.5 ** np.arange(1, CONTENT_BINS)
 MAX_REPORTERS = 3  # report categories 0, 1, 2, 3+
 MAX_SANCTIONS = 2  # sanction categories 0, 1, 2+
 # Each class's rates start from this many users distributed as everybody is: a view's likelihood
@@ -502,8 +539,9 @@ def fit_user_views(
     """EM for the three-view latent-class model (module doc); None when the views cannot be learnt.
 
     ``content`` (0..1, from the message and context modes) starts the responsibilities; content bins
-    are quantiles within each message-count tier (``tiers``: users with up to 3, up to 20, more
-    messages), so a one-message user is compared with other one-message users. Rates are smoothed by
+    are halving quantiles (``CONTENT_QUANTILES``) within each message-count tier (``tiers``: users
+    with up to 3, up to 20, more messages), so a one-message user is compared with other one-message
+    users. Rates are smoothed by
     one user spread over a view's categories. None with fewer than ``MIN_VIEW_USERS`` users, fewer
     than ``MIN_MODERATED`` reported or sanctioned ones, or when the fitted troll class is reported
     and sanctioned less than the rest (the views disagree; the content score then stands alone).
@@ -519,7 +557,7 @@ def fit_user_views(
     edges = []
     for t in range(len(tiers) + 1):
         values = content[tier == t]
-        cut = np.quantile(values, np.linspace(0, 1, CONTENT_BINS + 1)[1:-1]) if len(values) else np.zeros(0)
+        cut = np.quantile(values, CONTENT_QUANTILES) if len(values) else np.zeros(0)
         edges.append(tuple(float(e) for e in cut))
     shell = UserViewModel(tuple(tiers), tuple(edges), 0.5, (), (), 0)
     views = shell.categories(content, messages, reporters, sanctions)

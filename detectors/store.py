@@ -63,9 +63,11 @@ class LiveModel:
     def __init__(self, store: ModelStore, name: str) -> None:
         self.store, self.name = store, name
         self._detector: Detector | None = None
+        self.version: str | None = None  # the loaded model's version (computing it hashes the whole state)
 
     def get(self) -> Detector:
         version = self.store.current_version(self.name)
-        if self._detector is None or (version is not None and version != self._detector.model_version):
+        if self._detector is None or (version is not None and version != self.version):
             self._detector = self.store.load(self.name, version)
+            self.version = self._detector.model_version
         return self._detector

@@ -466,7 +466,7 @@ class TrollDetector(Detector):
             for row, position in enumerate(np.flatnonzero(scorable)):
                 text = (
                     f"violating messages {k[row]:.1f} of {int(n[row])}: rate {mean[row]:.3f}"
-                    f" ({width}% interval {lo[row]:.3f}-{hi[row]:.3f}) (norm {prior.mean:.3g})"
+                    f" ({width}% interval {_interval_text(lo[row], hi[row])}) (norm {prior.mean:.3g})"
                 )
                 rate = Reason("violation_rate", float(mean[row]), float(prior.mean), text)
                 reasons[position] = [rate, *worded[row]]
@@ -559,6 +559,15 @@ class Raid:
     messages: int
     rate_vs_norm: float  # members' median messages against the window's median
     evidence_event_ids: list[str]
+
+
+def _interval_text(lower: float, upper: float) -> str:
+    """A rate's credible interval in three decimals; "below 0.001" where both ends round to zero
+    (the rate prior is skewed: most users never violate, so an ordinary user's interval sits at zero
+    while the posterior mean stays above it, carried by the few who do)."""
+    if upper < 0.0005:
+        return "below 0.001"
+    return f"{lower:.3f}-{upper:.3f}"
 
 
 def find_raids(

@@ -24,12 +24,14 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 from infra.broker import LocalBroker
+from infra.security import redact_in_client_logs
 
 _ENV_SETTINGS = {
     "KAFKA_SECURITY_PROTOCOL": "security_protocol",
@@ -72,6 +74,52 @@ NO_BROKER_HINT = "start one with `argus kafka up` or set KAFKA_BOOTSTRAP to your
 
 def kafka_settings(bootstrap: str | None = None) -> dict[str, Any]:
     """kafka-python settings shared by producers, consumers and admin clients (the password resolved)."""
+    return portable_kafka_settings(bootstrap).resolve()
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret is read from: an environment variable, a file, or the config file's ``[kafka]`` table."""
+
+    key: str  # the kafka-python setting it fills: sasl_plain_password or ssl_password
+    source: str  # "env", "file" or "config"
+    where: str  # the variable's name, or the file's absolute path
+
+    def read(self) -> str:
+        if self.source == "env":
+            value = os.environ.get(self.where)
+            if not value:
+                raise ConfigError(f"{self.where} is not set in this process; set it where the Kafka clients run")
+        elif self.source == "file":
+            value = read_password_file(Path(self.where))
+        else:
+            table = load_config(Path(self.where)).get("kafka", {})
+            if not table.get(self.key):
+                raise ConfigError(f"[kafka] {self.key} is missing from {self.where}; add it or use sasl_password_file")
+            value = str(table[self.key])
+        redact_in_client_logs(value)  # a file's secret already is (read_secret_file)
+        return value
+
+
+@dataclass(frozen=True)
+class PortableKafkaSettings:
+    """Kafka client settings that may travel to worker processes (pickled into Beam DoFns): every setting but
+    the secrets, which are named by where they are read (``SecretRef``) and read where a client is made.
+
+    Resolved once where a pipeline is built, so workers agree on the cluster and the principal whatever
+    their own environment; a worker needs only the password's file or variable. ``repr`` shows no secret.
+    """
+
+    settings: dict[str, Any]
+    secrets: tuple[SecretRef, ...] = ()
+
+    def resolve(self) -> dict[str, Any]:
+        """kafka-python settings with the secrets read now."""
+        return {**self.settings, **{ref.key: ref.read() for ref in self.secrets}}
+
+
+def portable_kafka_settings(bootstrap: str | None = None) -> PortableKafkaSettings:
+    """The shared settings (see the module doc for the precedence) with the secrets by reference."""
     path = config_file()
     settings: dict[str, Any] = dict(load_config().get("kafka", {}))
     if "bootstrap" in settings:
@@ -82,18 +130,22 @@ def kafka_settings(bootstrap: str | None = None) -> dict[str, Any]:
         warn_if_readable(path, "holds a Kafka password")
     if os.environ.get("KAFKA_SASL_PASSWORD") and os.environ.get("KAFKA_SASL_PASSWORD_FILE"):
         raise ConfigError("set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both")
+    secrets = [SecretRef(key, "config", str(path.resolve())) for key in _PASSWORD_KEYS if settings.pop(key, None)]
     if os.environ.get("KAFKA_SASL_PASSWORD") or os.environ.get("KAFKA_SASL_PASSWORD_FILE"):
-        settings.pop("sasl_plain_password", None)  # the environment's password wins over the file's
+        # The environment's password wins over the config file's.
+        secrets = [ref for ref in secrets if ref.key != "sasl_plain_password"]
         settings.pop("sasl_password_file", None)
     for env, key in _ENV_SETTINGS.items():
-        if os.environ.get(env):
+        if os.environ.get(env) and key not in ("sasl_plain_password", "sasl_password_file"):
             settings[key] = os.environ[env]
-    password_file = settings.pop("sasl_password_file", None)
-    if password_file:
-        settings["sasl_plain_password"] = read_password_file(Path(password_file).expanduser())
+    password_file = os.environ.get("KAFKA_SASL_PASSWORD_FILE") or settings.pop("sasl_password_file", None)
+    if os.environ.get("KAFKA_SASL_PASSWORD"):
+        secrets.append(SecretRef("sasl_plain_password", "env", "KAFKA_SASL_PASSWORD"))
+    elif password_file:
+        secrets.append(SecretRef("sasl_plain_password", "file", str(Path(password_file).expanduser().resolve())))
     bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP") or settings.get("bootstrap_servers")
     settings["bootstrap_servers"] = bootstrap or LocalBroker.default().bootstrap
-    return settings
+    return PortableKafkaSettings(settings, tuple(secrets))
 
 
 _warned: set[Path] = set()
@@ -142,17 +194,85 @@ def producer(bootstrap: str | None = None, **overrides: Any) -> KafkaProducer:
         **kafka_settings(bootstrap),
         **overrides,
     }
-    return KafkaProducer(**settings)
+    return _bootstrapped(KafkaProducer, settings)
 
 
 def consumer(*topics: str, bootstrap: str | None = None, **overrides: Any) -> KafkaConsumer:
     settings = {"auto_offset_reset": "earliest", **kafka_settings(bootstrap), **overrides}
-    return KafkaConsumer(*topics, **settings)
+    return _bootstrapped(lambda **s: KafkaConsumer(*topics, **s), settings)
 
 
 def admin(bootstrap: str | None = None, settings: dict[str, Any] | None = None) -> KafkaAdminClient:
     """An admin client with the shared settings, or with ``settings`` (e.g. the local broker's super user)."""
-    return KafkaAdminClient(**(settings if settings is not None else kafka_settings(bootstrap)))
+    return _bootstrapped(KafkaAdminClient, settings if settings is not None else kafka_settings(bootstrap))
+
+
+# kafka-python keeps retrying a broker that refuses it (wrong protocol, bad password, untrusted certificate)
+# for its whole bootstrap timeout, 30 s by default. The factories first give it this long, then probe the
+# broker: a definite refusal is reported at once, anything else (a broker still starting, a slow network)
+# gets the rest of kafka-python's default timeout. A configured bootstrap_timeout_ms is used as it is.
+FIRST_BOOTSTRAP_MS = 5_000
+DEFAULT_BOOTSTRAP_MS = 30_000
+
+
+def _bootstrapped(make: Any, settings: dict[str, Any]) -> Any:
+    """``make(**settings)``, failing fast with one line (``KafkaAccessError``) when the broker refuses us."""
+    from kafka.errors import KafkaConnectionError, KafkaError
+
+    if "bootstrap_timeout_ms" in settings:
+        return make(**settings)
+    started = time.monotonic()
+    try:
+        return make(**settings, bootstrap_timeout_ms=FIRST_BOOTSTRAP_MS)
+    except KafkaError as exc:
+        if not (isinstance(exc, KafkaConnectionError) or "Unable to bootstrap" in str(exc)):
+            raise
+        problem = connection_problem(settings)
+        if problem is not None:
+            raise KafkaAccessError(redact(problem, settings)) from None
+    remaining_ms = DEFAULT_BOOTSTRAP_MS - int((time.monotonic() - started) * 1000)
+    return make(**settings, bootstrap_timeout_ms=max(remaining_ms, FIRST_BOOTSTRAP_MS))
+
+
+def require_topic_access(topics: Iterable[str], operation: str, bootstrap: str | None = None) -> list[str]:
+    """Raise ``KafkaAccessError`` unless this principal may ``operation`` (READ, WRITE) every existing topic of
+    ``topics``; return the topics that do not exist (what to do about them is the caller's).
+
+    Asks the broker (Metadata with authorized operations, KIP-430) before any work: a consumer denied a
+    topic would otherwise read nothing, silently, and a producer would fail only at its first send.
+    """
+    from kafka.admin import ACLOperation
+
+    names = sorted(set(topics))
+    settings = kafka_settings(bootstrap)
+    client = admin(settings=settings)
+    try:
+        described = client.describe_topics(names)
+    finally:
+        client.close()
+    wanted = int(ACLOperation[operation])
+    denied, missing = [], []
+    for topic in described:
+        code = topic.get("error_code", 0)
+        if code == UNKNOWN_TOPIC_OR_PARTITION:
+            missing.append(topic["name"])
+        elif code == TOPIC_AUTHORIZATION_FAILED:
+            denied.append(topic["name"])
+            continue
+        allowed = topic.get("topic_authorized_operations")
+        # A broker that did not report the operations (older than 2.3) gets the benefit of the doubt.
+        if code == 0 and isinstance(allowed, int) and allowed != UNREPORTED_OPERATIONS and not allowed >> wanted & 1:
+            denied.append(topic["name"])
+    if denied:
+        what = "read" if operation == "READ" else "write to" if operation == "WRITE" else operation.lower()
+        raise KafkaAccessError(
+            redact(_authorization_line(settings, "TopicAuthorizationFailedError", f"{what}: {denied}"), settings)
+        )
+    return missing
+
+
+UNKNOWN_TOPIC_OR_PARTITION, TOPIC_AUTHORIZATION_FAILED = 3, 29  # Kafka's error codes
+UNREPORTED_OPERATIONS = -(2**31)  # authorized operations the broker was not asked for or did not compute
 
 
 # kafka-python setting -> librdkafka setting, for the bulk producer.
@@ -295,6 +415,8 @@ class BulkProducer:
             raise KafkaAccessError(explain_refusal(self._settings, self._refused))
 
     def send_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
         produce, poll = self._producer.produce, self._producer.poll
         for key, value in zip(keys, values, strict=True):
             while True:
@@ -303,6 +425,12 @@ class BulkProducer:
                     break
                 except BufferError:  # local queue full: let librdkafka drain it
                     poll(0.05)
+                    self._check_refused()
+                except KafkaException as exc:
+                    # Once librdkafka knows the topic is denied it refuses at produce(), before any delivery report.
+                    if exc.args[0].code() != KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                        raise
+                    self._refused = f"authorization failed: writing to {topic}"
                     self._check_refused()
         poll(0)
         self._check_refused()
@@ -392,17 +520,6 @@ def explain_failure(exc: BaseException, bootstrap: str | None = None) -> str | N
     return None
 
 
-def require_topic_access(client: KafkaConsumer) -> None:
-    """Raise ``KafkaAccessError`` when the cluster refused this consumer's principal any subscribed topic.
-
-    kafka-python records such topics in its metadata and otherwise reads nothing, silently.
-    """
-    denied = sorted(getattr(getattr(client, "_cluster", None), "unauthorized_topics", None) or ())
-    if denied:
-        settings = {"sasl_plain_username": client.config.get("sasl_plain_username")}
-        raise KafkaAccessError(_authorization_line(settings, "TopicAuthorizationFailedError", f"read: {denied}"))
-
-
 def explain_refusal(settings: dict[str, Any], reason: str) -> str:
     """The line for a librdkafka client that the cluster refused with ``reason``."""
     if "authorization failed" in reason.lower():
@@ -432,8 +549,21 @@ def _authorization_line(settings: dict[str, Any], name: str, text: str) -> str:
 
 def diagnose_connection(settings: dict[str, Any], timeout: float = 5.0) -> str:
     """Why a client with ``settings`` cannot use the cluster: probes TCP, TLS, the certificate, then SASL."""
+    first = _first_server(settings)
+    return connection_problem(settings, timeout) or (
+        f"Kafka at {first} accepts connections but did not answer this client; see the broker's log"
+    )
+
+
+def _first_server(settings: dict[str, Any]) -> str:
     servers = settings["bootstrap_servers"]
-    first = (servers.split(",") if isinstance(servers, str) else list(servers))[0].strip()
+    return str((servers.split(",") if isinstance(servers, str) else list(servers))[0]).strip()
+
+
+def connection_problem(settings: dict[str, Any], timeout: float = 5.0) -> str | None:
+    """The line for what definitely keeps a client with ``settings`` out (no broker, wrong protocol, untrusted
+    certificate, rejected credentials), or None when the broker accepts it as far as a probe can tell."""
+    first = _first_server(settings)
     host, _, port_text = first.rpartition(":")
     host = host.strip("[]")
     protocol = str(settings.get("security_protocol", "PLAINTEXT")).upper()
@@ -473,7 +603,14 @@ def diagnose_connection(settings: dict[str, Any], timeout: float = 5.0) -> str:
             )
         if protocol == "SASL_SSL" and not speaks_tls:
             return f"the Kafka broker at {first} is not a SASL_SSL listener; check KAFKA_BOOTSTRAP's port"
-    return f"Kafka at {first} accepts connections but did not answer this client; see the broker's log"
+    elif protocol == "SSL" and speaks_tls and _sasl_refusal(settings, timeout, dropped_connection=True):
+        # A trusted TLS connection that the broker drops: the listener wants a login this client never sends.
+        return (
+            f"the Kafka broker at {first} requires authentication, but this client connects with SSL and no "
+            f"login; set security_protocol SASL_SSL, sasl_mechanism, sasl_plain_username and the password "
+            f"({hint_files})"
+        )
+    return None
 
 
 def _speaks_tls(host: str, port: int, timeout: float) -> bool:
@@ -510,31 +647,34 @@ def _certificate_problem(host: str, port: int, settings: dict[str, Any], timeout
         return None
 
 
-def _sasl_refusal(settings: dict[str, Any], timeout: float) -> str | None:
-    """librdkafka's authentication error for ``settings``, if the broker rejects them."""
-    from confluent_kafka import KafkaError
+def _sasl_refusal(settings: dict[str, Any], timeout: float, dropped_connection: bool = False) -> str | None:
+    """librdkafka's authentication error for ``settings`` if the broker rejects them (with ``dropped_connection``,
+    also the broker closing an established connection again and again, which is how a SASL listener answers
+    a TLS client that sends no login)."""
+    from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient
 
     errors: list[str] = []
+    drops: list[str] = []
 
     def on_error(err: Any) -> None:
         if err.code() == KafkaError._AUTHENTICATION:
             errors.append(str(err.str()))
 
-    try:
-        conf = librdkafka_conf(settings, client="the connection check")
-    except ConfigError:
-        return None
+    # Only the connection's settings: a producer's or consumer's tuning has no librdkafka translation.
+    conf = librdkafka_conf({k: v for k, v in settings.items() if k in _LIBRDKAFKA_NAMES}, client="the check")
     probe_conf: dict[str, Any] = {**conf, "error_cb": on_error, "log_level": 0}
     client = AdminClient(probe_conf)
     deadline = time.monotonic() + timeout
     try:
-        while not errors and time.monotonic() < deadline:
+        while not errors and len(drops) < 3 and time.monotonic() < deadline:
             try:
                 client.list_topics(timeout=1.0)
                 return None
-            except Exception:  # a timeout here is expected while the error callback catches up
+            except KafkaException as exc:  # a timeout here is expected while the error callback catches up
+                if dropped_connection and exc.args[0].code() == KafkaError._TRANSPORT:
+                    drops.append(str(exc.args[0].str()))
                 client.poll(0.1)
     finally:
         del client
-    return errors[0] if errors else None
+    return errors[0] if errors else drops[0] if len(drops) >= 3 else None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import json
+import logging
 import os
 import secrets
 import stat
@@ -252,6 +253,35 @@ def loose_permissions(path: Path) -> str | None:
     return None
 
 
+# Loggers of the Kafka clients that print their settings: kafka-python's admin client logs its whole
+# configuration, the password included, at DEBUG. Every secret read through this module is blanked out
+# of their records, whatever handler a host application attaches.
+LOGGERS_PRINTING_SETTINGS = ("kafka.admin.client",)
+_SECRETS_READ: set[str] = set()
+
+
+class _SecretRedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(secret in message for secret in _SECRETS_READ):
+            for secret in _SECRETS_READ:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+_REDACTING_FILTER = _SecretRedactingFilter()
+
+
+def redact_in_client_logs(secret: str) -> None:
+    """Blank ``secret`` out of what the Kafka clients' loggers (``LOGGERS_PRINTING_SETTINGS``) record."""
+    _SECRETS_READ.add(secret)
+    for name in LOGGERS_PRINTING_SETTINGS:
+        logger = logging.getLogger(name)
+        if _REDACTING_FILTER not in logger.filters:
+            logger.addFilter(_REDACTING_FILTER)
+
+
 def read_secret_file(path: Path) -> str:
     """The secret in ``path`` (first line, stripped)."""
     try:
@@ -263,6 +293,7 @@ def read_secret_file(path: Path) -> str:
     secret = text.strip().splitlines()[0].strip() if text.strip() else ""
     if not secret:
         raise SecretFileError(f"the password file {path} is empty")
+    redact_in_client_logs(secret)
     return secret
 
 

@@ -116,11 +116,13 @@ def run_night(
     report: Report = print_step,
 ) -> list[Alert] | None:
     """One date of the chain, published all at once at its end; its alerts, or None when the gate failed."""
+    from pyspark import StorageLevel
+
     from detectors.store import ModelStore
     from jobs.embed import run_embed
     from jobs.profiles import run_profile
     from jobs.quality import run_quality
-    from jobs.score import night_events, score_night
+    from jobs.score import night_window, score_night
 
     when = day.isoformat()
     gate = run_quality(spark, lake, day)
@@ -128,15 +130,17 @@ def run_night(
     if not gate.passed:
         return None
     publication = Publication(lake, f"nightly-{when}", deferred=True)
+    window = None
     try:
         report({"step": "profiles", **run_profile(spark, lake, day, feature_days, publication=publication)})
         report({"step": "embeddings", **run_embed(spark, lake, day, days, dim, publication=publication)})
-        events = night_events(spark, lake, day, days) if detectors else None  # read once for every detector
+        # The look-back's events, read once for every detector and kept on the executors, never the driver.
+        window = night_window(spark, lake, day, days).persist(StorageLevel.MEMORY_AND_DISK) if detectors else None
         store = ModelStore(lake / "models")
         alerts: list[Alert] = []
         for name in detectors:
             model = None if fit else _current_model(store, name)
-            scored, found = score_night(spark, lake, day, name, days, model, publication=publication, events=events)
+            scored, found = score_night(spark, lake, day, name, days, model, publication=publication, window=window)
             report({"step": "score", **scored, "alerts": len(found)})
             stage_alerts(publication, lake, name, day, found)
             alerts += found
@@ -144,6 +148,9 @@ def run_night(
     except BaseException:
         publication.discard()
         raise
+    finally:
+        if window is not None:
+            window.unpersist()
     report({"step": "publish", "date": when, "folders": len(published), "models": detectors})
     return sorted(alerts, key=lambda a: a.alert_id)
 

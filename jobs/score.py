@@ -1,19 +1,31 @@
 """Nightly scoring: one detector over the lake, scores published, model kept, alerts produced.
 
-Features: the troll detector reads the nightly profile (its chat columns are the detector's
-features, computed by Spark at scale); the other detectors read the last ``--days`` days of
-events with Spark and build their features in pandas on the driver (one row per user in
-memory). Without ``--model`` the detector is fitted on the same data, as `argus detect` does.
+Scoring runs on the executors; the driver's memory does not grow with the number of users:
 
-Output: ``LAKE/scores/detector=X/date=D/part-00000.parquet`` (swapped in whole), the model in
-``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``) and,
+* **Features** are built as blocks of users by ``jobs/feature_blocks.py``: the troll detector's
+  from the nightly profile (Spark's per-context channel norms), cut into blocks by user hash in
+  parallel; the other detectors' by their own ``features`` over the last ``--days`` days of events
+  in one executor task (their features relate users to each other; see that module).
+* **Fit**, without ``--model``: on a bounded sample, whole blocks in hash order up to ``fit_users``
+  users (a seeded random sample of users) plus the block of users that score together (evaders'
+  new and banned accounts, purchase-mode churn). Up to ``fit_users`` users the sample is everyone,
+  so the model is the one ``argus detect`` fits on the same data.
+* **Score**: the fitted model goes to the executors as a broadcast variable, ``mapInPandas`` runs
+  the detector's own ``score`` on one block at a time, and the executors write the scores. The
+  driver collects only the flagged users' rows (and their events), to build their alerts.
+
+Output: ``LAKE/scores/detector=X/date=D/part-*.parquet`` (sorted by user, swapped in whole), the model
+in ``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``) and,
 with ``--bootstrap``, alerts on ``alerts.<kind>`` with ids that a rerun of the same night reproduces.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import pickle
 import sys
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,14 +33,20 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from jobs.entry import run_job
+from jobs.feature_blocks import BLOCK_USERS
 from jobs.publish import Publication
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from detectors.base import Detector
     from detectors.events import Events
     from schemas.models import Alert
+
+# Users the model is fitted on at most (whole blocks, so up to one block more). Enough for every
+# detector's norms and clusters to settle; fitting time, not memory, is what it bounds first.
+FIT_USERS = 50_000
+SCORE_SCHEMA = "user_id string, score double, flagged boolean, status string, reasons string, reasons_data string"
 
 
 def run_score(
@@ -62,17 +80,23 @@ def score_night(
     days: int = 30,
     model: Path | None = None,
     publication: Publication | None = None,
-    events: Events | None = None,
+    window: DataFrame | None = None,
+    fit_users: int = FIT_USERS,
+    block_users: int = BLOCK_USERS,
 ) -> tuple[dict[str, Any], list[Alert]]:
     """Fit (or load) and score one detector; scores and model go through ``publication``.
 
-    ``events`` (from ``night_events``) spares the event-based detectors a read each.
+    ``window`` (from ``night_window``) spares the event-based detectors a read each.
     """
-    from detectors.alerts import alerts_from_scores
+    from pyspark import StorageLevel
+
     from detectors.registry import DETECTORS, detector_class
+    from jobs.feature_blocks import type_columns
 
     if detector_name not in DETECTORS:
         raise ValueError(f"unknown detector {detector_name!r}; known: {', '.join(sorted(DETECTORS))}")
+    if fit_users < 1 or block_users < 1:
+        raise ValueError("fit_users and block_users must be at least 1")
     publication = publication or Publication(lake, f"scores-{detector_name}-{day.isoformat()}")
     cls = detector_class(detector_name)
     detector: Detector = cls.load(model) if model else cls()
@@ -81,27 +105,44 @@ def score_night(
 
         assert isinstance(detector, ChurnDetector)
         detector = detector.at(day.isoformat())  # what was learnt, scored as of this night
-    if detector_name == "trolls":
-        features = _profile_features(spark, publication.readable(lake / "profiles" / f"date={day.isoformat()}"), day)
-    else:
-        events = events if events is not None else night_events(spark, lake, day, days)
-        features = detector.features(events)
-    if model is None:
-        detector.fit(features)
-    scores = detector.score(features)
-    target = _publish_scores(scores, lake, detector_name, day, publication)
-    saved = publication.model(lake / "models", detector)
-    start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
-    end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
-    # Evidence: the items behind the score where the features came from the events, else the latest events.
-    item_features = None if detector_name == "trolls" else features
-    alerts = alerts_from_scores(scores, detector, start, end, events=events, features=item_features)
+    if detector_name != "trolls" and window is None:
+        window = night_window(spark, lake, day, days)
+    columns = type_columns(spark, lake, day)
+    blocks = feature_blocks(spark, lake, day, detector, publication, window, columns, block_users)
+    blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
+    scores: DataFrame | None = None
+    try:
+        sample: pd.DataFrame | None = None
+        fitted_on = 0
+        if model is None:
+            from jobs.feature_blocks import fit_sample
+
+            sample = fit_sample(blocks, fit_users, whole_core=detector_name == "evaders")
+            detector.fit(sample)
+            fitted_on = len(sample)
+            if detector_name != "evaders":
+                sample = None  # only the evaders' alerts read it again
+        scores = score_blocks(spark, blocks, detector).persist(StorageLevel.MEMORY_AND_DISK)
+        target = _publish_scores(scores, lake, detector_name, day, publication)
+        saved = publication.model(lake / "models", detector)
+        counts = scores.selectExpr(
+            "count(*) AS users", "count(score) AS scored", "coalesce(sum(cast(flagged AS int)), 0) AS flagged"
+        ).first()
+        assert counts is not None
+        start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
+        end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
+        alerts = _night_alerts(spark, scores, blocks, detector, window, columns, start, end, sample)
+    finally:
+        if scores is not None:
+            scores.unpersist()
+        blocks.unpersist()
     result: dict[str, Any] = {
         "detector": detector_name,
         "date": day.isoformat(),
-        "users": len(scores),
-        "scored": int(scores["score"].notna().sum()),
-        "flagged": int(scores["flagged"].sum()),
+        "users": int(counts["users"]),
+        "scored": int(counts["scored"]),
+        "flagged": int(counts["flagged"]),
+        "fit_users": fitted_on,
         "path": str(target),
         "model": str(saved),
         "model_version": detector.model_version,
@@ -109,49 +150,160 @@ def score_night(
     return result, alerts
 
 
-def _profile_features(spark: SparkSession, path: Path, day: date) -> pd.DataFrame:
-    from detectors.chat_features import FEATURE_COLUMNS
-
-    if not path.exists():
-        raise ValueError(f"no profiles at {path}: run `argus batch profile --date {day}` first")
-    columns = [c for c in FEATURE_COLUMNS if c != "chat_windows"]
-    profile: pd.DataFrame = spark.read.parquet(str(path)).select("user_id", *columns).toPandas()
-    frame = profile.set_index("user_id").sort_index().astype(float)
-    frame["chat_messages"] = frame["chat_messages"].fillna(0.0)
-    frame["chat_anarchy_mode_share"] = frame["chat_anarchy_mode_share"].fillna(0.0)
-    return frame
-
-
-def night_events(spark: SparkSession, lake: Path, day: date, days: int) -> Events:
-    """The lake's events of the ``days`` days up to ``day``, as the detectors read them."""
-    from pyspark.sql import functions as F
-
-    from detectors.events import Events
-    from jobs.profiles import EVENT_TYPES, read_events
+def night_window(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame:
+    """The lake's events of the ``days`` days up to ``day`` (all types, one wide Spark frame)."""
+    from jobs.feature_blocks import window_events
 
     since = (day - timedelta(days=days - 1)).isoformat()
-    frames = {}
-    for event_type in EVENT_TYPES:
-        events = read_events(spark, lake, event_type, day)
-        if events is not None:
-            frames[event_type] = events.where(F.col("date") >= since).drop("date").toPandas()
-    if not any(len(f) for f in frames.values()):
+    window = window_events(spark, lake, day, days)
+    if window is None or window.isEmpty():
         raise ValueError(f"no events in {lake}/events between {since} and {day}")
-    return Events.from_frames(frames)
+    return window
 
 
-def _publish_scores(scores: pd.DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> Path:
-    """Written to a staging folder, then swapped in whole: readers never see half a night."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def feature_blocks(
+    spark: SparkSession,
+    lake: Path,
+    day: date,
+    detector: Detector,
+    publication: Publication,
+    window: DataFrame | None,
+    columns: dict[str, list[str]],
+    block_users: int = BLOCK_USERS,
+) -> DataFrame:
+    """The detector's features as blocks of users (``jobs/feature_blocks.py``), not yet computed."""
+    from jobs.feature_blocks import event_blocks, profile_blocks
 
+    if detector.name == "trolls":
+        path = publication.readable(lake / "profiles" / f"date={day.isoformat()}")
+        if not path.exists():
+            raise ValueError(f"no profiles at {path}: run `argus batch profile --date {day}` first")
+        return profile_blocks(spark.read.parquet(str(path)), block_users)
+    assert window is not None
+    builder = _portable(detector)  # shipped to the executor without anything fit() may attach later
+    return event_blocks(spark, window, columns, detector.name, builder.features, block_users)
+
+
+def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> DataFrame:
+    """``SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``."""
     from detectors.base import reasons_text
+    from jobs.feature_blocks import iterate_blocks
 
-    table = scores.assign(reasons=scores["reasons"].map(reasons_text))
+    model = spark.sparkContext.broadcast(_artefact(detector))
+
+    def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        scorer = _restore(model.value)
+        for _, features in iterate_blocks(batches):
+            scored = scorer.score(features)
+            yield pd.DataFrame(
+                {
+                    "user_id": scored["user_id"].astype(str),
+                    "score": scored["score"].astype(float),
+                    "flagged": scored["flagged"].astype(bool),
+                    "status": scored["status"].astype(str),
+                    "reasons": scored["reasons"].map(reasons_text),
+                    "reasons_data": scored["reasons"].map(lambda rs: json.dumps([r.to_dict() for r in rs])),
+                }
+            )
+
+    return blocks.mapInPandas(score, SCORE_SCHEMA)
+
+
+def _artefact(detector: Detector) -> bytes:
+    """What a copy of ``detector`` needs (as ``Detector.save`` keeps it), pickled once for the broadcast."""
+    return pickle.dumps(
+        (detector.name, detector.params, detector.state, detector.metrics, detector.fitted_at), protocol=5
+    )
+
+
+def _restore(blob: bytes) -> Detector:
+    from detectors.registry import detector_class
+
+    name, params, state, metrics, fitted_at = pickle.loads(blob)
+    detector = detector_class(name)(**params)
+    detector.state, detector.metrics, detector.fitted_at = state, metrics, fitted_at
+    return detector
+
+
+def _portable(detector: Detector) -> Detector:
+    return _restore(_artefact(detector))
+
+
+def _night_alerts(
+    spark: SparkSession,
+    scores: DataFrame,
+    blocks: DataFrame,
+    detector: Detector,
+    window: DataFrame | None,
+    columns: dict[str, list[str]],
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    sample: pd.DataFrame | None,
+) -> list[Alert]:
+    """Alerts of the flagged users: only their score rows, events and features come to the driver."""
+    from detectors.alerts import alerts_from_scores
+    from detectors.base import SCORE_COLUMNS, Reason
+
+    flagged: pd.DataFrame = scores.where("flagged").orderBy("user_id").toPandas()
+    if flagged.empty:
+        return []
+    flagged["reasons"] = flagged["reasons_data"].map(lambda text: [Reason(**r) for r in json.loads(text)])
+    flagged = flagged[SCORE_COLUMNS].reset_index(drop=True)
+    users = list(flagged["user_id"])
+    events = _events_of(spark, window, columns, users) if window is not None else None
+    if detector.name not in ("evaders", "fraud") or events is None:
+        # Evidence from the latest events: only evaders' matches and fraud's payments need features.
+        return alerts_from_scores(flagged, detector, start, end, events=events, features=None)
+    features = _features_of(blocks, detector, users, sample)
+    return alerts_from_scores(flagged, detector, start, end, events=events, features=features)
+
+
+def _events_of(spark: SparkSession, window: DataFrame, columns: dict[str, list[str]], users: list[str]) -> Events:
+    """The window's events of ``users`` (the flagged ones), as the detectors read events."""
+    from pyspark.sql import functions as F
+
+    from jobs.feature_blocks import events_from_wide
+
+    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}), "user_id string")
+    return events_from_wide(window.join(F.broadcast(wanted), "user_id").toPandas(), columns)
+
+
+def _features_of(blocks: DataFrame, detector: Detector, users: list[str], sample: pd.DataFrame | None) -> pd.DataFrame:
+    """Features for the flagged users' evidence: evaders' core block whole (matching needs every
+    candidate), for the others just the flagged users' rows."""
+    from pyspark.sql import functions as F
+
+    from jobs.feature_blocks import concat_blocks, pack, unpack
+
+    if detector.name == "evaders":
+        if sample is not None and len(sample):
+            return sample
+        rows = blocks.where(F.col("block") == 0).select("frame").collect()
+        return concat_blocks([unpack(r["frame"]) for r in rows]) if rows else pd.DataFrame()
+    wanted = set(users)
+
+    def only_flagged(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from jobs.feature_blocks import iterate_blocks
+
+        for number, features in iterate_blocks(batches):
+            mine = features[features.index.astype(str).isin(wanted)]
+            if len(mine):
+                yield pd.DataFrame([pack(mine, number)])
+
+    from jobs.feature_blocks import BLOCK_SCHEMA
+
+    rows = blocks.mapInPandas(only_flagged, BLOCK_SCHEMA).orderBy("block").select("frame").collect()
+    return concat_blocks([unpack(r["frame"]) for r in rows])
+
+
+def _publish_scores(scores: DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> Path:
+    """Written by the executors to a staging folder, then swapped in whole: readers never see half a night."""
+    import shutil
+
     target = lake / "scores" / f"detector={detector_name}" / f"date={day.isoformat()}"
     staging = publication.stage(target)
-    staging.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), staging / "part-00000.parquet")
+    shutil.rmtree(staging, ignore_errors=True)  # Spark writes the folder itself
+    scores.drop("reasons_data").orderBy("user_id").write.parquet(str(staging))
     publication.staged(target)
     return target
 

@@ -7,8 +7,13 @@ with records contributes the latest event time it delivered minus ``out_of_order
 partition idle at its log end follows the wall clock minus ``idle_slack`` (so a quiet partition
 does not stall event-time timers), a partition not read yet holds the watermark where it is.
 Progress is reported as a fraction only (a byte-based ``completed`` can be NaN, which the SDK's
-split arithmetic cannot take). Records go out in batches, one output element per partition and
-poll, timestamped with the batch's earliest event time, so per-element overhead stays low.
+split arithmetic cannot take). Records go out in batches (``SourceBatch``), one output element per
+partition and poll, timestamped with the batch's earliest event time, so per-element overhead
+stays low. A batch names the offset range it covers, from where the previous batch of its
+partition ended: consecutive batches tile the partition, which is what checkpoints record
+(``pipelines/checkpoint.py``). ``start_offsets`` resumes a topic at given offsets, and
+``cut_at`` keeps batches from straddling given offsets, so a replay after a restore hands each
+stateful stage whole batches it either has or has not seen.
 
 *Bounded* mode reads up to the end offsets seen when the restriction was created, then finishes
 (tests, replays, backfills); *unbounded* mode never finishes and checkpoints itself every
@@ -19,6 +24,12 @@ poll, timestamped with the batch's earliest event time, so per-element overhead 
 runner that retries a failed bundle re-sends rather than loses. With ``skip_published`` it first
 reads the identities already on its topics (an alert's id, a dead letter's source position) and
 never writes one twice, which makes replays and restarts idempotent on the topics.
+
+**Security.** Source and sink take the shared Kafka settings (``infra.clients``: SASL, TLS, the
+principal) resolved once where the pipeline is built, as ``PortableKafkaSettings`` pickled into
+the DoFns, so every worker connects to the same cluster as the same principal. Passwords are not
+in them: they travel as references (the password file's path, the variable's name) and are read in
+``setup`` on the worker, so no password is in the pickled pipeline, its options or argv.
 """
 
 from __future__ import annotations
@@ -39,14 +50,16 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
-from infra.clients import kafka_settings, librdkafka_conf
+from infra.clients import PortableKafkaSettings, librdkafka_conf, portable_kafka_settings
 
 __all__ = [
     "KafkaRecord",
     "OutRecord",
     "ReadKafka",
+    "SourceBatch",
     "TopicRestriction",
     "WriteKafka",
+    "client_settings",
     "librdkafka_settings",
 ]
 
@@ -77,6 +90,22 @@ class OutRecord:
     identity: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SourceBatch:
+    """Decoded records of one partition covering ``[start, end)``; ``start`` is where its previous batch ended."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+    items: list[Any]
+
+
+# topic -> partition -> offset
+Offsets = dict[str, dict[int, int]]
+# topic -> partition -> offsets no batch may straddle
+Cuts = dict[str, dict[int, list[int]]]
+
 # decode(record) -> (element to emit, event time in seconds or None to use Kafka's timestamp)
 Decoder = Callable[[KafkaRecord], tuple[Any, float | None]]
 
@@ -85,9 +114,19 @@ def _raw_record(record: KafkaRecord) -> tuple[Any, float | None]:
     return record, None
 
 
-def librdkafka_settings(bootstrap: str | None) -> dict[str, Any]:
-    """The shared Kafka settings (``infra.clients.kafka_settings``) in librdkafka's names."""
-    return librdkafka_conf(kafka_settings(bootstrap), client="the streaming Kafka clients")
+# Where a Beam Kafka client connects and as whom: settings resolved where the pipeline is built (the secrets
+# by reference, read in the worker from their file or variable), or a bootstrap to resolve here.
+KafkaClient = PortableKafkaSettings | str | None
+
+
+def client_settings(client: KafkaClient) -> PortableKafkaSettings:
+    """``client`` as portable settings (a bootstrap or None resolves the shared settings now)."""
+    return client if isinstance(client, PortableKafkaSettings) else portable_kafka_settings(client)
+
+
+def librdkafka_settings(client: KafkaClient) -> dict[str, Any]:
+    """The shared Kafka settings (``infra.clients``) in librdkafka's names, secrets read now."""
+    return librdkafka_conf(client_settings(client).resolve(), client="the streaming Kafka clients")
 
 
 # --- the restriction -------------------------------------------------------------------------
@@ -169,13 +208,16 @@ class TopicTracker(RestrictionTracker):  # type: ignore[misc]
 class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
     """Builds the initial restriction of a topic from the broker's offsets when the element arrives."""
 
-    def __init__(self, bootstrap: str | None, start: str, bounded: bool) -> None:
-        self.bootstrap, self.start, self.bounded = bootstrap, start, bounded
+    def __init__(
+        self, client: PortableKafkaSettings, start: str, bounded: bool, start_offsets: Offsets | None = None
+    ) -> None:
+        self.client, self.start, self.bounded = client, start, bounded
+        self.start_offsets = start_offsets or {}
 
     def initial_restriction(self, topic: str) -> TopicRestriction:
         from confluent_kafka import Consumer
 
-        consumer = Consumer({**librdkafka_settings(self.bootstrap), "group.id": "argus-stream-offsets"})
+        consumer = Consumer({**librdkafka_settings(self.client), "group.id": "argus-stream-offsets"})
         try:
             meta = consumer.list_topics(topic, timeout=30)
             info = meta.topics.get(topic)
@@ -183,9 +225,13 @@ class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
                 raise ValueError(f"topic {topic} does not exist; create the topic layout with `argus kafka up`")
             start: dict[int, int] = {}
             stop: dict[int, int | None] = {}
+            given = self.start_offsets.get(topic, {})
             for partition in sorted(info.partitions):
                 low, high = _watermark_offsets(consumer, topic, partition)
-                start[partition] = int(low if self.start == "earliest" else high)
+                if partition in given:  # resumed (a checkpoint): never before what the log still holds
+                    start[partition] = max(int(low), int(given[partition]))
+                else:
+                    start[partition] = int(low if self.start == "earliest" else high)
                 stop[partition] = int(high) if self.bounded else None
             return TopicRestriction(topic, start, stop)
         finally:
@@ -212,7 +258,7 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
 
     def __init__(
         self,
-        bootstrap: str | None,
+        client: PortableKafkaSettings,
         start: str,
         bounded: bool,
         decode: Decoder,
@@ -220,8 +266,11 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         idle_slack_s: float,
         poll_budget_s: float,
         max_batch: int,
+        start_offsets: Offsets | None = None,
+        cut_at: Cuts | None = None,
     ) -> None:
-        TopicRestrictionProvider.__init__(self, bootstrap, start, bounded)
+        TopicRestrictionProvider.__init__(self, client, start, bounded, start_offsets)
+        self.cut_at = {t: {p: sorted(set(c)) for p, c in parts.items()} for t, parts in (cut_at or {}).items()}
         self.decode = decode
         self.out_of_orderness_s = out_of_orderness_s
         self.idle_slack_s = idle_slack_s
@@ -235,7 +284,7 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
     def setup(self) -> None:
         from confluent_kafka import Consumer
 
-        settings = librdkafka_settings(self.bootstrap)
+        settings = librdkafka_settings(self.client)
         self._consumer = Consumer(
             {
                 **settings,
@@ -278,6 +327,7 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         at_end: dict[int, bool] = {p: False for p in live}
         deadline = time.monotonic() + self.poll_budget_s
         expected = dict(next_offsets)  # the next offset each partition may deliver
+        cuts = self.cut_at.get(topic, {})
         try:
             while live:
                 messages = consumer.consume(num_messages=self.max_batch, timeout=0.2)
@@ -310,18 +360,21 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
                         KafkaRecord(topic, partition, message.offset(), message.key(), message.value(), int(stamp))
                     )
                 for partition, records in batches.items():
-                    if not tracker.try_claim((partition, records[-1].offset)):
-                        return
-                    next_offsets[partition] = records[-1].offset + 1
-                    decoded = [self.decode(r) for r in records]
-                    times = [
-                        t if t is not None else r.timestamp_ms / 1e3 for (_, t), r in zip(decoded, records, strict=True)
-                    ]
-                    self.records.inc(len(records))
-                    latest = max(times) - self.out_of_orderness_s
-                    previous = partition_wm[partition]
-                    partition_wm[partition] = latest if previous is None else max(previous, latest)
-                    yield TimestampedValue([item for item, _ in decoded], Timestamp(min(times)))
+                    for piece, end in _cut(records, cuts.get(partition, ())):
+                        if not tracker.try_claim((partition, end - 1)):
+                            return
+                        first, next_offsets[partition] = next_offsets[partition], end
+                        decoded = [self.decode(r) for r in piece]
+                        times = [
+                            t if t is not None else r.timestamp_ms / 1e3
+                            for (_, t), r in zip(decoded, piece, strict=True)
+                        ]
+                        self.records.inc(len(piece))
+                        latest = max(times) - self.out_of_orderness_s
+                        previous = partition_wm[partition]
+                        partition_wm[partition] = latest if previous is None else max(previous, latest)
+                        batch = SourceBatch(topic, partition, first, next_offsets[partition], [i for i, _ in decoded])
+                        yield TimestampedValue(batch, Timestamp(min(times)))
                 # Bounded partitions that reached their stop offset are finished.
                 for partition in list(live):
                     stop = restriction.stop.get(partition)
@@ -361,6 +414,26 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
             estimator.set_watermark(candidate)
 
 
+def _cut(records: list[KafkaRecord], cuts: Sequence[int]) -> Iterator[tuple[list[KafkaRecord], int]]:
+    """``records`` (ascending offsets) as (piece, end offset) pairs that never straddle a cut.
+
+    A piece cut at ``c`` ends at ``c`` (not after its last record), so the next piece starts at ``c``
+    even where the log has no record at ``c`` (a transaction marker).
+    """
+    inner = [c for c in cuts if records[0].offset < c <= records[-1].offset]
+    piece: list[KafkaRecord] = []
+    index = 0
+    for record in records:
+        if index < len(inner) and record.offset >= inner[index]:
+            while index + 1 < len(inner) and record.offset >= inner[index + 1]:
+                index += 1
+            yield piece, inner[index]
+            piece = []
+            index += 1
+        piece.append(record)
+    yield piece, records[-1].offset + 1
+
+
 def _watermark_offsets(consumer: Any, topic: str, partition: int, attempts: int = 20) -> tuple[int, int]:
     """(low, high) offsets of a partition; retried while a new topic's leader is still being elected."""
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
@@ -397,11 +470,12 @@ def _transient(error: Any) -> bool:
 
 
 class ReadKafka(beam.PTransform):  # type: ignore[misc]
-    """Read ``topics`` as batches (lists) of ``decode(record)`` elements, timestamped by event time.
+    """Read ``topics`` as ``SourceBatch``es of ``decode(record)`` elements, timestamped by event time.
 
     Args:
         topics: topic names; each becomes one restriction covering all its partitions.
-        bootstrap: Kafka bootstrap servers (None: ``KAFKA_BOOTSTRAP`` / argus.toml / the local broker).
+        bootstrap: Kafka bootstrap servers (None: ``KAFKA_BOOTSTRAP`` / argus.toml / the local broker), or the
+            client settings (``infra.clients.portable_kafka_settings``), resolved here in either case.
         decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp.
         start: ``earliest`` (replay the retained log) or ``latest`` (only what arrives from now on).
         bounded: stop at the end offsets seen at start.
@@ -409,12 +483,14 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
         idle_slack_s: a partition at its log end holds the watermark at wall clock minus this.
         poll_budget_s: an unbounded read checkpoints itself this often.
         max_batch: records per poll.
+        start_offsets: topic -> partition -> offset to resume at (others: ``start``).
+        cut_at: topic -> partition -> offsets no batch may straddle.
     """
 
     def __init__(
         self,
         topics: Sequence[str],
-        bootstrap: str | None = None,
+        bootstrap: KafkaClient = None,
         decode: Decoder = _raw_record,
         start: str = "earliest",
         bounded: bool = False,
@@ -422,6 +498,8 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
         idle_slack_s: float = 10.0,
         poll_budget_s: float = 2.0,
         max_batch: int = 5_000,
+        start_offsets: Offsets | None = None,
+        cut_at: Cuts | None = None,
     ) -> None:
         super().__init__()
         if start not in START_POSITIONS:
@@ -430,7 +508,7 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
             raise ValueError("give at least one topic to read")
         self.topics = list(topics)
         self.fn = _ReadTopicFn(
-            bootstrap,
+            client_settings(bootstrap),
             start,
             bounded,
             decode,
@@ -438,6 +516,8 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
             idle_slack_s,
             poll_budget_s,
             max_batch,
+            start_offsets,
+            cut_at,
         )
 
     def expand(self, pbegin: Any) -> Any:
@@ -460,8 +540,8 @@ _PUBLISHED_LOCK = threading.Lock()
 
 
 class _WriteFn(beam.DoFn):  # type: ignore[misc]
-    def __init__(self, bootstrap: str | None, skip_published: Sequence[str], identify: Identifier) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, client: PortableKafkaSettings, skip_published: Sequence[str], identify: Identifier) -> None:
+        self.client = client
         self.skip_topics = list(skip_published)
         self.identify = identify
         self.sink_id = uuid.uuid4().hex  # travels with the pickled DoFn: the same for all its instances
@@ -474,7 +554,7 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
     def setup(self) -> None:
         from confluent_kafka import Producer
 
-        settings = librdkafka_settings(self.bootstrap)
+        settings = librdkafka_settings(self.client)
         conf = {
             **settings,
             "enable.idempotence": True,
@@ -487,7 +567,7 @@ class _WriteFn(beam.DoFn):  # type: ignore[misc]
         self._producer = Producer(conf)
         with _PUBLISHED_LOCK:
             if self.sink_id not in _PUBLISHED:
-                _PUBLISHED[self.sink_id] = set(published_identities(self.bootstrap, self.skip_topics, self.identify))
+                _PUBLISHED[self.sink_id] = set(published_identities(self.client, self.skip_topics, self.identify))
             self._published = _PUBLISHED[self.sink_id]
 
     def _on_delivery(self, err: Any, _msg: Any, identity: str | None = None) -> None:
@@ -530,23 +610,23 @@ class WriteKafka(beam.PTransform):  # type: ignore[misc]
     """Produce ``OutRecord``s; each bundle is flushed (acknowledged) before it completes.
 
     ``skip_published``: topics whose existing records' identities (``identify``) are read at
-    start-up; records with an identity already there are not written again.
+    start-up; records with an identity already there are not written again. ``bootstrap`` as for ``ReadKafka``.
     """
 
     def __init__(
         self,
-        bootstrap: str | None = None,
+        bootstrap: KafkaClient = None,
         skip_published: Sequence[str] = (),
         identify: Identifier = _key_identity,
     ) -> None:
         super().__init__()
-        self.fn = _WriteFn(bootstrap, skip_published, identify)
+        self.fn = _WriteFn(client_settings(bootstrap), skip_published, identify)
 
     def expand(self, records: Any) -> Any:
         return records | beam.ParDo(self.fn)
 
 
-def published_identities(bootstrap: str | None, topics: Iterable[str], identify: Identifier) -> Iterator[str]:
+def published_identities(bootstrap: KafkaClient, topics: Iterable[str], identify: Identifier) -> Iterator[str]:
     """The identities of every record on ``topics`` now (read to the end offsets at call time)."""
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 

@@ -18,11 +18,13 @@ Engine-thin: validation is ``schemas.validate``; features, scores and alert ids 
 ``LiveModel``, so a model published while the pipeline runs is used from its next batch on.
 
 **Restart safety.** Nothing is acknowledged before it is durable: the sink flushes each bundle
-to Kafka before the bundle completes. A restarted pipeline replays the retained log
-(``start="earliest"``) and rebuilds its state from it, and the sinks skip alert ids and dead
-letters already on their topics, so a crash, a ``kill -9`` or a redeploy loses no event and
-publishes no alert twice. On runners with durable checkpoints (Flink, Dataflow) the same
-pipeline also resumes from its checkpoint.
+to Kafka before the bundle completes. With ``checkpoint_dir`` the pipeline checkpoints itself
+(``pipelines/checkpoint.py``): consistent state snapshots in that folder, offsets committed to
+the consumer group ``group`` only once every output up to them is on Kafka; a restart restores
+the state and resumes at the committed offsets. Without it a restart replays the retained log
+(``start="earliest"``) and rebuilds its state from it. Either way the sinks skip alert ids and
+dead letters already on their topics, so a crash, a ``kill -9`` or a redeploy loses no event and
+publishes no alert twice. On Flink and Dataflow the runner's own checkpoints do the same.
 """
 
 from __future__ import annotations
@@ -38,8 +40,10 @@ import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from infra.clients import PortableKafkaSettings, portable_kafka_settings, require_topic_access
 from infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
-from pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, WriteKafka
+from pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
+from pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
 from pipelines.stream_detectors import STREAMING_DETECTORS, StreamSettings, StrKeyed, epoch_us
 from schemas.bounds import EventTimeBounds, current_bounds
 from schemas.models import Alert
@@ -77,6 +81,9 @@ class StreamConfig:
     dlq_topic: str = DLQ_TOPIC
     key_shards: int | None = None  # None: 1 on Prism and direct, 4 x parallelism on Flink and Dataflow
     features_prefix: str | None = None
+    checkpoint_dir: Path | None = None  # None: no checkpoints (a restart replays the retained log)
+    group: str = "argus-stream"
+    max_batch: int = 5_000
     beam_args: Sequence[str] = field(default_factory=list)
 
     def shards(self) -> int:
@@ -85,6 +92,14 @@ class StreamConfig:
         if self.key_shards is not None:
             return self.key_shards
         return 4 * self.parallelism if self.runner in ("flink", "dataflow") else 1
+
+    def input_topics(self) -> list[str]:
+        """The topics read: the event topics the chosen detectors need, and any non-standard topic given."""
+        wanted = {event_topic(t) for name in self.detectors for t in STREAMING_DETECTORS[name].event_types}
+        return [t for t in self.topics if t in wanted or t not in EVENT_TOPICS]
+
+    def alert_topics(self) -> list[str]:
+        return [f"{self.alerts_prefix}.{kind}" for kind in ALERT_KINDS]
 
     def check(self) -> None:
         unknown = [d for d in self.detectors if d not in STREAMING_DETECTORS]
@@ -97,6 +112,15 @@ class StreamConfig:
             raise StreamError("need --parallelism >= 1, --checkpoint-interval > 0 and --fraud-interval >= 60")
         if self.key_shards is not None and self.key_shards < 1:
             raise StreamError(f"--key-shards must be at least 1, not {self.key_shards}")
+        if self.max_batch < 1:
+            raise StreamError(f"--max-batch must be at least 1, not {self.max_batch}")
+        if self.checkpoint_dir is not None and self.runner in ("flink", "dataflow"):
+            raise StreamError(
+                "--checkpoint-dir is for runners that keep state in memory (prism, direct); "
+                "on flink and dataflow the runner's own checkpoints hold the state: drop --checkpoint-dir"
+            )
+        if self.checkpoint_dir is not None and Path(self.checkpoint_dir).is_file():
+            raise StreamError(f"--checkpoint-dir {self.checkpoint_dir} is a file; give a folder")
         from detectors.store import ModelStore
 
         store = ModelStore(self.model_store)
@@ -106,6 +130,19 @@ class StreamConfig:
                     f"no {name} model published in {self.model_store}; publish one with "
                     f"`argus batch score --detector {name}` (models in LAKE/models) or point --model-store at it"
                 )
+
+
+def check_kafka_access(config: StreamConfig) -> None:
+    """Before the runner starts: the input topics exist and this principal may read them, and it may write
+    (and, to skip what is already published, read) the dead-letter and alert topics. A refusal is one line
+    (``KafkaAccessError``), not a worker's stack trace minutes later."""
+    missing = require_topic_access(config.input_topics(), "READ", config.bootstrap)
+    if missing:
+        raise StreamError(f"topic(s) {', '.join(missing)} do not exist; create the topic layout with `argus kafka up`")
+    outputs = [config.dlq_topic, *config.alert_topics()]
+    require_topic_access(outputs, "WRITE", config.bootstrap)
+    if config.skip_published:
+        require_topic_access(outputs, "READ", config.bootstrap)
 
 
 # --- decode: validation at the source -------------------------------------------------------
@@ -144,9 +181,9 @@ class _SplitFn(beam.DoFn):  # type: ignore[misc]
         self.valid = Metrics.counter("stream", "events")
         self.rejected = Metrics.counter("stream", "rejected")
 
-    def process(self, batch: list[tuple[str, Any]]) -> Iterator[Any]:
+    def process(self, batch: SourceBatch) -> Iterator[Any]:
         events = []
-        for kind, item in batch:
+        for kind, item in batch.items:
             if kind == "dlq":
                 self.rejected.inc()
                 if item.topic != self.dlq_topic:
@@ -154,9 +191,10 @@ class _SplitFn(beam.DoFn):  # type: ignore[misc]
                 yield beam.pvalue.TaggedOutput("dlq", item)
             else:
                 events.append(item)
-        if events:
-            self.valid.inc(len(events))
-            yield events  # the source's timestamp: the batch's earliest event time
+        self.valid.inc(len(events))
+        # Even with no valid event: the batch's offset range counts for checkpoints. The source's
+        # timestamp (the batch's earliest event time) stays.
+        yield SourceBatch(batch.topic, batch.partition, batch.start, batch.end, events)
 
 
 class _OncePerRunFn(beam.DoFn):  # type: ignore[misc]
@@ -178,8 +216,15 @@ class _OncePerRunFn(beam.DoFn):  # type: ignore[misc]
         yield OutRecord(topic, alert.alert_id.encode(), alert.model_dump_json().encode(), alert.alert_id)
 
 
-def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
-    """Add the streaming graph for ``config`` to ``pipeline``."""
+def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig, client: PortableKafkaSettings | None = None) -> None:
+    """Add the streaming graph for ``config`` to ``pipeline``.
+
+    ``client``: the Kafka settings every source and sink uses (default: the shared settings for
+    ``config.bootstrap``), resolved here once; passwords travel by reference (see ``PortableKafkaSettings``).
+    """
+    client = client or portable_kafka_settings(config.bootstrap)
+    chosen = [STREAMING_DETECTORS[name]() for name in config.detectors]
+    plan = resume_plan(config, client)
     settings = StreamSettings(
         model_store=Path(config.model_store),
         allowed_lateness_s=config.allowed_lateness_s,
@@ -187,25 +232,28 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
         fraud_lookback_days=config.fraud_lookback_days,
         key_shards=config.shards(),
         publish_features=config.features_prefix is not None,
+        checkpoints=plan is not None,
+        resume=plan,
     )
-    chosen = [STREAMING_DETECTORS[name]() for name in config.detectors]
-    wanted = {event_topic(t) for d in chosen for t in d.event_types}
-    topics = [t for t in config.topics if t in wanted or t not in EVENT_TOPICS]
     batches = pipeline | "ReadEvents" >> ReadKafka(
-        topics,
-        config.bootstrap,
+        config.input_topics(),
+        client,
         decode=functools.partial(decode_event, bounds=current_bounds()),
         start=config.start,
         bounded=config.bounded,
         out_of_orderness_s=config.out_of_orderness_s,
         idle_slack_s=config.idle_slack_s,
         poll_budget_s=config.checkpoint_interval_s,
+        max_batch=config.max_batch,
+        start_offsets=plan.start_offsets if plan is not None else None,
+        cut_at=plan.cuts() if plan is not None else None,
     )
     split = batches | "Validate" >> beam.ParDo(_SplitFn(config.dlq_topic)).with_outputs("dlq", main="events")
     skip = config.skip_published
-    _ = split.dlq | "DeadLetters" >> WriteKafka(
-        config.bootstrap, [config.dlq_topic] if skip else [], identify=_dead_letter_identity
-    )
+    sinks = [
+        split.dlq
+        | "DeadLetters" >> WriteKafka(client, [config.dlq_topic] if skip else [], identify=_dead_letter_identity)
+    ]
     outputs = [
         split.events | f"{d.name}" >> _DetectorTransform(d, settings)  # type: ignore[operator]
         for d in chosen
@@ -218,16 +266,44 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig) -> None:
         if o.features is not None
     ]
     if snapshots:
-        _ = (
-            snapshots[0] if len(snapshots) == 1 else tuple(snapshots) | "AllFeatures" >> beam.Flatten()
-        ) | "PublishFeatures" >> WriteKafka(config.bootstrap)
-    kinds = [f"{config.alerts_prefix}.{kind}" for kind in ALERT_KINDS]
-    _ = (
+        sinks.append(
+            (snapshots[0] if len(snapshots) == 1 else tuple(snapshots) | "AllFeatures" >> beam.Flatten())
+            | "PublishFeatures" >> WriteKafka(client)
+        )
+    kinds = config.alert_topics()
+    sinks.append(
         merged
         | "ById" >> beam.Map(lambda a: (a.alert_id, a))
         | "OncePerRun" >> beam.ParDo(_OncePerRunFn(config.alerts_prefix)).with_input_types(StrKeyed)
-        | "PublishAlerts" >> WriteKafka(config.bootstrap, kinds if skip else [])
+        | "PublishAlerts" >> WriteKafka(client, kinds if skip else [])
     )
+    if plan is not None and config.checkpoint_dir is not None:
+        write_checkpoints(
+            [c for o in outputs for c in o.checkpoints],
+            sinks,
+            plan,
+            Path(config.checkpoint_dir),
+            client,
+            config.group,
+            [stage for d in chosen for stage in d.source_stages(settings)],
+            config.checkpoint_interval_s,
+        )
+
+
+def resume_plan(config: StreamConfig, client: PortableKafkaSettings | None = None) -> ResumePlan | None:
+    """With ``checkpoint_dir``: where this run starts (the group's committed offsets and their checkpoint)."""
+    if config.checkpoint_dir is None:
+        return None
+    try:
+        return plan_resume(
+            Path(config.checkpoint_dir),
+            client or portable_kafka_settings(config.bootstrap),
+            config.group,
+            config.input_topics(),
+            config.start,
+        )
+    except CheckpointError as exc:
+        raise StreamError(str(exc)) from exc
 
 
 def _snapshot_record(snapshot: tuple[str, bytes], topic: str) -> OutRecord:
@@ -275,6 +351,7 @@ def pipeline_options(config: StreamConfig) -> PipelineOptions:
 def run_stream(config: StreamConfig, wait: bool = True) -> dict[str, Any]:
     """Build and run the pipeline; with ``wait`` (and ``bounded``) return its counters when it ends."""
     config.check()
+    check_kafka_access(config)
     pipeline = beam.Pipeline(options=pipeline_options(config))
     build_pipeline(pipeline, config)
     result = pipeline.run()
@@ -293,6 +370,7 @@ def _counters(result: Any) -> dict[str, int]:
         "duplicate_events": "duplicate_events",
         "alerts": "alerts",
         "already_published": "already_published",
+        "checkpoints": "checkpoints",
     }
     counts = dict.fromkeys(wanted.values(), 0)
     try:

@@ -41,6 +41,12 @@ the lookback and scores the users touched since the previous boundary (and their
 ``FraudDetector.score`` (clusters assigned with ``FraudDetector.assign``). The stage runs on one
 worker: its cost is one feature pass over the lookback per boundary.
 
+**Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
+graph) record the source ranges each shard took in, and every stateful stage emits its whole
+state after each firing that changed it (``StageSnapshot``, tagged output ``checkpoint``); after a
+restart each shard gets its snapshot back as a ``Restore`` element (state and timers) and is not
+given again the batches it had (``StreamSettings.received``). See ``pipelines/checkpoint.py``.
+
 **Feature snapshots.** With ``StreamSettings.publish_features`` every scored snapshot also goes
 out as a ``FeatureSnapshot`` record (user, event time, model version, score, the numeric
 features), keyed by user, on ``<features prefix>.<detector>``: a live feature feed, the
@@ -73,6 +79,8 @@ from detectors.base import Detector
 from detectors.chat_features import CONTEXT_WINDOW_S, ChatContextState
 from detectors.events import Events
 from detectors.store import LiveModel, ModelStore
+from pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
+from pipelines.kafka_io import SourceBatch
 from schemas.models import Alert
 
 __all__ = [
@@ -121,13 +129,26 @@ class StreamSettings:
     evidence_per_alert: int = 20
     key_shards: int = 1
     publish_features: bool = False
+    checkpoints: bool = False  # record source ranges and emit stage snapshots
+    resume: Any = None  # a pipelines.checkpoint.ResumePlan: what to restore, which batches each shard has
+
+
+def _received(settings: StreamSettings, stage: str) -> dict[str, Ranges]:
+    return settings.resume.received(stage) if settings.resume is not None else {}
+
+
+def _with_restore(keyed: Any, settings: StreamSettings, stage: str) -> Any:
+    """``keyed`` and, after a restart, the stage's restore elements (one per shard in the checkpoint)."""
+    restored = restore_input(keyed.pipeline, settings.resume, stage)
+    return keyed if restored is None else (keyed, restored) | f"{stage}WithRestore" >> beam.Flatten()
 
 
 class StreamOutputs(NamedTuple):
-    """What an adapter's ``expand`` returns: alerts, and feature snapshots (JSON records) or None."""
+    """What an adapter's ``expand`` returns: alerts, feature snapshots (JSON records) or None, stage snapshots."""
 
     alerts: Any
     features: Any | None
+    checkpoints: tuple[Any, ...] = ()
 
 
 class StreamingDetector:
@@ -137,14 +158,27 @@ class StreamingDetector:
     event_types: ClassVar[tuple[str, ...]]
 
     def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
-        """``batches``: lists of ``(event_type, row, t_us)`` timestamped by their earliest event."""
+        """``batches``: ``SourceBatch``es of ``(event_type, row, t_us)`` timestamped by their earliest event."""
+        raise NotImplementedError
+
+    def source_stages(self, settings: StreamSettings) -> list[tuple[str, str]]:
+        """(stage, shard) of every stateful stage shard that reads the source (their ranges bound the offsets)."""
         raise NotImplementedError
 
 
 def feature_snapshot(
-    detector: Detector, user: str, at_us: int, features: dict[str, Any], score: float, flagged: bool
+    detector: Detector,
+    user: str,
+    at_us: int,
+    features: dict[str, Any],
+    score: float,
+    flagged: bool,
+    model_version: str | None = None,
 ) -> tuple[str, bytes]:
-    """One feature snapshot as (key, JSON value); non-finite numbers become null."""
+    """One feature snapshot as (key, JSON value); non-finite numbers become null.
+
+    Give ``model_version`` when writing many: ``detector.model_version`` hashes the whole model.
+    """
 
     def number(value: Any) -> float | None:
         try:
@@ -157,7 +191,7 @@ def feature_snapshot(
         "detector": detector.name,
         "user_id": user,
         "at_us": int(at_us),
-        "model_version": detector.model_version,
+        "model_version": model_version or detector.model_version,
         "score": number(score),
         "flagged": bool(flagged),
         "features": {k: number(v) for k, v in features.items() if not isinstance(v, str | np.ndarray | tuple)},
@@ -282,15 +316,30 @@ def chat_feature_rows(rows: list[tuple[str, dict[str, float], set[int]]], window
     return features
 
 
-def _chat_by_shard(batch: list[Event], shards: int) -> Iterator[tuple[str, list[ChatMessage]]]:
-    """One source batch -> one list of chat messages per channel shard."""
-    out: dict[str, list[ChatMessage]] = {}
-    for event_type, row, t_us in batch:
+CHANNELS_STAGE, USERS_STAGE, GRAPH_STAGE = "trolls.channels", "trolls.users", "fraud.graph"
+# A source batch's share for one shard: (topic, partition, start, end, payload)
+ShardBatch = tuple[str, int, int, int, Any]
+
+
+def _chat_by_shard(
+    batch: SourceBatch, shards: int, track: bool = False, received: dict[str, Ranges] | None = None
+) -> Iterator[tuple[str, ShardBatch]]:
+    """One source batch -> one list of chat messages per channel shard.
+
+    With ``track`` every shard gets the batch's range, even with no message of its own (its
+    checkpoints record what it took in), except shards whose restored state already holds it.
+    """
+    out: dict[str, list[ChatMessage]] = {str(s): [] for s in range(shards)} if track else {}
+    for event_type, row, t_us in batch.items:
         if event_type == "chat":
             channel = str(row["context"])
             message = (row["event_id"], row["user_id"], t_us, row["text"], row.get("channel_mode"), channel)
             out.setdefault(shard_of(channel, shards), []).append(message)
-    yield from out.items()
+    where = (batch.topic, batch.partition)
+    for shard, messages in out.items():
+        if received and covers(received.get(shard, {}), where, batch.start, batch.end):
+            continue
+        yield shard, (batch.topic, batch.partition, batch.start, batch.end, messages)
 
 
 class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
@@ -308,8 +357,9 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
     BUFFER = BagStateSpec("buffer", PickleCoder())
     CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
 
-    def __init__(self, window_s: int, lateness_s: float, user_shards: int) -> None:
+    def __init__(self, window_s: int, lateness_s: float, user_shards: int, checkpoints: bool = False) -> None:
         self.window_s, self.lateness_s, self.user_shards = window_s, lateness_s, user_shards
+        self.checkpoints = checkpoints
         self.late = Metrics.counter("stream", "late_events")
         self.duplicates = Metrics.counter("stream", "duplicate_events")
 
@@ -318,21 +368,39 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        element: tuple[str, list[ChatMessage]],
+        element: tuple[str, ShardBatch | Restore],
+        ts: Any = beam.DoFn.TimestampParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(CLOSE),  # noqa: B008
     ) -> None:
-        messages = element[1]
+        if isinstance(element[1], Restore):
+            self._restore(element[1].snapshot, buffer, timer)
+            return
+        topic, partition, start, end, messages = element[1]
+        if self.checkpoints:
+            buffer.add(("r", (topic, partition, start, end, ts.micros)))
+        if not messages:
+            return
         window_us = self.window_s * 1_000_000
         slots = {m[2] // window_us for m in messages}
         buffer.add(("m", (self._fire_at(min(slots)), pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL))))
         for slot in slots:
-            timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=str(slot))
+            timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=f"{element[0]}/{slot}")
+
+    def _restore(self, snapshot: StageSnapshot, buffer: Any, timer: Any) -> None:
+        window_us = self.window_s * 1_000_000
+        for entry in pickle.loads(snapshot.state):
+            buffer.add(entry)
+            if entry[0] == "m":
+                for slot in {m[2] // window_us for m in pickle.loads(entry[1][1])}:
+                    timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=f"{snapshot.shard}/{slot}")
+        buffer.add(("received", snapshot.received or ReceivedLog()))
 
     @on_timer(CLOSE)
     def close(
         self,
         fired: Any = beam.DoFn.TimestampParam,
+        tag: Any = beam.DoFn.DynamicTimerTagParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
     ) -> Iterator[Any]:
         now = fired.micros / 1e6
@@ -341,7 +409,14 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
         due: list[ChatMessage] = []
         keep: list[ChatMessage] = []
         waiting: list[tuple[float, bytes]] = []  # batches not due yet, kept as they were stored
+        received = ReceivedLog()
         for kind, item in buffer.read():
+            if kind == "r":
+                received.add(*item)
+                continue
+            if kind == "received":
+                received.absorb(item)
+                continue
             if kind == "closed":
                 for channel, slot in item.items():
                     closed[channel] = max(slot, closed.get(channel, slot))
@@ -368,13 +443,20 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
             newest[channel] = max(slot, newest.get(channel, slot))
         for channel, slot in newest.items():
             closed[channel] = max(slot, closed.get(channel, slot))
-        buffer.clear()
-        buffer.add(("closed", closed))
-        for item in waiting:
-            buffer.add(("m", item))
+        entries: list[tuple[str, Any]] = [("closed", closed), *(("m", item) for item in waiting)]
         if keep:
             first = min(self._fire_at(m[2] // window_us) for m in keep)
-            buffer.add(("m", (first, pickle.dumps(keep, protocol=pickle.HIGHEST_PROTOCOL))))
+            entries.append(("m", (first, pickle.dumps(keep, protocol=pickle.HIGHEST_PROTOCOL))))
+        buffer.clear()
+        for entry in entries:
+            buffer.add(entry)
+        if self.checkpoints:
+            received.settle(fired.micros)
+            buffer.add(("received", received))
+            state = pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)
+            yield beam.pvalue.TaggedOutput(
+                "checkpoint", StageSnapshot(CHANNELS_STAGE, str(tag).split("/")[0], fired.micros, state, received)
+            )
         parts = window_sums(on_time, self.window_s)
         if late:
             self.late.inc(len(late))
@@ -400,25 +482,30 @@ class _UserChatFn(beam.DoFn):  # type: ignore[misc]
     BUFFER = BagStateSpec("buffer", PickleCoder())
     APPLY = TimerSpec("apply", TimeDomain.WATERMARK)
 
-    def __init__(self, keep_evidence: int) -> None:
+    def __init__(self, keep_evidence: int, checkpoints: bool = False) -> None:
         self.keep_evidence = keep_evidence
+        self.checkpoints = checkpoints
 
     def process(
         self,
-        element: tuple[str, list[tuple[str, WindowSums]]],
+        element: tuple[str, list[tuple[str, WindowSums]] | Restore],
         ts: Any = beam.DoFn.TimestampParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(APPLY),  # noqa: B008
     ) -> None:
+        if isinstance(element[1], Restore):
+            buffer.add(("state", pickle.loads(element[1].snapshot.state)))
+            return
         buffer.add(("p", ts.micros, element[1]))
-        timer.set(ts, dynamic_timer_tag=str(ts.micros))
+        timer.set(ts, dynamic_timer_tag=f"{element[0]}/{ts.micros}")
 
     @on_timer(APPLY)
     def apply(
         self,
         fired: Any = beam.DoFn.TimestampParam,
+        tag: Any = beam.DoFn.DynamicTimerTagParam,
         buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-    ) -> Iterator[list[ChatSnapshot]]:
+    ) -> Iterator[Any]:
         users: dict[str, UserChatState] = {}
         due: dict[str, list[WindowSums]] = {}
         keep: list[tuple[str, int, list[tuple[str, WindowSums]]]] = []
@@ -448,6 +535,10 @@ class _UserChatFn(beam.DoFn):  # type: ignore[misc]
         for entry in keep:
             buffer.add(entry)
         yield snapshots
+        if self.checkpoints:  # the users only: sums waiting for later times are still in the channel stage's snapshot
+            blob = pickle.dumps(users, protocol=pickle.HIGHEST_PROTOCOL)
+            shard = str(tag).split("/")[0]
+            yield beam.pvalue.TaggedOutput("checkpoint", StageSnapshot(USERS_STAGE, shard, fired.micros, blob))
 
 
 class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
@@ -479,8 +570,9 @@ class _ScoreChatFn(_ScoreBatchFn):
             yield from _alerts_by_day(scores.iloc[[i]], detector, [t_us], {user: list(reversed(recent))})
         if self.publish_features:
             rows = features.to_dict("records")
+            version = self._live.version if self._live is not None else None
             for j, (user, _, _, _, t_us) in enumerate(batch):
-                snapshot = feature_snapshot(detector, user, t_us, rows[j], scores.at[j, "score"], flagged[j])
+                snapshot = feature_snapshot(detector, user, t_us, rows[j], scores.at[j, "score"], flagged[j], version)
                 yield beam.pvalue.TaggedOutput("features", snapshot)
 
 
@@ -490,19 +582,24 @@ class TrollStream(StreamingDetector):
 
     def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
         window_s = int(ModelStore(settings.model_store).load(self.name).params.get("window_s", CONTEXT_WINDOW_S))
-        shards = settings.key_shards
-        scored = (
-            batches
-            | "ByChannelShard" >> beam.FlatMap(_chat_by_shard, shards)
-            | "ChannelWindows"
-            >> beam.ParDo(_ChannelWindowsFn(window_s, settings.allowed_lateness_s, shards)).with_input_types(StrKeyed)
-            | "UserChat" >> beam.ParDo(_UserChatFn(settings.evidence_per_alert)).with_input_types(StrKeyed)
-            | "ScoreTrolls"
-            >> beam.ParDo(_ScoreChatFn(settings.model_store, self.name, settings.publish_features)).with_outputs(
-                "features", main="alerts"
-            )
+        shards, tracked = settings.key_shards, settings.checkpoints
+        by_channel = batches | "ByChannelShard" >> beam.FlatMap(
+            _chat_by_shard, shards, tracked, _received(settings, CHANNELS_STAGE)
         )
-        return StreamOutputs(scored.alerts, scored.features if settings.publish_features else None)
+        windows = _with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> beam.ParDo(
+            _ChannelWindowsFn(window_s, settings.allowed_lateness_s, shards, tracked)
+        ).with_input_types(StrKeyed).with_outputs("checkpoint", main="sums")
+        users = _with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> beam.ParDo(
+            _UserChatFn(settings.evidence_per_alert, tracked)
+        ).with_input_types(StrKeyed).with_outputs("checkpoint", main="snapshots")
+        scored = users.snapshots | "ScoreTrolls" >> beam.ParDo(
+            _ScoreChatFn(settings.model_store, self.name, settings.publish_features)
+        ).with_outputs("features", main="alerts")
+        checkpoints = (windows.checkpoint, users.checkpoint) if tracked else ()
+        return StreamOutputs(scored.alerts, scored.features if settings.publish_features else None, checkpoints)
+
+    def source_stages(self, settings: StreamSettings) -> list[tuple[str, str]]:
+        return [(CHANNELS_STAGE, str(s)) for s in range(settings.key_shards)]
 
 
 # --- fraud: the payment graph on one key -----------------------------------------------------
@@ -513,24 +610,35 @@ GraphRow = tuple[str, int, dict[str, Any]]
 ActivityCounts = dict[tuple[str, int], int]
 
 
-def _graph_batch(batch: list[Event], bucket_us: int) -> Iterator[tuple[str, tuple[list[GraphRow], ActivityCounts]]]:
-    """One source batch -> the graph rows and activity counts it adds to the payment graph."""
+GRAPH_KEY = "payments"
+
+
+def _graph_batch(
+    batch: SourceBatch, bucket_us: int, track: bool = False, received: dict[str, Ranges] | None = None
+) -> Iterator[tuple[str, ShardBatch]]:
+    """One source batch -> the graph rows and activity counts it adds to the payment graph.
+
+    Payload: ``(graph rows, activity counts)``; with ``track`` even an empty one (the range counts).
+    """
+    if received and covers(received.get(GRAPH_KEY, {}), (batch.topic, batch.partition), batch.start, batch.end):
+        return
     graph: list[GraphRow] = []
     activity: ActivityCounts = {}
-    for event_type, row, t_us in batch:
+    for event_type, row, t_us in batch.items:
         if event_type in GRAPH_TYPES:
             graph.append((event_type, t_us, row))
         else:
             key = (str(row["user_id"]), t_us // bucket_us * bucket_us)
             activity[key] = activity.get(key, 0) + 1
-    if graph or activity:
-        yield "payments", (graph, activity)
+    if graph or activity or track:
+        yield GRAPH_KEY, (batch.topic, batch.partition, batch.start, batch.end, (graph, activity))
 
 
 class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
     """One key: the payment graph of the lookback; scores touched users at each interval boundary."""
 
     ROWS = BagStateSpec("rows", PickleCoder())
+    RANGES = BagStateSpec("ranges", PickleCoder())
     DONE = ReadModifyWriteStateSpec("done_us", PickleCoder())
     SCORE = TimerSpec("score", TimeDomain.WATERMARK)
 
@@ -540,6 +648,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         self.lateness_s = settings.allowed_lateness_s
         self.store, self.name = settings.model_store, name
         self.publish_features = settings.publish_features
+        self.checkpoints = settings.checkpoints
         self._live: LiveModel | None = None
         self.late = Metrics.counter("stream", "late_events")
         self.scored = Metrics.counter("stream", f"{name}_scored")
@@ -552,20 +661,42 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
 
     def process(
         self,
-        element: tuple[str, tuple[list[GraphRow], ActivityCounts]],
+        element: tuple[str, ShardBatch | Restore],
+        ts: Any = beam.DoFn.TimestampParam,
         rows: Any = beam.DoFn.StateParam(ROWS),  # noqa: B008
+        ranges: Any = beam.DoFn.StateParam(RANGES),  # noqa: B008
+        done: Any = beam.DoFn.StateParam(DONE),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(SCORE),  # noqa: B008
     ) -> None:
-        graph, _activity = element[1]
-        rows.add(element[1])
-        for boundary in {self._boundary(t_us) for _, t_us, _ in graph}:
+        if isinstance(element[1], Restore):
+            snapshot = element[1].snapshot
+            entry, done_us = pickle.loads(snapshot.state)
+            rows.add(entry)
+            ranges.add(snapshot.received or ReceivedLog())
+            if done_us is not None:
+                done.write(done_us)
+            self._set_timers(timer, [t for _, t, _ in entry[0] if done_us is None or t >= done_us])
+            return
+        topic, partition, start, end, (graph, activity) = element[1]
+        if self.checkpoints:
+            log = ReceivedLog()
+            log.add(topic, partition, start, end, ts.micros)
+            ranges.add(log)
+        if graph or activity:
+            rows.add((graph, activity))
+        self._set_timers(timer, [t_us for _, t_us, _ in graph])
+
+    def _set_timers(self, timer: Any, times_us: Iterable[int]) -> None:
+        for boundary in {self._boundary(t_us) for t_us in times_us}:
             timer.set(Timestamp(boundary / 1e6 + self.lateness_s), dynamic_timer_tag=str(boundary))
 
     @on_timer(SCORE)
     def score(
         self,
         tag: Any = beam.DoFn.DynamicTimerTagParam,
+        fired: Any = beam.DoFn.TimestampParam,
         rows: Any = beam.DoFn.StateParam(ROWS),  # noqa: B008
+        ranges: Any = beam.DoFn.StateParam(RANGES),  # noqa: B008
         done: Any = beam.DoFn.StateParam(DONE),  # noqa: B008
     ) -> Iterator[Any]:
         assert self._live is not None
@@ -589,8 +720,20 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             yield from self._score_at(self._live.get(), _graph_frames(items, activity), boundary, touched)
         # One bag entry from now on (fewer, larger reads), without what fell out of the lookback.
         cutoff = boundary - self.lookback_us
+        entry = ([item for item in items if item[1] >= cutoff], {k: n for k, n in activity.items() if k[1] >= cutoff})
         rows.clear()
-        rows.add(([item for item in items if item[1] >= cutoff], {k: n for k, n in activity.items() if k[1] >= cutoff}))
+        rows.add(entry)
+        if self.checkpoints:
+            received = ReceivedLog()
+            for log in ranges.read():
+                received.absorb(log)
+            received.settle(fired.micros)
+            ranges.clear()
+            ranges.add(received)
+            state = pickle.dumps((entry, boundary), protocol=pickle.HIGHEST_PROTOCOL)
+            yield beam.pvalue.TaggedOutput(
+                "checkpoint", StageSnapshot(GRAPH_STAGE, GRAPH_KEY, fired.micros, state, received)
+            )
 
     def _score_at(
         self, detector: Detector, frames: dict[str, pd.DataFrame], boundary: int, touched: set[str]
@@ -609,11 +752,11 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         if self.publish_features:
             numeric = features.select_dtypes("number")
             by_user = scores.set_index("user_id")
+            version = self._live.version if self._live is not None else None
             for user, row in zip(numeric.index, numeric.to_dict("records"), strict=True):
                 score, flagged = by_user.at[user, "score"], by_user.at[user, "flagged"]
-                yield beam.pvalue.TaggedOutput(
-                    "features", feature_snapshot(detector, str(user), boundary, row, score, bool(flagged))
-                )
+                snapshot = feature_snapshot(detector, str(user), boundary, row, score, bool(flagged), version)
+                yield beam.pvalue.TaggedOutput("features", snapshot)
 
 
 def _graph_frames(items: list[GraphRow], activity: ActivityCounts) -> dict[str, pd.DataFrame]:
@@ -652,15 +795,20 @@ class FraudStream(StreamingDetector):
         # Activity counts per bucket that divides both the interval and the day, so the lookback's
         # cut and events per active day see exactly what one row per event would give.
         bucket_us = math.gcd(int(settings.fraud_interval_s), 86_400) * 1_000_000
-        scored = (
-            batches
-            | "OneGraph" >> beam.FlatMap(_graph_batch, bucket_us)
-            | "PaymentGraph"
-            >> beam.ParDo(_PaymentGraphFn(settings, self.name))
-            .with_input_types(StrKeyed)
-            .with_outputs("features", main="alerts")
+        graph = batches | "OneGraph" >> beam.FlatMap(
+            _graph_batch, bucket_us, settings.checkpoints, _received(settings, GRAPH_STAGE)
         )
-        return StreamOutputs(scored.alerts, scored.features if settings.publish_features else None)
+        scored = _with_restore(graph, settings, GRAPH_STAGE) | "PaymentGraph" >> beam.ParDo(
+            _PaymentGraphFn(settings, self.name)
+        ).with_input_types(StrKeyed).with_outputs("features", "checkpoint", main="alerts")
+        return StreamOutputs(
+            scored.alerts,
+            scored.features if settings.publish_features else None,
+            (scored.checkpoint,) if settings.checkpoints else (),
+        )
+
+    def source_stages(self, settings: StreamSettings) -> list[tuple[str, str]]:
+        return [(GRAPH_STAGE, GRAPH_KEY)]
 
 
 STREAMING_DETECTORS: dict[str, type[StreamingDetector]] = {"trolls": TrollStream, "fraud": FraudStream}

@@ -50,6 +50,9 @@ def validate_topics(
     dlq_topic: str = DLQ_TOPIC,
 ) -> ValidationReport:
     """Validate every record up to the topics' current ends; dead-letter the rejects."""
+    # Denied topics would otherwise read as empty (a consumer is told nothing) or fail at the first reject.
+    clients.require_topic_access(topics, "READ", bootstrap)
+    clients.require_topic_access([dlq_topic], "WRITE", bootstrap)
     consumer = clients.consumer(bootstrap=bootstrap, group_id=group_id, enable_auto_commit=False, max_poll_records=5000)
     dlq = clients.producer(bootstrap=bootstrap)
     report = ValidationReport()
@@ -61,7 +64,6 @@ def validate_topics(
         idle_since = datetime.now(UTC)
         while True:
             batch = consumer.poll(timeout_ms=500)
-            clients.require_topic_access(consumer)  # a denied topic would otherwise read as empty
             if ends is None and consumer.assignment():
                 ends = consumer.end_offsets(list(consumer.assignment()))
             handled = 0

@@ -97,6 +97,36 @@ def test_off_topic_against_the_window_and_abstaining_without_context() -> None:
     assert np.isnan(s["off_topic"].iloc[8])
 
 
+def test_off_topic_in_a_slow_channel_reaches_back_to_its_conversation() -> None:
+    # A message every five minutes: two minutes hold no conversation, the last messages do (up to 30 minutes).
+    rows = [(f"u{i}", "slow", "dragon boss fight", 300.0 * i) for i in range(6)]
+    rows += [
+        ("x", "slow", "buy cheap watches", 1800.0),  # the five-minute-old messages are its conversation
+        ("y", "slow", "that boss again", 1801.0),
+        ("z", "slow", "dragon boss", 1801.0 + 4000.0),  # over an hour of silence: nothing to be off
+    ]
+    s = message_signals(chat(rows))
+    assert s["off_topic"].iloc[6] == 1.0 and s["off_topic"].iloc[7] == 0.0
+    assert np.isnan(s["off_topic"].iloc[8])
+    # With the old fixed two minutes the signal abstains on every message of such a channel.
+    assert message_signals(chat(rows), max_context_s=120)["off_topic"].isna().all()
+
+
+def test_conversation_span_by_hand() -> None:
+    from detectors.chat_messages import _conversation_span
+
+    every_10s = np.arange(30) * 10.0
+    span = _conversation_span(every_10s, pd.Series(["c"] * 30), 120, 20, 1800)
+    # Before the 20th message the conversation is everything up to 30 minutes back; after, back to
+    # the 20th previous message (200 s here), never shorter than two minutes.
+    assert list(span[:20]) == [1800.0] * 20 and list(span[20:]) == [200.0] * 10
+    busy = _conversation_span(np.arange(30) * 1.0, pd.Series(["c"] * 30), 120, 20, 1800)
+    assert list(busy[20:]) == [120.0] * 10
+    # Channels do not lend each other messages.
+    mixed = _conversation_span(np.arange(4) * 10.0, pd.Series(["a", "b", "a", "b"]), 5, 1, 1800)
+    assert list(mixed) == [1800.0, 1800.0, 20.0, 20.0]
+
+
 def test_channel_rules_backseating_and_other_streamers() -> None:
     frame = chat(
         [("a", "speedrun", "you should go left here", 0), ("b", "speedrun", "come watch rival on twitch.tv/rival", 1)]
@@ -156,6 +186,14 @@ def test_one_message_user_is_scored_with_a_status_naming_one_message() -> None:
     assert scores.loc["once", "status"] == "low evidence: 1 chat message (norms are fit on users with ≥ 20)"
     assert scores.loc["once", "score"] > scores.drop(index="once")["score"].max()
     assert scores.loc["once", "reasons"][0].text.startswith("violating messages 1.0 of 1")
+
+
+def test_rate_interval_reads_below_a_thousandth_instead_of_zero_to_zero() -> None:
+    from detectors.trolls import _interval_text
+
+    assert _interval_text(1e-200, 2.5e-10) == "below 0.001"
+    assert _interval_text(0.0851, 0.858) == "0.085-0.858"
+    assert _interval_text(0.0, 0.0006) == "0.000-0.001"
 
 
 def test_user_score_rises_with_violating_messages_and_uncertainty_shrinks() -> None:
@@ -269,6 +307,28 @@ def test_user_views_recover_the_class_and_beat_each_view_alone() -> None:
     # More reporters never speak less for the troll class (the rates are monotone).
     ratios = [model.posterior(np.array([0.3]), one, np.array([k]), np.array([0.0]))[0] for k in (0.0, 1.0, 2.0, 3.0)]
     assert ratios == sorted(ratios)
+
+
+def test_user_view_content_bins_are_finest_in_the_upper_tail() -> None:
+    from detectors.chat_messages import CONTENT_QUANTILES
+
+    rng = np.random.default_rng(6)
+    users = 4000
+    troll = rng.random(users) < 0.03
+    content = np.where(troll, rng.uniform(0.98, 1.0, users), rng.uniform(0.0, 1.0, users))
+    messages = np.ones(users)
+    reporters = rng.poisson(np.where(troll, 1.2, 0.04)).astype(float)
+    sanctions = rng.poisson(np.where(troll, 0.3, 0.02)).astype(float)
+    model = fit_user_views(content, messages, reporters, sanctions)
+    assert model is not None
+    assert list(CONTENT_QUANTILES) == [0.5, 0.75, 0.875, 0.9375, 0.96875, 0.984375, 0.9921875]
+    assert model.content_edges[0] == pytest.approx(tuple(np.quantile(content, CONTENT_QUANTILES)))
+    # One report each: a message in the top 1 % reads as a troll's, one at the 90th percentile does
+    # not (equal-mass bins put both in the top eighth and scored them alike).
+    one, report, none = np.array([1.0]), np.array([1.0]), np.array([0.0])
+    top = model.posterior(np.array([0.995]), one, report, none)[0]
+    high = model.posterior(np.array([0.90]), one, report, none)[0]
+    assert top > 0.5 > high
 
 
 def test_user_views_are_not_learnt_without_moderation_or_users() -> None:

@@ -565,3 +565,33 @@ def test_purchase_choice_keeps_the_blend_within_noise_and_a_clear_winner_beyond(
     clear = {"gbm": 0.80, "bgnbd": 0.85 + 2 * error, "blend": 0.85}
     assert _purchase_choice(clear, y) == "bgnbd"
     assert _purchase_choice({"gbm": 0.8}, y) == "gbm"
+
+
+def test_bgnbd_alone_reports_its_auc_and_pr_auc_against_who_went_away() -> None:
+    from argus.evals.churn import _bgnbd_alone
+    from detectors.churn import ACTIVITY_CHANNELS
+
+    as_of = pd.Timestamp("2026-10-30", tz="UTC")
+    rng = np.random.default_rng(1)
+    rows, away = [], []
+    for u in range(300):
+        regular = u % 3 != 0  # a third of the customers stop coming after their first week
+        last = 29 if regular else 7
+        for day in sorted({int(d) for d in rng.integers(0, last + 1, 8)} | {last}):
+            rows.append((f"u{u:03d}", as_of - pd.Timedelta(days=29 - day)))
+        away.append(not regular)
+    daily = pd.DataFrame(
+        {c: 1.0 for c in ACTIVITY_CHANNELS},
+        index=pd.MultiIndex.from_tuples(rows, names=["user_id", "day"]),
+    )
+    users = pd.Index([f"u{u:03d}" for u in range(300)])
+    truth = np.asarray(away)
+    result = _bgnbd_alone(daily, users, as_of, 14, truth, np.ones(300, dtype=bool))
+    assert set(result) == {"bgnbd_auc", "bgnbd_pr_auc"}
+    # Three weeks of silence after eight visits in a week: BG/NBD gives them up, the regulars not.
+    assert result["bgnbd_auc"] is not None and result["bgnbd_auc"] > 0.95
+    assert result["bgnbd_pr_auc"] is not None and result["bgnbd_pr_auc"] > 0.9
+    assert _bgnbd_alone(daily.iloc[:0], users, as_of, 14, truth, np.ones(300, dtype=bool)) == {
+        "bgnbd_auc": None,
+        "bgnbd_pr_auc": None,
+    }

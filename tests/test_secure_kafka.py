@@ -2,32 +2,41 @@
 
 One broker for the module, started like ``argus kafka up --secure`` does. Commands run as the
 ``argus`` console script in a subprocess with the client settings the broker wrote, so that what a
-user sees (one line, exit code 2) and what lands in logs is what is checked. Every output is kept
-for the last test, which looks for the passwords and private keys in all of it.
+user sees (one line, exit code 2) and what lands in logs is what is checked. One world travels every
+path as ``pipeline``: generate -> validate (dead letters) -> Spark ingest -> detect --alerts -> the
+streaming pipeline (Beam on Prism, logging at debug level) -> alerts read as ``alerts-reader``.
+Every output and log (Spark's, Beam's, Prism's, the broker's) is kept for the last test, which looks
+for the passwords and private keys in all of it; the process list is watched while Spark and Prism run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from infra.broker import LocalBroker, free_port
 from infra.clients import ConfigError, java_client_properties, kafka_settings, spark_kafka_options
 from infra.security import ADMIN, ALERTS_READER, PIPELINE, PRINCIPALS
-from infra.topics import DLQ_TOPIC, ensure_topics
+from infra.topics import ALERT_KINDS, DLQ_TOPIC, ensure_topics
 
 pytestmark = pytest.mark.kafka
 
 ARGUS = str(Path(sys.executable).parent / "argus")
-OUTPUTS: list[str] = []  # every stdout/stderr of the module's commands, for the leak check
+OUTPUTS: list[str] = []  # every stdout/stderr of the module's commands and every log they wrote, for the leak check
 BAD_RECORDS = 5
+# One world for every path: produced to events.* as pipeline, and written to a folder for the batch detectors.
+WORLD_ARGS = ["--users", "300", "--days", "3", "--profile", "dense", "--events-per-user-day", "20", "--seed", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +53,7 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("secure-world")
-    args = ["--users", "300", "--days", "3", "--profile", "dense", "--events-per-user-day", "20", "--seed", "5"]
-    result = subprocess.run([ARGUS, "generate", *args, "--out", str(out)], capture_output=True, text=True)
+    result = subprocess.run([ARGUS, "generate", *WORLD_ARGS, "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     return out
 
@@ -82,11 +90,52 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
     return errors[0]
 
 
-def _fast_fail_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An argus.toml whose kafka-python clients give up bootstrapping after 5s instead of 30s."""
-    config = tmp_path / "argus.toml"
-    config.write_text("[kafka]\nbootstrap_timeout_ms = 5000\n")
-    monkeypatch.setenv("ARGUS_CONFIG", str(config))
+@dataclass
+class ProcessListWatch:
+    """What a watch of the process list saw: how many command lines, those of interest, any with a secret."""
+
+    looked_at: int = 0
+    matching: list[str] = field(default_factory=list)
+    leaks: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def _watching_process_list(secrets: list[str], interest: str) -> Iterator[ProcessListWatch]:
+    """Read every process's command line (what ``ps`` shows anyone) five times a second while the block runs."""
+    watch, stop = ProcessListWatch(), threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            for proc in Path("/proc").iterdir():
+                try:
+                    cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:  # gone, or not a process
+                    continue
+                watch.looked_at += 1
+                if interest in cmdline and cmdline not in watch.matching:
+                    watch.matching.append(cmdline)
+                if any(secret in cmdline for secret in secrets):
+                    watch.leaks.append(cmdline[:300])
+            stop.wait(0.2)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield watch
+    finally:
+        stop.set()
+        sampler.join()
+
+
+def _passwords(broker: LocalBroker) -> list[str]:
+    return [broker.material.password(p) for p in PRINCIPALS]
+
+
+def _collect_logs(*folders: Path) -> int:
+    """Add every log file under ``folders`` to the leak check's haystack; return how many."""
+    logs = [p for folder in folders for p in folder.rglob("*") if p.is_file() and ".log" in p.name]
+    OUTPUTS.extend(p.read_text(errors="replace") for p in logs)
+    return len(logs)
 
 
 # --- the material --------------------------------------------------------------------------------
@@ -169,6 +218,68 @@ def test_password_file_precedence_and_translations(
         kafka_settings()
 
 
+def _pickled(obj: object) -> tuple[bytes, object]:
+    """``obj`` pickled the way Beam ships a DoFn to its workers: (the raw pickle, the copy a worker gets)."""
+    import base64
+    import bz2
+    import zlib
+
+    from apache_beam.internal import pickler
+
+    packed = base64.b64decode(pickler.dumps(obj))
+    try:
+        raw = bz2.decompress(packed)
+    except OSError:
+        raw = zlib.decompress(packed)
+    return raw, pickler.loads(pickler.dumps(obj))
+
+
+def test_beam_kafka_io_carries_the_settings_and_only_a_reference_to_the_password(
+    broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.kafka_io import ReadKafka, WriteKafka
+
+    password = broker.material.password(PIPELINE)
+    for name, value in _client_env(broker, PIPELINE).items():
+        if name.startswith("KAFKA_"):
+            monkeypatch.setenv(name, value)
+    for fn in (ReadKafka(["events.chat"]).fn, WriteKafka().fn):
+        raw, shipped = _pickled(fn)
+        assert password.encode() not in raw and str(broker.material.password_file(PIPELINE)).encode() in raw
+        assert password not in repr(shipped.client)  # type: ignore[attr-defined]
+        # A worker with none of the launcher's variables connects as pipeline: the file is all it needs.
+        with monkeypatch.context() as worker:
+            for name in [n for n in os.environ if n.startswith("KAFKA_")]:
+                worker.delenv(name)
+            worker.setenv("ARGUS_CONFIG", str(tmp_path / "absent.toml"))
+            resolved = shipped.client.resolve()  # type: ignore[attr-defined]
+        assert resolved["sasl_plain_password"] == password and resolved["sasl_plain_username"] == PIPELINE
+        assert resolved["bootstrap_servers"] == broker.bootstrap and resolved["security_protocol"] == "SASL_SSL"
+    # A password given in the environment travels as the variable's name; a worker without it says so.
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD_FILE")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", password)
+    raw, shipped = _pickled(WriteKafka().fn)
+    assert password.encode() not in raw
+    monkeypatch.delenv("KAFKA_SASL_PASSWORD")
+    with pytest.raises(ConfigError, match="KAFKA_SASL_PASSWORD is not set in this process"):
+        shipped.client.resolve()  # type: ignore[attr-defined]
+
+
+def test_client_debug_logs_print_the_settings_without_the_password(
+    broker: LocalBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from infra.clients import admin
+
+    for name, value in _client_env(broker, PIPELINE).items():
+        if name.startswith("KAFKA_"):
+            monkeypatch.setenv(name, value)
+    with caplog.at_level("DEBUG", logger="kafka"):
+        admin().close()
+    assert "Starting KafkaAdminClient with configuration" in caplog.text  # kafka-python prints every setting...
+    assert "'sasl_plain_password': '***'" in caplog.text  # ...but the password is blanked out
+    assert broker.material.password(PIPELINE) not in caplog.text
+
+
 def test_a_password_readable_by_others_draws_a_warning(
     broker: LocalBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -188,9 +299,7 @@ def test_a_password_readable_by_others_draws_a_warning(
 
 def test_generate_produces_and_validate_dead_letters_as_pipeline(broker: LocalBroker) -> None:
     env = _client_env(broker, PIPELINE)
-    produced = _last_json(
-        _argus(env, "generate", "--kafka", "--users", "60", "--days", "1", "--bad-records", str(BAD_RECORDS))
-    )
+    produced = _last_json(_argus(env, "generate", "--kafka", *WORLD_ARGS, "--bad-records", str(BAD_RECORDS)))
     report = _last_json(_argus(env, "validate", "--json", "--idle-timeout", "5"))
     assert report["dead_lettered"] == BAD_RECORDS
     assert report["valid_total"] == int(produced["produced"]) - BAD_RECORDS  # type: ignore[call-overload]
@@ -215,22 +324,24 @@ def test_generate_produces_and_validate_dead_letters_as_pipeline(broker: LocalBr
 
 
 def test_spark_submit_arguments_carry_no_secret(broker: LocalBroker, tmp_path: Path) -> None:
-    command = _argus(_client_env(broker, PIPELINE), "batch", "ingest", "--lake", str(tmp_path), "--print-command")
+    env = _client_env(broker, PIPELINE)
+    command = _argus(env, "batch", "ingest", "--lake", str(tmp_path), "--print-command")
     assert command.returncode == 0 and f"--bootstrap {broker.bootstrap}" in command.stdout
-    assert broker.material.password(PIPELINE) not in command.stdout  # secrets reach spark-submit by environment
+    assert not any(password in command.stdout for password in _passwords(broker))
+    # The job gets the password where kafka_settings reads it: the password file named in its environment.
+    assert env["KAFKA_SASL_PASSWORD_FILE"] == str(broker.material.password_file(PIPELINE))
+    assert "KAFKA_SASL_PASSWORD" not in env
 
 
-@pytest.mark.skipif(
-    not os.environ.get("ARGUS_SLOW_TESTS"),
-    reason="a spark-submit run (1-2 minutes on 2 cores); set ARGUS_SLOW_TESTS=1 to run it",
-)
 def test_spark_ingest_reads_through_the_connector_over_sasl_ssl(broker: LocalBroker, tmp_path: Path) -> None:
     env = _client_env(broker, PIPELINE)
     lake = tmp_path / "lake"
-    result = _last_json(_argus(env, "batch", "ingest", "--lake", str(lake), timeout=400))
+    with _watching_process_list(_passwords(broker), "org.apache.spark.deploy.SparkSubmit") as watch:
+        result = _last_json(_argus(env, "batch", "ingest", "--lake", str(lake), timeout=600))
     assert result["valid"] > 0 and result["rejected"] == BAD_RECORDS  # type: ignore[operator]
-    for log in lake.rglob("*.log"):
-        OUTPUTS.append(log.read_text(errors="replace"))
+    assert watch.matching, "the Spark JVM was never seen in the process list"
+    assert watch.leaks == []
+    assert _collect_logs(lake, Path(env["ARGUS_HOME"])) >= 1  # at least Spark's own log, LAKE/_logs/ingest.log
 
 
 def test_detect_alerts_are_published_and_alert_readers_read_them(
@@ -256,7 +367,133 @@ def test_detect_alerts_are_published_and_alert_readers_read_them(
     assert len(alerts) == published["alerts.fraud"] and {a["kind"] for a in alerts} == {"fraud"}
 
 
+def _read_to_end(broker: LocalBroker, principal: str, topics: list[str]) -> list[Any]:
+    """Every record on ``topics`` up to their current ends, read as ``principal`` with its client file's settings."""
+    from kafka import TopicPartition
+
+    from infra.clients import consumer
+
+    settings = broker.material.client_settings(principal, broker.bootstrap)
+    reader = consumer(
+        bootstrap=broker.bootstrap,
+        security_protocol="SASL_SSL",
+        sasl_mechanism=settings["sasl_mechanism"],
+        sasl_plain_username=principal,
+        sasl_plain_password=broker.material.password(principal),
+        ssl_cafile=settings["ssl_cafile"],
+    )
+    records: list[Any] = []
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or [])]
+        reader.assign(partitions)
+        reader.seek_to_beginning(*partitions)
+        ends = reader.end_offsets(partitions)
+        while any(reader.position(tp) < ends[tp] for tp in partitions):
+            for batch in reader.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        reader.close()
+    return records
+
+
+def _latest_by_key(broker: LocalBroker, topic: str, principal: str) -> dict[str, bytes | None]:
+    """The newest value of every key on ``topic`` (None: a tombstone), read as ``principal``."""
+    return {record.key.decode(): record.value for record in _read_to_end(broker, principal, [topic])}
+
+
+def test_forget_as_admin_tombstones_the_users_alerts_and_a_rerun_is_a_no_op(
+    broker: LocalBroker, tmp_path: Path
+) -> None:
+    """Runs after detect --alerts: erasing one flagged user leaves a tombstone for each of their alerts."""
+    before = _latest_by_key(broker, "alerts.fraud", ALERTS_READER)
+    alerts = {key: json.loads(value) for key, value in before.items() if value is not None}
+    user = sorted(alert["user_id"] for alert in alerts.values())[0]
+    theirs = {key for key, alert in alerts.items() if alert["user_id"] == user}
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    forget = ["forget", "--user", user, "--reason", "erasure request 16", "--lake", str(lake)]
+    first = _last_json(_argus(_client_env(broker, ADMIN), *forget))
+    assert first["alerts_tombstoned"] == len(theirs) >= 1
+    after = _latest_by_key(broker, "alerts.fraud", ALERTS_READER)
+    assert {key for key, value in after.items() if value is None} >= theirs
+    assert {key for key, value in after.items() if value is not None} == set(alerts) - theirs
+    # Until the log cleaner runs, the erased alerts are still on the topic, before their tombstones: not shown.
+    tail = _argus(_client_env(broker, ALERTS_READER), "alerts", "tail", "--json", "--kind", "fraud")
+    assert tail.returncode == 0, tail.stderr
+    assert {json.loads(line)["alert_id"] for line in tail.stdout.splitlines() if line.strip()} == set(alerts) - theirs
+    assert _last_json(_argus(_client_env(broker, ADMIN), *forget))["alerts_tombstoned"] == 0
+    audit = (lake / "_audit" / "forget.jsonl").read_text()
+    assert user not in audit and "erasure request 16" in audit  # the subject as a keyed digest only
+
+
+@pytest.fixture(scope="module")
+def fraud_model(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A fraud model fitted on the world and published; the users it flags on all of the world's events."""
+    from detectors.events import load_events
+    from detectors.fraud import FraudDetector
+    from detectors.store import ModelStore
+
+    events = load_events(world)
+    detector = FraudDetector()
+    features = detector.features(events)
+    detector.fit(features)
+    store = ModelStore(tmp_path_factory.mktemp("secure-models"))
+    store.publish(detector)
+    scores = detector.score(features)
+    return {"store": store.root, "flagged": set(scores.loc[scores["flagged"], "user_id"]), "events": events.count}
+
+
+STREAM_ALERTS = "alerts.stream"  # under alerts.*: the pipeline may write it, alert readers may read it
+
+
+def test_streaming_pipeline_runs_as_pipeline_and_alert_readers_read_its_alerts(
+    broker: LocalBroker, fraud_model: dict[str, object]
+) -> None:
+    """events.* -> `argus stream run` (Beam on Prism) as pipeline -> alerts.stream.* -> read as alerts-reader.
+
+    Beam and Prism log at debug level into the command's output, which the last test searches for secrets;
+    the process list is watched while the pipeline runs.
+    """
+    from kafka.admin import NewTopic
+
+    from infra.clients import admin
+
+    client = admin(settings=broker.admin_settings())
+    try:
+        client.create_topics([NewTopic(f"{STREAM_ALERTS}.{kind}", 1, 1) for kind in ALERT_KINDS])
+    finally:
+        client.close()
+    debug_logging = "import logging, sys; logging.basicConfig(level=logging.DEBUG); from argus.cli import main; main()"
+    command = [sys.executable, "-c", debug_logging, "stream", "run", "--bounded", "--detectors", "fraud"]
+    command += ["--model-store", str(fraud_model["store"]), "--alerts-prefix", STREAM_ALERTS]
+    command += ["--", "--prism_log_level=debug"]
+    with _watching_process_list(_passwords(broker), "prism") as watch:
+        run = subprocess.run(command, env=_client_env(broker, PIPELINE), capture_output=True, text=True, timeout=600)
+    OUTPUTS.extend([run.stdout, run.stderr])
+    counters = _last_json(run)
+    assert str(counters["state"]).endswith("DONE")
+    assert counters["events"] == fraud_model["events"] and counters["dead_letters"] == BAD_RECORDS
+    assert any("--job_port" in cmdline for cmdline in watch.matching), "the Prism runner was never seen"
+    assert watch.leaks == []
+    assert "prism" in run.stderr.lower()  # Prism's own log lines reached the output that is searched
+    # The alert reader reads what the pipeline published.
+    records = _read_to_end(broker, ALERTS_READER, [f"{STREAM_ALERTS}.{kind}" for kind in ALERT_KINDS])
+    alerts = [json.loads(record.value) for record in records]
+    assert len(alerts) == counters["alerts"] and len({a["alert_id"] for a in alerts}) == len(alerts)
+    flagged = fraud_model["flagged"]
+    assert isinstance(flagged, set) and flagged  # the world has fraud the batch model flags...
+    assert flagged <= {a["user_id"] for a in alerts if a["kind"] == "fraud"}  # ...and the stream alerts on it
+
+
 # --- refusals -------------------------------------------------------------------------------------
+
+
+def test_streaming_pipeline_as_alerts_reader_is_refused_before_it_starts(
+    broker: LocalBroker, fraud_model: dict[str, object]
+) -> None:
+    args = ["stream", "run", "--bounded", "--detectors", "fraud", "--model-store", str(fraud_model["store"])]
+    line = _one_line_error(_argus(_client_env(broker, ALERTS_READER), *args))
+    assert "denied principal 'alerts-reader'" in line and "events.payment" in line
 
 
 def test_alerts_reader_is_refused_the_event_topics(broker: LocalBroker) -> None:
@@ -271,20 +508,22 @@ def test_alerts_reader_cannot_write_events(broker: LocalBroker) -> None:
     assert "denied principal 'alerts-reader'" in line and "writing to events." in line
 
 
-def test_plaintext_client_is_refused_with_one_line(
-    broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _fast_fail_config(tmp_path, monkeypatch)
+def test_plaintext_client_is_refused_with_one_line(broker: LocalBroker) -> None:
+    # No bootstrap_timeout_ms configured: the clients' factories notice the refusal within seconds on their own.
     for args in (["validate", "--json"], ["generate", "--kafka", "--users", "50", "--days", "1"]):
         line = _one_line_error(_argus(_client_env(broker, None), *args))
         assert f"the Kafka broker at {broker.bootstrap} requires TLS and authentication" in line
         assert "connects with PLAINTEXT" in line
 
 
-def test_wrong_password_is_refused_without_repeating_it(
-    broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _fast_fail_config(tmp_path, monkeypatch)
+def test_tls_client_without_a_login_is_refused_with_one_line(broker: LocalBroker) -> None:
+    env = {k: v for k, v in _client_env(broker, PIPELINE).items() if not k.startswith("KAFKA_SASL_")}
+    line = _one_line_error(_argus({**env, "KAFKA_SECURITY_PROTOCOL": "SSL"}, "validate", "--json"))
+    assert f"the Kafka broker at {broker.bootstrap} requires authentication" in line
+    assert "connects with SSL and no login" in line
+
+
+def test_wrong_password_is_refused_without_repeating_it(broker: LocalBroker, tmp_path: Path) -> None:
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-the-password-Zq81\n")
     wrong.chmod(0o600)
@@ -295,8 +534,7 @@ def test_wrong_password_is_refused_without_repeating_it(
     assert "not-the-password-Zq81" not in result.stdout + result.stderr
 
 
-def test_untrusted_certificate_is_named(broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _fast_fail_config(tmp_path, monkeypatch)
+def test_untrusted_certificate_is_named(broker: LocalBroker, tmp_path: Path) -> None:
     env = {**_client_env(broker, PIPELINE), "KAFKA_SSL_CAFILE": str(_other_ca(tmp_path))}
     line = _one_line_error(_argus(env, "validate", "--json"))
     assert "certificate" in line and "not trusted" in line and "KAFKA_SSL_CAFILE" in line
@@ -322,11 +560,25 @@ def test_no_password_or_private_key_in_any_log_output_or_help(broker: LocalBroke
         pem = path.read_text().split("-----END PRIVATE KEY-----")[0]
         body = [line for line in pem.splitlines() if line and not line.startswith("-----")]
         secrets.update({f"{name} line {i}": line for i, line in enumerate(body)})
-    help_texts = [_argus(dict(os.environ), *cmd, "--help").stdout for cmd in (["kafka", "up"], ["batch", "ingest"])]
+    help_texts = [
+        _argus(dict(os.environ), *cmd, "--help").stdout
+        for cmd in (["kafka", "up"], ["batch", "ingest"], ["stream", "run"])
+    ]
     logs = [p.read_text(errors="replace") for p in broker.home.rglob("*.log")] + [
         p.read_text(errors="replace") for p in (broker.home / "logs").rglob("*") if p.is_file()
     ]
     assert logs and len(OUTPUTS) > 10  # the module's commands ran before this test
     haystacks = {"broker logs": "\n".join(logs), "command output": "\n".join(OUTPUTS), "help": "\n".join(help_texts)}
-    leaks = [(what, where) for what, secret in secrets.items() for where, text in haystacks.items() if secret in text]
+    leaks = [
+        (what, where, _context(text, secret))
+        for what, secret in secrets.items()
+        for where, text in haystacks.items()
+        if secret in text
+    ]
     assert leaks == []
+
+
+def _context(text: str, secret: str, width: int = 160) -> str:
+    """Where ``secret`` first appears in ``text``, with the secret itself blanked out."""
+    at = text.index(secret)
+    return text[max(0, at - width) : at + len(secret) + width].replace(secret, "<SECRET>")

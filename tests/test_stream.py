@@ -244,6 +244,45 @@ def test_streamed_features_and_scores_equal_the_nightly_ones(
     assert ((nightly_scores - last["score"]).abs().fillna(0) <= 1e-6).all()
 
 
+def test_a_model_published_while_running_scores_the_next_batch(
+    published: dict,  # type: ignore[type-arg]
+    world_and_events: tuple[World, Events],
+    tmp_path: Path,
+) -> None:
+    """The scoring stage asks the store for its current version per batch: a new one is used without a restart."""
+    from apache_beam.pvalue import TaggedOutput
+
+    from pipelines.stream_detectors import _ScoreChatFn
+
+    _, events = world_and_events
+    first = ModelStore(published["store"]).load("trolls")
+    store = ModelStore(tmp_path / "models")
+    store.publish(first)
+    chat = events["chat"].sort_values("ts").head(800)
+    messages = [
+        (r.event_id, r.user_id, epoch_us(r.ts.to_pydatetime()), r.text, r.channel_mode, r.context)
+        for r in chat.itertuples(index=False)
+    ]
+    batch = []
+    for user, part in window_sums(messages, 600):
+        state = apply_window_sums(UserChatState(), [part])
+        batch.append((user, dict(state.sums), set(state.texts), list(state.recent), max(t for t, _ in part.times)))
+    scorer = _ScoreChatFn(store.root, "trolls", publish_features=True)
+    scorer.setup()
+
+    def versions() -> set[str]:
+        outputs = list(scorer.process(batch))
+        return {json.loads(o.value[1])["model_version"] for o in outputs if isinstance(o, TaggedOutput)}
+
+    assert versions() == {first.model_version}
+    second = TrollDetector(**{**first.params, "cap": 3.0}).fit(chat_context_features(events["chat"]))
+    assert second.model_version != first.model_version
+    store.publish(second)
+    assert versions() == {second.model_version}
+    store.publish(first)  # a rollback is picked up the same way
+    assert versions() == {first.model_version}
+
+
 def test_bad_records_go_to_the_dead_letter_topic_while_good_ones_flow(first_run: dict, stream_topics: dict) -> None:  # type: ignore[type-arg]
     letters = first_run["letters"]
     expected = sorted(code for *_, code in stream_topics["bad"])
@@ -269,54 +308,108 @@ def test_the_same_input_gives_the_same_alert_ids(
     assert sorted(ids) == sorted(first_run["ids"])
 
 
-def test_killed_mid_stream_and_restarted_loses_nothing_and_repeats_no_alert(
+def _log_ends(bootstrap: str, topics: list[str]) -> dict[str, dict[int, tuple[int, int]]]:
+    """(first, next) offset of every partition of ``topics``."""
+    from confluent_kafka import Consumer
+
+    from pipelines.kafka_io import _watermark_offsets
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-stream-ends"})
+    try:
+        meta = consumer.list_topics(timeout=30)
+        return {t: {p: _watermark_offsets(consumer, t, p) for p in meta.topics[t].partitions} for t in topics}
+    finally:
+        consumer.close()
+
+
+def test_killed_mid_stream_and_restarted_resumes_from_its_checkpoint(
     first_run: dict,
     kafka_bootstrap: str,
     stream_topics: dict,
     published: dict,
+    world_and_events: tuple[World, Events],
     tmp_path: Path,  # type: ignore[type-arg]
 ) -> None:
+    """kill -9 after a checkpoint: the restart reads only from the committed offsets, its state restored,
+    and ends with the uninterrupted run's alert ids (none twice), dead letters and per-user features."""
+    from pipelines.checkpoint import committed_offsets
+
     _prism()
+    _, events = world_and_events
     out = f"{stream_topics['prefix']}-k"
     _output_topics(kafka_bootstrap, out)
+    topics = stream_topics["topics"]
     cmd = [
-        sys.executable,
-        "-m",
-        "argus.cli",
-        "stream",
-        "run",
-        "--bounded",
-        "--model-store",
-        str(published["store"]),
-        "--topics",
-        ",".join(stream_topics["topics"]),
-        "--bootstrap",
-        kafka_bootstrap,
-        "--alerts-prefix",
-        f"{out}.alerts",
-        "--dlq-topic",
-        f"{out}.dlq",
-    ]
+        sys.executable, "-m", "argus.cli", "stream", "run", "--bounded", "--model-store", str(published["store"]),
+        "--topics", ",".join(topics), "--bootstrap", kafka_bootstrap, "--alerts-prefix", f"{out}.alerts",
+        "--dlq-topic", f"{out}.dlq", "--features-prefix", f"{out}.features",
+        "--checkpoint-dir", str(tmp_path / "checkpoints"), "--group", out,
+        "--checkpoint-interval", "0.5", "--max-batch", "300",  # small batches, frequent checkpoints: a mid-run cut
+    ]  # fmt: skip
+    ends = _log_ends(kafka_bootstrap, topics)
+    total = sum(high - low for parts in ends.values() for low, high in parts.values())
+
+    def consumed(offsets: dict[str, dict[int, int]]) -> int:
+        return sum(offsets.get(t, {}).get(p, low) - low for t, parts in ends.items() for p, (low, _) in parts.items())
+
     log = (tmp_path / "first.log").open("wb")
     victim = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and victim.poll() is None:  # kill once some output is out
-        ids, letters = _outputs(kafka_bootstrap, out)
-        if ids or letters:
+    while time.monotonic() < deadline and victim.poll() is None:  # kill once offsets are committed
+        if consumed(committed_offsets(kafka_bootstrap, out, topics)) > 0:
             break
-        time.sleep(0.5)
-    assert victim.poll() is None, "the first run ended before it could be killed"
+        time.sleep(0.3)
+    assert victim.poll() is None, (
+        "the first run ended before it could be killed: " + (tmp_path / "first.log").read_text()[-2000:]
+    )
     os.killpg(victim.pid, signal.SIGKILL)  # the pipeline and its Prism runner
     victim.wait()
-    partial_ids, _ = _outputs(kafka_bootstrap, out)
-    assert len(partial_ids) < len(first_run["ids"])
+    committed = committed_offsets(kafka_bootstrap, out, topics)
+    assert 0 < consumed(committed) < total  # killed mid-stream, after a checkpoint
+    assert list((tmp_path / "checkpoints").glob("checkpoint-*.pkl"))
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    counters = json.loads(again.stdout.strip().splitlines()[-1])
+    # Resumed at the committed offsets: it read exactly what lay after them, not the whole log again.
+    assert counters["records_read"] == total - consumed(committed)
     ids, letters = _outputs(kafka_bootstrap, out)
-    assert sorted(ids) == sorted(first_run["ids"])  # every alert, none twice
+    assert len(ids) == len(set(ids))  # none twice on the alert topics
+    assert sorted(ids) == sorted(first_run["ids"])  # every alert of the uninterrupted run
     assert sorted(letter["source_offset"] for letter in letters) == sorted(
         letter["source_offset"] for letter in first_run["letters"]
     )
+    # Per-user state survived: the running sums (restored, then continued) end at the nightly features.
+    streamed = _last_per_user(_snapshots(kafka_bootstrap, f"{out}.features.trolls"))
+    nightly = chat_context_features(events["chat"])
+    assert list(streamed.index) == list(nightly.index)
+    pd.testing.assert_frame_equal(streamed[list(nightly.columns)], nightly, check_exact=False, rtol=1e-9, atol=1e-12)
+
+
+def test_checkpoint_ranges_and_batch_cuts() -> None:
+    """The bookkeeping a restore relies on: merged ranges, the committed prefix, batches cut at range edges."""
+    from pipelines.checkpoint import ReceivedLog, add_range, covers, prefix_end
+    from pipelines.kafka_io import KafkaRecord, _cut
+
+    ranges: dict = {}  # type: ignore[type-arg]
+    key = ("t", 0)
+    for start, end in [(0, 10), (20, 30), (10, 15)]:
+        add_range(ranges, key, start, end)
+    assert ranges[key] == [(0, 15), (20, 30)]
+    assert prefix_end(ranges, key, 0) == 15 and prefix_end(ranges, key, 15) == 15 and prefix_end(ranges, key, 17) == 17
+    assert covers(ranges, key, 3, 15) and not covers(ranges, key, 12, 22) and not covers(ranges, ("t", 1), 0, 1)
+    # Only batches timestamped before the cut's event time count for the committed prefix.
+    log = ReceivedLog()
+    log.add("t", 0, 0, 10, t_us=100)
+    log.add("t", 0, 10, 20, t_us=300)
+    log.settle(before_us=200)
+    assert log.settled == {key: [(0, 10)]} and len(log.recent) == 1
+    assert prefix_end(log.ranges(before_us=200), key, 0) == 10
+    assert prefix_end(log.ranges(), key, 0) == 20
+    # A replay's batches never straddle a recorded edge; a piece cut at c ends at c even over a gap.
+    records = [KafkaRecord("t", 0, o, None, b"", 0) for o in [*range(10, 20), 25, 26]]
+    pieces = [([r.offset for r in piece], end) for piece, end in _cut(records, [12, 15, 22])]
+    assert pieces == [([10, 11], 12), ([12, 13, 14], 15), ([15, 16, 17, 18, 19], 22), ([25, 26], 27)]
+    assert [end for _, end in _cut(records, [5, 40])] == [27]
 
 
 def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
@@ -330,6 +423,8 @@ def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
         StreamConfig(model_store=tmp_path, runner="spark").check()
     with pytest.raises(StreamError, match="--key-shards must be at least 1"):
         StreamConfig(model_store=tmp_path, key_shards=0).check()
+    with pytest.raises(StreamError, match="drop --checkpoint-dir"):
+        StreamConfig(model_store=tmp_path, runner="flink", checkpoint_dir=tmp_path).check()
     # One Python process on Prism: one shard; a cluster spreads 4 per worker.
     assert StreamConfig(model_store=tmp_path).shards() == 1
     assert StreamConfig(model_store=tmp_path, runner="flink", parallelism=3).shards() == 12

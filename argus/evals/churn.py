@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_config, eval_world, quality
 from argus.progress import step
@@ -181,7 +181,7 @@ def run(world: Path | None = None, horizon_days: int = 14, profile: str = "reali
         # The classic baseline: days since the last activity alone (the R of RFM).
         "recency_auc": _auc(away[of_kind], days_since[of_kind]),
         "recency_auc_evidenced": _auc(away[evidenced], days_since[evidenced]),
-        "bgnbd_auc": _bgnbd_auc(daily, feats.index, days[cutoff], horizon_days, away, of_kind),
+        **_bgnbd_alone(daily, feats.index, days[cutoff], horizon_days, away, of_kind),
         "mode": detector.metrics.get("mode"),
         "mode_why": detector.metrics.get("mode_why"),
         "auc_by_lookback": by_lookback,
@@ -292,10 +292,11 @@ def purchase_eval(
     return out
 
 
-def _bgnbd_auc(
+def _bgnbd_alone(
     daily: pd.DataFrame, users: pd.Index, as_of: pd.Timestamp, horizon: int, away: np.ndarray, of_kind: np.ndarray
-) -> float | None:
-    """BG/NBD alone on days with activity up to ``as_of``: P(no activity in the horizon), as an AUC."""
+) -> dict[str, float | None]:
+    """BG/NBD alone on days with activity up to ``as_of``: P(no activity in the horizon), as
+    ``bgnbd_auc`` and ``bgnbd_pr_auc`` (the baseline the detector's own AUC and PR-AUC must beat)."""
     rows = daily[(daily.index.get_level_values("day") <= as_of) & (daily[list(ACTIVITY_CHANNELS)].sum(axis=1) > 0)]
     day = rows.index.get_level_values("day")
     frame = pd.DataFrame({"user": rows.index.get_level_values("user_id"), "day": (day - as_of).days})
@@ -307,9 +308,11 @@ def _bgnbd_auc(
     try:
         params, _ = fit_bgnbd(x[has], t_x[has], age[has])
     except ValueError:
-        return None
+        return {"bgnbd_auc": None, "bgnbd_pr_auc": None}
     score = np.where(has, p_no_purchase(params, horizon, x, t_x, age), 1.0)
-    return _auc(away[of_kind], score[of_kind])
+    truth, values = away[of_kind], score[of_kind]
+    pr_auc = None if truth.all() or not truth.any() else round(float(average_precision_score(truth, values)), 4)
+    return {"bgnbd_auc": _auc(truth, values), "bgnbd_pr_auc": pr_auc}
 
 
 def _truth_labels(ev: EvalWorld, users: pd.Index, horizon_end: pd.Timestamp) -> np.ndarray | None:

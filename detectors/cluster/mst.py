@@ -1,6 +1,7 @@
 """Minimum spanning tree of the mutual-reachability graph restricted to k-nearest-neighbour edges.
 
-The kNN graph can fall apart into components (isolated groups, duplicates, far outliers). They are
+The graph's own edges go through Kruskal's algorithm (``detectors.cluster.forest``). The kNN
+graph can fall apart into components (isolated groups, duplicates, far outliers). They are
 joined Borůvka-style: each round, every component gets its cheapest edge to another component,
 found by searching a sample of its points against the whole index (and, where that finds nothing
 outside the component, exhaustively). No point is ever dropped.
@@ -11,10 +12,9 @@ from __future__ import annotations
 import numpy as np
 from hdbscan._hdbscan_linkage import label, mst_linkage_core
 from hdbscan._hdbscan_reachability import mutual_reachability
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from sklearn.metrics import pairwise_distances
 
+from detectors.cluster.forest import SpanningForest
 from detectors.cluster.knn import KnnIndex, exact_distances
 
 try:  # scikit-learn's compiled union-find (private module, hence the fallback)
@@ -22,9 +22,6 @@ try:  # scikit-learn's compiled union-find (private module, hence the fallback)
 except ImportError:
     make_single_linkage = None
 
-# scipy's sparse graphs treat an explicit 0 as "no edge"; zero weights (duplicates) become this
-# instead, which sorts below every positive weight, and are restored afterwards.
-_TINY = np.nextafter(0.0, 1.0)
 _COMPONENT_SAMPLE = 512  # points of a component searched against the index for outside links
 _EXHAUSTIVE_SAMPLE = 64  # points of a component searched exhaustively when that found none
 _OUTSIDE_K = 64
@@ -76,40 +73,15 @@ def mutual_reachability_mst(
 ) -> np.ndarray:
     """MST edges as an (n-1, 3) float64 array [a, b, weight], sorted by weight."""
     n = knn_idx.shape[0]
-    rows = np.repeat(np.arange(n), knn_idx.shape[1])
-    cols = knn_idx.ravel()
-    dist = knn_dist.ravel() / alpha
-    valid = (cols >= 0) & (cols != rows)
-    rows, cols, dist = rows[valid], cols[valid], dist[valid]
-    weight = np.maximum(np.maximum(core[rows], core[cols]), dist)
-    edges = _spanning_forest(n, rows, cols, weight)
-    n_components, labels = connected_components(_as_graph(n, edges), directed=False)
+    forest = SpanningForest(n)
+    forest.add_knn_graph(knn_dist, knn_idx, core, alpha)
+    n_components, labels = forest.components()
     rng = np.random.default_rng(seed)
     while n_components > 1:
-        extra = _cheapest_links(labels, n_components, core, index, alpha, rng)
-        # Two components may pick the same link; keep one copy of each ordered pair.
-        extra = extra[np.unique(extra[:, 0] * n + extra[:, 1], return_index=True)[1]]
-        edges = np.vstack([edges, extra])
-        edges = _spanning_forest(n, edges[:, 0].astype(np.int64), edges[:, 1].astype(np.int64), edges[:, 2])
-        n_components, labels = connected_components(_as_graph(n, edges), directed=False)
-    order = np.argsort(edges[:, 2], kind="mergesort")
-    return edges[order]
-
-
-def _as_graph(n: int, edges: np.ndarray) -> coo_matrix:
-    return coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n))
-
-
-def _spanning_forest(n: int, rows: np.ndarray, cols: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """Minimum spanning forest of the given edges (both directions of a pair may be listed).
-
-    scipy's Kruskal takes every stored entry as an undirected edge, so (i, j) and (j, i) need no
-    deduplication; a repeated (i, j) entry would be summed, so callers never repeat one.
-    """
-    graph = coo_matrix((np.where(weight == 0, _TINY, weight), (rows, cols)), shape=(n, n)).tocsr()
-    forest = minimum_spanning_tree(graph).tocoo()
-    w_out = np.where(forest.data == _TINY, 0.0, forest.data)
-    return np.column_stack([forest.row.astype(np.float64), forest.col.astype(np.float64), w_out])
+        forest.add_edges(_cheapest_links(labels, n_components, core, index, alpha, rng))
+        n_components, labels = forest.components()
+    edges = forest.edges
+    return edges[np.argsort(edges[:, 2], kind="mergesort")]
 
 
 def _cheapest_links(

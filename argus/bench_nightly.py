@@ -1,0 +1,265 @@
+"""``argus bench nightly``: the whole nightly chain on a generated world, timed per step, with its memory.
+
+One world (the realistic profile) is generated into a scratch lake, then ``argus batch nightly``
+runs on its last day exactly as a user runs it: one spark-submit, all four detectors fitted and
+scored, the date published. Then the same chain again on an untouched copy of the lake at
+``local[1]``, so ``seconds_local1 / seconds`` says how much the second core buys.
+
+What the JSON line holds:
+
+- ``seconds``: the chain's wall time, spark-submit start to exit (JVM start included).
+- ``steps``: seconds per step, as ``argus batch nightly`` shows them: the time from the previous
+  step's line to this one's. The first step (``quality``) includes the JVM's and the session's start.
+  Score steps are named ``score.<detector>``.
+- Memory, from the process tree of the chain sampled every 0.5 s from ``/proc`` (RSS; a peak
+  shorter than the interval can be missed): ``driver_peak_rss_mb`` is the driver, its JVM
+  (``SparkSubmit``) and its Python process (``jobs/nightly.py``) summed; ``executor_peak_mb`` is
+  what runs tasks, the executor JVMs and the Python workers (``pyspark.daemon``) summed. In local
+  mode there is no executor JVM: tasks run as threads of the driver's JVM, so both figures count
+  that JVM. ``rss_peak_mb`` gives each part's own peak, so the two can be told apart.
+- With ``--master standalone`` a master and one worker start on this machine
+  (``infra/spark_cluster.py``): the executor gets its own JVM and ``executor_peak_mb`` no longer
+  overlaps the driver's figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from world.config import WorldConfig
+from world.simulate import World
+from world.sinks import write_world
+
+DETECTORS = ["trolls", "evaders", "fraud", "churn"]
+STANDALONE = "standalone"
+PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
+PARTS = ("driver_jvm", "driver_python", "executor_jvm", "python_workers")
+
+
+class BenchNightlyError(Exception):
+    """The chain failed or could not start; the message says where to look."""
+
+
+def process_part(cmdline: list[str]) -> str | None:
+    """Which part of a Spark application a process is, from its command line; None for anything else."""
+    text = " ".join(cmdline)
+    program = os.path.basename(cmdline[0]) if cmdline else ""
+    if program == "java":
+        if "org.apache.spark.deploy.SparkSubmit" in text and "org.apache.spark.launcher.Main" not in text:
+            return "driver_jvm"
+        if "CoarseGrainedExecutorBackend" in text:
+            return "executor_jvm"
+        return None  # the launcher, a standalone master or worker, another job's JVM
+    if program.startswith("python"):
+        if "pyspark.daemon" in text or "pyspark.worker" in text:
+            return "python_workers"
+        if any(arg.endswith(("jobs/nightly.py", "jobs.nightly")) for arg in cmdline):
+            return "driver_python"
+    return None
+
+
+def descendants(root: int) -> list[int]:
+    """Every process below ``root`` (not ``root`` itself), from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "pid (comm) state"
+        children.setdefault(parent, []).append(int(entry.name))
+    found, frontier = [], [root]
+    while frontier:
+        below = children.get(frontier.pop(), [])
+        found += below
+        frontier += below
+    return found
+
+
+def _rss_mb(pid: int) -> tuple[list[str], float] | None:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None  # it ended between the listing and the read
+    return [arg.decode(errors="replace") for arg in cmdline if arg], resident * PAGE_MB
+
+
+@dataclass
+class MemorySampler:
+    """Peaks of the RSS of each part of the Spark application below this process, sampled in a thread."""
+
+    interval_s: float = 0.5
+    peaks: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*PARTS, "driver", "executor"), 0.0))
+    samples: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def sample(self) -> None:
+        now = dict.fromkeys(PARTS, 0.0)
+        for pid in descendants(os.getpid()):
+            seen = _rss_mb(pid)
+            part = process_part(seen[0]) if seen else None
+            if seen and part:
+                now[part] += seen[1]
+        now["driver"] = now["driver_jvm"] + now["driver_python"]
+        # Local mode: the tasks run inside the driver's JVM, so it counts for the executor too.
+        tasks_jvm = now["executor_jvm"] or now["driver_jvm"]
+        now["executor"] = tasks_jvm + now["python_workers"]
+        for key, value in now.items():
+            self.peaks[key] = max(self.peaks[key], value)
+        self.samples += 1
+
+    @contextmanager
+    def running(self) -> Iterator[MemorySampler]:
+        thread = threading.Thread(target=self._loop, name="argus-bench-rss", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval_s)
+
+
+@dataclass
+class ChainRun:
+    """One run of the nightly chain: its wall time, the seconds of each step and its memory peaks."""
+
+    seconds: float
+    steps: dict[str, float]
+    memory: dict[str, int]
+    alerts: int
+    application: str
+
+
+def run_chain(lake: Path, day: Any, master: str, console: Console) -> ChainRun:
+    """``argus batch nightly --date DAY --skip-ingest --master MASTER`` on ``lake``, measured."""
+    from argus.nightly import NightlyError, NightlyRun, run_nightly_submit
+
+    run = NightlyRun(lake, [day], list(DETECTORS), master)
+    arrivals: list[tuple[str, float]] = []
+
+    def record(line: str) -> None:
+        step = json.loads(line)
+        name = f"score.{step['detector']}" if step["step"] == "score" else step["step"]
+        arrivals.append((name, time.monotonic()))
+
+    sampler = MemorySampler()
+    started = time.monotonic()
+    with sampler.running():
+        try:
+            code = run_nightly_submit(run, console, emit=record)
+        except NightlyError as exc:
+            raise BenchNightlyError(f"the nightly chain failed at {master}: {exc}") from exc
+    seconds = time.monotonic() - started
+    if code != 0:
+        raise BenchNightlyError(f"the nightly chain stopped at {master}: the quality gate failed (log: {run.log})")
+    steps, last = {}, started
+    for name, when in arrivals:
+        if name != "done":
+            steps[name] = round(when - last, 1)
+        last = when
+    done = run.steps[-1]
+    memory = {key: round(value) for key, value in sampler.peaks.items()}
+    return ChainRun(round(seconds, 1), steps, memory, int(done.get("alerts", 0)), str(done.get("application")))
+
+
+def bench_nightly(
+    users: int,
+    days: int,
+    *,
+    master: str = "local[2]",
+    local1: bool = True,
+    seed: int = 7,
+    console: Console | None = None,
+) -> dict[str, Any]:
+    """Generate a realistic world, run the chain on its last day at ``master`` (and at local[1]); one dict."""
+    from infra.spark_cluster import StandaloneCluster
+
+    console = console or Console(stderr=True, quiet=True)
+    load_before = os.getloadavg()[0]
+    scratch = Path(tempfile.mkdtemp(prefix="argus-bench-nightly-"))
+    lake, lake_local1 = scratch / "lake", scratch / "lake-local1"
+    world = World(WorldConfig(users=users, days=days, seed=seed))
+    day = world.cfg.start + timedelta(days=days - 1)
+    started = time.monotonic()
+    with console.status(f"generating {users:,} users x {days} days (realistic)..."):
+        manifest = write_world(world, lake)
+    generate_s = time.monotonic() - started
+    if local1:
+        shutil.copytree(lake, lake_local1)
+    result: dict[str, Any] = {
+        "users": users,
+        "days": days,
+        "date": day.isoformat(),
+        "events": sum(sum(per_day.values()) for per_day in manifest["events"].values()),
+        "master": master,
+        "cpus": os.cpu_count(),
+        "load_avg_before": round(load_before, 2),
+        "generate_s": round(generate_s, 1),
+    }
+    try:
+        if master == STANDALONE:
+            cores = os.cpu_count() or 2
+            with (
+                StandaloneCluster(scratch / "spark-cluster", cores=cores, memory="4g") as cluster,
+                _environment(SPARK_LOCAL_IP=cluster.host),  # the driver binds where the executors look for it
+            ):
+                chain = run_chain(lake, day, cluster.master_url, console)
+        else:
+            chain = run_chain(lake, day, master, console)
+        result.update(
+            seconds=chain.seconds,
+            steps=chain.steps,
+            driver_peak_rss_mb=chain.memory["driver"],
+            executor_peak_mb=chain.memory["executor"],
+            rss_peak_mb={part: chain.memory[part] for part in PARTS},
+            alerts=chain.alerts,
+            application=chain.application,
+        )
+        if local1:
+            single = run_chain(lake_local1, day, "local[1]", console)
+            result.update(
+                seconds_local1=single.seconds,
+                steps_local1=single.steps,
+                ratio_local1=round(single.seconds / chain.seconds, 2),
+            )
+    except BaseException:
+        console.print(f"the scratch lakes and their logs are kept in {scratch}", highlight=False)
+        raise
+    result["load_avg_after"] = round(os.getloadavg()[0], 2)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return result
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

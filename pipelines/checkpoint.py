@@ -1,0 +1,443 @@
+"""Pipeline checkpoints on runners that keep state in memory (Prism): state snapshots plus committed offsets.
+
+A restarted pipeline must neither lose an event nor reread the whole log, and its per-user and
+per-channel state must survive. On Flink and Dataflow the runner's own checkpoints do that; on
+Prism state lives in the runner's memory, so the pipeline checkpoints itself:
+
+1. **What is recorded.** Every source batch names the offsets ``[start, end)`` it covers
+   (``SourceBatch``). A stateful stage that reads the source (trolls' channel windows, fraud's
+   payment graph) records, per key shard, which ranges it has taken in (``ReceivedLog``). After
+   every firing that changes its state, each stateful stage (those two and trolls' per-user
+   stage) emits a ``StageSnapshot``: its whole state for that shard, labelled with the firing's
+   event time.
+2. **A consistent cut by watermark.** One ``_CheckpointFn`` (a single key) collects the snapshots
+   and sets a timer just after each label ``X``. It fires once the watermark of *all* its inputs
+   has passed ``X``: every snapshot labelled ``<= X`` has arrived, and every sink (alerts, dead
+   letters, feature snapshots) has completed every bundle with elements up to ``X`` (a sink
+   bundle completes only after ``finish_bundle`` flushed it to Kafka; the sinks' empty outputs are
+   inputs of the checkpoint stage, so their watermarks hold it back). The latest snapshot of each
+   stage shard labelled ``<= X`` then forms a consistent state: what the channel stage emitted up
+   to its snapshot is exactly what the per-user stage had applied in its own.
+3. **Offsets.** The checkpoint's offsets are, per partition, the end of the contiguous prefix that
+   *every* source-reading stage shard has taken in, counting only batches timestamped before
+   ``X`` (their dead letters are flushed). The checkpoint is written (atomically, a file in
+   ``--checkpoint-dir``), *then* the offsets are committed to the consumer group ``--group``.
+4. **Restart.** The launcher reads the group's committed offsets and picks the checkpoint file
+   with exactly those offsets (a crash between writing and committing leaves the previous one in
+   force). The source resumes at the committed offsets; each stage shard gets its snapshot back
+   as a first element (state and timers restored); batches a shard had already taken in are not
+   given to it again: the source cuts its batches at the recorded range boundaries, so each is
+   wholly seen or wholly new. Outputs the replay repeats carry the same deterministic ids and are
+   skipped by the sinks (``skip_published``): effectively once on the compacted alert topics.
+
+Limit: a message later than ``--allowed-lateness`` is applied by a timer behind the watermark, so
+the cut in (2) does not order it; a crash right after such a message can lose its contribution
+to the restored per-user sums (it is still counted in ``late_events``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics.metric import Metrics
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
+
+from pipelines.kafka_io import Cuts, KafkaClient, Offsets, _watermark_offsets, librdkafka_settings
+
+__all__ = [
+    "CHECKPOINT_STAGE",
+    "Checkpoint",
+    "CheckpointError",
+    "ReceivedLog",
+    "Restore",
+    "ResumePlan",
+    "StageSnapshot",
+    "committed_offsets",
+    "load_checkpoints",
+    "plan_resume",
+    "restore_elements",
+    "restore_input",
+    "write_checkpoints",
+]
+
+FORMAT = 1
+KEEP_FILES = 3
+# (topic, partition) -> sorted, merged [start, end) offset ranges
+Ranges = dict[tuple[str, int], list[tuple[int, int]]]
+
+
+class CheckpointError(ValueError):
+    """Checkpoints and committed offsets that do not fit together; one line that says what to do."""
+
+
+def add_range(ranges: Ranges, key: tuple[str, int], start: int, end: int) -> None:
+    """Add ``[start, end)`` to ``ranges[key]``, merging touching and overlapping ranges."""
+    if end <= start:
+        return
+    merged: list[tuple[int, int]] = []
+    for lo, hi in ranges.get(key, []):
+        if hi < start or lo > end:
+            merged.append((lo, hi))
+        else:
+            start, end = min(lo, start), max(hi, end)
+    merged.append((start, end))
+    ranges[key] = sorted(merged)
+
+
+def covers(ranges: Ranges, key: tuple[str, int], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` lies inside one recorded range."""
+    return any(lo <= start and end <= hi for lo, hi in ranges.get(key, []))
+
+
+def prefix_end(ranges: Ranges, key: tuple[str, int], start: int) -> int:
+    """Where the contiguous run of recorded offsets from ``start`` ends (``start`` when none)."""
+    for lo, hi in ranges.get(key, []):
+        if lo <= start <= hi:
+            return hi
+    return start
+
+
+@dataclass
+class ReceivedLog:
+    """The source ranges one stage shard took in: merged once settled, raw with their batch time while recent."""
+
+    settled: Ranges = field(default_factory=dict)
+    recent: list[tuple[str, int, int, int, int]] = field(default_factory=list)  # topic, partition, start, end, t_us
+
+    def add(self, topic: str, partition: int, start: int, end: int, t_us: int) -> None:
+        self.recent.append((topic, partition, start, end, t_us))
+
+    def absorb(self, other: ReceivedLog) -> None:
+        for key, spans in other.settled.items():
+            for lo, hi in spans:
+                add_range(self.settled, key, lo, hi)
+        self.recent += other.recent
+
+    def settle(self, before_us: int) -> None:
+        """Merge the ranges of batches timestamped before ``before_us``; keep the others raw."""
+        keep = []
+        for topic, partition, start, end, t_us in self.recent:
+            if t_us < before_us:
+                add_range(self.settled, (topic, partition), start, end)
+            else:
+                keep.append((topic, partition, start, end, t_us))
+        self.recent = keep
+
+    def ranges(self, before_us: int | None = None) -> Ranges:
+        """Settled ranges plus the recent ones timestamped before ``before_us`` (all when None)."""
+        out: Ranges = {k: list(v) for k, v in self.settled.items()}
+        for topic, partition, start, end, t_us in self.recent:
+            if before_us is None or t_us < before_us:
+                add_range(out, (topic, partition), start, end)
+        return out
+
+
+@dataclass(frozen=True)
+class StageSnapshot:
+    """One stage shard's whole state after a firing at event time ``at_us`` (``received``: source stages only)."""
+
+    stage: str
+    shard: str
+    at_us: int
+    state: bytes
+    received: ReceivedLog | None = None
+    restored: bool = False
+
+
+@dataclass(frozen=True)
+class Restore:
+    """The first element a stage shard gets after a restart: its snapshot from the checkpoint."""
+
+    snapshot: StageSnapshot
+
+
+@dataclass
+class Checkpoint:
+    """A consistent cut: every stage shard's latest snapshot at or before ``at_us``, and the offsets to resume at."""
+
+    group: str
+    at_us: int
+    offsets: Offsets
+    snapshots: dict[tuple[str, str], StageSnapshot]
+    written_ns: int = 0
+    format: int = FORMAT
+
+    def received(self, stage: str) -> dict[str, Ranges]:
+        """Per shard of ``stage``: every range it had taken in (what a replay must not give it again)."""
+        return {
+            s.shard: s.received.ranges() for s in self.snapshots.values() if s.stage == stage and s.received is not None
+        }
+
+    def cuts(self) -> Cuts:
+        """Every range boundary of every source stage: a replay's batches must not straddle one."""
+        out: dict[str, dict[int, set[int]]] = {}
+        for snapshot in self.snapshots.values():
+            if snapshot.received is None:
+                continue
+            for (topic, partition), spans in snapshot.received.ranges().items():
+                bounds = out.setdefault(topic, {}).setdefault(partition, set())
+                for lo, hi in spans:
+                    bounds |= {lo, hi}
+        return {t: {p: sorted(b) for p, b in parts.items()} for t, parts in out.items()}
+
+
+def _files(directory: Path) -> list[Path]:
+    return sorted(directory.glob("checkpoint-*.pkl"), reverse=True)  # newest first (names carry the write time)
+
+
+def save_checkpoint(directory: Path, checkpoint: Checkpoint, keep: int = KEEP_FILES) -> Path:
+    """Write ``checkpoint`` atomically (temporary file, fsync, rename); keep the newest ``keep`` files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    checkpoint.written_ns = time.time_ns()
+    path = directory / f"checkpoint-{checkpoint.written_ns:020d}.pkl"
+    partial = path.with_suffix(".partial")
+    with partial.open("wb") as out:
+        pickle.dump(checkpoint, out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
+    for old in _files(directory)[keep:]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoints(directory: Path) -> Iterator[tuple[Path, Checkpoint]]:
+    """The checkpoints in ``directory``, newest first."""
+    for path in _files(directory):
+        with path.open("rb") as source:
+            checkpoint = pickle.load(source)
+        if isinstance(checkpoint, Checkpoint) and checkpoint.format == FORMAT:
+            yield path, checkpoint
+
+
+def committed_offsets(client: KafkaClient, group: str, topics: Sequence[str]) -> Offsets:
+    """The offsets ``group`` has committed on ``topics`` (partitions without a commit left out)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({**librdkafka_settings(client), "group.id": group, "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(timeout=30)
+        wanted = [TopicPartition(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
+        out: Offsets = {}
+        for tp in consumer.committed(wanted, timeout=30) if wanted else []:
+            if tp.offset >= 0:
+                out.setdefault(tp.topic, {})[tp.partition] = int(tp.offset)
+        return out
+    finally:
+        consumer.close()
+
+
+def _log_offsets(client: KafkaClient, topics: Sequence[str], start: str) -> Offsets:
+    """Every partition's first (``earliest``) or next (``latest``) offset now."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer({**librdkafka_settings(client), "group.id": "argus-stream-offsets"})
+    try:
+        meta = consumer.list_topics(timeout=30)
+        out: Offsets = {}
+        for topic in topics:
+            info = meta.topics.get(topic)
+            if info is None or info.error is not None:
+                continue
+            for partition in sorted(info.partitions):
+                low, high = _watermark_offsets(consumer, topic, partition)
+                out.setdefault(topic, {})[partition] = low if start == "earliest" else high
+        return out
+    finally:
+        consumer.close()
+
+
+@dataclass
+class ResumePlan:
+    """Where a run starts: the source's offsets, and the checkpoint its stages restore (None: a fresh start)."""
+
+    start_offsets: Offsets
+    checkpoint_file: Path | None = None
+    checkpoint: Checkpoint | None = None
+
+    def received(self, stage: str) -> dict[str, Ranges]:
+        return self.checkpoint.received(stage) if self.checkpoint is not None else {}
+
+    def cuts(self) -> Cuts:
+        return self.checkpoint.cuts() if self.checkpoint is not None else {}
+
+
+def plan_resume(directory: Path, client: KafkaClient, group: str, topics: Sequence[str], start: str) -> ResumePlan:
+    """Resume at ``group``'s committed offsets with the checkpoint recorded for exactly them.
+
+    No commit yet: a fresh start at ``start`` (earliest/latest) on every partition. Partitions the
+    checkpoint does not know (a topic added since) also start at ``start``.
+    """
+    fresh = _log_offsets(client, topics, start)
+    committed = committed_offsets(client, group, topics)
+    if not committed:
+        return ResumePlan(fresh)
+    for path, checkpoint in load_checkpoints(directory):
+        if checkpoint.group != group:
+            continue
+        recorded = {t: dict(parts) for t, parts in checkpoint.offsets.items() if t in committed}
+        if recorded == committed:
+            offsets = {t: {**fresh.get(t, {}), **checkpoint.offsets.get(t, {})} for t in topics}
+            return ResumePlan(offsets, path, checkpoint)
+    raise CheckpointError(
+        f"consumer group {group!r} has committed offsets but no checkpoint in {directory} records them; "
+        "point --checkpoint-dir at that group's checkpoints, or start a new --group"
+    )
+
+
+CHECKPOINT_STAGE = "checkpoint"
+
+
+def restore_elements(path: str, stage: str) -> Iterator[tuple[str, Restore]]:
+    """Read in the worker: ``(shard, Restore)`` for every shard of ``stage`` in the checkpoint at ``path``.
+
+    The checkpoint stage itself (``CHECKPOINT_STAGE``) gets every snapshot, marked as restored.
+    """
+    with open(path, "rb") as source:
+        checkpoint: Checkpoint = pickle.load(source)
+    for snapshot in checkpoint.snapshots.values():
+        if stage == CHECKPOINT_STAGE:
+            yield CHECKPOINT_STAGE, Restore(dataclasses.replace(snapshot, restored=True))
+        elif snapshot.stage == stage:
+            yield snapshot.shard, Restore(snapshot)
+
+
+def restore_input(pipeline: beam.Pipeline, plan: ResumePlan | None, stage: str) -> Any | None:
+    """The PCollection of ``stage``'s restore elements, or None on a fresh start."""
+    if plan is None or plan.checkpoint_file is None:
+        return None
+    return (
+        pipeline
+        | f"Checkpoint{stage}" >> beam.Create([str(plan.checkpoint_file)])
+        | f"Restore{stage}" >> beam.FlatMap(restore_elements, stage)
+    )
+
+
+class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
+    """One key: collects stage snapshots; after the watermark passes a label, writes a checkpoint and commits."""
+
+    SNAPSHOTS = BagStateSpec("snapshots", PickleCoder())
+    WRITE = TimerSpec("write", TimeDomain.WATERMARK)
+
+    def __init__(
+        self,
+        directory: Path,
+        client: KafkaClient,
+        group: str,
+        start_offsets: Offsets,
+        source_stages: Sequence[tuple[str, str]],
+        interval_s: float,
+    ) -> None:
+        self.directory, self.client, self.group = Path(directory), client, group
+        self.start_offsets = start_offsets
+        self.source_stages = list(source_stages)
+        self.interval_s = interval_s
+        self._last_write = 0.0
+        self._consumer: Any = None
+        self.written = Metrics.counter("stream", "checkpoints")
+
+    def setup(self) -> None:
+        from confluent_kafka import Consumer
+
+        self._consumer = Consumer({**librdkafka_settings(self.client), "group.id": self.group, "log_level": 3})
+
+    def teardown(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+
+    def process(
+        self,
+        element: tuple[str, Any],
+        snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
+        timer: Any = beam.DoFn.TimerParam(WRITE),  # noqa: B008
+    ) -> None:
+        item = element[1]
+        if isinstance(item, Restore):  # the previous checkpoint's snapshots, until each shard fires again
+            snapshots.add(item.snapshot)
+            return
+        snapshots.add(item)
+        # Just after the label: by then the sinks have flushed every output up to and at it.
+        timer.set(Timestamp(micros=item.at_us + 1), dynamic_timer_tag=str(item.at_us))
+
+    @on_timer(WRITE)
+    def write(
+        self,
+        fired: Any = beam.DoFn.TimestampParam,
+        snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
+    ) -> None:
+        at_us = fired.micros - 1
+        latest: dict[tuple[str, str], StageSnapshot] = {}
+        later: list[StageSnapshot] = []
+        for snapshot in snapshots.read():  # in arrival order: a later firing of a shard supersedes an earlier one
+            key = (snapshot.stage, snapshot.shard)
+            if snapshot.at_us > at_us:
+                later.append(snapshot)
+            elif snapshot.restored and key in latest and not latest[key].restored:
+                continue
+            else:
+                latest[key] = snapshot
+        snapshots.clear()
+        for snapshot in [*latest.values(), *later]:
+            snapshots.add(snapshot)
+        if time.monotonic() - self._last_write < self.interval_s:
+            return
+        checkpoint = Checkpoint(self.group, at_us, self._resume_offsets(latest, at_us), latest)
+        save_checkpoint(self.directory, checkpoint)
+        self._commit(checkpoint.offsets)
+        self._last_write = time.monotonic()
+        self.written.inc()
+
+    def _resume_offsets(self, latest: dict[tuple[str, str], StageSnapshot], at_us: int) -> Offsets:
+        """Per partition, the end of the prefix every source stage shard took in from batches before ``at_us``."""
+        offsets: Offsets = {}
+        for topic, parts in self.start_offsets.items():
+            for partition, start in parts.items():
+                ends = []
+                for key in self.source_stages:
+                    snapshot = latest.get(key)
+                    received = snapshot.received if snapshot is not None else None
+                    ranges = received.ranges(before_us=at_us) if received is not None else {}
+                    ends.append(prefix_end(ranges, (topic, partition), start))
+                offsets.setdefault(topic, {})[partition] = min(ends, default=start)
+        return offsets
+
+    def _commit(self, offsets: Offsets) -> None:
+        from confluent_kafka import TopicPartition
+
+        positions = [TopicPartition(t, p, o) for t, parts in offsets.items() for p, o in parts.items()]
+        if positions:
+            self._consumer.commit(offsets=positions, asynchronous=False)
+
+
+def write_checkpoints(
+    snapshots: Iterable[Any],
+    sink_outputs: Iterable[Any],
+    plan: ResumePlan,
+    directory: Path,
+    client: KafkaClient,
+    group: str,
+    source_stages: Sequence[tuple[str, str]],
+    interval_s: float,
+) -> Any:
+    """The checkpoint stage: stage snapshots and the sinks' (empty) outputs in, checkpoint files and commits out."""
+    inputs = [*snapshots, *sink_outputs]
+    pipeline = inputs[0].pipeline
+    restored = restore_input(pipeline, plan, CHECKPOINT_STAGE)
+    merged = tuple(inputs) | "AllSnapshots" >> beam.Flatten()
+    keyed = merged | "OneCheckpointKey" >> beam.Map(lambda s: (CHECKPOINT_STAGE, s))
+    if restored is not None:
+        keyed = (keyed, restored) | "WithRestoredSnapshots" >> beam.Flatten()
+    fn = _CheckpointFn(directory, client, group, plan.start_offsets, source_stages, interval_s)
+    return keyed | "WriteCheckpoints" >> beam.ParDo(fn).with_input_types(beam.typehints.Tuple[str, Any])
