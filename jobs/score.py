@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from detectors.alerts import EVIDENCE_LIMIT
 from jobs.entry import run_job
 from jobs.feature_blocks import BLOCK_USERS
 from jobs.publish import Publication
@@ -250,22 +251,45 @@ def _night_alerts(
     flagged["reasons"] = flagged["reasons_data"].map(lambda text: [Reason(**r) for r in json.loads(text)])
     flagged = flagged[SCORE_COLUMNS].reset_index(drop=True)
     users = list(flagged["user_id"])
-    events = _events_of(spark, window, columns, users) if window is not None else None
-    if detector.name not in ("evaders", "fraud") or events is None:
-        # Evidence from the latest events: only evaders' matches and fraud's payments need features.
+    if window is None:
+        return alerts_from_scores(flagged, detector, start, end, events=None, features=None)
+    if detector.name not in ("evaders", "fraud"):
+        # Evidence is the users' latest events (churn: their own first): no more than that is read.
+        events = _events_of(spark, window, columns, users, latest=EVIDENCE_LIMIT)
         return alerts_from_scores(flagged, detector, start, end, events=events, features=None)
     features = _features_of(blocks, detector, users, sample)
+    if detector.name == "evaders":
+        # A new account's evidence names its parent's ban: the banned candidates' events are read too.
+        users = sorted(set(users) | set(features.index[features["banned_ts"].notna()].astype(str)))
+    events = _events_of(spark, window, columns, users)
     return alerts_from_scores(flagged, detector, start, end, events=events, features=features)
 
 
-def _events_of(spark: SparkSession, window: DataFrame, columns: dict[str, list[str]], users: list[str]) -> Events:
-    """The window's events of ``users`` (the flagged ones), as the detectors read events."""
+def _events_of(
+    spark: SparkSession, window: DataFrame, columns: dict[str, list[str]], users: list[str], latest: int | None = None
+) -> Events:
+    """The window's events of ``users`` (the flagged ones), as the detectors read events; with ``latest``,
+    only each user's ``latest`` newest events and newest events of their own (not reports or bans about them)."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     from jobs.feature_blocks import events_from_wide
 
     wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}), "user_id string")
-    return events_from_wide(window.join(F.broadcast(wanted), "user_id").toPandas(), columns)
+    rows = window.join(F.broadcast(wanted), "user_id")
+    if latest is not None:
+        action = F.col("action") if "action" in rows.columns else F.lit(None).cast("string")
+        order = (F.col("ts").desc(), F.col("event_id").desc())
+        rows = (
+            rows.withColumn(
+                "_own", (F.col("event_type") != "moderation") & ~F.coalesce(action.isin("ban", "unban"), F.lit(False))
+            )
+            .withColumn("_newest", F.row_number().over(Window.partitionBy("user_id").orderBy(*order)))
+            .withColumn("_newest_own", F.row_number().over(Window.partitionBy("user_id", "_own").orderBy(*order)))
+            .where((F.col("_newest") <= latest) | (F.col("_own") & (F.col("_newest_own") <= latest)))
+            .drop("_own", "_newest", "_newest_own")
+        )
+    return events_from_wide(rows.toPandas(), columns)
 
 
 def _features_of(blocks: DataFrame, detector: Detector, users: list[str], sample: pd.DataFrame | None) -> pd.DataFrame:
