@@ -22,9 +22,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from argus.infra.topics import ALERT_KINDS, alert_topic
 from argus.preflight import PreflightError, require_broker
-from infra.topics import ALERT_KINDS, alert_topic
-from schemas.models import Alert
+from argus.schemas.models import Alert
 
 TAIL_KINDS = (*ALERT_KINDS, "raid")  # raid groups travel on alerts.troll
 SEVERITY_STYLES = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan"}
@@ -100,7 +100,7 @@ def tail_alerts(
     """
     from kafka.structs import OffsetAndMetadata
 
-    from infra.clients import consumer as make_consumer
+    from argus.infra.clients import consumer as make_consumer
 
     kinds = list(kinds or [])
     topics = topics_for(kinds)
@@ -220,7 +220,7 @@ class _RecentIds:
 
 def _ids_before(bootstrap: str | None, begins: dict[Any, int], starts: dict[Any, int]) -> set[str]:
     """The alert ids (record keys) before each partition's starting offset: alerts already passed."""
-    from infra.clients import consumer as make_consumer
+    from argus.infra.clients import consumer as make_consumer
 
     todo = {tp: start for tp, start in starts.items() if start > begins[tp]}
     if not todo:
@@ -245,7 +245,7 @@ def _erased_ids(bootstrap: str | None, starts: dict[Any, int], ends: dict[Any, i
     ``argus forget`` erases an alert with a tombstone; until the log cleaner compacts the topic, the
     alert itself is still on it, before the tombstone. A tail must not show it again.
     """
-    from infra.clients import consumer as make_consumer
+    from argus.infra.clients import consumer as make_consumer
 
     todo = {tp: end for tp, end in ends.items() if end > starts[tp]}
     if not todo:
@@ -286,7 +286,7 @@ def _read(record: Any, stats: TailStats) -> TailedAlert | None:
 
 
 def alert_json(tailed: TailedAlert) -> str:
-    """One line: the alert exactly as published (``schemas.Alert``)."""
+    """One line: the alert exactly as published (``argus.schemas.Alert``)."""
     return tailed.alert.model_dump_json()
 
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from infra.broker import LocalBroker, free_port
-from infra.topics import ensure_topics
-from world.config import WorldConfig
-from world.generate import World, produce_world, write_world
+from argus.infra.broker import LocalBroker, free_port
+from argus.infra.topics import ensure_topics
+from argus.world.config import WorldConfig
+from argus.world.generate import World, produce_world, write_world
 
 
 @contextmanager
@@ -82,7 +82,7 @@ def blobs_with_noise(n: int, dim: int, seed: int = 0, noise: float = 0.05) -> np
 
 # Each benchmarked library's estimator class, as "module:Class"; all take min_cluster_size and min_samples.
 CLUSTER_LIBRARIES = {
-    "ours": "detectors.cluster:PHDBSCAN",
+    "ours": "argus.detectors.cluster:PHDBSCAN",
     "hdbscan": "hdbscan:HDBSCAN",
     "fast_hdbscan": "fast_hdbscan:HDBSCAN",
 }
@@ -179,7 +179,7 @@ def _is_number(text: str) -> bool:
 
 def duplicate_rows(data: np.ndarray) -> int:
     """Rows that repeat an earlier row exactly."""
-    from detectors.cluster.duplicates import unique_rows
+    from argus.detectors.cluster.duplicates import unique_rows
 
     rows = unique_rows(np.ascontiguousarray(data, dtype=np.float32))
     return 0 if rows is None else data.shape[0] - rows.n_unique
@@ -406,8 +406,8 @@ def bench_profile(events: int, seed: int = 7) -> dict[str, Any]:
     """The nightly profile job on ~``events`` generated events (one day, events/100 users), in local Spark,
     against a bare groupBy-count over the same Parquet in the same session."""
 
-    from infra.spark import local_session
-    from jobs.profiles import run_profile
+    from argus.infra.spark import local_session
+    from argus.jobs.profiles import run_profile
 
     users = max(50, events // 100)
     cfg = WorldConfig(
@@ -445,9 +445,9 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
 
     import pyarrow.parquet as pq
 
-    from infra.spark import local_session
-    from jobs.embed import run_embed
-    from world.truth import truth_table
+    from argus.infra.spark import local_session
+    from argus.jobs.embed import run_embed
+    from argus.world.truth import truth_table
 
     world = World(WorldConfig(users=users, days=days, seed=seed, events_per_user_day=30.0, profile="dense"))
     with tempfile.TemporaryDirectory(prefix="argus-eval-embed-") as scratch:
@@ -484,8 +484,8 @@ def bench_detect(users: int, days: int, detectors: list[str], seed: int = 7) -> 
     """Each detector's features, fit and score times (and peak memory of this process) on one world."""
     import resource
 
+    from argus.detectors.registry import detector_class
     from argus.evals.common import world_events
-    from detectors.registry import detector_class
 
     events = world_events(World(WorldConfig(users=users, days=days, seed=seed, profile="dense")))
     result: dict[str, Any] = {"users": users, "days": days, "events": events.count}

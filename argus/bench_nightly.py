@@ -39,9 +39,9 @@ from typing import Any
 
 from rich.console import Console
 
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 
 DETECTORS = ["trolls", "evaders", "fraud", "churn"]
 STANDALONE = "standalone"
@@ -66,7 +66,7 @@ def process_part(cmdline: list[str]) -> str | None:
     if program.startswith("python"):
         if "pyspark.daemon" in text or "pyspark.worker" in text:
             return "python_workers"
-        if any(arg.endswith(("jobs/nightly.py", "jobs.nightly")) for arg in cmdline):
+        if any(arg.endswith(("jobs/nightly.py", "argus.jobs.nightly")) for arg in cmdline):
             return "driver_python"
     return None
 
@@ -193,7 +193,7 @@ def bench_nightly(
     console: Console | None = None,
 ) -> dict[str, Any]:
     """Generate a realistic world, run the chain on its last day at ``master`` (and at local[1]); one dict."""
-    from infra.spark_cluster import StandaloneCluster
+    from argus.infra.spark_cluster import StandaloneCluster
 
     console = console or Console(stderr=True, quiet=True)
     load_before = os.getloadavg()[0]

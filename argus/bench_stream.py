@@ -48,7 +48,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from infra.topics import ALERT_KINDS
+from argus.infra.topics import ALERT_KINDS
 
 __all__ = ["BenchStreamError", "bench_stream", "day_records"]
 
@@ -75,9 +75,9 @@ class DayRecords:
 
 def day_records(users: int, events: int, seed: int = 17) -> DayRecords:
     """The first ``events`` records (by event time) of one dense day of ``users`` users."""
-    from world.config import WorldConfig
-    from world.simulate import World
-    from world.sinks import to_json_lines
+    from argus.world.config import WorldConfig
+    from argus.world.simulate import World
+    from argus.world.sinks import to_json_lines
 
     world = World(WorldConfig(users=users, days=1, seed=seed, profile="dense"))
     parts = []
@@ -106,11 +106,11 @@ def day_records(users: int, events: int, seed: int = 17) -> DayRecords:
 
 def _publish_models(store: Path, detectors: Sequence[str], users: int, seed: int) -> None:
     """Fit the detectors on a separate small world (two days) and publish them."""
+    from argus.detectors.registry import detector_class
+    from argus.detectors.store import ModelStore
     from argus.evals.common import world_events
-    from detectors.registry import detector_class
-    from detectors.store import ModelStore
-    from world.config import WorldConfig
-    from world.simulate import World
+    from argus.world.config import WorldConfig
+    from argus.world.simulate import World
 
     events = world_events(World(WorldConfig(users=users, days=2, seed=seed, profile="dense")))
     for name in detectors:

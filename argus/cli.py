@@ -59,10 +59,10 @@ class UserError(Exception):
 
 def main() -> None:
     """Console-script entry point: user errors become one line and exit code 2."""
-    from infra.broker import BrokerError
-    from infra.clients import ConfigError
-    from schemas.bounds import BoundsError
-    from schemas.privacy import PrivacyError
+    from argus.infra.broker import BrokerError
+    from argus.infra.clients import ConfigError
+    from argus.schemas.bounds import BoundsError
+    from argus.schemas.privacy import PrivacyError
 
     try:
         app()
@@ -79,7 +79,7 @@ def main() -> None:
         from kafka.errors import KafkaError
         from rich.markup import escape
 
-        from infra.clients import explain_failure
+        from argus.infra.clients import explain_failure
 
         said = explain_failure(exc)  # unreachable, wrong protocol, bad credentials, no ACL: what to do
         if said is not None:
@@ -119,8 +119,8 @@ def kafka_up(
     Data lives in $ARGUS_HOME/kafka (default ~/.argus/kafka) and survives `argus kafka down`.
     A broker set up with --secure stays secure on later `up`s.
     """
-    from infra.broker import LocalBroker
-    from infra.topics import ensure_topics
+    from argus.infra.broker import LocalBroker
+    from argus.infra.topics import ensure_topics
 
     broker = LocalBroker.default()
     if port is not None:
@@ -137,7 +137,7 @@ def kafka_up(
     if created:
         out.print(f"created topics: {', '.join(created)}")
     if broker.secure:
-        from infra.security import secure_broker_summary
+        from argus.infra.security import secure_broker_summary
 
         summary = secure_broker_summary(broker.material, broker.bootstrap)
         out.print(summary, highlight=False, markup=False, soft_wrap=True)
@@ -146,7 +146,7 @@ def kafka_up(
 @kafka_app.command("down")
 def kafka_down() -> None:
     """Stop the local broker cleanly; its data stays for the next `up`."""
-    from infra.broker import LocalBroker
+    from argus.infra.broker import LocalBroker
 
     broker = LocalBroker.default()
     out.print("Kafka stopped" if broker.down() else "Kafka was not running")
@@ -158,9 +158,9 @@ def kafka_status(
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Is the broker up, where, and how many records each topic holds. Exits 1 when it does not answer."""
+    from argus.infra.broker import LocalBroker
+    from argus.infra.topics import topic_sizes
     from argus.preflight import PreflightError, require_broker
-    from infra.broker import LocalBroker
-    from infra.topics import topic_sizes
 
     status: dict[str, object] = {}
     client_settings = None
@@ -195,7 +195,7 @@ def kafka_status(
 @kafka_app.command("fetch")
 def kafka_fetch() -> None:
     """Fetch the broker's jars from Maven Central into the cache (done by `up` when needed)."""
-    from infra.broker import fetch_jars
+    from argus.infra.broker import fetch_jars
 
     with err.status("fetching Kafka jars..."):
         libs = fetch_jars()
@@ -240,7 +240,7 @@ def generate(
     DIR/truth/truth.json and DIR/manifest.json; rerunning overwrites the same files.
     --kafka produces each event as JSON to events.<type>, keyed by user_id.
     """
-    from world import generate as gen
+    from argus.world import generate as gen
 
     if out_dir is None and not to_kafka:
         raise UserError("say where the events go: --out DIR, --kafka, or both")
@@ -295,9 +295,9 @@ def validate(
     Rejected records go to dlq.events with the reason, the original bytes (base64) and their
     topic/partition/offset. Offsets are committed per consumer group, so a rerun continues.
     """
+    from argus.pipelines.topic_validator import validate_topics
     from argus.preflight import PreflightError, require_broker
     from argus.progress import advance, step
-    from pipelines.topic_validator import validate_topics
 
     try:
         require_broker(bootstrap)
@@ -404,7 +404,7 @@ def batch_ingest(
     through spark-submit with the Kafka connector's jars and a zip of Argus's code (--py-files),
     so the same command runs on a cluster with --master.
     """
-    from infra.topics import EVENT_TOPICS
+    from argus.infra.topics import EVENT_TOPICS
 
     args = [
         "--bootstrap",
@@ -571,7 +571,7 @@ def _parse_date(value: str, option: str) -> date:
 
 def _servers(bootstrap: str | None) -> str:
     """The resolved bootstrap servers as one ``host:port,...`` argument for a spark-submit job."""
-    from infra.clients import kafka_settings
+    from argus.infra.clients import kafka_settings
 
     servers = kafka_settings(bootstrap)["bootstrap_servers"]
     return servers if isinstance(servers, str) else ",".join(servers)
@@ -588,7 +588,7 @@ def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_comm
     """Run ``jobs/<job>.py`` through spark-submit; its last stdout line (JSON) is the result."""
     import subprocess
 
-    from infra.spark import environment_for_submit, py_files_archive, submit_command
+    from argus.infra.spark import environment_for_submit, py_files_archive, submit_command
 
     with err.status("fetching the Spark Kafka connector's jars (first run only)..."):
         cmd = submit_command(job, args, master=master, py_files=py_files_archive())
@@ -669,7 +669,7 @@ def forget(
 @schemas_app.command("export")
 def schemas_export() -> None:
     """Rewrite schemas/json/*.schema.json from the models (after a deliberate contract change)."""
-    from schemas.export import export
+    from argus.schemas.export import export
 
     for path in export():
         out.print(str(path))
@@ -680,8 +680,8 @@ def schemas_check(path: Annotated[Path, typer.Argument(help="A file of records, 
     """Validate a JSON Lines file against the event contracts and count the rejects by reason."""
     from collections import Counter
 
-    from schemas import validate_batch
-    from schemas.validate import Rejection
+    from argus.schemas import validate_batch
+    from argus.schemas.validate import Rejection
 
     if not path.exists():
         raise UserError(f"{path} does not exist")
@@ -806,7 +806,7 @@ def bench_nightly(
     """
     from argus.bench_nightly import BenchNightlyError
     from argus.bench_nightly import bench_nightly as run
-    from infra.spark_cluster import ClusterError
+    from argus.infra.spark_cluster import ClusterError
 
     if master != "standalone" and not master.startswith(("local", "spark://", "yarn", "k8s://")):
         raise UserError(f"--master: {master!r} is not a Spark master; give local[N], spark://HOST:PORT or standalone")
@@ -837,7 +837,7 @@ def bench_stream(
     """
     from argus.bench_stream import BenchStreamError
     from argus.bench_stream import bench_stream as run
-    from infra.prism import PrismError, fetch_prism
+    from argus.infra.prism import PrismError, fetch_prism
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
     unknown = [d for d in names if d not in ("trolls", "fraud")]
@@ -917,10 +917,10 @@ def detect(
     raid groups it finds to OUT.raids.jsonl; malformed JSONL lines go to OUT.rejected.jsonl.
     """
     from argus.detect import nothing_useful, run_detect
+    from argus.detectors.base import ModelError
+    from argus.detectors.events import EventsError
+    from argus.infra.clients import publish_alerts
     from argus.preflight import PreflightError, require_broker, writable_file
-    from detectors.base import ModelError
-    from detectors.events import EventsError
-    from infra.clients import publish_alerts
 
     if detector not in DETECTOR_NAMES:
         raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
@@ -964,7 +964,7 @@ def _churn_params(
     as_of: str | None, horizon_days: int | None, horizon: str | None, lookback: str | None, mode: str | None
 ) -> dict[str, object]:
     """The churn detector's parameters from ``detect``'s options; a bad value is a one-line error naming it."""
-    from detectors.churn import MODES, parse_duration
+    from argus.detectors.churn import MODES, parse_duration
 
     params: dict[str, object] = {}
     if as_of is not None:
@@ -1023,9 +1023,9 @@ def explain_fraud(
     events: Annotated[Path | None, typer.Option(help="Without --model: fit on these events first.")] = None,
 ) -> None:
     """A fraud cluster's rules (thresholds on expert features, with support and precision), members, evidence."""
-    from detectors.base import ModelError
-    from detectors.events import EventsError, load_events
-    from detectors.fraud import FraudDetector
+    from argus.detectors.base import ModelError
+    from argus.detectors.events import EventsError, load_events
+    from argus.detectors.fraud import FraudDetector
 
     if (model is None) == (events is None):
         raise UserError("give exactly one of --model (a saved fraud model) or --events (fit on them first)")
@@ -1115,7 +1115,7 @@ def eval_churn(
 
 
 def _check_profile(profile: str) -> None:
-    from world.config import PROFILES
+    from argus.world.config import PROFILES
 
     if profile not in PROFILES:
         raise UserError(f"--profile must be {' or '.join(PROFILES)}, not {profile!r}")
@@ -1225,9 +1225,9 @@ def alerts_publish(
 ) -> None:
     """Produce a night's alerts from LAKE/alerts/ to the alerts.* topics, keyed by alert id (a rerun
     writes the same keys). The scheduler's step after scoring; prints the records per topic as JSON."""
+    from argus.infra.clients import publish_alerts
     from argus.preflight import PreflightError, require_broker
     from argus.publish_alerts import PublishError, night_alerts
-    from infra.clients import publish_alerts
 
     day = _parse_date(date_, "--date")
     names = [d for d in detectors.split(",") if d]
@@ -1371,7 +1371,7 @@ app.add_typer(stream_app, name="stream")
 @stream_app.command("fetch")
 def stream_fetch() -> None:
     """Build the Beam Prism runner once (go install, 2-8 minutes) into $ARGUS_HOME/cache; idempotent."""
-    from infra.prism import PrismError, fetch_prism, prism_path
+    from argus.infra.prism import PrismError, fetch_prism, prism_path
 
     try:
         if prism_path().is_file():
@@ -1480,7 +1480,7 @@ def stream_run(
 
     Prints the run's counters as JSON when a --bounded run ends.
     """
-    from pipelines.stream import StreamConfig, StreamError, run_stream
+    from argus.pipelines.stream import StreamConfig, StreamError, run_stream
 
     names = [d.strip() for d in detectors.split(",") if d.strip()]
     config = StreamConfig(
@@ -1510,7 +1510,7 @@ def stream_run(
         config.topics = [t.strip() for t in topics.split(",") if t.strip()]
     if start not in ("earliest", "latest"):
         raise UserError(f"--start must be earliest or latest, not {start!r}")
-    from infra.prism import PrismError
+    from argus.infra.prism import PrismError
 
     try:
         result = run_stream(config)

@@ -33,8 +33,8 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from infra.broker import LocalBroker, argus_home, free_port
-from infra.topics import DLQ_TOPIC, event_topic
+from argus.infra.broker import LocalBroker, argus_home, free_port
+from argus.infra.topics import DLQ_TOPIC, event_topic
 
 BAD_RECORDS = 20
 START = date(2026, 10, 1)
@@ -61,7 +61,7 @@ def run_demo(users: int, days: int, live_hours: int) -> None:
         broker = LocalBroker(home=home / "kafka", port=free_port())
         out.rule("[bold]1. Apache Kafka (KRaft, single node)")
         with out.status("starting the broker (the first run fetches its jars from Maven Central)..."):
-            from infra.topics import ensure_topics
+            from argus.infra.topics import ensure_topics
 
             broker.up()
             ensure_topics(broker.bootstrap)
@@ -76,9 +76,9 @@ def run_demo(users: int, days: int, live_hours: int) -> None:
 
 
 def _story(out: Console, bootstrap: str, users: int, days: int, live_hours: int, home: Path, log: Path) -> None:
-    from world.generate import World, config
-    from world.sinks import write_truth
-    from world.truth import truth_summary
+    from argus.world.generate import World, config
+    from argus.world.sinks import write_truth
+    from argus.world.truth import truth_summary
 
     lake = home / "lake"
     world = World(config(users=users, days=days + FUTURE_DAYS, seed=7, start=START, profile="realistic"))
@@ -139,8 +139,8 @@ def _nightly(out: Console, bootstrap: str, lake: Path, night: date) -> bool:
 
 def _stream(out: Console, world: Any, bootstrap: str, lake: Path, days: int, live_hours: int) -> int:
     """Produce the following hours to live.events.* and run the streaming pipeline over them (bounded)."""
-    from infra.prism import prism_path
-    from pipelines.stream import StreamConfig, StreamError, run_stream
+    from argus.infra.prism import prism_path
+    from argus.pipelines.stream import StreamConfig, StreamError, run_stream
 
     if not prism_path().is_file():
         out.print("skipped: the Beam Prism runner is not built; `argus stream fetch` builds it once (make demo does)")
@@ -240,9 +240,9 @@ def _produce(
     world: Any, bootstrap: str, days: Any, hours: int | None = None, prefix: str | None = None, bad_records: int = 0
 ) -> Counter[str]:
     """Produce the world's ``days`` (only their first ``hours`` when given) to events.* (or PREFIX.events.*)."""
-    from infra.clients import BulkProducer
-    from world.bad_records import malformed_records
-    from world.sinks import to_json_lines
+    from argus.infra.clients import BulkProducer
+    from argus.world.bad_records import malformed_records
+    from argus.world.sinks import to_json_lines
 
     producer = BulkProducer(bootstrap)
     sent: Counter[str] = Counter()
@@ -284,7 +284,7 @@ def _create_topic(bootstrap: str, name: str, partitions: int = 3) -> None:
 
 
 def _first_dead_letter(bootstrap: str) -> dict[str, str] | None:
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     client = consumer(DLQ_TOPIC, bootstrap=bootstrap, consumer_timeout_ms=5000)
     try:

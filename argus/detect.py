@@ -7,11 +7,11 @@ from typing import Any
 
 import pandas as pd
 
+from argus.detectors.base import Detector, reasons_text, status_counts
+from argus.detectors.events import Events, load_events
+from argus.detectors.registry import detector_class
 from argus.progress import step
-from detectors.base import Detector, reasons_text, status_counts
-from detectors.events import Events, load_events
-from detectors.registry import detector_class
-from schemas.models import Alert, AlertReason
+from argus.schemas.models import Alert, AlertReason
 
 
 def run_detect(
@@ -28,7 +28,7 @@ def run_detect(
     ``per="user"`` writes one row per user to ``out``; ``per`` = the detector's ``item_kind``
     ("message", "payment") writes one row per item to ``out`` and the users to ``OUT.users.csv``.
     """
-    from detectors.alerts import alerts_from_scores
+    from argus.detectors.alerts import alerts_from_scores
 
     step(f"reading {events_path.name}")
     events = load_events(events_path)
@@ -45,7 +45,7 @@ def run_detect(
         _check_as_of_within(str(params["as_of"]), events)
     detector: Detector = cls.load(model) if model else cls(**(params or {}))
     if model and params and "as_of" in params:
-        from detectors.churn import ChurnDetector
+        from argus.detectors.churn import ChurnDetector
 
         assert isinstance(detector, ChurnDetector)
         detector = detector.at(str(params["as_of"]))  # what was learnt, scored at another day
@@ -86,7 +86,7 @@ def run_detect(
     if events.rejected:
         summary["rejected_out"] = str(rejected_out)
     if name == "churn":
-        from detectors.churn import ChurnDetector
+        from argus.detectors.churn import ChurnDetector
 
         assert isinstance(detector, ChurnDetector)
         summary.update(detector.run_summary())
@@ -149,8 +149,8 @@ def _window(events: Events) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def _raids(events: Events, model_version: str) -> list[Alert]:
-    from detectors.alerts import group_alert
-    from detectors.trolls import find_raids
+    from argus.detectors.alerts import group_alert
+    from argus.detectors.trolls import find_raids
 
     alerts = []
     for raid in find_raids(events["chat"]):
@@ -175,7 +175,7 @@ def paper_mode(csv: Path, method: str, k: int, threshold: float) -> dict[str, An
     """``argus trolls paper``: the paper's scores over a CSV with columns f1..f10 in that order."""
     import numpy as np
 
-    from detectors.trolls import paper_scores
+    from argus.detectors.trolls import paper_scores
 
     try:
         frame = pd.read_csv(csv, dtype=str, keep_default_na=False)

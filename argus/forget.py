@@ -48,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from schemas.privacy import (
+from argus.schemas.privacy import (
     ERASURE_LOG,
     PrivacyError,
     pseudonym,
@@ -194,7 +194,7 @@ def forget(
     deleted, pending = forget_in_models(lake / "models", matcher)
     report.models_deleted, report.models_pending_refit = deleted, pending
     if kafka:
-        from infra.topics import ALERT_TOPICS, DLQ_TOPIC, EVENT_TOPICS
+        from argus.infra.topics import ALERT_TOPICS, DLQ_TOPIC, EVENT_TOPICS
 
         erasure = erase_from_kafka(
             matcher,
@@ -216,7 +216,7 @@ def forget(
 
 
 def subject_salt(lake: Path) -> tuple[bytes, str]:
-    """The key of audit digests and pseudonyms (``schemas.privacy.subject_key``), a one-line error if unusable."""
+    """The key of audit digests and pseudonyms (``argus.schemas.privacy.subject_key``), a one-line error if unusable."""
     try:
         return subject_key(lake)
     except PrivacyError as exc:
@@ -527,8 +527,8 @@ def erase_from_kafka(
     lake_alert_ids: set[str],
 ) -> dict[str, Any]:
     """Tombstones on compacted topics; the retention of the others. Returns the Kafka part of the report."""
-    from infra import clients
-    from infra.topics import topic_configs
+    from argus.infra import clients
+    from argus.infra.topics import topic_configs
 
     probe = clients.consumer(bootstrap=bootstrap)
     try:
@@ -596,7 +596,7 @@ def _latest_values(topic: str, bootstrap: str | None) -> dict[bytes, bytes | Non
     """The newest value of every key on ``topic``, read from the beginning to the current end."""
     from kafka import TopicPartition
 
-    from infra import clients
+    from argus.infra import clients
 
     consumer = clients.consumer(bootstrap=bootstrap, group_id=None, enable_auto_commit=False)
     latest: dict[bytes, bytes | None] = {}

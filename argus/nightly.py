@@ -54,7 +54,7 @@ class NightlyRun:
 
 
 def nightly_command(run: NightlyRun, console: Console) -> list[str]:
-    from infra.spark import py_files_archive, submit_command
+    from argus.infra.spark import py_files_archive, submit_command
 
     with console.status("fetching the Spark Kafka connector's jars (first run only)..."):
         return submit_command("nightly", run.job_args(), master=run.master, py_files=py_files_archive())
@@ -65,7 +65,7 @@ def run_nightly_submit(run: NightlyRun, console: Console, emit: Any = print) -> 
 
     Returns 0, or 1 when a quality gate failed; raises ``NightlyError`` for anything the user can fix.
     """
-    from infra.spark import environment_for_submit
+    from argus.infra.spark import environment_for_submit
 
     cmd = nightly_command(run, console)
     run.log.parent.mkdir(parents=True, exist_ok=True)

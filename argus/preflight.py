@@ -40,7 +40,7 @@ def iso_date(value: str, option: str) -> str:
 
 def servers(bootstrap: str | None) -> list[tuple[str, int]]:
     """The resolved bootstrap servers as (host, port) pairs."""
-    from infra.clients import kafka_settings
+    from argus.infra.clients import kafka_settings
 
     value = kafka_settings(bootstrap)["bootstrap_servers"]
     listed = value.split(",") if isinstance(value, str) else list(value)

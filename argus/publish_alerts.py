@@ -1,8 +1,8 @@
 """``argus alerts publish``: a night's alerts from the lake to the ``alerts.*`` topics.
 
 The scoring step writes each detector's alerts of a night to
-``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``schemas.Alert`` per line); this step
-produces them, keyed by ``alert_id`` with an idempotent producer (``infra.clients.publish_alerts``),
+``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``argus.schemas.Alert`` per line); this step
+produces them, keyed by ``alert_id`` with an idempotent producer (``argus.infra.clients.publish_alerts``),
 so publishing a night again writes the same keys and a compacted topic keeps one record per alert.
 A scheduler runs it as its own task after every detector has scored (the Airflow DAG's ``alerts``).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import date
 from pathlib import Path
 
-from schemas.models import Alert
+from argus.schemas.models import Alert
 
 
 class PublishError(ValueError):

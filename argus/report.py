@@ -3,7 +3,7 @@
 It reads what ``argus batch nightly`` leaves in the lake and draws five sections:
 
 - **Alerts over time** per kind, over the ``days`` nights up to the date: ``LAKE/alerts/detector=X/
-  date=D/alerts.jsonl`` (one ``schemas.Alert`` per line), or, for nights scored without it, the
+  date=D/alerts.jsonl`` (one ``argus.schemas.Alert`` per line), or, for nights scored without it, the
   flagged rows of ``LAKE/scores/detector=X/date=D/`` (one alert each, as the chain raises them).
 - **Behaviour map**: ``LAKE/embeddings/date=D/`` projected on its first two principal components
   (cosine geometry: rows are L2-normalised first), coloured by pHDBSCAN cluster and by risk (a
@@ -130,7 +130,7 @@ def load_scores(lake: Path, day: date, days: int) -> pd.DataFrame:
 
 def alert_kinds() -> dict[str, str]:
     """Detector name -> the kind of its alerts (``alerts.<kind>`` topics)."""
-    from detectors.registry import detector_class
+    from argus.detectors.registry import detector_class
 
     return {name: detector_class(name).alert_kind for name in DETECTORS}
 
@@ -138,7 +138,7 @@ def alert_kinds() -> dict[str, str]:
 def load_alerts(lake: Path, day: date, days: int, scores: pd.DataFrame) -> pd.DataFrame:
     """One row per alert of the ``days`` nights up to ``day``: date, detector, kind, user_id, score,
     severity, reasons (a list of (feature label, text) pairs), source (``alerts`` or ``scores``)."""
-    from detectors.alerts import severity
+    from argus.detectors.alerts import severity
 
     kinds = alert_kinds()
     rows: list[dict[str, Any]] = []
@@ -322,7 +322,7 @@ def project_2d(vectors: np.ndarray) -> tuple[np.ndarray, tuple[float, float]]:
 
 def cluster_labels(vectors: np.ndarray) -> np.ndarray:
     """pHDBSCAN clusters of the L2-normalised rows (-1: in no cluster)."""
-    from detectors.cluster import PHDBSCAN
+    from argus.detectors.cluster import PHDBSCAN
 
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
     unit = (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)

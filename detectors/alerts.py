@@ -1,4 +1,4 @@
-"""Alerts from score frames: the contract of ``schemas.Alert``, with ids that replays reproduce.
+"""Alerts from score frames: the contract of ``argus.schemas.Alert``, with ids that replays reproduce.
 
 Every alert cites the events an investigator should open first (``evidence_event_ids``), most
 telling first (``evidence_ids``): for detectors that score items (troll messages, fraud payments)
@@ -15,9 +15,9 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from detectors.base import Detector, Reason
-from detectors.events import Events
-from schemas.models import Alert, AlertReason
+from argus.detectors.base import Detector, Reason
+from argus.detectors.events import Events
+from argus.schemas.models import Alert, AlertReason
 
 SEVERITY_FLOORS = ((0.9, "critical"), (0.75, "high"), (0.6, "medium"))
 EVIDENCE_LIMIT = 20  # event ids per alert: enough to investigate, small enough for a Kafka record

@@ -25,9 +25,11 @@ from typing import Any, ClassVar, Self
 import numpy as np
 import pandas as pd
 
-from detectors.events import Events
+from argus.detectors.events import Events
 
 ARTEFACT_FORMAT = 1
+# Top-level packages of releases before argus.* (an artefact pickled then names detectors.x.Cls).
+_MOVED_PACKAGES = frozenset({"detectors", "jobs", "schemas", "infra", "world", "pipelines"})
 SCORE_COLUMNS = ["user_id", "score", "flagged", "status", "reasons"]
 # Per-item scores (one row per chat message or payment), for detectors that score items.
 ITEM_COLUMNS = ["event_id", "user_id", "ts", "context", "score", "flagged", "reasons"]
@@ -141,10 +143,20 @@ class Detector(ABC):
         if meta.get("format") != ARTEFACT_FORMAT:
             raise ModelError(f"{path} has artefact format {meta.get('format')}; this version reads {ARTEFACT_FORMAT}")
         detector = cls(**meta["params"])
-        detector.state = pickle.loads((path / "state.pkl").read_bytes())
+        with (path / "state.pkl").open("rb") as state:
+            detector.state = _ArtefactUnpickler(state).load()
         detector.metrics = meta.get("metrics", {})
         detector.fitted_at = meta.get("fitted_at")
         return detector
+
+
+class _ArtefactUnpickler(pickle.Unpickler):
+    """Unpickles a model state, mapping classes of the old top-level packages to ``argus.*``."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.partition(".")[0] in _MOVED_PACKAGES:
+            module = f"argus.{module}"
+        return super().find_class(module, name)
 
 
 def score_frame(

@@ -84,7 +84,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detectors.chat_features import HOSTILE_TERMS, LINK_PATTERN, STOPWORDS, TERM_PATTERN
+from argus.detectors.chat_features import HOSTILE_TERMS, LINK_PATTERN, STOPWORDS, TERM_PATTERN
 
 SIGNALS = (
     "toxic",

@@ -40,7 +40,7 @@ Cost: one pass over the events, then ``O(users x cut-offs x lookback)`` numpy wo
 two models on up to ``MAX_EXAMPLES`` examples takes seconds to a minute on one core.
 
 >>> import pandas as pd
->>> from detectors.events import Events
+>>> from argus.detectors.events import Events
 >>> chat = pd.DataFrame({"event_id": ["a", "b", "c"], "user_id": ["u1", "u1", "u2"],
 ...     "ts": pd.to_datetime(["2026-10-01 10:00", "2026-10-03 09:00", "2026-10-03 12:00"], utc=True)})
 >>> daily_activity(Events({"chat": chat}))["chat"].tolist()
@@ -65,8 +65,8 @@ from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
-from detectors.churn_purchase import (
+from argus.detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
+from argus.detectors.churn_purchase import (
     HISTORY_COLUMNS,
     PURCHASE_FEATURES,
     History,
@@ -76,7 +76,7 @@ from detectors.churn_purchase import (
     summary_at,
     training_plan,
 )
-from detectors.events import Events
+from argus.detectors.events import Events
 
 # Daily channels, in tensor order. The first four are the user's own actions ("activity").
 CHANNELS = ("chat", "click", "payment", "account", "moderation", "spend", "sessions", "ban")
@@ -388,7 +388,7 @@ class ChurnDetector(Detector):
     ``history_days`` (daily series kept for training, default 90), ``model`` ("auto": the better
     of "gbm" and "sequence" on held-out users), ``min_active_days`` (default 2), ``mode``
     ("daily": the daily-activity series above; "purchase": the non-contractual mode of
-    ``detectors.churn_purchase``; "auto": chosen from the data by ``detect_mode``).
+    ``argus.detectors.churn_purchase``; "auto": chosen from the data by ``detect_mode``).
     """
 
     name = "churn"

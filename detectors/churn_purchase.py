@@ -6,7 +6,7 @@ risk, not a reason to refuse. Per customer and cut-off ``c`` (day 0 is ``as_of``
 negative) ``summary_at`` computes recency, frequency, monetary value (approved purchase amounts
 where the data has them, events otherwise), age ``T``, inter-purchase gap statistics, the days
 since the last purchase relative to the customer's own typical gap, counts in the lookback, and the
-BG/NBD quantities of ``detectors.btyd`` (P(alive), expected purchases and P(no purchase) in the
+BG/NBD quantities of ``argus.detectors.btyd`` (P(alive), expected purchases and P(no purchase) in the
 horizon) from a BG/NBD fitted on everybody's history up to ``c``.
 
 ``ChurnDetector`` (mode ``purchase``) trains gradient-boosted trees on these features at earlier
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from detectors.btyd import BGNBDParams, expected_purchases, fit_bgnbd, p_alive, p_no_purchase
+from argus.detectors.btyd import BGNBDParams, expected_purchases, fit_bgnbd, p_alive, p_no_purchase
 
 ACTIVITY = ("chat", "click", "payment", "account")
 HISTORY_COLUMNS = ("history_days", "history_events", "history_spend", "history_ban")
@@ -150,7 +150,7 @@ def summary_at(
     """``(features, has_history, banned, bgnbd)`` for every user at the end of day ``cutoff``.
 
     ``features`` has ``PURCHASE_FEATURES`` (NaN where undefined, e.g. gaps of a one-time customer;
-    the BG/NBD columns are NaN when BG/NBD could not be fitted, see ``detectors.btyd``).
+    the BG/NBD columns are NaN when BG/NBD could not be fitted, see ``argus.detectors.btyd``).
     """
     n = history.users
     seen = history.day <= cutoff

@@ -33,8 +33,8 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, score_frame
-from detectors.events import Events
+from argus.detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, score_frame
+from argus.detectors.events import Events
 
 MATCH_CANDIDATES = 50  # the paper matches a child among the 50 accounts banned closest in time
 RETRIEVED = 10  # extra candidates per child from FAISS retrieval
@@ -76,7 +76,7 @@ PSYCHOLINGUISTIC_CATEGORIES: dict[str, frozenset[str]] = {
 _LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s"})
 _AFFIXES = re.compile(r"^(?:the|not|x+|real|its|im)|(?:alt|back|v\d|real|new|again|x+|official)$")
 _EMBED_DIM = 256
-_DIGEST = re.compile(r"[0-9a-f]{32}")  # schemas.privacy's digests
+_DIGEST = re.compile(r"[0-9a-f]{32}")  # argus.schemas.privacy's digests
 
 
 def name_core(name: str) -> str:

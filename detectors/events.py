@@ -18,9 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from schemas.arrow import ARROW_SCHEMAS
-from schemas.models import EVENT_TYPES
-from schemas.validate import Rejection, validate_batch
+from argus.schemas.arrow import ARROW_SCHEMAS
+from argus.schemas.models import EVENT_TYPES
+from argus.schemas.validate import Rejection, validate_batch
 
 
 class EventsError(ValueError):

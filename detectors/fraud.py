@@ -3,7 +3,7 @@
 After *Explainable Deep Behavioral Sequence Clustering for Transaction Fraud Detection*
 (FinDeepBehaviorCluster): each user becomes a hybrid vector (a time-aware embedding of the
 behaviour sequence next to expert features), users are clustered with the FAISS-backed HDBSCAN
-(``detectors.cluster.PHDBSCAN``), a cluster is *risky* when enough of its members have known bad
+(``argus.detectors.cluster.PHDBSCAN``), a cluster is *risky* when enough of its members have known bad
 outcomes, and every risky cluster gets rules an investigator can read.
 
 1. **Features** (``detectors/fraud_features.py``): expert payment features and a time-aware
@@ -69,7 +69,7 @@ import numpy as np
 import pandas as pd
 from sklearn.tree import DecisionTreeClassifier
 
-from detectors.base import (
+from argus.detectors.base import (
     ITEM_COLUMNS,
     LOW_EVIDENCE,
     SCORED,
@@ -78,9 +78,9 @@ from detectors.base import (
     norm_reasons,
     score_frame,
 )
-from detectors.cluster.phdbscan import PHDBSCAN
-from detectors.events import Events
-from detectors.fraud_features import (
+from argus.detectors.cluster.phdbscan import PHDBSCAN
+from argus.detectors.events import Events
+from argus.detectors.fraud_features import (
     EMBED_COLUMNS,
     EXPERT_FEATURES,
     FEATURE_COLUMNS,
@@ -90,7 +90,7 @@ from detectors.fraud_features import (
     payment_table,
     sequence_embedding,
 )
-from detectors.fraud_payments import (
+from argus.detectors.fraud_payments import (
     ACCOUNT_EVIDENCE,
     PAYMENT_FEATURES,
     PROPAGATION_PRIOR,

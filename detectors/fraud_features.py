@@ -34,7 +34,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from detectors.events import Events
+from argus.detectors.events import Events
 
 # Approximate units of each currency per US dollar (2025 averages). Amount features only need the
 # order of magnitude; a currency missing here is reported, never converted by guess.

@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detectors.events import Events
-from detectors.fraud_features import NEW_DEVICE_SPEND_S, _account_table, payment_table, shared_accounts
+from argus.detectors.events import Events
+from argus.detectors.fraud_features import NEW_DEVICE_SPEND_S, _account_table, payment_table, shared_accounts
 
 # Payment features: name -> wording for reasons.
 PAYMENT_FEATURES: dict[str, str] = {

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from importlib import import_module
 
-from detectors.base import Detector
+from argus.detectors.base import Detector
 
 # name -> "module:Class"; imported on first use so one detector's dependencies never slow another.
 DETECTORS: dict[str, str] = {
-    "trolls": "detectors.trolls:TrollDetector",
-    "evaders": "detectors.evaders:EvaderDetector",
-    "fraud": "detectors.fraud:FraudDetector",
-    "churn": "detectors.churn:ChurnDetector",
+    "trolls": "argus.detectors.trolls:TrollDetector",
+    "evaders": "argus.detectors.evaders:EvaderDetector",
+    "fraud": "argus.detectors.fraud:FraudDetector",
+    "churn": "argus.detectors.churn:ChurnDetector",
 }
 
 

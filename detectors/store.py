@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from detectors.base import Detector, ModelError
-from detectors.registry import detector_class
+from argus.detectors.base import Detector, ModelError
+from argus.detectors.registry import detector_class
 
 
 class ModelStore:

@@ -71,15 +71,15 @@ from typing import Any, Self
 import numpy as np
 import pandas as pd
 
-from detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
-from detectors.chat_features import (
+from argus.detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
+from argus.detectors.chat_features import (
     CONTEXT_WINDOW_S,
     FEATURE_COLUMNS,
     PAPER_FEATURES,
     TERM_PATTERN,
     chat_context_features,
 )
-from detectors.chat_messages import (
+from argus.detectors.chat_messages import (
     BURST_S,
     CONTEXT_S,
     DEFAULT_MODEL,
@@ -96,7 +96,7 @@ from detectors.chat_messages import (
     moderation_counts,
     rate_posterior,
 )
-from detectors.events import Events
+from argus.detectors.events import Events
 
 PAPER_THRESHOLD = 40.0  # Haque: troll when the rescaled score is above 40 of 100
 PAPER_KNN_K = 5
@@ -664,7 +664,7 @@ def _text_clusters(
     """
     from sklearn.feature_extraction.text import HashingVectorizer
 
-    from detectors.cluster import PHDBSCAN
+    from argus.detectors.cluster import PHDBSCAN
 
     unusual = (
         messages["text"].str.lower().str.findall(TERM_PATTERN).map(lambda ts: [t for t in ts if t not in habitual])

@@ -6,7 +6,7 @@ background and creates the topic layout. The data directory persists across ``do
 State lives in ``$ARGUS_HOME/kafka`` (default ``~/.argus/kafka``).
 
 ``secure=True`` (``argus kafka up --secure``) serves clients only over SASL_SSL with SCRAM-SHA-512,
-with principals and ACLs; ``infra.security`` makes and describes that material. A home formatted
+with principals and ACLs; ``argus.infra.security`` makes and describes that material. A home formatted
 in one mode stays in it.
 """
 
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra import maven
-from infra.maven import argus_home
-from infra.security import ADMIN, PRINCIPALS, SecureMaterial, apply_acls, write_private
+from argus.infra import maven
+from argus.infra.maven import argus_home
+from argus.infra.security import ADMIN, PRINCIPALS, SecureMaterial, apply_acls, write_private
 
 KAFKA_DIR = Path(__file__).parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"

@@ -30,8 +30,8 @@ from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
-from infra.broker import LocalBroker
-from infra.security import redact_in_client_logs
+from argus.infra.broker import LocalBroker
+from argus.infra.security import redact_in_client_logs
 
 _ENV_SETTINGS = {
     "KAFKA_SECURITY_PROTOCOL": "security_protocol",
@@ -153,7 +153,7 @@ _warned: set[Path] = set()
 
 def warn_if_readable(path: Path, what: str) -> None:
     """One stderr line (once per file and process) when ``path`` is readable by group or others."""
-    from infra.security import loose_permissions
+    from argus.infra.security import loose_permissions
 
     who = loose_permissions(path)
     if who is None or path in _warned:
@@ -164,7 +164,7 @@ def warn_if_readable(path: Path, what: str) -> None:
 
 def read_password_file(path: Path) -> str:
     """The password in ``path`` (its first line); warns when the file is readable by others."""
-    from infra.security import SecretFileError, read_secret_file
+    from argus.infra.security import SecretFileError, read_secret_file
 
     try:
         secret = read_secret_file(path)
@@ -450,7 +450,7 @@ class BulkProducer:
 
 
 class AlertRecord(Protocol):
-    """What ``publish_alerts`` needs of an alert (``schemas.Alert`` has it)."""
+    """What ``publish_alerts`` needs of an alert (``argus.schemas.Alert`` has it)."""
 
     @property
     def alert_id(self) -> str: ...
@@ -465,7 +465,7 @@ def publish_alerts(alerts: Iterable[AlertRecord], bootstrap: str | None = None) 
     """Produce alerts to ``alerts.<kind>`` (raid groups to ``alerts.troll``), keyed by ``alert_id``:
     a replay writes the same keys, so a compacted topic keeps one record per alert. The producer is
     idempotent (``acks=all``): a retried send never writes a record twice."""
-    from infra.topics import alert_topic, ensure_alert_topics
+    from argus.infra.topics import alert_topic, ensure_alert_topics
 
     ensure_alert_topics(bootstrap)  # the alert topics exist, compacted, before the first send
     sink = producer(bootstrap, enable_idempotence=True)

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from infra.maven import argus_home
+from argus.infra.maven import argus_home
 
 PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
 __all__ = ["PRISM_MODULE", "PrismError", "beam_version", "fetch_prism", "prism_path"]

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infra.topics import DLQ_TOPIC
+from argus.infra.topics import DLQ_TOPIC
 
 SASL_MECHANISM = "SCRAM-SHA-512"
 BROKER_CN = "argus-broker"
@@ -191,7 +191,7 @@ def secure_broker_summary(material: SecureMaterial, bootstrap: str) -> str:
 
 
 def client_env_lines(settings: dict[str, str]) -> list[str]:
-    """``NAME=value`` lines for the environment variables ``infra.clients`` reads."""
+    """``NAME=value`` lines for the environment variables ``argus.infra.clients`` reads."""
     names = {
         "bootstrap": "KAFKA_BOOTSTRAP",
         "security_protocol": "KAFKA_SECURITY_PROTOCOL",

@@ -13,17 +13,21 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from importlib import import_module
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from infra import maven
+from argus.infra import maven
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 POM = Path(__file__).parent / "spark" / "pom.xml"
 DEFAULT_MASTER = "local[2]"
+# argus's subpackages: their folders sit beside argus/ in a checkout and inside it in a wheel.
+SUBPACKAGES = ("detectors", "jobs", "schemas", "infra", "world", "pipelines")
 DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
     "spark.sql.shuffle.partitions": "8",
@@ -42,7 +46,7 @@ def connector_jars() -> list[Path]:
 
 
 def spark_settings(extra: dict[str, str] | None = None) -> dict[str, str]:
-    from infra.clients import load_config
+    from argus.infra.clients import load_config
 
     configured = {k: str(v) for k, v in load_config().get("spark", {}).items()}
     return {**DEFAULTS, **configured, **(extra or {})}
@@ -97,29 +101,84 @@ def submit_command(job: str, args: list[str], master: str = DEFAULT_MASTER, py_f
         cmd += ["--conf", f"{key}={value}"]
     if py_files is not None:
         cmd += ["--py-files", str(py_files)]
-    entry = Path(__file__).resolve().parent.parent / "jobs" / f"{job}.py"
+    entry = Path(import_module("argus.jobs").__file__ or "").parent / f"{job}.py"
     return [*cmd, str(entry), *args]
 
 
 def py_files_archive() -> Path:
-    """A zip of Argus's packages for ``--py-files`` (cluster executors import the jobs' code from it)."""
+    """Argus for ``--py-files``: what executors import ``argus.jobs``, ``argus.detectors``, ... from.
+
+    ``ARGUS_WHEEL`` names a built wheel (``make dist``) to ship as it is; otherwise this installation's
+    ``argus`` package is packed with the wheel's layout (``argus/detectors/...``), so the executors run the
+    driver's code whether Argus is installed from a wheel or editable from a checkout. Spark puts only
+    ``.zip``, ``.egg`` and ``.jar`` files of ``--py-files`` on the executors' ``sys.path``, so the archive
+    is always a ``.zip``: a pure-Python wheel is a zip that Python imports from as it is.
+    """
     import hashlib
+
+    cache = maven.argus_home() / "cache"
+    wheel = os.environ.get("ARGUS_WHEEL")
+    if wheel:
+        source = Path(wheel).expanduser()
+        if source.suffix != ".whl" or not source.is_file():
+            from argus.infra.clients import ConfigError
+
+            raise ConfigError(f"ARGUS_WHEEL={wheel} is not a wheel file; build one with `make dist` (dist/*.whl)")
+        data = source.read_bytes()
+        archive = cache / f"{source.stem}-{hashlib.sha256(data).hexdigest()[:12]}.zip"
+        if not archive.exists():
+            _write_atomically(archive, lambda staging: staging.write_bytes(data))
+        return archive
+    files = package_modules()
+    digest = hashlib.sha256()
+    for name, path in files.items():
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    archive = cache / f"argus-{_version()}-{digest.hexdigest()[:12]}.zip"
+    if not archive.exists():
+        _write_atomically(archive, lambda staging: _zip(staging, files))
+    return archive
+
+
+def package_modules() -> dict[str, Path]:
+    """Every module of the installed ``argus`` package by its path in a wheel (``argus/jobs/score.py``)."""
+    names = ["argus", *(f"argus.{name}" for name in SUBPACKAGES)]
+    files: dict[str, Path] = {}
+    for name in names:
+        spec = find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"{name} is not importable: reinstall Argus (pip install -e . or the wheel)")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        for path in sorted(root.rglob("*.py")):
+            relative = path.relative_to(root)
+            inside = [root.joinpath(*relative.parts[:i]) for i in range(len(relative.parts))]
+            if "__pycache__" in relative.parts or not all((d / "__init__.py").is_file() for d in inside):
+                continue
+            files.setdefault("/".join((*name.split("."), *relative.parts)), path)
+    return dict(sorted(files.items()))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("argus-behaviour")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _zip(target: Path, files: dict[str, Path]) -> None:
     import zipfile
 
-    root = Path(__file__).resolve().parent.parent
-    sources = sorted(
-        p for package in ("schemas", "jobs", "infra", "detectors", "world") for p in (root / package).rglob("*.py")
-    )
-    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sources)).hexdigest()[:12]
-    archive = maven.argus_home() / "cache" / f"argus-jobs-{digest}.zip"
-    if not archive.exists():
-        archive.parent.mkdir(parents=True, exist_ok=True)
-        staging = archive.with_suffix(".partial")
-        with zipfile.ZipFile(staging, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sources:
-                zf.write(path, path.relative_to(root))
-        staging.rename(archive)
-    return archive
+    with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, path in files.items():
+            zf.write(path, name)
+
+
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_suffix(f".{os.getpid()}.partial")
+    write(staging)
+    staging.replace(target)
 
 
 def environment_for_submit() -> dict[str, Any]:

@@ -12,7 +12,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from schemas.models import EVENT_TYPES
+from argus.schemas.models import EVENT_TYPES
 
 DLQ_TOPIC = "dlq.events"
 ALERT_KINDS = ("troll", "evader", "fraud", "churn")
@@ -66,7 +66,7 @@ def ensure_topics(
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    from infra.clients import admin
+    from argus.infra.clients import admin
 
     client = admin(bootstrap, client_settings)  # client_settings: e.g. the secure local broker's admin
     try:
@@ -101,7 +101,7 @@ def ensure_alert_topics(bootstrap: str | None = None) -> None:
 
 def topic_configs(names: list[str], bootstrap: str | None = None) -> dict[str, dict[str, str]]:
     """The current value of every setting of each named topic (defaults included)."""
-    from infra.clients import admin
+    from argus.infra.clients import admin
 
     client = admin(bootstrap)
     try:
@@ -150,7 +150,7 @@ def topic_sizes(
     """Per topic of the layout: partitions and records retained (end minus beginning offsets)."""
     from kafka import KafkaConsumer, TopicPartition
 
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     client = consumer(bootstrap=bootstrap) if client_settings is None else KafkaConsumer(**client_settings)
     try:

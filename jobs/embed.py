@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from jobs.entry import run_job
-from jobs.publish import Publication, publish_per_user
+from argus.jobs.entry import run_job
+from argus.jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -46,7 +46,7 @@ def event_tokens(spark: SparkSession, lake: Path, day: date, days: int) -> DataF
     """(user_id, ts, token) for every event in the window."""
     from pyspark.sql import functions as F
 
-    from jobs.profiles import read_events
+    from argus.jobs.profiles import read_events
 
     since = (day - timedelta(days=days - 1)).isoformat()
     size = F.when(F.col("amount") <= 5, "small").when(F.col("amount") <= 100, "mid").otherwise("large")

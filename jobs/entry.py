@@ -28,7 +28,7 @@ def run_job(parser: argparse.ArgumentParser, argv: list[str], work: Work) -> int
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        from infra.clients import explain_failure
+        from argus.infra.clients import explain_failure
 
         said = explain_failure(exc)  # the cluster refused us: one line, never a secret
         if said is None:

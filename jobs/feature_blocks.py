@@ -38,7 +38,7 @@ import pandas as pd
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from detectors.events import Events
+    from argus.detectors.events import Events
 
 BLOCK_USERS = 5_000  # users per block: a churn block (90 days x 8 channels) is ~30 MB pickled
 PROFILE_SHARDS_MIN = 2
@@ -51,7 +51,7 @@ def window_events(spark: SparkSession, lake: Path, day: date, days: int) -> Data
     """Every event of the ``days`` days up to ``day``, all types in one wide frame (``event_type`` set)."""
     from pyspark.sql import functions as F
 
-    from jobs.profiles import EVENT_TYPES, read_events
+    from argus.jobs.profiles import EVENT_TYPES, read_events
 
     since = (day - timedelta(days=days - 1)).isoformat()
     wide: DataFrame | None = None
@@ -68,7 +68,7 @@ def window_events(spark: SparkSession, lake: Path, day: date, days: int) -> Data
 
 def type_columns(spark: SparkSession, lake: Path, day: date) -> dict[str, list[str]]:
     """The lake's columns of each event type (what ``night_events`` would hand the detectors)."""
-    from jobs.profiles import EVENT_TYPES, read_events
+    from argus.jobs.profiles import EVENT_TYPES, read_events
 
     out = {}
     for event_type in EVENT_TYPES:
@@ -82,8 +82,8 @@ def events_from_wide(rows: pd.DataFrame, columns: dict[str, list[str]]) -> Event
     """The wide rows back as ``Events``: one frame per type with that type's lake columns."""
     import pyarrow as pa
 
-    from detectors.events import Events
-    from schemas.arrow import ARROW_SCHEMAS
+    from argus.detectors.events import Events
+    from argus.schemas.arrow import ARROW_SCHEMAS
 
     frames = {}
     for event_type, names in columns.items():
@@ -177,7 +177,7 @@ def event_blocks(
 
 def profile_frame(profile: pd.DataFrame) -> pd.DataFrame:
     """The troll detector's features from profile rows: the chat columns, indexed and sorted by user."""
-    from detectors.chat_features import FEATURE_COLUMNS
+    from argus.detectors.chat_features import FEATURE_COLUMNS
 
     columns = [c for c in FEATURE_COLUMNS if c != "chat_windows"]
     frame = profile[["user_id", *columns]].set_index("user_id").sort_index().astype(float)
@@ -190,7 +190,7 @@ def profile_blocks(profile: DataFrame, block_users: int = BLOCK_USERS) -> DataFr
     """Blocks of the troll detector's features from the profile, built in parallel by user hash."""
     from pyspark.sql import functions as F
 
-    from detectors.chat_features import FEATURE_COLUMNS
+    from argus.detectors.chat_features import FEATURE_COLUMNS
 
     columns = [c for c in FEATURE_COLUMNS if c != "chat_windows"]
     users = profile.count()

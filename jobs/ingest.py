@@ -4,7 +4,7 @@ Run with spark-submit (``argus batch ingest`` builds the command) or call ``run_
 session. Each run reads the offset range from where the previous run ended to the topics'
 current ends and records that range in ``LAKE/_offsets/<run_id>.json``. Output files carry
 the run id, so ``--rerun RUN_ID`` reads exactly the same range and replaces exactly the same
-files: no duplicates, nothing skipped. Records are validated with ``schemas.validate`` (the
+files: no duplicates, nothing skipped. Records are validated with ``argus.schemas.validate`` (the
 same code as the streaming path); rejects, and repeated ``event_id``s within a run, go to
 ``LAKE/dead_letter/`` with the reason and the original bytes.
 
@@ -30,12 +30,12 @@ import orjson
 import pandas as pd
 import pyarrow as pa
 
-from jobs.entry import run_job
-from schemas.arrow import ARROW_SCHEMAS, wide_event_schema
-from schemas.bounds import EventTimeBounds, current_bounds
-from schemas.models import EventBase
-from schemas.privacy import ErasedSubjects, Pseudonymizer, current_privacy, erased_subjects
-from schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
+from argus.jobs.entry import run_job
+from argus.schemas.arrow import ARROW_SCHEMAS, wide_event_schema
+from argus.schemas.bounds import EventTimeBounds, current_bounds
+from argus.schemas.models import EventBase
+from argus.schemas.privacy import ErasedSubjects, Pseudonymizer, current_privacy, erased_subjects
+from argus.schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -141,7 +141,7 @@ def _of_erased_subject(result: EventBase | Rejection, erased: ErasedSubjects) ->
 def kafka_end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[str, int]]:
     from kafka import TopicPartition
 
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     client = consumer(bootstrap=bootstrap)
     try:
@@ -181,7 +181,7 @@ def run_ingest(
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
-    from infra.clients import spark_kafka_options
+    from argus.infra.clients import spark_kafka_options
 
     lake = Path(lake)
     if rerun:
@@ -277,7 +277,7 @@ def _publish(staged: Path, target: Path, run_id: str) -> None:
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: ingest.py --bootstrap HOST:PORT --lake DIR [--topics a,b] [--rerun ID]."""
-    from infra.topics import EVENT_TOPICS
+    from argus.infra.topics import EVENT_TOPICS
 
     parser = argparse.ArgumentParser(prog="ingest.py", description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)

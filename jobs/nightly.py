@@ -12,7 +12,7 @@ become ``CURRENT`` in the model store (``LAKE/models``, which the streaming pipe
 and its alerts go to Kafka. A crash or a failed check anywhere before that leaves the previous
 outputs and models in place. A failing quality gate stops the chain at that date (exit 1).
 
-Alerts: ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``schemas.Alert`` per line, sorted by
+Alerts: ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``argus.schemas.Alert`` per line, sorted by
 ``alert_id``) and, with ``--alerts``, the ``alerts.<kind>`` topics keyed by ``alert_id``. Alert ids
 depend only on the detector, the user and the night's window, so rerunning a date reproduces them.
 
@@ -31,14 +31,14 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.entry import run_job
-from jobs.publish import Publication
+from argus.jobs.entry import run_job
+from argus.jobs.publish import Publication
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from detectors.store import ModelStore
-    from schemas.models import Alert
+    from argus.detectors.store import ModelStore
+    from argus.schemas.models import Alert
 
 DETECTOR_ORDER = ("trolls", "evaders", "fraud", "churn")
 Report = Callable[[dict[str, Any]], None]
@@ -69,7 +69,7 @@ def run_nightly(
     report: Report = print_step,
 ) -> tuple[dict[str, Any], int]:
     """Run the chain for ``dates`` in order; (summary, exit code: 0, or 1 when a quality gate failed)."""
-    from detectors.registry import DETECTORS
+    from argus.detectors.registry import DETECTORS
 
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
@@ -80,8 +80,8 @@ def run_nightly(
     application = spark.sparkContext.applicationId
     summary: dict[str, Any] = {"step": "done", "lake": str(lake), "dates": [], "alerts": 0, "application": application}
     if ingest_bootstrap:
-        from infra.topics import EVENT_TOPICS
-        from jobs.ingest import run_ingest
+        from argus.infra.topics import EVENT_TOPICS
+        from argus.jobs.ingest import run_ingest
 
         ingested = run_ingest(spark, ingest_bootstrap, lake, list(EVENT_TOPICS))
         report({"step": "ingest", "run_id": ingested.run_id, "valid": ingested.valid, "rejected": ingested.rejected})
@@ -93,7 +93,7 @@ def run_nightly(
             summary.update(failed=day.isoformat(), seconds=round(time.monotonic() - started, 1))
             return summary, 1
         if alerts_bootstrap:
-            from infra.clients import publish_alerts
+            from argus.infra.clients import publish_alerts
 
             produced = publish_alerts(night, alerts_bootstrap)
             report({"step": "alerts", "date": day.isoformat(), "produced": produced})
@@ -118,11 +118,11 @@ def run_night(
     """One date of the chain, published all at once at its end; its alerts, or None when the gate failed."""
     from pyspark import StorageLevel
 
-    from detectors.store import ModelStore
-    from jobs.embed import run_embed
-    from jobs.profiles import run_profile
-    from jobs.quality import run_quality
-    from jobs.score import night_window, score_night
+    from argus.detectors.store import ModelStore
+    from argus.jobs.embed import run_embed
+    from argus.jobs.profiles import run_profile
+    from argus.jobs.quality import run_quality
+    from argus.jobs.score import night_window, score_night
 
     when = day.isoformat()
     gate = run_quality(spark, lake, day)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 # One definition of the chat context for the nightly job and the detectors (tested equal).
-from detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
-from jobs.entry import run_job
-from jobs.publish import Publication, publish_per_user
+from argus.detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
+from argus.jobs.entry import run_job
+from argus.jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession

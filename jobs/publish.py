@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from detectors.base import Detector
+    from argus.detectors.base import Detector
 
 
 class Publication:
@@ -50,7 +50,7 @@ class Publication:
 
     def model(self, store_root: Path, detector: Detector) -> Path:
         """Save ``detector`` to the store (versions are immutable) and make it current with the outputs."""
-        from detectors.store import ModelStore
+        from argus.detectors.store import ModelStore
 
         store = ModelStore(store_root)
         folder = store.save(detector)
@@ -62,7 +62,7 @@ class Publication:
 
     def commit(self) -> list[Path]:
         """Swap every staged folder in, then make the new models current; the published targets."""
-        from detectors.store import ModelStore
+        from argus.detectors.store import ModelStore
 
         published = list(self._folders)
         for target in published:
@@ -99,7 +99,7 @@ def publish_per_user(
     A failing check raises ``ValueError`` and leaves the published folder as it was. With a
     deferred ``publication`` the folder is staged and swapped in by its ``commit``.
     """
-    from jobs.quality import check_output
+    from argus.jobs.quality import check_output
 
     publication = publication or Publication(lake, f"{kind}-{day.isoformat()}")
     target = lake / kind / f"date={day.isoformat()}"

@@ -21,9 +21,9 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.entry import run_job
-from schemas.arrow import ARROW_SCHEMAS
-from schemas.models import EVENT_MODELS
+from argus.jobs.entry import run_job
+from argus.schemas.arrow import ARROW_SCHEMAS
+from argus.schemas.models import EVENT_MODELS
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession

@@ -32,17 +32,17 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from detectors.alerts import EVIDENCE_LIMIT
-from jobs.entry import run_job
-from jobs.feature_blocks import BLOCK_USERS
-from jobs.publish import Publication
+from argus.detectors.alerts import EVIDENCE_LIMIT
+from argus.jobs.entry import run_job
+from argus.jobs.feature_blocks import BLOCK_USERS
+from argus.jobs.publish import Publication
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from detectors.base import Detector
-    from detectors.events import Events
-    from schemas.models import Alert
+    from argus.detectors.base import Detector
+    from argus.detectors.events import Events
+    from argus.schemas.models import Alert
 
 # Users the model is fitted on at most (whole blocks, so up to one block more). Enough for every
 # detector's norms and clusters to settle; fitting time, not memory, is what it bounds first.
@@ -61,13 +61,13 @@ def run_score(
 ) -> dict[str, Any]:
     """Score one detector for one night and publish at once, its alerts to ``LAKE/alerts/detector=X/date=D/``
     as the nightly chain writes them (`argus alerts publish` produces them later); with ``bootstrap``, now."""
-    from jobs.nightly import stage_alerts
+    from argus.jobs.nightly import stage_alerts
 
     publication = Publication(lake, f"scores-{detector_name}-{day.isoformat()}")
     result, alerts = score_night(spark, lake, day, detector_name, days, model, publication=publication)
     stage_alerts(publication, lake, detector_name, day, alerts)
     if bootstrap:
-        from infra.clients import publish_alerts
+        from argus.infra.clients import publish_alerts
 
         result["alerts"] = publish_alerts(alerts, bootstrap)
     return result
@@ -91,8 +91,8 @@ def score_night(
     """
     from pyspark import StorageLevel
 
-    from detectors.registry import DETECTORS, detector_class
-    from jobs.feature_blocks import type_columns
+    from argus.detectors.registry import DETECTORS, detector_class
+    from argus.jobs.feature_blocks import type_columns
 
     if detector_name not in DETECTORS:
         raise ValueError(f"unknown detector {detector_name!r}; known: {', '.join(sorted(DETECTORS))}")
@@ -102,7 +102,7 @@ def score_night(
     cls = detector_class(detector_name)
     detector: Detector = cls.load(model) if model else cls()
     if model is not None and detector_name == "churn":
-        from detectors.churn import ChurnDetector
+        from argus.detectors.churn import ChurnDetector
 
         assert isinstance(detector, ChurnDetector)
         detector = detector.at(day.isoformat())  # what was learnt, scored as of this night
@@ -116,7 +116,7 @@ def score_night(
         sample: pd.DataFrame | None = None
         fitted_on = 0
         if model is None:
-            from jobs.feature_blocks import fit_sample
+            from argus.jobs.feature_blocks import fit_sample
 
             sample = fit_sample(blocks, fit_users, whole_core=detector_name == "evaders")
             detector.fit(sample)
@@ -153,7 +153,7 @@ def score_night(
 
 def night_window(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame:
     """The lake's events of the ``days`` days up to ``day`` (all types, one wide Spark frame)."""
-    from jobs.feature_blocks import window_events
+    from argus.jobs.feature_blocks import window_events
 
     since = (day - timedelta(days=days - 1)).isoformat()
     window = window_events(spark, lake, day, days)
@@ -173,7 +173,7 @@ def feature_blocks(
     block_users: int = BLOCK_USERS,
 ) -> DataFrame:
     """The detector's features as blocks of users (``jobs/feature_blocks.py``), not yet computed."""
-    from jobs.feature_blocks import event_blocks, profile_blocks
+    from argus.jobs.feature_blocks import event_blocks, profile_blocks
 
     if detector.name == "trolls":
         path = publication.readable(lake / "profiles" / f"date={day.isoformat()}")
@@ -187,8 +187,8 @@ def feature_blocks(
 
 def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> DataFrame:
     """``SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``."""
-    from detectors.base import reasons_text
-    from jobs.feature_blocks import iterate_blocks
+    from argus.detectors.base import reasons_text
+    from argus.jobs.feature_blocks import iterate_blocks
 
     model = spark.sparkContext.broadcast(_artefact(detector))
 
@@ -218,7 +218,7 @@ def _artefact(detector: Detector) -> bytes:
 
 
 def _restore(blob: bytes) -> Detector:
-    from detectors.registry import detector_class
+    from argus.detectors.registry import detector_class
 
     name, params, state, metrics, fitted_at = pickle.loads(blob)
     detector = detector_class(name)(**params)
@@ -242,8 +242,8 @@ def _night_alerts(
     sample: pd.DataFrame | None,
 ) -> list[Alert]:
     """Alerts of the flagged users: only their score rows, events and features come to the driver."""
-    from detectors.alerts import alerts_from_scores
-    from detectors.base import SCORE_COLUMNS, Reason
+    from argus.detectors.alerts import alerts_from_scores
+    from argus.detectors.base import SCORE_COLUMNS, Reason
 
     flagged: pd.DataFrame = scores.where("flagged").orderBy("user_id").toPandas()
     if flagged.empty:
@@ -273,7 +273,7 @@ def _events_of(
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from jobs.feature_blocks import events_from_wide
+    from argus.jobs.feature_blocks import events_from_wide
 
     wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}), "user_id string")
     rows = window.join(F.broadcast(wanted), "user_id")
@@ -297,7 +297,7 @@ def _features_of(blocks: DataFrame, detector: Detector, users: list[str], sample
     candidate), for the others just the flagged users' rows."""
     from pyspark.sql import functions as F
 
-    from jobs.feature_blocks import concat_blocks, pack, unpack
+    from argus.jobs.feature_blocks import concat_blocks, pack, unpack
 
     if detector.name == "evaders":
         if sample is not None and len(sample):
@@ -307,14 +307,14 @@ def _features_of(blocks: DataFrame, detector: Detector, users: list[str], sample
     wanted = set(users)
 
     def only_flagged(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from jobs.feature_blocks import iterate_blocks
+        from argus.jobs.feature_blocks import iterate_blocks
 
         for number, features in iterate_blocks(batches):
             mine = features[features.index.astype(str).isin(wanted)]
             if len(mine):
                 yield pd.DataFrame([pack(mine, number)])
 
-    from jobs.feature_blocks import BLOCK_SCHEMA
+    from argus.jobs.feature_blocks import BLOCK_SCHEMA
 
     rows = blocks.mapInPandas(only_flagged, BLOCK_SCHEMA).orderBy("block").select("frame").collect()
     return concat_blocks([unpack(r["frame"]) for r in rows])

@@ -53,7 +53,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from pipelines.kafka_io import Cuts, KafkaClient, Offsets, _watermark_offsets, librdkafka_settings
+from argus.pipelines.kafka_io import Cuts, KafkaClient, Offsets, _watermark_offsets, librdkafka_settings
 
 __all__ = [
     "CHECKPOINT_STAGE",

@@ -25,7 +25,7 @@ runner that retries a failed bundle re-sends rather than loses. With ``skip_publ
 reads the identities already on its topics (an alert's id, a dead letter's source position) and
 never writes one twice, which makes replays and restarts idempotent on the topics.
 
-**Security.** Source and sink take the shared Kafka settings (``infra.clients``: SASL, TLS, the
+**Security.** Source and sink take the shared Kafka settings (``argus.infra.clients``: SASL, TLS, the
 principal) resolved once where the pipeline is built, as ``PortableKafkaSettings`` pickled into
 the DoFns, so every worker connects to the same cluster as the same principal. Passwords are not
 in them: they travel as references (the password file's path, the variable's name) and are read in
@@ -50,7 +50,7 @@ from apache_beam.transforms.core import RestrictionProvider
 from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import MAX_TIMESTAMP, MIN_TIMESTAMP, Duration, Timestamp
 
-from infra.clients import PortableKafkaSettings, librdkafka_conf, portable_kafka_settings
+from argus.infra.clients import PortableKafkaSettings, librdkafka_conf, portable_kafka_settings
 
 __all__ = [
     "KafkaRecord",
@@ -125,7 +125,7 @@ def client_settings(client: KafkaClient) -> PortableKafkaSettings:
 
 
 def librdkafka_settings(client: KafkaClient) -> dict[str, Any]:
-    """The shared Kafka settings (``infra.clients``) in librdkafka's names, secrets read now."""
+    """The shared Kafka settings (``argus.infra.clients``) in librdkafka's names, secrets read now."""
     return librdkafka_conf(client_settings(client).resolve(), client="the streaming Kafka clients")
 
 
@@ -475,7 +475,7 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
     Args:
         topics: topic names; each becomes one restriction covering all its partitions.
         bootstrap: Kafka bootstrap servers (None: ``KAFKA_BOOTSTRAP`` / argus.toml / the local broker), or the
-            client settings (``infra.clients.portable_kafka_settings``), resolved here in either case.
+            client settings (``argus.infra.clients.portable_kafka_settings``), resolved here in either case.
         decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp.
         start: ``earliest`` (replay the retained log) or ``latest`` (only what arrives from now on).
         bounded: stop at the end offsets seen at start.

@@ -13,7 +13,7 @@
 
     (with --features-prefix, every scored snapshot also goes to <prefix>.<detector>)
 
-Engine-thin: validation is ``schemas.validate``; features, scores and alert ids come from
+Engine-thin: validation is ``argus.schemas.validate``; features, scores and alert ids come from
 ``detectors/`` (see ``pipelines/stream_detectors.py``). Models come from the model store through
 ``LiveModel``, so a model published while the pipeline runs is used from its next batch on.
 
@@ -40,14 +40,14 @@ import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from infra.clients import PortableKafkaSettings, portable_kafka_settings, require_topic_access
-from infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
-from pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
-from pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
-from pipelines.stream_detectors import STREAMING_DETECTORS, StreamSettings, StrKeyed, epoch_us
-from schemas.bounds import EventTimeBounds, current_bounds
-from schemas.models import Alert
-from schemas.validate import Rejection, validate
+from argus.infra.clients import PortableKafkaSettings, portable_kafka_settings, require_topic_access
+from argus.infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
+from argus.pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
+from argus.pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
+from argus.pipelines.stream_detectors import STREAMING_DETECTORS, StreamSettings, StrKeyed, epoch_us
+from argus.schemas.bounds import EventTimeBounds, current_bounds
+from argus.schemas.models import Alert
+from argus.schemas.validate import Rejection, validate
 
 __all__ = ["RUNNERS", "StreamConfig", "StreamError", "build_pipeline", "decode_event", "pipeline_options", "run_stream"]
 
@@ -121,7 +121,7 @@ class StreamConfig:
             )
         if self.checkpoint_dir is not None and Path(self.checkpoint_dir).is_file():
             raise StreamError(f"--checkpoint-dir {self.checkpoint_dir} is a file; give a folder")
-        from detectors.store import ModelStore
+        from argus.detectors.store import ModelStore
 
         store = ModelStore(self.model_store)
         for name in self.detectors:
@@ -323,7 +323,7 @@ def pipeline_options(config: StreamConfig) -> PipelineOptions:
     """Beam options for the chosen runner; ``config.beam_args`` are appended and win."""
     args = ["--streaming"] if not config.bounded or config.runner == "prism" else []
     if config.runner == "prism":
-        from infra.prism import fetch_prism
+        from argus.infra.prism import fetch_prism
 
         args += [
             "--runner=PrismRunner",

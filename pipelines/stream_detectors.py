@@ -1,7 +1,7 @@
 """Streaming adapters of the detectors: per-key state and event-time timers around ``detectors/``.
 
 Each adapter is a ``StreamingDetector``: it names the event types it needs and turns the
-stream of validated event *batches* into ``schemas.Alert``s (and, when asked, feature
+stream of validated event *batches* into ``argus.schemas.Alert``s (and, when asked, feature
 snapshots). The feature and scoring math stays in ``detectors/``; an adapter only decides what
 state to keep, when the evidence is complete, and calls the same functions the nightly job calls.
 
@@ -74,14 +74,14 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
-from detectors.alerts import alerts_from_scores
-from detectors.base import Detector
-from detectors.chat_features import CONTEXT_WINDOW_S, ChatContextState
-from detectors.events import Events
-from detectors.store import LiveModel, ModelStore
-from pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
-from pipelines.kafka_io import SourceBatch
-from schemas.models import Alert
+from argus.detectors.alerts import alerts_from_scores
+from argus.detectors.base import Detector
+from argus.detectors.chat_features import CONTEXT_WINDOW_S, ChatContextState
+from argus.detectors.events import Events
+from argus.detectors.store import LiveModel, ModelStore
+from argus.pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
+from argus.pipelines.kafka_io import SourceBatch
+from argus.schemas.models import Alert
 
 __all__ = [
     "STREAMING_DETECTORS",
@@ -130,7 +130,7 @@ class StreamSettings:
     key_shards: int = 1
     publish_features: bool = False
     checkpoints: bool = False  # record source ranges and emit stage snapshots
-    resume: Any = None  # a pipelines.checkpoint.ResumePlan: what to restore, which batches each shard has
+    resume: Any = None  # a argus.pipelines.checkpoint.ResumePlan: what to restore, which batches each shard has
 
 
 def _received(settings: StreamSettings, stage: str) -> dict[str, Ranges]:
@@ -154,7 +154,7 @@ class StreamOutputs(NamedTuple):
 class StreamingDetector:
     """One detector in streaming mode; subclasses set the class attributes and ``expand``."""
 
-    name: ClassVar[str]  # the model store's name (detectors.registry)
+    name: ClassVar[str]  # the model store's name (argus.detectors.registry)
     event_types: ClassVar[tuple[str, ...]]
 
     def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:

@@ -1,7 +1,7 @@
 """Kafka -> validate -> dead-letter, with plain kafka-python consumers (no engine needed).
 
 Used by ``argus validate`` and the demo to check what landed on the event topics; the Beam
-pipeline applies the same ``schemas.validate`` per record. Offsets are committed only after
+pipeline applies the same ``argus.schemas.validate`` per record. Offsets are committed only after
 the dead letters of a poll are flushed, so a crash never loses a rejected record.
 """
 
@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from infra import clients
-from infra.topics import DLQ_TOPIC, EVENT_TOPICS
-from schemas.bounds import EventTimeBounds, current_bounds
-from schemas.models import EventBase
-from schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
+from argus.infra import clients
+from argus.infra.topics import DLQ_TOPIC, EVENT_TOPICS
+from argus.schemas.bounds import EventTimeBounds, current_bounds
+from argus.schemas.models import EventBase
+from argus.schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
 
 MAX_REMEMBERED_IDS = 5_000_000
 

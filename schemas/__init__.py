@@ -1,6 +1,6 @@
 """Argus contracts: events, dead letters and alerts, and validation of raw bytes."""
 
-from schemas.models import (
+from argus.schemas.models import (
     EVENT_MODELS,
     EVENT_TYPES,
     SCHEMA_VERSION,
@@ -15,7 +15,7 @@ from schemas.models import (
     ModerationEvent,
     PaymentEvent,
 )
-from schemas.validate import Rejection, validate, validate_batch
+from argus.schemas.validate import Rejection, validate, validate_batch
 
 __all__ = [
     "EVENT_MODELS",

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pyarrow as pa
 
-from schemas.models import EVENT_MODELS
+from argus.schemas.models import EVENT_MODELS
 
 TS_TYPE = pa.timestamp("ms", tz="UTC")
 

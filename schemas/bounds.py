@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from schemas.config_file import config_stamp, read_config_table
+from argus.schemas.config_file import config_stamp, read_config_table
 
 DEFAULT_EARLIEST_TS = datetime(2000, 1, 1, tzinfo=UTC)
 DEFAULT_MAX_FUTURE_SKEW = timedelta(hours=1)

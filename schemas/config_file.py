@@ -1,6 +1,6 @@
 """The ``argus.toml`` file as ``schemas`` reads it: where it is, whether it changed, its tables.
 
-infra.clients reads the same file for Kafka settings; schemas/ imports nothing of the project.
+argus.infra.clients reads the same file for Kafka settings; schemas/ imports nothing of the project.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from schemas.models import PUBLISHED_MODELS, SCHEMA_VERSION
+from argus.schemas.models import PUBLISHED_MODELS, SCHEMA_VERSION
 
 SCHEMA_DIR = Path(__file__).parent / "json"
 

@@ -35,7 +35,7 @@ from typing import Any, TypeGuard, TypeVar
 import pyarrow as pa
 from pydantic import BaseModel
 
-from schemas.config_file import config_stamp, read_config_table
+from argus.schemas.config_file import config_stamp, read_config_table
 
 HASHABLE_FIELDS = ("username", "previous_username", "device_fp", "network_fp", "instrument_id")
 DEFAULT_SALT_ENV = "ARGUS_HASH_SALT"

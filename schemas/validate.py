@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 import orjson
 from pydantic import ValidationError
 
-from schemas.bounds import EARLIEST_SETTING, SKEW_SETTING, EventTimeBounds, current_bounds
-from schemas.models import EVENT_MODELS, DeadLetter, EventBase
+from argus.schemas.bounds import EARLIEST_SETTING, SKEW_SETTING, EventTimeBounds, current_bounds
+from argus.schemas.models import EVENT_MODELS, DeadLetter, EventBase
 
 MAX_MESSAGE_BYTES = 64 * 1024
 
@@ -69,7 +69,7 @@ def validate(
 ) -> EventBase | Rejection:
     """Parse and check one record. Never raises on bad bytes.
 
-    ``bounds`` is the accepted event-time range; by default the configured one (schemas.bounds).
+    ``bounds`` is the accepted event-time range; by default the configured one (argus.schemas.bounds).
     """
     if not isinstance(raw, bytes | bytearray | memoryview):
         return Rejection(NOT_UTF8, f"expected bytes, got {type(raw).__name__}", b"")

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from argus.detectors.events import Events
 from argus.evals.common import world_events as events_of
-from detectors.events import Events
-from infra.broker import LocalBroker, free_port
-from world.config import WorldConfig
-from world.simulate import World
+from argus.infra.broker import LocalBroker, free_port
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
 
 SMALL_WORLD = WorldConfig(users=400, days=3, seed=11, events_per_user_day=40.0, profile="dense")
 
@@ -42,7 +42,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def spark() -> Iterator[object]:
     """A local Spark session with the Kafka connector, shared by the batch-job tests."""
-    from infra.spark import local_session
+    from argus.infra.spark import local_session
 
     session = local_session("argus-tests", **{"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "1g"})
     yield session
@@ -57,7 +57,7 @@ def unique_name() -> str:
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Commands under test never touch the user's ~/.argus or argus.toml, but share the jar cache."""
-    from infra.broker import argus_home
+    from argus.infra.broker import argus_home
 
     cache = argus_home() / "cache"
     home = tmp_path / "argus-home"

@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 
 from argus.alerts_tail import TailStats, parse_since, tail_alerts, topics_for
 from argus.cli import app
+from argus.detectors.alerts import alerts_from_scores
+from argus.detectors.events import Events
+from argus.detectors.registry import detector_class
 from argus.preflight import PreflightError
-from detectors.alerts import alerts_from_scores
-from detectors.events import Events
-from detectors.registry import detector_class
-from schemas.models import Alert
+from argus.schemas.models import Alert
 
 runner = CliRunner()
 WINDOW = (pd.Timestamp("2026-10-01", tz="UTC"), pd.Timestamp("2026-10-04", tz="UTC"))
@@ -137,7 +137,7 @@ def _tail(bootstrap: str, *args: str) -> list[Alert]:
 def _raw_keys(bootstrap: str, topic: str) -> list[str]:
     from kafka import TopicPartition
 
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     reader = consumer(bootstrap=bootstrap, enable_auto_commit=False)
     try:
@@ -158,8 +158,8 @@ def _raw_keys(bootstrap: str, topic: str) -> list[str]:
 def test_alert_topics_are_compacted_and_existing_ones_altered(kafka_bootstrap: str) -> None:
     from kafka.admin import ConfigResource, ConfigResourceType
 
-    from infra.clients import admin
-    from infra.topics import ALERT_TOPICS, ensure_topics, topic_configs
+    from argus.infra.clients import admin
+    from argus.infra.topics import ALERT_TOPICS, ensure_topics, topic_configs
 
     ensure_topics(kafka_bootstrap)
     client = admin(kafka_bootstrap)
@@ -217,7 +217,7 @@ def test_detect_twice_then_tail_shows_each_alert_once(published_twice: Path, kaf
 
 @pytest.mark.kafka
 def test_a_restarted_group_resumes_and_never_repeats(published_twice: Path, kafka_bootstrap: str) -> None:
-    from infra.clients import publish_alerts
+    from argus.infra.clients import publish_alerts
 
     everything = _tail(kafka_bootstrap, "--kind", "fraud")
     group = f"on-call-{time.time_ns()}"
@@ -233,7 +233,7 @@ def test_a_restarted_group_resumes_and_never_repeats(published_twice: Path, kafk
 
 @pytest.mark.kafka
 def test_since_malformed_records_and_text_output(published_twice: Path, kafka_bootstrap: str) -> None:
-    from infra.clients import producer
+    from argus.infra.clients import producer
 
     future = (datetime.now(UTC) + timedelta(days=1)).isoformat()
     assert _tail(kafka_bootstrap, "--kind", "fraud", "--since", future) == []
@@ -256,7 +256,7 @@ def test_since_malformed_records_and_text_output(published_twice: Path, kafka_bo
 
 
 def test_tail_with_no_broker_is_one_line_and_fast() -> None:
-    from infra.broker import free_port
+    from argus.infra.broker import free_port
 
     result = subprocess.run(
         [sys.executable, "-m", "argus.cli", "alerts", "tail", "--bootstrap", f"127.0.0.1:{free_port()}"],
@@ -273,7 +273,7 @@ def test_tail_with_no_broker_is_one_line_and_fast() -> None:
 def test_follow_shows_alerts_as_they_arrive(published_twice: Path, kafka_bootstrap: str) -> None:
     import threading
 
-    from infra.clients import publish_alerts
+    from argus.infra.clients import publish_alerts
 
     template = _tail(kafka_bootstrap, "--kind", "fraud", "--max", "1")[0]
     fresh = [template.model_copy(update={"alert_id": f"fraud-follow-{time.time_ns()}-{i}"}) for i in range(3)]

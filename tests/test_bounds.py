@@ -11,8 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from schemas import EventBase, Rejection, validate
-from schemas.bounds import BoundsError, EventTimeBounds, current_bounds, load_bounds, parse_duration
+from argus.schemas import EventBase, Rejection, validate
+from argus.schemas.bounds import BoundsError, EventTimeBounds, current_bounds, load_bounds, parse_duration
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 OLD_ORDER = {

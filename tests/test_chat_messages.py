@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from argus.cli import app
-from detectors.base import ITEM_COLUMNS
-from detectors.chat_messages import (
+from argus.detectors.base import ITEM_COLUMNS
+from argus.detectors.chat_messages import (
     DEFAULT_MODEL,
     MIN_VIEW_USERS,
     SIGNALS,
@@ -24,8 +24,8 @@ from detectors.chat_messages import (
     moderation_counts,
     rate_posterior,
 )
-from detectors.events import Events
-from detectors.trolls import TrollDetector
+from argus.detectors.events import Events
+from argus.detectors.trolls import TrollDetector
 from tests.test_trolls import chat
 
 
@@ -113,7 +113,7 @@ def test_off_topic_in_a_slow_channel_reaches_back_to_its_conversation() -> None:
 
 
 def test_conversation_span_by_hand() -> None:
-    from detectors.chat_messages import _conversation_span
+    from argus.detectors.chat_messages import _conversation_span
 
     every_10s = np.arange(30) * 10.0
     span = _conversation_span(every_10s, pd.Series(["c"] * 30), 120, 20, 1800)
@@ -189,7 +189,7 @@ def test_one_message_user_is_scored_with_a_status_naming_one_message() -> None:
 
 
 def test_rate_interval_reads_below_a_thousandth_instead_of_zero_to_zero() -> None:
-    from detectors.trolls import _interval_text
+    from argus.detectors.trolls import _interval_text
 
     assert _interval_text(1e-200, 2.5e-10) == "below 0.001"
     assert _interval_text(0.0851, 0.858) == "0.085-0.858"
@@ -226,9 +226,9 @@ def test_score_items_sum_to_the_users_expected_violations() -> None:
 
 
 def test_detect_per_message_writes_one_row_per_message(tmp_path: Path) -> None:
-    from world.config import WorldConfig
-    from world.generate import write_world
-    from world.simulate import World
+    from argus.world.config import WorldConfig
+    from argus.world.generate import write_world
+    from argus.world.simulate import World
 
     world = World(WorldConfig(users=150, days=1, seed=5, events_per_user_day=20.0, profile="dense"))
     write_world(world, tmp_path / "w")
@@ -310,7 +310,7 @@ def test_user_views_recover_the_class_and_beat_each_view_alone() -> None:
 
 
 def test_user_view_content_bins_are_finest_in_the_upper_tail() -> None:
-    from detectors.chat_messages import CONTENT_QUANTILES
+    from argus.detectors.chat_messages import CONTENT_QUANTILES
 
     rng = np.random.default_rng(6)
     users = 4000

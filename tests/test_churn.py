@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from detectors.base import SCORED
-from detectors.churn import (
+from argus.detectors.base import SCORED
+from argus.detectors.churn import (
     CHANNELS,
     PRIOR_STATUS,
     ChurnDetector,
@@ -20,7 +20,7 @@ from detectors.churn import (
     outage_days,
     window_inputs,
 )
-from detectors.events import Events
+from argus.detectors.events import Events
 
 START = pd.Timestamp("2026-10-01", tz="UTC")
 
@@ -359,9 +359,9 @@ def test_bad_parameters_are_clear_errors() -> None:
 
 def test_evaluation_refuses_a_world_too_short_for_the_horizon(tmp_path: Path) -> None:
     from argus.evals.churn import run
-    from world.config import WorldConfig
-    from world.simulate import World
-    from world.sinks import write_world
+    from argus.world.config import WorldConfig
+    from argus.world.simulate import World
+    from argus.world.sinks import write_world
 
     write_world(World(WorldConfig(users=50, days=2, events_per_user_day=5.0, profile="dense")), tmp_path / "world")
     with pytest.raises(ValueError, match=r"spans 2 days; the churn evaluation needs 66 \(argus generate --days\)"):
@@ -370,7 +370,7 @@ def test_evaluation_refuses_a_world_too_short_for_the_horizon(tmp_path: Path) ->
 
 # --- the non-contractual (purchase) mode ---------------------------------------------------
 def test_bgnbd_closed_forms_on_hand_computable_cases() -> None:
-    from detectors.btyd import BGNBDParams, expected_purchases, log_likelihood, p_alive, p_no_purchase
+    from argus.detectors.btyd import BGNBDParams, expected_purchases, log_likelihood, p_alive, p_no_purchase
 
     ones = BGNBDParams(r=1.0, alpha=1.0, a=1.0, b=1.0)
     # x = 0, T = 1: L = (alpha / (alpha + T))^r = 1/2. x = 1, t_x = 1, T = 2: L = 1/18 + 1/8 = 13/72.
@@ -388,7 +388,7 @@ def test_bgnbd_closed_forms_on_hand_computable_cases() -> None:
 
 
 def test_bgnbd_fit_recovers_its_parameters_and_refuses_without_repeat_buyers() -> None:
-    from detectors.btyd import fit_bgnbd
+    from argus.detectors.btyd import fit_bgnbd
 
     rng = np.random.default_rng(0)
     n = 4000
@@ -412,7 +412,7 @@ def test_bgnbd_fit_recovers_its_parameters_and_refuses_without_repeat_buyers() -
 
 
 def test_durations_in_days_weeks_and_months() -> None:
-    from detectors.churn import parse_duration
+    from argus.detectors.churn import parse_duration
 
     assert [parse_duration(v) for v in ("14", "14d", "26w", "39w", "3m", "1M")] == [14, 14, 182, 273, 91, 30]
     for bad in ("x", "0d", "-3w", "2y", ""):
@@ -481,7 +481,7 @@ def shop() -> tuple[ChurnDetector, pd.DataFrame, pd.DataFrame]:
 def test_auto_mode_picks_purchase_on_a_purchase_log_and_daily_on_a_dense_world(
     shop: tuple[ChurnDetector, pd.DataFrame, pd.DataFrame], small_world_events: Events
 ) -> None:
-    from detectors.churn_purchase import detect_mode
+    from argus.detectors.churn_purchase import detect_mode
 
     detector, features, _ = shop
     assert features.attrs["mode"] == "purchase" and detector.metrics["mode"] == "purchase"
@@ -555,7 +555,7 @@ def test_purchase_model_round_trips_and_refuses_daily_features(
 
 
 def test_purchase_choice_keeps_the_blend_within_noise_and_a_clear_winner_beyond() -> None:
-    from detectors.churn import _auc_standard_error, _purchase_choice
+    from argus.detectors.churn import _auc_standard_error, _purchase_choice
 
     y = np.r_[np.ones(500, dtype=bool), np.zeros(1500, dtype=bool)]
     error = _auc_standard_error(0.85, y)
@@ -568,8 +568,8 @@ def test_purchase_choice_keeps_the_blend_within_noise_and_a_clear_winner_beyond(
 
 
 def test_bgnbd_alone_reports_its_auc_and_pr_auc_against_who_went_away() -> None:
+    from argus.detectors.churn import ACTIVITY_CHANNELS
     from argus.evals.churn import _bgnbd_alone
-    from detectors.churn import ACTIVITY_CHANNELS
 
     as_of = pd.Timestamp("2026-10-30", tz="UTC")
     rng = np.random.default_rng(1)

@@ -49,7 +49,7 @@ def test_user_mistakes_get_one_line_and_exit_2() -> None:
 def test_unreachable_kafka_is_one_line(tmp_path: Path) -> None:
     import os
 
-    from infra.broker import free_port
+    from argus.infra.broker import free_port
 
     env = {**os.environ, "KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
     result = _argus("validate", "--idle-timeout", "1", env=env)
@@ -104,7 +104,7 @@ def test_schemas_check_counts_rejects(tmp_path: Path) -> None:
 
 @pytest.mark.kafka
 def test_generate_to_kafka_and_validate(kafka_bootstrap: str) -> None:
-    from infra.topics import ensure_topics, topic_sizes
+    from argus.infra.topics import ensure_topics, topic_sizes
 
     ensure_topics(kafka_bootstrap)
     before = topic_sizes(kafka_bootstrap)

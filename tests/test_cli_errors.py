@@ -99,7 +99,7 @@ def test_churn_on_a_short_world_warns_and_exits_1(world: Path, tmp_path: Path) -
 
 
 def test_alerts_with_no_broker_fail_before_the_fit(world: Path, tmp_path: Path) -> None:
-    from infra.broker import free_port
+    from argus.infra.broker import free_port
 
     out = tmp_path / "t.csv"
     result = _argus(
@@ -118,7 +118,7 @@ def test_alerts_with_no_broker_fail_before_the_fit(world: Path, tmp_path: Path) 
 
 
 def test_broker_down_commands(tmp_path: Path) -> None:
-    from infra.broker import free_port
+    from argus.infra.broker import free_port
 
     env = {**os.environ, "KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
     _one_line_error(_argus("validate", env=env), "no Kafka broker answers")
@@ -150,7 +150,7 @@ def test_steps_show_on_a_terminal_only() -> None:
 
 
 def test_jvm_output_goes_to_the_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    from infra.spark import jvm_output_to
+    from argus.infra.spark import jvm_output_to
 
     log = tmp_path / "logs" / "spark.log"
     with jvm_output_to(log):  # a child started here inherits the log as stdout and stderr

@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detectors.base import SCORE_COLUMNS, Detector, ModelError
-from detectors.events import Events
-from detectors.registry import DETECTORS, detector_class
+from argus.detectors.base import SCORE_COLUMNS, Detector, ModelError
+from argus.detectors.events import Events
+from argus.detectors.registry import DETECTORS, detector_class
 
 
 @pytest.fixture(scope="module", params=sorted(DETECTORS))
@@ -100,8 +100,8 @@ def test_score_before_fit_is_a_clear_error(fitted: tuple[Detector, pd.DataFrame]
 
 
 def test_model_store_publishes_and_live_models_reload(small_world_events: Events, tmp_path: Path) -> None:
-    from detectors.store import LiveModel, ModelStore
-    from detectors.trolls import TrollDetector
+    from argus.detectors.store import LiveModel, ModelStore
+    from argus.detectors.trolls import TrollDetector
 
     store = ModelStore(tmp_path / "models")
     with pytest.raises(ModelError, match="no trolls model published"):

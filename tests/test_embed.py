@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from jobs.embed import _with_gaps
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
-from world.truth import truth_table
+from argus.jobs.embed import _with_gaps
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
+from argus.world.truth import truth_table
 
 
 def test_gap_tokens_sit_between_events_and_ages_count_back_from_the_day_end() -> None:
@@ -24,7 +24,7 @@ def test_gap_tokens_sit_between_events_and_ages_count_back_from_the_day_end() ->
 
 
 def test_fraud_rings_cluster_together(spark: object, tmp_path: Path) -> None:
-    from jobs.embed import run_embed
+    from argus.jobs.embed import run_embed
 
     world = World(WorldConfig(users=900, days=6, seed=5, events_per_user_day=25.0, profile="dense"))
     write_world(world, tmp_path)

@@ -12,9 +12,7 @@ from sklearn.metrics import roc_auc_score
 from typer.testing import CliRunner
 
 from argus.cli import app
-from argus.evals.common import world_events as events_of
-from argus.evals.evaders import first_actions
-from detectors.evaders import (
+from argus.detectors.evaders import (
     EvaderDetector,
     account_profiles,
     candidate_pairs,
@@ -22,10 +20,12 @@ from detectors.evaders import (
     name_similarity,
     pair_features,
 )
-from detectors.events import Events
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
+from argus.detectors.events import Events
+from argus.evals.common import world_events as events_of
+from argus.evals.evaders import first_actions
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 
 T0 = pd.Timestamp("2026-10-01T00:00:00Z")
 
@@ -257,7 +257,7 @@ def test_detect_command_user_errors(tmp_path: Path) -> None:
 
 
 def test_psycholinguistic_profile_by_hand() -> None:
-    from detectors.evaders import PSYCHOLINGUISTIC_CATEGORIES, psycholinguistic_profile
+    from argus.detectors.evaders import PSYCHOLINGUISTIC_CATEGORIES, psycholinguistic_profile
 
     chat = pd.DataFrame(
         [_chat("a", 0, "I love this, you know"), _chat("a", 1, "no way"), _chat("b", 2, "why so stupid")]

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from argus.detectors.base import status_counts
 from argus.evals.common import best_single_feature_auc, coverage, eval_config, quality
-from detectors.base import status_counts
 
 
 def _scores() -> pd.DataFrame:

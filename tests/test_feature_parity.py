@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from detectors.chat_features import FEATURE_COLUMNS, chat_context_features
-from world.simulate import World
+from argus.detectors.chat_features import FEATURE_COLUMNS, chat_context_features
+from argus.world.simulate import World
 
 SHARED = [c for c in FEATURE_COLUMNS if c not in ("chat_windows",)]
 
 
 def test_spark_profile_and_pandas_features_agree(spark: object, small_world: World) -> None:
-    from jobs.profiles import chat_features
+    from argus.jobs.profiles import chat_features
 
     chat = small_world.day(0)["chat"].to_pandas()
     chat["ts"] = pd.to_datetime(chat["ts"], utc=True)

@@ -20,8 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from argus.forget import AUDIT_LOG, forget, lake_files, subject_salt
-from schemas.arrow import ARROW_SCHEMAS
-from schemas.privacy import PSEUDONYM_PREFIX, subject_digest
+from argus.schemas.arrow import ARROW_SCHEMAS
+from argus.schemas.privacy import PSEUDONYM_PREFIX, subject_digest
 
 TARGET = "u042"
 OTHERS = ("u001", "u0420", "u7")  # u0420 shares a prefix with the target: never touched
@@ -251,7 +251,7 @@ def test_the_command_prints_json_and_refuses_a_missing_lake_in_one_line(lake: Pa
 def test_tombstones_on_a_compacted_alert_topic(lake: Path, kafka_bootstrap: str, unique_name: str) -> None:
     from kafka.admin import NewTopic
 
-    from infra import clients
+    from argus.infra import clients
 
     alerts_topic, events_topic = f"alerts.{unique_name}", f"events.{unique_name}"
     admin = clients.admin(kafka_bootstrap)
@@ -342,8 +342,8 @@ def test_a_replay_does_not_bring_an_erased_user_back(
 ) -> None:
     from kafka.admin import NewTopic
 
-    from infra import clients
-    from jobs.ingest import run_ingest
+    from argus.infra import clients
+    from argus.jobs.ingest import run_ingest
 
     topic = f"{unique_name}.payment"
     admin = clients.admin(kafka_bootstrap)

@@ -12,13 +12,13 @@ import pytest
 from scipy.stats import binom
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED
-from detectors.events import Events
-from detectors.fraud import COLUMNS, FraudDetector, _extract_rules
-from detectors.fraud_features import EMBED_COLUMNS, expert_features, sequence_embedding
-from detectors.fraud_payments import ACCOUNT_EVIDENCE, MULE_SCALE, PROPAGATION_PRIOR
-from schemas.arrow import ARROW_SCHEMAS
-from world.simulate import World
+from argus.detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED
+from argus.detectors.events import Events
+from argus.detectors.fraud import COLUMNS, FraudDetector, _extract_rules
+from argus.detectors.fraud_features import EMBED_COLUMNS, expert_features, sequence_embedding
+from argus.detectors.fraud_payments import ACCOUNT_EVIDENCE, MULE_SCALE, PROPAGATION_PRIOR
+from argus.schemas.arrow import ARROW_SCHEMAS
+from argus.world.simulate import World
 
 T0 = datetime(2026, 10, 1, 12, 0, tzinfo=UTC)
 
@@ -456,8 +456,8 @@ def test_detect_per_payment_writes_payment_rows(tmp_path: Any) -> None:
     from typer.testing import CliRunner
 
     from argus.cli import app
-    from world.config import WorldConfig
-    from world.generate import write_world
+    from argus.world.config import WorldConfig
+    from argus.world.generate import write_world
 
     write_world(
         World(WorldConfig(users=150, days=1, seed=5, events_per_user_day=20.0, profile="dense")), tmp_path / "w"
@@ -481,7 +481,7 @@ def test_detect_per_payment_writes_payment_rows(tmp_path: Any) -> None:
 def test_takeover_pattern_needs_unusual_spend_after_the_shared_new_device() -> None:
     """Four accounts each first log in on their own device, then on one device new to all of them, and
     spend at m1 right after. At a café's shared machine they spend as usual; after a takeover, big."""
-    from detectors.fraud_payments import account_evidence, payment_features
+    from argus.detectors.fraud_payments import account_evidence, payment_features
 
     def world(amount: float) -> Events:
         payments = [_payment(f"bg{i}", f"bg{i}", i * 60.0, 20.0, instrument=f"cardbg{i}") for i in range(8)]

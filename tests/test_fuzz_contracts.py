@@ -1,7 +1,7 @@
 """Fuzzed contracts: random and adversarial bytes never raise, always dead-letter with a reason, and
 every dead letter gives back the original bytes exactly.
 
-Covers ``schemas.validate`` (and the dead letters built from its rejections), the topic validator's
+Covers ``argus.schemas.validate`` (and the dead letters built from its rejections), the topic validator's
 per-record path (``argus validate``), and the JSON Lines, CSV and Parquet readers of ``argus import``.
 Example counts are modest so the file runs in well under a minute; ``ARGUS_FUZZ_PROFILE=deep``
 runs many more (and takes minutes) when hunting.
@@ -28,16 +28,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from argus.imports import ImportDeadLetter, SourceError, load_mapping, run_import
-from pipelines.topic_validator import ValidationReport, _handle
-from schemas.bounds import EventTimeBounds
-from schemas.models import DeadLetter, EventBase
-from schemas.validate import Rejection, validate, validate_batch
+from argus.pipelines.topic_validator import ValidationReport, _handle
+from argus.schemas.bounds import EventTimeBounds
+from argus.schemas.models import DeadLetter, EventBase
+from argus.schemas.validate import Rejection, validate, validate_batch
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "import"
 NOW = datetime(2026, 11, 2, tzinfo=UTC)
 BOUNDS = EventTimeBounds()
 # Every reason code the validator defines (module constants in lower snake case), plus the import's own.
-_VALIDATE = importlib.import_module("schemas.validate")
+_VALIDATE = importlib.import_module("argus.schemas.validate")
 REASON_CODES = {v for k, v in vars(_VALIDATE).items() if k.isupper() and isinstance(v, str) and v.islower()}
 
 settings.register_profile(
@@ -220,7 +220,7 @@ def damaged(draw: st.DrawFn) -> bytes:
     return raw
 
 
-# --- schemas.validate --------------------------------------------------------------------------------
+# --- argus.schemas.validate --------------------------------------------------------------------------------
 
 
 def _check_result(raw: bytes, result: EventBase | Rejection) -> None:

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from argus.detectors.events import load_events
 from argus.imports import ImportDeadLetter, load_mapping, run_import
 from argus.imports.run import ImportSummary
-from detectors.events import load_events
-from schemas.models import DeadLetter
+from argus.schemas.models import DeadLetter
 from tests.cli_run import run_argus
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "import"
@@ -379,8 +379,8 @@ def test_the_example_mapping_parses_and_a_missing_source_column_is_one_line(tmp_
 
 @pytest.mark.kafka
 def test_import_to_kafka_and_read_back(kafka_bootstrap: str, tmp_path: Path) -> None:
-    from infra.clients import consumer
-    from infra.topics import ensure_topics
+    from argus.infra.clients import consumer
+    from argus.infra.topics import ensure_topics
 
     ensure_topics(kafka_bootstrap)
     summary = run_import(

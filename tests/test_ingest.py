@@ -11,10 +11,10 @@ import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from world.bad_records import malformed_records
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import to_json_lines
+from argus.world.bad_records import malformed_records
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import to_json_lines
 
 pytestmark = pytest.mark.kafka
 
@@ -36,7 +36,7 @@ def _produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
 def test_ingest_lake_dead_letters_and_idempotent_reruns(
     spark: object, kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
-    from jobs.ingest import run_ingest
+    from argus.jobs.ingest import run_ingest
 
     chat, payment = f"{unique_name}.chat", f"{unique_name}.payment"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -83,7 +83,7 @@ def test_ingest_lake_dead_letters_and_idempotent_reruns(
 
 
 def test_unknown_rerun_and_missing_topic_are_clear(spark: object, kafka_bootstrap: str, tmp_path: Path) -> None:
-    from jobs.ingest import run_ingest
+    from argus.jobs.ingest import run_ingest
 
     with pytest.raises(ValueError, match="no ingest run nope"):
         run_ingest(spark, kafka_bootstrap, tmp_path, ["x"], rerun="nope")  # type: ignore[arg-type]

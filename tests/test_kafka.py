@@ -10,14 +10,14 @@ import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import KafkaAdminClient, NewTopic
 
-from infra.broker import LocalBroker, free_port
-from infra.clients import BulkProducer
-from infra.topics import TOPICS, ensure_topics, topic_sizes
-from pipelines.topic_validator import validate_topics
-from schemas import EVENT_MODELS, EventBase, validate
-from world.bad_records import malformed_records
-from world.simulate import World
-from world.sinks import to_json_lines
+from argus.infra.broker import LocalBroker, free_port
+from argus.infra.clients import BulkProducer
+from argus.infra.topics import TOPICS, ensure_topics, topic_sizes
+from argus.pipelines.topic_validator import validate_topics
+from argus.schemas import EVENT_MODELS, EventBase, validate
+from argus.world.bad_records import malformed_records
+from argus.world.simulate import World
+from argus.world.sinks import to_json_lines
 
 pytestmark = pytest.mark.kafka
 

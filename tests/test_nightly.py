@@ -14,9 +14,9 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 
 FIRST, LAST = date(2026, 10, 1), date(2026, 10, 2)
 DETECTORS = ["trolls", "evaders", "fraud", "churn"]
@@ -25,7 +25,7 @@ DETECTORS = ["trolls", "evaders", "fraud", "churn"]
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dict[str, Any]], str]:
     """A small lake backfilled over two dates by one `argus batch nightly` (one spark-submit)."""
-    from infra.broker import argus_home
+    from argus.infra.broker import argus_home
 
     lake = tmp_path_factory.mktemp("lake")
     write_world(World(WorldConfig(users=60, days=2, seed=5, events_per_user_day=15.0, profile="dense")), lake)
@@ -81,7 +81,7 @@ def test_backfill_runs_every_step_of_every_date_in_one_spark_application(
 def test_rerunning_a_date_replaces_its_outputs_with_the_same_alert_ids(
     spark: object, backfilled: tuple[Path, list[dict[str, Any]], str]
 ) -> None:
-    from jobs.nightly import run_nightly
+    from argus.jobs.nightly import run_nightly
 
     lake = backfilled[0]
     before_ids = _alert_ids(lake, LAST)
@@ -100,20 +100,20 @@ def test_rerunning_a_date_replaces_its_outputs_with_the_same_alert_ids(
 def test_a_crash_mid_chain_leaves_the_previous_night_and_models_in_place(
     spark: object, backfilled: tuple[Path, list[dict[str, Any]], str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import jobs.score
-    from jobs.nightly import run_nightly
+    import argus.jobs.score
+    from argus.jobs.nightly import run_nightly
 
     lake, _, _ = backfilled
     before = _published(lake, LAST)
     versions = {name: (lake / "models" / name / "CURRENT").read_text() for name in DETECTORS}
-    real = jobs.score.score_night
+    real = argus.jobs.score.score_night
 
     def crash_on_fraud(*args: Any, **kwargs: Any) -> Any:
         if args[3] == "fraud":
             raise RuntimeError("injected crash while scoring fraud")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(jobs.score, "score_night", crash_on_fraud)
+    monkeypatch.setattr(argus.jobs.score, "score_night", crash_on_fraud)
     with pytest.raises(RuntimeError, match="injected crash"):
         # One day of features instead of 30: every output and model would differ if it were published.
         run_nightly(spark, lake, [LAST], DETECTORS, days=1, feature_days=1, report=lambda step: None)  # type: ignore[arg-type]
@@ -128,8 +128,8 @@ def test_a_failing_quality_gate_stops_the_chain_before_anything_is_published(
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from jobs.nightly import run_nightly
-    from world.sinks import lake_path
+    from argus.jobs.nightly import run_nightly
+    from argus.world.sinks import lake_path
 
     lake = tmp_path / "lake"
     shutil.copytree(backfilled[0], lake, symlinks=True)

@@ -10,7 +10,7 @@ import pytest
 from sklearn.datasets import make_blobs, make_moons
 from sklearn.metrics import adjusted_rand_score
 
-from detectors.cluster import PHDBSCAN
+from argus.detectors.cluster import PHDBSCAN
 
 
 def _blobs_with_noise(n: int, dim: int, seed: int) -> np.ndarray:
@@ -172,7 +172,7 @@ def test_save_and_load_round_trip(tmp_path: Path) -> None:
 def test_predict_before_fit_and_gpu_without_gpu() -> None:
     with pytest.raises(RuntimeError, match="call fit"):
         PHDBSCAN().approximate_predict(np.zeros((1, 2)))
-    from detectors.cluster.knn import gpu_available
+    from argus.detectors.cluster.knn import gpu_available
 
     if not gpu_available():
         with pytest.raises(ValueError, match="FAISS sees no GPU"):
@@ -180,7 +180,7 @@ def test_predict_before_fit_and_gpu_without_gpu() -> None:
 
 
 def test_duplicate_rows_are_grouped_with_counts() -> None:
-    from detectors.cluster.duplicates import unique_rows, weighted_core_distances
+    from argus.detectors.cluster.duplicates import unique_rows, weighted_core_distances
 
     X = np.array([[0, 0], [1, 0], [0, 0], [2, 2], [1, 0], [0, 0]], dtype=np.float32)
     rows = unique_rows(X)
@@ -219,7 +219,7 @@ def test_duplicate_heavy_data_gives_hdbscans_exact_result(copies: int) -> None:
 
 
 def test_nearest_columns_selects_the_k_smallest_distances() -> None:
-    from detectors.cluster.knn import _nearest_columns
+    from argus.detectors.cluster.knn import _nearest_columns
 
     rng = np.random.default_rng(12)
     queries, candidates = rng.normal(size=(40, 6)).astype(np.float32), rng.normal(size=(300, 6)).astype(np.float32)
@@ -232,7 +232,7 @@ def test_spanning_forest_matches_scipy_and_keeps_components_apart() -> None:
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import minimum_spanning_tree
 
-    from detectors.cluster.forest import SpanningForest
+    from argus.detectors.cluster.forest import SpanningForest
 
     rng = np.random.default_rng(13)
     n, k = 500, 6
@@ -263,7 +263,7 @@ def test_spanning_forest_matches_scipy_and_keeps_components_apart() -> None:
 @pytest.fixture
 def two_level_lists(monkeypatch: pytest.MonkeyPatch) -> None:
     """Small data on the 10-million-point index: two-level lists above 16 lists."""
-    from detectors.cluster import knn
+    from argus.detectors.cluster import knn
 
     monkeypatch.setattr(knn, "FLAT_QUANTIZER_UP_TO", 16)
 
@@ -272,7 +272,7 @@ def two_level_lists(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_two_level_ivf_index_holds_every_point_and_finds_neighbours() -> None:
     import faiss
 
-    from detectors.cluster.knn import build_index, ivf_lists, ivf_self_join
+    from argus.detectors.cluster.knn import build_index, ivf_lists, ivf_self_join
 
     X = _blobs_with_noise(6000, 8, seed=14).astype(np.float32)
     index = build_index(X, "ivf")
@@ -320,7 +320,7 @@ def test_bench_reads_npy_csv_and_parquet_alike(tmp_path: Path) -> None:
     pd.DataFrame(X, columns=["a", "b", "c"]).to_csv(tmp_path / "header.csv", index=False)
     pd.DataFrame(X).to_csv(tmp_path / "bare.csv", index=False, header=False)
     pq.write_table(pa.table({"a": X[:, 0], "b": X[:, 1], "c": X[:, 2]}), tmp_path / "columns.parquet")
-    embedding = pa.array(X.tolist(), type=pa.list_(pa.float64(), 3))  # one vector per row, as jobs.embed writes
+    embedding = pa.array(X.tolist(), type=pa.list_(pa.float64(), 3))  # one vector per row, as argus.jobs.embed writes
     pq.write_table(pa.table({"embedding": embedding}), tmp_path / "vectors.pq")
     for name in ("fortran.npy", "header.csv", "bare.csv", "columns.parquet", "vectors.pq"):
         np.testing.assert_allclose(load_matrix(tmp_path / name), X, rtol=1e-12, err_msg=name)

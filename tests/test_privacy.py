@@ -13,9 +13,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.models import AccountEvent
-from schemas.privacy import PrivacyError, Pseudonymizer, current_privacy, keyed_digest, load_privacy
-from schemas.validate import validate
+from argus.schemas.models import AccountEvent
+from argus.schemas.privacy import PrivacyError, Pseudonymizer, current_privacy, keyed_digest, load_privacy
+from argus.schemas.validate import validate
 
 SALT = "privacy-test-salt-0123456789"
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
@@ -69,7 +69,7 @@ def test_configuration_mistakes_are_one_clear_line(monkeypatch: pytest.MonkeyPat
 
 
 def test_generate_to_the_lake_hashes_and_keeps_equality(hashing: Pseudonymizer, tmp_path: Path) -> None:
-    from world.generate import World, config, write_world
+    from argus.world.generate import World, config, write_world
 
     world = World(config(users=60, days=2, seed=3, start=date(2026, 10, 1)))
     plain = pd.concat(t["account"].to_pandas() for _, t in world.days())
@@ -88,7 +88,7 @@ def test_generate_to_the_lake_hashes_and_keeps_equality(hashing: Pseudonymizer, 
 
 def test_import_and_ingest_store_the_same_digests(hashing: Pseudonymizer, tmp_path: Path) -> None:
     from argus.imports import load_mapping, run_import
-    from jobs.ingest import validate_partition
+    from argus.jobs.ingest import validate_partition
 
     event = _account(username="Same Name", ts=datetime(2024, 1, 1, tzinfo=UTC))
     source = tmp_path / "accounts.jsonl"
@@ -116,7 +116,7 @@ def test_without_configuration_nothing_changes(tmp_path: Path) -> None:
 
 
 def test_evaders_compare_hashed_usernames_by_equality(hashing: Pseudonymizer) -> None:
-    from detectors.evaders import name_similarity
+    from argus.detectors.evaders import name_similarity
 
     parent, variation = hashing.value("hawk44"), hashing.value("h4wk_alt")
     assert name_similarity(parent, parent) == {

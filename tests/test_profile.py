@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.arrow import ARROW_SCHEMAS
-from world.sinks import lake_path
+from argus.schemas.arrow import ARROW_SCHEMAS
+from argus.world.sinks import lake_path
 
 DAY = date(2026, 10, 1)
 T0 = datetime(2026, 10, 1, tzinfo=UTC)
@@ -44,7 +44,7 @@ def _pay(user: str, minutes: int, action: str, amount: float, **fields: object) 
 
 @pytest.fixture(scope="module")
 def profiles(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
-    from jobs.profiles import run_profile
+    from argus.jobs.profiles import run_profile
 
     lake = tmp_path_factory.mktemp("lake")
     _write_lake(
@@ -157,7 +157,7 @@ def test_windows_and_account(profiles: dict[str, dict[str, object]]) -> None:
 
 
 def test_a_day_without_events_is_a_clear_error(spark: object, tmp_path: Path) -> None:
-    from jobs.profiles import run_profile
+    from argus.jobs.profiles import run_profile
 
     _write_lake(tmp_path, [_chat("A", 0, "hello there")])
     with pytest.raises(ValueError, match="no events on 2026-10-05"):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.models import Alert
+from argus.schemas.models import Alert
 from tests.cli_run import run_argus
 
 DAY = "2026-10-03"
@@ -46,7 +46,7 @@ def _write_night(lake: Path, prefix: str) -> list[str]:
 def _keys(bootstrap: str, topic: str) -> list[str]:
     from kafka import TopicPartition
 
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     reader = consumer(bootstrap=bootstrap, enable_auto_commit=False)
     try:
@@ -77,7 +77,7 @@ def test_publish_a_night_twice_writes_the_same_keys(kafka_bootstrap: str, tmp_pa
 
 
 def test_missing_night_or_broker_is_one_line(tmp_path: Path) -> None:
-    from infra.broker import free_port
+    from argus.infra.broker import free_port
 
     missing = _argus("--date", DAY, "--lake", str(tmp_path))
     assert missing.returncode == 2 and "no trolls alerts for 2026-10-03" in missing.stderr

@@ -11,9 +11,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import lake_path, write_world
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import lake_path, write_world
 
 DAY = date(2026, 10, 2)
 
@@ -30,7 +30,7 @@ def _edit(lake: Path, event_type: str, change) -> None:  # type: ignore[no-untyp
 
 
 def test_a_clean_day_passes_and_writes_full_results(spark: object, lake: Path) -> None:
-    from jobs.quality import run_quality
+    from argus.jobs.quality import run_quality
 
     report = run_quality(spark, lake, DAY)  # type: ignore[arg-type]
     assert report.passed, report.summary()
@@ -40,7 +40,7 @@ def test_a_clean_day_passes_and_writes_full_results(spark: object, lake: Path) -
 
 
 def test_damage_fails_with_the_check_named(spark: object, lake: Path) -> None:
-    from jobs.quality import run_quality
+    from argus.jobs.quality import run_quality
 
     def negative_amounts(t: pa.Table) -> pa.Table:
         return t.set_column(t.schema.get_field_index("amount"), "amount", pc.multiply(t["amount"], -1.0))
@@ -65,7 +65,7 @@ def test_damage_fails_with_the_check_named(spark: object, lake: Path) -> None:
 
 
 def test_volume_against_the_previous_day(spark: object, lake: Path) -> None:
-    from jobs.quality import run_quality
+    from argus.jobs.quality import run_quality
 
     _edit(lake, "click", lambda t: t.slice(0, t.num_rows // 4))
     report = run_quality(spark, lake, DAY, trend_min_rows=100)  # type: ignore[arg-type]
@@ -73,14 +73,14 @@ def test_volume_against_the_previous_day(spark: object, lake: Path) -> None:
 
 
 def test_a_missing_day_is_a_clear_error(spark: object, lake: Path) -> None:
-    from jobs.quality import run_quality
+    from argus.jobs.quality import run_quality
 
     with pytest.raises(ValueError, match="no events for 2026-12-01"):
         run_quality(spark, lake, date(2026, 12, 1))  # type: ignore[arg-type]
 
 
 def test_output_checks_catch_impossible_profiles(spark: object) -> None:
-    from jobs.quality import check_output
+    from argus.jobs.quality import check_output
 
     good = spark.createDataFrame([("a", 0.5, 3), ("b", 1.0, 0)], ["user_id", "chat_top1_share", "events_chat_1d"])  # type: ignore[attr-defined]
     assert check_output(good, "profiles") == []

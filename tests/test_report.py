@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 
 from argus.report import ReportError, _feature_label, evaluate_night, truth_labels, write_report
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 from tests.cli_run import run_argus
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
 
 DAY = date(2026, 10, 3)
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -31,11 +31,11 @@ def _score_nights(lake: Path, world: World, nights: list[date]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from argus.detectors.alerts import alerts_from_scores
+    from argus.detectors.base import reasons_text
+    from argus.detectors.events import Events
+    from argus.detectors.registry import detector_class
     from argus.evals.common import world_events
-    from detectors.alerts import alerts_from_scores
-    from detectors.base import reasons_text
-    from detectors.events import Events
-    from detectors.registry import detector_class
 
     events = world_events(world)
     for night in nights:
@@ -59,8 +59,8 @@ def _score_nights(lake: Path, world: World, nights: list[date]) -> None:
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory, spark: object) -> Path:
     """A small world's lake after the nightly jobs: quality results, embeddings, scores, alerts, truth."""
-    from jobs.embed import run_embed
-    from jobs.quality import run_quality
+    from argus.jobs.embed import run_embed
+    from argus.jobs.quality import run_quality
 
     root = tmp_path_factory.mktemp("report-lake")
     world = World(

@@ -11,10 +11,10 @@ import numpy as np
 import orjson
 import pytest
 
-from schemas import EVENT_MODELS, EventBase, Rejection, validate, validate_batch
-from schemas.export import SCHEMA_DIR, json_schemas, render
-from world.bad_records import malformed_records
-from world.sinks import to_json_lines
+from argus.schemas import EVENT_MODELS, EventBase, Rejection, validate, validate_batch
+from argus.schemas.export import SCHEMA_DIR, json_schemas, render
+from argus.world.bad_records import malformed_records
+from argus.world.sinks import to_json_lines
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 
 DAY = date(2026, 10, 3)
 
@@ -26,7 +26,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) -> None:
-    from jobs.score import run_score
+    from argus.jobs.score import run_score
 
     first = run_score(spark, lake, DAY, "evaders", days=3)  # type: ignore[arg-type]
     published = pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={DAY}")
@@ -45,7 +45,7 @@ def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) 
 
 
 def test_user_mistakes_are_value_errors(spark: object, lake: Path) -> None:
-    from jobs.score import run_score
+    from argus.jobs.score import run_score
 
     with pytest.raises(ValueError, match="unknown detector"):
         run_score(spark, lake, DAY, "gremlins")  # type: ignore[arg-type]

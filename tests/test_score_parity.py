@@ -10,13 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from detectors.alerts import alerts_from_scores
-from detectors.base import Detector, reasons_text
-from detectors.events import load_events
-from detectors.registry import detector_class
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
+from argus.detectors.alerts import alerts_from_scores
+from argus.detectors.base import Detector, reasons_text
+from argus.detectors.events import load_events
+from argus.detectors.registry import detector_class
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 
 WORLD = WorldConfig(users=240, days=3, seed=11, events_per_user_day=20.0, troll_fraction=0.1, profile="dense")
 BLOCK_USERS = 40  # several blocks per detector, so scoring really is split
@@ -24,7 +24,7 @@ BLOCK_USERS = 40  # several blocks per detector, so scoring really is split
 
 @pytest.fixture(scope="module")
 def lake(tmp_path_factory: pytest.TempPathFactory, spark: object) -> tuple[Path, date]:
-    from jobs.profiles import run_profile
+    from argus.jobs.profiles import run_profile
 
     root = tmp_path_factory.mktemp("lake")
     write_world(World(WORLD), root)
@@ -35,7 +35,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory, spark: object) -> tuple[Path,
 
 def _pandas_scores(name: str, lake: Path, day: date) -> tuple[pd.DataFrame, Detector]:
     """What `argus detect` computes: the detector's features, fit and score in one pandas process."""
-    from jobs.feature_blocks import profile_frame
+    from argus.jobs.feature_blocks import profile_frame
 
     detector = detector_class(name)()
     if name == "trolls":
@@ -71,8 +71,8 @@ def _same(a: object, b: object) -> bool:
 
 @pytest.mark.parametrize("name", ["trolls", "evaders", "fraud", "churn"])
 def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tuple[Path, date]) -> None:
-    from jobs.publish import Publication
-    from jobs.score import night_window, score_night
+    from argus.jobs.publish import Publication
+    from argus.jobs.score import night_window, score_night
 
     root, day = lake
     days = WORLD.days  # the whole world: the pandas path reads every event too
@@ -115,9 +115,9 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
 
 
 def test_the_fit_sample_is_bounded(spark: object, lake: tuple[Path, date]) -> None:
-    from detectors.trolls import TrollDetector
-    from jobs.publish import Publication
-    from jobs.score import score_night
+    from argus.detectors.trolls import TrollDetector
+    from argus.jobs.publish import Publication
+    from argus.jobs.score import score_night
 
     root, day = lake
     publication = Publication(root, "parity-sample")

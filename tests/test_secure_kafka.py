@@ -25,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from infra.broker import LocalBroker, free_port
-from infra.clients import ConfigError, java_client_properties, kafka_settings, spark_kafka_options
-from infra.security import ADMIN, ALERTS_READER, PIPELINE, PRINCIPALS
-from infra.topics import ALERT_KINDS, DLQ_TOPIC, ensure_topics
+from argus.infra.broker import LocalBroker, free_port
+from argus.infra.clients import ConfigError, java_client_properties, kafka_settings, spark_kafka_options
+from argus.infra.security import ADMIN, ALERTS_READER, PIPELINE, PRINCIPALS
+from argus.infra.topics import ALERT_KINDS, DLQ_TOPIC, ensure_topics
 
 pytestmark = pytest.mark.kafka
 
@@ -164,7 +164,7 @@ def test_keys_passwords_and_client_files_are_owner_only(broker: LocalBroker) -> 
 
 
 def test_a_secure_home_is_not_started_plaintext(broker: LocalBroker) -> None:
-    from infra.broker import BrokerError
+    from argus.infra.broker import BrokerError
 
     with pytest.raises(BrokerError, match="was created with --secure; start it the same way"):
         LocalBroker(home=broker.home, port=broker.port, secure=False).up()
@@ -237,7 +237,7 @@ def _pickled(obj: object) -> tuple[bytes, object]:
 def test_beam_kafka_io_carries_the_settings_and_only_a_reference_to_the_password(
     broker: LocalBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.kafka_io import ReadKafka, WriteKafka
+    from argus.pipelines.kafka_io import ReadKafka, WriteKafka
 
     password = broker.material.password(PIPELINE)
     for name, value in _client_env(broker, PIPELINE).items():
@@ -268,7 +268,7 @@ def test_beam_kafka_io_carries_the_settings_and_only_a_reference_to_the_password
 def test_client_debug_logs_print_the_settings_without_the_password(
     broker: LocalBroker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from infra.clients import admin
+    from argus.infra.clients import admin
 
     for name, value in _client_env(broker, PIPELINE).items():
         if name.startswith("KAFKA_"):
@@ -283,7 +283,7 @@ def test_client_debug_logs_print_the_settings_without_the_password(
 def test_a_password_readable_by_others_draws_a_warning(
     broker: LocalBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from infra.clients import read_password_file
+    from argus.infra.clients import read_password_file
 
     shared = tmp_path / "shared.password"
     shared.write_text(broker.material.password(PIPELINE) + "\n")
@@ -303,7 +303,7 @@ def test_generate_produces_and_validate_dead_letters_as_pipeline(broker: LocalBr
     report = _last_json(_argus(env, "validate", "--json", "--idle-timeout", "5"))
     assert report["dead_lettered"] == BAD_RECORDS
     assert report["valid_total"] == int(produced["produced"]) - BAD_RECORDS  # type: ignore[call-overload]
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     settings = broker.material.client_settings(PIPELINE, broker.bootstrap)
     reader = consumer(
@@ -371,7 +371,7 @@ def _read_to_end(broker: LocalBroker, principal: str, topics: list[str]) -> list
     """Every record on ``topics`` up to their current ends, read as ``principal`` with its client file's settings."""
     from kafka import TopicPartition
 
-    from infra.clients import consumer
+    from argus.infra.clients import consumer
 
     settings = broker.material.client_settings(principal, broker.bootstrap)
     reader = consumer(
@@ -429,9 +429,9 @@ def test_forget_as_admin_tombstones_the_users_alerts_and_a_rerun_is_a_no_op(
 @pytest.fixture(scope="module")
 def fraud_model(world: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     """A fraud model fitted on the world and published; the users it flags on all of the world's events."""
-    from detectors.events import load_events
-    from detectors.fraud import FraudDetector
-    from detectors.store import ModelStore
+    from argus.detectors.events import load_events
+    from argus.detectors.fraud import FraudDetector
+    from argus.detectors.store import ModelStore
 
     events = load_events(world)
     detector = FraudDetector()
@@ -456,7 +456,7 @@ def test_streaming_pipeline_runs_as_pipeline_and_alert_readers_read_its_alerts(
     """
     from kafka.admin import NewTopic
 
-    from infra.clients import admin
+    from argus.infra.clients import admin
 
     client = admin(settings=broker.admin_settings())
     try:
@@ -542,7 +542,7 @@ def test_untrusted_certificate_is_named(broker: LocalBroker, tmp_path: Path) -> 
 
 def _other_ca(tmp_path: Path) -> Path:
     """A CA that did not sign the broker's certificate."""
-    from infra.security import SecureMaterial
+    from argus.infra.security import SecureMaterial
 
     other = SecureMaterial(tmp_path / "other")
     other.ensure(["127.0.0.1"])

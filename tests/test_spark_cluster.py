@@ -21,10 +21,10 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from infra.spark_cluster import ClusterError, StandaloneCluster, end_process_group, group_members
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import write_world
+from argus.infra.spark_cluster import ClusterError, StandaloneCluster, end_process_group, group_members
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import write_world
 
 pytestmark = pytest.mark.cluster
 
@@ -45,8 +45,8 @@ def nights(
     cluster: StandaloneCluster, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[Path, list[dict[str, Any]]]]:
     """One small world, run through `argus batch nightly` at local[2] and on the cluster, side by side."""
-    from infra.broker import argus_home
-    from infra.spark import py_files_archive
+    from argus.infra.broker import argus_home
+    from argus.infra.spark import py_files_archive
 
     lakes = {"local": tmp_path_factory.mktemp("lake-local"), "cluster": tmp_path_factory.mktemp("lake-cluster")}
     write_world(World(WorldConfig(users=60, days=2, seed=5, events_per_user_day=15.0, profile="dense")), lakes["local"])

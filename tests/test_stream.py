@@ -14,24 +14,24 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from argus.detectors.chat_features import chat_context_features
+from argus.detectors.events import Events
+from argus.detectors.fraud import FraudDetector
+from argus.detectors.store import ModelStore
+from argus.detectors.trolls import TrollDetector
 from argus.evals.common import world_events
-from detectors.chat_features import chat_context_features
-from detectors.events import Events
-from detectors.fraud import FraudDetector
-from detectors.store import ModelStore
-from detectors.trolls import TrollDetector
-from infra.topics import ALERT_KINDS
-from pipelines.stream_detectors import UserChatState, apply_window_sums, chat_feature_rows, epoch_us, window_sums
-from world.bad_records import malformed_records
-from world.config import WorldConfig
-from world.simulate import World
+from argus.infra.topics import ALERT_KINDS
+from argus.pipelines.stream_detectors import UserChatState, apply_window_sums, chat_feature_rows, epoch_us, window_sums
+from argus.world.bad_records import malformed_records
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
 
 pytestmark = pytest.mark.kafka
 WORLD = WorldConfig(users=150, days=2, seed=11, events_per_user_day=25.0, troll_fraction=0.1, profile="dense")
 
 
 def _prism() -> Path:
-    from infra.prism import PrismError, fetch_prism
+    from argus.infra.prism import PrismError, fetch_prism
 
     try:
         return fetch_prism()
@@ -92,8 +92,8 @@ def stream_topics(kafka_bootstrap: str, world_and_events: tuple[World, Events]) 
     """The world and malformed records produced to this module's own event topics."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from infra.clients import BulkProducer
-    from world.sinks import event_records
+    from argus.infra.clients import BulkProducer
+    from argus.world.sinks import event_records
 
     world, _ = world_and_events
     prefix = f"s{os.getpid()}"
@@ -114,7 +114,7 @@ def stream_topics(kafka_bootstrap: str, world_and_events: tuple[World, Events]) 
 
 def _outputs(bootstrap: str, prefix: str) -> tuple[list[str], list[dict]]:  # type: ignore[type-arg]
     """(alert ids in the order written, dead letters) of one run's output topics."""
-    from pipelines.kafka_io import published_identities
+    from argus.pipelines.kafka_io import published_identities
 
     ids = list(
         published_identities(bootstrap, [f"{prefix}.alerts.{k}" for k in ALERT_KINDS], lambda t, k, v: k.decode())
@@ -136,7 +136,7 @@ def _output_topics(bootstrap: str, prefix: str) -> None:
 
 
 def _run(bootstrap: str, topics: dict, published: dict, out: str) -> dict:  # type: ignore[type-arg]
-    from pipelines.stream import StreamConfig, run_stream
+    from argus.pipelines.stream import StreamConfig, run_stream
 
     _prism()
     _output_topics(bootstrap, out)
@@ -175,7 +175,7 @@ def test_events_in_alerts_out(
     assert counters["late_events"] == 0
     out = f"{stream_topics['prefix']}-a"
     alerts = []
-    from pipelines.kafka_io import published_identities
+    from argus.pipelines.kafka_io import published_identities
 
     for kind in ("troll", "fraud"):
         values = published_identities(kafka_bootstrap, [f"{out}.alerts.{kind}"], lambda t, k, v: v.decode())
@@ -195,7 +195,7 @@ def test_events_in_alerts_out(
 
 def _snapshots(bootstrap: str, topic: str) -> pd.DataFrame:
     """Every feature snapshot on ``topic``, in the order written."""
-    from pipelines.kafka_io import published_identities
+    from argus.pipelines.kafka_io import published_identities
 
     values = published_identities(bootstrap, [topic], lambda t, k, v: v.decode())
     rows = [json.loads(v) for v in values]
@@ -252,7 +252,7 @@ def test_a_model_published_while_running_scores_the_next_batch(
     """The scoring stage asks the store for its current version per batch: a new one is used without a restart."""
     from apache_beam.pvalue import TaggedOutput
 
-    from pipelines.stream_detectors import _ScoreChatFn
+    from argus.pipelines.stream_detectors import _ScoreChatFn
 
     _, events = world_and_events
     first = ModelStore(published["store"]).load("trolls")
@@ -312,7 +312,7 @@ def _log_ends(bootstrap: str, topics: list[str]) -> dict[str, dict[int, tuple[in
     """(first, next) offset of every partition of ``topics``."""
     from confluent_kafka import Consumer
 
-    from pipelines.kafka_io import _watermark_offsets
+    from argus.pipelines.kafka_io import _watermark_offsets
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-stream-ends"})
     try:
@@ -332,7 +332,7 @@ def test_killed_mid_stream_and_restarted_resumes_from_its_checkpoint(
 ) -> None:
     """kill -9 after a checkpoint: the restart reads only from the committed offsets, its state restored,
     and ends with the uninterrupted run's alert ids (none twice), dead letters and per-user features."""
-    from pipelines.checkpoint import committed_offsets
+    from argus.pipelines.checkpoint import committed_offsets
 
     _prism()
     _, events = world_and_events
@@ -387,8 +387,8 @@ def test_killed_mid_stream_and_restarted_resumes_from_its_checkpoint(
 
 def test_checkpoint_ranges_and_batch_cuts() -> None:
     """The bookkeeping a restore relies on: merged ranges, the committed prefix, batches cut at range edges."""
-    from pipelines.checkpoint import ReceivedLog, add_range, covers, prefix_end
-    from pipelines.kafka_io import KafkaRecord, _cut
+    from argus.pipelines.checkpoint import ReceivedLog, add_range, covers, prefix_end
+    from argus.pipelines.kafka_io import KafkaRecord, _cut
 
     ranges: dict = {}  # type: ignore[type-arg]
     key = ("t", 0)
@@ -413,7 +413,7 @@ def test_checkpoint_ranges_and_batch_cuts() -> None:
 
 
 def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
-    from pipelines.stream import StreamConfig, StreamError
+    from argus.pipelines.stream import StreamConfig, StreamError
 
     with pytest.raises(StreamError, match="unknown streaming detector"):
         StreamConfig(model_store=tmp_path, detectors=["gremlins"]).check()
@@ -435,7 +435,7 @@ def _free_port_pair() -> int:
     """A free port whose successor is free too (the broker's controller listens on port + 1)."""
     import socket
 
-    from infra.broker import free_port
+    from argus.infra.broker import free_port
 
     for _ in range(50):
         port = free_port()
@@ -457,8 +457,8 @@ def test_a_broker_restart_mid_stream_is_survived(
     from confluent_kafka import Producer
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from infra.broker import LocalBroker
-    from world.sinks import event_records
+    from argus.infra.broker import LocalBroker
+    from argus.world.sinks import event_records
 
     _prism()
     world, events = world_and_events

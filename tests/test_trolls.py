@@ -11,12 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from argus.cli import app
+from argus.detectors.chat_features import chat_context_features
+from argus.detectors.events import Events
+from argus.detectors.trolls import SCORED_FEATURES, USER_VIEWS, TrollDetector, find_raids, paper_scores
 from argus.evals.common import world_events as events_of
-from detectors.chat_features import chat_context_features
-from detectors.events import Events
-from detectors.trolls import SCORED_FEATURES, USER_VIEWS, TrollDetector, find_raids, paper_scores
-from world.config import WorldConfig
-from world.simulate import World
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
 
 T0 = pd.Timestamp("2026-10-01T12:00:00Z")
 
@@ -232,7 +232,7 @@ def test_paper_command_bad_csv(tmp_path: Path, content: str, message: str) -> No
 
 
 def test_incremental_state_equals_the_batch_features(small_world: World) -> None:
-    from detectors.chat_features import ChatContextState
+    from argus.detectors.chat_features import ChatContextState
 
     chat = events_of(small_world)["chat"]
     batch = chat_context_features(chat)

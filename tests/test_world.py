@@ -14,11 +14,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from world.config import WorldConfig
-from world.figures import world_figures
-from world.simulate import World
-from world.sinks import lake_path, write_world
-from world.truth import truth_summary, truth_table
+from argus.world.config import WorldConfig
+from argus.world.figures import world_figures
+from argus.world.simulate import World
+from argus.world.sinks import lake_path, write_world
+from argus.world.truth import truth_summary, truth_table
 
 from .conftest import SMALL_WORLD
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from infra.topics import event_topic
+from argus.infra.topics import event_topic
 
 # reason_code -> a raw record of that class (built around a valid chat event).
 _VALID = {

@@ -1,6 +1,6 @@
 """Shape of a generated world, for checking a profile against its parameters.
 
-``python -m world.figures [realistic|dense] [users] [days]`` prints the figures of one world as JSON.
+``python -m argus.world.figures [realistic|dense] [users] [days]`` prints the figures of one world as JSON.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from world.config import WorldConfig
-from world.simulate import World
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
 
 
 def world_figures(world: World, tables: dict[str, pa.Table]) -> dict[str, Any]:

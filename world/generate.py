@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from datetime import date
 
-from infra.clients import BulkProducer
-from world.bad_records import malformed_records
-from world.config import WorldConfig
-from world.simulate import World
-from world.sinks import Progress, event_records, write_world
+from argus.infra.clients import BulkProducer
+from argus.world.bad_records import malformed_records
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
+from argus.world.sinks import Progress, event_records, write_world
 
 __all__ = ["World", "config", "expected_events", "produce_world", "write_world"]
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from world import text
-from world.config import WorldConfig
+from argus.world import text
+from argus.world.config import WorldConfig
 
 DAY = 86_400.0
 CURRENCIES = np.array(["USD", "EUR", "GBP", "BRL", "INR", "JPY", "CAD", "PLN"])

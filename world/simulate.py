@@ -17,11 +17,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas.arrow import ARROW_SCHEMAS, TS_TYPE
-from schemas.models import EVENT_TYPES
-from world import text
-from world.config import WorldConfig
-from world.population import CURRENCIES, DAY, MAX_CARDS, Population, build_population
+from argus.schemas.arrow import ARROW_SCHEMAS, TS_TYPE
+from argus.schemas.models import EVENT_TYPES
+from argus.world import text
+from argus.world.config import WorldConfig
+from argus.world.population import CURRENCIES, DAY, MAX_CARDS, Population, build_population
 
 MESSAGES_PER_TOPIC = 40
 TOPICS_PER_CHANNEL = 6

@@ -14,10 +14,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from infra.topics import event_topic
-from schemas.privacy import current_privacy
-from world.simulate import World
-from world.truth import truth_summary, truth_table
+from argus.infra.topics import event_topic
+from argus.schemas.privacy import current_privacy
+from argus.world.simulate import World
+from argus.world.truth import truth_summary, truth_table
 
 Progress = Callable[[int], None]
 
@@ -54,7 +54,7 @@ def write_table(table: pa.Table, path: Path, fmt: str) -> None:
 def write_world(world: World, out: Path, fmt: str = "parquet", progress: Progress | None = None) -> dict[str, Any]:
     """Write every day of ``world`` under ``out`` plus its truth; rerunning overwrites, never appends.
 
-    Fields named by ``[privacy] hash_fields`` are stored salted-hashed (``schemas.privacy``).
+    Fields named by ``[privacy] hash_fields`` are stored salted-hashed (``argus.schemas.privacy``).
     """
     privacy = current_privacy()
     counts: dict[str, dict[str, int]] = {}

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from world.population import DAY
-from world.simulate import World
+from argus.world.population import DAY
+from argus.world.simulate import World
 
 TRUTH_VERSION = 1
 

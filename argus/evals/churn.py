@@ -28,11 +28,9 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_config, eval_world, quality
-from argus.progress import step
-from detectors.base import SCORED
-from detectors.btyd import fit_bgnbd, p_no_purchase
-from detectors.churn import (
+from argus.detectors.base import SCORED
+from argus.detectors.btyd import fit_bgnbd, p_no_purchase
+from argus.detectors.churn import (
     ACTIVITY_CHANNELS,
     CHANNELS,
     PRIOR_STATUS,
@@ -41,9 +39,11 @@ from detectors.churn import (
     daily_activity,
     purchase_examples,
 )
-from detectors.churn_purchase import RFM_FEATURES, History, detect_mode, summary_at, training_plan
-from detectors.events import Events
-from world.config import WorldConfig
+from argus.detectors.churn_purchase import RFM_FEATURES, History, detect_mode, summary_at, training_plan
+from argus.detectors.events import Events
+from argus.evals.common import EvalWorld, best_single_feature_auc, coverage, eval_config, eval_world, quality
+from argus.progress import step
+from argus.world.config import WorldConfig
 
 EVAL_DAYS = 75
 DENSE_EVENTS_PER_USER_DAY = 20.0

@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, roc_auc_score
 
+from argus.detectors.base import status_counts
+from argus.detectors.events import Events, load_events
+from argus.infra.broker import argus_home
 from argus.progress import step
-from detectors.base import status_counts
-from detectors.events import Events, load_events
-from infra.broker import argus_home
-from world.config import WorldConfig
-from world.simulate import World
+from argus.world.config import WorldConfig
+from argus.world.simulate import World
 
 # The realistic evaluation world is larger than `argus generate`'s default: at 2,000 users and
 # 7 days only about 1,000 accounts act and a few dozen trolls chat, too few for stable figures.
@@ -57,7 +57,7 @@ def eval_world(world: Path | None = None, config: WorldConfig = DEFAULT_EVAL_WOR
     evaluations read the same files instead of generating again.
     """
     if world is None:
-        from world.generate import World, write_world
+        from argus.world.generate import World, write_world
 
         key = json.dumps(config.to_json(), sort_keys=True)
         import hashlib

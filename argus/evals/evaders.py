@@ -19,16 +19,16 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
-from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
-from argus.progress import step
-from detectors.evaders import (
+from argus.detectors.evaders import (
     MATCH_CANDIDATES,
     PAIR_FEATURES,
     EvaderDetector,
     ban_propensity_features,
     fit_pair_model,
 )
-from detectors.events import Events
+from argus.detectors.events import Events
+from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
+from argus.progress import step
 
 EARLY_ACTIONS = 3  # the paper's early detection: a child's first three actions
 

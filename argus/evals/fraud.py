@@ -23,12 +23,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from argus.detectors.fraud import FraudDetector, _outcomes
+from argus.detectors.fraud_features import FEATURE_COLUMNS, OUTCOME_COLUMNS
+from argus.detectors.fraud_payments import ACCOUNT_EVIDENCE
 from argus.evals.common import best_single_feature_auc, binary_metrics, coverage, eval_config, eval_world, quality
 from argus.progress import step
-from detectors.fraud import FraudDetector, _outcomes
-from detectors.fraud_features import FEATURE_COLUMNS, OUTCOME_COLUMNS
-from detectors.fraud_payments import ACCOUNT_EVIDENCE
-from world.config import WorldConfig
+from argus.world.config import WorldConfig
 
 
 def run(

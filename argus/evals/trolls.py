@@ -29,11 +29,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
-from argus.progress import step
-from detectors.base import SCORED
-from detectors.chat_messages import rate_posterior
-from detectors.trolls import (
+from argus.detectors.base import SCORED
+from argus.detectors.chat_messages import rate_posterior
+from argus.detectors.trolls import (
     MESSAGE_MODEL_ATTR,
     PAPER_FEATURES,
     PAPER_THRESHOLD,
@@ -42,6 +40,8 @@ from detectors.trolls import (
     find_raids,
     paper_scores,
 )
+from argus.evals.common import QUALITY_KEYS, binary_metrics, coverage, eval_config, eval_world, quality
+from argus.progress import step
 
 RAID_WORLD_RAIDS = 10
 FEW_MESSAGES = 3

@@ -5,7 +5,7 @@ error; an empty value takes the field's ``default`` or is left out), trim, ``low
 ``pattern`` (keep the first group), ``map``, then convert (a time for ``ts``, else the ``type``,
 by default the target field's own), then ``hash``. A field the row's event type does not have is
 left out, so one mapping can describe a file that mixes event types. The candidate is checked
-afterwards by the one validator, ``schemas.validate``.
+afterwards by the one validator, ``argus.schemas.validate``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from argus.imports.mapping import FieldSpec, Mapping, target_type
-from schemas.models import EVENT_MODELS
+from argus.schemas.models import EVENT_MODELS
 
 # Reason codes of rows that cannot be mapped (the validator's codes cover the rest).
 MISSING_COLUMN = "missing_column"

@@ -42,7 +42,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
-from schemas.models import EVENT_MODELS, EVENT_TYPES
+from argus.schemas.models import EVENT_MODELS, EVENT_TYPES
 
 SourceFormat = Literal["csv", "jsonl", "parquet"]
 ValueType = Literal["str", "int", "float", "bool"]

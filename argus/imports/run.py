@@ -30,11 +30,11 @@ import pyarrow.parquet as pq
 
 from argus.imports.convert import RowConverter, RowError
 from argus.imports.mapping import Mapping, SourceFormat, source_format
-from schemas.arrow import ARROW_SCHEMAS
-from schemas.bounds import EventTimeBounds, current_bounds
-from schemas.models import DeadLetter, EventBase
-from schemas.privacy import ErasedSubjects, current_privacy, erased_subjects
-from schemas.validate import DUPLICATE_EVENT_ID, NOT_JSON, NOT_OBJECT, NOT_UTF8, Rejection, validate
+from argus.schemas.arrow import ARROW_SCHEMAS
+from argus.schemas.bounds import EventTimeBounds, current_bounds
+from argus.schemas.models import DeadLetter, EventBase
+from argus.schemas.privacy import ErasedSubjects, current_privacy, erased_subjects
+from argus.schemas.validate import DUPLICATE_EVENT_ID, NOT_JSON, NOT_OBJECT, NOT_UTF8, Rejection, validate
 
 Progress = Callable[[int], None]
 
@@ -409,7 +409,7 @@ class KafkaWriter:
     """Events as JSON to ``events.<type>``, keyed by ``user_id`` (one user's events stay in order)."""
 
     def __init__(self, bootstrap: str | None, batch_rows: int) -> None:
-        from infra.clients import BulkProducer
+        from argus.infra.clients import BulkProducer
 
         self._producer = BulkProducer(bootstrap)
         self.batch_rows = batch_rows
@@ -417,7 +417,7 @@ class KafkaWriter:
         self.sent: Counter[str] = Counter()
 
     def add(self, event: EventBase) -> None:
-        from infra.topics import event_topic
+        from argus.infra.topics import event_topic
 
         topic = event_topic(event.event_type)  # type: ignore[attr-defined]
         keys, values = self._batches.setdefault(topic, ([], []))

@@ -1,5 +1,5 @@
 """FAISS-backed HDBSCAN (pHDBSCAN) for behaviour embeddings."""
 
-from detectors.cluster.phdbscan import PHDBSCAN
+from argus.detectors.cluster.phdbscan import PHDBSCAN
 
 __all__ = ["PHDBSCAN"]

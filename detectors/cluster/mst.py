@@ -1,6 +1,6 @@
 """Minimum spanning tree of the mutual-reachability graph restricted to k-nearest-neighbour edges.
 
-The graph's own edges go through Kruskal's algorithm (``detectors.cluster.forest``). The kNN
+The graph's own edges go through Kruskal's algorithm (``argus.detectors.cluster.forest``). The kNN
 graph can fall apart into components (isolated groups, duplicates, far outliers). They are
 joined Borůvka-style: each round, every component gets its cheapest edge to another component,
 found by searching a sample of its points against the whole index (and, where that finds nothing
@@ -14,8 +14,8 @@ from hdbscan._hdbscan_linkage import label, mst_linkage_core
 from hdbscan._hdbscan_reachability import mutual_reachability
 from sklearn.metrics import pairwise_distances
 
-from detectors.cluster.forest import SpanningForest
-from detectors.cluster.knn import KnnIndex, exact_distances
+from argus.detectors.cluster.forest import SpanningForest
+from argus.detectors.cluster.knn import KnnIndex, exact_distances
 
 try:  # scikit-learn's compiled union-find (private module, hence the fallback)
     from sklearn.cluster._hdbscan._linkage import MST_edge_dtype, make_single_linkage

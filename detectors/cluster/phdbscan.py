@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters, outlier_scores
 
-from detectors.cluster.duplicates import UniqueRows, expand_tree, unique_rows, weighted_core_distances
-from detectors.cluster.knn import KnnIndex, KnnMethod, build_index, knn_graph
-from detectors.cluster.mst import (
+from argus.detectors.cluster.duplicates import UniqueRows, expand_tree, unique_rows, weighted_core_distances
+from argus.detectors.cluster.knn import KnnIndex, KnnMethod, build_index, knn_graph
+from argus.detectors.cluster.mst import (
     core_distances,
     dense_mutual_reachability_mst,
     mutual_reachability_mst,

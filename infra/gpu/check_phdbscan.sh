@@ -37,7 +37,7 @@ echo "step 1: $N x $DIM, pHDBSCAN only" >&2
 
 echo "step 2: GPU against CPU labels on $SAMPLE x $DIM" >&2
 gpu=$([ "$CPU_ONLY" = 1 ] && echo 0 || echo 1)
-.venv/bin/python -m infra.gpu.compare_paths --n "$SAMPLE" --dim "$DIM" --gpu "$gpu" | tee "$OUT/compare.json"
+.venv/bin/python -m argus.infra.gpu.compare_paths --n "$SAMPLE" --dim "$DIM" --gpu "$gpu" | tee "$OUT/compare.json"
 
 .venv/bin/python - "$OUT" "$LIMIT_S" "$MIN_ARI" <<'PY' | tee "$OUT/verdict.json"
 import json, sys

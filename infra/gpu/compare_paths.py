@@ -1,6 +1,6 @@
 """pHDBSCAN's GPU path against its CPU path on the same seeded blobs: one JSON line with the ARI.
 
-    python -m infra.gpu.compare_paths --n 1000000 --dim 64 --gpu 1
+    python -m argus.infra.gpu.compare_paths --n 1000000 --dim 64 --gpu 1
 
 With ``--gpu 0`` both fits run on the CPU (the script's steps checked without a GPU: ARI 1.0).
 """
@@ -14,7 +14,7 @@ import time
 from sklearn.metrics import adjusted_rand_score
 
 from argus.bench import blobs_with_noise
-from detectors.cluster import PHDBSCAN
+from argus.detectors.cluster import PHDBSCAN
 
 
 def compare_paths(

@@ -6,7 +6,9 @@
                                                      -> score_churn    ->
 
 For Airflow 3 (tested with 3.3 by `make test-airflow`). Copy this file into the DAGs folder of a
-deployment whose workers have Argus installed (`argus` on their PATH) and set, as Airflow Variables:
+deployment whose workers have the Argus wheel installed (``make dist``, then ``pip install
+dist/argus_behaviour-*.whl``: the ``argus`` command on their PATH; each task's spark-submit ships the
+same package to the executors) and set, as Airflow Variables:
 
 - ``argus_lake``: the lake (``/data/lake``, ``s3a://bucket/lake``); default ``/data/lake``
 - ``argus_master``: the Spark master for every job (``yarn``, ``k8s://...``); default ``yarn``
