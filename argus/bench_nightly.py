@@ -39,6 +39,7 @@ from typing import Any
 
 from rich.console import Console
 
+from argus.infra.procfs import process_stats
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
@@ -74,15 +75,8 @@ def process_part(cmdline: list[str]) -> str | None:
 def descendants(root: int) -> list[int]:
     """Every process below ``root`` (not ``root`` itself), from ``/proc``."""
     children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])  # after "pid (comm) state"
-        children.setdefault(parent, []).append(int(entry.name))
+    for process in process_stats():
+        children.setdefault(process.parent, []).append(process.pid)
     found, frontier = [], [root]
     while frontier:
         below = children.get(frontier.pop(), [])

@@ -34,6 +34,7 @@ from types import TracebackType
 from typing import Any
 
 from argus.infra.broker import free_port
+from argus.infra.procfs import process_stats
 
 MASTER_CLASS = "org.apache.spark.deploy.master.Master"
 WORKER_CLASS = "org.apache.spark.deploy.worker.Worker"
@@ -198,15 +199,4 @@ def end_process_group(process: subprocess.Popen[Any], grace_s: float = 15.0) -> 
 
 def group_members(pgid: int) -> list[int]:
     """The live processes of group ``pgid`` (zombies, already dead and waiting for their parent, left out)."""
-    members = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:
-            continue
-        state, _parent, group = stat[stat.rindex(")") + 2 :].split()[:3]
-        if int(group) == pgid and state not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+    return [process.pid for process in process_stats() if process.group == pgid and process.state not in ("Z", "X")]
