@@ -21,6 +21,7 @@ from argus.detectors.events import Events
 from argus.detectors.registry import detector_class
 from argus.preflight import PreflightError
 from argus.schemas.models import Alert
+from tests.test_publish_alerts import topic_keys
 
 runner = CliRunner()
 WINDOW = (pd.Timestamp("2026-10-01", tz="UTC"), pd.Timestamp("2026-10-04", tz="UTC"))
@@ -134,26 +135,6 @@ def _tail(bootstrap: str, *args: str) -> list[Alert]:
     return [Alert.model_validate_json(line) for line in result.stdout.splitlines() if line.strip()]
 
 
-def _raw_keys(bootstrap: str, topic: str) -> list[str]:
-    from kafka import TopicPartition
-
-    from argus.infra.clients import consumer
-
-    reader = consumer(bootstrap=bootstrap, enable_auto_commit=False)
-    try:
-        tp = TopicPartition(topic, 0)
-        reader.assign([tp])
-        reader.seek_to_beginning(tp)
-        end = reader.end_offsets([tp])[tp]
-        keys: list[str] = []
-        while reader.position(tp) < end:
-            for records in reader.poll(timeout_ms=500).values():
-                keys += [r.key.decode() for r in records if r.key]
-        return keys
-    finally:
-        reader.close()
-
-
 @pytest.mark.kafka
 def test_alert_topics_are_compacted_and_existing_ones_altered(kafka_bootstrap: str) -> None:
     from kafka.admin import ConfigResource, ConfigResourceType
@@ -205,7 +186,7 @@ def test_detect_twice_then_tail_shows_each_alert_once(published_twice: Path, kaf
     version = (published_twice.parent / "model_version").read_text()
 
     # On the topic: every record keyed by its alert id, ours twice (compaction keeps the last of each).
-    keys = Counter(_raw_keys(kafka_bootstrap, "alerts.fraud"))
+    keys = Counter(topic_keys(kafka_bootstrap, "alerts.fraud"))
     shown = _tail(kafka_bootstrap, "--kind", "fraud")
     by_user = {a.user_id: a for a in shown if a.model_version == version}
     assert set(by_user) == ours

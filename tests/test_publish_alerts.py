@@ -43,7 +43,8 @@ def _write_night(lake: Path, prefix: str) -> list[str]:
     return ids
 
 
-def _keys(bootstrap: str, topic: str) -> list[str]:
+def topic_keys(bootstrap: str, topic: str) -> list[str]:
+    """Every record key on ``topic``, all partitions, from the beginning (compaction not yet applied)."""
     from kafka import TopicPartition
 
     from argus.infra.clients import consumer
@@ -72,7 +73,8 @@ def test_publish_a_night_twice_writes_the_same_keys(kafka_bootstrap: str, tmp_pa
         )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout) == {"date": DAY, "produced": {"alerts.troll": 2, "alerts.churn": 1}}
-    ours = [k for k in _keys(kafka_bootstrap, "alerts.troll") + _keys(kafka_bootstrap, "alerts.churn") if k in ids]
+    keys = topic_keys(kafka_bootstrap, "alerts.troll") + topic_keys(kafka_bootstrap, "alerts.churn")
+    ours = [k for k in keys if k in ids]
     assert sorted(set(ours)) == sorted(ids) and len(ours) == 2 * len(ids)  # same keys: compaction keeps one each
 
 
