@@ -391,13 +391,16 @@ class BulkProducer:
         self._errors: list[str] = []
         self._refused: str | None = None  # why the cluster refused us before anything was delivered
         self._delivered_any = False
+        self._topic: str | None = None  # the topic being written, for a refusal that does not name it
         self.sent = 0
 
     def _on_error(self, err: Any) -> None:
         from confluent_kafka import KafkaError
 
         fatal = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError._ALL_BROKERS_DOWN)
-        if err.code() in fatal and not self._delivered_any:
+        if err.code() in _WRITE_DENIED and not self._delivered_any and self._topic:
+            self._refused = f"authorization failed: writing to {self._topic}"
+        elif err.code() in fatal and not self._delivered_any:
             self._refused = str(err.str())
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
@@ -405,9 +408,8 @@ class BulkProducer:
             self._delivered_any = True
             return
         self._errors.append(str(err))
-        from confluent_kafka import KafkaError
 
-        if err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED and self._refused is None:
+        if err.code() in _WRITE_DENIED and self._refused is None:
             self._refused = f"authorization failed: writing to {msg.topic()}"
 
     def _check_refused(self) -> None:
@@ -415,9 +417,10 @@ class BulkProducer:
             raise KafkaAccessError(explain_refusal(self._settings, self._refused))
 
     def send_many(self, topic: str, keys: list[bytes], values: list[bytes]) -> None:
-        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka import KafkaException
 
         produce, poll = self._producer.produce, self._producer.poll
+        self._topic = topic
         for key, value in zip(keys, values, strict=True):
             while True:
                 try:
@@ -428,7 +431,7 @@ class BulkProducer:
                     self._check_refused()
                 except KafkaException as exc:
                     # Once librdkafka knows the topic is denied it refuses at produce(), before any delivery report.
-                    if exc.args[0].code() != KafkaError.TOPIC_AUTHORIZATION_FAILED:
+                    if exc.args[0].code() not in _WRITE_DENIED:
                         raise
                     self._refused = f"authorization failed: writing to {topic}"
                     self._check_refused()
@@ -518,6 +521,10 @@ def explain_failure(exc: BaseException, bootstrap: str | None = None) -> str | N
     if unreachable:
         return redact(diagnose_connection(settings), settings)
     return None
+
+
+# Write refusals: denied on the topic, or on the cluster (an idempotent producer needs IdempotentWrite).
+_WRITE_DENIED = (29, 31)  # KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED
 
 
 def explain_refusal(settings: dict[str, Any], reason: str) -> str:
