@@ -443,10 +443,9 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
     """Cosine distance within each injected fraud ring against ring-to-normal, on a generated world."""
     from datetime import timedelta
 
-    import pyarrow.parquet as pq
-
     from argus.infra.spark import local_session
     from argus.jobs.embed import run_embed
+    from argus.jobs.lake import read_pandas
     from argus.world.truth import truth_table
 
     world = World(WorldConfig(users=users, days=days, seed=seed, events_per_user_day=30.0, profile="dense"))
@@ -456,7 +455,9 @@ def eval_embeddings(users: int, days: int, seed: int = 5) -> dict[str, Any]:
         spark = local_session("argus-eval-embeddings")
         try:
             result = run_embed(spark, lake, world.cfg.start + timedelta(days=days - 1))
-            table = pq.read_table(str(result["path"])).to_pandas().set_index("user_id")
+            embedded = read_pandas(lake, "embeddings", world.cfg.start + timedelta(days=days - 1))
+            assert embedded is not None, result
+            table = embedded.set_index("user_id")
         finally:
             spark.stop()
     vectors = np.stack(table.embedding.to_numpy())

@@ -49,6 +49,10 @@ BootstrapOption = Annotated[
 
 
 LakeOption = Annotated[Path, typer.Option(help="The lake's root folder.")]
+# Spark jobs' lakes may live on object storage: a URI stays a URI (argus.jobs.lake.lake_location).
+LakeUriOption = Annotated[
+    str, typer.Option("--lake", help="The lake: a folder, or a URI (s3a://bucket/lake, gs://..., hdfs://...).")
+]
 MasterOption = Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")]
 PrintCommandOption = Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")]
 
@@ -390,7 +394,7 @@ def import_(
 
 @batch_app.command("ingest")
 def batch_ingest(
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     master: MasterOption = "local[2]",
     topics: Annotated[str | None, typer.Option(help="Comma-separated topics; default: every events.* topic.")] = None,
     rerun: Annotated[str | None, typer.Option(help="Read the offset range of this earlier run again.")] = None,
@@ -410,7 +414,7 @@ def batch_ingest(
         "--bootstrap",
         _servers(bootstrap),
         "--lake",
-        str(lake.resolve()),
+        str(_lake(lake)),
         "--topics",
         topics or ",".join(EVENT_TOPICS),
     ]
@@ -422,7 +426,7 @@ def batch_ingest(
 @batch_app.command("quality")
 def batch_quality(
     date_: Annotated[str, typer.Option("--date", help="The lake date to check, YYYY-MM-DD.")],
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     master: MasterOption = "local[2]",
     freshness_hours: Annotated[float, typer.Option(help="The newest event must be this close to the day's end.")] = 6.0,
     volume_tolerance: Annotated[float, typer.Option(help="Allowed change in rows against the previous day.")] = 0.5,
@@ -434,7 +438,7 @@ def batch_quality(
     so a nightly chain stops before anything downstream is published.
     """
     _check_date(date_)
-    args = ["--lake", str(lake.resolve()), "--date", date_]
+    args = ["--lake", str(_lake(lake)), "--date", date_]
     args += ["--freshness-hours", str(freshness_hours), "--volume-tolerance", str(volume_tolerance)]
     _spark_submit("quality", args, master, lake, print_command)
 
@@ -442,24 +446,24 @@ def batch_quality(
 @batch_app.command("profile")
 def batch_profile(
     date_: Annotated[str, typer.Option("--date", help="Profile as of the end of this day, YYYY-MM-DD.")],
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     feature_days: Annotated[int, typer.Option(min=1, help="Days of events behind the behaviour features.")] = 30,
     master: MasterOption = "local[2]",
     print_command: PrintCommandOption = False,
 ) -> None:
     """Per-user profiles: 1/7/30-day and lifetime activity, context-aware chat, click, payment, account.
 
-    Writes LAKE/profiles/date=D/ whole (staged, then swapped in); see jobs/profiles.py for every column.
+    Replaces date D of the LAKE/profiles Delta table in one commit; see jobs/profiles.py for every column.
     """
     _check_date(date_)
-    args = ["--lake", str(lake.resolve()), "--date", date_, "--feature-days", str(feature_days)]
+    args = ["--lake", str(_lake(lake)), "--date", date_, "--feature-days", str(feature_days)]
     _spark_submit("profiles", args, master, lake, print_command)
 
 
 @batch_app.command("embed")
 def batch_embed(
     date_: Annotated[str, typer.Option("--date", help="Embed behaviour up to the end of this day, YYYY-MM-DD.")],
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     days: Annotated[int, typer.Option(min=1, help="Days of events in each sequence.")] = 30,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimensions.")] = 32,
     master: MasterOption = "local[2]",
@@ -467,10 +471,10 @@ def batch_embed(
 ) -> None:
     """Time-aware behaviour-sequence embeddings: event and time-gap tokens, Word2Vec, time-decay pooling.
 
-    Writes LAKE/embeddings/date=D/ (user_id, embedding, tokens); see jobs/embed.py for the method.
+    Replaces date D of the LAKE/embeddings Delta table (user_id, embedding, tokens); see jobs/embed.py.
     """
     _check_date(date_)
-    args = ["--lake", str(lake.resolve()), "--date", date_, "--days", str(days), "--dim", str(dim)]
+    args = ["--lake", str(_lake(lake)), "--date", date_, "--days", str(days), "--dim", str(dim)]
     _spark_submit("embed", args, master, lake, print_command)
 
 
@@ -478,7 +482,7 @@ def batch_embed(
 def batch_score(
     detector: Annotated[str, typer.Option(help="trolls, evaders, fraud or churn.")],
     date_: Annotated[str, typer.Option("--date", help="Score as of the end of this day, YYYY-MM-DD.")],
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     days: Annotated[int, typer.Option(min=1, help="Days of events behind the features.")] = 30,
     model: Annotated[Path | None, typer.Option(help="A saved model; without it, fit on the same night.")] = None,
     alerts: Annotated[bool, typer.Option(help="Produce the alerts to the alerts.* topics.")] = False,
@@ -486,7 +490,7 @@ def batch_score(
     print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
-    """Score one detector over the lake: LAKE/scores/detector=X/date=D/, the model in LAKE/models/X/.
+    """Score one detector over the lake: date D of the LAKE/scores/detector=X Delta table, the model in LAKE/models/X/.
 
     trolls reads the nightly profile (run `batch profile` first); the others read the events.
     """
@@ -494,7 +498,7 @@ def batch_score(
     _check_date(date_)
     if detector not in DETECTOR_NAMES:
         raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
-    args = ["--lake", str(lake.resolve()), "--date", date_, "--detector", detector, "--days", str(days)]
+    args = ["--lake", str(_lake(lake)), "--date", date_, "--detector", detector, "--days", str(days)]
     if model is not None:
         args += ["--model", str(model.resolve())]
     if alerts:
@@ -509,7 +513,7 @@ def batch_nightly(
         str | None, typer.Option("--from", help="Backfill: the first day, YYYY-MM-DD (with --to).")
     ] = None,
     to: Annotated[str | None, typer.Option("--to", help="Backfill: the last day, YYYY-MM-DD (with --from).")] = None,
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     master: MasterOption = "local[2]",
     skip_ingest: Annotated[
         bool, typer.Option(help="The lake is already filled (e.g. by argus generate --out).")
@@ -550,7 +554,7 @@ def batch_nightly(
     else:
         raise UserError("give --date YYYY-MM-DD, or --from and --to for a backfill")
     servers = _servers(bootstrap) if (alerts or not skip_ingest) else None
-    run = NightlyRun(lake, dates, names, master, servers, ingest=not skip_ingest, alerts=alerts, fit=fit)
+    run = NightlyRun(_lake(lake), dates, names, master, servers, ingest=not skip_ingest, alerts=alerts, fit=fit)
     if print_command:
         print(" ".join(nightly_command(run, err)))
         return
@@ -584,7 +588,17 @@ def _check_date(value: str) -> None:
         raise UserError(f"--date must be YYYY-MM-DD, not {value!r}") from exc
 
 
-def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_command: bool) -> None:
+def _lake(value: str) -> Path | str:
+    """``--lake`` as a folder or, for object storage, the URI itself (never resolved as a local path)."""
+    from argus.jobs.lake import LakeError, lake_location
+
+    try:
+        return lake_location(value)
+    except LakeError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _spark_submit(job: str, args: list[str], master: str, lake: str, print_command: bool) -> None:
     """Run ``jobs/<job>.py`` through spark-submit; its last stdout line (JSON) is the result."""
     import subprocess
 
@@ -595,9 +609,10 @@ def _spark_submit(job: str, args: list[str], master: str, lake: Path, print_comm
     if print_command:
         print(" ".join(cmd))
         return
+    from argus.jobs.lake import logs_folder
     from argus.progress import step
 
-    log = lake / "_logs" / f"{job}.log"  # Spark's own output: kept here, never on the terminal
+    log = logs_folder(_lake(lake)) / f"{job}.log"  # Spark's own output: kept here, never on the terminal
     with working(f"batch {job}"):
         step(f"spark-submit on {master} (Spark's log: {log})")
         result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
@@ -627,6 +642,47 @@ def batch_runs(lake: LakeOption = Path("lake")) -> None:
     for path in runs:
         run = json.loads(path.read_text())
         print(json.dumps({k: run[k] for k in ("run_id", "valid", "rejected", "finished_at")}))
+
+
+# --- lake ---------------------------------------------------------------------------------
+
+lake_app = typer.Typer(no_args_is_help=True, help="The lake's Delta tables: publication history, VACUUM.")
+app.add_typer(lake_app, name="lake")
+
+
+@lake_app.command("history")
+def lake_history(lake: LakeUriOption = "lake") -> None:
+    """List the lake's publications, oldest first: sequence, run, when, tables changed and every
+    table's Delta version (one JSON line each). Each is a night readers can go back to (until VACUUM)."""
+    from argus.jobs.lake import manifests
+
+    published = manifests(_lake(lake))
+    if not published:
+        raise UserError(f"nothing published in {lake} yet; run `argus batch nightly --lake {lake}` first")
+    for manifest in published:
+        print(json.dumps(manifest.to_json()))
+
+
+@lake_app.command("vacuum")
+def lake_vacuum(
+    lake: LakeUriOption = "lake",
+    retain_hours: Annotated[
+        int, typer.Option(min=0, help="Keep every file a version of the last N hours needs (Delta's minimum: 168).")
+    ] = 168,
+    dry_run: Annotated[bool, typer.Option(help="--no-dry-run deletes; by default only counts.")] = True,
+) -> None:
+    """Delete files of the published tables that no version of the last --retain-hours needs.
+
+    Nights older than that can no longer be read (time travel ends there). Prints the files per
+    table (to delete, by default) as one JSON line.
+    """
+    from argus.jobs.lake import LakeError, vacuum
+
+    try:
+        removed = vacuum(_lake(lake), retain_hours, dry_run=dry_run)
+    except LakeError as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps({"dry_run": dry_run, "retain_hours": retain_hours, "files": removed}))
 
 
 # --- forget -------------------------------------------------------------------------------
@@ -1395,7 +1451,12 @@ def stream_run(
         ),
     ] = Path("lake/models"),
     detectors: Annotated[
-        str, typer.Option(help="Comma-separated streaming detectors: trolls (chat context), fraud (payment graph).")
+        str,
+        typer.Option(
+            help="Comma-separated streaming detectors: trolls (chat context), fraud (payment graph), churn (alert "
+            "when a user's silence crosses what the model flags), evaders (new accounts scored at sign-up), "
+            "troll-messages (every message scored in its channel's context; one-message users alerted)."
+        ),
     ] = "trolls,fraud",
     topics: Annotated[
         str | None,

@@ -3,9 +3,12 @@
 What happens to each place a user's data lives:
 
 * **Lake rows about the user** (``user_id`` is theirs) are removed from every Parquet and JSON Lines
-  file under the lake, all dates: events, profiles, embeddings, scores, a generated world's truth,
-  staging left by a crashed run. Each file is rewritten to a temporary file and swapped in with
-  ``os.replace``, so a reader sees the old file or the new one, never half of one.
+  file under the lake, all dates: events, a generated world's truth, staging left by a crashed run.
+  Each file is rewritten to a temporary file and swapped in with ``os.replace``, so a reader sees
+  the old file or the new one, never half of one. The Delta tables (profiles, embeddings, scores:
+  ``argus.jobs.lake``) are rewritten through Delta instead: the published version without the
+  users' rows becomes a new version, published by a manifest of its own, and every older version's
+  files are deleted (VACUUM with no retention), so time travel can no longer reach the users' rows.
 * **Mentions of the user in other rows** (a payment's ``counterparty_id``, a moderation's
   ``actor_id``, an alert reason that names a matched parent, a raid's members) are replaced by a
   pseudonym, ``forgotten-<keyed digest>``: the other users' records stay usable and consistent with
@@ -181,6 +184,15 @@ def forget(
         subject_key=key_source,
     )
     alert_ids: set[str] = set()
+    for folder in delta_tables(lake):
+        counts = scrub_delta_table(lake, folder, matcher, alert_ids)
+        if counts["removed"] or counts["redacted"]:
+            relative = _relative(folder, lake)
+            table = table_name(Path(relative) / "table")
+            report.files[relative] = counts
+            report.tables[table] = report.tables.get(table, 0) + counts["removed"]
+            if counts["redacted"]:
+                report.redacted[table] = report.redacted.get(table, 0) + counts["redacted"]
     for path in lake_files(lake):
         counts = scrub_file(path, matcher, alert_ids)
         if counts["removed"] or counts["redacted"]:
@@ -237,12 +249,20 @@ def append_audit(lake: Path, record: dict[str, Any]) -> Path:
 # --- lake files ------------------------------------------------------------------------------------
 
 
+def delta_tables(lake: Path) -> list[Path]:
+    """The lake's Delta tables (folders holding a ``_delta_log``), in a stable order."""
+    return sorted(log.parent for log in lake.rglob("_delta_log") if log.is_dir())
+
+
 def lake_files(lake: Path) -> list[Path]:
-    """Every data file of the lake that can hold per-user rows, in a stable order."""
+    """Every data file of the lake that can hold per-user rows, in a stable order (Delta tables apart)."""
     found = []
+    tables = delta_tables(lake)
     for path in sorted(lake.rglob("*")):
         relative = path.relative_to(lake)
         if not path.is_file() or relative.parts[0] in _SKIPPED_FOLDERS or path.name.startswith("."):
+            continue
+        if any(path.is_relative_to(table) for table in tables):
             continue
         if path.suffix in (".parquet", ".jsonl", ".json", ".log"):
             found.append(path)
@@ -375,6 +395,33 @@ def _scrub_parquet(path: Path, matcher: UserMatcher, alert_ids: set[str]) -> dic
     else:
         staging.unlink()
     return {"removed": removed, "redacted": redacted}
+
+
+def scrub_delta_table(lake: Path, folder: Path, matcher: UserMatcher, alert_ids: set[str]) -> dict[str, int]:
+    """The published version of one Delta table without the users' rows and with their mentions
+    redacted, as a new version the lake's manifest then publishes; every other version's files are
+    deleted. {"removed": n, "redacted": m}; a table that never mentions the users is left as it is."""
+    from deltalake import DeltaTable, write_deltalake
+
+    from argus.jobs.lake import commit_manifest, published_version
+
+    table = folder.relative_to(lake).as_posix()
+    published = published_version(lake, table)
+    delta = DeltaTable(str(folder), version=published)
+    data = delta.to_pyarrow_table()
+    columns = _string_columns(data.schema)
+    if not data.num_rows or not _touches(data, columns, matcher):
+        return {"removed": 0, "redacted": 0}
+    drop = _row_mask(data, matcher)
+    _collect_alert_ids(data, drop, alert_ids)
+    kept, redacted = _redact_table(data.filter(pa.array(~drop)), columns, matcher)
+    partitions = delta.metadata().partition_columns
+    write_deltalake(str(folder), kept, mode="overwrite", partition_by=partitions or None)
+    written = DeltaTable(str(folder))
+    if published is not None:
+        commit_manifest(lake, {table: int(written.version())}, "forget")
+    written.vacuum(retention_hours=0, dry_run=False, enforce_retention_duration=False)
+    return {"removed": int(drop.sum()), "redacted": redacted}
 
 
 def _compression(parquet: pq.ParquetFile) -> str:

@@ -24,7 +24,7 @@ class NightlyError(Exception):
 
 @dataclass
 class NightlyRun:
-    lake: Path
+    lake: Path | str  # a folder, or a URI (argus.jobs.lake.lake_location)
     dates: list[date]
     detectors: list[str]
     master: str = "local[2]"
@@ -36,11 +36,15 @@ class NightlyRun:
 
     @property
     def log(self) -> Path:
+        from argus.jobs.lake import logs_folder
+
         first, last = self.dates[0].isoformat(), self.dates[-1].isoformat()
-        return self.lake / "_logs" / (f"nightly-{first}.log" if first == last else f"nightly-{first}_{last}.log")
+        return logs_folder(self.lake) / (f"nightly-{first}.log" if first == last else f"nightly-{first}_{last}.log")
 
     def job_args(self) -> list[str]:
-        args = ["--lake", str(self.lake.resolve()), "--detectors", ",".join(self.detectors)]
+        from argus.jobs.lake import lake_location
+
+        args = ["--lake", str(lake_location(self.lake)), "--detectors", ",".join(self.detectors)]
         if len(self.dates) == 1:
             args += ["--date", self.dates[0].isoformat()]
         else:
@@ -163,7 +167,8 @@ def _describe(step: dict[str, Any]) -> str:
             f"{step['flagged']:,} flagged, {step['alerts']:,} alerts (model {step['model_version']})"
         )
     if kind == "publish":
-        return f"{when} published: {step['folders']} folders swapped in; current models: {', '.join(step['models'])}"
+        published = f"{step['tables']} tables in one manifest, {step['folders']} alert folders swapped in"
+        return f"{when} published: {published}; current models: {', '.join(step['models'])}"
     if kind == "alerts":
         produced = ", ".join(f"{topic} {n:,}" for topic, n in step["produced"].items()) or "none"
         return f"{when} alerts produced: {produced}"

@@ -115,13 +115,16 @@ def _dates(day: date, days: int) -> list[str]:
 
 
 def load_scores(lake: Path, day: date, days: int) -> pd.DataFrame:
-    """Every detector's scores for the ``days`` nights up to ``day``: detector, date and the score columns."""
+    """Every detector's scores for the ``days`` nights up to ``day``: detector, date and the score columns
+    (the versions the lake's newest manifest publishes)."""
+    from argus.jobs.lake import read_pandas
+
     frames = []
     for detector in DETECTORS:
         for night in _dates(day, days):
-            folder = lake / "scores" / f"detector={detector}" / f"date={night}"
-            if folder.is_dir() and any(folder.glob("*.parquet")):
-                frame = pd.read_parquet(folder, columns=["user_id", "score", "flagged", "status", "reasons"])
+            columns = ["user_id", "score", "flagged", "status", "reasons"]
+            frame = read_pandas(lake, f"scores/detector={detector}", date.fromisoformat(night), columns=columns)
+            if frame is not None:
                 frames.append(frame.assign(detector=detector, date=night))
     if not frames:
         return pd.DataFrame(columns=["user_id", "score", "flagged", "status", "reasons", "detector", "date"])
@@ -273,17 +276,19 @@ def alerts_section(alerts: pd.DataFrame, day: date, days: int) -> Section:
 
 
 def embedding_section(lake: Path, day: date, scores: pd.DataFrame, max_points: int) -> Section:
+    from argus.jobs.lake import published_dates, read_pandas
+
     section = Section("embeddings", "Behaviour map")
-    folder = lake / "embeddings" / f"date={day.isoformat()}"
-    if not folder.is_dir() or not any(folder.glob("*.parquet")):
-        earlier = sorted(p.name.removeprefix("date=") for p in (lake / "embeddings").glob("date=*"))
+    embedded = read_pandas(lake, "embeddings", day, columns=["user_id", "embedding"])
+    if embedded is None:
+        earlier = published_dates(lake, "embeddings")
         hint = f" (the latest in the lake is {earlier[-1]})" if earlier else ""
         section.missing = (
             f"No behaviour embeddings for {day}{hint}: run `argus batch embed --date {day}` "
             "or the nightly chain to draw the map."
         )
         return section
-    frame = pd.read_parquet(folder, columns=["user_id", "embedding"]).sort_values("user_id", ignore_index=True)
+    frame = embedded.sort_values("user_id", ignore_index=True)
     if len(frame) < 3:
         section.missing = f"Only {len(frame)} users have an embedding on {day}; the map needs at least 3."
         return section

@@ -104,13 +104,16 @@ class Detector(ABC):
 
     @property
     def model_version(self) -> str:
-        """``name-<hash of the learned state>``: equal models give equal versions (alert ids rely on it)."""
-        # A pickle round trip first: pickle memoises shared objects by identity, so equal states
-        # built differently (fitted here, or loaded from disk) would otherwise hash differently.
-        canonical = pickle.dumps(pickle.loads(pickle.dumps(self.state, protocol=5)), protocol=5)
+        """``name-<hash of the parameters and the learned state>``: equal models give equal versions.
+
+        The state is hashed by value (``state_digest``), not as pickled bytes: those also depend on
+        which equal objects are shared and on array memory layout, so the same model fitted in one
+        process or from blocks of features in another would get different versions.
+        """
         params = json.dumps(self.params, sort_keys=True, default=_json_default).encode()
-        digest = hashlib.sha256(params + canonical).hexdigest()[:12]
-        return f"{self.name}-{digest}"
+        digest = hashlib.sha256(params)
+        state_digest(self.state, digest)
+        return f"{self.name}-{digest.hexdigest()[:12]}"
 
     def save(self, path: Path) -> Path:
         """Write ``path/model.json`` (readable metadata) and ``path/state.pkl``; returns ``path``."""
@@ -206,6 +209,62 @@ def norm_reasons(
 
 def reasons_text(reasons: list[Reason]) -> str:
     return "; ".join(r.text for r in reasons)
+
+
+def state_digest(value: object, digest: Any) -> None:
+    """Feed ``value`` to ``digest`` (a hashlib object) by value: dicts by sorted key, arrays by dtype, shape
+    and contents, objects by class and attributes (their pickled state when they have no ``__dict__``)."""
+    update = digest.update
+    if value is None or isinstance(value, (bool, int, str)):
+        update(f"{type(value).__name__}:{value!r};".encode())
+    elif isinstance(value, float):
+        update(f"float:{value!r};".encode())
+    elif isinstance(value, np.generic):
+        state_digest(value.item(), digest)
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        update(f"bytes:{len(data)}:".encode() + data)
+    elif isinstance(value, np.ndarray):
+        update(f"ndarray:{value.dtype.str}:{value.dtype.descr!r}:{value.shape};".encode())
+        if value.dtype.hasobject:
+            for item in value.ravel(order="C"):
+                state_digest(item, digest)
+        else:
+            update(np.ascontiguousarray(value).tobytes())
+    elif isinstance(value, (pd.Series, pd.DataFrame)):
+        update(f"{type(value).__name__}:".encode())
+        state_digest(value.to_dict(), digest)
+    elif isinstance(value, pd.Index):
+        state_digest(("Index", list(value)), digest)
+    elif isinstance(value, dict):
+        update(f"dict:{len(value)};".encode())
+        for key in sorted(value, key=lambda k: (type(k).__name__, repr(k))):
+            state_digest(key, digest)
+            state_digest(value[key], digest)
+    elif isinstance(value, (list, tuple)):
+        update(f"{type(value).__name__}:{len(value)};".encode())
+        for item in value:
+            state_digest(item, digest)
+    elif isinstance(value, (set, frozenset)):
+        items = sorted(_item_digest(item) for item in value)
+        update(f"{type(value).__name__}:{len(items)};".encode() + b"".join(items))
+    else:
+        kind = type(value)
+        update(f"object:{kind.__module__}.{kind.__qualname__};".encode())
+        attributes = getattr(value, "__dict__", None)
+        state = attributes if attributes is not None else value.__getstate__()
+        if state is None or state is value:
+            # No inspectable state (a numpy Generator, say): its pickle, after a round trip so that
+            # shared objects inside it are memoised the same way every time.
+            update(pickle.dumps(pickle.loads(pickle.dumps(value, protocol=5)), protocol=5))
+        else:
+            state_digest(state, digest)
+
+
+def _item_digest(value: object) -> bytes:
+    digest = hashlib.sha256()
+    state_digest(value, digest)
+    return digest.digest()
 
 
 def _json_default(value: object) -> object:

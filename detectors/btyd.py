@@ -119,8 +119,14 @@ def fit_bgnbd(
         ll = log_likelihood(BGNBDParams(r, alpha, a, b), ux, utx, ut)
         return float(-(pooled * ll).sum() / total)
 
+    # From the pooled rows, so that customers given one by one or already pooled (``weights``) fit alike.
     start = np.log(
-        [1.0, max(float(np.average(t, weights=w)) / max(float(np.average(x, weights=w)), 0.5), 1.0), 1.0, 3.0]
+        [
+            1.0,
+            max(float(np.average(ut, weights=pooled)) / max(float(np.average(ux, weights=pooled)), 0.5), 1.0),
+            1.0,
+            3.0,
+        ]
     )
     result = minimize(loss, start, method="L-BFGS-B", bounds=[(-12.0, 12.0)] * 4)
     r, alpha, a, b = (float(v) for v in np.exp(result.x))

@@ -25,6 +25,8 @@ STOPWORDS = frozenset(
 )
 LINK_PATTERN = r"(?:https?://|www\.|bit\.ly|\.(?:gg|io|shop|com)\b)"
 TERM_PATTERN = re.compile(r"[^\W_]+")
+_LINK = re.compile(LINK_PATTERN)
+_NOT_LETTER = re.compile(r"[^\w]|[\d_]")
 # Common hostile words in English game chat; a deployment plugs in its own list or a classifier.
 HOSTILE_TERMS = frozenset(
     [
@@ -177,15 +179,25 @@ class ChatContextState:
 
 
 def _message_indicators(msgs: pd.DataFrame) -> pd.DataFrame:
-    """Per message, the 0/1 indicators the per-user shares average (``_anarchy``: NaN outside plays channels)."""
-    lower = msgs["text"].str.lower()
-    best_top, best_bottom = _goal_ranks(msgs, lower)
-    copy = msgs.groupby(["user_id", "context", "slot", "text"], sort=False).cumcount()
-    link = msgs["text"].str.contains(LINK_PATTERN, regex=True)
-    letters = msgs["text"].str.replace(r"[^\w]|[\d_]", "", regex=True)
-    terms = lower.str.findall(TERM_PATTERN)
-    stripped = lower.str.strip()
-    plays = msgs["channel_mode"].notna()
+    """Per message, the 0/1 indicators the per-user shares average (``_anarchy``: NaN outside plays channels).
+
+    Plain Python over the texts: pandas' string methods loop in Python too, and a streaming window of
+    a hundred messages paid milliseconds of their fixed cost per call.
+    """
+    texts = [str(t) for t in msgs["text"].tolist()]
+    lower = [t.lower() for t in texts]
+    terms = [TERM_PATTERN.findall(t) for t in lower]
+    best_top, best_bottom = _goal_ranks(msgs["context"].tolist(), msgs["slot"].tolist(), terms)
+    # A copy: the same text from the same user earlier in the same (channel, window).
+    seen: set[tuple[object, ...]] = set()
+    copy = np.zeros(len(texts), dtype=bool)
+    keys = zip(msgs["user_id"].tolist(), msgs["context"].tolist(), msgs["slot"].tolist(), texts, strict=True)
+    for i, key in enumerate(keys):
+        copy[i] = key in seen
+        seen.add(key)
+    link = np.array([_LINK.search(t) is not None for t in texts], dtype=bool)
+    letters = [_NOT_LETTER.sub("", t) for t in texts]
+    stripped = [t.strip() for t in lower]
     indicators = pd.DataFrame(
         {
             "chat_top1_share": best_top <= 1,
@@ -194,36 +206,48 @@ def _message_indicators(msgs: pd.DataFrame) -> pd.DataFrame:
             "chat_bottom1_share": best_bottom <= 1,
             "chat_bottom2_share": best_bottom <= 2,
             "chat_bottom3_share": best_bottom <= 3,
-            "chat_spam_ratio": link | (copy > 0),
-            "chat_caps_ratio": (letters.str.len() >= 3) & (letters == letters.str.upper()),
+            "chat_spam_ratio": link | copy,
+            "chat_caps_ratio": [len(x) >= 3 and x == x.upper() for x in letters],
             "chat_link_ratio": link,
-            "chat_mention_ratio": msgs["text"].str.contains("@", regex=False),
-            "chat_hostile_ratio": terms.map(lambda ts: any(t in HOSTILE_TERMS for t in ts)),
-            "chat_start_share": stripped == "start",
-            "chat_anarchy_vote_share": stripped == "anarchy",
-        }
+            "chat_mention_ratio": ["@" in t for t in texts],
+            "chat_hostile_ratio": [any(t in HOSTILE_TERMS for t in ts) for ts in terms],
+            "chat_start_share": [t == "start" for t in stripped],
+            "chat_anarchy_vote_share": [t == "anarchy" for t in stripped],
+        },
+        index=msgs.index,
     ).astype(float)
+    plays = msgs["channel_mode"].notna()
     indicators["_anarchy"] = (msgs["channel_mode"] == "anarchy").astype(float).where(plays)
     return indicators
 
 
-def _goal_ranks(msgs: pd.DataFrame, lower: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """Per message, the best top rank and best bottom rank of its terms in its window (inf if none)."""
-    terms = lower.str.findall(TERM_PATTERN).explode().dropna()
-    terms = terms[(terms.str.len() >= 2) & ~terms.isin(STOPWORDS)]
-    rows = pd.DataFrame({"msg": terms.index, "term": terms.to_numpy()}).drop_duplicates()
-    rows["context"] = msgs["context"].to_numpy()[rows["msg"]]
-    rows["slot"] = msgs["slot"].to_numpy()[rows["msg"]]
-    counts = rows.groupby(["context", "slot", "term"], sort=False).size().rename("n").reset_index()
-    # Ties broken by the term itself, as in the profile job (row_number over n, term).
-    counts = counts.sort_values(["context", "slot", "n", "term"], ascending=[True, True, False, True])
-    counts["top_rank"] = counts.groupby(["context", "slot"]).cumcount() + 1
-    counts = counts.sort_values(["context", "slot", "n", "term"], ascending=[True, True, True, True])
-    counts["bottom_rank"] = counts.groupby(["context", "slot"]).cumcount() + 1
-    ranked = rows.merge(counts, on=["context", "slot", "term"], how="left")
-    best = ranked.groupby("msg")[["top_rank", "bottom_rank"]].min()
-    best = best.reindex(range(len(msgs)))
-    return best["top_rank"].fillna(np.inf), best["bottom_rank"].fillna(np.inf)
+def _goal_ranks(contexts: list[object], slots: list[int], terms: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per message, the best top rank and best bottom rank of its terms in its window (inf if none).
+
+    A term counts once per message; ranks order the window's terms by messages (most first for the
+    top, fewest first for the bottom), ties broken by the term itself, as in the profile job
+    (row_number over n, term).
+    """
+    goals = [{t for t in words if len(t) >= 2 and t not in STOPWORDS} for words in terms]
+    counts: dict[tuple[object, int], dict[str, int]] = {}
+    for context, slot, words in zip(contexts, slots, goals, strict=True):
+        window = counts.setdefault((context, slot), {})
+        for term in words:
+            window[term] = window.get(term, 0) + 1
+    top: dict[tuple[object, int], dict[str, int]] = {}
+    bottom: dict[tuple[object, int], dict[str, int]] = {}
+    for key, window in counts.items():
+        by_most = sorted(window.items(), key=lambda item: (-item[1], item[0]))
+        by_fewest = sorted(window.items(), key=lambda item: (item[1], item[0]))
+        top[key] = {term: rank for rank, (term, _) in enumerate(by_most, 1)}
+        bottom[key] = {term: rank for rank, (term, _) in enumerate(by_fewest, 1)}
+    best_top = np.full(len(goals), np.inf)
+    best_bottom = np.full(len(goals), np.inf)
+    for i, (context, slot, words) in enumerate(zip(contexts, slots, goals, strict=True)):
+        if words:
+            best_top[i] = min(top[(context, slot)][t] for t in words)
+            best_bottom[i] = min(bottom[(context, slot)][t] for t in words)
+    return best_top, best_bottom
 
 
 def _stable_hash(text: str) -> int:

@@ -42,15 +42,24 @@ Context (the channel's trailing ``context_s`` seconds, other users only)
   advice in the imperative ("you should", "go left", "use the..."); another streamer is a
   mention of another channel's name or a twitch.tv link to it.
 
-Combination, learned without labels: a latent-class (two-class naive Bayes) model, the label
-model of data programming (Ratner et al., *Data Programming*, 2016): each signal fires with rate
-``theta1`` on violating messages and ``theta0`` on the rest, the classes and rates estimated by
-EM on the messages themselves, with rates constrained so that a signal never speaks *for* the
-normal class (a signal that fires less on the violating class is uninformative). A message's
-score is its posterior probability of being a violation. Fails when signals are strongly
-correlated (each is counted as independent evidence) and when violations are so rare that EM
-cannot separate them (it then falls back to its prior rates). Cost: O(messages x signals) per
-iteration, a few dozen iterations over the distinct signal patterns.
+Combination, learned without labels: a latent-class (naive Bayes) model, the label model of data
+programming (Ratner et al., *Data Programming*, 2016): in each latent class every signal fires at
+its own rate, the classes and rates estimated by EM on the messages themselves. Three classes, not
+two: live chat has crowd behaviour as common as it is harmless (a chant the whole chat copies in
+capitals, a wave of greetings nobody answers), and a two-class fit makes whichever such cluster is
+largest the "violating" class, after which offensive language counts for nothing (a hand-made
+channel whose chant is a third of its messages ranked its one insult below every chant message).
+The third class takes the crowd; the violating class is the one on which the content anchors
+(``CONTENT_ANCHORS``: the offensive-language model and hostile words) fire most against the
+others, chosen after the fit whatever its start, so it cannot swap onto off-topic chatter or a
+chant. The other classes are collapsed into one normal class (rates weighted by class share), and
+a signal never speaks *for* the normal class (where it fires less on the violating class, or
+never fired in the fit, it is uninformative). A message's score is its posterior probability of a
+violation. Fails when signals are strongly correlated (each is counted as independent evidence),
+when offensive language is not what a channel's moderators act on (spam-only channels: without an
+anchor firing anywhere, the smallest class is taken as violating) and when violations are so rare
+that EM cannot separate them (it then falls back to its prior rates). Cost: O(patterns x signals
+x classes) per iteration, a few dozen iterations over the distinct signal patterns.
 
 A user's violation rate: a Beta-Binomial empirical-Bayes posterior. With ``k`` = the sum of the
 user's message scores (expected violating messages) out of ``n`` messages and a Beta(a, b)
@@ -134,6 +143,10 @@ BACKSEAT_PATTERN = re.compile(
     re.IGNORECASE,
 )
 MENTION_PATTERN = re.compile(r"@\w+")
+# The latent classes: violating, normal, and one for crowd behaviour (chants, greetings) that would
+# otherwise take the violating class; the violating one is found by the content anchors.
+LATENT_CLASSES = 3
+CONTENT_ANCHORS = ("toxic", "hostile_words")
 
 
 @dataclass(frozen=True)
@@ -233,45 +246,97 @@ def message_signals(
     return out
 
 
-def fit_message_model(signals: pd.DataFrame, max_iter: int = 200, tol: float = 1e-6) -> MessageModel:
+def fit_message_model(
+    signals: pd.DataFrame,
+    max_iter: int = 200,
+    tol: float = 1e-6,
+    classes: int = LATENT_CLASSES,
+    anchors: tuple[str, ...] = CONTENT_ANCHORS,
+) -> MessageModel:
     """EM for the latent-class model on ``message_signals`` rows (module doc); no labels.
 
-    Starts from each message's share of firing signals (a message where most observed signals fire
-    starts as likely a violation), then alternates posterior and rate updates (rates smoothed by
-    half a message each way). Distinct signal patterns are fitted once, weighted by their count.
+    Fits ``classes`` latent classes, so that a crowd behaviour (a chant the whole chat copies and
+    shouts, a burst of off-topic greetings) gets a class of its own instead of taking the violating
+    one. The violating class is then the one on which the content ``anchors`` (offensive language,
+    hostile words) fire most against the other classes, whatever its start; the others are
+    collapsed into one normal class (their rates weighted by their shares). Starts: the violating
+    class from the messages where an anchor fires, a crowd class from each message's share of
+    firing non-anchor signals, the normal class from the rest. Rates are smoothed by half a message
+    each way; distinct signal patterns are fitted once, weighted by their count.
     """
     if signals.empty:
         return DEFAULT_MODEL
+    if classes < 2:
+        raise ValueError(f"classes must be at least 2, not {classes}")
+    unknown = sorted(set(anchors) - set(SIGNALS))
+    if unknown:
+        raise ValueError(f"unknown anchor signal(s) {unknown}; known: {', '.join(SIGNALS)}")
     values = signals[list(SIGNALS)].to_numpy(dtype=float)
     patterns, counts = _patterns(values)
     observed = ~np.isnan(patterns)
     fired = np.nan_to_num(patterns, nan=0.0)
-    seen = observed.sum(axis=1)
-    resp = np.where(seen > 0, fired.sum(axis=1) / np.maximum(seen, 1), 0.0)
-    resp = np.clip(resp, 0.01, 0.99)
-    prior, theta1, theta0 = DEFAULT_MODEL.prior, np.asarray(DEFAULT_MODEL.theta1), np.asarray(DEFAULT_MODEL.theta0)
+    is_anchor = np.isin(np.asarray(SIGNALS), anchors)
+    resp = _start(fired, observed, is_anchor, classes)
+    shares, theta = np.full(classes, 1.0 / classes), np.full((classes, len(SIGNALS)), 0.5)
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007 - the count is reported
-        w1, w0 = counts * resp, counts * (1 - resp)
-        prior = float(np.clip(w1.sum() / counts.sum(), 1e-4, 0.5))
-        theta1 = ((w1[:, None] * fired).sum(axis=0) + 0.5) / ((w1[:, None] * observed).sum(axis=0) + 1.0)
-        theta0 = ((w0[:, None] * fired).sum(axis=0) + 0.5) / ((w0[:, None] * observed).sum(axis=0) + 1.0)
-        # Monotone: a signal never speaks for the normal class; pooled rate where it would.
-        pooled = (((w1 + w0)[:, None] * fired).sum(axis=0) + 0.5) / ((counts[:, None] * observed).sum(axis=0) + 1.0)
-        backwards = theta1 < theta0
-        theta1, theta0 = np.where(backwards, pooled, theta1), np.where(backwards, pooled, theta0)
-        weights = np.column_stack([np.log(theta1 / theta0), np.log((1 - theta1) / (1 - theta0))])
-        updated = _posterior(patterns, prior, weights)
+        weight = counts[:, None] * resp  # patterns x classes
+        shares = np.clip(weight.sum(axis=0) / counts.sum(), 1e-6, None)
+        shares /= shares.sum()
+        theta = (weight.T @ fired + 0.5) / (weight.T @ observed + 1.0)
+        log_joint = np.log(shares) + fired @ np.log(theta).T + (observed & (fired == 0)) @ np.log(1 - theta).T
+        updated = np.exp(log_joint - log_joint.max(axis=1, keepdims=True))
+        updated /= updated.sum(axis=1, keepdims=True)
         change = float(np.max(np.abs(updated - resp)))
         resp = updated
         if change < tol:
             break
+    violating = _violating_class(theta, shares, is_anchor)
+    rest = np.arange(classes) != violating
+    prior = float(np.clip(shares[violating], 1e-4, 0.5))
+    theta1 = theta[violating]
+    theta0 = shares[rest] @ theta[rest] / shares[rest].sum()
+    # Monotone: a signal never speaks for the normal class; pooled rate where it would. A signal that
+    # never fired in the fit has no evidence either way (smoothing alone would favour the small class).
+    pooled = (counts @ fired + 0.5) / (counts @ observed + 1.0)
+    backwards = (theta1 < theta0) | (counts @ fired == 0)
+    theta1, theta0 = np.where(backwards, pooled, theta1), np.where(backwards, pooled, theta0)
     return MessageModel(
         prior=round(prior, 12),
         theta1=tuple(round(float(t), 12) for t in theta1),
         theta0=tuple(round(float(t), 12) for t in theta0),
         iterations=iterations,
     )
+
+
+def _start(fired: np.ndarray, observed: np.ndarray, is_anchor: np.ndarray, classes: int) -> np.ndarray:
+    """Starting responsibilities (patterns x classes): 0 normal, 1 violating (an anchor fires),
+    2.. crowd classes (share of firing non-anchor signals, split by how many fire)."""
+    anchored = (fired[:, is_anchor] > 0).any(axis=1)
+    seen = observed[:, ~is_anchor].sum(axis=1)
+    crowd = np.where(seen > 0, fired[:, ~is_anchor].sum(axis=1) / np.maximum(seen, 1), 0.0)
+    start = np.full((len(fired), classes), 0.01)
+    start[:, 0] = 1.0 - crowd
+    start[:, 1] = np.where(anchored, 0.98, 0.01)
+    for k in range(2, classes):
+        # Crowd class k starts from the patterns with at least k - 1 firing non-anchor signals.
+        start[:, k] = np.where(fired[:, ~is_anchor].sum(axis=1) >= k - 1, crowd, 0.01)
+    start = np.clip(start, 0.01, None)
+    return np.asarray(start / start.sum(axis=1, keepdims=True), dtype=float)
+
+
+def _violating_class(theta: np.ndarray, shares: np.ndarray, is_anchor: np.ndarray) -> int:
+    """The class on which the anchors fire most against the other classes (mean log-lift); without
+    anchors, or when they fire nowhere, the smallest class (violations are the rare behaviour)."""
+    if not is_anchor.any():
+        return int(np.argmin(shares))
+    lifts = []
+    for k in range(len(shares)):
+        rest = np.arange(len(shares)) != k
+        others = shares[rest] @ theta[rest] / shares[rest].sum()
+        lifts.append(float(np.mean(np.log(theta[k, is_anchor] / others[is_anchor]))))
+    best = int(np.argmax(lifts))
+    return best if lifts[best] > 0 else int(np.argmin(shares))
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ import pickle
 import warnings
 import zlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Self
 
 import numpy as np
@@ -66,13 +66,16 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from argus.detectors.base import LOW_EVIDENCE, SCORED, Detector, Reason, norm_reasons, score_frame
+from argus.detectors.btyd import BGNBDParams, fit_bgnbd
 from argus.detectors.churn_purchase import (
     HISTORY_COLUMNS,
     PURCHASE_FEATURES,
     History,
+    bgnbd_inputs,
     churned_after,
     detect_mode,
     encode_history,
+    history_has_spend,
     summary_at,
     training_plan,
 )
@@ -380,6 +383,29 @@ def _user_fold(user_ids: np.ndarray) -> np.ndarray:
     return np.array([zlib.crc32(str(u).encode()) % VALIDATION_SHARE for u in user_ids])
 
 
+@dataclass(frozen=True)
+class ChurnPopulation:
+    """What a user's churn features need from everybody's activity, small whatever the number of users.
+
+    Given one, ``ChurnDetector.features_from_daily`` builds any set of users' features from their own
+    daily rows alone (so the nightly job builds them in blocks of users) and equal to ``features``.
+    """
+
+    mode: str
+    mode_why: str
+    as_of: pd.Timestamp | None  # the last day of data used; None when there is no activity at all
+    history: pd.DatetimeIndex  # daily mode: the series' days, oldest first, outage days left out
+    skipped: tuple[pd.Timestamp, ...] = ()  # daily mode: outage days left out of the lookback
+    bgnbd: BGNBDParams | None = None  # purchase mode: BG/NBD fitted on everybody's history at as_of
+    has_spend: bool = False  # purchase mode: monetary value is spend (else events)
+
+
+def activity_totals(daily: pd.DataFrame) -> pd.Series:
+    """Every user's own actions per day of ``daily`` (days with only moderation events count 0)."""
+    day_of = daily.index.get_level_values("day")
+    return daily[list(ACTIVITY_CHANNELS)].sum(axis=1).groupby(day_of).sum()
+
+
 class ChurnDetector(Detector):
     """Churn risk within ``horizon_days`` of ``as_of`` from each user's daily activity (see the module doc).
 
@@ -440,56 +466,103 @@ class ChurnDetector(Detector):
         Events after ``as_of`` are ignored. Outage days (see ``outage_days``) are left out of the
         series; ``outage_days_skipped`` counts those in the lookback.
         """
-        users = events.user_ids.astype(str)
         daily = daily_activity(events)
-        mode, why = self._mode(daily)
-        if mode == "purchase":
-            return self._purchase_features(daily, users, why)
-        history, skipped = self._history_days(daily)
+        return self.features_from_daily(daily, events.user_ids.astype(str), self.population(daily))
+
+    def features_from_daily(self, daily: pd.DataFrame, users: pd.Index, population: ChurnPopulation) -> pd.DataFrame:
+        """``features`` of ``users`` from their ``daily_activity`` rows and the ``population``'s figures."""
+        users = pd.Index(users, name="user_id").astype(str)
+        if population.mode == "purchase":
+            return self._purchase_features(daily, users, population)
+        history = population.history
         tensor = activity_tensor(daily, users, history)
         lookback = int(self.params["lookback_days"])
         windows = window_inputs(tensor, len(history) - 1, lookback)
         out = windows.aggregates.copy()
         out.index = pd.Index(users, name="user_id")
         out["banned"] = windows.banned.astype(float)
-        out["outage_days_skipped"] = float(len(skipped))
-        out["days_with_events"] = _days_with_events(daily, self._as_of(daily) if len(daily) else None, out.index)
+        out["outage_days_skipped"] = float(len(population.skipped))
+        out["days_with_events"] = _days_with_events(daily, population.as_of, out.index)
         lags = {
             f"{channel}_lag{lag:03d}": tensor[:, len(history) - 1 - lag, c]
             for c, channel in enumerate(CHANNELS)
             for lag in range(len(history))
         }
         out = pd.concat([out, pd.DataFrame(lags, index=out.index)], axis=1)
-        out.attrs["as_of"] = self._as_of(daily).date().isoformat() if len(daily) else self.params["as_of"]
-        out.attrs["outage_days"] = [d.date().isoformat() for d in skipped]
-        out.attrs["mode"], out.attrs["mode_why"] = mode, why
+        out.attrs["as_of"] = (
+            population.as_of.date().isoformat() if population.as_of is not None else self.params["as_of"]
+        )
+        out.attrs["outage_days"] = [d.date().isoformat() for d in population.skipped]
+        out.attrs["mode"], out.attrs["mode_why"] = population.mode, population.mode_why
         return out.sort_index()
 
-    def _mode(self, daily: pd.DataFrame) -> tuple[str, str]:
-        """The mode: a fitted model's, else the ``mode`` parameter, else ``detect_mode`` on the data."""
+    def population(self, daily: pd.DataFrame) -> ChurnPopulation:
+        """The ``ChurnPopulation`` of every user in ``daily`` (``daily_activity``)."""
+        mode, why = self._mode(daily)
+        if not len(daily):
+            return ChurnPopulation(mode, why, None, pd.DatetimeIndex([], tz="UTC"))
+        as_of = self._as_of(daily)
+        if mode == "purchase":
+            users = pd.Index(daily.index.get_level_values("user_id").unique())
+            history = History.from_features(encode_history(daily, users, as_of))
+            return self.purchase_population(why, as_of, bgnbd_inputs(history), history_has_spend(history))
+        return self.daily_population(why, as_of, activity_totals(daily))
+
+    def daily_population(self, why: str, as_of: pd.Timestamp, totals: pd.Series) -> ChurnPopulation:
+        """Daily mode, from ``activity_totals`` (per day, over every user) and the last day ``as_of``."""
+        history, skipped = self._history_days(totals, as_of)
+        return ChurnPopulation("daily", why, as_of, history, tuple(skipped))
+
+    def purchase_population(
+        self, why: str, as_of: pd.Timestamp, inputs: pd.DataFrame, has_spend: bool
+    ) -> ChurnPopulation:
+        """Purchase mode, from ``bgnbd_inputs`` (rows ``x, t_x, t``, with ``users`` counting equal rows
+        when pooled) over every user's history, and whether any history has spend."""
+        weights = inputs["users"].to_numpy(dtype=float) if "users" in inputs else None
+        try:
+            params, _ = fit_bgnbd(inputs["x"], inputs["t_x"], inputs["t"], weights=weights)
+        except ValueError:
+            params = None
+        return ChurnPopulation("purchase", why, as_of, pd.DatetimeIndex([], tz="UTC"), (), params, bool(has_spend))
+
+    def fixed_mode(self) -> tuple[str, str] | None:
+        """The mode when the data does not choose it: a fitted model's, else the ``mode`` parameter."""
         if self.state is not None and "mode" in self.state:
             return str(self.state["mode"]), "the fitted model's mode"
         if self.params.get("mode", "auto") != "auto":
             return str(self.params["mode"]), "set by the mode parameter"
+        return None
+
+    def _mode(self, daily: pd.DataFrame) -> tuple[str, str]:
+        """The mode: a fitted model's, else the ``mode`` parameter, else ``detect_mode`` on the data."""
+        fixed = self.fixed_mode()
+        if fixed is not None:
+            return fixed
         if len(daily) and self.params["as_of"] is not None:
             daily = daily[daily.index.get_level_values("day") <= self._as_of(daily)]
         return detect_mode(daily)
 
-    def _purchase_features(self, daily: pd.DataFrame, users: pd.Index, why: str) -> pd.DataFrame:
+    def _purchase_features(self, daily: pd.DataFrame, users: pd.Index, population: ChurnPopulation) -> pd.DataFrame:
         """Purchase mode: the customer summary at ``as_of`` (``PURCHASE_FEATURES``) and the history as text."""
         index = pd.Index(users, name="user_id")
-        if not len(daily):
+        why = population.mode_why
+        if population.as_of is None:
             out = pd.DataFrame({c: "" for c in HISTORY_COLUMNS}, index=index)
             for name in PURCHASE_FEATURES:
                 out[name] = np.nan
             out["days_with_events"], out["banned"] = 0.0, 0.0
             out.attrs.update(as_of=self.params["as_of"], mode="purchase", mode_why=why)
             return out.sort_index()
-        as_of = self._as_of(daily)
+        as_of = population.as_of
         text = encode_history(daily, index, as_of)
         history = History.from_features(text)
         summary, has_history, banned, _ = summary_at(
-            history, 0, int(self.params["lookback_days"]), int(self.params["horizon_days"])
+            history,
+            0,
+            int(self.params["lookback_days"]),
+            int(self.params["horizon_days"]),
+            bgnbd=population.bgnbd,
+            has_spend=population.has_spend,
         )
         summary.index = index
         out = pd.concat([summary, text], axis=1)
@@ -503,17 +576,15 @@ class ChurnDetector(Detector):
             return pd.Timestamp(self.params["as_of"], tz="UTC")
         return pd.Timestamp(daily.index.get_level_values("day").max())
 
-    def _history_days(self, daily: pd.DataFrame) -> tuple[pd.DatetimeIndex, list[pd.Timestamp]]:
+    def _history_days(self, totals: pd.Series, as_of: pd.Timestamp) -> tuple[pd.DatetimeIndex, list[pd.Timestamp]]:
         """The days of the series (oldest first, outages left out) and the outage days left out."""
-        if not len(daily):
+        if not len(totals):
             return pd.DatetimeIndex([], tz="UTC"), []
-        day_of = daily.index.get_level_values("day")
-        as_of = self._as_of(daily)
-        first = pd.Timestamp(day_of.min())
+        first = pd.Timestamp(totals.index.min())
         if as_of < first:
             return pd.DatetimeIndex([], tz="UTC"), []
         span = pd.date_range(first, as_of, freq="D")
-        totals = daily[list(ACTIVITY_CHANNELS)].sum(axis=1).groupby(day_of).sum().reindex(span, fill_value=0.0)
+        totals = totals.reindex(span, fill_value=0.0)
         outage = outage_days(totals.to_numpy())
         kept = span[~outage]
         keep_days = int(self.params["history_days"])
@@ -702,6 +773,10 @@ class ChurnDetector(Detector):
         metrics.update(examples=int(y.size), positives=positives)
         state: dict[str, Any] = {"mode": "purchase", "estimator": None, "model": "bgnbd", "threshold": 0.5}
         state["train_horizon"] = plan.horizon
+        # BG/NBD as of the last day, kept so that scoring reads each customer's own history only.
+        population = self.purchase_population("", pd.Timestamp(0), bgnbd_inputs(history), history_has_spend(history))
+        state["bgnbd"] = asdict(population.bgnbd) if population.bgnbd is not None else None
+        state["has_spend"] = population.has_spend
         state.update(self._reason_norms(x, PURCHASE_REASON_LABELS))
         if min(positives, negatives) < MIN_CLASS_EXAMPLES:
             metrics["model"] = "bgnbd"
@@ -741,7 +816,13 @@ class ChurnDetector(Detector):
             return score_frame(features.index, np.zeros(0), np.zeros(0, bool), np.zeros(0, dtype=object), [])
         history = History.from_features(features)
         lookback, train_horizon = int(self.params["lookback_days"]), int(state["train_horizon"])
-        summary, has_history, banned, params = summary_at(history, 0, lookback, train_horizon)
+        if "bgnbd" in state:  # the fitted BG/NBD; models saved before it was kept refit on the users given
+            fitted = BGNBDParams(**state["bgnbd"]) if state["bgnbd"] is not None else None
+            summary, has_history, banned, params = summary_at(
+                history, 0, lookback, train_horizon, bgnbd=fitted, has_spend=bool(state["has_spend"])
+            )
+        else:
+            summary, has_history, banned, params = summary_at(history, 0, lookback, train_horizon)
         valid = features["days_with_events"].notna().to_numpy() if "days_with_events" in features else np.ones(n, bool)
         status = np.full(n, SCORED, dtype=object)
         scores = np.full(n, np.nan)

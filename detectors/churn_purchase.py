@@ -29,6 +29,7 @@ same frame serves fitting at earlier cut-offs and scoring at ``as_of``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,7 @@ ACTIVITY = ("chat", "click", "payment", "account")
 HISTORY_COLUMNS = ("history_days", "history_events", "history_spend", "history_ban")
 DAILY_ACTIVE_SHARE = 0.5  # the median user active on half their days or more: a dense, daily platform
 RECENT_DAYS = 7
+FIT: Literal["fit"] = "fit"  # summary_at: fit BG/NBD on the users summarised
 MAX_CUTOFFS = 8  # training cut-offs, spread evenly between the earliest and the latest that fit
 RFM_FEATURES = ("recency_days", "frequency", "monetary", "age_days")
 PURCHASE_FEATURES = (
@@ -75,18 +77,38 @@ def detect_mode(daily: pd.DataFrame) -> tuple[str, str]:
     is purchase-style: days to months between a user's events.
     """
     if not len(daily):
-        return "purchase", "no activity to measure"
+        return mode_of_share(None)
     active = daily[daily[list(ACTIVITY)].sum(axis=1) > 0]
     if not len(active):
-        return "purchase", "no activity to measure"
+        return mode_of_share(None)
     day = active.index.get_level_values("day")
     frame = pd.DataFrame({"user": active.index.get_level_values("user_id"), "day": day})
     grouped = frame.groupby("user")["day"].agg(["count", "min"])
     span = (day.max() - grouped["min"]).dt.days + 1
-    share = float((grouped["count"] / span).median())
+    return mode_of_share(float((grouped["count"] / span).median()))
+
+
+def mode_of_share(share: float | None) -> tuple[str, str]:
+    """``detect_mode``'s answer for the median user's active share (None: no activity at all)."""
+    if share is None:
+        return "purchase", "no activity to measure"
     kind = "daily" if share >= DAILY_ACTIVE_SHARE else "purchase"
     sign = ">=" if kind == "daily" else "<"
     return kind, f"median user active on {share:.3g} of their days ({sign} {DAILY_ACTIVE_SHARE:g})"
+
+
+def median_share(active_days: np.ndarray, span_days: np.ndarray, users: np.ndarray) -> float | None:
+    """The median of ``active_days / span_days`` over users given as counts of equal pairs (``users``
+    with each pair): what ``detect_mode`` computes, from a table whose size is bounded by the days."""
+    weights = np.asarray(users, dtype=np.int64)
+    if not weights.sum():
+        return None
+    shares = np.asarray(active_days, dtype=np.int64) / np.asarray(span_days, dtype=np.int64)
+    order = np.argsort(shares, kind="stable")
+    shares, ends = shares[order], np.cumsum(weights[order])
+    total = int(ends[-1])
+    middle = [(total - 1) // 2, total // 2]  # the one or two middle users, as numpy's median takes them
+    return float(np.mean(shares[np.searchsorted(ends, middle, side="right")]))
 
 
 def encode_history(daily: pd.DataFrame, users: pd.Index, as_of: pd.Timestamp) -> pd.DataFrame:
@@ -145,12 +167,21 @@ class History:
 
 
 def summary_at(
-    history: History, cutoff: int, lookback: int, horizon: int
+    history: History,
+    cutoff: int,
+    lookback: int,
+    horizon: int,
+    bgnbd: BGNBDParams | Literal["fit"] | None = FIT,
+    has_spend: bool | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, BGNBDParams | None]:
     """``(features, has_history, banned, bgnbd)`` for every user at the end of day ``cutoff``.
 
     ``features`` has ``PURCHASE_FEATURES`` (NaN where undefined, e.g. gaps of a one-time customer;
     the BG/NBD columns are NaN when BG/NBD could not be fitted, see ``argus.detectors.btyd``).
+    BG/NBD is fitted on these users unless ``bgnbd`` gives its parameters (None: none could be
+    fitted); ``has_spend`` (whether anyone's history has spend, so monetary value is spend and not
+    events) likewise defaults to these users'. Given both, each user's row depends on its own
+    history alone, which is what lets the nightly job score customers in blocks.
     """
     n = history.users
     seen = history.day <= cutoff
@@ -202,7 +233,8 @@ def summary_at(
         last_gap[grouped.last().index.to_numpy()] = grouped.last().to_numpy()
     in_lookback = d > cutoff - lookback
     recent = d > cutoff - RECENT_DAYS
-    has_spend = bool((history.spend > 0).any())
+    if has_spend is None:
+        has_spend = history_has_spend(history)
     monetary = (spend if has_spend else events) / np.clip(count, 1, None)
     feats: dict[str, np.ndarray] = {
         "recency_days": recency,
@@ -226,10 +258,13 @@ def summary_at(
     }
     fit_on = has_history & ~banned
     params: BGNBDParams | None = None
-    try:
-        params, _ = fit_bgnbd(x[fit_on], t_x[fit_on], age[fit_on])
-    except ValueError:
-        params = None
+    if bgnbd == FIT:
+        try:
+            params, _ = fit_bgnbd(x[fit_on], t_x[fit_on], age[fit_on])
+        except ValueError:
+            params = None
+    else:
+        params = bgnbd
     if params is None:
         for name in ("bgnbd_p_alive", "bgnbd_expected", "bgnbd_p_churn"):
             feats[name] = np.full(n, np.nan)
@@ -241,6 +276,21 @@ def summary_at(
     for name in PURCHASE_FEATURES:
         out.loc[~has_history, name] = np.nan
     return out, has_history, banned, params
+
+
+def history_has_spend(history: History) -> bool:
+    return bool((history.spend > 0).any())
+
+
+def bgnbd_inputs(history: History, cutoff: int = 0) -> pd.DataFrame:
+    """``x, t_x, T`` of the customers BG/NBD is fitted on at ``cutoff`` (history, no ban in force), one
+    row per customer: pooled by equal rows and summed over parts of the users they fit the same model."""
+    summary, has_history, banned, _ = summary_at(history, cutoff, 1, 1, bgnbd=None, has_spend=False)
+    fit_on = has_history & ~banned
+    age = summary["age_days"].to_numpy(dtype=float)[fit_on]
+    recency = summary["recency_days"].to_numpy(dtype=float)[fit_on]
+    # t_x = last - first and T = cutoff + 1 - first, so t_x = T - 1 - recency (whole days: exact).
+    return pd.DataFrame({"x": summary["frequency"].to_numpy(dtype=float)[fit_on], "t_x": age - 1 - recency, "t": age})
 
 
 def churned_after(history: History, cutoff: int, horizon: int) -> np.ndarray:

@@ -224,8 +224,18 @@ def _retrieved_pairs(
     return rows
 
 
-def pair_features(profiles: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """``PAIR_FEATURES`` for each (child, parent) row of ``pairs``."""
+# Accounts per device and per network fingerprint (``accounts_per_fingerprint``): a fingerprint's specificity.
+FingerprintAccounts = tuple[dict[str, int], dict[str, int]]
+
+
+def pair_features(
+    profiles: pd.DataFrame, pairs: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None
+) -> pd.DataFrame:
+    """``PAIR_FEATURES`` for each (child, parent) row of ``pairs``.
+
+    ``fingerprint_accounts``: accounts per device and per network fingerprint over a population
+    larger than ``profiles`` (the streaming state); default: counted over ``profiles``.
+    """
     if pairs.empty:
         return pd.DataFrame(columns=PAIR_FEATURES, dtype=float)
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -233,13 +243,17 @@ def pair_features(profiles: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     involved = pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
     sub = profiles.loc[involved]
     tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, ngram_range=(1, 2), max_features=50_000)
-    text = tfidf.fit_transform(sub["text"].to_numpy())
     position = {u: i for i, u in enumerate(involved)}
     ci = np.array([position[c] for c in pairs["child"]])
     pi = np.array([position[p] for p in pairs["parent"]])
-    content = np.asarray(text[ci].multiply(text[pi]).sum(axis=1)).ravel()
-    device_users = _accounts_per_fingerprint(profiles["devices"])
-    network_users = _accounts_per_fingerprint(profiles["networks"])
+    try:
+        text = tfidf.fit_transform(sub["text"].to_numpy())
+        content = np.asarray(text[ci].multiply(text[pi]).sum(axis=1)).ravel()
+    except ValueError:  # nobody involved wrote a word (new accounts scored at sign-up): no content evidence
+        content = np.zeros(len(pairs))
+    if fingerprint_accounts is None:
+        fingerprint_accounts = accounts_per_fingerprint(profiles)
+    device_users, network_users = fingerprint_accounts
     rows = []
     for child, parent in zip(pairs["child"], pairs["parent"], strict=True):
         c, p = sub.loc[child], sub.loc[parent]
@@ -259,6 +273,41 @@ def pair_features(profiles: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out["content_cosine"] = content
     return out[PAIR_FEATURES].astype(float)
+
+
+def accounts_per_fingerprint(profiles: pd.DataFrame) -> FingerprintAccounts:
+    """Accounts per device and per network fingerprint among ``profiles``."""
+    return _accounts_per_fingerprint(profiles["devices"]), _accounts_per_fingerprint(profiles["networks"])
+
+
+# Profile columns kept in a fitted model for the banned accounts (what a new account is matched against).
+PROFILE_SETS = ("devices", "networks", "pages")
+
+
+def profile_records(profiles: pd.DataFrame) -> list[dict[str, Any]]:
+    """Profiles as plain records with sets as sorted tuples (a model state hashes the same in every process)."""
+    records = []
+    for user, row in profiles.iterrows():
+        record = {"user_id": str(user), **row.to_dict()}
+        for column in PROFILE_SETS:
+            record[column] = tuple(sorted(record[column]))
+        vector = record.get("psycholinguistic")
+        record["psycholinguistic"] = tuple(float(v) for v in vector) if isinstance(vector, np.ndarray) else None
+        records.append(record)
+    return records
+
+
+def profiles_from_records(records: list[dict[str, Any]]) -> pd.DataFrame:
+    """``profile_records`` back into an ``account_profiles`` frame."""
+    if not records:
+        return pd.DataFrame(columns=["username", "created_ts", "banned_ts", *PROFILE_SETS]).rename_axis("user_id")
+    frame = pd.DataFrame.from_records(records).set_index("user_id")
+    for column in PROFILE_SETS:
+        frame[column] = frame[column].map(frozenset)
+    frame["psycholinguistic"] = frame["psycholinguistic"].map(lambda v: np.asarray(v) if v is not None else np.nan)
+    for column in ("created_ts", "first_seen_ts", "banned_ts"):
+        frame[column] = pd.to_datetime(frame[column], utc=True)
+    return frame
 
 
 def _accounts_per_fingerprint(sets: pd.Series) -> dict[str, int]:
@@ -363,10 +412,12 @@ class EvaderDetector(Detector):
     def features(self, events: Events) -> pd.DataFrame:
         return account_profiles(events)
 
-    def pairs(self, features: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Candidate pairs and their features."""
+    def pairs(
+        self, features: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Candidate pairs and their features (``fingerprint_accounts``: see ``pair_features``)."""
         pairs = candidate_pairs(features, self.params["candidates"], self.params["retrieved"])
-        return pairs, pair_features(features, pairs)
+        return pairs, pair_features(features, pairs, fingerprint_accounts)
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         """``labels``: known child -> parent user ids (other new accounts count as not evading)."""
@@ -381,7 +432,8 @@ class EvaderDetector(Detector):
         metrics: dict[str, Any] = {"pairs": len(pairs), "positive_pairs": int(y.sum()), "supervision": supervision}
         if y.sum() < 2 or (~y).sum() < 2:
             metrics["model"] = "mean similarity (too few positive pairs to learn from)"
-            return self._fitted({"model": None, "columns": list(PAIR_FEATURES), "threshold": 0.5}, metrics)
+            state = {"model": None, "columns": list(PAIR_FEATURES), "threshold": 0.5, **self._population(features)}
+            return self._fitted(state, metrics)
         model = fit_pair_model(x[columns], y)
         threshold = self.params["threshold"]
         if labels is None:
@@ -393,7 +445,23 @@ class EvaderDetector(Detector):
         metrics["threshold"] = threshold
         metrics["coefficients"] = dict(zip(columns, np.round(model[-1].coef_[0], 4).tolist(), strict=True))
         state = {"model": model, "columns": columns, "threshold": threshold, "fingerprint_rule": labels is None}
-        return self._fitted(state, metrics)
+        return self._fitted({**state, **self._population(features)}, metrics)
+
+    @staticmethod
+    def _population(features: pd.DataFrame) -> dict[str, Any]:
+        """What scoring a new account on its own needs (the streaming adapter): the banned accounts'
+        profiles and the accounts on each fingerprint, as sorted plain values."""
+        accounts: list[dict[str, tuple[str, ...]]] = []
+        for column in ("devices", "networks"):
+            users: dict[str, list[str]] = {}
+            for user, fingerprints in features[column].items():
+                for fingerprint in fingerprints:
+                    users.setdefault(fingerprint, []).append(str(user))
+            accounts.append({f: tuple(sorted(u)) for f, u in sorted(users.items())})
+        return {
+            "banned_profiles": profile_records(features[features["banned_ts"].notna()]),
+            "fingerprint_accounts": (accounts[0], accounts[1]),  # fingerprint -> the accounts on it
+        }
 
     def pair_probabilities(self, x: pd.DataFrame) -> np.ndarray:
         """Pair scores in 0..1 with the operating threshold at 0.5 (a probability when fitted on labels)."""
@@ -414,17 +482,23 @@ class EvaderDetector(Detector):
             scaled = np.where(_fingerprint_match(x), np.maximum(scaled, FINGERPRINT_MATCH_SCORE), scaled)
         return np.asarray(scaled, dtype=float)
 
-    def match(self, features: pd.DataFrame) -> pd.DataFrame:
+    def match(self, features: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None) -> pd.DataFrame:
         """Every candidate pair with its probability and rank among the child's candidates (1 = best)."""
-        pairs, x = self.pairs(_complete(features))
+        pairs, x = self.pairs(_complete(features), fingerprint_accounts)
         out = pd.concat([pairs, x], axis=1)
         out["probability"] = self.pair_probabilities(x)
         out["rank"] = out.groupby("child")["probability"].rank(ascending=False, method="first")
         return out.sort_values(["child", "rank"]).reset_index(drop=True)
 
     def score(self, features: pd.DataFrame) -> pd.DataFrame:
+        return self.score_accounts(features)
+
+    def score_accounts(
+        self, features: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None
+    ) -> pd.DataFrame:
+        """``score`` with the fingerprints' account counts given (see ``pair_features``)."""
         self.require_fitted()
-        matches = self.match(features)
+        matches = self.match(features, fingerprint_accounts)
         best = matches[matches["rank"] == 1].set_index("child") if len(matches) else matches
         scores = np.full(len(features), np.nan)
         status: list[str] = []

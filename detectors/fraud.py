@@ -609,10 +609,20 @@ def _log_features(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _robust_z(features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
-    """Expert features, log-damped, as robust z-scores against the fitted medians (clipped to +-10)."""
-    expert = features[list(EXPERT_FEATURES)].astype(float).fillna(pd.Series(state["fill"]))
-    logged = _log_features(expert)
-    return ((logged - pd.Series(state["center"])) / pd.Series(state["scale"])).clip(-10, 10)
+    """Expert features, log-damped, as robust z-scores against the fitted medians (clipped to +-10).
+
+    One array for all columns (the same arithmetic as ``_log_features`` and pandas' aligned ops, without
+    their per-column cost: the stream scores tens of users at a time).
+    """
+    columns = list(EXPERT_FEATURES)
+    values = features[columns].to_numpy(dtype=float, copy=True)
+    fill = np.array([state["fill"].get(c, np.nan) for c in columns], dtype=float)
+    values = np.where(np.isnan(values), fill, values)
+    logged = np.array([c in LOG_FEATURES for c in columns])
+    values[:, logged] = np.log1p(np.clip(values[:, logged], 0, None))
+    center = np.array([state["center"].get(c, np.nan) for c in columns], dtype=float)
+    scale = np.array([state["scale"].get(c, np.nan) for c in columns], dtype=float)
+    return pd.DataFrame(np.clip((values - center) / scale, -10, 10), index=features.index, columns=columns)
 
 
 def _deviation(z: pd.DataFrame) -> np.ndarray:

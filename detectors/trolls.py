@@ -331,6 +331,25 @@ class TrollDetector(Detector):
                     metrics.update(user_views_prior=round(views.prior, 6), user_views_iterations=views.iterations)
         return self._fitted(state, metrics)
 
+    def fit_messages(self, chat: pd.DataFrame) -> Self:
+        """Add the message-level part to a model fitted without message columns (the nightly profile).
+
+        The message model, the rate prior and threshold and the signal norms are learnt from ``chat``
+        (a night's messages, whole channels: the context signals need the conversation) exactly as
+        ``fit`` learns them from ``features`` of events; the context norms stay as fitted. The
+        streaming per-message scoring (``argus stream run --detectors troll-messages``) needs them.
+        """
+        state = self.require_fitted()
+        fresh = type(self)(**self.params)
+        learnt = fresh.fit(fresh.features(Events.from_frames({"chat": chat}))).require_fitted()
+        for key in (MESSAGE_MODEL_ATTR, "rate_prior", "rate_threshold", "signal_norms"):
+            if key in learnt:
+                state[key] = learnt[key]
+        parts = ("message_model_iterations", "violation_prior", "rate_threshold", "message_flagged_at_fit")
+        self.metrics.update({k: v for k, v in fresh.metrics.items() if k in parts})
+        self.metrics["message_users_fitted"] = fresh.metrics.get("users_fitted", 0)
+        return self
+
     def _fit_views(self, features: pd.DataFrame, state: dict[str, Any]) -> UserViewModel | None:
         """The three-view model on every user with a content score (chat_messages.fit_user_views)."""
         content = self._score_content(features, state)["score"].to_numpy(dtype=float)
@@ -580,15 +599,17 @@ def find_raids(
     """Coordinated floods: per (channel, window), users far above both the window's and their own norm.
 
     A user bursts in a window when they post at least ``min_burst_messages`` there, and at least
-    ``burst_factor`` times both the window's median per-user count and their own mean count over
-    their other active windows (so heavy regulars of a busy channel are not a raid; accounts with
-    no history, typical of raids, have a norm of 0). Windows with ``min_members`` bursting users
-    are clustered with pHDBSCAN on the words each user wrote that are unusual for the channel; a
-    cluster of ``min_members`` or more whose members wrote nearly the same, and mostly copied each
-    other's messages verbatim, is a raid, widened to anyone in the window who posted its messages
-    twice or more. Windows are half-overlapping so a raid that straddles a boundary is seen whole;
-    overlapping findings are merged. Cost: two group-bys over the chat, then work only on the few
-    windows with bursts.
+    ``burst_factor`` times both the window's norm and their own mean count over their other active
+    windows (so heavy regulars of a busy channel are not a raid; accounts with no history, typical
+    of raids, have a norm of 0). The window's norm is its median sender's count, or the channel's
+    usual one (the median over its other windows) when lower: in a quiet channel the raiders are
+    the window's only senders, and against its own median nobody bursts. Windows with
+    ``min_members`` bursting users are clustered with pHDBSCAN on the words each user wrote that
+    are unusual for the channel; a cluster of ``min_members`` or more whose members wrote nearly
+    the same, and mostly copied each other's messages verbatim, is a raid, widened to anyone in
+    the window who posted its messages twice or more. Windows are half-overlapping so a raid that
+    straddles a boundary is seen whole; overlapping findings are merged. Cost: two group-bys over
+    the chat, then work only on the few windows with bursts.
     """
     if chat.empty:
         return []
@@ -598,7 +619,12 @@ def find_raids(
     for offset in (0, window_s // 2):
         msgs["slot"] = (seconds + offset) // window_s
         counts = msgs.groupby(["context", "slot", "user_id"]).size().rename("n").reset_index()
-        counts["norm"] = counts.groupby(["context", "slot"])["n"].transform("median")
+        # The window's norm: its median sender, or the channel's usual median sender in its other
+        # windows when lower. In a quiet channel a raid *is* the window, and its own median is the raid's.
+        window_median = counts.groupby(["context", "slot"])["n"].median().rename("window_median")
+        usual = _usual_median(window_median).rename("usual")
+        counts = counts.join(window_median, on=["context", "slot"]).join(usual, on=["context", "slot"])
+        counts["norm"] = counts[["window_median", "usual"]].min(axis=1)
         # The user's own norm: mean count over their *other* active windows (0 without history).
         total = counts.groupby("user_id")["n"].transform("sum")
         active = counts.groupby("user_id")["n"].transform("size")
@@ -633,6 +659,27 @@ def find_raids(
                     )
                 )
     return _merge_raids(found)
+
+
+def _usual_median(window_median: pd.Series) -> pd.Series:
+    """Per (channel, window), the median of the channel's *other* windows' median sender counts
+    (NaN for a channel's only window): what a sender usually posts there, without this window."""
+    usual = pd.Series(np.nan, index=window_median.index)
+    for _, medians in window_median.groupby(level=0):
+        values = medians.to_numpy(dtype=float)
+        if len(values) < 2:
+            continue
+        # Leave-one-out median from one sort: without the element at sorted position p, the rest's
+        # j-th element is sorted[j + (j >= p)].
+        order = np.argsort(values, kind="stable")
+        ranked = values[order]
+        rest = len(values) - 1
+        middle = np.array([(rest - 1) // 2, rest // 2])
+        position = np.empty(len(values), dtype=int)
+        position[order] = np.arange(len(values))
+        picks = middle[None, :] + (middle[None, :] >= position[:, None])
+        usual[medians.index] = ranked[picks].mean(axis=1)
+    return usual
 
 
 def _with_copiers(window: pd.DataFrame, core: list[str], min_copies: int = 2) -> list[str]:

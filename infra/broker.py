@@ -278,7 +278,7 @@ class LocalBroker:
         return path
 
     def _format(self, libs: Path, config: Path) -> None:
-        tool_args = ["format", "--ignore-formatted", "-t", self._cluster_id(), "-c", str(config)]
+        tool_args = ["format", "--ignore-formatted", f"--cluster-id={self._cluster_id()}", "-c", str(config)]
         if self.secure:
             tool_args += self.material.scram_arguments()
         # The tool's arguments (SCRAM passwords, in secure mode) go through a Java @argfile readable

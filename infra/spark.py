@@ -37,11 +37,16 @@ DEFAULTS = {
     "spark.driver.memory": "4g",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    # The lake's tables are Delta tables (argus.jobs.lake): Delta's SQL (RESTORE, DESCRIBE HISTORY) and catalog.
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # Tasks that rebuild a Delta table's state from its log (Delta's default, 50, suits huge logs, not ours).
+    "spark.databricks.delta.snapshotPartitions": "8",
 }
 
 
 def connector_jars() -> list[Path]:
-    """spark-sql-kafka and its dependencies (not those pyspark ships), fetched once."""
+    """spark-sql-kafka and Delta Lake with their dependencies (not those pyspark ships), fetched once."""
     return sorted(maven.fetch_jars(POM, "spark-kafka").glob("*.jar"))
 
 

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from argus.jobs.entry import run_job
+from argus.jobs.lake import job_lake
 from argus.jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
@@ -155,15 +156,15 @@ def run_embed(
         ]
     )
     embedded = docs.mapInPandas(pool, schema=out_schema).withColumn("embedding_date", F.lit(day.isoformat()))
-    target, users = publish_per_user(spark, embedded, lake, "embeddings", day, publication)
+    published, users = publish_per_user(spark, embedded, lake, "embeddings", day, publication)
     docs.unpersist()
-    return {"date": day.isoformat(), "users": users, "dim": dim, "vocabulary": len(vectors), "path": str(target)}
+    return {"date": day.isoformat(), "users": users, "dim": dim, "vocabulary": len(vectors), "table": published}
 
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: embed.py --lake DIR --date YYYY-MM-DD [--days 30] [--dim 32]."""
     parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--dim", type=int, default=DIM)

@@ -6,21 +6,30 @@ pickled pandas frame of up to ``block_users`` users' features, exactly as the de
 and the frame's ``attrs`` included). The driver never holds more than the blocks it fits on;
 scoring unpickles one block at a time inside ``mapInPandas`` (see ``jobs/score.py``).
 
-Where the blocks come from, per detector:
+Where the blocks come from, per detector (each block is built by its own task from its own users'
+rows; what a feature needs from everybody is aggregated by Spark first and handed to those tasks):
 
 * ``trolls``: the nightly profile's chat columns (computed by Spark, the channel norms per context
   window included, ``jobs/profiles.py``), cut into blocks by a hash of ``user_id`` with ``applyInPandas``.
-* ``evaders``, ``fraud``, ``churn``: the detector's ``features`` over the look-back's events on one
-  executor (``applyInPandas`` over a single group), the result cut into blocks. Their features are
-  not per-user alone (candidate parents banned before a sign-up, accounts per card, device and
-  payee, the population's currency norms, the BG/NBD fit of purchase-mode churn), so one task
-  sees the whole look-back; the driver does not.
+* ``evaders``: an account's profile is its own events' alone, so the window's events are grouped by
+  block. Block 0 is the *core*, the accounts scored together: every account with a sign-up or a ban
+  and every account on one of their devices or networks (found with Spark joins, ``evader_core``),
+  because new accounts are paired with banned ones and a shared fingerprint is weighed by the
+  accounts using it. The other blocks are users by hash; they hold no new account, so their
+  scores need nobody else. Block 0 grows with new and banned accounts, not with all users.
+* ``churn``: each block's daily activity (``daily_activity``) is built by its task; Spark then
+  aggregates what the features need from everybody (``ChurnPopulation``: the last day, the mode,
+  the series' days without outages, and in purchase mode BG/NBD fitted on every customer's
+  ``x, t_x, T`` pooled by value, a table bounded by the days in the data), and each block's
+  features are built from its daily rows and those figures (``churn_blocks``).
+* ``fraud``: the detector's ``features`` over the whole look-back on one executor, the result cut
+  into blocks. Its features relate accounts to each other through payees, instruments, devices,
+  networks and currency norms (money matched between payer and payee, suspicion propagated over
+  shared entities), so one task sees the whole window; the driver does not.
 
-Block numbers order the blocks: ``block`` 0 is the detector's *core* block, the users whose scores
-depend on each other and must be scored together (evaders: new accounts, banned accounts and the
-accounts sharing a device or network with them; purchase-mode churn: everyone, since its BG/NBD
-summary is fitted over the users it scores). Other blocks hold ``block_users`` users each, by a
-hash of ``user_id`` so that the first blocks are a seeded random sample of users.
+Block numbers order the blocks: block 0 (evaders only) is the core, other blocks hold about
+``block_users`` users each, by a hash of ``user_id``, so that the first blocks are a seeded random
+sample of users.
 """
 
 from __future__ import annotations
@@ -35,16 +44,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+from argus.detectors.churn_purchase import median_share, mode_of_share
 
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+    from argus.detectors.base import Detector
+    from argus.detectors.churn import ChurnDetector, ChurnPopulation
     from argus.detectors.events import Events
 
 BLOCK_USERS = 5_000  # users per block: a churn block (90 days x 8 channels) is ~30 MB pickled
 PROFILE_SHARDS_MIN = 2
 BLOCK_SCHEMA = "block long, users long, frame binary"
-EVENT_DETECTORS = ("evaders", "fraud", "churn")
-FeatureBuilder = Callable[["Events"], pd.DataFrame]
 
 
 def window_events(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame | None:
@@ -113,66 +124,214 @@ def unpack(blob: bytes) -> pd.DataFrame:
     return frame
 
 
-def cut_into_blocks(
-    features: pd.DataFrame, core: np.ndarray | None = None, block_users: int = BLOCK_USERS
-) -> pd.DataFrame:
-    """Rows of ``BLOCK_SCHEMA``: the ``core`` users (a mask) as block 0, the others by hash, sorted within."""
-    core = np.zeros(len(features), dtype=bool) if core is None else np.asarray(core, dtype=bool)
-    rest = features[~core]
-    count = max(1, -(-len(rest) // block_users))
-    numbers = user_block(rest.index, count)
-    rows = [pack(features[core], 0)] if core.any() else []
-    for number in range(1, count + 1):
-        part = rest[numbers == number]
-        if len(part):
-            rows.append(pack(part, number))
+def cut_into_blocks(features: pd.DataFrame, block_users: int = BLOCK_USERS) -> pd.DataFrame:
+    """Rows of ``BLOCK_SCHEMA``: ``features`` cut into blocks of ``block_users`` users by hash, sorted within."""
+    count = max(1, -(-len(features) // block_users))
+    numbers = user_block(features.index, count)
+    rows = [pack(features[numbers == n], n) for n in range(1, count + 1) if (numbers == n).any()]
     if not rows:
         rows.append(pack(features, 1))  # no users: one empty block keeps the schema and attrs
     return pd.DataFrame(rows, columns=["block", "users", "frame"])
 
 
-def core_users(detector_name: str, features: pd.DataFrame) -> np.ndarray | None:
-    """The users that must be scored together (block 0), or None when every user scores alone."""
-    if detector_name == "evaders":
-        return evader_core(features)
-    if detector_name == "churn" and features.attrs.get("mode") == "purchase":
-        return np.ones(len(features), dtype=bool)
-    return None
+def hashed_block(user_id: Column, blocks: int) -> Column:
+    """``user_block`` as a Spark column: Spark's crc32 is zlib's, so both name the same block."""
+    from pyspark.sql import functions as F
 
-
-def evader_core(features: pd.DataFrame) -> np.ndarray:
-    """New and banned accounts and every account on one of their devices or networks.
-
-    ``EvaderDetector`` pairs new accounts with banned ones and weighs a shared fingerprint by the
-    accounts using it, so these rows score alike whether the rest of the population is there or not.
-    """
-    involved = (features["created_ts"].notna() | features["banned_ts"].notna()).to_numpy()
-    shared: set[str] = set()
-    for column in ("devices", "networks"):
-        for fingerprints in features.loc[involved, column]:
-            shared |= set(fingerprints)
-    if shared:
-        for column in ("devices", "networks"):
-            involved |= features[column].map(lambda f: not shared.isdisjoint(f)).to_numpy(dtype=bool)
-    return np.asarray(involved, dtype=bool)
+    return (F.crc32(user_id.cast("string")) % F.lit(max(blocks, 1)) + F.lit(1)).cast("long")
 
 
 def event_blocks(
     spark: SparkSession,
     window: DataFrame,
     columns: dict[str, list[str]],
-    detector_name: str,
-    build: FeatureBuilder,
+    detector: Detector,
     block_users: int = BLOCK_USERS,
 ) -> DataFrame:
-    """Blocks of ``build(events)`` over the whole window, built on one executor (see the module doc)."""
+    """Blocks of ``detector.features`` over the window's events (see the module doc for how, per detector)."""
+    if detector.name == "evaders":
+        return evader_blocks(window, columns, detector, block_users)
+    if detector.name == "churn":
+        from argus.detectors.churn import ChurnDetector
+
+        assert isinstance(detector, ChurnDetector)
+        return churn_blocks(window, columns, detector, block_users)
+    return whole_window_blocks(window, columns, detector, block_users)
+
+
+def whole_window_blocks(
+    window: DataFrame, columns: dict[str, list[str]], detector: Detector, block_users: int = BLOCK_USERS
+) -> DataFrame:
+    """``detector.features`` over the whole window on one executor, cut into blocks (fraud: see the module doc)."""
     from pyspark.sql import functions as F
 
     def features_of(rows: pd.DataFrame) -> pd.DataFrame:
-        features = build(events_from_wide(rows, columns))
-        return cut_into_blocks(features, core_users(detector_name, features), block_users)
+        return cut_into_blocks(detector.features(events_from_wide(rows, columns)), block_users)
 
     return window.withColumn("_all", F.lit(0)).groupBy("_all").applyInPandas(features_of, BLOCK_SCHEMA)
+
+
+def evader_blocks(
+    window: DataFrame, columns: dict[str, list[str]], detector: Detector, block_users: int = BLOCK_USERS
+) -> DataFrame:
+    """Evaders' features, each block built from its own users' events: block 0 the core (``evader_core``),
+    the others by user hash. An account's profile is its own events' alone."""
+    from pyspark.sql import functions as F
+
+    core = evader_core(window, columns).withColumn("_core", F.lit(True))
+    users = window.select("user_id").distinct().count()
+    blocks = -(-max(users - core.count(), 1) // block_users)
+    keyed = window.join(core, "user_id", "left").withColumn(
+        "_block", F.when(F.col("_core"), F.lit(0).cast("long")).otherwise(hashed_block(F.col("user_id"), blocks))
+    )
+    return _blocks_by_key(keyed.drop("_core"), lambda rows: detector.features(events_from_wide(rows, columns)))
+
+
+def evader_core(window: DataFrame, columns: dict[str, list[str]]) -> DataFrame:
+    """``user_id`` of the accounts scored together: new and banned accounts and every account on one of
+    their devices or networks.
+
+    ``EvaderDetector`` pairs new accounts with banned ones and weighs a shared fingerprint by the accounts
+    using it, so these accounts score alike with or without the rest of the population. Every account
+    with a sign-up or a ban is taken (a superset of new and banned: an unbanned one scores alike).
+    """
+    from pyspark.sql import functions as F
+
+    fields = set(columns.get("account", []))
+    if not {"action", "device_fp", "network_fp"} <= fields:
+        return window.sparkSession.createDataFrame([], "user_id string")
+    account = window.where(F.col("event_type") == "account")
+    involved = account.where(F.col("action").isin("signup", "ban")).select("user_id").distinct()
+    fingerprints = account.select("user_id", F.explode(F.array("device_fp", "network_fp")).alias("fp")).where(
+        F.col("fp").isNotNull()
+    )
+    shared = fingerprints.join(involved, "user_id").select("fp").distinct()
+    sharing = fingerprints.join(shared, "fp").select("user_id")
+    return involved.union(sharing).distinct()
+
+
+def churn_blocks(
+    window: DataFrame, columns: dict[str, list[str]], detector: ChurnDetector, block_users: int = BLOCK_USERS
+) -> DataFrame:
+    """Churn's features by user hash: each block's daily activity, then its features given the population's
+    figures (``ChurnPopulation``: as_of, mode, the series' days, the BG/NBD fit), which Spark aggregates."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from argus.detectors.churn import CHANNELS, daily_activity
+
+    users = window.select("user_id").distinct().count()
+    keyed = window.withColumn("_block", hashed_block(F.col("user_id"), -(-max(users, 1) // block_users)))
+    schema = "_block long, user_id string, day timestamp, " + ", ".join(f"{c} double" for c in CHANNELS)
+
+    def daily_of(rows: pd.DataFrame) -> pd.DataFrame:
+        daily = daily_activity(events_from_wide(rows.drop(columns="_block"), columns)).reset_index()
+        return daily.assign(_block=int(rows["_block"].iloc[0]))[["_block", "user_id", "day", *CHANNELS]]
+
+    daily = keyed.groupBy("_block").applyInPandas(daily_of, schema).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        population = churn_population(daily, detector)
+
+        def features_of(rows: pd.DataFrame) -> pd.DataFrame:
+            part = _daily_frame(rows)
+            users = pd.Index(part.index.get_level_values("user_id").unique())
+            features = detector.features_from_daily(part, users, population)
+            return pd.DataFrame([pack(features, int(rows["_block"].iloc[0]))])
+
+        blocks = daily.groupBy("_block").applyInPandas(features_of, BLOCK_SCHEMA)
+        blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
+        blocks.count()  # built while the daily rows are cached; the caller unpersists the blocks
+        return blocks
+    finally:
+        daily.unpersist()
+
+
+def churn_population(daily: DataFrame, detector: ChurnDetector) -> ChurnPopulation:
+    """``detector.population`` from every user's daily rows (a Spark frame): what reaches the driver is
+    bounded by the days in the data, not by the users."""
+    from pyspark.sql import functions as F
+
+    from argus.detectors.churn import ACTIVITY_CHANNELS, ChurnPopulation
+
+    own = sum((F.col(c) for c in ACTIVITY_CHANNELS), F.lit(0.0))
+    as_of = detector.params["as_of"]
+    last = daily.agg(F.date_format(F.max("day"), "yyyy-MM-dd").alias("last")).first()
+    if last is None or last["last"] is None:
+        mode, why = detector.fixed_mode() or ("purchase", "no activity to measure")
+        return ChurnPopulation(mode, why, None, pd.DatetimeIndex([], tz="UTC"))
+    as_of_day = pd.Timestamp(as_of or last["last"], tz="UTC")
+    mode_why = detector.fixed_mode()
+    if mode_why is None:
+        active = daily.where(own > 0)
+        if as_of is not None:
+            active = active.where(F.col("day") <= F.lit(as_of_day.to_pydatetime()))
+        newest = active.agg(F.max("day").alias("newest"))
+        spans: pd.DataFrame = (
+            active.groupBy("user_id")
+            .agg(F.count("*").alias("active"), F.min("day").alias("first"))
+            .crossJoin(newest)
+            .select("active", (F.datediff("newest", "first") + 1).alias("span"))
+            .groupBy("active", "span")
+            .count()
+            .toPandas()
+        )
+        share = median_share(spans["active"].to_numpy(), spans["span"].to_numpy(), spans["count"].to_numpy())
+        mode_why = mode_of_share(share)
+    mode, why = mode_why
+    if mode == "purchase":
+        inputs, has_spend = _bgnbd_inputs(daily, detector, as_of_day)
+        return detector.purchase_population(why, as_of_day, inputs, has_spend)
+    per_day = daily.groupBy(F.date_format("day", "yyyy-MM-dd").alias("day")).agg(F.sum(own).alias("total"))
+    totals: pd.DataFrame = per_day.toPandas()
+    series = pd.Series(totals["total"].to_numpy(dtype=float), index=pd.DatetimeIndex(totals["day"], tz="UTC"))
+    return detector.daily_population(why, as_of_day, series.sort_index())
+
+
+def _bgnbd_inputs(daily: DataFrame, detector: ChurnDetector, as_of: pd.Timestamp) -> tuple[pd.DataFrame, bool]:
+    """Purchase mode: BG/NBD's ``x, t_x, t`` pooled over every user (``users`` per row), and whether any
+    history has spend; each block's summary is computed where its daily rows are."""
+    from pyspark.sql import functions as F
+
+    from argus.detectors.churn_purchase import History, bgnbd_inputs, encode_history, history_has_spend
+
+    def inputs_of(rows: pd.DataFrame) -> pd.DataFrame:
+        part = _daily_frame(rows)
+        users = pd.Index(part.index.get_level_values("user_id").unique())
+        history = History.from_features(encode_history(part, users, as_of))
+        found = bgnbd_inputs(history).assign(spend=False)
+        return pd.concat([found, pd.DataFrame({"spend": [history_has_spend(history)]})], ignore_index=True)
+
+    rows = daily.groupBy("_block").applyInPandas(inputs_of, "x double, t_x double, t double, spend boolean")
+    rows = rows.persist()
+    try:
+        found = F.col("x").isNotNull() & ~F.isnan("x")
+        pooled = rows.where(found).groupBy("x", "t_x", "t").agg(F.count("*").alias("users"))
+        spend = rows.agg(F.max(F.col("spend").cast("int")).alias("spend")).first()
+        return pooled.toPandas(), bool(spend is not None and spend["spend"])
+    finally:
+        rows.unpersist()
+
+
+def _daily_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Daily rows from Spark (``churn_blocks``) back as ``daily_activity`` gives them."""
+    from argus.detectors.churn import CHANNELS
+
+    day = pd.to_datetime(rows["day"])
+    day = (day.dt.tz_localize("UTC") if day.dt.tz is None else day.dt.tz_convert("UTC")).astype("datetime64[ns, UTC]")
+    frame = pd.DataFrame({"user_id": rows["user_id"].astype(str), "day": day})
+    for channel in CHANNELS:
+        frame[channel] = rows[channel].astype(float).to_numpy()
+    return frame.set_index(["user_id", "day"]).sort_index()
+
+
+def _blocks_by_key(keyed: DataFrame, build: Callable[[pd.DataFrame], pd.DataFrame]) -> DataFrame:
+    """One ``BLOCK_SCHEMA`` row per value of ``keyed``'s ``_block``: ``build`` over that block's rows."""
+
+    def block_of(rows: pd.DataFrame) -> pd.DataFrame:
+        number = int(rows["_block"].iloc[0])
+        return pd.DataFrame([pack(build(rows.drop(columns="_block")), number)])
+
+    return keyed.groupBy("_block").applyInPandas(block_of, BLOCK_SCHEMA)
 
 
 def profile_frame(profile: pd.DataFrame) -> pd.DataFrame:

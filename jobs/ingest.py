@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from argus.jobs.entry import run_job
+from argus.jobs.lake import job_lake
 from argus.schemas.arrow import ARROW_SCHEMAS, wide_event_schema
 from argus.schemas.bounds import EventTimeBounds, current_bounds
 from argus.schemas.models import EventBase
@@ -281,7 +282,7 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="ingest.py", description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--topics", default=",".join(EVENT_TOPICS))
     parser.add_argument("--rerun")
     return run_job(

@@ -6,8 +6,9 @@ date shares one JVM and one SparkSession (a JVM per step cost more than the work
 Backfills (``--from D1 --to D2``) run the dates one after another in the same session; ingest,
 when asked for, runs once before the first date (it reads whatever the topics hold).
 
-Each date is all or nothing: its profiles, embeddings, scores and alert files are staged under
-``LAKE/_staging/nightly-D/`` and swapped in together at the end, and only then do its models
+Each date is all or nothing: its profiles, embeddings and scores get new Delta versions as the
+steps finish and one manifest publishes them together at the end (``argus.jobs.lake``); then its
+alert files, staged under ``LAKE/_staging/nightly-D/``, are swapped in, and only then do its models
 become ``CURRENT`` in the model store (``LAKE/models``, which the streaming pipeline reloads from)
 and its alerts go to Kafka. A crash or a failed check anywhere before that leaves the previous
 outputs and models in place. A failing quality gate stops the chain at that date (exit 1).
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from argus.jobs.entry import run_job
+from argus.jobs.lake import job_lake
 from argus.jobs.publish import Publication
 
 if TYPE_CHECKING:
@@ -144,14 +146,14 @@ def run_night(
             report({"step": "score", **scored, "alerts": len(found)})
             stage_alerts(publication, lake, name, day, found)
             alerts += found
-        published = publication.commit()
+        tables, folders = publication.commit()
     except BaseException:
         publication.discard()
         raise
     finally:
         if window is not None:
             window.unpersist()
-    report({"step": "publish", "date": when, "folders": len(published), "models": detectors})
+    report({"step": "publish", "date": when, "tables": len(tables), "folders": len(folders), "models": detectors})
     return sorted(alerts, key=lambda a: a.alert_id)
 
 
@@ -175,7 +177,7 @@ def main(argv: list[str]) -> int:
     """spark-submit entry point: nightly.py --lake DIR (--date D | --from D1 --to D2) [--detectors a,b]
     [--ingest] [--alerts] [--bootstrap HOST:PORT] [--no-fit] [--feature-days N] [--days N] [--dim N]."""
     parser = argparse.ArgumentParser(prog="nightly.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", type=date.fromisoformat)
     parser.add_argument("--from", dest="first", type=date.fromisoformat)
     parser.add_argument("--to", dest="last", type=date.fromisoformat)

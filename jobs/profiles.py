@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 # One definition of the chat context for the nightly job and the detectors (tested equal).
 from argus.detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
 from argus.jobs.entry import run_job
+from argus.jobs.lake import job_lake
 from argus.jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
@@ -257,11 +258,11 @@ def build_profiles(spark: SparkSession, lake: Path, day: date, feature_days: int
 def run_profile(
     spark: SparkSession, lake: Path, day: date, feature_days: int = 30, publication: Publication | None = None
 ) -> dict[str, object]:
-    """Build and publish ``LAKE/profiles/date=D/`` (with a deferred ``publication``: stage it)."""
+    """Build and publish ``day`` of the ``profiles`` table (a deferred ``publication`` publishes it at its commit)."""
     lake = Path(lake)
     profiles = build_profiles(spark, lake, day, feature_days)
-    target, rows = publish_per_user(spark, profiles, lake, "profiles", day, publication)
-    return {"date": day.isoformat(), "users": rows, "columns": len(profiles.columns), "path": str(target)}
+    table, rows = publish_per_user(spark, profiles, lake, "profiles", day, publication)
+    return {"date": day.isoformat(), "users": rows, "columns": len(profiles.columns), "table": table}
 
 
 def _outer_join(frames: list[DataFrame]) -> DataFrame:
@@ -274,7 +275,7 @@ def _outer_join(frames: list[DataFrame]) -> DataFrame:
 def main(argv: list[str]) -> int:
     """spark-submit entry point: profiles.py --lake DIR --date YYYY-MM-DD [--feature-days 30]."""
     parser = argparse.ArgumentParser(prog="profiles.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--feature-days", type=int, default=30)
     return run_job(parser, argv, lambda spark, a: (run_profile(spark, a.lake, a.date, a.feature_days), 0))

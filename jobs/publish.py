@@ -1,9 +1,13 @@
-"""Publishing a job's outputs: staged, checked, then swapped in whole (never partially).
+"""Publishing a job's outputs: written, checked, then made visible together (never partially).
 
-A single job publishes as it goes (``Publication(lake)``). The nightly chain stages every
-output of a night first (``Publication(lake, deferred=True)``) and swaps them all in at the
-end with ``commit``: a crash anywhere before that leaves the previous outputs and the models
-in use as they were.
+Tables (profiles, embeddings, scores) are Delta tables (``argus.jobs.lake``): each write replaces
+one date in one commit, and the publication's manifest (one object, written last) is what readers
+follow. A single job publishes as it goes (``Publication(lake)``: a manifest after each table). The
+nightly chain publishes every output of a night together (``Publication(lake, deferred=True)``):
+its tables get new versions as the steps finish, ``commit`` writes one manifest naming them all,
+then swaps in the staged plain files (alerts) and makes the new models current. A crash anywhere
+before the manifest leaves the previous night visible; ``discard`` (and the next publication, after
+a crash that skipped it) restores each table to the version the manifest names.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from argus.jobs import lake as tables
+from argus.jobs.lake import Lake
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -21,19 +28,62 @@ if TYPE_CHECKING:
 
 
 class Publication:
-    """The outputs of one run under ``LAKE/_staging/<name>/``, swapped into the lake by ``commit``."""
+    """The outputs of one run: table versions to publish, plain folders under ``LAKE/_staging/<name>/``."""
 
-    def __init__(self, lake: Path, name: str = "job", deferred: bool = False) -> None:
-        self.lake = Path(lake)
+    def __init__(self, lake: Lake, name: str = "job", deferred: bool = False) -> None:
+        self.lake = tables.lake_location(lake)
+        self.name = name
         self.deferred = deferred
-        self.staging_root = self.lake / "_staging" / name
-        shutil.rmtree(self.staging_root, ignore_errors=True)  # what a crashed run of the same name left
+        self._spark: SparkSession | None = None
+        self._tables: dict[str, int] = {}  # table -> version written by this run, not yet published
+        self._before: dict[str, int | None] = {}  # table -> the version readers saw when this run began
         self._folders: dict[Path, Path] = {}  # target -> staged folder
         self._models: list[tuple[Path, Detector]] = []  # (store root, detector) to make current
+        if not tables.is_uri(self.lake):
+            shutil.rmtree(self.staging_root, ignore_errors=True)  # what a crashed run of the same name left
+
+    @property
+    def staging_root(self) -> Path:
+        return tables.local_root(self.lake, "staging plain files (alerts)") / "_staging" / self.name
+
+    # --- tables -----------------------------------------------------------------------------
+
+    def write(self, spark: SparkSession, frame: DataFrame, table: str, day: date, publish: bool = True) -> int:
+        """Replace ``day`` of ``table`` with ``frame`` (one Delta commit); published at once unless the
+        publication is deferred or ``publish`` is false (``publish()`` then, after checks)."""
+        self._spark = spark
+        if table not in self._before:
+            self._before[table] = self._recover(spark, table)
+        version = tables.write_date(spark, frame, self.lake, table, day)
+        self._tables[table] = version
+        if publish and not self.deferred:
+            self.publish()
+        return version
+
+    def read(self, spark: SparkSession, table: str, day: date) -> DataFrame | None:
+        """``day`` of ``table`` as this run wrote it, or as published; None when there is none."""
+        return tables.read_spark(spark, self.lake, table, day, version=self._tables.get(table))
+
+    def _recover(self, spark: SparkSession, table: str) -> int | None:
+        """The published version of ``table``; a newer one that no manifest names (a crashed run's) is undone."""
+        published = tables.published_version(self.lake, table)
+        latest = tables.latest_version(spark, self.lake, table)
+        if published is not None and latest is not None and latest > published:
+            tables.restore(spark, self.lake, table, published)
+        return published
+
+    def publish(self) -> None:
+        """One manifest naming every table version written and not yet published."""
+        if self._tables:
+            tables.commit_manifest(self.lake, self._tables, self.name)
+            self._before.update(self._tables)
+            self._tables.clear()
+
+    # --- plain folders and models ---------------------------------------------------------------
 
     def stage(self, target: Path) -> Path:
         """A fresh, empty folder to write ``target``'s new contents into."""
-        staged = self.staging_root / target.relative_to(self.lake)
+        staged = self.staging_root / target.relative_to(tables.local_root(self.lake, "plain files"))
         shutil.rmtree(staged, ignore_errors=True)
         staged.parent.mkdir(parents=True, exist_ok=True)
         self._folders[target] = staged
@@ -60,23 +110,35 @@ class Publication:
             store.make_current(detector.name, detector.model_version)
         return folder
 
-    def commit(self) -> list[Path]:
-        """Swap every staged folder in, then make the new models current; the published targets."""
+    def commit(self) -> tuple[list[str], list[Path]]:
+        """Publish every table version in one manifest, swap the staged folders in, make the new models
+        current; the tables and the folders published."""
         from argus.detectors.store import ModelStore
 
-        published = list(self._folders)
-        for target in published:
+        published = sorted(self._tables)
+        self.publish()  # the commit point: from here on readers see the new night
+        folders = list(self._folders)
+        for target in folders:
             self._swap(target)
         for store_root, detector in self._models:
             ModelStore(store_root).make_current(detector.name, detector.model_version)
         self._models.clear()
-        shutil.rmtree(self.staging_root, ignore_errors=True)
-        return published
+        if not tables.is_uri(self.lake):
+            shutil.rmtree(self.staging_root, ignore_errors=True)
+        return published, folders
 
     def discard(self) -> None:
+        """Drop everything unpublished: tables back at the versions readers see, staged folders removed."""
+        if self._spark is not None:
+            for table in self._tables:
+                before = self._before.get(table)
+                if before is not None:
+                    tables.restore(self._spark, self.lake, table, before)
+        self._tables.clear()
         self._folders.clear()
         self._models.clear()
-        shutil.rmtree(self.staging_root, ignore_errors=True)
+        if not tables.is_uri(self.lake):
+            shutil.rmtree(self.staging_root, ignore_errors=True)
 
     def _swap(self, target: Path) -> None:
         staged = self._folders.pop(target)
@@ -89,28 +151,27 @@ class Publication:
 def publish_per_user(
     spark: SparkSession,
     frame: DataFrame,
-    lake: Path,
+    lake: Lake,
     kind: str,
     day: date,
     publication: Publication | None = None,
-) -> tuple[Path, int]:
-    """Write ``frame`` to ``LAKE/<kind>/date=D/`` if it passes its output checks; (path, rows).
+) -> tuple[str, int]:
+    """Write ``frame`` as ``day`` of the ``kind`` table if it passes its output checks; (table, rows).
 
-    A failing check raises ``ValueError`` and leaves the published folder as it was. With a
-    deferred ``publication`` the folder is staged and swapped in by its ``commit``.
+    A failing check raises ``ValueError`` and leaves the published table as it was. With a deferred
+    ``publication`` the new version is published by its ``commit``.
     """
     from argus.jobs.quality import check_output
 
     publication = publication or Publication(lake, f"{kind}-{day.isoformat()}")
-    target = lake / kind / f"date={day.isoformat()}"
-    staging = publication.stage(target)
-    shutil.rmtree(staging, ignore_errors=True)  # Spark writes the folder itself
-    frame.repartition(4, "user_id").sortWithinPartitions("user_id").write.parquet(str(staging))
-    written = spark.read.parquet(str(staging))
-    failed = check_output(written, kind)
-    if failed:
+    ordered = frame.repartition(4, "user_id").sortWithinPartitions("user_id")
+    publication.write(spark, ordered, kind, day, publish=False)  # checked before anyone sees it
+    written = publication.read(spark, kind, day)
+    failed = ["no rows"] if written is None else check_output(written, kind)
+    if failed or written is None:
         publication.discard()
         raise ValueError(f"{kind} for {day} failed their output checks, nothing was published: {'; '.join(failed)}")
     rows = written.count()
-    publication.staged(target)
-    return target, rows
+    if not publication.deferred:
+        publication.publish()
+    return kind, rows

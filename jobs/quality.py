@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from argus.jobs.entry import run_job
+from argus.jobs.lake import job_lake
 from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.schemas.models import EVENT_MODELS
 
@@ -199,7 +200,7 @@ def _describe(result: Any) -> str:
 def main(argv: list[str]) -> int:
     """spark-submit entry point: quality.py --lake DIR --date YYYY-MM-DD (exit 1 when the gate fails)."""
     parser = argparse.ArgumentParser(prog="quality.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--freshness-hours", type=float, default=6.0)
     parser.add_argument("--volume-tolerance", type=float, default=0.5)

@@ -2,14 +2,16 @@
 
 Scoring runs on the executors; the driver's memory does not grow with the number of users:
 
-* **Features** are built as blocks of users by ``jobs/feature_blocks.py``: the troll detector's
-  from the nightly profile (Spark's per-context channel norms), cut into blocks by user hash in
-  parallel; the other detectors' by their own ``features`` over the last ``--days`` days of events
-  in one executor task (their features relate users to each other; see that module).
+* **Features** are built as blocks of users by ``jobs/feature_blocks.py``, each block by its own
+  task from its users' rows: trolls' from the nightly profile (Spark's per-context channel norms),
+  evaders' and churn's from the last ``--days`` days of events grouped by user hash, with what
+  they need from everybody aggregated by Spark first. Fraud's are built in one executor task (its
+  features relate accounts through payees and shared entities; see that module).
 * **Fit**, without ``--model``: on a bounded sample, whole blocks in hash order up to ``fit_users``
   users (a seeded random sample of users) plus the block of users that score together (evaders'
-  new and banned accounts, purchase-mode churn). Up to ``fit_users`` users the sample is everyone,
-  so the model is the one ``argus detect`` fits on the same data.
+  new and banned accounts). Up to ``fit_users`` users the sample is everyone, so the model is the
+  one ``argus detect`` fits on the same data. Purchase-mode churn keeps its fitted BG/NBD in the
+  model, so scoring reads each customer's own history only.
 * **Score**: the fitted model goes to the executors as a broadcast variable, ``mapInPandas`` runs
   the detector's own ``score`` on one block at a time, and the executors write the scores. The
   driver collects only the flagged users' rows (and their events), to build their alerts.
@@ -35,6 +37,7 @@ import pandas as pd
 from argus.detectors.alerts import EVIDENCE_LIMIT
 from argus.jobs.entry import run_job
 from argus.jobs.feature_blocks import BLOCK_USERS
+from argus.jobs.lake import job_lake
 from argus.jobs.publish import Publication
 
 if TYPE_CHECKING:
@@ -120,6 +123,10 @@ def score_night(
 
             sample = fit_sample(blocks, fit_users, whole_core=detector_name == "evaders")
             detector.fit(sample)
+            if detector_name == "trolls":  # the profile has no message columns: learn that part from the night's chat
+                chat = night_chat(spark, lake, day)
+                if chat is not None:
+                    detector.fit_messages(chat)  # type: ignore[attr-defined]
             fitted_on = len(sample)
             if detector_name != "evaders":
                 sample = None  # only the evaders' alerts read it again
@@ -151,6 +158,30 @@ def score_night(
     return result, alerts
 
 
+# Chat messages the troll model's message part is fitted on at most: whole channels, sampled by a
+# hash of the channel beyond that (the context signals need each channel's whole conversation).
+MESSAGE_FIT_MESSAGES = 200_000
+
+
+def night_chat(spark: SparkSession, lake: Path, day: date, limit: int = MESSAGE_FIT_MESSAGES) -> pd.DataFrame | None:
+    """The chat messages of ``day`` (whole channels, at most about ``limit``) as a pandas frame, or None."""
+    from pyspark.sql import functions as F
+
+    from argus.jobs.profiles import read_events
+
+    chat = read_events(spark, lake, "chat", day)
+    if chat is None:
+        return None
+    chat = chat.where(F.col("date") == day.isoformat()).drop("date")
+    total = chat.count()
+    if not total:
+        return None
+    if total > limit:
+        buckets = 1000
+        chat = chat.where(F.abs(F.hash("context")) % buckets < max(1, buckets * limit // total))
+    return chat.toPandas()
+
+
 def night_window(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame:
     """The lake's events of the ``days`` days up to ``day`` (all types, one wide Spark frame)."""
     from argus.jobs.feature_blocks import window_events
@@ -176,13 +207,13 @@ def feature_blocks(
     from argus.jobs.feature_blocks import event_blocks, profile_blocks
 
     if detector.name == "trolls":
-        path = publication.readable(lake / "profiles" / f"date={day.isoformat()}")
-        if not path.exists():
-            raise ValueError(f"no profiles at {path}: run `argus batch profile --date {day}` first")
-        return profile_blocks(spark.read.parquet(str(path)), block_users)
+        profiles = publication.read(spark, "profiles", day)
+        if profiles is None:
+            raise ValueError(f"no profiles for {day} in {lake}: run `argus batch profile --date {day}` first")
+        return profile_blocks(profiles, block_users)
     assert window is not None
-    builder = _portable(detector)  # shipped to the executor without anything fit() may attach later
-    return event_blocks(spark, window, columns, detector.name, builder.features, block_users)
+    builder = _portable(detector)  # shipped to the executors without anything fit() may attach later
+    return event_blocks(spark, window, columns, builder, block_users)
 
 
 def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> DataFrame:
@@ -320,22 +351,17 @@ def _features_of(blocks: DataFrame, detector: Detector, users: list[str], sample
     return concat_blocks([unpack(r["frame"]) for r in rows])
 
 
-def _publish_scores(scores: DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> Path:
-    """Written by the executors to a staging folder, then swapped in whole: readers never see half a night."""
-    import shutil
-
-    target = lake / "scores" / f"detector={detector_name}" / f"date={day.isoformat()}"
-    staging = publication.stage(target)
-    shutil.rmtree(staging, ignore_errors=True)  # Spark writes the folder itself
-    scores.drop("reasons_data").orderBy("user_id").write.parquet(str(staging))
-    publication.staged(target)
-    return target
+def _publish_scores(scores: DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> str:
+    """Written by the executors as one Delta commit replacing the night (``argus.jobs.lake``); the table."""
+    table = f"scores/detector={detector_name}"
+    publication.write(scores.sparkSession, scores.drop("reasons_data").orderBy("user_id"), table, day)
+    return table
 
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: score.py --lake DIR --date D --detector NAME [--days N] [--model DIR] [--bootstrap]."""
     parser = argparse.ArgumentParser(prog="score.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=Path)
+    parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--detector", required=True)
     parser.add_argument("--days", type=int, default=30)

@@ -44,7 +44,8 @@ from argus.infra.clients import PortableKafkaSettings, portable_kafka_settings, 
 from argus.infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
 from argus.pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
 from argus.pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
-from argus.pipelines.stream_detectors import STREAMING_DETECTORS, StreamSettings, StrKeyed, epoch_us
+from argus.pipelines.stream_adapters import STREAMING_DETECTORS
+from argus.pipelines.stream_detectors import StreamSettings, StrKeyed, epoch_us
 from argus.schemas.bounds import EventTimeBounds, current_bounds
 from argus.schemas.models import Alert
 from argus.schemas.validate import Rejection, validate
@@ -124,12 +125,16 @@ class StreamConfig:
         from argus.detectors.store import ModelStore
 
         store = ModelStore(self.model_store)
-        for name in self.detectors:
+        for adapter in self.detectors:
+            name = STREAMING_DETECTORS[adapter].name  # the model it scores with
             if store.current_version(name) is None:
                 raise StreamError(
                     f"no {name} model published in {self.model_store}; publish one with "
                     f"`argus batch score --detector {name}` (models in LAKE/models) or point --model-store at it"
                 )
+            problem = STREAMING_DETECTORS[adapter].model_problem(store.load(name))
+            if problem:
+                raise StreamError(f"--detectors {adapter}: {problem}")
 
 
 def check_kafka_access(config: StreamConfig) -> None:

@@ -61,6 +61,7 @@ import math
 import pickle
 import zlib
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -118,6 +119,32 @@ def shard_of(key: str, shards: int) -> str:
     return str(zlib.crc32(key.encode()) % shards)
 
 
+_OPENMP: Any = None  # the loaded OpenMP runtimes (threadpoolctl), found once
+
+
+@contextmanager
+def one_native_thread() -> Iterator[None]:
+    """Run the block with OpenMP (the PU model's trees, FAISS) at one thread in the calling thread.
+
+    A firing scores tens of users: OpenMP's team start-up and spin-waiting then cost more than the
+    work (on two busy cores the fraud PU model's 100 trees took 0.5 s per boundary instead of a few
+    ms), and the runner already gives each bundle its own thread. Results do not change (each row
+    is predicted alone). The runtimes are looked up once (~20 ms); a limit then costs microseconds.
+    OpenMP keeps the setting per thread, hence a block, not a process-wide call in ``setup``.
+    """
+    global _OPENMP
+    if _OPENMP is None:
+        from threadpoolctl import ThreadpoolController
+
+        found = ThreadpoolController().select(user_api="openmp")
+        if not found.lib_controllers:  # nothing loaded yet: nothing to limit, look again next time
+            yield
+            return
+        _OPENMP = found
+    with _OPENMP.limit(limits=1):
+        yield
+
+
 @dataclass(frozen=True)
 class StreamSettings:
     """What every adapter needs: the model store, the event-time tolerances and the key shards."""
@@ -164,6 +191,11 @@ class StreamingDetector:
     def source_stages(self, settings: StreamSettings) -> list[tuple[str, str]]:
         """(stage, shard) of every stateful stage shard that reads the source (their ranges bound the offsets)."""
         raise NotImplementedError
+
+    @classmethod
+    def model_problem(cls, detector: Detector) -> str | None:
+        """Why the published model cannot serve this adapter (one line), or None."""
+        return None
 
 
 def feature_snapshot(
@@ -562,7 +594,8 @@ class _ScoreChatFn(_ScoreBatchFn):
         detector = self.detector()
         window_s = int(detector.params.get("window_s", CONTEXT_WINDOW_S))
         features = chat_feature_rows([(u, s, t) for u, s, t, _, _ in batch], window_s)
-        scores = detector.score(features).reset_index(drop=True)
+        with one_native_thread():
+            scores = detector.score(features).reset_index(drop=True)
         self.scored.inc(len(scores))
         flagged = scores["flagged"].to_numpy()
         for i in np.flatnonzero(flagged):
@@ -717,7 +750,10 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         done.write(boundary)
         if fresh.any():
             touched = _touched_users([items[i] for i in np.flatnonzero(fresh)])
-            yield from self._score_at(self._live.get(), _graph_frames(items, activity), boundary, touched)
+            detector = self._live.get()
+            with one_native_thread():
+                scored = list(self._score_at(detector, _graph_frames(items, activity), boundary, touched))
+            yield from scored
         # One bag entry from now on (fewer, larger reads), without what fell out of the lookback.
         cutoff = boundary - self.lookback_us
         entry = ([item for item in items if item[1] >= cutoff], {k: n for k, n in activity.items() if k[1] >= cutoff})

@@ -44,7 +44,8 @@ def spark() -> Iterator[object]:
     """A local Spark session with the Kafka connector, shared by the batch-job tests."""
     from argus.infra.spark import local_session
 
-    session = local_session("argus-tests", **{"spark.sql.shuffle.partitions": "2", "spark.driver.memory": "1g"})
+    small = {"spark.sql.shuffle.partitions": "2", "spark.databricks.delta.snapshotPartitions": "2"}
+    session = local_session("argus-tests", **small, **{"spark.driver.memory": "1g"})
     yield session
     session.stop()
 

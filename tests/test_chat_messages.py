@@ -158,6 +158,52 @@ def test_em_recovers_planted_signal_rates() -> None:
     assert roc_auc_score(violation, p) >= 0.9
 
 
+def test_a_chant_the_chat_joins_does_not_take_the_violating_class() -> None:
+    # A busy channel: a third of the messages are a chant everyone copies in capitals, a third
+    # off-topic chatter, the rest on topic, and one insult. A two-class fit that lets the chant be
+    # the "violating" class ranks the insult below every chant message.
+    rng = np.random.default_rng(0)
+    topic = ["boss", "fight", "dragon", "heal", "tank", "raid", "loot", "sword"]
+    rows = []
+    for i in range(600):
+        user, draw = f"u{rng.integers(0, 120)}", rng.random()
+        if draw < 0.3:
+            text = "LETS GO TEAM LETS GO"
+        elif draw < 0.6:
+            text = " ".join(f"w{rng.integers(0, 10**6)}" for _ in range(3))
+        else:
+            text = " ".join(rng.choice(topic, 3))
+        rows.append((user, "ch", text, 3.0 * i))
+    rows.append(("troll", "ch", "you are a stupid idiot boss", 1801.0))
+    signals = message_signals(chat(rows))
+    assert signals["copypasta"].mean() > 0.25 and signals["off_topic"].mean() > 0.25
+    model = fit_message_model(signals)
+    p = model.score(signals)
+    assert int(np.argmax(p)) == len(rows) - 1 and p[-1] > 0.5
+    chant = np.array([r[2].startswith("LETS") for r in rows])
+    assert p[chant].max() < 0.05
+    lift = dict(zip(SIGNALS, model.weights()[:, 0], strict=True))
+    assert lift["toxic"] > 1 and lift["hostile_words"] > 1
+    assert lift["copypasta"] < 0.5 and lift["shouting"] < 0.5
+
+
+def test_signals_that_never_fire_in_the_fit_carry_no_weight() -> None:
+    rng = np.random.default_rng(4)
+    violation = rng.random(5_000) < 0.1
+    values = np.zeros((5_000, len(SIGNALS)))
+    values[:, 0] = rng.random(5_000) < np.where(violation, 0.8, 0.01)
+    values[:, 1] = rng.random(5_000) < np.where(violation, 0.6, 0.02)
+    model = fit_message_model(pd.DataFrame(values, columns=list(SIGNALS)))
+    silent = [SIGNALS.index(s) for s in ("link", "mention", "burst")]
+    # Smoothing alone would give a never-seen signal the small class's higher rate: a mention in a
+    # later batch would then count as evidence of a violation.
+    assert np.all(model.weights()[silent] == 0.0)
+    with pytest.raises(ValueError, match="classes must be at least 2"):
+        fit_message_model(pd.DataFrame(values, columns=list(SIGNALS)), classes=1)
+    with pytest.raises(ValueError, match="unknown anchor signal"):
+        fit_message_model(pd.DataFrame(values, columns=list(SIGNALS)), anchors=("swearing",))
+
+
 def test_rate_posterior_by_hand_rises_with_evidence_and_narrows() -> None:
     prior = BetaPrior(1.0, 9.0)
     # Beta(1 + k, 9 + n - k): half of 2 messages, then half of 20.

@@ -595,3 +595,25 @@ def test_bgnbd_alone_reports_its_auc_and_pr_auc_against_who_went_away() -> None:
         "bgnbd_auc": None,
         "bgnbd_pr_auc": None,
     }
+
+
+@pytest.mark.parametrize("users", [500, 501])
+def test_population_figures_from_pooled_counts_equal_those_from_every_user(users: int) -> None:
+    """The nightly job sends the driver counts of equal rows, not users: the figures must not change."""
+    from argus.detectors.btyd import fit_bgnbd
+    from argus.detectors.churn_purchase import median_share
+
+    rng = np.random.default_rng(3)
+    active = rng.integers(1, 20, users)
+    span = active + rng.integers(0, 20, users)
+    pairs = pd.DataFrame({"active": active, "span": span}).value_counts().reset_index()
+    pooled_median = median_share(pairs["active"].to_numpy(), pairs["span"].to_numpy(), pairs["count"].to_numpy())
+    assert pooled_median == float(pd.Series(active / span).median())
+    assert median_share(np.zeros(0), np.zeros(0), np.zeros(0)) is None
+    x = rng.integers(0, 5, users).astype(float)
+    t = x + rng.integers(1, 10, users)
+    t_x = np.minimum(x + rng.integers(0, 3, users), t - 1)
+    rows = pd.DataFrame({"x": x, "t_x": t_x, "t": t}).value_counts().reset_index()
+    assert len(rows) < users / 2
+    pooled = fit_bgnbd(rows["x"], rows["t_x"], rows["t"], weights=rows["count"].to_numpy(dtype=float))
+    assert pooled == fit_bgnbd(x, t_x, t)  # bit for bit

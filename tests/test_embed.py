@@ -6,9 +6,9 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from argus.jobs.embed import _with_gaps
+from argus.jobs.lake import read_pandas
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
@@ -29,7 +29,9 @@ def test_fraud_rings_cluster_together(spark: object, tmp_path: Path) -> None:
     world = World(WorldConfig(users=900, days=6, seed=5, events_per_user_day=25.0, profile="dense"))
     write_world(world, tmp_path)
     result = run_embed(spark, tmp_path, date(2026, 10, 6), dim=16)  # type: ignore[arg-type]
-    table = pq.read_table(result["path"]).to_pandas().set_index("user_id")
+    embedded = read_pandas(tmp_path, "embeddings", date(2026, 10, 6))
+    assert embedded is not None and result["users"] == len(embedded)
+    table = embedded.set_index("user_id")
     vectors = np.stack(table.embedding.to_numpy())
     assert vectors.shape[1] == 16 and np.isfinite(vectors).all()
     unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)

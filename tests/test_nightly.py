@@ -49,11 +49,28 @@ def _alert_ids(lake: Path, day: date) -> dict[str, list[str]]:
 
 
 def _published(lake: Path, day: date) -> dict[str, tuple[int, int]]:
-    """Every published output of ``day`` and each model pointer, by (inode, mtime): a swap changes both."""
-    folders = [lake / kind / f"date={day}" for kind in ("profiles", "embeddings")]
-    folders += [lake / kind / f"detector={name}" / f"date={day}" for kind in ("scores", "alerts") for name in DETECTORS]
-    folders += [lake / "models" / name / "CURRENT" for name in DETECTORS]
-    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in folders}
+    """Every published output of ``day``: each table by (Delta version the manifest names, rows of ``day``),
+    alert folders and model pointers by (inode, mtime), which a swap changes."""
+    from argus.jobs.lake import latest_manifest, read_pandas
+
+    manifest = latest_manifest(lake)
+    assert manifest is not None
+    outputs: dict[str, tuple[int, int]] = {}
+    for table in ["profiles", "embeddings", *(f"scores/detector={name}" for name in DETECTORS)]:
+        rows = read_pandas(lake, table, day, columns=["user_id"])
+        outputs[table] = (manifest.tables[table], 0 if rows is None else len(rows))
+    files = [lake / "alerts" / f"detector={name}" / f"date={day}" for name in DETECTORS]
+    files += [lake / "models" / name / "CURRENT" for name in DETECTORS]
+    outputs.update({str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in files})
+    return outputs
+
+
+def _scores(lake: Path, name: str, day: date) -> pd.DataFrame:
+    from argus.jobs.lake import read_pandas
+
+    scores = read_pandas(lake, f"scores/detector={name}", day)
+    assert scores is not None, f"no {name} scores published for {day}"
+    return scores.sort_values("user_id", ignore_index=True)
 
 
 def test_backfill_runs_every_step_of_every_date_in_one_spark_application(
@@ -71,7 +88,7 @@ def test_backfill_runs_every_step_of_every_date_in_one_spark_application(
     assert list(scored) == DETECTORS
     for name, step in scored.items():
         assert step["users"] > 40 and step["scored"] > 0, step
-        scores = pd.read_parquet(lake / "scores" / f"detector={name}" / f"date={LAST}")
+        scores = _scores(lake, name, LAST)
         assert len(scores) == step["users"] and scores["status"].str.len().gt(0).all()
         assert (lake / "models" / name / "CURRENT").read_text().strip() == step["model_version"]
         assert len(_alert_ids(lake, LAST)[name]) == step["alerts"] == step["flagged"]
@@ -86,14 +103,16 @@ def test_rerunning_a_date_replaces_its_outputs_with_the_same_alert_ids(
     lake = backfilled[0]
     before_ids = _alert_ids(lake, LAST)
     before = _published(lake, LAST)
-    scores = pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={LAST}")
+    scores = _scores(lake, "evaders", LAST)
     summary, code = run_nightly(spark, lake, [LAST], DETECTORS, report=lambda step: None)  # type: ignore[arg-type]
     assert code == 0 and summary["dates"] == [str(LAST)]
     assert _alert_ids(lake, LAST) == before_ids
     assert sum(map(len, before_ids.values())) > 0
     after = _published(lake, LAST)
-    assert all(after[p][0] != before[p][0] for p in before if not p.endswith("CURRENT"))  # replaced, not appended
-    rescored = pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={LAST}")
+    assert all(after[p][0] != before[p][0] for p in before if not p.endswith("CURRENT"))  # a new version each
+    tables = [p for p in before if not p.startswith(str(lake))]
+    assert all(after[t][1] == before[t][1] > 0 for t in tables)  # the date replaced, not appended
+    rescored = _scores(lake, "evaders", LAST)
     pd.testing.assert_frame_equal(rescored, scores)
 
 

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from argus.jobs.lake import read_pandas
 from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.world.sinks import lake_path
 
@@ -103,7 +104,9 @@ def profiles(spark: object, tmp_path_factory: pytest.TempPathFactory) -> dict[st
         ],
     )
     result = run_profile(spark, lake, DAY)  # type: ignore[arg-type]
-    table = pq.read_table(result["path"]).to_pylist()
+    published = read_pandas(lake, "profiles", DAY)
+    assert published is not None and result["table"] == "profiles"
+    table = pa.Table.from_pandas(published, preserve_index=False).to_pylist()  # NaN read back as None
     return {row["user_id"]: row for row in table}
 
 

@@ -25,11 +25,19 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def _published_scores(lake: Path) -> pd.DataFrame:
+    from argus.jobs.lake import read_pandas
+
+    scores = read_pandas(lake, "scores/detector=evaders", DAY)
+    assert scores is not None
+    return scores.sort_values("user_id", ignore_index=True)
+
+
 def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) -> None:
     from argus.jobs.score import run_score
 
     first = run_score(spark, lake, DAY, "evaders", days=3)  # type: ignore[arg-type]
-    published = pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={DAY}")
+    published = _published_scores(lake)
     assert len(published) == first["users"] > 250
     assert published["status"].str.len().gt(0).all()
     assert (Path(first["model"]) / "model.json").is_file()
@@ -38,7 +46,7 @@ def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) 
     assert len(alerts) == first["flagged"]
     again = run_score(spark, lake, DAY, "evaders", days=3)  # type: ignore[arg-type]
     assert again["model_version"] == first["model_version"]
-    pd.testing.assert_frame_equal(pd.read_parquet(lake / "scores" / "detector=evaders" / f"date={DAY}"), published)
+    pd.testing.assert_frame_equal(_published_scores(lake), published)
     # A saved model scores without refitting.
     loaded = run_score(spark, lake, DAY, "evaders", days=3, model=Path(first["model"]))  # type: ignore[arg-type]
     assert loaded["model_version"] == first["model_version"]

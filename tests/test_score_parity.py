@@ -33,16 +33,27 @@ def lake(tmp_path_factory: pytest.TempPathFactory, spark: object) -> tuple[Path,
     return root, day
 
 
+def _published(lake: Path, table: str, day: date) -> pd.DataFrame:
+    from argus.jobs.lake import read_pandas
+
+    frame = read_pandas(lake, table, day)
+    assert frame is not None, f"nothing published in {lake}/{table} for {day}"
+    return frame
+
+
 def _pandas_scores(name: str, lake: Path, day: date) -> tuple[pd.DataFrame, Detector]:
     """What `argus detect` computes: the detector's features, fit and score in one pandas process."""
     from argus.jobs.feature_blocks import profile_frame
 
     detector = detector_class(name)()
     if name == "trolls":
-        features = profile_frame(pd.read_parquet(lake / "profiles" / f"date={day}"))
+        features = profile_frame(_published(lake, "profiles", day))
     else:
         features = detector.features(load_events(lake))
     scores = detector.fit(features).score(features)
+    if name == "trolls":  # as the nightly job does: the message part from the night's chat, whole channels
+        chat = load_events(lake)["chat"]
+        detector.fit_messages(chat[chat["ts"].dt.date == day])  # type: ignore[attr-defined]
     assert detector.state is not None
     return scores, detector
 
@@ -88,7 +99,7 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
         window=window,
         block_users=BLOCK_USERS,
     )
-    batch = pd.read_parquet(root / "scores" / f"detector={name}" / f"date={day}").set_index("user_id")
+    batch = _published(root, f"scores/detector={name}", day).set_index("user_id")
     expected, fitted = _pandas_scores(name, root, day)
     expected = expected.set_index("user_id")
     assert result["users"] == len(batch) == len(expected) > 2 * BLOCK_USERS
@@ -99,8 +110,9 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
     assert (batch["status"] == expected["status"]).all()
     assert (batch["reasons"] == expected["reasons"].map(reasons_text)).all()
     assert expected["score"].notna().sum() >= 5
-    # The same model: fitted on the same features.
+    # The same model: fitted on the same features, so the same version too.
     assert _same(detector_class(name).load(Path(result["model"])).state, fitted.state)
+    assert result["model_version"] == fitted.model_version
     if name != "fraud":  # fraud ranks a user's payments against everyone's: its evidence may order differently
         events = load_events(root)
         features = None if name == "trolls" else fitted.features(events)
@@ -112,6 +124,40 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
             (a.alert_id, a.score, a.evidence_event_ids) for a in sorted(pandas_alerts, key=lambda a: a.user_id)
         ]
     assert len(alerts) == result["flagged"] == int(expected["flagged"].sum())
+
+
+@pytest.mark.parametrize(
+    ("name", "params"), [("evaders", {}), ("churn", {}), ("churn", {"mode": "purchase"}), ("fraud", {})]
+)
+def test_event_features_are_built_in_blocks_equal_to_the_pandas_features(
+    name: str, params: dict[str, str], spark: object, lake: tuple[Path, date]
+) -> None:
+    from argus.jobs.feature_blocks import concat_blocks, event_blocks, type_columns, unpack
+    from argus.jobs.score import night_window
+
+    root, day = lake
+    window = night_window(spark, root, day, WORLD.days)  # type: ignore[arg-type]
+    columns = type_columns(spark, root, day)  # type: ignore[arg-type]
+    blocks = event_blocks(spark, window, columns, detector_class(name)(**params), BLOCK_USERS)  # type: ignore[arg-type]
+    rows = blocks.orderBy("block").collect()
+    expected = detector_class(name)(**params).features(load_events(root))
+    assert sum(r["users"] for r in rows) == len(expected) > 4 * BLOCK_USERS
+    # Every block but evaders' core (block 0: new and banned accounts and their households) is a
+    # hash share of the users, built by its own task from its users' events.
+    assert len(rows) >= 4 and max(r["users"] for r in rows if r["block"] > 0) < 2 * BLOCK_USERS
+    assert (rows[0]["block"] == 0) == (name == "evaders")
+    built = concat_blocks([unpack(r["frame"]) for r in rows])
+    assert built.attrs == expected.attrs
+    assert list(built.columns) == list(expected.columns) and list(built.index) == list(expected.index)
+    for column in expected.columns:
+        if expected[column].dtype == object:
+            assert all(_same(a, b) for a, b in zip(built[column], expected[column], strict=True)), column
+        elif isinstance(expected[column].dtype, pd.DatetimeTZDtype):  # ms from pyarrow, ns through Spark
+            assert built[column].dt.as_unit("ns").equals(expected[column].dt.as_unit("ns")), column
+        else:
+            pd.testing.assert_series_equal(built[column], expected[column], check_exact=True)
+    if params.get("mode") == "purchase":  # BG/NBD fitted on everyone, from counts pooled over the blocks
+        assert expected["bgnbd_p_churn"].notna().sum() > len(expected) / 2
 
 
 def test_the_fit_sample_is_bounded(spark: object, lake: tuple[Path, date]) -> None:

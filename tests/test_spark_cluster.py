@@ -82,8 +82,12 @@ def nights(
     return results
 
 
-def _outputs(lake: Path, kind: str) -> pd.DataFrame:
-    return pd.read_parquet(lake / kind).sort_values("user_id").reset_index(drop=True)
+def _outputs(lake: Path, table: str) -> pd.DataFrame:
+    from argus.jobs.lake import read_pandas
+
+    frame = read_pandas(lake, table, NIGHT)
+    assert frame is not None, f"nothing published in {lake}/{table} for {NIGHT}"
+    return frame.sort_values("user_id").reset_index(drop=True)
 
 
 def test_the_nightly_chain_runs_on_the_standalone_cluster_executors(
@@ -121,14 +125,12 @@ def test_the_cluster_run_publishes_what_the_local_run_publishes(
     # Same counts, same model versions (content hashes of the fitted models), same alert totals.
     assert per_step(cluster_steps, cluster_lake) == per_step(local_steps, local_lake)
     for kind in ("profiles", "embeddings"):
-        pd.testing.assert_frame_equal(
-            _outputs(cluster_lake / kind, f"date={NIGHT}"), _outputs(local_lake / kind, f"date={NIGHT}")
-        )
+        pd.testing.assert_frame_equal(_outputs(cluster_lake, kind), _outputs(local_lake, kind))
     for name in DETECTORS:
         where = f"detector={name}/date={NIGHT}"
-        scores = _outputs(cluster_lake / "scores", where)
+        scores = _outputs(cluster_lake, f"scores/detector={name}")
         assert len(scores) > 40 and scores["score"].notna().any(), name
-        pd.testing.assert_frame_equal(scores, _outputs(local_lake / "scores", where))
+        pd.testing.assert_frame_equal(scores, _outputs(local_lake, f"scores/detector={name}"))
         alerts = [(cluster_lake / "alerts" / where / "alerts.jsonl"), (local_lake / "alerts" / where / "alerts.jsonl")]
         assert alerts[0].read_text() == alerts[1].read_text(), name
         assert (cluster_lake / "models" / name / "CURRENT").read_text() == (

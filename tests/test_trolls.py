@@ -186,6 +186,24 @@ def test_raid_is_found_as_one_group() -> None:
     assert find_raids(chat([])) == []
 
 
+def test_raid_in_a_quiet_channel_is_found_though_it_fills_the_whole_window() -> None:
+    # A channel with a few messages an hour; six new accounts flood it for five minutes and are the
+    # only senders of that window, so the window's own median is the raid's (no burst against it).
+    rng = np.random.default_rng(2)
+    rows = []
+    topic = ["boss", "fight", "heal", "tank", "loot", "raid", "pull", "wipe"]
+    for user in range(12):
+        for t in rng.uniform(0, 12 * 3600, 4):
+            rows.append((f"reg{user:02d}", "quiet", " ".join(rng.choice(topic, 3)), float(t)))
+    rows = [r for r in rows if not 6 * 3600 - 900 <= r[3] <= 6 * 3600 + 1800]  # the raid's windows hold nobody else
+    for user in range(6):
+        for t in rng.uniform(6 * 3600, 6 * 3600 + 300, 8):
+            rows.append((f"raider{user}", "quiet", "you all suck", float(t)))
+    raids = find_raids(chat(rows))
+    assert [r.members for r in raids] == [[f"raider{u}" for u in range(6)]]
+    assert raids[0].channel == "quiet" and raids[0].rate_vs_norm >= 4
+
+
 def test_raid_recall_on_a_world_with_raids() -> None:
     world = World(WorldConfig(users=600, days=2, seed=5, events_per_user_day=40.0, raid_groups=4, profile="dense"))
     raids = find_raids(events_of(world)["chat"])

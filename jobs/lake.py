@@ -1,0 +1,356 @@
+"""The lake's tables: Delta Lake tables, written and read through this module only.
+
+Tables (each a Delta table under the lake root, partitioned by a string ``date`` column):
+``profiles``, ``embeddings`` and ``scores/detector=<name>`` (published by ``argus.jobs.publish``).
+
+Every write of a date is one Delta commit that replaces exactly that date (``replaceWhere``): a
+reader sees the whole previous date or the whole new one, other dates are untouched, and writing
+the same rows again gives the same table. Delta keeps earlier versions (time travel) until VACUUM.
+
+A publication spans several tables (a night's profiles, embeddings and scores). It ends with one
+*manifest*, ``LAKE/_manifests/<sequence>.json``: every published table and the Delta version to
+read. The manifest is a single small object written in one put (a rename on a local disk), so it is
+the night's commit point: readers read the versions the newest manifest names, and a run that
+crashes before its manifest leaves the previous night fully visible. Older manifests are the
+previous nights: ``manifest_before`` / ``version=`` read them (until VACUUM removes their files).
+
+Locations: a local folder (the default) or a URI Spark's Hadoop file systems know (``s3a://``,
+``gs://``, ``hdfs://``, ``abfss://``); ``lake_location`` parses both, and keeps a URI a URI.
+Readers outside Spark (pandas) read through ``deltalake`` (delta-rs), never by listing Parquet
+files: a Delta table's folder also holds the files of replaced versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyarrow.fs import FileSystem
+    from pyspark.sql import DataFrame, SparkSession
+
+Lake = Path | str
+PARTITION = "date"
+MANIFESTS = "_manifests"
+# Delta's own default (delta.deletedFileRetentionDuration): a week of nights stays readable.
+DEFAULT_RETAIN_HOURS = 168
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+# Hadoop's scheme -> the scheme pyarrow and delta-rs use for the same store.
+_NATIVE_SCHEME = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}
+SUPPORTED_SCHEMES = ("file", "s3a", "s3", "gs", "hdfs", "abfs", "abfss")
+
+
+class LakeError(ValueError):
+    """A lake location or table the user named is unusable; the message says what to do."""
+
+
+def lake_location(value: Lake) -> Lake:
+    """A local folder as an absolute ``Path``; a URI (``s3a://bucket/lake``) as the same string, never a path."""
+    text = str(value)
+    match = _SCHEME.match(text)
+    if match is None:
+        return Path(text).expanduser().resolve()
+    scheme = match.group(1).lower()
+    if scheme not in SUPPORTED_SCHEMES:
+        known = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
+        raise LakeError(f"--lake {text}: unknown scheme {scheme}://; use a folder or one of {known}")
+    if scheme == "file":
+        return Path(text.removeprefix("file://")).resolve()
+    if not text[match.end() :].strip("/"):
+        raise LakeError(f"--lake {text}: name a bucket or host and a folder, e.g. {scheme}://bucket/lake")
+    return text.rstrip("/")
+
+
+def is_uri(lake: Lake) -> bool:
+    return not isinstance(lake, Path) and _SCHEME.match(str(lake)) is not None
+
+
+def join(lake: Lake, *parts: str) -> Lake:
+    """``lake / parts``, keeping a URI a URI."""
+    if is_uri(lake):
+        return "/".join([str(lake).rstrip("/"), *parts])
+    return Path(lake).joinpath(*parts)
+
+
+def local_root(lake: Lake, what: str) -> Path:
+    """The lake as a local folder, for outputs that are plain files; a clear error for a URI lake."""
+    if is_uri(lake):
+        raise LakeError(f"--lake {lake}: {what} needs a local (or mounted) lake folder")
+    return Path(lake)
+
+
+def job_lake(value: str) -> Path:
+    """``--lake`` of a spark-submit job (an argparse type). The jobs also keep plain files in the lake
+    (events landed by import and generate, the model store, quality results, ingest offsets, alert
+    files), which they read and write as local files, so a job's lake is a local or mounted folder."""
+    import argparse
+
+    try:
+        return local_root(lake_location(value), "the batch jobs' plain files (events, models, alerts)")
+    except LakeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def logs_folder(lake: Lake) -> Path:
+    """Where the CLI keeps Spark's output: ``LAKE/_logs``, or ``$ARGUS_HOME/logs`` beside a URI lake."""
+    if is_uri(lake):
+        from argus.infra.maven import argus_home
+
+        return argus_home() / "logs"
+    return Path(lake) / "_logs"
+
+
+def table_location(lake: Lake, table: str) -> str:
+    """Where Spark reads and writes ``table`` (a path for a local lake, the URI otherwise)."""
+    return str(join(lake, *table.split("/")))
+
+
+def native_location(location: str) -> str:
+    """``location`` as pyarrow and delta-rs name it (``s3a://`` is ``s3://`` outside Hadoop)."""
+    match = _SCHEME.match(location)
+    if match is None:
+        return location
+    scheme = match.group(1).lower()
+    return _NATIVE_SCHEME.get(scheme, scheme) + location[match.end() - 3 :]
+
+
+# --- writing and reading with Spark ---------------------------------------------------------
+
+
+def write_date(spark: SparkSession, frame: DataFrame, lake: Lake, table: str, day: date) -> int:
+    """Replace ``day`` of ``table`` with ``frame`` in one Delta commit; the table's new version.
+
+    Other dates stay as they were; the table is created on its first write. New columns are added
+    to the table's schema (a detector that gains a feature); rows of other dates read them as null.
+    """
+    from pyspark.sql import functions as F
+
+    iso = day.isoformat()
+    (
+        frame.withColumn(PARTITION, F.lit(iso))
+        .write.format("delta")
+        .mode("overwrite")
+        .option("replaceWhere", f"{PARTITION} = '{iso}'")
+        .option("mergeSchema", "true")
+        .partitionBy(PARTITION)
+        .save(table_location(lake, table))
+    )
+    version = latest_version(spark, lake, table)
+    assert version is not None, f"{table} has no version right after a write"
+    return version
+
+
+def latest_version(spark: SparkSession, lake: Lake, table: str) -> int | None:
+    """The table's newest Delta version; None when ``table`` is not a Delta table (yet)."""
+    location = table_location(lake, table)
+    if not _delta_table_exists(spark, location):
+        return None
+    row = spark.sql(f"DESCRIBE HISTORY delta.`{location}` LIMIT 1").select("version").first()
+    return None if row is None else int(row["version"])
+
+
+def restore(spark: SparkSession, lake: Lake, table: str, version: int) -> None:
+    """Make ``version`` the table's content again, as a new commit (a failed run's writes undone)."""
+    spark.sql(f"RESTORE TABLE delta.`{table_location(lake, table)}` TO VERSION AS OF {int(version)}")
+
+
+def read_spark(
+    spark: SparkSession, lake: Lake, table: str, day: date | None = None, version: int | None = None
+) -> DataFrame | None:
+    """``table`` (one date without its ``date`` column, or every date) at ``version``, else at the
+    version the newest manifest publishes; None when it is not published or lacks ``day``."""
+    from pyspark.sql import functions as F
+
+    if version is None:
+        version = published_version(lake, table)
+    if version is None:
+        return None
+    frame = spark.read.format("delta").option("versionAsOf", version).load(table_location(lake, table))
+    if day is None:
+        return frame
+    frame = frame.where(F.col(PARTITION) == day.isoformat()).drop(PARTITION)
+    return None if frame.isEmpty() else frame
+
+
+def _delta_table_exists(spark: SparkSession, location: str) -> bool:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    assert jvm is not None
+    return bool(jvm.io.delta.tables.DeltaTable.isDeltaTable(spark._jsparkSession, location))  # type: ignore[attr-defined]
+
+
+# --- reading without Spark ------------------------------------------------------------------
+
+
+def read_pandas(
+    lake: Lake,
+    table: str,
+    day: date | None = None,
+    columns: list[str] | None = None,
+    version: int | None = None,
+) -> pd.DataFrame | None:
+    """``read_spark`` for pandas readers (report, evaluations, demo) through delta-rs; the same rows."""
+    from deltalake import DeltaTable
+
+    if version is None:
+        version = published_version(lake, table)
+    if version is None:
+        return None
+    delta = DeltaTable(native_location(table_location(lake, table)), version=version)
+    if day is None:
+        return delta.to_pandas(columns=columns)
+    wanted = None if columns is None else [c for c in columns if c != PARTITION]
+    frame = delta.to_pandas(filters=[(PARTITION, "=", day.isoformat())], columns=wanted)
+    if not len(frame):
+        return None
+    return frame.drop(columns=[PARTITION], errors="ignore")
+
+
+def write_date_pandas(frame: pd.DataFrame, lake: Lake, table: str, day: date) -> int:
+    """``write_date`` without Spark (delta-rs), for small tables built in pandas; the new version."""
+    import pyarrow as pa
+    from deltalake import DeltaTable, write_deltalake
+
+    iso = day.isoformat()
+    location = native_location(table_location(lake, table))
+    data = pa.Table.from_pandas(frame.assign(**{PARTITION: iso}), preserve_index=False)
+    write_deltalake(location, data, mode="overwrite", partition_by=[PARTITION], predicate=f"{PARTITION} = '{iso}'")
+    return int(DeltaTable(location).version())
+
+
+def published_dates(lake: Lake, table: str) -> list[str]:
+    """The dates the newest manifest's version of ``table`` holds, oldest first."""
+    from deltalake import DeltaTable
+
+    version = published_version(lake, table)
+    if version is None:
+        return []
+    delta = DeltaTable(native_location(table_location(lake, table)), version=version)
+    return sorted({p[PARTITION] for p in delta.partitions()})
+
+
+# --- the manifest: one commit point for several tables --------------------------------------
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What one publication made visible: every published table and the Delta version to read."""
+
+    sequence: int
+    tables: dict[str, int]
+    name: str = ""
+    changed: list[str] = field(default_factory=list)
+    committed_at: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sequence": self.sequence,
+            "name": self.name,
+            "committed_at": self.committed_at,
+            "changed": self.changed,
+            "tables": dict(sorted(self.tables.items())),
+        }
+
+
+def latest_manifest(lake: Lake) -> Manifest | None:
+    """The newest manifest; None before the first publication."""
+    sequences = _manifest_sequences(lake)
+    return read_manifest(lake, sequences[-1]) if sequences else None
+
+
+def manifest_before(lake: Lake, sequence: int) -> Manifest | None:
+    """The newest manifest older than ``sequence`` (the previous night's); None when there is none."""
+    older = [s for s in _manifest_sequences(lake) if s < sequence]
+    return read_manifest(lake, older[-1]) if older else None
+
+
+def read_manifest(lake: Lake, sequence: int) -> Manifest:
+    fs, root = _filesystem(lake)
+    with fs.open_input_stream(f"{root}/{MANIFESTS}/{sequence:020d}.json") as stream:
+        data = json.loads(stream.read())
+    return Manifest(data["sequence"], data["tables"], data["name"], data["changed"], data["committed_at"])
+
+
+def published_version(lake: Lake, table: str) -> int | None:
+    manifest = latest_manifest(lake)
+    return None if manifest is None else manifest.tables.get(table)
+
+
+def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest:
+    """Publish ``versions`` on top of the newest manifest, in one put: the publication's commit point.
+
+    One publisher at a time (the nightly chain, or one job): two concurrent publishers could pick the
+    same sequence, and the later put wins.
+    """
+    previous = latest_manifest(lake)
+    tables = {**(previous.tables if previous else {}), **versions}
+    sequence = previous.sequence + 1 if previous else 1
+    committed = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest = Manifest(sequence, tables, name, sorted(versions), committed)
+    _put(lake, f"{MANIFESTS}/{sequence:020d}.json", json.dumps(manifest.to_json(), indent=2).encode())
+    return manifest
+
+
+def manifests(lake: Lake) -> list[Manifest]:
+    """Every manifest, oldest first: the lake's publication history."""
+    return [read_manifest(lake, sequence) for sequence in _manifest_sequences(lake)]
+
+
+def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS, dry_run: bool = True) -> dict[str, int]:
+    """Delete the files of every published table that no version of the last ``retain_hours`` needs
+    (delta-rs VACUUM); files per table (to delete, with ``dry_run``). Older versions, and the nights
+    of manifests that name them, are no longer readable afterwards."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+
+    newest = latest_manifest(lake)
+    removed: dict[str, int] = {}
+    for table in sorted(newest.tables if newest else {}):
+        delta = DeltaTable(native_location(table_location(lake, table)))
+        try:
+            files = delta.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=True)
+        except DeltaError as exc:  # a retention below the table's own (a week unless configured)
+            raise LakeError(f"--retain-hours {retain_hours}: {exc}") from exc
+        removed[table] = len(files)
+    return removed
+
+
+def _manifest_sequences(lake: Lake) -> list[int]:
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, root = _filesystem(lake)
+    infos = fs.get_file_info(FileSelector(f"{root}/{MANIFESTS}", allow_not_found=True))
+    names = [Path(i.path).name for i in infos if i.type == FileType.File]
+    return sorted(int(n.removesuffix(".json")) for n in names if re.fullmatch(r"\d{20}\.json", n))
+
+
+def _put(lake: Lake, relative: str, data: bytes) -> None:
+    """One object written whole: a single put on object storage, write-then-rename on a local disk."""
+    if not is_uri(lake):
+        target = Path(lake) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+        return
+    from pyarrow.fs import LocalFileSystem
+
+    fs, root = _filesystem(lake)
+    if isinstance(fs, LocalFileSystem):  # a file:// URI; object stores have no folders to create
+        fs.create_dir(f"{root}/{relative.rsplit('/', 1)[0]}", recursive=True)
+    with fs.open_output_stream(f"{root}/{relative}") as stream:
+        stream.write(data)
+
+
+def _filesystem(lake: Lake) -> tuple[FileSystem, str]:
+    from pyarrow.fs import FileSystem, LocalFileSystem
+
+    if not is_uri(lake):
+        return LocalFileSystem(), str(lake)
+    fs, root = FileSystem.from_uri(native_location(str(lake)))
+    return fs, root.rstrip("/")

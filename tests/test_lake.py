@@ -1,0 +1,197 @@
+"""The lake's Delta tables: a date replaced in one commit, a night published by one manifest, time travel,
+the pandas reader against Spark's, and lake URIs kept as URIs."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from argus.jobs import lake as tables
+from argus.jobs.lake import LakeError, lake_location
+
+D1, D2 = date(2026, 10, 1), date(2026, 10, 2)
+
+
+def _frame(spark: Any, users: list[str], value: float) -> Any:
+    return spark.createDataFrame(pd.DataFrame({"user_id": users, "score": [value] * len(users)}))
+
+
+def _rows(frame: Any) -> list[tuple[str, float]]:
+    if frame is None:
+        return []
+    if isinstance(frame, pd.DataFrame):
+        return sorted(zip(frame["user_id"], frame["score"], strict=True))
+    return sorted((r["user_id"], r["score"]) for r in frame.collect())
+
+
+def test_lake_locations_keep_uris_as_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert lake_location("s3a://bucket/lake/") == "s3a://bucket/lake"
+    assert lake_location("gs://bucket/lake") == "gs://bucket/lake"
+    assert lake_location("hdfs://namenode:8020/argus/lake") == "hdfs://namenode:8020/argus/lake"
+    assert lake_location("lake") == tmp_path / "lake"
+    assert lake_location(f"file://{tmp_path}/lake") == tmp_path / "lake"
+    assert tables.join("s3a://bucket/lake", "scores", "detector=fraud") == "s3a://bucket/lake/scores/detector=fraud"
+    assert tables.native_location("s3a://bucket/lake/profiles") == "s3://bucket/lake/profiles"
+    with pytest.raises(LakeError, match="--lake ftp://host/lake: unknown scheme ftp://"):
+        lake_location("ftp://host/lake")
+    with pytest.raises(LakeError, match="name a bucket"):
+        lake_location("s3a://")
+    with pytest.raises(LakeError, match="needs a local"):
+        tables.local_root("s3a://bucket/lake", "the model store")
+
+
+def test_the_cli_passes_an_object_store_lake_on_as_a_uri(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    args = ["batch", "profile", "--date", str(D1), "--lake", "s3a://bucket/lake", "--print-command"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "--lake s3a://bucket/lake " in result.output and "s3a:/bucket" not in result.output
+    wrong = CliRunner().invoke(app, ["batch", "profile", "--date", str(D1), "--lake", "ftp://host/lake"])
+    assert wrong.exit_code != 0 and "--lake ftp://host/lake: unknown scheme ftp://" in str(wrong.exception)
+
+
+def test_a_date_is_replaced_in_one_commit_and_a_rerun_changes_nothing(spark: Any, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    first = tables.write_date(spark, _frame(spark, ["a", "b"], 1.0), lake, "scores", D1)
+    tables.write_date(spark, _frame(spark, ["a", "c"], 2.0), lake, "scores", D2)
+    replaced = tables.write_date(spark, _frame(spark, ["b", "d", "e"], 3.0), lake, "scores", D2)
+    again = tables.write_date(spark, _frame(spark, ["b", "d", "e"], 3.0), lake, "scores", D2)
+    assert (first, replaced, again) == (0, 2, 3)  # one commit each
+    for version in (replaced, again):
+        assert _rows(tables.read_pandas(lake, "scores", D2, version=version)) == [("b", 3.0), ("d", 3.0), ("e", 3.0)]
+        assert _rows(tables.read_pandas(lake, "scores", D1, version=version)) == [("a", 1.0), ("b", 1.0)]
+    # Time travel: the version before the replacement still holds the old date.
+    assert _rows(tables.read_spark(spark, lake, "scores", D2, version=replaced - 1)) == [("a", 2.0), ("c", 2.0)]
+    assert tables.read_spark(spark, lake, "scores", D2) is None  # written, but no manifest publishes it
+
+
+def test_a_night_is_published_by_its_manifest_and_a_failed_night_leaves_the_previous_one(
+    spark: Any, tmp_path: Path
+) -> None:
+    from argus.jobs.publish import Publication
+
+    lake = tmp_path / "lake"
+    night = Publication(lake, "nightly-1", deferred=True)
+    night.write(spark, _frame(spark, ["a", "b"], 1.0), "profiles", D1)
+    night.write(spark, _frame(spark, ["a", "b"], 0.5), "scores/detector=fraud", D1)
+    assert tables.latest_manifest(lake) is None and tables.read_pandas(lake, "profiles", D1) is None
+    assert _rows(night.read(spark, "profiles", D1)) == [("a", 1.0), ("b", 1.0)]  # the run reads its own writes
+    night.commit()
+    published = tables.latest_manifest(lake)
+    assert published is not None and published.sequence == 1
+    assert published.tables == {"profiles": 0, "scores/detector=fraud": 0}
+
+    # The next night rewrites the same date and fails after its first table: nothing of it is visible.
+    failing = Publication(lake, "nightly-2", deferred=True)
+    failing.write(spark, _frame(spark, ["z"], 9.0), "profiles", D1)
+    failing.discard()
+    assert tables.latest_manifest(lake) == published
+    assert _rows(tables.read_pandas(lake, "profiles", D1)) == [("a", 1.0), ("b", 1.0)]
+    newest = tables.latest_version(spark, lake, "profiles")
+    restored = tables.read_pandas(lake, "profiles", D1, version=newest)
+    assert _rows(restored) == [("a", 1.0), ("b", 1.0)]  # the table itself is back at the published content
+
+    # A crash that never reached discard: the manifest still names the old versions, and the next
+    # publication first undoes the orphaned version before writing its own.
+    crashed = Publication(lake, "nightly-3", deferred=True)
+    crashed.write(spark, _frame(spark, ["y"], 8.0), "scores/detector=fraud", D1)
+    assert _rows(tables.read_pandas(lake, "scores/detector=fraud", D1)) == [("a", 0.5), ("b", 0.5)]
+    rerun = Publication(lake, "nightly-3", deferred=True)
+    rerun.write(spark, _frame(spark, ["x"], 7.0), "scores/detector=fraud", D2)
+    rerun.commit()
+    assert _rows(tables.read_pandas(lake, "scores/detector=fraud", D1)) == [("a", 0.5), ("b", 0.5)]
+    assert _rows(tables.read_pandas(lake, "scores/detector=fraud", D2)) == [("x", 7.0)]
+
+    # Time travel to the previous night through the manifest before the newest.
+    newest = tables.latest_manifest(lake)
+    assert newest is not None and newest.sequence == 2 and newest.changed == ["scores/detector=fraud"]
+    previous = tables.manifest_before(lake, newest.sequence)
+    assert previous == published
+    old = previous.tables["scores/detector=fraud"]
+    assert tables.read_pandas(lake, "scores/detector=fraud", D2, version=old) is None
+    assert tables.published_dates(lake, "scores/detector=fraud") == [str(D1), str(D2)]
+
+
+def test_the_pandas_reader_reads_what_spark_reads_on_a_uri_lake(spark: Any, tmp_path: Path) -> None:
+    lake = f"file://{tmp_path}/lake"  # a URI, so the object-store code paths run: Hadoop FS, pyarrow FS, delta-rs
+    frame = spark.createDataFrame(
+        pd.DataFrame(
+            {
+                "user_id": [f"u{n}" for n in range(50)],
+                "score": [n / 50 for n in range(50)],
+                "flagged": [n % 3 == 0 for n in range(50)],
+                "reasons": [[f"r{n}"] for n in range(50)],
+            }
+        )
+    )
+    version = tables.write_date(spark, frame, lake, "scores/detector=churn", D1)
+    tables.commit_manifest(lake, {"scores/detector=churn": version}, "scores-churn")
+    assert (tmp_path / "lake" / "_manifests" / f"{1:020d}.json").is_file()
+    from_spark = tables.read_spark(spark, lake, "scores/detector=churn", D1)
+    from_pandas = tables.read_pandas(lake, "scores/detector=churn", D1)
+    assert from_spark is not None and from_pandas is not None
+    expected = from_spark.toPandas().sort_values("user_id", ignore_index=True)
+    actual = from_pandas.sort_values("user_id", ignore_index=True)[list(expected.columns)]
+    actual["reasons"] = actual["reasons"].map(list)
+    expected["reasons"] = expected["reasons"].map(list)
+    pd.testing.assert_frame_equal(actual, expected, check_dtype=False)
+    assert len(actual) == 50 and actual["flagged"].sum() == 17
+
+
+def test_history_lists_publications_and_vacuum_keeps_the_retention(tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    lake = tmp_path / "lake"
+    for value in (1.0, 2.0):  # delta-rs writes the same tables without Spark
+        frame = pd.DataFrame({"user_id": ["a", "b"], "score": [value, value]})
+        version = tables.write_date_pandas(frame, lake, "scores/detector=fraud", D1)
+        tables.commit_manifest(lake, {"scores/detector=fraud": version}, f"night-{value}")
+    assert _rows(tables.read_pandas(lake, "scores/detector=fraud", D1)) == [("a", 2.0), ("b", 2.0)]
+    runner = CliRunner()
+    history = runner.invoke(app, ["lake", "history", "--lake", str(lake)])
+    assert history.exit_code == 0, history.output
+    lines = [json.loads(line) for line in history.output.splitlines()]
+    assert [(m["sequence"], m["name"], m["tables"]) for m in lines] == [
+        (1, "night-1.0", {"scores/detector=fraud": 0}),
+        (2, "night-2.0", {"scores/detector=fraud": 1}),
+    ]
+    kept = runner.invoke(app, ["lake", "vacuum", "--lake", str(lake), "--no-dry-run"])
+    assert kept.exit_code == 0, kept.output
+    assert json.loads(kept.output)["files"] == {"scores/detector=fraud": 0}  # version 0 is younger than a week
+    assert _rows(tables.read_pandas(lake, "scores/detector=fraud", D1, version=0)) == [("a", 1.0), ("b", 1.0)]
+    refused = runner.invoke(app, ["lake", "vacuum", "--lake", str(lake), "--retain-hours", "1"])
+    assert refused.exit_code != 0 and "--retain-hours 1:" in str(refused.exception)
+
+
+def test_forget_erases_a_user_from_every_version_of_a_delta_table(tmp_path: Path) -> None:
+    from argus.forget import forget
+
+    lake = tmp_path / "lake"
+    table = "scores/detector=evaders"
+    for value in (1.0, 2.0):
+        frame = pd.DataFrame({"user_id": ["gone", "kept"], "score": [value, value]})
+        tables.commit_manifest(lake, {table: tables.write_date_pandas(frame, lake, table, D1)}, f"night-{value}")
+
+    def holding_the_user() -> list[Path]:
+        return [p for p in (lake / "scores").rglob("*.parquet") if b"gone" in p.read_bytes()]
+
+    assert len(holding_the_user()) == 2  # both versions' files name the user
+    report = forget(lake, ["gone"], kafka=False)
+    assert report.tables == {"scores/evaders": 1}
+    assert _rows(tables.read_pandas(lake, table, D1)) == [("kept", 2.0)]
+    manifest = tables.latest_manifest(lake)
+    assert manifest is not None and manifest.name == "forget" and manifest.tables[table] == 2
+    assert holding_the_user() == []  # the older version's files went with VACUUM
+    assert forget(lake, ["gone"], kafka=False).tables == {}  # a rerun finds nothing left

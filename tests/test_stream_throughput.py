@@ -1,0 +1,139 @@
+"""What keeps the streaming pipeline's per-event cost down, checked by behaviour (never by timing)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import uuid
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from argus.detectors.chat_features import _goal_ranks, chat_context_features
+from argus.pipelines.kafka_io import KafkaRecord, SourceBatch, TopicRestriction, _raw_record, _ReadTopicFn
+from argus.pipelines.stream_detectors import one_native_thread
+
+
+def test_scoring_blocks_run_openmp_on_one_thread_and_restore_it() -> None:
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    before = _openmp_effective_n_threads()
+    seen: list[int] = []
+
+    def in_a_worker_thread() -> None:  # the runner calls DoFns from its own threads
+        with one_native_thread():
+            seen.append(_openmp_effective_n_threads())
+        seen.append(_openmp_effective_n_threads())
+
+    worker = threading.Thread(target=in_a_worker_thread)
+    worker.start()
+    worker.join()
+    assert seen == [1, before]
+    assert _openmp_effective_n_threads() == before
+
+
+def test_goal_ranks_by_hand() -> None:
+    """Window A: "go" in 3 messages, "left" in 2, "up" in 1 (twice in one message counts once);
+    window B is ranked on its own. Ties go to the term (alphabetical), as in the profile job."""
+    contexts = ["a", "a", "a", "a", "b", "b"]
+    slots = [0, 0, 0, 0, 0, 0]
+    terms = [["go", "left"], ["go", "up", "up"], ["go", "left", "x"], ["the"], ["zz"], ["yy"]]
+    top, bottom = _goal_ranks(contexts, slots, terms)
+    # a: top go=1 left=2 up=3; bottom up=1 left=2 go=3; "x" (one letter) and "the" (stopword) are no goals.
+    # b: yy and zz tie at 1: yy first.
+    assert top.tolist() == [1, 1, 1, np.inf, 2, 1]
+    assert bottom.tolist() == [2, 1, 2, np.inf, 2, 1]
+
+
+def test_chat_indicators_by_hand() -> None:
+    """Copies count per (user, channel, window); links are case-sensitive; caps need three letters."""
+    ts = pd.Timestamp("2026-03-01T12:00:00Z")
+    rows = [
+        ("e1", "u1", "c", ts, "GG EZ", None),
+        ("e2", "u1", "c", ts + pd.Timedelta(seconds=5), "GG EZ", None),  # a copy
+        ("e3", "u1", "d", ts + pd.Timedelta(seconds=9), "GG EZ", None),  # other channel: not a copy
+        ("e4", "u2", "c", ts, "see www.x.io @u1", "anarchy"),
+        ("e5", "u2", "c", ts + pd.Timedelta(seconds=1), "  Start ", "democracy"),
+    ]
+    chat = pd.DataFrame(rows, columns=["event_id", "user_id", "context", "ts", "text", "channel_mode"])
+    f = chat_context_features(chat)
+    assert f.loc["u1", "chat_spam_ratio"] == pytest.approx(1 / 3)
+    assert f.loc["u1", "chat_caps_ratio"] == 1.0  # "GGEZ": four letters, all capitals
+    assert f.loc["u2", "chat_link_ratio"] == 0.5 and f.loc["u2", "chat_mention_ratio"] == 0.5
+    assert f.loc["u2", "chat_start_share"] == 0.5 and f.loc["u2", "chat_anarchy_mode_share"] == 0.5
+
+
+class _Tracker:
+    def __init__(self, restriction: TopicRestriction) -> None:
+        self.restriction, self.deferred = restriction, None
+
+    def current_restriction(self) -> TopicRestriction:
+        return self.restriction
+
+    def try_claim(self, position: tuple[int, int]) -> bool:
+        return True
+
+    def defer_remainder(self, delay: Any) -> None:
+        self.deferred = delay
+
+
+class _Estimator:
+    def __init__(self) -> None:
+        self.watermark = None
+
+    def current_watermark(self) -> Any:
+        return self.watermark
+
+    def set_watermark(self, value: Any) -> None:
+        self.watermark = value
+
+
+class _CountingConsumer:
+    def __init__(self, consumer: Any) -> None:
+        self.consumer, self.polls = consumer, 0
+
+    def consume(self, *args: Any, **kwargs: Any) -> Any:
+        self.polls += 1
+        return self.consumer.consume(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.consumer, name)
+
+
+@pytest.mark.kafka
+def test_a_caught_up_read_returns_its_batches_and_watermark_before_the_poll_budget(kafka_bootstrap: str) -> None:
+    """The runner sees an SDF's watermark only when the call returns: a read that reached the log end
+    of every partition returns at once, not after the rest of its (here 30-second) budget."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    topic = f"caught-up-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    admin.create_topics([NewTopic(topic, 2, 1)])[topic].result(60)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for i in range(10):
+        producer.produce(topic, f"v{i}".encode(), partition=i % 2, timestamp=1_700_000_000_000 + i * 1000)
+    producer.flush(30)
+    source = _ReadTopicFn(kafka_bootstrap, "earliest", False, _raw_record, 5.0, 1e9, 30.0, 1_000)
+    source.setup()
+    source._consumer = _CountingConsumer(source._consumer)
+    try:
+        tracker = _Tracker(TopicRestriction(topic, {0: 0, 1: 0}, {0: None, 1: None}))
+        estimator = _Estimator()
+        out = [v.value for v in source._read(topic, tracker, estimator)]
+        polls = source._consumer.polls
+    finally:
+        source.teardown()
+    batches: list[SourceBatch] = out
+    records: list[KafkaRecord] = [r for b in batches for r in b.items]
+    assert sorted(r.value for r in records) == [f"v{i}".encode() for i in range(10)]
+    for partition in (0, 1):  # each partition's batches tile its five offsets
+        ranges = sorted((b.start, b.end) for b in batches if b.partition == partition)
+        assert ranges[0][0] == 0 and ranges[-1][1] == 5
+        assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+    assert tracker.deferred is not None  # returned to be resumed, the topic not finished
+    assert polls <= 10  # a read that kept polling until its 30-second budget ran out polls ~150 times
+    # Both partitions delivered up to 1_700_000_009 s: the watermark is the older partition's newest minus 5 s.
+    assert estimator.watermark is not None and estimator.watermark.micros == (1_700_000_008 - 5) * 1_000_000
