@@ -63,11 +63,12 @@ class LiveModel:
     def __init__(self, store: ModelStore, name: str) -> None:
         self.store, self.name = store, name
         self._detector: Detector | None = None
-        self.version: str | None = None  # the loaded model's version (computing it hashes the whole state)
+        self.version: str | None = None  # the store's name for the loaded version (a model saved before a change
+        # to the version hash keeps its old name, so comparing with a recomputed hash would reload every call)
 
     def get(self) -> Detector:
         version = self.store.current_version(self.name)
         if self._detector is None or (version is not None and version != self.version):
             self._detector = self.store.load(self.name, version)
-            self.version = self._detector.model_version
+            self.version = version if version is not None else self._detector.model_version
         return self._detector

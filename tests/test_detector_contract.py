@@ -120,6 +120,26 @@ def test_model_store_publishes_and_live_models_reload(small_world_events: Events
     assert live.get().model_version == first.model_version
 
 
+def test_live_model_loads_once_a_model_saved_under_an_older_version_name(
+    small_world_events: Events, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from argus.detectors.store import LiveModel, ModelStore
+    from argus.detectors.trolls import TrollDetector
+
+    store = ModelStore(tmp_path / "models")
+    model = TrollDetector().fit(TrollDetector().features(small_world_events))
+    folder = store.publish(model)
+    older_name = "older-hash-scheme"  # the name a model kept from before a change to the version hash
+    folder.rename(folder.with_name(older_name))
+    store.make_current("trolls", older_name)
+    loads = []
+    original_load = store.load
+    monkeypatch.setattr(store, "load", lambda *args: loads.append(args) or original_load(*args))
+    live = LiveModel(store, "trolls")
+    assert live.get() is live.get()
+    assert len(loads) == 1 and live.version == older_name
+
+
 def test_bench_detect_reports_each_stage() -> None:
     from argus.bench import bench_detect
 
