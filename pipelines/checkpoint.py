@@ -344,6 +344,7 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         self.source_stages = list(source_stages)
         self.interval_s = interval_s
         self._last_write = 0.0
+        self._written_at_us = -1  # the cut of the newest checkpoint written: a cut never moves back
         self._consumer: Any = None
         self.written = Metrics.counter("stream", "checkpoints")
 
@@ -391,12 +392,15 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         snapshots.clear()
         for snapshot in [*latest.values(), *later]:
             snapshots.add(snapshot)
-        if time.monotonic() - self._last_write < self.interval_s:
+        # Timers of several labels can fire out of order; an earlier label's cut, written after a later one,
+        # would hold none of the snapshots the later one superseded.
+        if not latest or at_us <= self._written_at_us or time.monotonic() - self._last_write < self.interval_s:
             return
         checkpoint = Checkpoint(self.group, at_us, self._resume_offsets(latest, at_us), latest)
         save_checkpoint(self.directory, checkpoint)
         self._commit(checkpoint.offsets)
         self._last_write = time.monotonic()
+        self._written_at_us = at_us
         self.written.inc()
 
     def _resume_offsets(self, latest: dict[tuple[str, str], StageSnapshot], at_us: int) -> Offsets:
