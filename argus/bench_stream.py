@@ -23,8 +23,9 @@ visible - first event offered)), ``latency_p50_s``, ``latency_p99_s``, ``latency
 ``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``,
 ``event_time_speedup`` (event-time seconds per wall second: windows close that much sooner).
 
-The replay runs event time far ahead of the wall clock, so the source's idle-partition rule
-(follow the wall clock minus ``--idle-slack``) is switched off for it; the heartbeats end the run.
+The replay runs event time far ahead of the wall clock (and months behind it), so the source's rule
+for a source wholly at its log end (follow the wall clock minus ``--idle-slack``) is switched off
+for it; a partition at its log end still stops holding the watermark, and the heartbeats end the run.
 """
 
 from __future__ import annotations

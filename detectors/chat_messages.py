@@ -69,8 +69,11 @@ and its credible interval shrinks with evidence.
 
 A user's troll probability from three views (``fit_user_views``, when the data holds moderation
 events): what the user wrote (the content score above, binned within message-count tiers, finest
-in the upper tail), how many distinct users reported them and how many sanctions (warnings,
-timeouts, bans) moderators gave them on chat grounds. Reports and sanctions are late, partial
+in the upper tail), how many distinct users reported them and how severe the sanctions moderators
+gave them on chat grounds were (``SANCTION_POINTS``: a warning 1, a timeout 2, a ban 3, summed and
+capped at a ban: two warnings weigh as a timeout). A ban is a moderator's firmest judgement and a
+warning its mildest; counting them alike made one warning as telling as a ban, which cost most on
+users with one to three messages, whose content says little. Reports and sanctions are late, partial
 and noisy (moderators see a fraction of what happens and sometimes warn the wrong person), so
 they are views, not labels:
 a latent-class model (Dawid and Skene, *Maximum Likelihood Estimation of Observer Error-rates*,
@@ -506,9 +509,11 @@ def _mentions_other_channel(lower: pd.Series, channel: pd.Series, names: list[st
 
 SANCTIONS = ("warn", "timeout", "ban")
 CHAT_GROUNDS = ("troll", "spam", "harassment")  # moderation labels about chat (fraud and evasion are not)
-MODERATION_COLUMNS = ["mod_reporters", "mod_sanctions"]
+# A sanction's weight in the severity view: the firmer the moderator's judgement, the more it says.
+SANCTION_POINTS = {"warn": 1, "timeout": 2, "ban": 3}
+MODERATION_COLUMNS = ["mod_reporters", "mod_sanctions", "mod_sanction_severity"]
 MIN_MODERATED = 5  # users with a report or a sanction: fewer, and the moderation views say nothing
-MIN_VIEW_USERS = 1000  # about 60 rates to learn (31 categories, two classes): fewer users overfit them
+MIN_VIEW_USERS = 1000  # about 60 rates to learn (32 categories, two classes): fewer users overfit them
 CONTENT_BINS = 8  # content-score bins per message-count tier
 # Bin edges at the tier's quantiles 1/2, 3/4, 7/8, ...: each bin holds half the users above the
 # previous edge, the last two the top 1/128 each. Trolls are a few percent of users and sit in the
@@ -516,7 +521,7 @@ CONTENT_BINS = 8  # content-score bins per message-count tier
 # everyone above the 88th percentile in one bin, so a borderline message and a slur counted alike.
 CONTENT_QUANTILES = 1.0 - 0.5 ** np.arange(1, CONTENT_BINS)
 MAX_REPORTERS = 3  # report categories 0, 1, 2, 3+
-MAX_SANCTIONS = 2  # sanction categories 0, 1, 2+
+MAX_SEVERITY = 3  # severity categories 0 (none), 1 (a warning), 2 (a timeout or two warnings), 3 (a ban or more)
 # Each class's rates start from this many users distributed as everybody is: a view's likelihood
 # ratios stay near 1 until the class holds well more users than this (a few dozen trolls cannot
 # make one report decisive), and are the data's once it does.
@@ -524,8 +529,9 @@ PSEUDO_USERS = 1.0
 
 
 def moderation_counts(moderation: pd.DataFrame) -> pd.DataFrame:
-    """Per user (index ``user_id``): ``mod_reporters`` (distinct users who reported them) and
-    ``mod_sanctions`` (warnings, timeouts and bans), on chat grounds or without a stated ground."""
+    """Per user (index ``user_id``): ``mod_reporters`` (distinct users who reported them),
+    ``mod_sanctions`` (warnings, timeouts and bans) and ``mod_sanction_severity`` (their
+    ``SANCTION_POINTS`` summed), on chat grounds or without a stated ground."""
     if moderation.empty:
         return pd.DataFrame(columns=MODERATION_COLUMNS, dtype=float)
     label = moderation["label"] if "label" in moderation.columns else pd.Series(None, index=moderation.index)
@@ -537,6 +543,7 @@ def moderation_counts(moderation: pd.DataFrame) -> pd.DataFrame:
         {
             "mod_reporters": reports.groupby("user_id")["actor_id"].nunique(),
             "mod_sanctions": sanctions.groupby("user_id").size(),
+            "mod_sanction_severity": action[sanctions.index].map(SANCTION_POINTS).groupby(sanctions["user_id"]).sum(),
         }
     ).fillna(0.0)
 
@@ -547,7 +554,7 @@ class UserViewModel:
 
     ``tiers``: upper message counts of the message-count tiers (the last tier is open);
     ``content_edges``: per tier, the content-score bin edges; ``rates1``/``rates0``: per view
-    (content, reporters, sanctions), the category probabilities for trolls and for the rest.
+    (content, reporters, sanction severity), the category probabilities for trolls and for the rest.
     """
 
     tiers: tuple[int, ...]
@@ -558,9 +565,9 @@ class UserViewModel:
     iterations: int
 
     def categories(
-        self, content: np.ndarray, messages: np.ndarray, reporters: np.ndarray, sanctions: np.ndarray
+        self, content: np.ndarray, messages: np.ndarray, reporters: np.ndarray, severity: np.ndarray
     ) -> list[np.ndarray]:
-        """Each user's category in each view."""
+        """Each user's category in each view (``severity``: summed ``SANCTION_POINTS``)."""
         content = np.nan_to_num(np.asarray(content, dtype=float), nan=0.0)
         tier = np.searchsorted(np.asarray(self.tiers, dtype=float), np.asarray(messages, dtype=float), side="left")
         binned = np.zeros(len(content), dtype=int)
@@ -570,8 +577,12 @@ class UserViewModel:
         return [
             tier * CONTENT_BINS + binned,
             np.minimum(np.nan_to_num(np.asarray(reporters, dtype=float)), MAX_REPORTERS).astype(int),
-            np.minimum(np.nan_to_num(np.asarray(sanctions, dtype=float)), MAX_SANCTIONS).astype(int),
+            np.minimum(np.nan_to_num(np.asarray(severity, dtype=float)), self._severity_cap()).astype(int),
         ]
+
+    def _severity_cap(self) -> int:
+        # A model saved before the severity view learnt three sanction-count categories.
+        return len(self.rates1[2]) - 1 if len(self.rates1) == 3 else MAX_SEVERITY
 
     def log_ratios(self, views: list[np.ndarray]) -> np.ndarray:
         """Per user and view (columns), the log-likelihood ratio troll : rest of its category."""
@@ -583,10 +594,10 @@ class UserViewModel:
         )
 
     def posterior(
-        self, content: np.ndarray, messages: np.ndarray, reporters: np.ndarray, sanctions: np.ndarray
+        self, content: np.ndarray, messages: np.ndarray, reporters: np.ndarray, severity: np.ndarray
     ) -> np.ndarray:
         """P(troll | the three views) per user."""
-        ratios = self.log_ratios(self.categories(content, messages, reporters, sanctions))
+        ratios = self.log_ratios(self.categories(content, messages, reporters, severity))
         log_odds = np.log(self.prior / (1 - self.prior)) + ratios.sum(axis=1)
         return np.asarray(1.0 / (1.0 + np.exp(-np.clip(log_odds, -50, 50))), dtype=float)
 
@@ -595,7 +606,7 @@ def fit_user_views(
     content: np.ndarray,
     messages: np.ndarray,
     reporters: np.ndarray,
-    sanctions: np.ndarray,
+    severity: np.ndarray,
     tiers: tuple[int, ...] = (3, 20),
     max_iter: int = 500,
     tol: float = 1e-7,
@@ -606,16 +617,16 @@ def fit_user_views(
     ``content`` (0..1, from the message and context modes) starts the responsibilities; content bins
     are halving quantiles (``CONTENT_QUANTILES``) within each message-count tier (``tiers``: users
     with up to 3, up to 20, more messages), so a one-message user is compared with other one-message
-    users. Rates are smoothed by
-    one user spread over a view's categories. None with fewer than ``MIN_VIEW_USERS`` users, fewer
+    users. ``severity`` is each user's summed ``SANCTION_POINTS`` (``moderation_counts``). Rates are
+    smoothed by one user spread over a view's categories. None with fewer than ``MIN_VIEW_USERS`` users, fewer
     than ``MIN_MODERATED`` reported or sanctioned ones, or when the fitted troll class is reported
     and sanctioned less than the rest (the views disagree; the content score then stands alone).
     """
     content = np.nan_to_num(np.asarray(content, dtype=float), nan=0.0)
     messages = np.asarray(messages, dtype=float)
     reporters = np.nan_to_num(np.asarray(reporters, dtype=float))
-    sanctions = np.nan_to_num(np.asarray(sanctions, dtype=float))
-    moderated = int(((reporters > 0) | (sanctions > 0)).sum())
+    severity = np.nan_to_num(np.asarray(severity, dtype=float))
+    moderated = int(((reporters > 0) | (severity > 0)).sum())
     if len(content) < MIN_VIEW_USERS or moderated < MIN_MODERATED:
         return None
     tier = np.searchsorted(np.asarray(tiers, dtype=float), messages, side="left")
@@ -625,8 +636,8 @@ def fit_user_views(
         cut = np.quantile(values, CONTENT_QUANTILES) if len(values) else np.zeros(0)
         edges.append(tuple(float(e) for e in cut))
     shell = UserViewModel(tuple(tiers), tuple(edges), 0.5, (), (), 0)
-    views = shell.categories(content, messages, reporters, sanctions)
-    sizes = [(len(tiers) + 1) * CONTENT_BINS, MAX_REPORTERS + 1, MAX_SANCTIONS + 1]
+    views = shell.categories(content, messages, reporters, severity)
+    sizes = [(len(tiers) + 1) * CONTENT_BINS, MAX_REPORTERS + 1, MAX_SEVERITY + 1]
     resp = np.clip(content, 0.01, 0.99)
     prior, rates1, rates0 = 0.5, [np.ones(k) / k for k in sizes], [np.ones(k) / k for k in sizes]
     iterations = 0
@@ -685,6 +696,7 @@ def _monotone(c1: np.ndarray, c1_rest: np.ndarray, runs: list[range]) -> tuple[n
 
 __all__ = [
     "MODERATION_COLUMNS",
+    "SANCTION_POINTS",
     "SIGNALS",
     "BetaPrior",
     "MessageModel",

@@ -22,10 +22,11 @@ by the context mode alone.
 distinct users who reported them and the moderator sanctions on chat grounds
 (``chat_messages.moderation_counts``), and ``fit`` learns a latent-class model over three views of
 every scored user, without labels: the content score above (message and context modes), the
-reports and the sanctions (``chat_messages.fit_user_views``). The score is then P(troll) from all
-three, flagged above 0.5, with the reports and sanctions first among the reasons. Reports and
-sanctions are partial and noisy, which is why they are views and not labels; with fewer than
-``MIN_VIEW_USERS`` users or ``MIN_MODERATED`` moderated ones the content score stands alone.
+reports and the sanctions' severity (a warning 1, a timeout 2, a ban 3, summed;
+``chat_messages.fit_user_views``). The score is then P(troll) from all three, flagged above 0.5,
+with the reports and sanctions first among the reasons. Reports and sanctions are partial and
+noisy, which is why they are views and not labels; with fewer than ``MIN_VIEW_USERS`` users or
+``MIN_MODERATED`` moderated ones the content score stands alone.
 ``content_scores`` gives the content score with moderation left out.
 
 **Paper mode** (`paper_scores`) reproduces the paper: on its ten per-user fractions, the score
@@ -358,7 +359,7 @@ class TrollDetector(Detector):
             content[rows],
             features["chat_messages"].to_numpy(dtype=float)[rows],
             features["mod_reporters"].to_numpy(dtype=float)[rows],
-            features["mod_sanctions"].to_numpy(dtype=float)[rows],
+            features["mod_sanction_severity"].to_numpy(dtype=float)[rows],
             tiers=(FEW_MESSAGES_TIER, int(self.params["min_messages"])),
         )
 
@@ -393,8 +394,9 @@ class TrollDetector(Detector):
         if rows.any():
             reporters = features["mod_reporters"].to_numpy(dtype=float)
             sanctions = features["mod_sanctions"].to_numpy(dtype=float)
+            severity = features["mod_sanction_severity"].to_numpy(dtype=float)
             messages = features["chat_messages"].to_numpy(dtype=float)
-            scores[rows] = views.posterior(scores[rows], messages[rows], reporters[rows], sanctions[rows])
+            scores[rows] = views.posterior(scores[rows], messages[rows], reporters[rows], severity[rows])
             flagged[rows] = scores[rows] > ITEM_FLAG
             for i in np.flatnonzero(rows):
                 said = []
@@ -405,8 +407,12 @@ class TrollDetector(Detector):
                     )
                 if sanctions[i] > 0:
                     count = int(sanctions[i])
-                    text = f"{count} moderator sanction{'s' * (count != 1)} (warnings, timeouts, bans)"
-                    said.append(Reason("mod_sanctions", float(count), 0.0, text))
+                    points = int(severity[i])
+                    text = (
+                        f"{count} moderator sanction{'s' * (count != 1)}, severity {points}"
+                        " (a warning 1, a timeout 2, a ban 3)"
+                    )
+                    said.append(Reason("mod_sanction_severity", float(points), 0.0, text))
                 reasons[i] = said + list(reasons[i])
         return score_frame(features.index, scores, flagged, content["status"], reasons)
 

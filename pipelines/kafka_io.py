@@ -1,11 +1,20 @@
 """Kafka for Beam in Python: a splittable-DoFn source and a sink that acknowledges per bundle.
 
-**Source** (``ReadKafka``). One restriction per *topic* holds every partition's next offset and
-stop offset (``TopicRestriction``); one restriction per partition lost records on Prism, a topic
-is the unit that resumes together. The watermark is the minimum over the partitions: a partition
-with records contributes the latest event time it delivered minus ``out_of_orderness``, a
-partition idle at its log end follows the wall clock minus ``idle_slack`` (so a quiet partition
-does not stall event-time timers), a partition not read yet holds the watermark where it is.
+**Source** (``ReadKafka``). One restriction holds every partition of every topic read: its next
+offset and stop offset (``SourceRestriction``), read by one consumer. Prism takes an SDF's output
+watermark from the last bundle's residual only: with one restriction per partition, an idle
+partition's jump to "now" made the other partitions' backlog late (records lost), and one
+restriction per topic does the same across topics; the source is the unit that resumes together.
+(The cost: one reader per source; on a cluster the keyed stages downstream carry the parallelism.)
+The watermark is the minimum over the partitions that have records to deliver: a partition
+contributes the latest event time it delivered minus ``out_of_orderness``, and a partition idle at
+its log end (reported so, and its high watermark as of the consumer's latest fetch agreeing) is
+left out: whatever it gets next is written after what the others delivered, so a sparse topic does
+not hold back event-time timers (cross-partition skew beyond ``out_of_orderness`` counts as late).
+When every partition is at its log end the watermark is the newest of them, or the wall clock
+minus ``idle_slack`` if that is later. A partition that has neither delivered nor reported its log
+end holds the watermark where it is, and a call never reports a watermark past the earliest record
+it output (Prism would otherwise see that record behind the watermark it arrived with).
 Progress is reported as a fraction only (a byte-based ``completed`` can be NaN, which the SDK's
 split arithmetic cannot take). Records go out in batches (``SourceBatch``), one output element per
 partition and poll, timestamped with the batch's earliest event time, so per-element overhead
@@ -17,8 +26,11 @@ stateful stage whole batches it either has or has not seen.
 
 *Bounded* mode reads up to the end offsets seen when the restriction was created, then finishes
 (tests, replays, backfills); *unbounded* mode never finishes and checkpoints itself every
-``poll_budget_s`` (``defer_remainder``), which is where a runner takes its checkpoints, and as soon
-as every partition is at its log end (a runner sees the new watermark only when a call returns).
+``poll_budget_s`` (``defer_remainder``), which is where a runner takes its checkpoints. A runner sees
+a call's outputs and new watermark only when it returns, so a call also returns as soon as every
+partition is at its log end, and after ``bundle_s`` of delivering records: under a steady stream
+the partitions rarely are all at their end at once, and one call would otherwise hold a whole
+``poll_budget_s`` of records and event time back from the stages downstream.
 
 **Sink** (``WriteKafka``). Produces with librdkafka (idempotent, ``acks=all``) and flushes in
 ``finish_bundle``: a bundle completes only after Kafka acknowledged every record of it, so a
@@ -58,7 +70,7 @@ __all__ = [
     "OutRecord",
     "ReadKafka",
     "SourceBatch",
-    "TopicRestriction",
+    "SourceRestriction",
     "WriteKafka",
     "client_settings",
     "librdkafka_settings",
@@ -131,13 +143,16 @@ def librdkafka_settings(client: KafkaClient) -> dict[str, Any]:
 
 
 # --- the restriction -------------------------------------------------------------------------
-@dataclass
-class TopicRestriction:
-    """Every partition of one topic: the next offset to read and the stop offset (None: unbounded)."""
+# (topic, partition)
+Partition = tuple[str, int]
 
-    topic: str
-    start: dict[int, int]
-    stop: dict[int, int | None] = field(default_factory=dict)
+
+@dataclass
+class SourceRestriction:
+    """Every partition the source reads: the next offset to read and the stop offset (None: unbounded)."""
+
+    start: dict[Partition, int]
+    stop: dict[Partition, int | None] = field(default_factory=dict)
 
     def remaining(self) -> int | None:
         """Records left in a bounded restriction (None when unbounded)."""
@@ -145,52 +160,51 @@ class TopicRestriction:
             return None
         return sum(max(0, int(self.stop[p] or 0) - o) for p, o in self.start.items())
 
-    def is_done(self, next_offsets: dict[int, int]) -> bool:
+    def is_done(self, next_offsets: dict[Partition, int]) -> bool:
         return all(s is not None and next_offsets[p] >= s for p, s in self.stop.items())
 
 
-class TopicTracker(RestrictionTracker):  # type: ignore[misc]
-    """Claims ``(partition, offset)``: every record of that partition up to ``offset`` is consumed.
+class SourceTracker(RestrictionTracker):  # type: ignore[misc]
+    """Claims ``(topic, partition, offset)``: every record of that partition up to ``offset`` is consumed.
 
     Splits only at the claimed position (``fraction_of_remainder == 0``, a checkpoint): the
     primary keeps what was claimed, the residual resumes every partition where it stopped.
     """
 
-    def __init__(self, restriction: TopicRestriction) -> None:
+    def __init__(self, restriction: SourceRestriction) -> None:
         self._restriction = restriction
         self._next = dict(restriction.start)
         self._initial_remaining = restriction.remaining()
 
-    def current_restriction(self) -> TopicRestriction:
+    def current_restriction(self) -> SourceRestriction:
         return self._restriction
 
-    def try_claim(self, position: tuple[int, int]) -> bool:
-        partition, offset = position
-        stop = self._restriction.stop.get(partition)
-        if partition not in self._next or offset < self._next[partition]:
-            raise ValueError(
-                f"claim of {position} behind partition {partition}'s next offset {self._next.get(partition)}"
-            )
+    def try_claim(self, position: tuple[str, int, int]) -> bool:
+        topic, partition, offset = position
+        where = (topic, partition)
+        stop = self._restriction.stop.get(where)
+        if where not in self._next or offset < self._next[where]:
+            raise ValueError(f"claim of {position} behind {topic}/{partition}'s next offset {self._next.get(where)}")
         if stop is not None and offset >= stop:
             return False
-        self._next[partition] = offset + 1
+        self._next[where] = offset + 1
         return True
 
-    def try_split(self, fraction_of_remainder: float) -> tuple[TopicRestriction, TopicRestriction] | None:
+    def try_split(self, fraction_of_remainder: float) -> tuple[SourceRestriction, SourceRestriction] | None:
         if fraction_of_remainder != 0:
             return None
         current = self._restriction
         if current.is_done(self._next):
             return None
-        primary = TopicRestriction(current.topic, dict(current.start), dict(self._next))
-        residual = TopicRestriction(current.topic, dict(self._next), dict(current.stop))
+        primary = SourceRestriction(dict(current.start), dict(self._next))
+        residual = SourceRestriction(dict(self._next), dict(current.stop))
         self._restriction = primary
         return primary, residual
 
     def check_done(self) -> None:
         if not self._restriction.is_done(self._next):
-            left = {p: (self._next[p], s) for p, s in self._restriction.stop.items()}
-            raise ValueError(f"{self._restriction.topic}: restriction not fully claimed (next, stop): {left}")
+            left = {f"{t}/{p}": (self._next[(t, p)], s) for (t, p), s in self._restriction.stop.items()}
+            raise ValueError(f"restriction not fully claimed (next, stop): {left}")
 
     def current_progress(self) -> RestrictionProgress:
         total = self._initial_remaining
@@ -202,12 +216,12 @@ class TopicTracker(RestrictionTracker):  # type: ignore[misc]
     def is_bounded(self) -> bool:
         return self._restriction.remaining() is not None
 
-    def next_offsets(self) -> dict[int, int]:
+    def next_offsets(self) -> dict[Partition, int]:
         return dict(self._next)
 
 
-class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
-    """Builds the initial restriction of a topic from the broker's offsets when the element arrives."""
+class SourceRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
+    """Builds the initial restriction of the topics from the broker's offsets when the element arrives."""
 
     def __init__(
         self, client: PortableKafkaSettings, start: str, bounded: bool, start_offsets: Offsets | None = None
@@ -215,46 +229,47 @@ class TopicRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
         self.client, self.start, self.bounded = client, start, bounded
         self.start_offsets = start_offsets or {}
 
-    def initial_restriction(self, topic: str) -> TopicRestriction:
+    def initial_restriction(self, topics: Sequence[str]) -> SourceRestriction:
         from confluent_kafka import Consumer
 
         consumer = Consumer({**librdkafka_settings(self.client), "group.id": "argus-stream-offsets"})
         try:
-            meta = consumer.list_topics(topic, timeout=30)
-            info = meta.topics.get(topic)
-            if info is None or info.error is not None or not info.partitions:
-                raise ValueError(f"topic {topic} does not exist; create the topic layout with `argus kafka up`")
-            start: dict[int, int] = {}
-            stop: dict[int, int | None] = {}
-            given = self.start_offsets.get(topic, {})
-            for partition in sorted(info.partitions):
-                low, high = _watermark_offsets(consumer, topic, partition)
-                if partition in given:  # resumed (a checkpoint): never before what the log still holds
-                    start[partition] = max(int(low), int(given[partition]))
-                else:
-                    start[partition] = int(low if self.start == "earliest" else high)
-                stop[partition] = int(high) if self.bounded else None
-            return TopicRestriction(topic, start, stop)
+            start: dict[Partition, int] = {}
+            stop: dict[Partition, int | None] = {}
+            for topic in topics:
+                meta = consumer.list_topics(topic, timeout=30)
+                info = meta.topics.get(topic)
+                if info is None or info.error is not None or not info.partitions:
+                    raise ValueError(f"topic {topic} does not exist; create the topic layout with `argus kafka up`")
+                given = self.start_offsets.get(topic, {})
+                for partition in sorted(info.partitions):
+                    low, high = _watermark_offsets(consumer, topic, partition)
+                    if partition in given:  # resumed (a checkpoint): never before what the log still holds
+                        start[(topic, partition)] = max(int(low), int(given[partition]))
+                    else:
+                        start[(topic, partition)] = int(low if self.start == "earliest" else high)
+                    stop[(topic, partition)] = int(high) if self.bounded else None
+            return SourceRestriction(start, stop)
         finally:
             consumer.close()
 
-    def create_tracker(self, restriction: TopicRestriction) -> TopicTracker:
-        return TopicTracker(restriction)
+    def create_tracker(self, restriction: SourceRestriction) -> SourceTracker:
+        return SourceTracker(restriction)
 
-    def split(self, topic: str, restriction: TopicRestriction) -> Iterator[TopicRestriction]:
-        yield restriction  # one restriction per topic (see the module doc)
+    def split(self, topics: Sequence[str], restriction: SourceRestriction) -> Iterator[SourceRestriction]:
+        yield restriction  # one restriction for the whole source (see the module doc)
 
-    def restriction_size(self, topic: str, restriction: TopicRestriction) -> float:
+    def restriction_size(self, topics: Sequence[str], restriction: SourceRestriction) -> float:
         remaining = restriction.remaining()
         return float(remaining) if remaining is not None else 1.0
 
-    def truncate(self, topic: str, restriction: TopicRestriction) -> TopicRestriction | None:
+    def truncate(self, topics: Sequence[str], restriction: SourceRestriction) -> SourceRestriction | None:
         # On drain, a bounded restriction is read to its end; an unbounded one stops where it is.
         return restriction if restriction.remaining() is not None else None
 
 
 # --- the source DoFn ------------------------------------------------------------------------
-class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
+class _ReadTopicsFn(beam.DoFn, SourceRestrictionProvider):  # type: ignore[misc]
     """The splittable DoFn; it is its own restriction provider (``RestrictionParam()`` binds to it)."""
 
     def __init__(
@@ -269,15 +284,25 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         max_batch: int,
         start_offsets: Offsets | None = None,
         cut_at: Cuts | None = None,
+        bundle_s: float = 0.25,
     ) -> None:
-        TopicRestrictionProvider.__init__(self, client, start, bounded, start_offsets)
+        SourceRestrictionProvider.__init__(self, client, start, bounded, start_offsets)
         self.cut_at = {t: {p: sorted(set(c)) for p, c in parts.items()} for t, parts in (cut_at or {}).items()}
         self.decode = decode
         self.out_of_orderness_s = out_of_orderness_s
         self.idle_slack_s = idle_slack_s
         self.poll_budget_s = poll_budget_s
+        self.bundle_s = bundle_s
         self.max_batch = max_batch
         self._consumer: Any = None
+        # Partition -> the offset at which this consumer last reported its log end. Under a steady stream a call
+        # ends (``bundle_s``) before a quiet partition's new end report gets through the busy partitions' records,
+        # so the end is remembered across calls (and confirmed by the high watermark, ``_idle``).
+        self._ends: dict[Partition, int] = {}
+        # Partition -> (next offset, latest event time delivered less the out-of-orderness), kept across calls
+        # so that a source at its log end can follow its newest partition; used only where the restriction
+        # resumes at that offset. Lost with the worker: then the watermark waits for the partition.
+        self._latest: dict[Partition, tuple[int, float]] = {}
         self.records = Metrics.counter("kafka", "records_read")
         self.transient = Metrics.counter("kafka", "transient_errors")
         self.refetched = Metrics.counter("kafka", "records_refetched")
@@ -286,6 +311,7 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
         from confluent_kafka import Consumer
 
         settings = librdkafka_settings(self.client)
+        self._ends, self._latest = {}, {}
         self._consumer = Consumer(
             {
                 **settings,
@@ -306,66 +332,77 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
     @beam.DoFn.unbounded_per_element()
     def process(
         self,
-        topic: str,
+        topics: Sequence[str],
         tracker: Any = beam.DoFn.RestrictionParam(),  # noqa: B008
         estimator: Any = beam.DoFn.WatermarkEstimatorParam(ManualWatermarkEstimator.default_provider()),  # noqa: B008
     ) -> Iterator[Any]:
-        yield from self._read(topic, tracker, estimator)
+        yield from self._read(tracker, estimator)
 
-    def _read(self, topic: str, tracker: Any, estimator: Any) -> Iterator[Any]:
+    def _read(self, tracker: Any, estimator: Any) -> Iterator[Any]:
         from confluent_kafka import KafkaError, TopicPartition
 
-        restriction: TopicRestriction = tracker.current_restriction()
+        restriction: SourceRestriction = tracker.current_restriction()
         next_offsets = dict(restriction.start)
         live = {p for p, o in next_offsets.items() if (stop := restriction.stop.get(p)) is None or o < stop}
         if not live:
             return  # nothing left: the restriction is done as given
         consumer = self._consumer
-        consumer.assign([TopicPartition(topic, p, next_offsets[p]) for p in sorted(live)])
+        consumer.assign([TopicPartition(t, p, next_offsets[(t, p)]) for t, p in sorted(live)])
         current = estimator.current_watermark()
         floor = current.micros / 1e6 if current is not None and current > MIN_TIMESTAMP else None
-        partition_wm: dict[int, float | None] = {p: floor for p in live}
-        at_end: dict[int, bool] = {p: False for p in live}
-        deadline = time.monotonic() + self.poll_budget_s
-        read_any = False  # records delivered in this call: resume soon; none: the topic is idle
+        partition_wm: dict[Partition, float | None] = dict.fromkeys(live, floor)
+        for resumed in live:
+            resumed_at, latest_s = self._latest.get(resumed, (-1, 0.0))
+            if resumed_at == next_offsets[resumed]:
+                partition_wm[resumed] = latest_s if floor is None else max(floor, latest_s)
+        # At its log end: reported so by this consumer, and nothing delivered since (an idle partition).
+        at_end: dict[Partition, bool] = {p: self._ends.get(p) == next_offsets[p] for p in live}
+        started = time.monotonic()
+        deadline = started + self.poll_budget_s
+        read_any = False  # records delivered in this call: resume soon; none: the source is idle
+        earliest_out: float | None = None  # the earliest timestamp this call output
         expected = dict(next_offsets)  # the next offset each partition may deliver
-        cuts = self.cut_at.get(topic, {})
         try:
             while live:
                 messages = consumer.consume(num_messages=self.max_batch, timeout=0.2)
-                batches: dict[int, list[KafkaRecord]] = {}
+                batches: dict[Partition, list[KafkaRecord]] = {}
                 for message in messages:
                     error = message.error()
+                    where: Partition = (str(message.topic()), int(message.partition() or 0))
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
-                            at_end[message.partition()] = True
+                            if where in expected:
+                                at_end[where] = True
+                                self._ends[where] = expected[where]
                             continue
                         if _transient(error):  # e.g. the broker restarting: librdkafka reconnects and resumes
                             self.transient.inc()
                             continue
-                        raise RuntimeError(f"Kafka error reading {topic}: {error}")
-                    partition = message.partition()
-                    if partition not in live:
+                        raise RuntimeError(f"Kafka error reading {where[0]}: {error}")
+                    if where not in live:
                         continue
-                    stop = restriction.stop.get(partition)
-                    if stop is not None and message.offset() >= stop:
+                    offset = int(message.offset() or 0)
+                    stop = restriction.stop.get(where)
+                    if stop is not None and offset >= stop:
                         continue
-                    if message.offset() < expected[partition]:
+                    if offset < expected[where]:
                         # Delivered before: librdkafka re-fetches from an older position after some
                         # broker restarts (offset reset); re-emitting would apply events twice.
                         self.refetched.inc()
                         continue
-                    expected[partition] = message.offset() + 1
-                    at_end[partition] = False
+                    expected[where] = offset + 1
+                    at_end[where] = False
+                    self._ends.pop(where, None)
                     _, stamp = message.timestamp()
-                    batches.setdefault(partition, []).append(
-                        KafkaRecord(topic, partition, message.offset(), message.key(), message.value(), int(stamp))
+                    batches.setdefault(where, []).append(
+                        KafkaRecord(where[0], where[1], offset, message.key(), message.value(), int(stamp))
                     )
-                for partition, records in batches.items():
-                    for piece, end in _cut(records, cuts.get(partition, ())):
-                        if not tracker.try_claim((partition, end - 1)):
+                for where, records in batches.items():
+                    topic, partition = where
+                    for piece, end in _cut(records, self.cut_at.get(topic, {}).get(partition, ())):
+                        if not tracker.try_claim((topic, partition, end - 1)):
                             return
-                        first, next_offsets[partition] = next_offsets[partition], end
+                        first, next_offsets[where] = next_offsets[where], end
                         decoded = [self.decode(r) for r in piece]
                         times = [
                             t if t is not None else r.timestamp_ms / 1e3
@@ -373,52 +410,90 @@ class _ReadTopicFn(beam.DoFn, TopicRestrictionProvider):  # type: ignore[misc]
                         ]
                         self.records.inc(len(piece))
                         latest = max(times) - self.out_of_orderness_s
-                        previous = partition_wm[partition]
-                        partition_wm[partition] = latest if previous is None else max(previous, latest)
-                        batch = SourceBatch(topic, partition, first, next_offsets[partition], [i for i, _ in decoded])
-                        yield TimestampedValue(batch, Timestamp(min(times)))
+                        previous = partition_wm[where]
+                        latest = latest if previous is None else max(previous, latest)
+                        partition_wm[where] = latest
+                        self._latest[where] = (end, latest)
+                        batch = SourceBatch(topic, partition, first, end, [i for i, _ in decoded])
+                        stamp_s = min(times)
+                        earliest_out = stamp_s if earliest_out is None else min(earliest_out, stamp_s)
+                        yield TimestampedValue(batch, Timestamp(stamp_s))
                 # Bounded partitions that reached their stop offset are finished.
-                for partition in list(live):
-                    stop = restriction.stop.get(partition)
-                    if stop is not None and next_offsets[partition] >= stop:
-                        live.discard(partition)
-                        partition_wm.pop(partition, None)
-                    elif stop is not None and at_end[partition]:
+                for where in list(live):
+                    stop = restriction.stop.get(where)
+                    if stop is not None and next_offsets[where] >= stop:
+                        live.discard(where)
+                        partition_wm.pop(where, None)
+                    elif stop is not None and at_end[where]:
                         # The log ends before the stop offset (e.g. transaction markers): claim up to it.
-                        if not tracker.try_claim((partition, stop - 1)):
+                        if not tracker.try_claim((*where, stop - 1)):
                             return
-                        next_offsets[partition] = stop
-                        live.discard(partition)
-                        partition_wm.pop(partition, None)
-                self._advance_watermark(estimator, partition_wm, at_end)
+                        next_offsets[where] = stop
+                        live.discard(where)
+                        partition_wm.pop(where, None)
+                idle = self._idle(at_end, expected)
+                self._advance_watermark(estimator, partition_wm, idle, earliest_out)
                 read_any = read_any or bool(batches)
-                # Caught up (every partition at its log end): end the bundle now, so its outputs and
-                # the new watermark reach the runner at once instead of after the rest of the budget
-                # (a runner sees an SDF's watermark only when the bundle returns its residual).
-                caught_up = all(at_end.get(p, False) for p in live)
-                if live and (caught_up or time.monotonic() >= deadline):
-                    tracker.defer_remainder(Duration(seconds=0.05 if read_any else 0.5))
+                # Caught up (every partition at its log end), or records delivered for ``bundle_s``: end the
+                # bundle now, so its outputs and the new watermark reach the runner at once instead of after
+                # the rest of the budget (a runner sees an SDF's watermark only when the bundle returns its
+                # residual). With records still waiting the residual resumes at once.
+                now = time.monotonic()
+                caught_up = all(idle.get(p, False) for p in live)
+                delivered_enough = read_any and now - started >= self.bundle_s
+                if live and (caught_up or delivered_enough or now >= deadline):
+                    delay = 0.5 if not read_any else 0.05 if caught_up else 0.0
+                    tracker.defer_remainder(Duration(seconds=delay))
                     return
         finally:
             consumer.unassign()
 
+    def _idle(self, at_end: dict[Partition, bool], expected: dict[Partition, int]) -> dict[Partition, bool]:
+        """Partitions at their log end whose high watermark (as of the consumer's latest fetch) confirms it.
+
+        A partition's end was reported at some fetch; records written to it since may still sit behind the
+        records of other partitions in the consumer's queue, and must not become late when those advance the
+        watermark. The fetch that brought the other partitions' records also brought this one's high watermark.
+        """
+        from confluent_kafka import TopicPartition
+
+        idle = {}
+        for where, reported in at_end.items():
+            if reported and where in expected:
+                _, high = self._consumer.get_watermark_offsets(TopicPartition(*where), cached=True)
+                reported = high is not None and 0 <= high <= expected[where]
+            idle[where] = reported
+        return idle
+
     def _advance_watermark(
-        self, estimator: Any, partition_wm: dict[int, float | None], at_end: dict[int, bool]
+        self,
+        estimator: Any,
+        partition_wm: dict[Partition, float | None],
+        at_end: dict[Partition, bool],
+        earliest_out: float | None = None,
     ) -> None:
+        """The minimum over partitions with records to deliver; idle ones (at their log end) are left out.
+
+        Never past ``earliest_out``, the earliest timestamp output in this call: Prism takes the stage's
+        output watermark from the residual alone, so a batch output behind the watermark it returns with
+        would reach the stages downstream late (its event-time timers behind their watermark).
+        """
         if not partition_wm:
             return
-        now = time.time() - self.idle_slack_s
-        values = []
-        for partition, value in partition_wm.items():
-            if at_end.get(partition):
-                value = now if value is None else max(value, now)
-            if value is None:
-                return  # a partition not read yet holds the watermark
-            values.append(value)
-        candidate = Timestamp(min(values))
+        active = [value for where, value in partition_wm.items() if not at_end.get(where)]
+        if any(value is None for value in active):
+            return  # a partition that has neither delivered nor reported its log end holds the watermark
+        if active:
+            candidate = min(v for v in active if v is not None)
+        else:  # the whole source is at its log end: the newest it delivered, or the wall clock minus the slack
+            delivered = [value for value in partition_wm.values() if value is not None]
+            candidate = max([*delivered, time.time() - self.idle_slack_s])
+        if earliest_out is not None:
+            candidate = min(candidate, earliest_out)
+        watermark = Timestamp(candidate)
         current = estimator.current_watermark()
-        if (current is None or candidate > current) and candidate < MAX_TIMESTAMP:
-            estimator.set_watermark(candidate)
+        if (current is None or watermark > current) and watermark < MAX_TIMESTAMP:
+            estimator.set_watermark(watermark)
 
 
 def _cut(records: list[KafkaRecord], cuts: Sequence[int]) -> Iterator[tuple[list[KafkaRecord], int]]:
@@ -480,15 +555,17 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
     """Read ``topics`` as ``SourceBatch``es of ``decode(record)`` elements, timestamped by event time.
 
     Args:
-        topics: topic names; each becomes one restriction covering all its partitions.
+        topics: topic names; one restriction covers every partition of all of them.
         bootstrap: Kafka bootstrap servers (None: ``KAFKA_BOOTSTRAP`` / argus.toml / the local broker), or the
             client settings (``argus.infra.clients.portable_kafka_settings``), resolved here in either case.
         decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp.
         start: ``earliest`` (replay the retained log) or ``latest`` (only what arrives from now on).
         bounded: stop at the end offsets seen at start.
         out_of_orderness_s: how far event time may go back within one partition without being late.
-        idle_slack_s: a partition at its log end holds the watermark at wall clock minus this.
+        idle_slack_s: with every partition at its log end, the watermark follows the wall clock minus this.
         poll_budget_s: an unbounded read checkpoints itself this often.
+        bundle_s: a read that is delivering records returns (its outputs and watermark to the runner) after
+            this long.
         max_batch: records per poll.
         start_offsets: topic -> partition -> offset to resume at (others: ``start``).
         cut_at: topic -> partition -> offsets no batch may straddle.
@@ -507,6 +584,7 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
         max_batch: int = 5_000,
         start_offsets: Offsets | None = None,
         cut_at: Cuts | None = None,
+        bundle_s: float = 0.25,
     ) -> None:
         super().__init__()
         if start not in START_POSITIONS:
@@ -514,7 +592,7 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
         if not topics:
             raise ValueError("give at least one topic to read")
         self.topics = list(topics)
-        self.fn = _ReadTopicFn(
+        self.fn = _ReadTopicsFn(
             client_settings(bootstrap),
             start,
             bounded,
@@ -525,10 +603,11 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
             max_batch,
             start_offsets,
             cut_at,
+            min(bundle_s, poll_budget_s),
         )
 
     def expand(self, pbegin: Any) -> Any:
-        return pbegin | "Topics" >> beam.Create(self.topics) | "Read" >> beam.ParDo(self.fn)
+        return pbegin | "Topics" >> beam.Create([tuple(self.topics)]) | "Read" >> beam.ParDo(self.fn)
 
 
 # --- the sink --------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +322,39 @@ def test_moderation_counts_by_hand() -> None:
     counts = moderation_counts(frame)
     assert counts.loc["a", "mod_reporters"] == 2 and counts.loc["a", "mod_sanctions"] == 1
     assert counts.loc["b", "mod_reporters"] == 0 and counts.loc["b", "mod_sanctions"] == 2
+    # Severity: a warning 1; a timeout 2 and a ban 3, summed.
+    assert counts.loc["a", "mod_sanction_severity"] == 1 and counts.loc["b", "mod_sanction_severity"] == 5
     assert "c" not in counts.index
+
+
+def test_a_ban_speaks_for_the_troll_class_more_than_a_warning() -> None:
+    # Moderators warn the wrong person now and then but rarely ban them: with the sanctions' severity
+    # as the view, a one-message user with a ban outranks the same user with a warning.
+    rng = np.random.default_rng(8)
+    users = 4000
+    troll = rng.random(users) < 0.05
+    content = np.where(troll, rng.beta(3, 4, users), rng.beta(2, 6, users))
+    reporters = rng.poisson(np.where(troll, 1.2, 0.04)).astype(float)
+    severity = np.where(
+        troll,
+        rng.choice([0, 1, 2, 3], users, p=[0.6, 0.1, 0.1, 0.2]),
+        rng.choice([0, 1, 2, 3], users, p=[0.97, 0.02, 0.007, 0.003]),
+    ).astype(float)
+    model = fit_user_views(content, rng.integers(1, 40, users).astype(float), reporters, severity)
+    assert model is not None
+    one, content_, none = np.array([1.0]), np.array([0.5]), np.array([0.0])
+    by_severity = [model.posterior(content_, one, none, np.array([float(v)]))[0] for v in (0, 1, 2, 3)]
+    assert by_severity == sorted(by_severity)
+    assert by_severity[3] > 0.5 > by_severity[1]
+    # Beyond a ban, points add nothing (the view's last category).
+    assert model.posterior(content_, one, none, np.array([7.0]))[0] == pytest.approx(by_severity[3])
+    # A model saved with three sanction-count categories still scores, the severity capped at its last.
+    rates1, rates0 = list(model.rates1), list(model.rates0)
+    rates1[2], rates0[2] = rates1[2][:3], rates0[2][:3]
+    older = replace(model, rates1=tuple(rates1), rates0=tuple(rates0))
+    assert older.posterior(content_, one, none, np.array([3.0]))[0] == pytest.approx(
+        older.posterior(content_, one, none, np.array([2.0]))[0]
+    )
 
 
 def _three_views(seed: int, users: int = 4000, share: float = 0.05) -> tuple[np.ndarray, ...]:
@@ -399,7 +432,9 @@ def test_reported_one_message_user_scores_above_the_same_message_unreported() ->
         if rng.random() < (0.3 if troll else 0.01):
             reports.append((user, "warn", "mod1", "troll"))
     rows += [("once_reported", "ch-0", "hello chat", 1.0), ("once_quiet", "ch-1", "hello chat", 2.0)]
+    rows += [("once_banned", "ch-2", "hello chat", 3.0)]
     reports += [("once_reported", "report", "r1", "troll"), ("once_reported", "report", "r2", "spam")]
+    reports += [("once_banned", "ban", "mod1", "troll")]
     events = Events.from_frames({"chat": chat(rows), "moderation": moderation(reports)})
     detector = TrollDetector()
     features = detector.features(events)
@@ -408,3 +443,7 @@ def test_reported_one_message_user_scores_above_the_same_message_unreported() ->
     assert scores.loc["once_reported", "score"] > scores.loc["once_quiet", "score"]
     assert scores.loc["once_reported", "status"].startswith("low evidence: 1 chat message")
     assert scores.loc["once_reported", "reasons"][0].text == "reported by 2 users"
+    assert scores.loc["once_banned", "score"] > scores.loc["once_quiet", "score"]
+    ban = scores.loc["once_banned", "reasons"][0]
+    assert (ban.feature, ban.value) == ("mod_sanction_severity", 3.0)
+    assert ban.text == "1 moderator sanction, severity 3 (a warning 1, a timeout 2, a ban 3)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import uuid
 from typing import Any
 
@@ -12,7 +13,7 @@ import pandas as pd
 import pytest
 
 from argus.detectors.chat_features import _goal_ranks, chat_context_features
-from argus.pipelines.kafka_io import KafkaRecord, SourceBatch, TopicRestriction, _raw_record, _ReadTopicFn
+from argus.pipelines.kafka_io import KafkaRecord, SourceBatch, SourceRestriction, _raw_record, _ReadTopicsFn
 from argus.pipelines.stream_detectors import one_native_thread
 
 
@@ -66,13 +67,13 @@ def test_chat_indicators_by_hand() -> None:
 
 
 class _Tracker:
-    def __init__(self, restriction: TopicRestriction) -> None:
+    def __init__(self, restriction: SourceRestriction) -> None:
         self.restriction, self.deferred = restriction, None
 
-    def current_restriction(self) -> TopicRestriction:
+    def current_restriction(self) -> SourceRestriction:
         return self.restriction
 
-    def try_claim(self, position: tuple[int, int]) -> bool:
+    def try_claim(self, position: tuple[str, int, int]) -> bool:
         return True
 
     def defer_remainder(self, delay: Any) -> None:
@@ -116,14 +117,18 @@ def test_a_caught_up_read_returns_its_batches_and_watermark_before_the_poll_budg
     for i in range(10):
         producer.produce(topic, f"v{i}".encode(), partition=i % 2, timestamp=1_700_000_000_000 + i * 1000)
     producer.flush(30)
-    source = _ReadTopicFn(kafka_bootstrap, "earliest", False, _raw_record, 5.0, 1e9, 30.0, 1_000)
+    source = _ReadTopicsFn(kafka_bootstrap, "earliest", False, _raw_record, 5.0, 1e9, 30.0, 1_000)
     source.setup()
     source._consumer = _CountingConsumer(source._consumer)
     try:
-        tracker = _Tracker(TopicRestriction(topic, {0: 0, 1: 0}, {0: None, 1: None}))
+        tracker = _Tracker(SourceRestriction({(topic, 0): 0, (topic, 1): 0}, {(topic, 0): None, (topic, 1): None}))
         estimator = _Estimator()
-        out = [v.value for v in source._read(topic, tracker, estimator)]
+        out = [v.value for v in source._read(tracker, estimator)]
         polls = source._consumer.polls
+        first_watermark = estimator.watermark
+        # The runner resumes the residual: nothing new, every partition still at its end.
+        resumed = _Tracker(SourceRestriction({(topic, 0): 5, (topic, 1): 5}, {(topic, 0): None, (topic, 1): None}))
+        assert list(source._read(resumed, estimator)) == []
     finally:
         source.teardown()
     batches: list[SourceBatch] = out
@@ -135,5 +140,82 @@ def test_a_caught_up_read_returns_its_batches_and_watermark_before_the_poll_budg
         assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
     assert tracker.deferred is not None  # returned to be resumed, the topic not finished
     assert polls <= 10  # a read that kept polling until its 30-second budget ran out polls ~150 times
-    # Both partitions delivered up to 1_700_000_009 s: the watermark is the older partition's newest minus 5 s.
-    assert estimator.watermark is not None and estimator.watermark.micros == (1_700_000_008 - 5) * 1_000_000
+    # The first call returns with the watermark no later than the earliest record it output (1_700_000_000 s):
+    # a runner that takes the watermark from the residual would otherwise see those records late.
+    assert first_watermark is not None and first_watermark.micros == 1_700_000_000 * 1_000_000
+    # Both partitions read to their end (newest 1_700_000_008 and 1_700_000_009 s): nothing is left to deliver,
+    # so the watermark is the newest event time minus the 5 s out-of-orderness.
+    assert estimator.watermark is not None and estimator.watermark.micros == (1_700_000_009 - 5) * 1_000_000
+
+
+def _source(idle_slack_s: float = 1e9) -> _ReadTopicsFn:
+    return _ReadTopicsFn("localhost:9", "earliest", False, _raw_record, 5.0, idle_slack_s, 30.0, 1_000)
+
+
+def test_an_idle_partition_does_not_hold_the_watermark_but_an_unheard_one_does() -> None:
+    """Partitions at their log end are left out of the minimum (a sparse topic's last record is hours
+    behind the busy ones); a partition that has neither delivered nor reported its end holds it."""
+    chat, moderation = ("chat", 0), ("moderation", 0)
+    busy, hour_behind = 1_700_000_000.0, 1_699_996_400.0
+    estimator = _Estimator()
+    source = _source()
+    source._advance_watermark(estimator, {chat: busy, moderation: None}, {chat: False, moderation: False})
+    assert estimator.watermark is None  # moderation not heard from yet
+    source._advance_watermark(estimator, {chat: busy, moderation: hour_behind}, {chat: False, moderation: False})
+    assert estimator.watermark.micros == hour_behind * 1_000_000  # moderation has a backlog: it is not late
+    source._advance_watermark(estimator, {chat: busy, moderation: hour_behind}, {chat: False, moderation: True})
+    assert estimator.watermark.micros == busy * 1_000_000  # moderation at its log end: chat decides
+    source._advance_watermark(estimator, {chat: busy - 60, moderation: hour_behind}, {chat: False, moderation: True})
+    assert estimator.watermark.micros == busy * 1_000_000  # never back
+    # Never past the earliest timestamp the call output (a batch of chat spanning ten minutes).
+    source._advance_watermark(estimator, {chat: busy + 600, moderation: hour_behind}, {moderation: True}, busy + 1)
+    assert estimator.watermark.micros == (busy + 1) * 1_000_000
+
+
+def test_a_source_at_its_log_end_follows_the_newest_partition_or_the_wall_clock() -> None:
+    chat, moderation, click = ("chat", 0), ("moderation", 0), ("click", 0)
+    everything_read = {chat: True, moderation: True, click: True}
+    replay = _Estimator()  # event time far behind the wall clock, idle slack switched off
+    delivered = {chat: 1_700_000_000.0, moderation: 1_699_990_000.0, click: None}
+    _source(1e9)._advance_watermark(replay, delivered, everything_read)
+    assert replay.watermark.micros == 1_700_000_000 * 1_000_000
+    live = _Estimator()  # the wall clock minus the slack is later than anything delivered
+    before = time.time()
+    _source(10.0)._advance_watermark(live, delivered, everything_read)
+    assert before - 10.0 <= live.watermark.micros / 1e6 <= time.time() - 10.0
+
+
+@pytest.mark.kafka
+def test_a_quiet_topic_does_not_hold_back_a_busy_one(kafka_bootstrap: str) -> None:
+    """Two topics in one restriction: a busy one, and a sparse one whose only record is an hour older.
+    Once the sparse topic is read to its end, the busy topic's event time alone sets the watermark."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    busy, sparse = f"busy-{uuid.uuid4().hex[:8]}", f"sparse-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    for future in admin.create_topics([NewTopic(busy, 2, 1), NewTopic(sparse, 2, 1)]).values():
+        future.result(60)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    base_ms = 1_700_000_000_000
+    producer.produce(sparse, b"old", partition=0, timestamp=base_ms - 3_600_000)
+    for i in range(10):
+        producer.produce(busy, f"v{i}".encode(), partition=i % 2, timestamp=base_ms + i * 1000)
+    producer.flush(30)
+    source = _ReadTopicsFn(kafka_bootstrap, "earliest", False, _raw_record, 5.0, 1e9, 30.0, 1_000)
+    source.setup()
+    start = {(t, p): 0 for t in (busy, sparse) for p in (0, 1)}
+    tracker = _Tracker(SourceRestriction(start, dict.fromkeys(start)))
+    estimator = _Estimator()
+    try:
+        out: list[SourceBatch] = [v.value for v in source._read(tracker, estimator)]
+        ends = {(b.topic, b.partition): b.end for b in out}
+        resumed = _Tracker(SourceRestriction({**start, **ends}, dict.fromkeys(start)))
+        assert list(source._read(resumed, estimator)) == []
+    finally:
+        source.teardown()
+    assert sorted(r.value for b in out for r in b.items) == [b"old", *(f"v{i}".encode() for i in range(10))]
+    assert tracker.deferred is not None
+    # Resumed with every partition at its log end: the newest delivered (busy, 1_700_000_009 s) less the 5 s
+    # out-of-orderness, held back neither by the sparse topic's hour-old record nor by its empty partition.
+    assert estimator.watermark is not None and estimator.watermark.micros == (1_700_000_009 - 5) * 1_000_000

@@ -15,9 +15,10 @@ mean within-window AUC, by the user's score over the whole period, by a score fr
 messages alone, by the mean offensive-language probability of the user's messages in the window
 (an off-the-shelf classifier's baseline) and at random. The best single feature leaves out the
 message-score aggregates (``msg_violations``, ``msg_max_score``), which are the detector's own;
-the moderation counts (``mod_reporters``, ``mod_sanctions``) are in it. When the detector learns its
-three-view model (content, reports, sanctions), ``content_only`` gives the same figures from the
-content score alone: what a feed without moderation events gets.
+the moderation counts (``mod_reporters``, ``mod_sanctions``, ``mod_sanction_severity``) are in it.
+When the detector learns its three-view model (content, reports, sanction severity),
+``content_only`` gives the same figures from the content score alone: what a feed without
+moderation events gets.
 """
 
 from __future__ import annotations
