@@ -401,10 +401,11 @@ def batch_ingest(
     print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
-    """Kafka event topics -> validated Parquet lake (by event type and date) + dead-letter table.
+    """Kafka event topics -> validated Delta tables of events (by event type and date) + dead letters.
 
     Each run continues from where the last one ended and records its offset range in
-    LAKE/_offsets/RUN_ID.json; --rerun RUN_ID replaces exactly that run's files. The job runs
+    LAKE/_offsets/RUN_ID.json; --rerun RUN_ID reads that range again, and the merge on event id
+    (source offset for dead letters) stores nothing twice. The job runs
     through spark-submit with the Kafka connector's jars and a zip of Argus's code (--py-files),
     so the same command runs on a cluster with --master.
     """
@@ -658,7 +659,9 @@ def lake_history(lake: LakeUriOption = "lake") -> None:
 
     published = manifests(_lake(lake))
     if not published:
-        raise UserError(f"nothing published in {lake} yet; run `argus batch nightly --lake {lake}` first")
+        raise UserError(
+            f"nothing published in {lake} yet; run `argus batch ingest --lake {lake}` or `argus batch nightly` first"
+        )
     for manifest in published:
         print(json.dumps(manifest.to_json()))
 
@@ -1489,10 +1492,14 @@ def stream_run(
         float, typer.Option(help="Seconds a chat window stays open after the watermark passes its end.")
     ] = 60.0,
     out_of_orderness: Annotated[
-        float, typer.Option(help="Seconds event time may go back within one partition before records count as late.")
+        float,
+        typer.Option(
+            help="Seconds a record may trail the newest event of the least advanced busy partition before it is late."
+        ),
     ] = 5.0,
     idle_slack: Annotated[
-        float, typer.Option(help="An idle partition at its log end holds the watermark at wall clock minus this.")
+        float,
+        typer.Option(help="With every partition at its log end, the watermark follows the wall clock minus this."),
     ] = 10.0,
     checkpoint_interval: Annotated[
         float,

@@ -22,6 +22,8 @@ Prism state lives in the runner's memory, so the pipeline checkpoints itself:
    *every* source-reading stage shard has taken in, counting only batches timestamped before
    ``X`` (their dead letters are flushed). The checkpoint is written (atomically, a file in
    ``--checkpoint-dir``), *then* the offsets are committed to the consumer group ``--group``.
+   At most one checkpoint is written per ``--checkpoint-interval``: a sooner cut is deferred (a
+   later one supersedes it), and the input's end writes the last, so a bounded run ends committed.
 4. **Restart.** The launcher reads the group's committed offsets and picks the checkpoint file
    with exactly those offsets (a crash between writing and committing leaves the previous one in
    force). The source resumes at the committed offsets; each stage shard gets its snapshot back
@@ -50,8 +52,9 @@ import apache_beam as beam
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics.metric import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from argus.pipelines.kafka_io import Cuts, KafkaClient, Offsets, _watermark_offsets, librdkafka_settings
 
@@ -221,16 +224,34 @@ def load_checkpoints(directory: Path) -> Iterator[tuple[Path, Checkpoint]]:
             yield path, checkpoint
 
 
-def committed_offsets(client: KafkaClient, group: str, topics: Sequence[str]) -> Offsets:
-    """The offsets ``group`` has committed on ``topics`` (partitions without a commit left out)."""
-    from confluent_kafka import Consumer, TopicPartition
+def committed_offsets(client: KafkaClient, group: str, topics: Sequence[str], attempts: int = 20) -> Offsets:
+    """The offsets ``group`` has committed on ``topics`` (partitions without a commit left out).
 
+    Retries what the broker reports as retriable (a fresh broker's group coordinator is not ready for
+    a few seconds: ``NOT_COORDINATOR``, ``COORDINATOR_LOAD_IN_PROGRESS``), up to ``attempts`` times.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    not_ready = {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+    }
     consumer = Consumer({**librdkafka_settings(client), "group.id": group, "enable.auto.commit": False})
     try:
         meta = consumer.list_topics(timeout=30)
         wanted = [TopicPartition(t, p) for t in topics if t in meta.topics for p in meta.topics[t].partitions]
+        for attempt in range(attempts):
+            try:
+                committed = consumer.committed(wanted, timeout=30) if wanted else []
+                break
+            except KafkaException as exc:
+                error = exc.args[0]
+                if attempt == attempts - 1 or not (error.retriable() or error.code() in not_ready):
+                    raise
+                time.sleep(0.5)
         out: Offsets = {}
-        for tp in consumer.committed(wanted, timeout=30) if wanted else []:
+        for tp in committed:
             if tp.offset >= 0:
                 out.setdefault(tp.topic, {})[tp.partition] = int(tp.offset)
         return out
@@ -324,11 +345,52 @@ def restore_input(pipeline: beam.Pipeline, plan: ResumePlan | None, stage: str) 
     )
 
 
+def _compact(snapshots: Any, at_us: int) -> dict[tuple[str, str], StageSnapshot]:
+    """The latest snapshot of each stage shard labelled ``<= at_us`` (the cut there); the bag keeps only
+    those and the later ones."""
+    latest: dict[tuple[str, str], StageSnapshot] = {}
+    later: list[StageSnapshot] = []
+    held = 0
+    for snapshot in snapshots.read():  # in arrival order: a later firing of a shard supersedes an earlier one
+        held += 1
+        key = (snapshot.stage, snapshot.shard)
+        if snapshot.at_us > at_us:
+            later.append(snapshot)
+        elif snapshot.restored and key in latest and not latest[key].restored:
+            continue
+        else:
+            latest[key] = snapshot
+    if len(latest) + len(later) == held:
+        return latest  # nothing superseded: no need to rewrite the bag
+    snapshots.clear()
+    for snapshot in [*latest.values(), *later]:
+        snapshots.add(snapshot)
+    return latest
+
+
+@dataclass
+class _Progress:
+    """The checkpoint stage's bookkeeping: the newest label the watermark has passed, the newest cut written."""
+
+    newest_us: int = -1  # cuts at labels up to here are complete; the next write takes this one
+    written_us: int = -1  # the cut of the newest checkpoint written: a cut never moves back
+    written_at: float = float("-inf")  # time.monotonic() of that write (for the interval)
+
+
 class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
-    """One key: collects stage snapshots; after the watermark passes a label, writes a checkpoint and commits."""
+    """One key: collects stage snapshots; after the watermark passes a label, writes a checkpoint and commits.
+
+    At most one checkpoint per ``interval_s``: a cut that comes sooner is deferred, not dropped. It is
+    written by the next label's timer once the interval is over, by a processing-time timer at the
+    interval's end (a stream gone quiet), or when the input ends (a bounded run's last cut), whichever
+    comes first; a deferred cut is superseded by any later one.
+    """
 
     SNAPSHOTS = BagStateSpec("snapshots", PickleCoder())
+    PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
     WRITE = TimerSpec("write", TimeDomain.WATERMARK)
+    DEFERRED = TimerSpec("deferred", TimeDomain.REAL_TIME)
+    END = TimerSpec("end", TimeDomain.WATERMARK)
 
     def __init__(
         self,
@@ -338,13 +400,15 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         start_offsets: Offsets,
         source_stages: Sequence[tuple[str, str]],
         interval_s: float,
+        resumed_at_us: int = -1,
     ) -> None:
         self.directory, self.client, self.group = Path(directory), client, group
         self.start_offsets = start_offsets
         self.source_stages = list(source_stages)
         self.interval_s = interval_s
-        self._last_write = 0.0
-        self._written_at_us = -1  # the cut of the newest checkpoint written: a cut never moves back
+        # After a restart: the restored checkpoint's cut. Cuts up to it would miss restored snapshots
+        # labelled after them; the first cut written is a later one.
+        self.resumed_at_us = resumed_at_us
         self._consumer: Any = None
         self.written = Metrics.counter("stream", "checkpoints")
 
@@ -363,7 +427,9 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         element: tuple[str, Any],
         snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(WRITE),  # noqa: B008
+        end: Any = beam.DoFn.TimerParam(END),  # noqa: B008
     ) -> None:
+        end.set(GlobalWindow().max_timestamp())  # fires only when the input ends: a bounded run's last cut
         item = element[1]
         if isinstance(item, Restore):  # the previous checkpoint's snapshots, until each shard fires again
             snapshots.add(item.snapshot)
@@ -377,30 +443,59 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         self,
         fired: Any = beam.DoFn.TimestampParam,
         snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
+        progress_state: Any = beam.DoFn.StateParam(PROGRESS),  # noqa: B008
+        deferred: Any = beam.DoFn.TimerParam(DEFERRED),  # noqa: B008
     ) -> None:
-        at_us = fired.micros - 1
-        latest: dict[tuple[str, str], StageSnapshot] = {}
-        later: list[StageSnapshot] = []
-        for snapshot in snapshots.read():  # in arrival order: a later firing of a shard supersedes an earlier one
-            key = (snapshot.stage, snapshot.shard)
-            if snapshot.at_us > at_us:
-                later.append(snapshot)
-            elif snapshot.restored and key in latest and not latest[key].restored:
-                continue
-            else:
-                latest[key] = snapshot
-        snapshots.clear()
-        for snapshot in [*latest.values(), *later]:
-            snapshots.add(snapshot)
-        # Timers of several labels can fire out of order; an earlier label's cut, written after a later one,
-        # would hold none of the snapshots the later one superseded.
-        if not latest or at_us <= self._written_at_us or time.monotonic() - self._last_write < self.interval_s:
+        progress = progress_state.read() or self._fresh_progress()
+        # Timers of several labels can fire out of order: the watermark has passed the newest of them, so
+        # the cut is always taken there (an earlier label's cut, taken after a later one, would miss the
+        # snapshots that one superseded).
+        progress.newest_us = max(progress.newest_us, fired.micros - 1)
+        wait_s = progress.written_at + self.interval_s - time.monotonic()
+        if wait_s <= 0:
+            self._write_cut(snapshots, progress, progress.newest_us)
+        elif progress.newest_us > progress.written_us:
+            _compact(snapshots, progress.newest_us)
+            deferred.set(Timestamp.now() + Duration(micros=int(wait_s * 1e6) + 1))
+        progress_state.write(progress)
+
+    @on_timer(DEFERRED)
+    def write_deferred(
+        self,
+        snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
+        progress_state: Any = beam.DoFn.StateParam(PROGRESS),  # noqa: B008
+    ) -> None:
+        progress = progress_state.read() or self._fresh_progress()
+        self._write_cut(snapshots, progress, progress.newest_us)
+        progress_state.write(progress)
+
+    @on_timer(END)
+    def write_last(
+        self,
+        snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
+        progress_state: Any = beam.DoFn.StateParam(PROGRESS),  # noqa: B008
+        deferred: Any = beam.DoFn.TimerParam(DEFERRED),  # noqa: B008
+    ) -> None:
+        """The input has ended: every snapshot is in, so the cut goes to the newest label (however soon)."""
+        progress = progress_state.read() or self._fresh_progress()
+        labels = [s.at_us for s in snapshots.read() if not s.restored]
+        progress.newest_us = max([progress.newest_us, *labels])
+        self._write_cut(snapshots, progress, progress.newest_us)
+        progress_state.write(progress)
+        deferred.clear()  # nothing left to defer: the run need not wait for it
+
+    def _fresh_progress(self) -> _Progress:
+        return _Progress(newest_us=self.resumed_at_us, written_us=self.resumed_at_us)
+
+    def _write_cut(self, snapshots: Any, progress: _Progress, at_us: int) -> None:
+        """Write and commit the cut at ``at_us`` unless it is empty or not past the newest written."""
+        latest = _compact(snapshots, at_us)
+        if not latest or at_us <= progress.written_us:
             return
         checkpoint = Checkpoint(self.group, at_us, self._resume_offsets(latest, at_us), latest)
         save_checkpoint(self.directory, checkpoint)
         self._commit(checkpoint.offsets)
-        self._last_write = time.monotonic()
-        self._written_at_us = at_us
+        progress.written_us, progress.written_at = at_us, time.monotonic()
         self.written.inc()
 
     def _resume_offsets(self, latest: dict[tuple[str, str], StageSnapshot], at_us: int) -> Offsets:
@@ -443,5 +538,6 @@ def write_checkpoints(
     keyed = merged | "OneCheckpointKey" >> beam.Map(lambda s: (CHECKPOINT_STAGE, s))
     if restored is not None:
         keyed = (keyed, restored) | "WithRestoredSnapshots" >> beam.Flatten()
-    fn = _CheckpointFn(directory, client, group, plan.start_offsets, source_stages, interval_s)
+    resumed_at_us = plan.checkpoint.at_us if plan.checkpoint is not None else -1
+    fn = _CheckpointFn(directory, client, group, plan.start_offsets, source_stages, interval_s, resumed_at_us)
     return keyed | "WriteCheckpoints" >> beam.ParDo(fn).with_input_types(beam.typehints.Tuple[str, Any])

@@ -561,7 +561,8 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
         decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp.
         start: ``earliest`` (replay the retained log) or ``latest`` (only what arrives from now on).
         bounded: stop at the end offsets seen at start.
-        out_of_orderness_s: how far event time may go back within one partition without being late.
+        out_of_orderness_s: how far a record may trail the newest event of the least advanced busy partition
+            without being late.
         idle_slack_s: with every partition at its log end, the watermark follows the wall clock minus this.
         poll_budget_s: an unbounded read checkpoints itself this often.
         bundle_s: a read that is delivering records returns (its outputs and watermark to the runner) after

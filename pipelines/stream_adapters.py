@@ -86,12 +86,12 @@ from argus.pipelines.stream_detectors import (
     StreamOutputs,
     StreamSettings,
     StrKeyed,
-    _alerts_by_day,
-    _received,
-    _with_restore,
+    alerts_by_day,
     feature_snapshot,
     one_native_thread,
+    received_ranges,
     shard_of,
+    with_restore,
 )
 from argus.pipelines.stream_detectors import (
     STREAMING_DETECTORS as ENGINE_DETECTORS,
@@ -266,7 +266,7 @@ def _user_key(event_type: str, row: dict[str, Any]) -> str | None:
 def _stage(
     keyed: Any, settings: StreamSettings, logic: StageLogic, label: str, *outputs: str, main: str = "out"
 ) -> Any:
-    restored = _with_restore(keyed, settings, logic.stage)
+    restored = with_restore(keyed, settings, logic.stage)
     fn = beam.ParDo(_StageFn(logic, settings.checkpoints)).with_input_types(StrKeyed)
     return restored | label >> fn.with_outputs("checkpoint", *outputs, main=main)
 
@@ -502,7 +502,7 @@ class ChurnLogic(StageLogic):
                 state.alerted[user] = state.last_active(user) or day
                 state.searched.pop(user, None)
                 evidence = {user: list(reversed(state.recent.get(user, [])))}
-                yield from _alerts_by_day(scores.iloc[[i]], detector, [day * DAY_US], evidence)
+                yield from alerts_by_day(scores.iloc[[i]], detector, [day * DAY_US], evidence)
             else:
                 state.searched[user] = day
                 replan[user] = day
@@ -545,7 +545,7 @@ class ChurnStream(StreamingDetector):
 
     def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
         keyed = batches | "ChurnByUserShard" >> beam.FlatMap(
-            _by_shard, settings.key_shards, _user_key, settings.checkpoints, _received(settings, CHURN_STAGE)
+            _by_shard, settings.key_shards, _user_key, settings.checkpoints, received_ranges(settings, CHURN_STAGE)
         )
         out = _stage(keyed, settings, ChurnLogic(settings, self.name), "ChurnUsers", "features", main="alerts")
         return StreamOutputs(
@@ -673,7 +673,7 @@ class EvaderLogic(StageLogic):
             ban = [state.bans[best[child]][1]] if child in best.index and best[child] in state.bans else []
             rest = sorted((e for kind, part in raw.items() if kind != "account" for e in part), key=lambda e: e[2])
             evidence = {child: list(dict.fromkeys([*own, *ban, *(str(r["event_id"]) for _, r, _ in rest)]))}
-            yield from _alerts_by_day(scores.iloc[[i]], detector, [children[child]], evidence)
+            yield from alerts_by_day(scores.iloc[[i]], detector, [children[child]], evidence)
 
 
 def _account_key(event_type: str, row: dict[str, Any]) -> str | None:
@@ -686,7 +686,7 @@ class EvaderStream(StreamingDetector):
 
     def expand(self, batches: Any, settings: StreamSettings) -> StreamOutputs:
         keyed = batches | "AccountsOneShard" >> beam.FlatMap(
-            _by_shard, 1, _account_key, settings.checkpoints, _received(settings, EVADER_STAGE)
+            _by_shard, 1, _account_key, settings.checkpoints, received_ranges(settings, EVADER_STAGE)
         )
         out = _stage(keyed, settings, EvaderLogic(settings, self.name), "Accounts", main="alerts")
         return StreamOutputs(out.alerts, None, (out.checkpoint,) if settings.checkpoints else ())
@@ -902,7 +902,11 @@ class TrollMessageStream(StreamingDetector):
         detector = ModelStore(settings.model_store).load(self.name)
         keep_s = max(MAX_CONTEXT_S, int(detector.params.get("context_s", 0)), int(detector.params.get("burst_s", 0)))
         keyed = batches | "MessagesByChannelShard" >> beam.FlatMap(
-            _by_shard, settings.key_shards, _chat_key, settings.checkpoints, _received(settings, MESSAGE_CHANNELS_STAGE)
+            _by_shard,
+            settings.key_shards,
+            _chat_key,
+            settings.checkpoints,
+            received_ranges(settings, MESSAGE_CHANNELS_STAGE),
         )
         channels = _stage(keyed, settings, ChannelMessagesLogic(settings, self.name, keep_s), "MessageContext")
         users = _stage(channels.out, settings, UserMessagesLogic(settings, self.name), "MessageRates", main="alerts")

@@ -93,11 +93,14 @@ __all__ = [
     "StreamingDetector",
     "TrollStream",
     "UserChatState",
+    "alerts_by_day",
     "apply_window_sums",
     "chat_feature_rows",
     "feature_snapshot",
+    "received_ranges",
     "shard_of",
     "window_sums",
+    "with_restore",
 ]
 
 DAY_US = 86_400 * 1_000_000
@@ -160,11 +163,12 @@ class StreamSettings:
     resume: Any = None  # a argus.pipelines.checkpoint.ResumePlan: what to restore, which batches each shard has
 
 
-def _received(settings: StreamSettings, stage: str) -> dict[str, Ranges]:
+def received_ranges(settings: StreamSettings, stage: str) -> dict[str, Ranges]:
+    """Per shard of ``stage``: the source ranges its restored state already holds (empty on a fresh start)."""
     return settings.resume.received(stage) if settings.resume is not None else {}
 
 
-def _with_restore(keyed: Any, settings: StreamSettings, stage: str) -> Any:
+def with_restore(keyed: Any, settings: StreamSettings, stage: str) -> Any:
     """``keyed`` and, after a restart, the stage's restore elements (one per shard in the checkpoint)."""
     restored = restore_input(keyed.pipeline, settings.resume, stage)
     return keyed if restored is None else (keyed, restored) | f"{stage}WithRestore" >> beam.Flatten()
@@ -236,7 +240,7 @@ def _day_window(t_us: int) -> tuple[pd.Timestamp, pd.Timestamp]:
     return start, start + pd.Timedelta(days=1)
 
 
-def _alerts_by_day(
+def alerts_by_day(
     scores: pd.DataFrame, detector: Detector, days_us: list[int], evidence: dict[str, list[str]]
 ) -> list[Alert]:
     """``alerts_from_scores`` per event-time day; ``days_us[i]`` is row i's evidence time."""
@@ -600,7 +604,7 @@ class _ScoreChatFn(_ScoreBatchFn):
         flagged = scores["flagged"].to_numpy()
         for i in np.flatnonzero(flagged):
             user, _, _, recent, t_us = batch[i]
-            yield from _alerts_by_day(scores.iloc[[i]], detector, [t_us], {user: list(reversed(recent))})
+            yield from alerts_by_day(scores.iloc[[i]], detector, [t_us], {user: list(reversed(recent))})
         if self.publish_features:
             rows = features.to_dict("records")
             version = self._live.version if self._live is not None else None
@@ -617,12 +621,12 @@ class TrollStream(StreamingDetector):
         window_s = int(ModelStore(settings.model_store).load(self.name).params.get("window_s", CONTEXT_WINDOW_S))
         shards, tracked = settings.key_shards, settings.checkpoints
         by_channel = batches | "ByChannelShard" >> beam.FlatMap(
-            _chat_by_shard, shards, tracked, _received(settings, CHANNELS_STAGE)
+            _chat_by_shard, shards, tracked, received_ranges(settings, CHANNELS_STAGE)
         )
-        windows = _with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> beam.ParDo(
+        windows = with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> beam.ParDo(
             _ChannelWindowsFn(window_s, settings.allowed_lateness_s, shards, tracked)
         ).with_input_types(StrKeyed).with_outputs("checkpoint", main="sums")
-        users = _with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> beam.ParDo(
+        users = with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> beam.ParDo(
             _UserChatFn(settings.evidence_per_alert, tracked)
         ).with_input_types(StrKeyed).with_outputs("checkpoint", main="snapshots")
         scored = users.snapshots | "ScoreTrolls" >> beam.ParDo(
@@ -784,7 +788,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         scores = detector.score(features)
         self.scored.inc(len(scores))
         evidence = {u: str(v).split() for u, v in features["evidence"].items()}
-        yield from _alerts_by_day(scores, detector, [boundary - 1] * len(scores), evidence)
+        yield from alerts_by_day(scores, detector, [boundary - 1] * len(scores), evidence)
         if self.publish_features:
             numeric = features.select_dtypes("number")
             by_user = scores.set_index("user_id")
@@ -832,9 +836,9 @@ class FraudStream(StreamingDetector):
         # cut and events per active day see exactly what one row per event would give.
         bucket_us = math.gcd(int(settings.fraud_interval_s), 86_400) * 1_000_000
         graph = batches | "OneGraph" >> beam.FlatMap(
-            _graph_batch, bucket_us, settings.checkpoints, _received(settings, GRAPH_STAGE)
+            _graph_batch, bucket_us, settings.checkpoints, received_ranges(settings, GRAPH_STAGE)
         )
-        scored = _with_restore(graph, settings, GRAPH_STAGE) | "PaymentGraph" >> beam.ParDo(
+        scored = with_restore(graph, settings, GRAPH_STAGE) | "PaymentGraph" >> beam.ParDo(
             _PaymentGraphFn(settings, self.name)
         ).with_input_types(StrKeyed).with_outputs("features", "checkpoint", main="alerts")
         return StreamOutputs(

@@ -9,8 +9,13 @@ message gets a troll alert that says it rests on one message.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -182,37 +187,53 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[typ
     return {"records": records, "events": events, "store": store.root, "churn": churn}
 
 
-@pytest.fixture(scope="module")
-def streamed(kafka_bootstrap: str, world: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
-    """A bounded, checkpointed run of the three adapters over the log; the alerts and churn snapshots it wrote."""
+ADAPTERS = ["churn", "evaders", "troll-messages"]
+EVENT_KINDS = ("chat", "click", "account", "moderation", "payment")
+
+
+def _topics(bootstrap: str, prefix: str) -> list[str]:
+    """A run's own event topics (two partitions each) and output topics; the event topics' names."""
     from kafka.admin import KafkaAdminClient, NewTopic
 
-    from argus.infra.clients import BulkProducer
-    from argus.pipelines.kafka_io import published_identities
-    from argus.pipelines.stream import StreamConfig, run_stream
-    from tests.test_stream import _prism
-
-    _prism()
-    prefix = f"sa{os.getpid()}"
-    kinds = ("chat", "click", "account", "moderation", "payment")
-    topics = {k: f"{prefix}.events.{k}" for k in kinds}
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    topics = [f"{prefix}.events.{k}" for k in EVENT_KINDS]
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     admin.create_topics(
-        [NewTopic(t, 2, 1) for t in topics.values()]
+        [NewTopic(t, 2, 1) for t in topics]
         + [NewTopic(f"{prefix}.alerts.{k}", 1, 1) for k in ALERT_KINDS]
         + [NewTopic(f"{prefix}.dlq", 1, 1), NewTopic(f"{prefix}.features.churn", 1, 1)]
     )
     admin.close()
-    producer = BulkProducer(kafka_bootstrap)
-    for record in sorted(world["records"], key=lambda r: str(r["ts"])):
+    return topics
+
+
+def _produce(bootstrap: str, topics: list[str], records: list[dict[str, object]]) -> None:
+    """``records`` in event-time order to their type's topic, keyed by user."""
+    from argus.infra.clients import BulkProducer
+
+    by_kind = {t.rsplit(".", 1)[1]: t for t in topics}
+    producer = BulkProducer(bootstrap)
+    for record in sorted(records, key=lambda r: str(r["ts"])):
         producer.send_many(
-            topics[str(record["event_type"])], [str(record["user_id"]).encode()], [json.dumps(record).encode()]
+            by_kind[str(record["event_type"])], [str(record["user_id"]).encode()], [json.dumps(record).encode()]
         )
     producer.flush()
+
+
+@pytest.fixture(scope="module")
+def streamed(kafka_bootstrap: str, world: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:  # type: ignore[type-arg]
+    """A bounded, checkpointed run of the three adapters over the log; the alerts and churn snapshots it wrote."""
+    from argus.pipelines.kafka_io import published_identities
+    from argus.pipelines.stream import StreamConfig, run_stream
+    from tests.test_stream import prism_or_skip
+
+    prism_or_skip()
+    prefix = f"sa{os.getpid()}"
+    topics = _topics(kafka_bootstrap, prefix)
+    _produce(kafka_bootstrap, topics, world["records"])
     config = StreamConfig(
         model_store=world["store"],
-        detectors=["churn", "evaders", "troll-messages"],
-        topics=list(topics.values()),
+        detectors=ADAPTERS,
+        topics=topics,
         bootstrap=kafka_bootstrap,
         bounded=True,
         alerts_prefix=f"{prefix}.alerts",
@@ -232,7 +253,7 @@ def streamed(kafka_bootstrap: str, world: dict, tmp_path_factory: pytest.TempPat
         json.loads(v)
         for v in published_identities(kafka_bootstrap, [f"{prefix}.features.churn"], lambda t, k, v: v.decode())
     ]
-    return {"counters": counters, "alerts": alerts, "snapshots": snapshots, "config": config}
+    return {"counters": counters, "alerts": alerts, "snapshots": snapshots, "config": config, "prefix": prefix}
 
 
 def _day(stamp: str) -> int:
@@ -405,22 +426,124 @@ def test_the_nightly_troll_model_gets_its_message_part(spark: object, tmp_path: 
 
 @pytest.mark.kafka
 def test_a_restart_restores_the_adapters_state(kafka_bootstrap: str, streamed: dict) -> None:  # type: ignore[type-arg]
-    """Run again on the same group: each stage restores its checkpointed state (and re-arms its timers),
-    reads only what lay after the committed offsets, and raises no alert the first run did not."""
-    from argus.pipelines.checkpoint import load_checkpoints
+    """Run again on the same group: the first run's last cut was written (however soon after the one before),
+    so the rerun restores every stage, reads nothing and raises no alert the first run did not."""
+    from argus.pipelines.checkpoint import committed_offsets, load_checkpoints
     from argus.pipelines.kafka_io import published_identities
     from argus.pipelines.stream import run_stream
+    from tests.test_stream import log_ends
 
     config = streamed["config"]
+    topics = list(config.topics)
     checkpoint = next(iter(load_checkpoints(config.checkpoint_dir)))[1]
-    # Checkpoints are written at most every interval, so the newest cut may predate a stage's first firing
-    # (churn fires at day ends): such a stage replays from the start offsets instead of restoring.
-    stages = {stage for stage, _ in checkpoint.snapshots}
-    assert stages and stages <= {"churn.users", "evaders.accounts", "messages.channels", "messages.users"}
+    assert {stage for stage, _ in checkpoint.snapshots} == {
+        "churn.users",
+        "evaders.accounts",
+        "messages.channels",
+        "messages.users",
+    }
+    ends = {t: {p: high for p, (_, high) in parts.items()} for t, parts in log_ends(kafka_bootstrap, topics).items()}
+    assert checkpoint.offsets == ends  # the bounded run's last cut covers the whole log
+    assert committed_offsets(kafka_bootstrap, config.group, topics) == ends
     again = run_stream(config)
     assert again["state"].endswith("DONE")
-    assert again["records_read"] <= streamed["counters"]["records_read"]
-    topics = [f"{config.alerts_prefix}.{k}" for k in ALERT_KINDS]
-    ids = list(published_identities(kafka_bootstrap, topics, lambda t, k, v: k.decode()))
+    assert again["records_read"] == 0
+    alert_topics = [f"{config.alerts_prefix}.{k}" for k in ALERT_KINDS]
+    ids = list(published_identities(kafka_bootstrap, alert_topics, lambda t, k, v: k.decode()))
     assert len(ids) == len(set(ids))
     assert set(ids) == {a["alert_id"] for a in streamed["alerts"]}
+
+
+def _last_snapshot_per_user(bootstrap: str, topic: str) -> dict[str, dict[str, object]]:
+    from argus.pipelines.kafka_io import published_identities
+
+    last: dict[str, dict[str, object]] = {}
+    for value in published_identities(bootstrap, [topic], lambda t, k, v: v.decode()):
+        snapshot = json.loads(value)
+        if snapshot["at_us"] >= last.get(snapshot["user_id"], {}).get("at_us", -1):
+            last[snapshot["user_id"]] = snapshot
+    return last
+
+
+@pytest.mark.kafka
+def test_killed_mid_stream_and_restarted_the_adapters_lose_nothing(
+    kafka_bootstrap: str,
+    world: dict,
+    streamed: dict,
+    tmp_path: Path,  # type: ignore[type-arg]
+) -> None:
+    """kill -9 of a live run after a checkpoint, the rest of the log produced meanwhile, a restart: it resumes
+    at the committed offsets with the stages' state restored and ends with the uninterrupted run's alert ids
+    (none twice) and churn features.
+
+    The first run is unbounded over the log's first 31 days, so it cannot end before it is killed; the
+    watermark then stops at the newest event it read (``--idle-slack`` far beyond the log), so nothing of
+    the rest arrives late."""
+    from argus.pipelines.checkpoint import committed_offsets
+    from argus.pipelines.stream import run_stream
+    from tests.test_stream import log_ends, prism_or_skip, published_outputs
+
+    prism_or_skip()
+    prefix = f"sk{os.getpid()}"
+    topics = _topics(kafka_bootstrap, prefix)
+    split = str(START + pd.Timedelta(days=31))
+    first = [r for r in world["records"] if str(r["ts"]) < split]
+    assert 0 < len(first) < len(world["records"])
+    _produce(kafka_bootstrap, topics, first)
+    common = [
+        sys.executable, "-m", "argus.cli", "stream", "run", "--detectors", ",".join(ADAPTERS),
+        "--model-store", str(world["store"]), "--topics", ",".join(topics), "--bootstrap", kafka_bootstrap,
+        "--alerts-prefix", f"{prefix}.alerts", "--dlq-topic", f"{prefix}.dlq", "--features-prefix",
+        f"{prefix}.features", "--checkpoint-dir", str(tmp_path / "checkpoints"), "--group", prefix,
+        "--max-batch", "1000",  # a few batches per partition: the first cut can fall inside the log's first part
+    ]  # fmt: skip
+    log = (tmp_path / "first.log").open("wb")
+    victim = subprocess.Popen(
+        [*common, "--unbounded", "--idle-slack", "1e9"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not any(
+            o for parts in committed_offsets(kafka_bootstrap, prefix, topics).values() for o in parts.values()
+        ):
+            assert victim.poll() is None, (tmp_path / "first.log").read_text()[-2000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)  # the pipeline and its Prism runner
+        victim.wait()
+    committed = committed_offsets(kafka_bootstrap, prefix, topics)
+    _produce(kafka_bootstrap, topics, [r for r in world["records"] if str(r["ts"]) >= split])
+    ends = log_ends(kafka_bootstrap, topics)
+    consumed = sum(committed.get(t, {}).get(p, low) - low for t, parts in ends.items() for p, (low, _) in parts.items())
+    assert 0 < consumed <= len(first)  # killed after a checkpoint, with the rest of the stream still to come
+    # The restart: the same settings, bounded, in this process (its Prism runner is already up).
+    restart = dataclasses.replace(
+        streamed["config"],
+        topics=topics,
+        alerts_prefix=f"{prefix}.alerts",
+        dlq_topic=f"{prefix}.dlq",
+        features_prefix=f"{prefix}.features",
+        checkpoint_dir=tmp_path / "checkpoints",
+        group=prefix,
+        max_batch=1000,
+    )
+    counters = run_stream(restart)
+    assert counters["state"].endswith("DONE")
+    # Resumed at the committed offsets: it read exactly what lay after them, no event skipped or read twice.
+    assert counters["records_read"] == len(world["records"]) - consumed
+    ids, _ = published_outputs(kafka_bootstrap, prefix)
+    assert len(ids) == len(set(ids))  # none twice on the alert topics
+    assert set(ids) == {a["alert_id"] for a in streamed["alerts"]}
+    # The stages' state survived: each user's last churn features are the uninterrupted run's.
+    killed = _last_snapshot_per_user(kafka_bootstrap, f"{prefix}.features.churn")
+    uninterrupted = _last_snapshot_per_user(kafka_bootstrap, f"{streamed['prefix']}.features.churn")
+    assert killed.keys() == uninterrupted.keys()
+    for user, snapshot in uninterrupted.items():
+        assert killed[user]["at_us"] == snapshot["at_us"], user
+        np.testing.assert_allclose(
+            pd.Series(killed[user]["features"], dtype=float).sort_index(),
+            pd.Series(snapshot["features"], dtype=float).sort_index(),
+            rtol=1e-9,
+            atol=1e-12,
+            err_msg=user,
+        )
