@@ -492,7 +492,7 @@ def quality_section(lake: Path, day: date, days: int) -> Section:
             margin={"t": 20, "b": 40, "l": 100, "r": 20},
         )
         body += _figure(fig, "fig-quality")
-        rows = _partition_rows(lake, day)
+        rows = rows_per_event_type(lake, day)
         overview = per_type.reset_index()[["event_type", "passed", "failed"]]
         overview.insert(1, "rows", overview["event_type"].map(rows).fillna(0).astype(int))
         body += f"<h3>Checks per event type on {day}</h3>" + _table(overview)
@@ -527,28 +527,33 @@ def _describe(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _partition_rows(lake: Path, day: date) -> dict[str, int]:
+def rows_per_event_type(lake: Path, day: date) -> dict[str, int]:
+    """Rows per event type on ``day``: the ingested Delta tables plus files landed by import or generate."""
     import pyarrow.parquet as pq
 
-    rows = {}
+    from argus.jobs import lake as tables
+
+    rows: Counter[str] = Counter()
     for folder in (lake / "events").glob(f"event_type=*/date={day.isoformat()}"):
         event_type = folder.parent.name.removeprefix("event_type=")
-        rows[event_type] = sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
-    return rows
+        rows[event_type] += sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
+    for folder in (lake / tables.INGESTED_EVENTS).glob("event_type=*"):
+        event_type = folder.name.removeprefix("event_type=")
+        ingested = tables.read_pandas(lake, tables.events_table(event_type), day, columns=["event_id"])
+        rows[event_type] += 0 if ingested is None else len(ingested)
+    return dict(rows)
 
 
 def _dead_letters(lake: Path, day: date) -> pd.DataFrame | None:
     """Dead letters rejected on ``day`` by reason; None when the lake has no dead-letter table (no ingest)."""
-    root = lake / "dead_letter"
-    if not root.is_dir():
+    from argus.jobs import lake as tables
+
+    if not (lake / tables.DEAD_LETTER).is_dir():
         return None
-    folder = root / f"date={day.isoformat()}"
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if not files:
+    codes = tables.read_pandas(lake, tables.DEAD_LETTER, day, columns=["reason_code"])
+    if codes is None or not len(codes):
         return pd.DataFrame(columns=["reason_code", "records"])
-    codes = pd.concat([pd.read_parquet(f, columns=["reason_code"]) for f in files], ignore_index=True)
-    counts = codes["reason_code"].value_counts().rename_axis("reason_code").reset_index(name="records")
-    return counts
+    return codes["reason_code"].value_counts().rename_axis("reason_code").reset_index(name="records")
 
 
 def _gate_history(lake: Path, day: date, days: int) -> pd.DataFrame:

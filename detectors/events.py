@@ -3,7 +3,8 @@
 Accepted inputs (all in the event schema of ``schemas/``):
 
 * a folder in the lake layout (``events/event_type=T/date=D/*.parquet`` or ``*.jsonl``; the folder
-  itself, its ``events/`` child, or a world written by ``argus generate``);
+  itself, its ``events/`` child, or a world written by ``argus generate``); a lake's ingested Delta
+  tables (``ingested/event_type=T``) are read too, at the version its manifest publishes;
 * one Parquet file with an ``event_type`` column (the wide event schema);
 * one JSON Lines file, one event per line; lines that fail validation are kept with their
   reason in ``Events.rejected`` (never dropped silently, never guessed at).
@@ -102,9 +103,23 @@ def _from_lake(root: Path) -> Events:
             part = _from_json_lines([line for p in json_lines for line in p.read_bytes().splitlines()])
             frames[event_type] = part[event_type]
             rejected += part.rejected
+        ingested = _ingested(root, event_type)
+        if ingested is not None:
+            landed = [frames[event_type]] if event_type in frames else []
+            frames[event_type] = _normalise(pd.concat([*landed, ingested], ignore_index=True))
     if not frames:
         raise EventsError(f"{root}: no events/event_type=*/date=*/ files; is this a lake or world folder?")
     return Events(frames, rejected)
+
+
+def _ingested(root: Path, event_type: str) -> pd.DataFrame | None:
+    """The published rows of a lake's ingested Delta table of ``event_type``; None when ``root`` has none."""
+    if not (root / "ingested").is_dir():
+        return None
+    from argus.jobs.lake import events_table, read_pandas  # Delta's own reader: never a listing of its files
+
+    frame = read_pandas(root, events_table(event_type), columns=ARROW_SCHEMAS[event_type].names)
+    return frame if frame is not None and len(frame) else None
 
 
 def _from_wide(table: pa.Table) -> Events:

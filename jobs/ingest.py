@@ -1,14 +1,17 @@
-"""Nightly ingest: Kafka event topics -> validated Parquet lake + dead-letter table.
+"""Nightly ingest: Kafka event topics -> validated Delta tables of events + a dead-letter table.
 
 Run with spark-submit (``argus batch ingest`` builds the command) or call ``run_ingest`` with a
 session. Each run reads the offset range from where the previous run ended to the topics'
-current ends and records that range in ``LAKE/_offsets/<run_id>.json``. Output files carry
-the run id, so ``--rerun RUN_ID`` reads exactly the same range and replaces exactly the same
-files: no duplicates, nothing skipped. Records are validated with ``argus.schemas.validate`` (the
-same code as the streaming path); rejects, and repeated ``event_id``s within a run, go to
-``LAKE/dead_letter/`` with the reason and the original bytes.
+current ends and records that range in ``LAKE/_offsets/<run_id>.json``; ``--rerun RUN_ID`` reads
+exactly the same range again. Records are validated with ``argus.schemas.validate`` (the same code
+as the streaming path); rejects, and repeated ``event_id``s within a run, are dead letters with
+the reason and the original bytes.
 
-Layout: ``LAKE/events/event_type=T/date=YYYY-MM-DD/part-<run_id>-NNNNN.parquet``.
+Tables (``argus.jobs.lake``): ``LAKE/ingested/event_type=T`` (partitioned by the events' date) and
+``LAKE/dead_letter`` (by the run's date). Ingest merges: an event whose ``event_id`` is stored, or a
+dead letter whose topic, partition and offset are, is not written again, so a rerun, or a run that
+overlaps one that crashed before logging its offsets, neither duplicates nor loses rows. Every table
+a run changed is published by one manifest; a run that fails before it leaves the lake as it was.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import base64
 import functools
 import hashlib
 import json
-import shutil
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -31,7 +33,8 @@ import pandas as pd
 import pyarrow as pa
 
 from argus.jobs.entry import run_job
-from argus.jobs.lake import job_lake
+from argus.jobs.lake import DEAD_LETTER, convert_plain_parquet, events_table, job_lake
+from argus.jobs.publish import Publication
 from argus.schemas.arrow import ARROW_SCHEMAS, wide_event_schema
 from argus.schemas.bounds import EventTimeBounds, current_bounds
 from argus.schemas.models import EventBase
@@ -39,7 +42,7 @@ from argus.schemas.privacy import ErasedSubjects, Pseudonymizer, current_privacy
 from argus.schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 ERASED_SUBJECT = "erased_subject"
 _META = pa.schema(
@@ -77,6 +80,7 @@ class IngestResult:
     started_at: str  # also the dead letters' rejected_at, kept by reruns so they write the same bytes
     finished_at: str
     erased: int = 0  # records of users erased by `argus forget`, read again and kept nowhere
+    stored: int = 0  # valid events the lake did not hold yet (0 when a rerun finds them all there)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -233,22 +237,22 @@ def run_ingest(
         .alias("reason"),
         F.lit(started_at).cast("timestamp").alias("rejected_at"),
     )
-    staging = lake / "_staging" / run_id
-    shutil.rmtree(staging, ignore_errors=True)
-    # Each event type keeps its own columns (as `argus generate --out` writes them); one file per
-    # date and run keeps nightly batches few and large.
-    for event_type, schema in ARROW_SCHEMAS.items():
-        rows = good.where(F.col("event_type") == event_type).select(*schema.names, "date")
-        rows = rows.repartition("date").sortWithinPartitions("ts", "event_id")
-        rows.write.partitionBy("date").parquet(str(staging / "events" / f"event_type={event_type}"))
-    rejected.withColumn("date", F.lit(started_at.date().isoformat())).coalesce(1).sortWithinPartitions(
-        "source_topic", "source_partition", "source_offset"
-    ).write.partitionBy("date").parquet(str(staging / "dead_letter"))
     valid_count, rejected_count, erased_count = good.count(), rejected.count(), validated.where(erased).count()
-    validated.unpersist()
-    _publish(staging / "events", lake / "events", run_id)
-    _publish(staging / "dead_letter", lake / "dead_letter", run_id)
-    shutil.rmtree(staging, ignore_errors=True)
+    publication = Publication(lake, f"ingest-{run_id}", deferred=True)
+    try:
+        stored = _merge_events(spark, publication, good)
+        converted = convert_plain_parquet(spark, lake, DEAD_LETTER)  # a lake from before dead letters were Delta
+        if rejected_count or converted:
+            letters = rejected.withColumn("date", F.lit(started_at.date().isoformat())).coalesce(1)
+            publication.merge(spark, letters, DEAD_LETTER, ["source_topic", "source_partition", "source_offset"])
+        publication.commit()  # the run's commit point: every table's new version, or none
+    except BaseException:
+        publication.discard()
+        raise
+    finally:
+        validated.unpersist()
+    if rerun:
+        _drop_plain_files(lake, run_id)
     result = IngestResult(
         run_id,
         start,
@@ -258,22 +262,35 @@ def run_ingest(
         started_at.isoformat(),
         datetime.now(UTC).isoformat(),
         erased_count,
+        stored,
     )
     (lake / "_offsets").mkdir(parents=True, exist_ok=True)
     (lake / "_offsets" / f"{run_id}.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
     return result
 
 
-def _publish(staged: Path, target: Path, run_id: str) -> None:
-    """Move a run's staged partition files into the lake, replacing that run's earlier files."""
-    for old in target.glob(f"**/part-{run_id}-*.parquet"):
+def _merge_events(spark: SparkSession, publication: Publication, good: DataFrame) -> int:
+    """Each event type's valid rows into its Delta table, keyed on ``event_id``; the rows inserted."""
+    from pyspark.sql import functions as F
+
+    dates: dict[str, list[str]] = {}
+    for row in good.groupBy("event_type", "date").count().collect():
+        dates.setdefault(row["event_type"], []).append(row["date"])
+    stored = 0
+    # Each event type keeps its own columns (as `argus generate --out` writes them).
+    for event_type, schema in ARROW_SCHEMAS.items():
+        if event_type not in dates:
+            continue
+        rows = good.where(F.col("event_type") == event_type).select(*schema.names, "date")
+        rows = rows.repartition("date").sortWithinPartitions("ts", "event_id")
+        stored += publication.merge(spark, rows, events_table(event_type), ["event_id"], dates[event_type])
+    return stored
+
+
+def _drop_plain_files(lake: Path, run_id: str) -> None:
+    """A run's Parquet files from before ingest wrote Delta tables: its rerun has merged their rows."""
+    for old in (lake / "events").glob(f"event_type=*/date=*/part-{run_id}-*.parquet"):
         old.unlink()
-    if not staged.exists():
-        return
-    for number, file in enumerate(sorted(staged.glob("**/part-*.parquet"))):
-        destination = target / file.parent.relative_to(staged) / f"part-{run_id}-{number:05d}.parquet"
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(file), destination)
 
 
 def main(argv: list[str]) -> int:

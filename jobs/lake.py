@@ -1,7 +1,15 @@
 """The lake's tables: Delta Lake tables, written and read through this module only.
 
 Tables (each a Delta table under the lake root, partitioned by a string ``date`` column):
-``profiles``, ``embeddings`` and ``scores/detector=<name>`` (published by ``argus.jobs.publish``).
+``profiles``, ``embeddings`` and ``scores/detector=<name>`` (published by ``argus.jobs.publish``);
+``ingested/event_type=<type>`` (the events ``argus.jobs.ingest`` read from Kafka, one table per
+type with that type's columns, dated by event time) and ``dead_letter`` (its rejects, with reason and
+original bytes, dated by the run). Events landed as plain files (``argus import``, ``argus generate
+--out``) stay under ``events/event_type=<type>/date=<date>/``; the events readers read both.
+
+Ingest *merges* (``merge_new_rows``): it inserts only rows whose key (``event_id``; the Kafka
+topic, partition and offset of a dead letter) the table lacks, so reading the same Kafka range again
+adds nothing and loses nothing.
 
 Every write of a date is one Delta commit that replaces exactly that date (``replaceWhere``): a
 reader sees the whole previous date or the whole new one, other dates are untouched, and writing
@@ -40,6 +48,8 @@ PARTITION = "date"
 MANIFESTS = "_manifests"
 # Delta's own default (delta.deletedFileRetentionDuration): a week of nights stays readable.
 DEFAULT_RETAIN_HOURS = 168
+INGESTED_EVENTS = "ingested"
+DEAD_LETTER = "dead_letter"
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 # Hadoop's scheme -> the scheme pyarrow and delta-rs use for the same store.
 _NATIVE_SCHEME = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}
@@ -111,6 +121,11 @@ def table_location(lake: Lake, table: str) -> str:
     return str(join(lake, *table.split("/")))
 
 
+def events_table(event_type: str) -> str:
+    """The Delta table of ``event_type``'s ingested events."""
+    return f"{INGESTED_EVENTS}/event_type={event_type}"
+
+
 def native_location(location: str) -> str:
     """``location`` as pyarrow and delta-rs name it (``s3a://`` is ``s3://`` outside Hadoop)."""
     match = _SCHEME.match(location)
@@ -144,6 +159,60 @@ def write_date(spark: SparkSession, frame: DataFrame, lake: Lake, table: str, da
     version = latest_version(spark, lake, table)
     assert version is not None, f"{table} has no version right after a write"
     return version
+
+
+def merge_new_rows(
+    spark: SparkSession, frame: DataFrame, lake: Lake, table: str, keys: list[str], dates: list[str] | None = None
+) -> tuple[int, int]:
+    """Insert the rows of ``frame`` (which has the ``date`` column) whose ``keys`` ``table`` lacks, in one
+    Delta commit; (the table's newest version, rows inserted). The table is created on its first write;
+    when every key is there already nothing is committed and the version stays as it was.
+
+    ``dates``, when the key determines the date (an event's id, its time), limits the search for
+    existing keys to those dates' files; without it every date is searched. New columns are added to
+    the table's schema, as ``write_date`` does.
+    """
+    location = table_location(lake, table)
+    before = latest_version(spark, lake, table)
+    if before is None:
+        frame.write.format("delta").mode("append").partitionBy(PARTITION).save(location)
+    else:
+        source = f"argus_merge_{abs(hash((location, id(frame))))}"
+        frame.createOrReplaceTempView(source)
+        matched = " AND ".join(f"t.`{key}` = s.`{key}`" for key in keys)
+        if dates is not None:
+            matched += f" AND t.`{PARTITION}` = s.`{PARTITION}`"
+            matched += f" AND t.`{PARTITION}` IN ({', '.join(_sql_string(d) for d in sorted(dates)) or 'NULL'})"
+        try:
+            spark.sql(
+                f"MERGE WITH SCHEMA EVOLUTION INTO delta.`{location}` t USING {source} s ON {matched} "
+                "WHEN NOT MATCHED THEN INSERT *"
+            )
+        finally:
+            spark.catalog.dropTempView(source)
+    row = spark.sql(f"DESCRIBE HISTORY delta.`{location}` LIMIT 1").select("version", "operationMetrics").first()
+    assert row is not None, f"{table} has no version right after a write"
+    if int(row["version"]) == before:  # every key was there: Delta commits nothing
+        return before, 0
+    metrics = row["operationMetrics"] or {}
+    inserted = metrics.get("numTargetRowsInserted", metrics.get("numOutputRows", "0"))
+    return int(row["version"]), int(inserted)
+
+
+def convert_plain_parquet(spark: SparkSession, lake: Lake, table: str) -> bool:
+    """Make a folder of plain, ``date``-partitioned Parquet files (an older lake's) a Delta table in
+    place, its rows kept; True when it converted. A Delta table, or no folder, is left as it is."""
+    location = table_location(lake, table)
+    if is_uri(lake) or not any(Path(location).glob(f"{PARTITION}=*/*.parquet")):
+        return False
+    if _delta_table_exists(spark, location):
+        return False
+    spark.sql(f"CONVERT TO DELTA parquet.`{location}` PARTITIONED BY ({PARTITION} STRING)")
+    return True
+
+
+def _sql_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def latest_version(spark: SparkSession, lake: Lake, table: str) -> int | None:

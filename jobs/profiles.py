@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 
 # One definition of the chat context for the nightly job and the detectors (tested equal).
 from argus.detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
+from argus.jobs import lake as tables
 from argus.jobs.entry import run_job
 from argus.jobs.lake import job_lake
 from argus.jobs.publish import Publication, publish_per_user
@@ -41,13 +42,45 @@ EVENT_TYPES = ("chat", "click", "payment", "account", "moderation")
 
 
 def read_events(spark: SparkSession, lake: Path, event_type: str, day: date) -> DataFrame | None:
+    """Every ``event_type`` event dated ``day`` or earlier, with its ``date`` (a string): the ingested
+    Delta table's published rows and the plain files ``argus import`` and ``argus generate`` landed."""
     from pyspark.sql import functions as F
 
-    path = Path(lake) / "events" / f"event_type={event_type}"
-    if not path.exists():
+    frame = lake_events(spark, lake, event_type)
+    return None if frame is None else frame.where(F.col("date") <= F.lit(day.isoformat()))
+
+
+def lake_events(spark: SparkSession, lake: Path, event_type: str) -> DataFrame | None:
+    """All of the lake's ``event_type`` events (see ``read_events``); None when it has none."""
+    from pyspark.sql import functions as F
+
+    parts = []
+    landed = Path(lake) / "events" / f"event_type={event_type}"
+    if landed.exists():
+        parts.append(spark.read.parquet(str(landed)).withColumn("date", F.col("date").cast("string")))
+    ingested = tables.read_spark(spark, lake, tables.events_table(event_type))
+    if ingested is not None:
+        parts.append(ingested)
+    return union_events(parts)
+
+
+def union_events(parts: list[DataFrame]) -> DataFrame | None:
+    """One frame of events read from several sources: the first's columns and types, by name."""
+    from pyspark.sql import functions as F
+
+    if not parts:
         return None
-    frame = spark.read.parquet(str(path))
-    return frame.where(F.col("date") <= F.lit(day.isoformat()))
+    first, *rest = parts
+    types = {f.name: f.dataType for f in first.schema.fields}
+    frame = first
+    for part in rest:
+        present = set(part.columns)
+        aligned = part.select(
+            *[(F.col(n) if n in present else F.lit(None)).cast(t).alias(n) for n, t in types.items()],
+            *[n for n in part.columns if n not in types],
+        )
+        frame = frame.unionByName(aligned, allowMissingColumns=True)
+    return frame
 
 
 def activity_counts(events: dict[str, DataFrame], day: date) -> DataFrame:

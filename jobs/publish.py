@@ -1,10 +1,11 @@
 """Publishing a job's outputs: written, checked, then made visible together (never partially).
 
-Tables (profiles, embeddings, scores) are Delta tables (``argus.jobs.lake``): each write replaces
-one date in one commit, and the publication's manifest (one object, written last) is what readers
-follow. A single job publishes as it goes (``Publication(lake)``: a manifest after each table). The
-nightly chain publishes every output of a night together (``Publication(lake, deferred=True)``):
-its tables get new versions as the steps finish, ``commit`` writes one manifest naming them all,
+Tables (profiles, embeddings, scores, ingested events, dead letters) are Delta tables
+(``argus.jobs.lake``): each write replaces one date in one commit (ingest's merge inserts new rows),
+and the publication's manifest (one object, written last) is what readers follow. A single job
+publishes as it goes (``Publication(lake)``: a manifest after each table). The nightly chain
+publishes every output of a night together (``Publication(lake, deferred=True)``): its tables get
+new versions as the steps finish, ``commit`` writes one manifest naming them all,
 then swaps in the staged plain files (alerts) and makes the new models current. A crash anywhere
 before the manifest leaves the previous night visible; ``discard`` (and the next publication, after
 a crash that skipped it) restores each table to the version the manifest names.
@@ -59,6 +60,21 @@ class Publication:
         if publish and not self.deferred:
             self.publish()
         return version
+
+    def merge(
+        self, spark: SparkSession, frame: DataFrame, table: str, keys: list[str], dates: list[str] | None = None
+    ) -> int:
+        """Insert the rows of ``frame`` whose ``keys`` ``table`` lacks (``argus.jobs.lake.merge_new_rows``),
+        published like ``write``'s (a table it left unchanged is not republished); the rows inserted."""
+        self._spark = spark
+        if table not in self._before:
+            self._before[table] = self._recover(spark, table)
+        version, inserted = tables.merge_new_rows(spark, frame, self.lake, table, keys, dates)
+        if version != self._before[table]:  # a merge that found every key stored commits nothing
+            self._tables[table] = version
+        if not self.deferred:
+            self.publish()
+        return inserted
 
     def read(self, spark: SparkSession, table: str, day: date) -> DataFrame | None:
         """``day`` of ``table`` as this run wrote it, or as published; None when there is none."""

@@ -86,7 +86,22 @@ def contract_suite(event_type: str, expected_rows: tuple[int, int] | None, fresh
 
 
 def partition(lake: Path, event_type: str, day: date) -> Path:
+    """Where ``argus import`` and ``argus generate`` land ``day``'s ``event_type`` events as plain files."""
     return lake / "events" / f"event_type={event_type}" / f"date={day.isoformat()}"
+
+
+def day_events(spark: SparkSession, lake: Path, event_type: str, day: date) -> DataFrame | None:
+    """``day``'s ``event_type`` events, without the ``date`` column: the landed plain files and the
+    ingested Delta table's published rows; None when there are none."""
+    from argus.jobs.lake import events_table, read_spark
+    from argus.jobs.profiles import union_events
+
+    landed = partition(lake, event_type, day)
+    parts = [_read(spark, landed)] if landed.exists() else []
+    ingested = read_spark(spark, lake, events_table(event_type), day)
+    if ingested is not None:
+        parts.append(ingested)
+    return union_events(parts)
 
 
 def run_quality(
@@ -100,9 +115,10 @@ def run_quality(
     import great_expectations as gx
 
     lake = Path(lake)
-    present = [t for t in ARROW_SCHEMAS if partition(lake, t, day).exists()]
+    frames = {t: day_events(spark, lake, t, day) for t in ARROW_SCHEMAS}
+    present = {t: frame for t, frame in frames.items() if frame is not None}
     if not present:
-        raise ValueError(f"no events for {day} in {lake}/events; ingest that day first or check --date")
+        raise ValueError(f"no events for {day} in {lake} (events/, ingested/); ingest that day first or check --date")
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="ephemeral")
@@ -112,13 +128,12 @@ def run_quality(
     fresh_after = datetime.combine(day, time()) + timedelta(hours=24 - freshness_hours)
     report = QualityReport(day.isoformat(), True, str(lake / "_quality" / f"date={day}" / "results.json"))
     full: dict[str, Any] = {}
-    for event_type in present:
-        frame = _read(spark, partition(lake, event_type, day))
+    for event_type, frame in present.items():
         rows = frame.count()
         report.rows[event_type] = rows
-        previous = partition(lake, event_type, day - timedelta(days=1))
+        previous = day_events(spark, lake, event_type, day - timedelta(days=1))
         expected = None
-        before = _read(spark, previous).count() if previous.exists() else 0
+        before = previous.count() if previous is not None else 0
         # Freshness and volume mean little on sparse streams: judged from trend_min_rows rows up.
         if before >= trend_min_rows:
             expected = (int(before * (1 - volume_tolerance)), int(before * (1 + volume_tolerance)) + 1)

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from argus.forget import AUDIT_LOG, forget, lake_files, subject_salt
+from argus.forget import AUDIT_LOG, delta_tables, forget, lake_files, subject_salt
 from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.schemas.privacy import PSEUDONYM_PREFIX, subject_digest
 
@@ -146,7 +146,14 @@ def _rows(path: Path) -> list[dict[str, Any]]:
 
 
 def _lake_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
-    return {p.as_posix(): _rows(p) for p in lake_files(root) if p.suffix in (".parquet", ".jsonl")}
+    """Rows by file, and the published version's rows of each Delta table by its folder."""
+    from argus.jobs.lake import read_pandas
+
+    rows = {p.as_posix(): _rows(p) for p in lake_files(root) if p.suffix in (".parquet", ".jsonl")}
+    for folder in delta_tables(root):
+        frame = read_pandas(root, folder.relative_to(root).as_posix())
+        rows[folder.as_posix()] = [] if frame is None else frame.to_dict("records")
+    return rows
 
 
 def _mentions(value: Any) -> bool:
@@ -365,7 +372,7 @@ def test_a_replay_does_not_bring_an_erased_user_back(
     lake = tmp_path / "replay"
     first = run_ingest(spark, kafka_bootstrap, lake, [topic])  # type: ignore[arg-type]
     assert (first.valid, first.rejected, first.erased) == (3, 1, 0)
-    assert forget(lake, [TARGET], "replay", kafka=False).tables == {"events/payment": 1, "dead_letter": 1}
+    assert forget(lake, [TARGET], "replay", kafka=False).tables == {"ingested/payment": 1, "dead_letter": 1}
 
     again = run_ingest(spark, kafka_bootstrap, lake, [topic], rerun=first.run_id)  # type: ignore[arg-type]
     assert (again.valid, again.rejected, again.erased) == (2, 0, 2)

@@ -1,28 +1,29 @@
-"""The Spark ingest job against the real broker: lake, dead letters, offsets, idempotent reruns."""
+"""The Spark ingest job against the real broker: Delta tables of events and dead letters, offsets,
+idempotent reruns, the readers of ingested events, and the lake's history."""
 
 from __future__ import annotations
 
-import hashlib
+import base64
+import json
+from datetime import date
 from pathlib import Path
 
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
+import pandas as pd
 import pytest
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
+from typer.testing import CliRunner
 
+from argus.cli import app
+from argus.detectors.events import load_events
+from argus.jobs import lake as tables
+from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.world.bad_records import malformed_records
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import to_json_lines
 
 pytestmark = pytest.mark.kafka
-
-
-def _digest(root: Path) -> dict[str, str]:
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*.parquet"))
-    }
 
 
 def _produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
@@ -33,10 +34,17 @@ def _produce(bootstrap: str, records: list[tuple[str, bytes]]) -> None:
     producer.close()
 
 
+def _stored(lake: Path, event_type: str) -> pd.DataFrame:
+    frame = tables.read_pandas(lake, tables.events_table(event_type))
+    return pd.DataFrame() if frame is None else frame
+
+
 def test_ingest_lake_dead_letters_and_idempotent_reruns(
     spark: object, kafka_bootstrap: str, unique_name: str, tmp_path: Path
 ) -> None:
     from argus.jobs.ingest import run_ingest
+    from argus.jobs.profiles import read_events
+    from argus.jobs.quality import day_events
 
     chat, payment = f"{unique_name}.chat", f"{unique_name}.payment"
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
@@ -52,34 +60,58 @@ def test_ingest_lake_dead_letters_and_idempotent_reruns(
     first = run_ingest(spark, kafka_bootstrap, lake, [chat, payment])  # type: ignore[arg-type]
     originals_of_duplicates = sum(reason is None for *_, reason in bad)
     expected_rejects = sorted(reason for *_, reason in bad if reason is not None)
-    assert first.valid == day0["chat"].num_rows + day0["payment"].num_rows + originals_of_duplicates
+    assert first.valid == first.stored == day0["chat"].num_rows + day0["payment"].num_rows + originals_of_duplicates
     assert first.rejected == len(expected_rejects)
 
-    events = ds.dataset(lake / "events", partitioning="hive").to_table()
-    assert events.num_rows == first.valid
-    assert len(set(events["event_id"].to_pylist())) == events.num_rows
-    chat_lake = pq.read_table(next((lake / "events" / "event_type=chat").rglob("*.parquet")))
-    assert set(chat_lake.column_names) >= {"event_id", "ts", "user_id", "text", "channel_mode"}
-    assert "amount" not in chat_lake.column_names  # each type keeps its own columns
-    letters = pq.read_table(lake / "dead_letter").to_pandas()
+    chats, payments = _stored(lake, "chat"), _stored(lake, "payment")
+    assert len(chats) + len(payments) == first.valid
+    assert chats.event_id.is_unique and payments.event_id.is_unique
+    assert set(chats.columns) >= {"event_id", "ts", "user_id", "text", "channel_mode", "date"}
+    assert "amount" not in chats.columns  # each type keeps its own columns
+    assert not (lake / "events").exists()  # ingest writes Delta tables only; plain files are what import lands
+    letters = tables.read_pandas(lake, tables.DEAD_LETTER)
+    assert letters is not None
     assert sorted(letters.reason_code) == expected_rejects
     assert set(letters.source_topic) == {chat} and letters.reason.str.len().min() > 0
+    rejected_bytes = sorted(value for _, _, value, reason in bad if reason is not None)
+    assert sorted(base64.b64decode(b) for b in letters.original_b64) == rejected_bytes  # byte for byte
+    day = date.fromisoformat(chats.date.min())
+    in_spark = read_events(spark, lake, "chat", day)  # type: ignore[arg-type]
+    assert in_spark is not None and in_spark.count() == (chats.date <= day.isoformat()).sum()
+    gated = day_events(spark, lake, "chat", day)  # type: ignore[arg-type]
+    assert gated is not None and set(gated.columns) == set(ARROW_SCHEMAS["chat"].names)
+    assert load_events(lake).count == first.valid  # the detectors' reader of a lake folder
 
-    before = _digest(lake)
+    versions = tables.latest_manifest(lake)
+    assert versions is not None and versions.name == f"ingest-{first.run_id}"
+    assert set(versions.tables) == {tables.events_table("chat"), tables.events_table("payment"), tables.DEAD_LETTER}
+
     again = run_ingest(spark, kafka_bootstrap, lake, [chat, payment], rerun=first.run_id)  # type: ignore[arg-type]
-    assert (again.run_id, again.valid, again.rejected) == (first.run_id, first.valid, first.rejected)
-    assert _digest(lake) == before  # same range, same files, no duplicates
+    assert (again.run_id, again.valid, again.rejected, again.stored) == (first.run_id, first.valid, first.rejected, 0)
+    assert len(_stored(lake, "chat")) == len(chats) and len(_stored(lake, "payment")) == len(payments)
+    assert len(tables.read_pandas(lake, tables.DEAD_LETTER)) == len(letters)  # type: ignore[arg-type]
 
     # The next run reads only what arrived since: nothing skipped, nothing twice.
     _produce(kafka_bootstrap, [(chat, v) for v in to_json_lines(day1["chat"])])
     second = run_ingest(spark, kafka_bootstrap, lake, [chat, payment])  # type: ignore[arg-type]
-    assert second.valid == day1["chat"].num_rows and second.rejected == 0
+    assert second.valid == second.stored == day1["chat"].num_rows and second.rejected == 0
     assert second.start[chat] == first.end[chat]
-    total = ds.dataset(lake / "events", partitioning="hive").to_table()
-    assert total.num_rows == first.valid + second.valid
-    assert len(set(total["event_id"].to_pylist())) == total.num_rows
-    dates = set(ds.dataset(lake / "events" / "event_type=chat", partitioning="hive").to_table()["date"].to_pylist())
-    assert dates == {"2026-10-01", "2026-10-02"}
+    total = _stored(lake, "chat")
+    assert len(total) == len(chats) + second.valid and total.event_id.is_unique
+    assert set(total.date) == {"2026-10-01", "2026-10-02"}
+
+    # `argus lake history` lists every run's publication with the events tables' versions.
+    result = CliRunner().invoke(app, ["lake", "history", "--lake", str(lake)])
+    assert result.exit_code == 0, result.output
+    history = [json.loads(line) for line in result.output.splitlines()]
+    chat_table = tables.events_table("chat")
+    assert [h["name"] for h in history] == [
+        f"ingest-{first.run_id}",
+        f"ingest-{second.run_id}",
+    ]  # the rerun changed nothing
+    assert [h["tables"][chat_table] for h in history] == [0, 1]
+    # The first night's events stay readable (time travel) at the version its manifest names.
+    assert len(tables.read_pandas(lake, chat_table, version=history[0]["tables"][chat_table])) == len(chats)  # type: ignore[arg-type]
 
 
 def test_unknown_rerun_and_missing_topic_are_clear(spark: object, kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -120,6 +120,91 @@ def test_a_night_is_published_by_its_manifest_and_a_failed_night_leaves_the_prev
     assert tables.published_dates(lake, "scores/detector=fraud") == [str(D1), str(D2)]
 
 
+def test_ingest_merges_keep_each_key_once_and_a_failed_run_leaves_the_previous_rows(spark: Any, tmp_path: Path) -> None:
+    from argus.jobs.publish import Publication
+
+    lake, table = tmp_path / "lake", tables.events_table("chat")
+
+    def events(ids: list[str]) -> Any:
+        return spark.createDataFrame(pd.DataFrame({"event_id": ids, "user_id": ids, "date": [str(D1)] * len(ids)}))
+
+    def stored(version: int | None = None) -> list[str]:
+        frame = tables.read_pandas(lake, table, D1, version=version)
+        return [] if frame is None else sorted(frame["event_id"])
+
+    first = Publication(lake, "ingest-1", deferred=True)
+    assert first.merge(spark, events(["e1", "e2"]), table, ["event_id"], [str(D1)]) == 2
+    first.commit()
+    # A run over an overlapping range fails before its manifest: readers and the table keep the old rows.
+    failing = Publication(lake, "ingest-2", deferred=True)
+    assert failing.merge(spark, events(["e2", "e3"]), table, ["event_id"], [str(D1)]) == 1
+    failing.discard()
+    assert stored() == stored(tables.latest_version(spark, lake, table)) == ["e1", "e2"]
+    # Its rerun stores only the new key; a second rerun finds every key and commits nothing.
+    for expected_inserted in (1, 0):
+        rerun = Publication(lake, "ingest-2", deferred=True)
+        assert rerun.merge(spark, events(["e3", "e2"]), table, ["event_id"], [str(D1)]) == expected_inserted
+        rerun.commit()
+        assert stored() == ["e1", "e2", "e3"]
+    history = tables.manifests(lake)
+    assert [m.name for m in history] == ["ingest-1", "ingest-2"]  # the rerun that changed nothing published nothing
+    assert history[1].tables[table] == tables.latest_version(spark, lake, table)
+    assert stored(history[0].tables[table]) == ["e1", "e2"]  # the first run's lake, by time travel
+
+
+def test_plain_parquet_dead_letters_of_an_older_lake_become_a_delta_table(spark: Any, tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    folder = lake / tables.DEAD_LETTER / f"date={D1}"
+    folder.mkdir(parents=True)
+    letters = pd.DataFrame({"original_b64": ["e30=", "eA=="], "source_offset": [4, 7], "reason_code": ["a", "b"]})
+    letters.to_parquet(folder / "part-run1-00000.parquet", index=False)
+    assert tables.convert_plain_parquet(spark, lake, tables.DEAD_LETTER)
+    assert not tables.convert_plain_parquet(spark, lake, tables.DEAD_LETTER)  # a Delta table already
+    version = tables.latest_version(spark, lake, tables.DEAD_LETTER)
+    assert version is not None
+    converted = tables.read_pandas(lake, tables.DEAD_LETTER, D1, version=version)
+    assert converted is not None
+    assert sorted(zip(converted.source_offset, converted.original_b64, strict=True)) == [(4, "e30="), (7, "eA==")]
+
+
+def test_events_readers_read_the_landed_files_and_the_ingested_table_together(spark: Any, tmp_path: Path) -> None:
+    from argus.detectors.events import load_events
+    from argus.jobs.profiles import read_events
+    from argus.jobs.quality import day_events
+    from argus.report import rows_per_event_type
+    from argus.schemas.arrow import ARROW_SCHEMAS
+    from argus.world.config import WorldConfig
+    from argus.world.simulate import World
+    from argus.world.sinks import lake_path, write_table
+
+    lake, table = tmp_path / "lake", tables.events_table("chat")
+    world = World(WorldConfig(users=50, days=2, seed=3, events_per_user_day=2.0, profile="dense"))
+    (first_day, landed), (second_day, arrived) = ((d, t["chat"]) for d, t in world.days())
+    write_table(landed, lake_path(lake, "chat", first_day), "parquet")  # as `argus generate --out` lands it
+    ingested = spark.createDataFrame(arrived.to_pandas().assign(date=str(second_day)))
+    version, inserted = tables.merge_new_rows(spark, ingested, lake, table, ["event_id"], [str(second_day)])
+    tables.commit_manifest(lake, {table: version}, "ingest-1")
+    assert inserted == arrived.num_rows > 0 and landed.num_rows > 0
+
+    until_first, until_second = (read_events(spark, lake, "chat", d) for d in (first_day, second_day))
+    assert until_first is not None and until_first.count() == landed.num_rows
+    assert until_second is not None and until_second.count() == landed.num_rows + arrived.num_rows
+    assert dict(until_second.dtypes)["date"] == "string"
+    gated = {d: day_events(spark, lake, "chat", d) for d in (first_day, second_day)}
+    assert {d: None if f is None else f.count() for d, f in gated.items()} == {
+        first_day: landed.num_rows,
+        second_day: arrived.num_rows,
+    }
+    assert set(gated[second_day].columns) == set(ARROW_SCHEMAS["chat"].names)  # type: ignore[union-attr]
+    both = load_events(lake)["chat"]  # `argus detect --events LAKE`
+    assert sorted(both.event_id) == sorted(landed["event_id"].to_pylist() + arrived["event_id"].to_pylist())
+    # The nightly report's rows per event type count both too.
+    assert {d: rows_per_event_type(lake, d) for d in (first_day, second_day)} == {
+        first_day: {"chat": landed.num_rows},
+        second_day: {"chat": arrived.num_rows},
+    }
+
+
 def test_the_pandas_reader_reads_what_spark_reads_on_a_uri_lake(spark: Any, tmp_path: Path) -> None:
     lake = f"file://{tmp_path}/lake"  # a URI, so the object-store code paths run: Hadoop FS, pyarrow FS, delta-rs
     frame = spark.createDataFrame(
