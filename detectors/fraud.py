@@ -86,6 +86,7 @@ from argus.detectors.fraud_features import (
     FEATURE_COLUMNS,
     LOG_FEATURES,
     VOLUME_FEATURES,
+    FraudPopulation,
     expert_features,
     payment_table,
     sequence_embedding,
@@ -186,14 +187,32 @@ class FraudDetector(Detector):
     # --- Detector interface ------------------------------------------------------------------
     def features(self, events: Events) -> pd.DataFrame:
         """Expert features, the sequence embedding, outcomes, data-quality counts and evidence ids."""
-        expert = expert_features(events)
-        embedding = sequence_embedding(events, seed=int(self.params["seed"]))
+        return self.features_from(events, payment_features(events))
+
+    def features_from(
+        self,
+        events: Events,
+        rows: pd.DataFrame,
+        population: FraudPopulation | None = None,
+        evidence: pd.DataFrame | None = None,
+    ) -> pd.DataFrame:
+        """``features`` given the payment rows (``payment_features``) and, where computed elsewhere, what
+        relates the users to everybody: ``population`` and ``evidence`` (``ACCOUNT_EVIDENCE`` per account).
+
+        With both, ``events`` need only hold the users' own events and the payments they received, and
+        ``rows`` their sent and received payment rows: ``jobs/fraud_blocks.py`` builds blocks of users so.
+        Rows of other users in the result are then incomplete: the caller keeps its own users.
+        """
+        expert = expert_features(events, population)
+        end = None if population is None else population.embed_end
+        embedding = sequence_embedding(events, seed=int(self.params["seed"]), end=end)
         frame = expert.join(embedding, how="left")
         frame[list(EMBED_COLUMNS)] = frame[list(EMBED_COLUMNS)].fillna(0.0)
         frame = frame.reindex(columns=list(FEATURE_COLUMNS))
-        rows = payment_features(events)
-        known = _outcomes(frame, None).any(axis=1)
-        evidence = account_evidence(rows, events, known).reindex(frame.index)
+        if evidence is None:
+            known = _outcomes(frame, None).any(axis=1)
+            evidence = account_evidence(rows, events, known)
+        evidence = evidence.reindex(frame.index)
         for column in ACCOUNT_EVIDENCE:
             frame[column] = evidence[column].fillna(0.0) if len(evidence) else 0.0
         arrays, ids = rows_per_account(rows)

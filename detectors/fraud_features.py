@@ -29,6 +29,7 @@ currencies outside ``FX_PER_USD`` are left out of the amount features and counte
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import numpy as np
@@ -103,6 +104,29 @@ EMBED_COLUMNS = tuple(f"seq_{i:02d}" for i in range(EMBED_DIM))
 FEATURE_COLUMNS = (*EXPERT_FEATURES, *EMBED_COLUMNS, *OUTCOME_COLUMNS, *QUALITY_COLUMNS)
 
 
+# Per-account figures that relate an account to everybody else (``FraudPopulation.per_user``).
+SHARED_COLUMNS = ("instrument_accounts", "device_accounts", "network_accounts", "payee_fan_in", "device_hopping")
+
+
+@dataclass
+class FraudPopulation:
+    """What one block of accounts' fraud features need from everybody, computed elsewhere.
+
+    The pandas path computes all of it from its own events; ``jobs/fraud_blocks.py`` computes it with
+    Spark aggregations and hands each block only the keys its accounts touch. Given these, every
+    feature of an account is a function of its own events and the payments it received.
+    """
+
+    currency_norm: pd.Series  # currency -> the norm tiny purchases are measured against
+    hour_share: pd.Series  # hour of day -> share of all payment attempts
+    embed_end: float | None  # end of the last day with a sequence token (the embedding's time decay)
+    context_median: pd.Series  # merchant (context) -> median attempt in USD
+    payee_median: pd.Series  # payee -> median approved transfer received, USD
+    payee_fan_in: pd.Series  # payee -> accounts sending it money
+    instrument_accounts: pd.Series  # instrument -> accounts attempting payments with it
+    per_user: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(SHARED_COLUMNS)))
+
+
 # --- expert features ------------------------------------------------------------------------
 def payment_table(events: Events) -> pd.DataFrame:
     """Payments with ``t`` (unix seconds), ``amount_usd`` (NaN when unusable) and its ``problem``."""
@@ -131,8 +155,12 @@ def payment_table(events: Events) -> pd.DataFrame:
     return out.sort_values(["user_id", "t", "event_id"], kind="stable").reset_index(drop=True)
 
 
-def expert_features(events: Events) -> pd.DataFrame:
-    """The expert features, outcomes and data-quality counts per user (index ``user_id``, sorted)."""
+def expert_features(events: Events, population: FraudPopulation | None = None) -> pd.DataFrame:
+    """The expert features, outcomes and data-quality counts per user (index ``user_id``, sorted).
+
+    With ``population``, what relates a user to everybody (currency norms, accounts sharing its
+    instruments, devices and networks, its payees' fan-in) is read from it, so ``events`` need only
+    hold the users' own events and the payments they received."""
     pay = payment_table(events)
     attempts = pay[pay["action"].isin(["purchase", "transfer"])]
     approved = attempts[attempts["status"] == "approved"]
@@ -152,7 +180,7 @@ def expert_features(events: Events) -> pd.DataFrame:
     frame["velocity_1h"] = _max_in_window(attempts, VELOCITY_WINDOW_S)
 
     # Amounts against the currency's own median purchase (real prices differ by country, not only by rate).
-    norm = _currency_norms(purchases)
+    norm = _currency_norms(purchases) if population is None else population.currency_norm
     ratio = purchases["amount"] / purchases["currency"].map(norm)
     usable = purchases[ratio.notna()]
     frame["tiny_share"] = (ratio[ratio.notna()] < TINY_RATIO).groupby(usable["user_id"]).mean()
@@ -160,21 +188,25 @@ def expert_features(events: Events) -> pd.DataFrame:
     frame["amount_max_usd"] = attempts.groupby("user_id")["amount_usd"].max()
 
     frame["decline_rate"] = (attempts["status"] == "declined").groupby(attempts["user_id"]).mean()
-    frame["decline_burst"] = _max_in_window(declined, BURST_WINDOW_S)
+    frame["decline_burst"] = decline_bursts(declined)
 
     frame["instruments"] = by_user["instrument"].nunique()
     first_use = attempts.groupby(["user_id", "instrument"])["t"].transform("min")
     frame["new_instrument_share"] = ((attempts["t"] - first_use) < NEW_INSTRUMENT_S).groupby(attempts["user_id"]).mean()
     # Per instrument, then the worst of the user's instruments (a declines-per-card feature was tried
     # and made the clustering worse: one account's own card declines say the same as decline_rate).
-    cards = instrument_features(attempts)
-    user_cards = attempts[["user_id", "instrument"]].drop_duplicates()
-    frame["instrument_accounts"] = (
-        (user_cards["instrument"].map(cards["accounts"]) - 1).groupby(user_cards["user_id"]).max()
-    )
     logins = _account_table(events)
-    frame["device_accounts"] = shared_accounts(logins, "device")
-    frame["network_accounts"] = shared_accounts(logins, "network")
+    if population is None:
+        cards = instrument_features(attempts)
+        user_cards = attempts[["user_id", "instrument"]].drop_duplicates()
+        frame["instrument_accounts"] = (
+            (user_cards["instrument"].map(cards["accounts"]) - 1).groupby(user_cards["user_id"]).max()
+        )
+        frame["device_accounts"] = shared_accounts(logins, "device")
+        frame["network_accounts"] = shared_accounts(logins, "network")
+    else:
+        for column in ("instrument_accounts", "device_accounts", "network_accounts"):
+            frame[column] = population.per_user[column]
 
     transfers = approved[(approved["action"] == "transfer") & approved["counterparty"].notna()]
     transfers = transfers.assign(counterparty=transfers["counterparty"].astype(str))
@@ -182,8 +214,10 @@ def expert_features(events: Events) -> pd.DataFrame:
     fan_in = transfers.groupby("counterparty")["user_id"].nunique()
     frame["fan_in"] = fan_in
     frame["fan_out"] = transfers.groupby("user_id")["counterparty"].nunique()
-    payee_fan_in = transfers["counterparty"].map(fan_in).groupby(transfers["user_id"]).max()
-    frame["payee_fan_in"] = payee_fan_in
+    if population is None:
+        frame["payee_fan_in"] = transfers["counterparty"].map(fan_in).groupby(transfers["user_id"]).max()
+    else:
+        frame["payee_fan_in"] = population.per_user["payee_fan_in"]
     frame["inflow_usd"] = transfers.groupby("counterparty")["amount_usd"].sum()
     frame["pass_through"] = _pass_through(transfers, approved)
     frame["new_device_spend_usd"] = _new_device_spend(logins, approved)
@@ -195,10 +229,7 @@ def expert_features(events: Events) -> pd.DataFrame:
     frame["fold_max_declines"] = folds.groupby("user_id")["declines"].max()
 
     frame["chargebacks"] = pay[pay["action"] == "chargeback"].groupby("user_id").size()
-    mod = events["moderation"]
-    if len(mod):
-        bad = mod[mod["label"].isin(["fraud", "chargeback"])]
-        frame["fraud_labels"] = bad.groupby(bad["user_id"].astype(str)).size()
+    frame["fraud_labels"] = fraud_labels(events)
     frame["usable_payments"] = attempts["amount_usd"].notna().groupby(attempts["user_id"]).sum()
     frame["invalid_amounts"] = (pay["problem"] == "invalid amount").groupby(pay["user_id"]).sum()
     frame["unknown_currency"] = (pay["problem"] == "unknown currency").groupby(pay["user_id"]).sum()
@@ -210,6 +241,20 @@ def expert_features(events: Events) -> pd.DataFrame:
     frame[counts] = frame[counts].astype(float).fillna(0.0)
     frame.index.name = "user_id"
     return frame.astype(float)
+
+
+def decline_bursts(declined: pd.DataFrame) -> pd.Series:
+    """Per user, the most declines within ``BURST_WINDOW_S`` (``declined``: declined attempts, sorted)."""
+    return _max_in_window(declined, BURST_WINDOW_S)
+
+
+def fraud_labels(events: Events) -> pd.Series:
+    """Per user, the risk team's ``fraud``/``chargeback`` labels on it (moderation events)."""
+    mod = events["moderation"]
+    if not len(mod):
+        return pd.Series(dtype=float)
+    bad = mod[mod["label"].isin(["fraud", "chargeback"])]
+    return bad.groupby(bad["user_id"].astype(str)).size()
 
 
 def instrument_features(attempts: pd.DataFrame) -> pd.DataFrame:
@@ -265,8 +310,14 @@ def _currency_norms(purchases: pd.DataFrame) -> pd.Series:
     medians = valid.groupby("currency")["amount"].median()
     counts = valid.groupby("currency").size()
     usd_norm = float(valid["amount_usd"].median()) if len(valid) else np.nan
-    fallback = pd.Series({c: usd_norm * FX_PER_USD[c] for c in medians.index})
-    return medians.where(counts >= MIN_CURRENCY_NORM, fallback)
+    return currency_norms(medians, counts, usd_norm)
+
+
+def currency_norms(medians: pd.Series, counts: pd.Series, usd_norm: float) -> pd.Series:
+    """Per currency its median purchase ``medians`` when it has ``MIN_CURRENCY_NORM`` purchases
+    (``counts``), else the median USD purchase ``usd_norm`` at the currency's rate."""
+    fallback = pd.Series({c: usd_norm * FX_PER_USD[c] for c in medians.index}, dtype=float)
+    return medians.where(counts.reindex(medians.index) >= MIN_CURRENCY_NORM, fallback)
 
 
 def shared_accounts(rows: pd.DataFrame, key: str) -> pd.Series:
@@ -297,8 +348,8 @@ def _pass_through(transfers: pd.DataFrame, approved: pd.DataFrame) -> pd.Series:
     if transfers.empty:
         return pd.Series(dtype=float)
     inbound = transfers[["counterparty", "t", "amount_usd"]].rename(columns={"counterparty": "user_id"})
-    inbound = inbound.sort_values("t")
-    out = approved[["user_id", "t", "amount_usd"]].sort_values("t")
+    inbound = inbound.sort_values("t", kind="stable")
+    out = approved[["user_id", "t", "amount_usd"]].sort_values("t", kind="stable")
     joined = pd.merge_asof(out, inbound[["user_id", "t"]].assign(t_in=inbound["t"]), on="t", by="user_id")
     forwarded = joined[(joined["t"] - joined["t_in"]) <= 86_400].groupby("user_id")["amount_usd"].sum()
     received = inbound.groupby("user_id")["amount_usd"].sum()
@@ -315,8 +366,8 @@ def _new_device_spend(logins: pd.DataFrame, approved: pd.DataFrame) -> pd.Series
     new = logins[(logins["t"] == first) & (logins["t"] > earliest)][["user_id", "t"]].drop_duplicates()
     if new.empty:
         return pd.Series(dtype=float)
-    new = new.assign(t_login=new["t"]).sort_values("t")
-    spent = approved[["user_id", "t", "amount_usd"]].sort_values("t")
+    new = new.assign(t_login=new["t"]).sort_values("t", kind="stable")
+    spent = approved[["user_id", "t", "amount_usd"]].sort_values("t", kind="stable")
     joined = pd.merge_asof(spent, new, on="t", by="user_id", tolerance=NEW_DEVICE_SPEND_S)
     return joined.dropna(subset=["t_login"]).groupby("user_id")["amount_usd"].sum()
 
@@ -383,8 +434,15 @@ def sequence_tokens(events: Events) -> pd.DataFrame:
     return rows.sort_values(["user_id", "t", "token"], kind="stable").reset_index(drop=True)
 
 
-def sequence_embedding(events: Events, seed: int = 7, dim: int = EMBED_DIM) -> pd.DataFrame:
-    """Time-decayed 1-3-gram profile of each user's event sequence with gap tokens, randomly projected."""
+def embedding_end(last_t: float) -> float:
+    """The end of the day of the last token (unix seconds): where the embedding's ages count from."""
+    return float(np.ceil(last_t / 86_400 + 1e-9) * 86_400)
+
+
+def sequence_embedding(events: Events, seed: int = 7, dim: int = EMBED_DIM, end: float | None = None) -> pd.DataFrame:
+    """Time-decayed 1-3-gram profile of each user's event sequence with gap tokens, randomly projected.
+
+    Ages count back from ``end`` (default: the end of the last day with a token in ``events``)."""
     tokens = sequence_tokens(events)
     users = events.user_ids
     out = pd.DataFrame(0.0, index=users, columns=list(EMBED_COLUMNS[:dim]))
@@ -404,7 +462,7 @@ def sequence_embedding(events: Events, seed: int = 7, dim: int = EMBED_DIM) -> p
     order = np.lexsort((np.r_[np.zeros(same_user.sum()), np.ones(len(tok))], seq_t, seq_user))
     seq_user, seq_t, seq_tok = seq_user[order], seq_t[order], seq_tok[order]
     # Ages count back from the end of the last day seen (jobs/embed.py: the profile date's end).
-    end = float(np.ceil(t.max() / 86_400 + 1e-9) * 86_400)
+    end = embedding_end(float(t.max())) if end is None else end
     weight = np.exp(-(end - seq_t) / 86_400 / TAU_DAYS)
     vocab = len(_TOKENS)
     grams = [seq_tok]

@@ -45,7 +45,13 @@ import numpy as np
 import pandas as pd
 
 from argus.detectors.events import Events
-from argus.detectors.fraud_features import NEW_DEVICE_SPEND_S, _account_table, payment_table, shared_accounts
+from argus.detectors.fraud_features import (
+    NEW_DEVICE_SPEND_S,
+    FraudPopulation,
+    _account_table,
+    payment_table,
+    shared_accounts,
+)
 
 # Payment features: name -> wording for reasons.
 PAYMENT_FEATURES: dict[str, str] = {
@@ -87,8 +93,13 @@ PU_FOLDS = 3
 TAKEOVER_AMOUNT = float(np.log(2.0))  # a takeover spends at least twice the merchant's median
 
 
-def payment_features(events: Events) -> pd.DataFrame:
-    """One row per payment attempt: ids, ``payee``, ``t``, ``context`` and the ``PAYMENT_FEATURES``."""
+def payment_features(events: Events, population: FraudPopulation | None = None) -> pd.DataFrame:
+    """One row per payment attempt: ids, ``payee``, ``t``, ``context`` and the ``PAYMENT_FEATURES``.
+
+    With ``population`` the norms and the accounts on each entity are read from it (see
+    ``FraudPopulation``): a sender's rows are then right given its own events and the payments it
+    received; the payee's forward share and pay-out delay are right for payees with all their own
+    payments and received transfers in ``events``."""
     pay = payment_table(events)
     rows = pay[pay["action"].isin(["purchase", "transfer"])].copy()
     columns = ["event_id", "user_id", "payee", "t", "context", *PAYMENT_FEATURES]
@@ -101,19 +112,26 @@ def payment_features(events: Events) -> pd.DataFrame:
     log_usd = np.log1p(usd)
     rows["log_amount_usd"] = log_usd
     rows["amount_vs_sender"] = log_usd - rows.groupby("user_id")["amount_usd"].transform("median").pipe(np.log1p)
-    rows["amount_vs_context"] = log_usd - rows.groupby("context")["amount_usd"].transform("median").pipe(np.log1p)
+    if population is None:
+        context_median = rows.groupby("context")["amount_usd"].transform("median")
+    else:
+        context_median = rows["context"].map(population.context_median).astype(float)
+    rows["amount_vs_context"] = log_usd - context_median.pipe(np.log1p)
     is_transfer = rows["payee"] != ""
     rows["is_transfer"] = is_transfer.astype(float)
     rows["declined"] = (rows["status"] == "declined").astype(float)
     hour = ((rows["t"] // 3_600) % 24).astype(int)
-    share = hour.map(hour.value_counts(normalize=True))
+    share = hour.map(hour.value_counts(normalize=True) if population is None else population.hour_share)
     rows["hour_rarity"] = -np.log(share * 24)
 
     transfers = rows[is_transfer & (rows["status"] == "approved")]
-    received_median = transfers.groupby("payee")["amount_usd"].median()
-    payee_median = rows["payee"].map(received_median)
+    if population is None:
+        received_median = transfers.groupby("payee")["amount_usd"].median()
+        fan_in = transfers.groupby("payee")["user_id"].nunique()
+    else:
+        received_median, fan_in = population.payee_median, population.payee_fan_in
+    payee_median = rows["payee"].map(received_median).astype(float)
     rows["amount_vs_payee"] = np.where(is_transfer, log_usd - np.log1p(payee_median), 0.0)
-    fan_in = transfers.groupby("payee")["user_id"].nunique()
     rows["payee_fan_in"] = rows["payee"].map(fan_in).fillna(0.0).where(is_transfer, 0.0)
     forwarded = forward_shares(transfers, rows[rows["status"] == "approved"])
     rows["payee_forward_share"] = rows["payee"].map(forwarded).fillna(0.0).where(is_transfer, 0.0)
@@ -122,11 +140,16 @@ def payment_features(events: Events) -> pd.DataFrame:
     rows["new_payee"] = (is_transfer & (rows["t"] <= pair_first)).astype(float)
     rows["sender_inflow_ratio"] = _inflow_before(rows, transfers) / (usd.fillna(0.0) + 1.0)
 
-    instrument_accounts = rows.groupby("instrument")["user_id"].transform("nunique") - 1
-    rows["instrument_accounts"] = instrument_accounts.astype(float)
     logins = _account_table(events)
-    rows["device_accounts"] = rows["user_id"].map(shared_accounts(logins, "device")).fillna(0.0)
-    rows["network_accounts"] = rows["user_id"].map(shared_accounts(logins, "network")).fillna(0.0)
+    if population is None:
+        instrument_accounts = rows.groupby("instrument")["user_id"].transform("nunique") - 1
+        device, network = shared_accounts(logins, "device"), shared_accounts(logins, "network")
+    else:
+        instrument_accounts = rows["instrument"].map(population.instrument_accounts) - 1
+        device, network = population.per_user["device_accounts"], population.per_user["network_accounts"]
+    rows["instrument_accounts"] = instrument_accounts.astype(float)
+    rows["device_accounts"] = rows["user_id"].map(device).fillna(0.0)
+    rows["network_accounts"] = rows["user_id"].map(network).fillna(0.0)
     rows["new_device_login"] = _after_new_device(rows, logins)
     rows["attempts_1h"] = _around(rows, np.ones(len(rows), dtype=bool), 3_600)
     rows["declines_10m"] = _around(rows, (rows["status"] == "declined").to_numpy(), 600)
@@ -186,8 +209,11 @@ def window_pairs(
     return i.astype(np.int64), j.astype(np.int64)
 
 
-def pattern_scores(rows: pd.DataFrame, events: Events) -> pd.DataFrame:
-    """Per account (index ``user_id``): the unlabelled ``mule`` and ``takeover`` patterns, 0..1."""
+def pattern_scores(rows: pd.DataFrame, events: Events, population: FraudPopulation | None = None) -> pd.DataFrame:
+    """Per account (index ``user_id``): the unlabelled ``mule`` and ``takeover`` patterns, 0..1.
+
+    With ``population`` the accounts sharing each new device come from it; an account's patterns
+    then need its own rows and logins and the transfers it received."""
     approved = rows[rows["declined"] == 0]
     transfers = approved[approved["payee"] != ""]
     senders = transfers.groupby("payee")["user_id"].nunique()
@@ -204,8 +230,7 @@ def pattern_scores(rows: pd.DataFrame, events: Events) -> pd.DataFrame:
     # a small share of what it receives at the same amount: the share keeps it out of the pattern.
     mule = (1.0 - np.exp(-matched / MULE_SCALE)) * share * np.sqrt(breadth)
     # Takeover: unusual spend right after a login from a device that several accounts first used in the window.
-    logins = _account_table(events)
-    hopping = _device_hopping(logins)
+    hopping = _device_hopping(_account_table(events)) if population is None else population.per_user["device_hopping"]
     spend = rows[
         (rows["new_device_login"] > 0) & (rows["declined"] == 0) & (rows["amount_vs_context"] > TAKEOVER_AMOUNT)
     ]
@@ -226,11 +251,18 @@ def propagated_evidence(links: pd.DataFrame, suspicion: pd.Series) -> pd.Series:
     if links.empty:
         return pd.Series(dtype=float)
     own = links["user_id"].map(suspicion).fillna(0.0).astype(float)
-    per_entity = links.assign(s=own).groupby("entity").agg(n=("user_id", "size"), s=("s", "sum"))
+    per_entity = entity_totals(links, suspicion)
     n = links["entity"].map(per_entity["n"])
     others = links["entity"].map(per_entity["s"]) - own
     share = (others / (n - 1 + PROPAGATION_PRIOR)).clip(lower=0.0)
     return share.groupby(links["user_id"]).max()
+
+
+def entity_totals(links: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    """Per entity (index): ``n`` accounts on it and ``s`` the sum of their ``values`` (0 where absent), summed
+    in ``links`` order (accounts by id within an entity, as ``entity_links`` gives them)."""
+    own = links["user_id"].map(values).fillna(0.0).astype(float)
+    return links.assign(s=own).groupby("entity").agg(n=("user_id", "size"), s=("s", "sum"))
 
 
 def account_evidence(rows: pd.DataFrame, events: Events, known: pd.Series) -> pd.DataFrame:
@@ -357,8 +389,8 @@ def rows_per_account(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 def _payout_delay_h(rows: pd.DataFrame, is_transfer: pd.Series) -> np.ndarray:
     """Hours from each transfer to the payee's next approved outgoing payment (``NO_PAYOUT_H`` if none)."""
     out = np.full(len(rows), float(NO_PAYOUT_H))
-    sent = rows[rows["status"] == "approved"][["user_id", "t"]].sort_values("t")
-    incoming = rows[is_transfer][["payee", "t"]].reset_index().sort_values("t")
+    sent = rows[rows["status"] == "approved"][["user_id", "t"]].sort_values("t", kind="stable")
+    incoming = rows[is_transfer][["payee", "t"]].reset_index().sort_values("t", kind="stable")
     if sent.empty or incoming.empty:
         return np.asarray(np.log1p(out), dtype=float)
     joined = pd.merge_asof(
@@ -406,8 +438,8 @@ def _after_new_device(rows: pd.DataFrame, logins: pd.DataFrame) -> np.ndarray:
     out = np.zeros(len(rows))
     if new.empty:
         return out
-    new = new.assign(t_login=new["t"]).sort_values("t")
-    ordered = rows[["user_id", "t"]].reset_index().sort_values("t")
+    new = new.assign(t_login=new["t"]).sort_values("t", kind="stable")
+    ordered = rows[["user_id", "t"]].reset_index().sort_values("t", kind="stable")
     joined = pd.merge_asof(ordered, new, on="t", by="user_id", tolerance=NEW_DEVICE_SPEND_S)
     hit = joined["t_login"].notna().to_numpy()
     out[rows.index.get_indexer(joined["index"])] = hit.astype(float)

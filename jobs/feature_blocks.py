@@ -22,10 +22,11 @@ rows; what a feature needs from everybody is aggregated by Spark first and hande
   the series' days without outages, and in purchase mode BG/NBD fitted on every customer's
   ``x, t_x, T`` pooled by value, a table bounded by the days in the data), and each block's
   features are built from its daily rows and those figures (``churn_blocks``).
-* ``fraud``: the detector's ``features`` over the whole look-back on one executor, the result cut
-  into blocks. Its features relate accounts to each other through payees, instruments, devices,
+* ``fraud``: its features relate accounts to each other through payees, instruments, devices,
   networks and currency norms (money matched between payer and payee, suspicion propagated over
-  shared entities), so one task sees the whole window; the driver does not.
+  shared entities). ``jobs/fraud_blocks.py`` aggregates those figures with Spark, builds each
+  block's payment rows and patterns in its own task, spreads suspicion over the entity links with
+  Spark, then builds each block from its users' events, the payments they received and the figures.
 
 Block numbers order the blocks: block 0 (evaders only) is the core, other blocks hold about
 ``block_users`` users each, by a hash of ``user_id``, so that the first blocks are a seeded random
@@ -156,13 +157,20 @@ def event_blocks(
 
         assert isinstance(detector, ChurnDetector)
         return churn_blocks(window, columns, detector, block_users)
+    if detector.name == "fraud":
+        from argus.detectors.fraud import FraudDetector
+        from argus.jobs.fraud_blocks import fraud_blocks
+
+        assert isinstance(detector, FraudDetector)
+        return fraud_blocks(window, columns, detector, block_users)
     return whole_window_blocks(window, columns, detector, block_users)
 
 
 def whole_window_blocks(
     window: DataFrame, columns: dict[str, list[str]], detector: Detector, block_users: int = BLOCK_USERS
 ) -> DataFrame:
-    """``detector.features`` over the whole window on one executor, cut into blocks (fraud: see the module doc)."""
+    """``detector.features`` over the whole window in one executor task, cut into blocks: for a detector
+    without a block builder of its own (every registered one has one)."""
     from pyspark.sql import functions as F
 
     def features_of(rows: pd.DataFrame) -> pd.DataFrame:

@@ -5,8 +5,8 @@ Scoring runs on the executors; the driver's memory does not grow with the number
 * **Features** are built as blocks of users by ``jobs/feature_blocks.py``, each block by its own
   task from its users' rows: trolls' from the nightly profile (Spark's per-context channel norms),
   evaders' and churn's from the last ``--days`` days of events grouped by user hash, with what
-  they need from everybody aggregated by Spark first. Fraud's are built in one executor task (its
-  features relate accounts through payees and shared entities; see that module).
+  they need from everybody aggregated by Spark first; fraud's likewise, in passes that aggregate
+  what relates accounts (payees, shared entities, norms; ``jobs/fraud_blocks.py``).
 * **Fit**, without ``--model``: on a bounded sample, whole blocks in hash order up to ``fit_users``
   users (a seeded random sample of users) plus the block of users that score together (evaders'
   new and banned accounts). Up to ``fit_users`` users the sample is everyone, so the model is the

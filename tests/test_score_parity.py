@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import date, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -182,3 +183,53 @@ def test_the_fit_sample_is_bounded(spark: object, lake: tuple[Path, date]) -> No
     assert 0 < fitted < full["users"] / 2  # two or so blocks of the six
     assert sampled["model_version"] != full["model_version"]
     assert sampled["users"] == full["users"]  # every user is still scored
+
+
+def test_fraud_scoring_brings_only_aggregates_to_the_driver(
+    spark: object, lake: tuple[Path, date], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fraud features and scores are built and written by the executors: what the driver collects
+    meanwhile is a few aggregate rows (currencies, hours, maxima), never a row per payment or user."""
+    from argus.detectors.fraud import FraudDetector
+    from argus.detectors.fraud_features import FX_PER_USD
+    from argus.jobs.feature_blocks import event_blocks, type_columns
+    from argus.jobs.score import night_window, score_blocks
+
+    root, day = lake
+    events = load_events(root)
+    detector = FraudDetector()
+    features = detector.features(events)
+    detector.fit(features)
+    window = night_window(spark, root, day, WORLD.days)  # type: ignore[arg-type]
+    columns = type_columns(spark, root, day)  # type: ignore[arg-type]
+    frame_class = type(window)  # the concrete DataFrame class (classic or connect)
+    collected: list[tuple[str, list[str], int]] = []
+    original_collect, original_to_pandas = frame_class.collect, frame_class.toPandas
+
+    def collect(self: Any) -> Any:
+        rows = original_collect(self)
+        collected.append(("collect", list(self.columns), len(rows)))
+        return rows
+
+    def to_pandas(self: Any) -> Any:
+        frame = original_to_pandas(self)
+        collected.append(("toPandas", list(frame.columns), len(frame)))
+        return frame
+
+    monkeypatch.setattr(frame_class, "collect", collect)
+    monkeypatch.setattr(frame_class, "toPandas", to_pandas)
+    blocks = event_blocks(spark, window, columns, detector, BLOCK_USERS)  # type: ignore[arg-type]
+    try:
+        scores = score_blocks(spark, blocks, detector)  # type: ignore[arg-type]
+        scores.write.mode("overwrite").parquet(str(tmp_path / "scores"))
+    finally:
+        blocks.unpersist()
+    monkeypatch.undo()
+    written = spark.read.parquet(str(tmp_path / "scores")).count()  # type: ignore[attr-defined]
+    assert written == len(features)
+    assert collected, "the feature build reads its population figures back"
+    payments = len(events["payment"])
+    bound = max(24, len(FX_PER_USD))  # hours of the day, currencies
+    for how, names, size in collected:
+        assert size <= bound < payments, (how, names, size)
+        assert not {"user_id", "event_id", "frame"} & set(names), (how, names, size)
