@@ -295,13 +295,34 @@ def _max_in_window(rows: pd.DataFrame, window_s: float) -> pd.Series:
     """Per user, the most rows inside any window of ``window_s`` seconds (rows sorted by user, t)."""
     if rows.empty:
         return pd.Series(dtype=float)
-    codes, _ = pd.factorize(rows["user_id"])
-    t = rows["t"].to_numpy()
-    key = codes * 1e10 + (t - t.min())  # one increasing line per user; users 1e10 s apart
+    key = timeline_keys(rows["user_id"].to_numpy(dtype=object), rows["t"].to_numpy(), window_s)
     order = np.argsort(key, kind="stable")
     key = key[order]
-    inside = np.arange(key.size) - np.searchsorted(key, key - window_s, side="left") + 1
+    inside = np.arange(key.size) - np.searchsorted(key, key - to_ms(window_s), side="left") + 1
     return pd.Series(inside, index=rows["user_id"].to_numpy()[order]).groupby(level=0).max()
+
+
+def to_ms(seconds: np.ndarray | float) -> np.ndarray:
+    """Seconds as whole milliseconds (int64), rounded the same way whatever else is in the frame."""
+    return np.asarray(np.round(np.asarray(seconds, dtype=float) * 1000.0), dtype=np.int64)
+
+
+def timeline_keys(groups: np.ndarray, t: np.ndarray, reach_s: float) -> np.ndarray:
+    """Exact int64 keys putting each group's times on its own stretch of one line, in milliseconds.
+
+    Within a group a key difference is the time difference; groups lie more than ``reach_s`` apart, so
+    a sorted search of ``key +- window`` (window <= reach) never crosses into another group. Integers
+    keep it exact for any number of groups (float keys lose the seconds past about a million users),
+    so a block of users gets the same counts as the whole population."""
+    codes = pd.factorize(np.asarray(groups, dtype=object))[0].astype(np.int64)
+    t_ms = to_ms(t)
+    if not len(t_ms):
+        return t_ms
+    base = int(t_ms.min())
+    stride = int(t_ms.max()) - base + int(to_ms(abs(reach_s))) + 1
+    if int(codes.max()) + 1 > (2**62) // stride:
+        raise ValueError(f"{int(codes.max()) + 1} accounts over {stride / 86_400_000:.0f} days overflow 64-bit keys")
+    return codes * stride + (t_ms - base)
 
 
 def _currency_norms(purchases: pd.DataFrame) -> pd.Series:

@@ -51,6 +51,8 @@ from argus.detectors.fraud_features import (
     _account_table,
     payment_table,
     shared_accounts,
+    timeline_keys,
+    to_ms,
 )
 
 # Payment features: name -> wording for reasons.
@@ -192,16 +194,16 @@ def window_pairs(
     empty = np.zeros(0, dtype=np.int64)
     if len(left_key) == 0 or len(right_key) == 0:
         return empty, empty
-    codes, _ = pd.factorize(np.r_[np.asarray(left_key, dtype=object), np.asarray(right_key, dtype=object)])
-    times = np.r_[np.asarray(left_t, dtype=float), np.asarray(right_t, dtype=float)]
-    base = float(np.min(times))
-    stride = float(np.max(times)) - base + abs(lo) + abs(hi) + 1.0  # windows never reach the next key
-    left = codes[: len(left_key)] * stride + (times[: len(left_key)] - base)
-    right = codes[len(left_key) :] * stride + (times[len(left_key) :] - base)
+    keys = timeline_keys(
+        np.r_[np.asarray(left_key, dtype=object), np.asarray(right_key, dtype=object)],
+        np.r_[np.asarray(left_t, dtype=float), np.asarray(right_t, dtype=float)],
+        max(abs(lo), abs(hi)),
+    )
+    left, right = keys[: len(left_key)], keys[len(left_key) :]
     order = np.argsort(right, kind="stable")
     ordered = right[order]
-    start = np.searchsorted(ordered, left + lo, side="right")
-    stop = np.searchsorted(ordered, left + hi, side="right")
+    start = np.searchsorted(ordered, left + to_ms(lo), side="right")
+    stop = np.searchsorted(ordered, left + to_ms(hi), side="right")
     counts = stop - start
     i = np.repeat(np.arange(len(left)), counts)
     offsets = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -457,10 +459,8 @@ def _device_hopping(logins: pd.DataFrame) -> pd.Series:
 
 def _around(rows: pd.DataFrame, mask: np.ndarray, window_s: float) -> np.ndarray:
     """Per row, the sender's ``mask`` rows within ``window_s`` before or after it (itself included if masked)."""
-    codes = pd.factorize(rows["user_id"])[0].astype(float)
-    t = rows["t"].to_numpy(dtype=float)
-    key = codes * 1e10 + (t - (t.min() if len(t) else 0.0))
+    key = timeline_keys(rows["user_id"].to_numpy(dtype=object), rows["t"].to_numpy(), window_s)
     marked = np.sort(key[np.asarray(mask, dtype=bool)])
-    lo = np.searchsorted(marked, key - window_s, side="left")
-    hi = np.searchsorted(marked, key + window_s, side="right")
+    lo = np.searchsorted(marked, key - to_ms(window_s), side="left")
+    hi = np.searchsorted(marked, key + to_ms(window_s), side="right")
     return np.asarray(hi - lo, dtype=float)

@@ -500,3 +500,21 @@ def test_takeover_pattern_needs_unusual_spend_after_the_shared_new_device() -> N
 
     assert (takeover(world(20.0)).loc[["a", "b", "c", "d"]] == 0).all()
     assert (takeover(world(300.0)).loc[["a", "b", "c", "d"]] > 0.5).all()
+
+
+def test_time_windows_stay_exact_past_a_million_accounts() -> None:
+    from argus.detectors.fraud_features import _max_in_window
+    from argus.detectors.fraud_payments import _around, window_pairs
+
+    # Keys that put each account on its own stretch of one float line lose whole seconds here.
+    accounts = np.array([f"u{i:07d}" for i in range(1_200_000)], dtype=object)
+    last, start = accounts[-1], 1.79e9
+    user_id = np.r_[accounts, [last, last]]
+    t = np.r_[np.full(len(accounts), start), [start + 0.6, start + 1.2]]
+    rows = pd.DataFrame({"user_id": user_id, "t": t})
+
+    per_second = _max_in_window(rows, 1.0)
+    assert (per_second[last], per_second[accounts[0]]) == (2, 1)
+    assert list(_around(rows, np.ones(len(rows), dtype=bool), 1.0)[-3:]) == [2.0, 3.0, 2.0]
+    i, j = window_pairs(user_id, t, user_id, t, 0.0, 1.0)
+    assert np.round(np.c_[t[i], t[j]] - start, 3).tolist() == [[0.0, 0.6], [0.6, 1.2]]
