@@ -195,13 +195,14 @@ def norm_reasons(
     dev = deviation.to_numpy(dtype=float)
     vals = values[cols].to_numpy(dtype=float)
     order = np.argsort(-np.nan_to_num(dev, nan=-np.inf), axis=1)[:, :top]
+    norm_of = [float(norms[c]) for c in cols]  # looked up once, not per row (a Series lookup costs microseconds)
     out: list[list[Reason]] = []
     for i in range(len(values)):
         row: list[Reason] = []
         for j in order[i]:
             if not dev[i, j] > 0:
                 continue
-            feature, value, norm = cols[j], float(vals[i, j]), float(norms[cols[j]])
+            feature, value, norm = cols[j], float(vals[i, j]), norm_of[j]
             row.append(Reason(feature, value, norm, f"{labels.get(feature, feature)} {value:.3g} (norm {norm:.3g})"))
         out.append(row)
     return out

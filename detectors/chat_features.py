@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,9 @@ FEATURE_COLUMNS = ["chat_messages", "chat_windows", *CONTEXT_FEATURES]
 
 
 SHARE_COLUMNS = [c for c in CONTEXT_FEATURES if c.endswith(("_share", "_ratio")) and c != "chat_anarchy_mode_share"]
+# The running sums behind the features, per user and batch of windows (gaps come from ChatContextState).
+SUM_COLUMNS = [*SHARE_COLUMNS, "messages", "anarchy_num", "anarchy_den", "windows", "rate_vs_window_sum"]
+GAP_COLUMNS = ["gap_n", "gap_sum", "gap_sq"]
 
 
 def chat_context_features(chat: pd.DataFrame, window_s: int = CONTEXT_WINDOW_S) -> pd.DataFrame:
@@ -102,6 +106,76 @@ def chat_context_features(chat: pd.DataFrame, window_s: int = CONTEXT_WINDOW_S) 
     state = ChatContextState(window_s)
     state.add(chat)
     return state.features()
+
+
+def window_user_sums(
+    users: Sequence[Hashable],
+    contexts: Sequence[object],
+    slots: Sequence[int],
+    texts: Sequence[object],
+    modes: Sequence[object],
+) -> tuple[list[Hashable], np.ndarray, dict[Hashable, set[int]]]:
+    """Per user, the ``SUM_COLUMNS`` sums of whole (context, slot) windows, and the hashes of their distinct texts.
+
+    Messages are given column-wise, one entry per message; ``users`` may be any hashable key (the
+    stream passes (user, channel, window) to get per-window rows: every window-level quantity
+    groups by (context, slot), so a finer user key changes none of them). Returns the keys in
+    order of first appearance, their sums (one row per key) and texts. Plain Python and numpy:
+    a streaming window of a hundred messages cost milliseconds of pandas' fixed per-call work.
+    """
+    n = len(users)
+    code_of: dict[Hashable, int] = {}
+    codes = np.fromiter((code_of.setdefault(u, len(code_of)) for u in users), dtype=np.intp, count=n)
+    keys = list(code_of)
+    indicators, anarchy = _message_indicators(users, contexts, slots, texts, modes)
+    out = np.empty((len(keys), len(SUM_COLUMNS)))
+    for j in range(indicators.shape[1]):
+        out[:, j] = np.bincount(codes, weights=indicators[:, j], minlength=len(keys))
+    plays = ~np.isnan(anarchy)
+    j = len(SHARE_COLUMNS)
+    out[:, j] = np.bincount(codes, minlength=len(keys))
+    out[:, j + 1] = np.bincount(codes, weights=np.where(plays, anarchy, 0.0), minlength=len(keys))
+    out[:, j + 2] = np.bincount(codes, weights=plays.astype(float), minlength=len(keys))
+    # Rate against the window's norm: a user's messages in a (context, slot) over that window's mean per user.
+    in_window: dict[tuple[object, int, int], int] = {}
+    for context, slot, code in zip(contexts, slots, codes.tolist(), strict=True):
+        key = (context, slot, code)
+        in_window[key] = in_window.get(key, 0) + 1
+    window_total: dict[tuple[object, int], list[int]] = {}  # (context, slot) -> [messages, users]
+    for (context, slot, _), count in in_window.items():
+        total = window_total.setdefault((context, slot), [0, 0])
+        total[0] += count
+        total[1] += 1
+    windows = np.zeros(len(keys))
+    rate = np.zeros(len(keys))
+    for (context, slot, code), count in in_window.items():
+        messages, senders = window_total[(context, slot)]
+        windows[code] += 1.0
+        rate[code] += count / (messages / senders)
+    out[:, j + 3] = windows
+    out[:, j + 4] = rate
+    hashes: dict[Hashable, set[int]] = {}
+    for user, text in set(zip(users, texts, strict=True)):  # hash each (user, text) once, not per message
+        hashes.setdefault(user, set()).add(_stable_hash(str(text)))
+    return keys, out, hashes
+
+
+def features_from_sums(sums: Mapping[str, np.ndarray], distinct_texts: np.ndarray) -> dict[str, np.ndarray]:
+    """``FEATURE_COLUMNS`` from the running sums (``SUM_COLUMNS`` and ``GAP_COLUMNS``), row by row."""
+    messages = sums["messages"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {c: sums[c] / messages for c in SHARE_COLUMNS}
+        plays = sums["anarchy_den"]
+        out["chat_anarchy_mode_share"] = np.where(plays > 0, sums["anarchy_num"] / plays, 0.0)
+        out["chat_messages"] = messages
+        out["chat_windows"] = sums["windows"]
+        out["chat_repetition"] = 1.0 - distinct_texts / messages
+        out["chat_rate_vs_window"] = sums["rate_vs_window_sum"] / sums["windows"]
+        gap_n = sums["gap_n"]
+        mean = sums["gap_sum"] / gap_n
+        sd = np.sqrt(np.maximum(sums["gap_sq"] / gap_n - mean**2, 0.0))
+        out["chat_burstiness"] = np.where((gap_n > 0) & (mean > 0), (sd - mean) / (sd + mean), np.nan)
+    return out
 
 
 class ChatContextState:
@@ -116,7 +190,7 @@ class ChatContextState:
     def __init__(self, window_s: int = CONTEXT_WINDOW_S) -> None:
         self.window_s = window_s
         self.sums = pd.DataFrame(dtype=float)
-        self.texts: dict[str, set[int]] = {}
+        self.texts: dict[Hashable, set[int]] = {}
         self.last_seen: dict[str, int] = {}
 
     def add(self, chat: pd.DataFrame) -> None:
@@ -124,27 +198,22 @@ class ChatContextState:
             return
         msgs = chat[["event_id", "user_id", "context", "ts", "text", "channel_mode"]].reset_index(drop=True)
         msgs["slot"] = _epoch_seconds(msgs["ts"]) // self.window_s
-        per_message = _message_indicators(msgs)
-        users = per_message.groupby(msgs["user_id"], sort=True)
-        batch = users[SHARE_COLUMNS].sum()
-        batch["messages"] = users.size()
-        batch["anarchy_num"] = users["_anarchy"].sum()
-        batch["anarchy_den"] = users["_anarchy"].count()
-
-        in_slot = msgs.groupby(["context", "slot", "user_id"]).size().rename("n").reset_index()
-        in_slot["norm"] = in_slot.groupby(["context", "slot"])["n"].transform("mean")
-        by_user = in_slot.groupby("user_id")
-        batch["windows"] = by_user.size()
-        batch["rate_vs_window_sum"] = (in_slot["n"] / in_slot["norm"]).groupby(in_slot["user_id"]).sum()
+        users, sums, texts = window_user_sums(
+            msgs["user_id"].tolist(),
+            msgs["context"].tolist(),
+            msgs["slot"].tolist(),
+            msgs["text"].tolist(),
+            msgs["channel_mode"].tolist(),
+        )
+        batch = pd.DataFrame(sums, index=pd.Index(users, name="user_id"), columns=SUM_COLUMNS).sort_index()
         gaps = self._gaps(msgs)
         batch["gap_n"] = gaps.groupby(level=0).size()
         batch["gap_sum"] = gaps.groupby(level=0).sum()
         batch["gap_sq"] = (gaps.astype(float) ** 2).groupby(level=0).sum()
         batch = batch.fillna(0.0).astype(float)
         self.sums = batch if self.sums.empty else self.sums.add(batch, fill_value=0.0)
-        distinct = msgs[["user_id", "text"]].drop_duplicates()  # hash each (user, text) once, not per message
-        for user, text in zip(distinct["user_id"], distinct["text"], strict=True):
-            self.texts.setdefault(user, set()).add(_stable_hash(text))
+        for user, hashes in texts.items():
+            self.texts.setdefault(user, set()).update(hashes)
 
     def _gaps(self, msgs: pd.DataFrame) -> pd.Series:
         """Seconds between a user's consecutive messages, continuing from the previous batch."""
@@ -164,61 +233,60 @@ class ChatContextState:
         if self.sums.empty:
             return pd.DataFrame(columns=FEATURE_COLUMNS, index=pd.Index([], name="user_id"), dtype=float)
         sums = self.sums
-        out = sums[SHARE_COLUMNS].div(sums["messages"], axis=0)
-        out["chat_anarchy_mode_share"] = (sums["anarchy_num"] / sums["anarchy_den"]).where(sums["anarchy_den"] > 0, 0.0)
-        out["chat_messages"] = sums["messages"]
-        out["chat_windows"] = sums["windows"]
-        distinct = pd.Series({u: len(t) for u, t in self.texts.items()}).reindex(sums.index)
-        out["chat_repetition"] = 1.0 - distinct / sums["messages"]
-        out["chat_rate_vs_window"] = sums["rate_vs_window_sum"] / sums["windows"]
-        mean = sums["gap_sum"] / sums["gap_n"]
-        sd = np.sqrt(np.maximum(sums["gap_sq"] / sums["gap_n"] - mean**2, 0.0))
-        out["chat_burstiness"] = ((sd - mean) / (sd + mean)).where((sums["gap_n"] > 0) & (mean > 0))
+        columns = {c: sums[c].to_numpy(dtype=float) for c in [*SUM_COLUMNS, *GAP_COLUMNS]}
+        distinct = np.array([len(self.texts[u]) if u in self.texts else np.nan for u in sums.index], dtype=float)
+        out = pd.DataFrame(features_from_sums(columns, distinct), index=sums.index, columns=FEATURE_COLUMNS)
         out.index.name = "user_id"
-        return out[FEATURE_COLUMNS].sort_index()
+        return out.sort_index()
 
 
-def _message_indicators(msgs: pd.DataFrame) -> pd.DataFrame:
-    """Per message, the 0/1 indicators the per-user shares average (``_anarchy``: NaN outside plays channels).
+def _message_indicators(
+    users: Sequence[Hashable],
+    contexts: Sequence[object],
+    slots: Sequence[int],
+    texts: Sequence[object],
+    modes: Sequence[object],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per message, the 0/1 indicators the per-user shares average (columns ``SHARE_COLUMNS``), and
+    whether it was sent in anarchy mode (NaN outside plays channels, whose mode is null).
 
     Plain Python over the texts: pandas' string methods loop in Python too, and a streaming window of
     a hundred messages paid milliseconds of their fixed cost per call.
     """
-    texts = [str(t) for t in msgs["text"].tolist()]
-    lower = [t.lower() for t in texts]
+    strings = [str(t) for t in texts]
+    lower = [t.lower() for t in strings]
     terms = [TERM_PATTERN.findall(t) for t in lower]
-    best_top, best_bottom = _goal_ranks(msgs["context"].tolist(), msgs["slot"].tolist(), terms)
+    best_top, best_bottom = _goal_ranks(list(contexts), list(slots), terms)
     # A copy: the same text from the same user earlier in the same (channel, window).
     seen: set[tuple[object, ...]] = set()
-    copy = np.zeros(len(texts), dtype=bool)
-    keys = zip(msgs["user_id"].tolist(), msgs["context"].tolist(), msgs["slot"].tolist(), texts, strict=True)
-    for i, key in enumerate(keys):
+    copy = np.zeros(len(strings), dtype=bool)
+    for i, key in enumerate(zip(users, contexts, slots, strings, strict=True)):
         copy[i] = key in seen
         seen.add(key)
-    link = np.array([_LINK.search(t) is not None for t in texts], dtype=bool)
-    letters = [_NOT_LETTER.sub("", t) for t in texts]
+    link = np.array([_LINK.search(t) is not None for t in strings], dtype=bool)
+    letters = [_NOT_LETTER.sub("", t) for t in strings]
     stripped = [t.strip() for t in lower]
-    indicators = pd.DataFrame(
-        {
-            "chat_top1_share": best_top <= 1,
-            "chat_top2_share": best_top <= 2,
-            "chat_top3_share": best_top <= 3,
-            "chat_bottom1_share": best_bottom <= 1,
-            "chat_bottom2_share": best_bottom <= 2,
-            "chat_bottom3_share": best_bottom <= 3,
-            "chat_spam_ratio": link | copy,
-            "chat_caps_ratio": [len(x) >= 3 and x == x.upper() for x in letters],
-            "chat_link_ratio": link,
-            "chat_mention_ratio": ["@" in t for t in texts],
-            "chat_hostile_ratio": [any(t in HOSTILE_TERMS for t in ts) for ts in terms],
-            "chat_start_share": [t == "start" for t in stripped],
-            "chat_anarchy_vote_share": [t == "anarchy" for t in stripped],
-        },
-        index=msgs.index,
-    ).astype(float)
-    plays = msgs["channel_mode"].notna()
-    indicators["_anarchy"] = (msgs["channel_mode"] == "anarchy").astype(float).where(plays)
-    return indicators
+    columns = {
+        "chat_top1_share": best_top <= 1,
+        "chat_top2_share": best_top <= 2,
+        "chat_top3_share": best_top <= 3,
+        "chat_bottom1_share": best_bottom <= 1,
+        "chat_bottom2_share": best_bottom <= 2,
+        "chat_bottom3_share": best_bottom <= 3,
+        "chat_spam_ratio": link | copy,
+        "chat_caps_ratio": [len(x) >= 3 and x == x.upper() for x in letters],
+        "chat_link_ratio": link,
+        "chat_mention_ratio": ["@" in t for t in strings],
+        "chat_hostile_ratio": [any(t in HOSTILE_TERMS for t in ts) for ts in terms],
+        "chat_start_share": [t == "start" for t in stripped],
+        "chat_anarchy_vote_share": [t == "anarchy" for t in stripped],
+    }
+    indicators = np.empty((len(strings), len(SHARE_COLUMNS)))
+    for j, column in enumerate(SHARE_COLUMNS):
+        indicators[:, j] = np.asarray(columns[column], dtype=float) if strings else 0.0
+    # pd.isna semantics for the mode: None and NaN both mean "not a plays channel".
+    anarchy = np.array([np.nan if m is None or m != m else float(m == "anarchy") for m in modes], dtype=float)
+    return indicators, anarchy
 
 
 def _goal_ranks(contexts: list[object], slots: list[int], terms: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:

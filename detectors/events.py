@@ -12,6 +12,7 @@ Accepted inputs (all in the event schema of ``schemas/``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,10 @@ class Events:
 
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
+    # Tables derived from the frames (``derived``): name -> (the source frames, the table).
+    _derived: dict[str, tuple[tuple[pd.DataFrame | None, ...], pd.DataFrame]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __getitem__(self, event_type: str) -> pd.DataFrame:
         frame = self.frames.get(event_type)
@@ -48,6 +53,19 @@ class Events:
         if not ids:
             return pd.Index([], dtype=object, name="user_id")
         return pd.Index(sorted(pd.unique(pd.concat(ids))), name="user_id")
+
+    def derived(self, name: str, event_types: tuple[str, ...], build: Callable[[], pd.DataFrame]) -> pd.DataFrame:
+        """``build()`` once while the frames of ``event_types`` stay the same objects; a shallow copy each call.
+
+        Feature functions that each need, say, the payments with parsed times share one table per
+        Events instead of parsing and sorting them again. Frames are read, never changed in place.
+        """
+        sources = tuple(self.frames.get(t) for t in event_types)
+        cached = self._derived.get(name)
+        if cached is None or any(a is not b for a, b in zip(cached[0], sources, strict=True)):
+            cached = (sources, build())
+            self._derived[name] = cached
+        return cached[1].copy(deep=False)
 
     @property
     def count(self) -> int:

@@ -63,6 +63,7 @@ on every feature, shares no specific entity with known fraud and follows neither
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from typing import Any, Self
 
 import numpy as np
@@ -87,15 +88,21 @@ from argus.detectors.fraud_features import (
     LOG_FEATURES,
     VOLUME_FEATURES,
     FraudPopulation,
+    _account_table,
+    decline_bursts,
     expert_features,
+    fraud_labels,
+    fraud_population,
     payment_table,
     sequence_embedding,
+    share_tables,
 )
 from argus.detectors.fraud_payments import (
     ACCOUNT_EVIDENCE,
     PAYMENT_FEATURES,
     PROPAGATION_PRIOR,
     account_evidence,
+    feature_reach,
     fit_pu,
     payment_features,
     predict_pu,
@@ -188,6 +195,27 @@ class FraudDetector(Detector):
     def features(self, events: Events) -> pd.DataFrame:
         """Expert features, the sequence embedding, outcomes, data-quality counts and evidence ids."""
         return self.features_from(events, payment_features(events))
+
+    def features_for(self, events: Events, users: Iterable[str]) -> pd.DataFrame:
+        """The rows of ``features(events)`` of ``users`` (those it has), built from their neighbourhood.
+
+        What relates them to everybody (norms, medians, accounts per entity) is one pass of grouped
+        aggregations over all payments and logins (``fraud_population``); the rest comes from the
+        events of the accounts within reach of their features (``feature_reach``): their payers and
+        payees, the accounts on their instruments, devices and networks and those accounts' payees.
+        So the cost follows the users' neighbourhood, not everybody's features; the values are equal,
+        bit for bit, because every function sees the same rows in the same order.
+        """
+        wanted = pd.Index(sorted({str(u) for u in users}), name="user_id")
+        pay = payment_table(events)
+        population = fraud_population(events, pay)
+        around = _events_of(events, feature_reach(pay, _account_table(events), wanted))
+        rows = payment_features(around, population)
+        evidence = account_evidence(rows, around, _known_outcomes(around), population)
+        own = _events_of(around, wanted)
+        mine = rows[rows["user_id"].isin(wanted) | rows["payee"].isin(wanted)]
+        features = self.features_from(own, mine, population, evidence)
+        return features[features.index.isin(wanted)]
 
     def features_from(
         self,
@@ -662,6 +690,35 @@ def _outcomes(features: pd.DataFrame, labels: pd.Series | None) -> pd.DataFrame:
         },
         index=features.index,
     )
+
+
+def _known_outcomes(events: Events) -> pd.Series:
+    """Per account in ``events``, whether it has a known outcome (``_outcomes`` of its own events)."""
+    pay = payment_table(events)
+    attempts = pay[pay["action"].isin(["purchase", "transfer"])]
+    outcomes = pd.DataFrame(
+        {
+            "fraud_labels": fraud_labels(events),
+            "chargebacks": pay[pay["action"] == "chargeback"].groupby("user_id").size(),
+            "decline_burst": decline_bursts(attempts[attempts["status"] == "declined"]),
+        },
+        columns=["fraud_labels", "chargebacks", "decline_burst"],
+    )
+    return _outcomes(outcomes, None).any(axis=1)
+
+
+def _events_of(events: Events, accounts: pd.Index) -> Events:
+    """The accounts' own events of every type and the payments they received, in ``events``' order."""
+    frames = {}
+    for event_type, frame in events.frames.items():
+        mine = frame["user_id"].astype(str).isin(accounts)
+        if event_type == "payment":
+            payee = frame["counterparty_id"]
+            mine |= payee.notna() & payee.astype(str).isin(accounts)
+        frames[event_type] = frame[mine.to_numpy()]
+    part = Events(frames, events.rejected)
+    share_tables(part, events, accounts)
+    return part
 
 
 def _profile(members: pd.DataFrame, norms: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -59,6 +59,8 @@ GAP_EDGES_S = (60, 600, 3_600, 6 * 3_600, 86_400)
 TAU_DAYS = 7.0
 EMBED_DIM = 16
 _HASH_BUCKETS = 1 << 14
+# Names of the tables derived once per Events (``Events.derived``).
+_PAYMENT_TABLE, _LOGIN_TABLE = "fraud.payment_table", "fraud.login_table"
 
 # Expert features: name -> wording for reasons and rules.
 EXPERT_FEATURES: dict[str, str] = {
@@ -130,7 +132,22 @@ class FraudPopulation:
 # --- expert features ------------------------------------------------------------------------
 def payment_table(events: Events) -> pd.DataFrame:
     """Payments with ``t`` (unix seconds), ``amount_usd`` (NaN when unusable) and its ``problem``."""
-    pay = events["payment"]
+    return events.derived(_PAYMENT_TABLE, ("payment",), lambda: _payment_table(events["payment"]))
+
+
+def share_tables(part: Events, whole: Events, accounts: pd.Index) -> None:
+    """Give ``part`` (``whole``'s events of ``accounts`` and the payments they received, in ``whole``'s
+    order) its payment and login tables cut from ``whole``'s: the same rows in the same order as
+    building them again, without parsing and sorting them again."""
+    pay = payment_table(whole)
+    payee = pay["counterparty"]
+    mine = pay["user_id"].isin(accounts) | (payee.notna() & payee.astype(str).isin(accounts))
+    part.derived(_PAYMENT_TABLE, ("payment",), lambda: pay[mine.to_numpy()].reset_index(drop=True))
+    logins = _account_table(whole)
+    part.derived(_LOGIN_TABLE, ("account",), lambda: logins[logins["user_id"].isin(accounts).to_numpy()])
+
+
+def _payment_table(pay: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(
         {
             "event_id": pay["event_id"].astype(str),
@@ -282,13 +299,21 @@ def _seconds(ts: pd.Series) -> np.ndarray:
 
 
 def _events_per_day(events: Events) -> pd.Series:
-    parts = [f[["user_id", "ts"]] for f in events.frames.values() if len(f)]
+    """Per user, its events of every type over its distinct UTC days (integer days: no datetime grouping)."""
+    parts = [f for f in events.frames.values() if len(f)]
     if not parts:
         return pd.Series(dtype=float)
-    allev = pd.concat(parts, ignore_index=True)
-    day = pd.to_datetime(allev["ts"], utc=True).dt.floor("D")
-    grouped = allev.assign(day=day).groupby(allev["user_id"].astype(str))
-    return grouped.size() / grouped["day"].nunique()
+    users = np.concatenate([f["user_id"].astype(str).to_numpy(dtype=object) for f in parts])
+    nanos = [pd.to_datetime(f["ts"], utc=True).astype("datetime64[ns, UTC]").array.asi8 for f in parts]
+    stamps = np.concatenate(nanos)
+    timed = stamps != pd.NaT.value  # a missing time counts as an event, not as a day
+    days = stamps[timed] // (86_400 * 10**9)
+    codes, uniques = pd.factorize(users, sort=True)
+    span = int(days.max() - days.min()) + 1 if len(days) else 1
+    dated = codes[timed].astype(np.int64)
+    user_days = np.unique(dated * span + (days - (days.min() if len(days) else 0))) // span
+    counts = np.bincount(codes, minlength=len(uniques)) / np.bincount(user_days, minlength=len(uniques))
+    return pd.Series(counts, index=pd.Index(uniques, name="user_id"))
 
 
 def _max_in_window(rows: pd.DataFrame, window_s: float) -> pd.Series:
@@ -322,7 +347,7 @@ def timeline_keys(groups: np.ndarray, t: np.ndarray, reach_s: float) -> np.ndarr
     stride = int(t_ms.max()) - base + int(to_ms(abs(reach_s))) + 1
     if int(codes.max()) + 1 > (2**62) // stride:
         raise ValueError(f"{int(codes.max()) + 1} accounts over {stride / 86_400_000:.0f} days overflow 64-bit keys")
-    return codes * stride + (t_ms - base)
+    return np.asarray(codes * stride + (t_ms - base), dtype=np.int64)
 
 
 def _currency_norms(purchases: pd.DataFrame) -> pd.Series:
@@ -352,7 +377,11 @@ def shared_accounts(rows: pd.DataFrame, key: str) -> pd.Series:
 
 
 def _account_table(events: Events) -> pd.DataFrame:
-    acct = events["account"]
+    return events.derived(_LOGIN_TABLE, ("account",), lambda: _login_table(events["account"]))
+
+
+def _login_table(acct: pd.DataFrame) -> pd.DataFrame:
+    """Signups and logins: ``user_id``, ``t`` (unix seconds), ``device``, ``network``, by user and time."""
     acct = acct[acct["action"].isin(["signup", "login"])]
     return pd.DataFrame(
         {
@@ -407,6 +436,59 @@ def _merchant_folds(purchases: pd.DataFrame) -> pd.DataFrame:
     )
     return rows.groupby("fold").agg(
         user_id=("user_id", "first"), n=("t", "size"), usd=("usd", "sum"), declines=("declines", "sum")
+    )
+
+
+def fraud_population(events: Events, pay: pd.DataFrame | None = None) -> FraudPopulation:
+    """What relates accounts to everybody, from all of ``events``, as the features compute it without one.
+
+    Given it, ``FraudDetector.features_for`` builds a few accounts' features from their neighbourhood
+    alone. ``pay``: ``payment_table(events)`` when the caller has it. Costs one pass of grouped
+    aggregations over the payments and logins (no per-account Python)."""
+    pay = payment_table(events) if pay is None else pay
+    attempts = pay[pay["action"].isin(["purchase", "transfer"])]
+    purchases = attempts[attempts["action"] == "purchase"]
+    hour = ((attempts["t"] // 3_600) % 24).astype(int)
+    # The payment rows' payee (``payment_features``): a transfer's counterparty, never the sender itself.
+    payee = attempts["counterparty"].where(attempts["action"] == "transfer").fillna("").astype(str)
+    payee = payee.where(payee != attempts["user_id"], "")
+    to_payee = attempts.assign(payee=payee)
+    received = to_payee[(payee != "") & (attempts["status"] == "approved")]
+    payee_fan_in = received.groupby("payee")["user_id"].nunique()
+    instrument_accounts = attempts.groupby("instrument")["user_id"].nunique()
+    # ``expert_features``' own reading of the same transfers (a counterparty kept as given, not blanked).
+    approved = attempts[attempts["status"] == "approved"]
+    transfers = approved[(approved["action"] == "transfer") & approved["counterparty"].notna()]
+    transfers = transfers.assign(counterparty=transfers["counterparty"].astype(str))
+    transfers = transfers[transfers["counterparty"] != transfers["user_id"]]
+    fan_in = transfers.groupby("counterparty")["user_id"].nunique()
+    user_cards = attempts[["user_id", "instrument"]].drop_duplicates()
+    logins = _account_table(events)
+    from argus.detectors.fraud_payments import _device_hopping  # fraud_payments builds on this module
+
+    per_user = pd.DataFrame(
+        {
+            "instrument_accounts": (user_cards["instrument"].map(instrument_accounts) - 1)
+            .groupby(user_cards["user_id"])
+            .max(),
+            "device_accounts": shared_accounts(logins, "device"),
+            "network_accounts": shared_accounts(logins, "network"),
+            "payee_fan_in": transfers["counterparty"].map(fan_in).groupby(transfers["user_id"]).max(),
+            "device_hopping": _device_hopping(logins),
+        },
+        columns=list(SHARED_COLUMNS),
+    )
+    token_ends = [pay.loc[pay["action"] != "chargeback", "t"], pd.Series(_seconds(events["account"]["ts"]))]
+    last = max((float(t.max()) for t in token_ends if len(t)), default=None)
+    return FraudPopulation(
+        currency_norm=_currency_norms(purchases),
+        hour_share=hour.value_counts(normalize=True),
+        embed_end=None if last is None else embedding_end(last),
+        context_median=attempts.groupby("merchant")["amount_usd"].median(),
+        payee_median=received.groupby("payee")["amount_usd"].median(),
+        payee_fan_in=payee_fan_in,
+        instrument_accounts=instrument_accounts,
+        per_user=per_user,
     )
 
 

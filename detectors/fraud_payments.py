@@ -267,12 +267,17 @@ def entity_totals(links: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
     return links.assign(s=own).groupby("entity").agg(n=("user_id", "size"), s=("s", "sum"))
 
 
-def account_evidence(rows: pd.DataFrame, events: Events, known: pd.Series) -> pd.DataFrame:
+def account_evidence(
+    rows: pd.DataFrame, events: Events, known: pd.Series, population: FraudPopulation | None = None
+) -> pd.DataFrame:
     """Per account, evidence that needs no fitting: ``mule_pattern``, ``takeover_pattern``, ``pays_mule``
     (the strongest mule pattern among the accounts it paid), ``crew_share`` (those patterns among the
     other accounts on its own device, network or instrument) and ``known_nearby`` (known outcomes on
-    any entity it shares, payees included)."""
-    patterns = pattern_scores(rows, events)
+    any entity it shares, payees included).
+
+    With ``population`` (see ``pattern_scores``) an account's evidence is right when ``events`` hold its
+    ``feature_reach``; the evidence of the other accounts in them is then incomplete."""
+    patterns = pattern_scores(rows, events, population)
     links = entity_links(rows, events)
     accounts = pd.Index(sorted(set(patterns.index) | set(links["user_id"]) | set(known.index)))
     patterns = patterns.reindex(accounts).fillna(0.0)
@@ -320,6 +325,41 @@ def entity_links(rows: pd.DataFrame, events: Events) -> pd.DataFrame:
         known = logins.dropna(subset=[key])
         parts.append(pd.DataFrame({"entity": f"{key}:" + known[key].astype(str), "user_id": known["user_id"]}))
     return pd.concat(parts, ignore_index=True).drop_duplicates().reset_index(drop=True)
+
+
+def feature_reach(pay: pd.DataFrame, logins: pd.DataFrame, users: pd.Index) -> pd.Index:
+    """The accounts whose own events and received payments the fraud features of ``users`` read, given
+    a ``FraudPopulation`` (``pay``: ``payment_table``, ``logins``: its signups and logins).
+
+    A user's payment rows are its payments and the transfers it received, each needing its sender's and
+    its payee's events (payers and payees). ``crew_share`` reads the suspicion of every account on the
+    user's instruments, devices and networks (its crew), and an account's suspicion includes the mule
+    pattern of the accounts it pays: three hops, user -> crew -> their payees. ``known_nearby`` reads
+    the known outcomes of everyone paying the user's payees. Entities are matched as ``entity_links``
+    writes them, so a carrier network shared by thousands brings them all in: they do share it."""
+    attempts = pay[pay["action"].isin(["purchase", "transfer"])]
+    sender = attempts["user_id"]
+    payee = attempts["counterparty"].where(attempts["action"] == "transfer").fillna("").astype(str)
+    payee = payee.where(payee != sender, "")
+    with_logins = {key: logins.dropna(subset=[key]).astype({key: str}) for key in ("device", "network")}
+
+    def payees_of(accounts: set[str]) -> set[str]:
+        return set(payee[sender.isin(accounts) & (payee != "")])
+
+    def payers_of(accounts: set[str]) -> set[str]:
+        return set(sender[payee.isin(accounts)])
+
+    def crew_of(accounts: set[str]) -> set[str]:
+        used = attempts.loc[sender.isin(accounts), "instrument"]
+        crew = set(sender[attempts["instrument"].isin(used)])
+        for key, rows in with_logins.items():
+            used = rows.loc[rows["user_id"].isin(accounts), key]
+            crew |= set(rows.loc[rows[key].isin(used), "user_id"])
+        return crew
+
+    wanted = set(map(str, users))
+    crew = crew_of(wanted) | wanted
+    return pd.Index(sorted(crew | payees_of(crew) | payers_of(wanted) | payers_of(payees_of(wanted))), name="user_id")
 
 
 def fit_pu(x: np.ndarray, labelled: np.ndarray, groups: np.ndarray, seed: int) -> dict[str, Any] | None:

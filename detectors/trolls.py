@@ -454,7 +454,7 @@ class TrollDetector(Detector):
             flagged[scorable] = distance > state["threshold"]
             norms = pd.Series(state["median"], index=list(SCORED_FEATURES))
             frame = pd.DataFrame(deviations, columns=list(SCORED_FEATURES))
-            worded = norm_reasons(features[scorable].reset_index(drop=True), norms, frame, LABELS)
+            worded = norm_reasons(pd.DataFrame(values[scorable], columns=list(SCORED_FEATURES)), norms, frame, LABELS)
             for position, row in zip(np.flatnonzero(scorable), worded, strict=True):
                 reasons[position] = row
         return score_frame(features.index, scores, flagged, status, reasons)
@@ -522,7 +522,7 @@ class TrollDetector(Detector):
     # --- internals --------------------------------------------------------------------
     def _eligible(self, features: pd.DataFrame) -> np.ndarray:
         enough = features["chat_messages"].to_numpy(dtype=float) >= self.params["min_messages"]
-        complete = features[list(SCORED_FEATURES)].notna().all(axis=1).to_numpy()
+        complete = ~np.isnan(features[list(SCORED_FEATURES)].to_numpy(dtype=float)).any(axis=1)
         return np.asarray(enough & complete, dtype=bool)
 
     def _low_evidence(self, features: pd.DataFrame, eligible: np.ndarray) -> np.ndarray:
@@ -530,12 +530,13 @@ class TrollDetector(Detector):
         messages = features["chat_messages"].to_numpy(dtype=float)
         few = (messages >= 1) & (messages < self.params["min_messages"])
         defined = [c for c in SCORED_FEATURES if c != "chat_burstiness"]
-        complete = features[defined].notna().all(axis=1).to_numpy()
+        complete = ~np.isnan(features[defined].to_numpy(dtype=float)).any(axis=1)
         return np.asarray(few & complete & ~eligible, dtype=bool)
 
     def _status(self, features: pd.DataFrame, eligible: np.ndarray, low: np.ndarray) -> list[str]:
         messages = features["chat_messages"].to_numpy(dtype=float)
-        missing = features[list(SCORED_FEATURES)].isna()
+        missing = np.isnan(features[list(SCORED_FEATURES)].to_numpy(dtype=float))
+        columns = list(SCORED_FEATURES)
         need = self.params["min_messages"]
         status = []
         for i in range(len(features)):
@@ -550,7 +551,8 @@ class TrollDetector(Detector):
             elif messages[i] < 1:
                 status.append("no chat messages")
             else:
-                status.append("missing features: " + ", ".join(missing.columns[missing.iloc[i].to_numpy()]))
+                absent = [c for c, gone in zip(columns, missing[i], strict=True) if gone]
+                status.append("missing features: " + ", ".join(absent))
         return status
 
     def _deviations(self, values: np.ndarray, state: dict[str, Any]) -> np.ndarray:

@@ -7,17 +7,24 @@ Prism state lives in the runner's memory, so the pipeline checkpoints itself:
 1. **What is recorded.** Every source batch names the offsets ``[start, end)`` it covers
    (``SourceBatch``). A stateful stage that reads the source (trolls' channel windows, fraud's
    payment graph) records, per key shard, which ranges it has taken in (``ReceivedLog``). After
-   every firing that changes its state, each stateful stage (those two and trolls' per-user
-   stage) emits a ``StageSnapshot``: its whole state for that shard, labelled with the firing's
-   event time.
+   every firing that changes its state, each stateful stage emits a ``StageSnapshot`` of that
+   shard, labelled with the firing's event time: the stages of ``stream_adapters.py`` a *delta*,
+   only the parts of their state the firing changed (per user, per account, per message; see
+   ``part_delta``) and numbered (``seq``); the others their whole state.
 2. **A consistent cut by watermark.** One ``_CheckpointFn`` (a single key) collects the snapshots
    and sets a timer just after each label ``X``. It fires once the watermark of *all* its inputs
    has passed ``X``: every snapshot labelled ``<= X`` has arrived, and every sink (alerts, dead
    letters, feature snapshots) has completed every bundle with elements up to ``X`` (a sink
    bundle completes only after ``finish_bundle`` flushed it to Kafka; the sinks' empty outputs are
-   inputs of the checkpoint stage, so their watermarks hold it back). The latest snapshot of each
-   stage shard labelled ``<= X`` then forms a consistent state: what the channel stage emitted up
-   to its snapshot is exactly what the per-user stage had applied in its own.
+   inputs of the checkpoint stage, so their watermarks hold it back). The state of each stage
+   shard after its latest firing labelled ``<= X`` then forms a consistent state: what the channel
+   stage emitted up to its snapshot is exactly what the per-user stage had applied in its own.
+   That state is the previous cut's (``bases``, held apart and read only when a cut is written)
+   with the deltas up to that firing folded on in firing order (``fold_snapshots``): exactly the
+   shard's state then, parts and order, as a whole snapshot would have carried it. Only the newest
+   snapshot per shard would not do: a shard firing again before the watermark reaches ``X`` would
+   have lost its state at ``X``. Between cuts the held deltas of a shard up to the newest label
+   passed are merged into one, so what the stage holds is the last cut plus what changed since.
 3. **Offsets.** The checkpoint's offsets are, per partition, the end of the contiguous prefix that
    *every* source-reading stage shard has taken in, counting only batches timestamped before
    ``X`` (their dead letters are flushed). The checkpoint is written (atomically, a file in
@@ -26,10 +33,11 @@ Prism state lives in the runner's memory, so the pipeline checkpoints itself:
    later one supersedes it), and the input's end writes the last, so a bounded run ends committed.
 4. **Restart.** The launcher reads the group's committed offsets and picks the checkpoint file
    with exactly those offsets (a crash between writing and committing leaves the previous one in
-   force). The source resumes at the committed offsets; each stage shard gets its snapshot back
-   as a first element (state and timers restored); batches a shard had already taken in are not
-   given to it again: the source cuts its batches at the recorded range boundaries, so each is
-   wholly seen or wholly new. Outputs the replay repeats carry the same deterministic ids and are
+   force). The source resumes at the committed offsets; each stage shard gets its complete
+   snapshot back as a first element (state and timers restored), and the checkpoint stage takes
+   them as the base of its next cut; batches a shard had already taken in are not given to it
+   again: the source cuts its batches at the recorded range boundaries, so each is wholly seen or
+   wholly new. Outputs the replay repeats carry the same deterministic ids and are
    skipped by the sinks (``skip_published``): effectively once on the compacted alert topics.
 
 Limit: a message later than ``--allowed-lateness`` is applied by a timer behind the watermark, so
@@ -43,7 +51,7 @@ import dataclasses
 import os
 import pickle
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,18 +64,24 @@ from apache_beam.transforms.userstate import BagStateSpec, ReadModifyWriteStateS
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from argus.pipelines.kafka_io import Cuts, KafkaClient, Offsets, _watermark_offsets, librdkafka_settings
+from argus.pipelines.kafka_io import Cuts, KafkaClient, Offsets, librdkafka_settings, watermark_offsets
 
 __all__ = [
     "CHECKPOINT_STAGE",
     "Checkpoint",
     "CheckpointError",
+    "Parts",
     "ReceivedLog",
     "Restore",
     "ResumePlan",
     "StageSnapshot",
+    "apply_parts",
     "committed_offsets",
+    "fold_snapshots",
     "load_checkpoints",
+    "merge_snapshots",
+    "part_delta",
+    "part_section",
     "plan_resume",
     "restore_elements",
     "restore_input",
@@ -146,16 +160,95 @@ class ReceivedLog:
         return out
 
 
+# A stage shard's state as parts: a key (a tuple whose first item names its section, e.g. ("daily", user))
+# -> the part, pickled. Parts let a snapshot carry only what a firing changed.
+Parts = dict[Hashable, bytes]
+
+
 @dataclass(frozen=True)
 class StageSnapshot:
-    """One stage shard's whole state after a firing at event time ``at_us`` (``received``: source stages only)."""
+    """One stage shard's state after a firing at event time ``at_us`` (``received``: source stages only).
+
+    Either the whole state pickled (``state``), or part-wise (``parts``): with ``base_seq`` None the
+    complete parts, otherwise a *delta*, the parts the firings after ``base_seq`` up to ``seq`` changed
+    (``removed``: dropped first, then ``parts`` written). ``seq`` counts the shard's firings; the
+    checkpoint stage folds deltas in that order, so a restore gets exactly the state the shard had.
+    """
 
     stage: str
     shard: str
     at_us: int
-    state: bytes
+    state: bytes = b""
     received: ReceivedLog | None = None
     restored: bool = False
+    parts: Parts | None = None
+    removed: tuple[Hashable, ...] = ()
+    seq: int = 0
+    base_seq: int | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether it holds the whole state (not a delta)."""
+        return self.parts is None or self.base_seq is None
+
+
+def part_section(key: Hashable) -> Hashable:
+    """The section of a part's key: its first item."""
+    return key[0] if isinstance(key, tuple) and key else key
+
+
+def part_delta(old: Parts, new: Parts) -> tuple[Parts, tuple[Hashable, ...]]:
+    """What turns ``old`` into ``new``: ``(parts to write, keys to drop first)``; ``apply_parts`` does it.
+
+    Parts compare by their pickled bytes (equal bytes: equal parts). Applying keeps a surviving part in
+    its place and appends new ones, so in each section (a key's first item) the longest head of ``new``
+    that keeps ``old``'s order stays, and the parts after it that moved (a dict's pop and re-insert, a
+    key inserted in the middle) are dropped and written again: every section comes back in ``new``'s
+    order, so a dict rebuilt from it iterates as the live one did.
+    """
+    position = {key: i for i, key in enumerate(old)}
+    new_keys: dict[Hashable, list[Hashable]] = {}
+    for key in new:
+        new_keys.setdefault(part_section(key), []).append(key)
+    changed: Parts = {}
+    removed = [key for key in old if key not in new]
+    for keys in new_keys.values():
+        last, head = -1, len(keys)
+        for i, key in enumerate(keys):
+            at = position.get(key, -1)
+            if at <= last:  # new, or out of old's order: from here on everything is appended
+                head = i
+                break
+            last = at
+        for key in keys[:head]:
+            if old[key] != new[key]:
+                changed[key] = new[key]
+        for key in keys[head:]:
+            if key in position:
+                removed.append(key)
+            changed[key] = new[key]
+    return changed, tuple(removed)
+
+
+def apply_parts(parts: Parts, changed: Parts, removed: Iterable[Hashable]) -> None:
+    """Apply a delta to ``parts`` in place: drop ``removed``, then write ``changed`` (new keys appended)."""
+    for key in removed:
+        parts.pop(key, None)
+    parts.update(changed)
+
+
+def merge_snapshots(first: StageSnapshot, then: StageSnapshot) -> StageSnapshot:
+    """One snapshot equal to ``first`` followed by ``then`` (part-wise, ``then.base_seq == first.seq``)."""
+    assert first.parts is not None and then.parts is not None and then.base_seq == first.seq
+    if first.base_seq is None:  # complete, then a delta: complete
+        parts = dict(first.parts)
+        apply_parts(parts, then.parts, then.removed)
+        return dataclasses.replace(then, parts=parts, removed=(), base_seq=None)
+    dropped = set(then.removed)
+    parts = {k: v for k, v in first.parts.items() if k not in dropped}
+    parts.update(then.parts)
+    removed = tuple(dict.fromkeys([*first.removed, *then.removed]))
+    return dataclasses.replace(then, parts=parts, removed=removed, base_seq=first.base_seq)
 
 
 @dataclass(frozen=True)
@@ -272,7 +365,7 @@ def _log_offsets(client: KafkaClient, topics: Sequence[str], start: str) -> Offs
             if info is None or info.error is not None:
                 continue
             for partition in sorted(info.partitions):
-                low, high = _watermark_offsets(consumer, topic, partition)
+                low, high = watermark_offsets(consumer, topic, partition)
                 out.setdefault(topic, {})[partition] = low if start == "earliest" else high
         return out
     finally:
@@ -345,27 +438,63 @@ def restore_input(pipeline: beam.Pipeline, plan: ResumePlan | None, stage: str) 
     )
 
 
-def _compact(snapshots: Any, at_us: int) -> dict[tuple[str, str], StageSnapshot]:
-    """The latest snapshot of each stage shard labelled ``<= at_us`` (the cut there); the bag keeps only
-    those and the later ones."""
-    latest: dict[tuple[str, str], StageSnapshot] = {}
+StageKey = tuple[str, str]  # (stage, shard)
+
+
+def fold_snapshots(
+    bases: dict[StageKey, StageSnapshot], held: Iterable[StageSnapshot], at_us: int, partial: bool = False
+) -> tuple[dict[StageKey, StageSnapshot], list[StageSnapshot], bool]:
+    """The cut at ``at_us``: every stage shard's state after its latest firing labelled ``<= at_us``.
+
+    ``bases``: the shards' complete snapshots of the previous cut; ``held``: the snapshots since, in
+    arrival order. Whole states: the latest arrival labelled ``<= at_us`` wins (a restored one never
+    supersedes a fresh one). Part-wise: the deltas up to the newest firing labelled ``<= at_us`` are
+    folded onto the base in firing order (``seq``), so the result is exactly the shard's state then.
+    Returns ``(latest, later, complete)``: the shards' snapshots at the cut, the held ones after it,
+    and whether every part-wise shard reached its firing (False while a delta before it is in flight).
+    With ``partial`` a chain may start from a delta (compacting held deltas into one per shard).
+    """
+    latest = dict(bases)
     later: list[StageSnapshot] = []
-    held = 0
-    for snapshot in snapshots.read():  # in arrival order: a later firing of a shard supersedes an earlier one
-        held += 1
-        key = (snapshot.stage, snapshot.shard)
-        if snapshot.at_us > at_us:
-            later.append(snapshot)
-        elif snapshot.restored and key in latest and not latest[key].restored:
-            continue
+    complete = True
+    by_shard: dict[StageKey, list[StageSnapshot]] = {}
+    for snapshot in held:
+        by_shard.setdefault((snapshot.stage, snapshot.shard), []).append(snapshot)
+    for key, snapshots in by_shard.items():
+        current = latest.get(key)
+        if all(s.parts is None for s in snapshots):
+            for snapshot in snapshots:  # in arrival order: a later firing of a shard supersedes an earlier one
+                if snapshot.at_us > at_us:
+                    later.append(snapshot)
+                elif not (snapshot.restored and current is not None and not current.restored):
+                    current = snapshot
         else:
-            latest[key] = snapshot
-    if len(latest) + len(later) == held:
-        return latest  # nothing superseded: no need to rewrite the bag
-    snapshots.clear()
-    for snapshot in [*latest.values(), *later]:
-        snapshots.add(snapshot)
-    return latest
+            target = max((s.seq for s in snapshots if s.at_us <= at_us), default=-1)
+            for snapshot in sorted(snapshots, key=lambda s: (s.seq, not s.complete)):
+                if current is not None and snapshot.seq <= current.seq:
+                    continue  # already folded in (a restored or merged snapshot covers it)
+                if snapshot.seq > target:
+                    later.append(snapshot)
+                elif snapshot.complete or (current is None and partial):
+                    current = snapshot
+                elif current is not None and snapshot.base_seq == current.seq:
+                    current = merge_snapshots(current, snapshot)
+                else:
+                    later.append(snapshot)  # a delta before it is still in flight
+            if target >= 0 and (current is None or current.seq < target):
+                complete = False
+        if current is not None:
+            latest[key] = current
+    return latest, later, complete
+
+
+def _compact(snapshots: Any, held: list[StageSnapshot], at_us: int) -> None:
+    """Keep in the bag one snapshot per shard up to ``at_us`` (deltas merged) and the later ones."""
+    latest, later, _ = fold_snapshots({}, held, at_us, partial=True)
+    if len(latest) + len(later) < len(held):
+        snapshots.clear()
+        for snapshot in [*latest.values(), *later]:
+            snapshots.add(snapshot)
 
 
 @dataclass
@@ -386,7 +515,10 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
     comes first; a deferred cut is superseded by any later one.
     """
 
+    # Snapshots since the last cut (deltas, mostly: small); the last cut's complete snapshots apart, read
+    # only when a cut is written, not at every label's timer.
     SNAPSHOTS = BagStateSpec("snapshots", PickleCoder())
+    BASES = ReadModifyWriteStateSpec("bases", PickleCoder())
     PROGRESS = ReadModifyWriteStateSpec("progress", PickleCoder())
     WRITE = TimerSpec("write", TimeDomain.WATERMARK)
     DEFERRED = TimerSpec("deferred", TimeDomain.REAL_TIME)
@@ -428,11 +560,14 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
         timer: Any = beam.DoFn.TimerParam(WRITE),  # noqa: B008
         end: Any = beam.DoFn.TimerParam(END),  # noqa: B008
+        bases: Any = beam.DoFn.StateParam(BASES),  # noqa: B008
     ) -> None:
         end.set(GlobalWindow().max_timestamp())  # fires only when the input ends: a bounded run's last cut
         item = element[1]
-        if isinstance(item, Restore):  # the previous checkpoint's snapshots, until each shard fires again
-            snapshots.add(item.snapshot)
+        if isinstance(item, Restore):  # the previous checkpoint's snapshots: the base the next cut builds on
+            held = bases.read() or {}
+            held[(item.snapshot.stage, item.snapshot.shard)] = item.snapshot
+            bases.write(held)
             return
         snapshots.add(item)
         # Just after the label: by then the sinks have flushed every output up to and at it.
@@ -445,6 +580,7 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
         progress_state: Any = beam.DoFn.StateParam(PROGRESS),  # noqa: B008
         deferred: Any = beam.DoFn.TimerParam(DEFERRED),  # noqa: B008
+        bases: Any = beam.DoFn.StateParam(BASES),  # noqa: B008
     ) -> None:
         progress = progress_state.read() or self._fresh_progress()
         # Timers of several labels can fire out of order: the watermark has passed the newest of them, so
@@ -453,9 +589,9 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         progress.newest_us = max(progress.newest_us, fired.micros - 1)
         wait_s = progress.written_at + self.interval_s - time.monotonic()
         if wait_s <= 0:
-            self._write_cut(snapshots, progress, progress.newest_us)
+            self._write_cut(snapshots, bases, progress, progress.newest_us)
         elif progress.newest_us > progress.written_us:
-            _compact(snapshots, progress.newest_us)
+            _compact(snapshots, list(snapshots.read()), progress.newest_us)
             deferred.set(Timestamp.now() + Duration(micros=int(wait_s * 1e6) + 1))
         progress_state.write(progress)
 
@@ -464,9 +600,10 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         self,
         snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
         progress_state: Any = beam.DoFn.StateParam(PROGRESS),  # noqa: B008
+        bases: Any = beam.DoFn.StateParam(BASES),  # noqa: B008
     ) -> None:
         progress = progress_state.read() or self._fresh_progress()
-        self._write_cut(snapshots, progress, progress.newest_us)
+        self._write_cut(snapshots, bases, progress, progress.newest_us)
         progress_state.write(progress)
 
     @on_timer(END)
@@ -475,26 +612,34 @@ class _CheckpointFn(beam.DoFn):  # type: ignore[misc]
         snapshots: Any = beam.DoFn.StateParam(SNAPSHOTS),  # noqa: B008
         progress_state: Any = beam.DoFn.StateParam(PROGRESS),  # noqa: B008
         deferred: Any = beam.DoFn.TimerParam(DEFERRED),  # noqa: B008
+        bases: Any = beam.DoFn.StateParam(BASES),  # noqa: B008
     ) -> None:
         """The input has ended: every snapshot is in, so the cut goes to the newest label (however soon)."""
         progress = progress_state.read() or self._fresh_progress()
         labels = [s.at_us for s in snapshots.read() if not s.restored]
         progress.newest_us = max([progress.newest_us, *labels])
-        self._write_cut(snapshots, progress, progress.newest_us)
+        self._write_cut(snapshots, bases, progress, progress.newest_us)
         progress_state.write(progress)
         deferred.clear()  # nothing left to defer: the run need not wait for it
 
     def _fresh_progress(self) -> _Progress:
         return _Progress(newest_us=self.resumed_at_us, written_us=self.resumed_at_us)
 
-    def _write_cut(self, snapshots: Any, progress: _Progress, at_us: int) -> None:
-        """Write and commit the cut at ``at_us`` unless it is empty or not past the newest written."""
-        latest = _compact(snapshots, at_us)
-        if not latest or at_us <= progress.written_us:
+    def _write_cut(self, snapshots: Any, bases: Any, progress: _Progress, at_us: int) -> None:
+        """Write and commit the cut at ``at_us`` unless it is empty, not past the newest written, or a
+        part-wise shard's delta before it is still in flight (a later cut then takes it)."""
+        held = list(snapshots.read())
+        latest, later, complete = fold_snapshots(bases.read() or {}, held, at_us)
+        if not latest or at_us <= progress.written_us or not complete:
+            _compact(snapshots, held, at_us)
             return
         checkpoint = Checkpoint(self.group, at_us, self._resume_offsets(latest, at_us), latest)
         save_checkpoint(self.directory, checkpoint)
         self._commit(checkpoint.offsets)
+        bases.write(latest)
+        snapshots.clear()
+        for snapshot in later:
+            snapshots.add(snapshot)
         progress.written_us, progress.written_at = at_us, time.monotonic()
         self.written.inc()
 

@@ -74,6 +74,7 @@ __all__ = [
     "WriteKafka",
     "client_settings",
     "librdkafka_settings",
+    "watermark_offsets",
 ]
 
 START_POSITIONS = ("earliest", "latest")
@@ -243,7 +244,7 @@ class SourceRestrictionProvider(RestrictionProvider):  # type: ignore[misc]
                     raise ValueError(f"topic {topic} does not exist; create the topic layout with `argus kafka up`")
                 given = self.start_offsets.get(topic, {})
                 for partition in sorted(info.partitions):
-                    low, high = _watermark_offsets(consumer, topic, partition)
+                    low, high = watermark_offsets(consumer, topic, partition)
                     if partition in given:  # resumed (a checkpoint): never before what the log still holds
                         start[(topic, partition)] = max(int(low), int(given[partition]))
                     else:
@@ -516,7 +517,7 @@ def _cut(records: list[KafkaRecord], cuts: Sequence[int]) -> Iterator[tuple[list
     yield piece, records[-1].offset + 1
 
 
-def _watermark_offsets(consumer: Any, topic: str, partition: int, attempts: int = 20) -> tuple[int, int]:
+def watermark_offsets(consumer: Any, topic: str, partition: int, attempts: int = 20) -> tuple[int, int]:
     """(low, high) offsets of a partition; retried while a new topic's leader is still being elected."""
     from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
@@ -738,7 +739,7 @@ def published_identities(bootstrap: KafkaClient, topics: Iterable[str], identify
             if info is None or info.error is not None:
                 continue
             for partition in info.partitions:
-                low, high = _watermark_offsets(consumer, topic, partition)
+                low, high = watermark_offsets(consumer, topic, partition)
                 if high > low:
                     assignment.append(TopicPartition(topic, partition, low))
                     stops[(topic, partition)] = high

@@ -6,8 +6,10 @@ around the functions of ``detectors/`` and scores with the model store's current
 (``LiveModel``). Every stateful stage here is one ``_StageFn``: elements (source batches, or lists
 from an upstream stage) wait in a bag until the watermark passes the event time at which their
 evidence is complete; one timer per such time and shard (dynamic tag) then hands everything due
-to the adapter's logic in one call. A firing may set further timers (churn's wake-ups). With
-checkpoints every firing emits the shard's whole state and the source ranges it took in.
+to the adapter's logic in one call. A firing may set further timers (churn's wake-ups). The state
+is held as pickled parts (``StageLogic.parts``: per user, per account, per kept message), so with
+checkpoints a firing emits only the parts whose bytes it changed, the elements that came or went,
+and the source ranges it took in (a numbered delta the checkpoint stage folds; restored exactly).
 
 **Churn** (``ChurnStream``, one stage keyed by user shard). A user-day is complete when the
 watermark passes the end of the day plus the allowed lateness: the day's events then become the
@@ -54,8 +56,10 @@ see only the kept conversation.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import pickle
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -76,7 +80,15 @@ from argus.detectors.evaders import EvaderDetector, account_profiles, profiles_f
 from argus.detectors.events import Events
 from argus.detectors.store import LiveModel, ModelStore
 from argus.detectors.trolls import ITEM_FLAG, MESSAGE_MODEL_ATTR
-from argus.pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers
+from argus.pipelines.checkpoint import (
+    Ranges,
+    ReceivedLog,
+    Restore,
+    StageSnapshot,
+    covers,
+    part_delta,
+    part_section,
+)
 from argus.pipelines.kafka_io import SourceBatch
 from argus.pipelines.stream_detectors import (
     DAY_US,
@@ -139,6 +151,60 @@ class StageLogic:
         """Apply the due ``rows`` to ``state`` (in place) at event time ``fired_us``; yield outputs."""
         raise NotImplementedError
 
+    def parts(self, state: Any) -> dict[Hashable, Any]:
+        """The state as parts keyed by tuples whose first item names a section (``("daily", user)``): a
+        checkpoint snapshot carries only the parts a firing changed. Default: the whole state, one part."""
+        return {("state",): state}
+
+    def from_parts(self, parts: dict[Hashable, Any]) -> Any:
+        """The state from ``parts`` (each section in the order ``parts`` gave it)."""
+        return parts[("state",)]
+
+
+def dataclass_parts(state: Any, keyed: Iterable[str]) -> dict[Hashable, Any]:
+    """A dataclass state's parts: one per entry of the dict fields named in ``keyed``, one per other field."""
+    keyed = set(keyed)
+    out: dict[Hashable, Any] = {}
+    for item in dataclasses.fields(state):
+        value = getattr(state, item.name)
+        if item.name in keyed:
+            out.update({(item.name, key): entry for key, entry in value.items()})
+        else:
+            out[(item.name,)] = value
+    return out
+
+
+def dataclass_from_parts(cls: type, parts: dict[Hashable, Any], keyed: Iterable[str]) -> Any:
+    """The inverse of ``dataclass_parts``: each keyed dict filled in the parts' order."""
+    maps: dict[str, dict[Any, Any]] = {name: {} for name in keyed}
+    whole: dict[str, Any] = {}
+    for key, value in parts.items():
+        assert isinstance(key, tuple)
+        if len(key) == 2 and key[0] in maps:
+            maps[key[0]][key[1]] = value
+        else:
+            whole[key[0]] = value
+    return cls(**whole, **maps)
+
+
+WAITING = "\x00waiting"  # the section of a stage snapshot's parts holding the elements waiting for their time
+
+
+def _digest(blob: bytes) -> bytes:
+    return hashlib.blake2b(blob, digest_size=16).digest()
+
+
+def _waiting_parts(waiting: list[tuple[int, bytes]], digests: list[bytes]) -> dict[Hashable, bytes]:
+    """Waiting elements as parts, keyed by due time and content digest (a repeat numbered): the same key in
+    every firing, so a snapshot sends an element once."""
+    out: dict[Hashable, bytes] = {}
+    for (at_us, blob), digest in zip(waiting, digests, strict=True):
+        n = 0
+        while (WAITING, at_us, digest, n) in out:
+            n += 1
+        out[(WAITING, at_us, digest, n)] = blob
+    return out
+
 
 class _StageFn(beam.DoFn):  # type: ignore[misc]
     """Keyed by shard: elements wait in one bag; a timer per due time hands them to the logic in one call."""
@@ -165,15 +231,7 @@ class _StageFn(beam.DoFn):  # type: ignore[misc]
     ) -> None:
         shard, payload = element
         if isinstance(payload, Restore):
-            state, waiting = pickle.loads(payload.snapshot.state)
-            buffer.add(("state", state))
-            if payload.snapshot.received is not None:
-                buffer.add(("received", payload.snapshot.received))
-            for item in waiting:
-                buffer.add(("b", item))
-                self._set(timer, shard, item[0])
-            for at_us in self.logic.wake_times(state):
-                self._set(timer, shard, at_us)
+            self._restore(shard, payload.snapshot, buffer, timer)
             return
         if self.logic.source:
             topic, partition, start, end, rows = payload
@@ -184,7 +242,31 @@ class _StageFn(beam.DoFn):  # type: ignore[misc]
         else:
             rows = payload
         for at_us, part in self.logic.due_times(rows, ts.micros).items():
-            buffer.add(("b", (at_us, pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL))))
+            blob = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+            buffer.add(("b", (at_us, blob), _digest(blob) if self.checkpoints else b""))
+            self._set(timer, shard, at_us)
+
+    def _restore(self, shard: str, snapshot: StageSnapshot, buffer: Any, timer: Any) -> None:
+        """The shard's state, waiting elements and timers back from its checkpoint snapshot."""
+        if snapshot.parts is None:  # written whole (by an earlier version): (state, waiting) pickled
+            state, waiting = pickle.loads(snapshot.state)
+            parts = {
+                key: pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+                for key, value in self.logic.parts(state).items()
+            }
+            waiting_keys: tuple[Hashable, ...] = ()
+        else:
+            parts = {k: v for k, v in snapshot.parts.items() if part_section(k) != WAITING}
+            waiting_keys = tuple(k for k in snapshot.parts if part_section(k) == WAITING)
+            waiting = [(k[1], snapshot.parts[k]) for k in waiting_keys]  # type: ignore[index]
+            state = self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
+        buffer.add(("parts", snapshot.seq, parts, waiting_keys))
+        if snapshot.received is not None:
+            buffer.add(("received", snapshot.received))
+        for item in waiting:
+            buffer.add(("b", item, _digest(item[1])))
+            self._set(timer, shard, item[0])
+        for at_us in self.logic.wake_times(state):
             self._set(timer, shard, at_us)
 
     @on_timer(FIRE)
@@ -196,14 +278,20 @@ class _StageFn(beam.DoFn):  # type: ignore[misc]
         timer: Any = beam.DoFn.TimerParam(FIRE),  # noqa: B008
     ) -> Iterator[Any]:
         shard = str(tag).split("/")[0]
-        state: Any = None
+        # The state is held as pickled parts: unpickled here, pickled again after the firing, and the
+        # parts whose bytes changed are the checkpoint delta (the snapshot costs no second pickling).
+        seq: int = 0
+        parts: dict[Hashable, bytes] | None = None
+        sent_waiting: tuple[Hashable, ...] = ()
         due: list[Any] = []
         waiting: list[tuple[int, bytes]] = []
+        digests: list[bytes] = []  # of the waiting elements' bytes, taken once when they came
         received = ReceivedLog()
         fresh_ranges = False
-        for kind, item in buffer.read():
-            if kind == "state":
-                state = item
+        for entry in buffer.read():
+            kind, item = entry[0], entry[1]
+            if kind == "parts":
+                seq, parts, sent_waiting = entry[1], entry[2], entry[3]
             elif kind == "r":
                 received.add(*item)
                 fresh_ranges = True
@@ -213,28 +301,45 @@ class _StageFn(beam.DoFn):  # type: ignore[misc]
                 due += pickle.loads(item[1])
             else:
                 waiting.append(item)
-        if state is None:
+                digests.append(entry[2])
+        if parts is None:
+            parts = {}
             state = self.logic.new_state()
+        else:
+            state = self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
         timers: list[int] = []
         outputs = list(self.logic.fire(state, due, fired.micros, timers.append))
         if not due and not outputs and not timers and not fresh_ranges:
             return  # another tag of the same time did the work
         for at_us in timers:
             self._set(timer, shard, at_us)
+        fresh = {
+            key: pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) for key, value in self.logic.parts(state).items()
+        }
+        held = _waiting_parts(waiting, digests) if self.checkpoints else {}
         buffer.clear()
-        buffer.add(("state", state))
-        for item in waiting:
-            buffer.add(("b", item))
+        buffer.add(("parts", seq + 1, fresh, tuple(held)))
+        for item, digest in zip(waiting, digests, strict=True):
+            buffer.add(("b", item, digest))
         if self.checkpoints:
             log = None
             if self.logic.source:
                 received.settle(fired.micros)
                 buffer.add(("received", received))
                 log = received
-            blob = pickle.dumps((state, waiting), protocol=pickle.HIGHEST_PROTOCOL)
-            yield beam.pvalue.TaggedOutput(
-                "checkpoint", StageSnapshot(self.logic.stage, shard, fired.micros, blob, log)
-            )
+            # Only what this firing changed: the state's changed parts, the elements that came or went
+            # (everything for the shard's first snapshot, or its first after a whole one was restored).
+            if seq == 0:
+                parts, sent_waiting = {}, ()
+            changed, removed = part_delta(parts, fresh)
+            sent: set[Hashable] = set(sent_waiting)
+            changed.update({key: blob for key, blob in held.items() if key not in sent})
+            removed += tuple(key for key in sent_waiting if key not in held)
+            snapshot = StageSnapshot(
+                self.logic.stage, shard, fired.micros, received=log, parts=changed, removed=removed,
+                seq=seq + 1, base_seq=seq if seq > 0 else None,
+            )  # fmt: skip
+            yield beam.pvalue.TaggedOutput("checkpoint", snapshot)
         yield from outputs
 
 
@@ -372,6 +477,15 @@ class ChurnLogic(StageLogic):
 
     def wake_times(self, state: ChurnShard) -> Iterable[int]:
         return {self.close_us(day) for day in state.wake.values()}
+
+    # Per user: a firing changes the users active that day or woken, not the whole shard.
+    KEYED = ("daily", "recent", "alerted", "searched", "wake")
+
+    def parts(self, state: ChurnShard) -> dict[Hashable, Any]:
+        return dataclass_parts(state, self.KEYED)
+
+    def from_parts(self, parts: dict[Hashable, Any]) -> ChurnShard:
+        return dataclass_from_parts(ChurnShard, parts, self.KEYED)  # type: ignore[no-any-return]
 
     def fire(
         self, state: ChurnShard, rows: list[Event], fired_us: int, set_timer: Callable[[int], None]
@@ -591,6 +705,15 @@ class EvaderLogic(StageLogic):
     def new_state(self) -> AccountsState:
         return AccountsState()
 
+    # Per account: a firing changes a few accounts' events, not the model's profiles or the others.
+    KEYED = ("raw", "bans", "created")
+
+    def parts(self, state: AccountsState) -> dict[Hashable, Any]:
+        return dataclass_parts(state, self.KEYED)
+
+    def from_parts(self, parts: dict[Hashable, Any]) -> AccountsState:
+        return dataclass_from_parts(AccountsState, parts, self.KEYED)  # type: ignore[no-any-return]
+
     def due_times(self, rows: list[Event], ts_us: int) -> dict[int, list[Event]]:
         # Account and moderation events when the watermark passes their second (every ban before a
         # sign-up has arrived by then); chat and clicks, only profile context, at the end of their day.
@@ -727,6 +850,17 @@ class ChannelMessagesLogic(StageLogic):
     def new_state(self) -> ChannelsState:
         return ChannelsState()
 
+    def parts(self, state: ChannelsState) -> dict[Hashable, Any]:
+        """One part per kept message (ids are unique there): a firing adds the new second's messages and
+        drops those that fell out of the conversation."""
+        parts: dict[Hashable, Any] = {("recent", str(r[1]["event_id"])): r for r in state.recent}
+        return parts if len(parts) == len(state.recent) else {("state",): state}
+
+    def from_parts(self, parts: dict[Hashable, Any]) -> ChannelsState:
+        if ("state",) in parts:
+            return parts[("state",)]  # type: ignore[no-any-return]
+        return ChannelsState(recent=list(parts.values()))
+
     def due_times(self, rows: list[Event], ts_us: int) -> dict[int, list[Event]]:
         return _by_second(rows)  # once the watermark passes a message, its conversation so far is complete
 
@@ -791,6 +925,12 @@ class UserMessagesLogic(StageLogic):
 
     def new_state(self) -> dict[str, UserRate]:
         return {}
+
+    def parts(self, state: dict[str, UserRate]) -> dict[Hashable, Any]:
+        return {("user", user): rate for user, rate in state.items()}
+
+    def from_parts(self, parts: dict[Hashable, Any]) -> dict[str, UserRate]:
+        return {key[1]: rate for key, rate in parts.items()}  # type: ignore[index]
 
     def due_times(self, rows: list[ScoredMessage], ts_us: int) -> dict[int, list[ScoredMessage]]:
         return {ts_us: rows} if rows else {}

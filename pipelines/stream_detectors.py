@@ -22,11 +22,13 @@ when the runner happened to fire a timer, so replays give the same ids.
 
 1. keyed by channel shard: messages wait until the watermark passes the end of their 10-minute
    context window plus the allowed lateness; the closed windows of every channel of the shard
-   then go through ``ChatContextState.add`` in one batch (goal ranks, repetition and rate against
-   the window's norm need every message of the window), giving each user's sums for each window;
+   then go through ``window_user_sums`` (what ``ChatContextState.add`` sums) in one batch (goal
+   ranks, repetition and rate against the window's norm need every message of the window),
+   giving each user's sums for each window;
 2. keyed by user shard: those per-window sums are added in event-time order, gaps between
    messages continue from the user's last message, and after each window the user's running sums
-   become a feature row (``ChatContextState.features``), scored by the published troll model.
+   become a feature row (``features_from_sums``, as ``ChatContextState.features``), scored by the
+   published troll model.
 
 The final features equal ``chat_context_features`` over the same events (tested). A message
 arriving after its window closed is counted in ``late_events`` and still applied, as a window of
@@ -36,10 +38,13 @@ its own (its goal ranks see only the late messages; its gap is not counted).
 instruments, payees), so one keyed stage holds the payment, account and moderation events of
 the last ``lookback_days`` and, for chat and clicks, counts per user and interval (events per
 active day is a fraud feature; the counts give it exactly); at every ``interval_s`` boundary of
-event time that saw new payment or account activity it computes ``FraudDetector.features`` over
-the lookback and scores the users touched since the previous boundary (and their payees) with
-``FraudDetector.score`` (clusters assigned with ``FraudDetector.assign``). The stage runs on one
-worker: its cost is one feature pass over the lookback per boundary.
+event time that saw new payment or account activity it computes ``FraudDetector.features_for``
+the users touched since the previous boundary (and their payees), equal to their rows of
+``FraudDetector.features`` over the lookback, and scores them with ``FraudDetector.score``
+(clusters assigned with ``FraudDetector.assign``). The held rows are frames, parsed once: each
+boundary appends the rows that arrived since. The stage runs on one worker; per boundary it pays
+one pass of grouped aggregations over the lookback's payments and logins (``fraud_population``)
+and the features of the touched users' neighbourhood (``feature_reach``), not everyone's features.
 
 **Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
 graph) record the source ranges each shard took in, and every stateful stage emits its whole
@@ -56,7 +61,6 @@ features), keyed by user, on ``<features prefix>.<detector>``: a live feature fe
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import pickle
 import zlib
@@ -68,6 +72,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+import orjson
 import pandas as pd
 from apache_beam.coders import PickleCoder
 from apache_beam.metrics.metric import Metrics
@@ -77,8 +82,16 @@ from apache_beam.utils.timestamp import Timestamp
 
 from argus.detectors.alerts import alerts_from_scores
 from argus.detectors.base import Detector
-from argus.detectors.chat_features import CONTEXT_WINDOW_S, ChatContextState
+from argus.detectors.chat_features import (
+    CONTEXT_WINDOW_S,
+    FEATURE_COLUMNS,
+    GAP_COLUMNS,
+    SUM_COLUMNS,
+    features_from_sums,
+    window_user_sums,
+)
 from argus.detectors.events import Events
+from argus.detectors.fraud import FraudDetector
 from argus.detectors.store import LiveModel, ModelStore
 from argus.pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
 from argus.pipelines.kafka_io import SourceBatch
@@ -106,7 +119,6 @@ __all__ = [
 DAY_US = 86_400 * 1_000_000
 # Keys are strings (deterministic coder for stateful stages).
 StrKeyed = beam.typehints.Tuple[str, Any]
-GAP_COLUMNS = ("gap_n", "gap_sum", "gap_sq")
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # A validated event as the source emits it: (event_type, row, event time in epoch microseconds).
 Event = tuple[str, dict[str, Any], int]
@@ -232,7 +244,7 @@ def feature_snapshot(
         "flagged": bool(flagged),
         "features": {k: number(v) for k, v in features.items() if not isinstance(v, str | np.ndarray | tuple)},
     }
-    return user, json.dumps(record).encode()
+    return user, orjson.dumps(record)
 
 
 def _day_window(t_us: int) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -241,14 +253,21 @@ def _day_window(t_us: int) -> tuple[pd.Timestamp, pd.Timestamp]:
 
 
 def alerts_by_day(
-    scores: pd.DataFrame, detector: Detector, days_us: list[int], evidence: dict[str, list[str]]
+    scores: pd.DataFrame,
+    detector: Detector,
+    days_us: list[int],
+    evidence: dict[str, list[str]],
+    model_version: str | None = None,
 ) -> list[Alert]:
-    """``alerts_from_scores`` per event-time day; ``days_us[i]`` is row i's evidence time."""
+    """``alerts_from_scores`` per event-time day; ``days_us[i]`` is row i's evidence time.
+
+    Give ``model_version`` (``detector.model_version``) when calling often: computing it hashes the whole model.
+    """
     out: list[Alert] = []
     day_of = pd.Series([t // DAY_US for t in days_us], index=scores.index)
     for day in sorted(day_of[scores["flagged"].to_numpy()].unique()):
         start, end = _day_window(int(day) * DAY_US)
-        out += alerts_from_scores(scores[day_of == day], detector, start, end, evidence)
+        out += alerts_from_scores(scores[day_of == day], detector, start, end, evidence, model_version=model_version)
     return out
 
 
@@ -259,7 +278,7 @@ ChatMessage = tuple[str, str, int, str, str | None, str]
 
 @dataclass
 class WindowSums:
-    """One user's sums over one closed (channel, window): ChatContextState's columns less the gaps."""
+    """One user's sums over one closed (channel, window): ``SUM_COLUMNS`` (ChatContextState's columns less the gaps)."""
 
     slot: int
     sums: dict[str, float]
@@ -269,28 +288,29 @@ class WindowSums:
 
 
 def window_sums(messages: list[ChatMessage], window_s: int, late: bool = False) -> list[tuple[str, WindowSums]]:
-    """Per (user, channel, window) sums of closed windows, any number of channels, by one ``ChatContextState.add``.
+    """Per (user, channel, window) sums of closed windows, any number of channels, by one ``window_user_sums``.
 
-    Users are renamed ``user\\x1fchannel\\x1fslot`` for the call, so one batch yields per-window
-    rows; the window-level quantities (goal ranks, the window's rate norm, copies) group by
-    (channel, window) and are unaffected.
+    Sums are keyed by (user, channel, window) for the call, so one batch yields per-window rows;
+    the window-level quantities (goal ranks, the window's rate norm, copies) group by (channel,
+    window) and are unaffected. Rows come ordered by user, channel and window.
     """
     if not messages:
         return []
-    frame = pd.DataFrame(messages, columns=["event_id", "user_id", "t_us", "text", "channel_mode", "context"])
-    slot = frame["t_us"] // (window_s * 1_000_000)
-    frame["ts"] = pd.to_datetime(frame["t_us"], unit="us", utc=True)
-    frame["user_id"] = frame["user_id"] + "\x1f" + frame["context"] + "\x1f" + slot.astype(str)
-    state = ChatContextState(window_s)
-    state.add(frame[["event_id", "user_id", "context", "ts", "text", "channel_mode"]])
-    sums = state.sums.drop(columns=[c for c in GAP_COLUMNS if c in state.sums.columns])
-    times: dict[str, list[tuple[int, str]]] = {}
-    for pseudo, t, event_id in zip(frame["user_id"], frame["t_us"], frame["event_id"], strict=True):
-        times.setdefault(pseudo, []).append((int(t), str(event_id)))
+    window_us = window_s * 1_000_000
+    keys = [(m[1], m[5], m[2] // window_us) for m in messages]
+    found, sums, texts = window_user_sums(
+        keys, [m[5] for m in messages], [k[2] for k in keys], [m[3] for m in messages], [m[4] for m in messages]
+    )
+    times: dict[tuple[str, str, int], list[tuple[int, str]]] = {}
+    for key, m in zip(keys, messages, strict=True):
+        times.setdefault(key, []).append((int(m[2]), str(m[0])))
+    rows = sums.tolist()
+    position = {key: i for i, key in enumerate(found)}
     out = []
-    for pseudo, row in zip(sums.index, sums.to_dict("records"), strict=True):
-        user, _channel, slot_text = str(pseudo).split("\x1f")
-        out.append((user, WindowSums(int(slot_text), row, set(state.texts.get(pseudo, set())), times[pseudo], late)))
+    for key in sorted(times, key=lambda k: f"{k[0]}\x1f{k[1]}\x1f{k[2]}"):
+        user, _channel, slot = key
+        row = dict(zip(SUM_COLUMNS, rows[position[key]], strict=True))
+        out.append((str(user), WindowSums(int(slot), row, texts[key], times[key], late)))
     return out
 
 
@@ -338,18 +358,15 @@ def chat_feature_rows(rows: list[tuple[str, dict[str, float], set[int]]], window
     """Feature rows (``chat_context_features`` columns) for (user, sums, texts) snapshots, in order.
 
     The index is the users' ids; one user may appear more than once (snapshots at different times).
+    ``window_s`` is the features' window: the sums already hold everything it shapes.
     """
-    keys = [f"{i:09d}" for i in range(len(rows))]
-    state = ChatContextState(window_s)
-    sums = pd.DataFrame([r[1] for r in rows], index=pd.Index(keys)).fillna(0.0).astype(float)
-    for column in GAP_COLUMNS:
-        if column not in sums.columns:
-            sums[column] = 0.0
-    state.sums = sums
-    state.texts = {k: r[2] for k, r in zip(keys, rows, strict=True)}
-    features = state.features().reindex(keys)
-    features.index = pd.Index([r[0] for r in rows], name="user_id")
-    return features
+    columns = [*SUM_COLUMNS, *GAP_COLUMNS]
+    values = np.array([[r[1].get(c, 0.0) for c in columns] for r in rows], dtype=float).reshape(len(rows), len(columns))
+    values[np.isnan(values)] = 0.0
+    distinct = np.array([len(r[2]) for r in rows], dtype=float)
+    features = features_from_sums({c: values[:, j] for j, c in enumerate(columns)}, distinct)
+    index = pd.Index([r[0] for r in rows], name="user_id")
+    return pd.DataFrame(features, index=index, columns=FEATURE_COLUMNS)
 
 
 CHANNELS_STAGE, USERS_STAGE, GRAPH_STAGE = "trolls.channels", "trolls.users", "fraud.graph"
@@ -583,6 +600,7 @@ class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, store: Path, name: str, publish_features: bool) -> None:
         self.store, self.name, self.publish_features = store, name, publish_features
         self._live: LiveModel | None = None
+        self._hashed: tuple[Detector, str] | None = None  # the loaded model and its model_version
         self.scored = Metrics.counter("stream", f"{name}_scored")
 
     def setup(self) -> None:
@@ -591,6 +609,12 @@ class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
     def detector(self) -> Detector:
         assert self._live is not None
         return self._live.get()
+
+    def model_version(self, detector: Detector) -> str:
+        """``detector.model_version``, hashed once per loaded model (it hashes the whole model)."""
+        if self._hashed is None or self._hashed[0] is not detector:
+            self._hashed = (detector, detector.model_version)
+        return self._hashed[1]
 
 
 class _ScoreChatFn(_ScoreBatchFn):
@@ -602,15 +626,37 @@ class _ScoreChatFn(_ScoreBatchFn):
             scores = detector.score(features).reset_index(drop=True)
         self.scored.inc(len(scores))
         flagged = scores["flagged"].to_numpy()
-        for i in np.flatnonzero(flagged):
-            user, _, _, recent, t_us = batch[i]
-            yield from alerts_by_day(scores.iloc[[i]], detector, [t_us], {user: list(reversed(recent))})
+        if flagged.any():
+            version = self.model_version(detector)
+            for rows in _alert_runs(batch, np.flatnonzero(flagged).tolist()):
+                evidence = {batch[i][0]: list(reversed(batch[i][3])) for i in rows}
+                start, end = _day_window(batch[rows[0]][4])
+                yield from alerts_from_scores(scores.iloc[rows], detector, start, end, evidence, model_version=version)
         if self.publish_features:
-            rows = features.to_dict("records")
-            version = self._live.version if self._live is not None else None
+            names = list(features.columns)
+            values = features.to_numpy(dtype=float).tolist()
+            score = scores["score"].to_numpy(dtype=float).tolist()
+            store_version = self._live.version if self._live is not None else None
             for j, (user, _, _, _, t_us) in enumerate(batch):
-                snapshot = feature_snapshot(detector, user, t_us, rows[j], scores.at[j, "score"], flagged[j], version)
+                row = dict(zip(names, values[j], strict=True))
+                snapshot = feature_snapshot(detector, user, t_us, row, score[j], flagged[j], store_version)
                 yield beam.pvalue.TaggedOutput("features", snapshot)
+
+
+def _alert_runs(batch: list[ChatSnapshot], flagged: list[int]) -> Iterator[list[int]]:
+    """The flagged rows in runs that one ``alerts_from_scores`` call can take, in order: one event-time day per
+    run and each user once (evidence is per user, and a user's snapshots in one batch each get their alert)."""
+    run: list[int] = []
+    users: set[str] = set()
+    for i in flagged:
+        user, day = batch[i][0], batch[i][4] // DAY_US
+        if run and (user in users or day != batch[run[0]][4] // DAY_US):
+            yield run
+            run, users = [], set()
+        run.append(i)
+        users.add(user)
+    if run:
+        yield run
 
 
 class TrollStream(StreamingDetector):
@@ -645,6 +691,8 @@ GRAPH_TYPES = ("payment", "account", "moderation")
 GraphRow = tuple[str, int, dict[str, Any]]
 # (user_id, bucket start in us) -> chat and click events of that user in that bucket
 ActivityCounts = dict[tuple[str, int], int]
+# A bag entry: a source batch's rows, or the frames held since the last boundary (per event type), and counts
+GraphEntry = tuple[list[GraphRow] | dict[str, pd.DataFrame], ActivityCounts]
 
 
 GRAPH_KEY = "payments"
@@ -712,7 +760,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             ranges.add(snapshot.received or ReceivedLog())
             if done_us is not None:
                 done.write(done_us)
-            self._set_timers(timer, [t for _, t, _ in entry[0] if done_us is None or t >= done_us])
+            self._set_timers(timer, [t for t in _entry_times(entry[0]) if done_us is None or t >= done_us])
             return
         topic, partition, start, end, (graph, activity) = element[1]
         if self.checkpoints:
@@ -739,28 +787,25 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         assert self._live is not None
         boundary = int(tag)
         done_us = done.read()
-        items: list[GraphRow] = []
-        activity: ActivityCounts = {}
-        for graph, counts in rows.read():
-            items += graph
-            for key, n in counts.items():
-                activity[key] = activity.get(key, 0) + n
-        times = np.array([t for _, t, _ in items], dtype=np.int64)
-        fresh = (times >= boundary - self.interval_us) & (times < boundary)
+        held, activity = _held_graph(rows.read())
+        touched = _fresh_users(held, _utc(boundary - self.interval_us), _utc(boundary))
         if done_us is not None and boundary <= done_us:
             # Evidence for a boundary already scored: kept for later boundaries, counted as late.
-            self.late.inc(int(fresh.sum()))
+            self.late.inc(sum(touched.values()))
             return
         done.write(boundary)
-        if fresh.any():
-            touched = _touched_users([items[i] for i in np.flatnonzero(fresh)])
+        if touched:
             detector = self._live.get()
+            frames = {**held, "activity": _activity_frame(activity)} if activity else dict(held)
             with one_native_thread():
-                scored = list(self._score_at(detector, _graph_frames(items, activity), boundary, touched))
+                scored = list(self._score_at(detector, frames, boundary, set(touched)))
             yield from scored
-        # One bag entry from now on (fewer, larger reads), without what fell out of the lookback.
+        # One bag entry of held frames from now on (rows parsed once, fewer and larger reads), without
+        # what fell out of the lookback.
         cutoff = boundary - self.lookback_us
-        entry = ([item for item in items if item[1] >= cutoff], {k: n for k, n in activity.items() if k[1] >= cutoff})
+        kept = {kind: frame[frame["ts"] >= _utc(cutoff)].reset_index(drop=True) for kind, frame in held.items()}
+        kept = {kind: frame for kind, frame in kept.items() if len(frame)}
+        entry = (kept, {k: n for k, n in activity.items() if k[1] >= cutoff})
         rows.clear()
         rows.add(entry)
         if self.checkpoints:
@@ -781,8 +826,9 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         end = pd.Timestamp(boundary, unit="us", tz="UTC")
         start = end - pd.Timedelta(microseconds=self.lookback_us)
         events = Events(frames).restrict(start, end)
-        features = detector.features(events)
-        features = features[features.index.isin(touched)]
+        assert isinstance(detector, FraudDetector), f"the fraud stage got a {type(detector).__name__}"
+        # Only the touched users' neighbourhood, equal to their rows of ``features`` over the lookback.
+        features = detector.features_for(events, touched)
         if features.empty:
             return
         scores = detector.score(features)
@@ -799,32 +845,70 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
                 yield beam.pvalue.TaggedOutput("features", snapshot)
 
 
-def _graph_frames(items: list[GraphRow], activity: ActivityCounts) -> dict[str, pd.DataFrame]:
-    """The held rows as Events frames; chat and click counts as one (user_id, ts) row per event under ``activity``."""
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for kind, _, row in items:
-        grouped.setdefault(kind, []).append(row)
+def _utc(t_us: int) -> pd.Timestamp:
+    return pd.Timestamp(t_us, unit="us", tz="UTC")
+
+
+def _held_graph(entries: Iterable[GraphEntry]) -> tuple[dict[str, pd.DataFrame], ActivityCounts]:
+    """The bag's entries as one Events frame per event type (event time, then event id) and summed counts.
+
+    An entry holds either the rows a source batch added or the frames held since the last boundary:
+    only the new rows are parsed into a frame; the held ones are appended to, never rebuilt."""
+    held: dict[str, list[pd.DataFrame]] = {}
+    new: dict[str, list[dict[str, Any]]] = {}
+    activity: ActivityCounts = {}
+    for graph, counts in entries:
+        if isinstance(graph, dict):
+            for kind, frame in graph.items():
+                held.setdefault(kind, []).append(frame)
+        else:
+            for kind, _, row in graph:
+                new.setdefault(kind, []).append(row)
+        for key, n in counts.items():
+            activity[key] = activity.get(key, 0) + n
+    for kind, rows in new.items():
+        held.setdefault(kind, []).append(Events.from_frames({kind: pd.DataFrame(rows)}).frames[kind])
     frames = {}
-    for kind, rows in grouped.items():
-        frames[kind] = Events.from_frames({kind: pd.DataFrame(rows)}).frames[kind]
-    if activity:
-        keys = list(activity)
-        counts = np.fromiter(activity.values(), dtype=np.int64, count=len(keys))
-        users = np.repeat(np.array([k[0] for k in keys], dtype=object), counts)
-        starts = np.repeat(np.array([k[1] for k in keys], dtype=np.int64), counts)
-        frame = pd.DataFrame({"user_id": users, "ts": pd.to_datetime(starts, unit="us", utc=True), "event_id": ""})
-        frames["activity"] = Events.from_frames({"activity": frame}).frames["activity"]
-    return frames
+    for kind, parts in sorted(held.items()):
+        if len(parts) == 1:
+            frames[kind] = parts[0]
+        else:  # held frames first, as the rows arrived: ties keep that order
+            joined = pd.concat(parts, ignore_index=True)
+            frames[kind] = joined.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
+    return frames, activity
 
 
-def _touched_users(items: list[GraphRow]) -> set[str]:
-    """Users with new payment/account/moderation rows, and the payees of new transfers."""
-    users = set()
-    for _, _, row in items:
-        users.add(str(row["user_id"]))
-        if row.get("counterparty_id"):
-            users.add(str(row["counterparty_id"]))
-    return users
+def _entry_times(graph: list[GraphRow] | dict[str, pd.DataFrame]) -> list[int]:
+    """Event times (epoch microseconds) of a bag entry's rows, raw or held."""
+    if not isinstance(graph, dict):
+        return [t for _, t, _ in graph]
+    stamps = [frame["ts"].astype("datetime64[us, UTC]").array.asi8 for frame in graph.values() if len(frame)]
+    return np.concatenate(stamps).tolist() if stamps else []
+
+
+def _activity_frame(activity: ActivityCounts) -> pd.DataFrame:
+    """Chat and click counts as one (user_id, ts) row per event: events per active day reads them so."""
+    keys = list(activity)
+    counts = np.fromiter(activity.values(), dtype=np.int64, count=len(keys))
+    users = np.repeat(np.array([k[0] for k in keys], dtype=object), counts)
+    starts = np.repeat(np.array([k[1] for k in keys], dtype=np.int64), counts)
+    frame = pd.DataFrame({"user_id": users, "ts": pd.to_datetime(starts, unit="us", utc=True), "event_id": ""})
+    return Events.from_frames({"activity": frame}).frames["activity"]
+
+
+def _fresh_users(frames: dict[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timestamp) -> dict[str, int]:
+    """Users with payment/account/moderation rows in ``[start, end)`` and the payees of those transfers,
+    each with its number of such rows."""
+    touched: dict[str, int] = {}
+    for frame in frames.values():
+        fresh = frame[(frame["ts"] >= start) & (frame["ts"] < end)]
+        for user in fresh["user_id"].astype(str):
+            touched[user] = touched.get(user, 0) + 1
+        if "counterparty_id" in fresh:
+            for payee in fresh["counterparty_id"]:
+                if isinstance(payee, str) and payee:
+                    touched.setdefault(payee, 0)
+    return touched
 
 
 class FraudStream(StreamingDetector):

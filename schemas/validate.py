@@ -148,15 +148,22 @@ def _refuse_repeats(pairs: list[tuple[str, object]]) -> dict[str, object]:
 def _repeated_key(text: str, obj: dict[str, object]) -> str | None:
     """A key that ``text`` repeats, at any depth, or None.
 
-    Fast path for flat objects without escapes (nearly every event): each key is followed by one
-    colon, and the only other colons are inside strings, all of which the parsed object still
+    Fast path for flat objects without ``\\u`` escapes (nearly every event): each key is followed by
+    one colon, and the only other colons are inside strings, all of which the parsed object still
     holds, so the colons outside strings count the keys exactly; a repeated key makes the count
-    exceed the keys that survived. Anything else is checked by a second, pair-preserving parse.
+    exceed the keys that survived. The other escapes (``\\"``, ``\\\\``, ``\\/``, ``\\n``, ...) neither
+    hide nor make a colon, so a string's colons are the same in the text and in the parsed value;
+    only ``\\u003a`` can turn into one. A key spelled two ways (``"a/b"``, ``"a\\/b"``) is one key
+    of the parsed object, so the count still sees the repeat. Anything else is checked by a second,
+    pair-preserving parse.
     """
-    if "\\" not in text and not any(isinstance(v, dict | list) for v in obj.values()):
-        inside = sum(k.count(":") for k in obj) + sum(v.count(":") for v in obj.values() if isinstance(v, str))
-        if text.count(":") - inside == len(obj):
-            return None
+    if "\\u" not in text:
+        values = obj.values()
+        kinds = set(map(type, values))  # orjson gives exact types: no subclasses to miss
+        if dict not in kinds and list not in kinds:
+            inside = "".join(obj).count(":") + "".join([v for v in values if type(v) is str]).count(":")
+            if text.count(":") - inside == len(obj):
+                return None
     try:
         json.loads(text, object_pairs_hook=_refuse_repeats)
     except _Repeated as exc:

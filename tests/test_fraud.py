@@ -518,3 +518,58 @@ def test_time_windows_stay_exact_past_a_million_accounts() -> None:
     assert list(_around(rows, np.ones(len(rows), dtype=bool), 1.0)[-3:]) == [2.0, 3.0, 2.0]
     i, j = window_pairs(user_id, t, user_id, t, 0.0, 1.0)
     assert np.round(np.c_[t[i], t[j]] - start, 3).tolist() == [[0.0, 0.6], [0.6, 1.2]]
+
+
+# --- a few users' features from their neighbourhood (the stream's per-boundary path) ----------------------
+def _assert_same_rows(part: pd.DataFrame, full: pd.DataFrame) -> None:
+    """Bit for bit: every number (NaN where NaN), the payment rows and their ids, the evidence ids."""
+    assert list(part.index) == list(full.index) and list(part.columns) == list(full.columns)
+    numbers = [c for c in full.columns if c not in ("payment_rows", "payment_ids", "evidence")]
+    pd.testing.assert_frame_equal(part[numbers], full[numbers], check_exact=True)
+    assert list(part["evidence"]) == list(full["evidence"])
+    assert list(part["payment_ids"]) == list(full["payment_ids"])
+    for mine, everyones in zip(part["payment_rows"], full["payment_rows"], strict=True):
+        np.testing.assert_array_equal(mine, everyones)
+
+
+def test_features_for_some_users_equal_their_rows_of_everyones(
+    fitted: tuple[FraudDetector, pd.DataFrame], small_world_events: Events
+) -> None:
+    detector, features = fitted
+    rng = np.random.default_rng(5)
+    users = features.index.to_numpy(dtype=str)
+    subsets = [rng.choice(users, size, replace=False) for size in (1, 1, 1, 1, 2, 3, 5, 8, 20, 60)]
+    # Users whose evidence reaches past their own events: crews, outcomes nearby, mules, their payers,
+    # takeovers, and accounts seen only as payees.
+    reaching = {c: features.index[features[c] > 0] for c in ACCOUNT_EVIDENCE}
+    assert all(len(found) for found in reaching.values())
+    subsets += [found[:3] for found in reaching.values()]
+    subsets.append(features.index[(features["payments"] == 0) & (features["fan_in"] > 0)][:3])
+    for subset in subsets:
+        wanted = sorted({str(u) for u in subset})
+        part = detector.features_for(small_world_events, [*wanted, "nobody-at-all"])
+        _assert_same_rows(part, features.loc[wanted])
+
+
+def test_features_for_reads_three_hops_and_no_further() -> None:
+    """U shares a device with V, V pays the mule M: U's crew share comes from M's pattern, two accounts away.
+    Its neighbourhood is U, V and M; the honest customers stay out."""
+    from argus.detectors.fraud_features import _account_table, payment_table
+    from argus.detectors.fraud_payments import feature_reach
+
+    payments = [*_honest_background(), _payment("u1", "U", 0, 30.0, instrument="cardU")]
+    payments.append(_transfer_to("v1", "V", "M", 600, 50.0) | {"instrument_id": "cardV"})
+    for i in range(5):
+        amount = 100.0 * (i + 1)
+        payments.append(_transfer_to(f"in{i}", f"s{i}", "M", i * 7_200, amount) | {"instrument_id": f"cs{i}"})
+        payments.append(_transfer_to(f"out{i}", "M", "K", i * 7_200 + 1_800, 0.95 * amount) | {"instrument_id": "cm"})
+    logins = [_login("lu", "U", 0, "devUV", network="netU"), _login("lv", "V", 60, "devUV", network="netV")]
+    events = _events(payments, logins)
+    detector = FraudDetector()
+    everyone = detector.features(events)
+    assert everyone.loc["U", "crew_share"] == pytest.approx(everyone.loc["M", "mule_pattern"] / 3)  # V among 2 + prior
+
+    reach = feature_reach(payment_table(events), _account_table(events), pd.Index(["U"]))
+    assert list(reach) == ["M", "U", "V"]
+    _assert_same_rows(detector.features_for(events, ["U"]), everyone.loc[["U"]])
+    _assert_same_rows(detector.features_for(events, ["M", "V"]), everyone.loc[["M", "V"]])

@@ -274,6 +274,10 @@ def test_validate_batch_keeps_every_record(raws: list[bytes]) -> None:
         (b'{"event_type":"chat","event_\\u0074ype":"click"}', "duplicate_key"),  # an escaped copy
         (b'{"user_id":"a:b","user_id":"c"}', "duplicate_key"),  # colons inside strings
         (b'{"event_type":"chat","context":{"a":1,"a":2}}', "duplicate_key"),  # at any depth
+        (b'{"event_type":"chat","a/b":1,"a\\/b":2}', "duplicate_key"),  # one key spelled two ways
+        (b'{"user_id":"a\\":b","user_id":"c"}', "duplicate_key"),  # an escaped quote before a colon
+        (b'{"user_id":"a\\\\","user_id":"b:\\"c"}', "duplicate_key"),  # escaped backslash, then quote
+        (b'{"event_type":"chat","text":"x\\u003ay","text":"x\\u003ay"}', "duplicate_key"),  # a colon as \u003a
         (b'{"event_type":"click","action":"view","duration_ms":' + b"9" * 30 + b"}", "missing_field"),
     ],
 )
@@ -288,6 +292,43 @@ def test_an_event_with_ordinary_whitespace_in_text_is_accepted() -> None:
     result = validate(orjson.dumps(_valid_event(text="line one\nline\ttwo\r\n")), now=NOW, bounds=BOUNDS)
     assert isinstance(result, EventBase)
     assert result.text == "line one\nline\ttwo\r\n"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"text": 'he said "gg" \\o/ C:\\path\tand\nmore'},
+        {"text": "a/b: c", "context": "/p/6"},
+        {"context": '"quoted": /p/1'},
+    ],
+)
+def test_events_with_escaped_strings_are_accepted_as_written(fields: dict[str, str]) -> None:
+    # orjson writes "\\", "\"" and control escapes; some writers (the world's JSON lines) also write "\/".
+    raw = orjson.dumps(_valid_event(**fields)).replace(b"/", b"\\/")
+    assert b"\\" in raw
+    result = validate(raw, now=NOW, bounds=BOUNDS)
+    assert isinstance(result, EventBase), result
+    for name, value in fields.items():
+        assert getattr(result, name) == value
+
+
+def _short_escape(text: str) -> str:
+    """A JSON string literal with every short escape JSON has (\\", \\\\, \\/, \\b, \\f, \\n, \\r, \\t)."""
+    short = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    return '"' + "".join(short.get(c, c) for c in text) + '"'
+
+
+ESCAPED_TEXT = st.text(alphabet='ab:/"\\\n\t', max_size=6).map(_short_escape)
+
+
+@FUZZ
+@given(st.lists(st.tuples(ESCAPED_TEXT, st.one_of(ESCAPED_TEXT, st.sampled_from(["1", "null"]))), max_size=6))
+def test_repeated_keys_are_found_exactly_with_escapes(pairs: list[tuple[str, str]]) -> None:
+    # Keys and values made of colons, slashes, quotes and backslashes, short-escaped: the fast path's case.
+    text = "{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}"
+    result = validate(text.encode(), now=NOW, bounds=BOUNDS)
+    repeated = isinstance(result, Rejection) and result.reason_code == "duplicate_key"
+    assert repeated == _repeats(text), text
 
 
 def _repeats(text: str) -> bool:

@@ -313,12 +313,12 @@ def log_ends(bootstrap: str, topics: list[str]) -> dict[str, dict[int, tuple[int
     """(first, next) offset of every partition of ``topics``."""
     from confluent_kafka import Consumer
 
-    from argus.pipelines.kafka_io import _watermark_offsets
+    from argus.pipelines.kafka_io import watermark_offsets
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "test-stream-ends"})
     try:
         meta = consumer.list_topics(timeout=30)
-        return {t: {p: _watermark_offsets(consumer, t, p) for p in meta.topics[t].partitions} for t in topics}
+        return {t: {p: watermark_offsets(consumer, t, p) for p in meta.topics[t].partitions} for t in topics}
     finally:
         consumer.close()
 
@@ -598,7 +598,7 @@ def test_a_cut_within_the_interval_is_deferred_not_lost(tmp_path: Path, flush: s
 
     fn = _CheckpointFn(tmp_path, None, "g", {"t": {0: 0}}, [("s", "0")], interval_s=3600.0)  # type: ignore[arg-type]
     fn._consumer = commits = _Commits()
-    bag, progress, labels, deferred, end = _Bag(), _Value(), _Timer(), _Timer(), _Timer()
+    bag, progress, labels, deferred, end, bases = _Bag(), _Value(), _Timer(), _Timer(), _Timer(), _Value()
     received = ReceivedLog()
     for at_us, (start, stop) in [(100, (0, 10)), (200, (10, 20)), (300, (20, 30))]:  # a shard firing three times
         received.add("t", 0, start, stop, t_us=at_us - 50)
@@ -607,7 +607,7 @@ def test_a_cut_within_the_interval_is_deferred_not_lost(tmp_path: Path, flush: s
     assert [t.micros for t in labels.times] == [101, 201, 301] and end.times
 
     def fire(at_us: int) -> None:
-        fn.write(Timestamp(micros=at_us + 1), bag, progress, deferred)
+        fn.write(Timestamp(micros=at_us + 1), bag, progress, deferred, bases)
 
     def written() -> list[tuple[int, int]]:
         return sorted((c.at_us, c.offsets["t"][0]) for _, c in load_checkpoints(tmp_path))
@@ -618,11 +618,11 @@ def test_a_cut_within_the_interval_is_deferred_not_lost(tmp_path: Path, flush: s
     assert written() == [(100, 10)] and commits.offsets == [10]
     assert deferred.times  # a processing-time timer at the interval's end
     if flush == "deferred timer":
-        fn.write_deferred(bag, progress)
-        fn.write_last(bag, progress, deferred)  # nothing newer: no second write of the same cut
+        fn.write_deferred(bag, progress, bases)
+        fn.write_last(bag, progress, deferred, bases)  # nothing newer: no second write of the same cut
     else:
-        fn.write_last(bag, progress, deferred)
-        fn.write_deferred(bag, progress)
+        fn.write_last(bag, progress, deferred, bases)
+        fn.write_deferred(bag, progress, bases)
     fire(200)  # a stale label after the newest cut: the checkpoint does not move back
     assert written() == [(100, 10), (300, 30)]
     assert commits.offsets == [10, 30]
@@ -638,14 +638,36 @@ def test_after_a_restart_no_cut_goes_below_the_restored_one(tmp_path: Path) -> N
     stages = [("s", "0"), ("s", "1")]
     fn = _CheckpointFn(tmp_path, None, "g", {"t": {0: 30}}, stages, interval_s=0.0, resumed_at_us=300)  # type: ignore[arg-type]
     fn._consumer = _Commits()
-    bag, progress, labels, deferred, end = _Bag(), _Value(), _Timer(), _Timer(), _Timer()
+    bag, progress, labels, deferred, end, bases = _Bag(), _Value(), _Timer(), _Timer(), _Timer(), _Value()
     for shard in ("0", "1"):
-        fn.process(("checkpoint", Restore(StageSnapshot("s", shard, 300, b"", restored=True))), bag, labels, end)
+        restored = Restore(StageSnapshot("s", shard, 300, b"", restored=True))
+        fn.process(("checkpoint", restored), bag, labels, end, bases)
     fn.process(("checkpoint", StageSnapshot("s", "0", 250, b"")), bag, labels, end)  # replayed, before the cut
-    fn.write(Timestamp(micros=251), bag, progress, deferred)
+    fn.write(Timestamp(micros=251), bag, progress, deferred, bases)
     assert not list(load_checkpoints(tmp_path))
     fn.process(("checkpoint", StageSnapshot("s", "0", 400, b"")), bag, labels, end)
-    fn.write(Timestamp(micros=401), bag, progress, deferred)
+    fn.write(Timestamp(micros=401), bag, progress, deferred, bases)
     [(_, checkpoint)] = load_checkpoints(tmp_path)
     assert checkpoint.at_us == 400
     assert {k: s.at_us for k, s in checkpoint.snapshots.items()} == {("s", "0"): 400, ("s", "1"): 300}
+
+
+def test_held_fraud_rows_equal_the_rows_parsed_at_once(world_and_events: tuple[World, Events]) -> None:
+    """The payment graph's state: rows held as frames and appended per boundary read as all rows parsed at once."""
+    from argus.pipelines.stream_detectors import GRAPH_TYPES, _entry_times, _held_graph
+
+    _, events = world_and_events
+    rows = [
+        (kind, epoch_us(row["ts"].to_pydatetime()), row)
+        for kind in GRAPH_TYPES
+        for row in events[kind].to_dict("records")
+    ]
+    # Held rows and new ones interleave in event time: early rows for later intervals, late rows for earlier ones.
+    earlier, later = rows[1::2], rows[::2]
+    held, _ = _held_graph([(earlier, {("u", 0): 2})])
+    appended, counts = _held_graph([(held, {("u", 0): 1}), (later, {("u", 0): 4, ("v", 0): 1})])
+    at_once, _ = _held_graph([(rows, {})])
+    assert counts == {("u", 0): 5, ("v", 0): 1} and set(appended) == set(GRAPH_TYPES)
+    for kind in GRAPH_TYPES:
+        pd.testing.assert_frame_equal(appended[kind], at_once[kind], check_dtype=False)
+    assert sorted(_entry_times(appended)) == sorted(_entry_times(rows)) == sorted(t for _, t, _ in rows)

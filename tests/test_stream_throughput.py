@@ -14,7 +14,7 @@ import pytest
 
 from argus.detectors.chat_features import _goal_ranks, chat_context_features
 from argus.pipelines.kafka_io import KafkaRecord, SourceBatch, SourceRestriction, _raw_record, _ReadTopicsFn
-from argus.pipelines.stream_detectors import one_native_thread
+from argus.pipelines.stream_detectors import _alert_runs, one_native_thread, window_sums
 
 
 def test_scoring_blocks_run_openmp_on_one_thread_and_restore_it() -> None:
@@ -64,6 +64,42 @@ def test_chat_indicators_by_hand() -> None:
     assert f.loc["u1", "chat_caps_ratio"] == 1.0  # "GGEZ": four letters, all capitals
     assert f.loc["u2", "chat_link_ratio"] == 0.5 and f.loc["u2", "chat_mention_ratio"] == 0.5
     assert f.loc["u2", "chat_start_share"] == 0.5 and f.loc["u2", "chat_anarchy_mode_share"] == 0.5
+
+
+def test_window_sums_by_hand() -> None:
+    """Per (user, channel, window) rows without a DataFrame: copies, plays-mode counts and the rate
+    against the window's norm (channel c: 4 messages from 2 users, norm 2; channel d: 1 from 1)."""
+    t0 = 1_772_366_400_000_000  # 2026-03-01T12:00:00Z in epoch microseconds, a window start
+    messages = [
+        ("e1", "u1", t0, "GG EZ", None, "c"),
+        ("e2", "u1", t0 + 5_000_000, "GG EZ", None, "c"),
+        ("e3", "u1", t0 + 9_000_000, "GG EZ", None, "d"),
+        ("e4", "u2", t0, "see www.x.io @u1", "anarchy", "c"),
+        ("e5", "u2", t0 + 1_000_000, "  Start ", "democracy", "c"),
+        ("e6", "u2", t0 + 700_000_000, "later", None, "c"),  # the next window
+    ]
+    rows = window_sums(messages, 600)
+    assert [(user, part.slot) for user, part in rows] == [
+        ("u1", 2_953_944),
+        ("u1", 2_953_944),
+        ("u2", 2_953_944),
+        ("u2", 2_953_945),
+    ]
+    u1_c, u1_d, u2_c, u2_next = (part.sums for _, part in rows)
+    assert (u1_c["messages"], u1_c["chat_spam_ratio"], u1_c["rate_vs_window_sum"]) == (2.0, 1.0, 1.0)
+    assert (u1_d["messages"], u1_d["chat_spam_ratio"], u1_d["rate_vs_window_sum"]) == (1.0, 0.0, 1.0)
+    assert (u2_c["anarchy_num"], u2_c["anarchy_den"], u2_c["chat_link_ratio"], u2_c["chat_start_share"]) == (1, 2, 1, 1)
+    assert u2_next["windows"] == 1.0 and u2_next["anarchy_den"] == 0.0
+    assert [t for t, _ in rows[0][1].times] == [t0, t0 + 5_000_000] and len(rows[0][1].texts) == 1
+
+
+def test_alert_runs_take_each_user_once_and_one_day() -> None:
+    """Flagged snapshots go to one alert call per run: a user seen again or a new day starts the next run."""
+    day = 86_400 * 1_000_000
+    batch = [(u, {}, set(), [], t) for u, t in [("a", 5), ("b", 6), ("a", 7), ("c", day + 1), ("d", day + 2)]]
+    assert list(_alert_runs(batch, [0, 1, 2, 3, 4])) == [[0, 1], [2], [3, 4]]
+    assert list(_alert_runs(batch, [1, 3])) == [[1], [3]]
+    assert list(_alert_runs(batch, [])) == []
 
 
 class _Tracker:
