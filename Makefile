@@ -10,12 +10,14 @@ AIRFLOW_VENV  := .venv-airflow
 AIRFLOW_STAMP := $(AIRFLOW_VENV)/.installed-stamp
 AIRFLOW_PINS  := infra/schedule/airflow-constraints.txt
 
-.PHONY: help setup demo test test-airflow lint mypy bench dist clean
+.PHONY: help setup demo test test-airflow flink-jobserver test-flink lint mypy bench dist clean
 
 help:
 	@echo "make demo   Kafka, a world streamed in, the nightly chain, streaming, alerts, report, precision/recall"
 	@echo "make test   run the test suite (starts and stops its own Kafka broker)"
 	@echo "make test-airflow  load the Airflow DAG with Airflow's DagBag (own venv: $(AIRFLOW_VENV))"
+	@echo "make flink-jobserver  the Beam Flink job server (embedded Flink) and its matching Python env, once"
+	@echo "make test-flink  the optional Flink group: the streaming pipeline through that job server"
 	@echo "make lint   ruff and mypy"
 	@echo "make bench  generator throughput (JSON)"
 	@echo "make dist   the wheel, dist/argus_behaviour-VERSION-py3-none-any.whl (import packages under argus.)"
@@ -49,6 +51,16 @@ $(AIRFLOW_STAMP): $(AIRFLOW_PINS)
 test-airflow: $(STAMP) $(AIRFLOW_STAMP)
 	AIRFLOW_HOME=$(CURDIR)/$(AIRFLOW_VENV)/home ARGUS_PYTHON=$(CURDIR)/$(BIN)/python \
 		$(AIRFLOW_VENV)/bin/pytest -q --noconftest -p no:cacheprovider -m airflow tests/test_airflow_dag.py
+
+# The Beam Flink job server (infra/flink/pom.xml, Beam 2.62.0 from Maven Central) and a Python env with
+# apache-beam at the same version in $ARGUS_HOME/cache/beam-<version>-venv (see infra/README.md, Flink).
+flink-jobserver: $(STAMP)
+	@bash infra/prerequisites.sh
+	$(BIN)/python -m argus.infra.flink fetch
+
+# The Flink group (pytest marker `flink`): starts the job server on a free port and a Kafka broker.
+test-flink: flink-jobserver
+	$(BIN)/pytest -q -m flink tests/test_flink.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -41,30 +41,34 @@ def alerts_from_scores(
     evidence: dict[str, list[str]] | None = None,
     events: Events | None = None,
     features: pd.DataFrame | None = None,
+    model_version: str | None = None,
 ) -> list[Alert]:
     """One alert per flagged row of ``detector.score(...)``, its reasons as the alert's reasons.
 
     Evidence ids come from ``evidence`` (user -> event ids) when given, else are found in ``events``
-    (with the ``features`` the scores came from) by ``evidence_ids``.
+    (with the ``features`` the scores came from) by ``evidence_ids``. ``model_version``: the
+    detector's, when the caller already has it (computing it hashes the whole model).
     """
     if evidence is None and events is not None:
         evidence = evidence_ids(detector, events, features, scores)
     out = []
     flagged = scores[scores["flagged"]]
-    version = detector.model_version if len(flagged) else ""  # a hash of the whole model: once per call
-    for row in flagged.itertuples(index=False):
+    version = (model_version or detector.model_version) if len(flagged) else ""  # a hash: once per call
+    start, end = window_start.to_pydatetime(), window_end.to_pydatetime()
+    # Columns zipped, not itertuples (which builds a namedtuple class per call: a streaming cost).
+    for user_id, score, reasons in zip(flagged["user_id"], flagged["score"], flagged["reasons"], strict=True):
         out.append(
             Alert(
-                alert_id=alert_id(detector.name, str(row.user_id), window_start, window_end),
+                alert_id=alert_id(detector.name, str(user_id), window_start, window_end),
                 kind=detector.alert_kind,  # type: ignore[arg-type]
-                user_id=str(row.user_id),
-                score=round(float(row.score), 6),
-                severity=severity(float(row.score)),  # type: ignore[arg-type]
-                reasons=[_reason(r) for r in row.reasons],
+                user_id=str(user_id),
+                score=round(float(score), 6),
+                severity=severity(float(score)),  # type: ignore[arg-type]
+                reasons=[_reason(r) for r in reasons],
                 model_version=version,
-                window_start=window_start.to_pydatetime(),
-                window_end=window_end.to_pydatetime(),
-                evidence_event_ids=(evidence or {}).get(str(row.user_id), [])[:EVIDENCE_LIMIT],
+                window_start=start,
+                window_end=end,
+                evidence_event_ids=(evidence or {}).get(str(user_id), [])[:EVIDENCE_LIMIT],
             )
         )
     return out

@@ -217,21 +217,30 @@ def _shared_figures(pay: DataFrame, accounts: DataFrame) -> dict[str, Any]:
 
     from argus.detectors.fraud_features import currency_norms, embedding_end
 
+    # One query, one collect: per currency, per hour and overall figures, told apart by ``figure``.
     purchases = pay.where((F.col("action") == "purchase") & F.col("amount").isNotNull())
-    by_currency = (
-        purchases.groupBy("currency")
-        .agg(F.percentile("amount", 0.5).alias("median"), F.count("*").alias("count"))
+    by_currency = purchases.groupBy("currency").agg(
+        F.percentile("amount", 0.5).alias("median"), F.count("*").alias("n")
+    )
+    by_hour = pay.where(F.col("action").isin("purchase", "transfer")).groupBy("hour").agg(F.count("*").alias("n"))
+    overall = (
+        purchases.agg(F.percentile("amount_usd", 0.5).alias("median"))
+        .crossJoin(pay.where(F.col("action") != "chargeback").agg(F.max("t").alias("last")))
+        .crossJoin(accounts.agg(F.max("t").alias("last_account")))
+    )
+    rows = (
+        by_currency.withColumn("figure", F.lit("currency"))
+        .unionByName(by_hour.withColumn("figure", F.lit("hour")), allowMissingColumns=True)
+        .unionByName(overall.withColumn("figure", F.lit("overall")), allowMissingColumns=True)
         .collect()
     )
-    usd = purchases.agg(F.percentile("amount_usd", 0.5).alias("median")).first()
-    medians = pd.Series({r["currency"]: float(r["median"]) for r in by_currency}, dtype=float).sort_index()
-    counts = pd.Series({r["currency"]: int(r["count"]) for r in by_currency}, dtype="int64")
-    usd_norm = float(usd["median"]) if usd is not None and usd["median"] is not None else np.nan
-    hours = pay.where(F.col("action").isin("purchase", "transfer")).groupBy("hour").count().collect()
-    hour_counts = pd.Series({int(r["hour"]): int(r["count"]) for r in hours}, dtype="int64")
-    last = pay.where(F.col("action") != "chargeback").agg(F.max("t").alias("t")).first()
-    last_account = accounts.agg(F.max("t").alias("t")).first()
-    ends = [row["t"] for row in (last, last_account) if row is not None and row["t"] is not None]
+    currencies = [r for r in rows if r["figure"] == "currency"]
+    medians = pd.Series({r["currency"]: float(r["median"]) for r in currencies}, dtype=float).sort_index()
+    counts = pd.Series({r["currency"]: int(r["n"]) for r in currencies}, dtype="int64")
+    hour_counts = pd.Series({int(r["hour"]): int(r["n"]) for r in rows if r["figure"] == "hour"}, dtype="int64")
+    (total,) = [r for r in rows if r["figure"] == "overall"]
+    usd_norm = float(total["median"]) if total["median"] is not None else np.nan
+    ends = [t for t in (total["last"], total["last_account"]) if t is not None]
     return {
         "currency_norm": currency_norms(medians, counts, usd_norm),
         "hour_share": hour_counts / hour_counts.sum() if len(hour_counts) else pd.Series(dtype=float),
@@ -494,8 +503,9 @@ def _account_evidence(rows: DataFrame, patterns: DataFrame, attempts: DataFrame,
     )
 
     def totals_of(part: pd.DataFrame) -> pd.DataFrame:
-        # Accounts by id within an entity: the order ``entity_links`` gives them and pandas sums them in.
-        part = part.sort_values("user_id", kind="stable")
+        # Accounts by id within an entity: the order ``entity_links`` gives them and pandas sums them in
+        # (a group's sum depends only on its own rows' order, so a bucket of entities sums each exactly).
+        part = part.sort_values(["entity", "user_id"], kind="stable")
         values = part.drop_duplicates("user_id").set_index("user_id")
         suspicion_totals = entity_totals(part[["entity", "user_id"]], values["suspicion"])
         known_totals = entity_totals(part[["entity", "user_id"]], values["known"])
@@ -508,7 +518,14 @@ def _account_evidence(rows: DataFrame, patterns: DataFrame, attempts: DataFrame,
             }
         )
 
-    totals = links.groupBy("entity").applyInPandas(totals_of, "entity string, n long, s double, k double")
+    # One pandas call per bucket of entities, not per entity: there are about as many devices, networks,
+    # instruments and payees as accounts.
+    buckets = int(links.sparkSession.conf.get("spark.sql.shuffle.partitions") or 200)
+    totals = (
+        links.withColumn("_bucket", F.pmod(F.xxhash64("entity"), F.lit(buckets)))
+        .groupBy("_bucket")
+        .applyInPandas(totals_of, "entity string, n long, s double, k double")
+    )
     spread = links.join(totals, "entity")
     prior = (F.col("n") - 1) + F.lit(float(PROPAGATION_PRIOR))
     identity = ~F.col("entity").startswith("payee:")

@@ -10,12 +10,14 @@ Each date is all or nothing: its profiles, embeddings and scores get new Delta v
 steps finish and one manifest publishes them together at the end (``argus.jobs.lake``); then its
 alert files, staged under ``LAKE/_staging/nightly-D/``, are swapped in, and only then do its models
 become ``CURRENT`` in the model store (``LAKE/models``, which the streaming pipeline reloads from)
-and its alerts go to Kafka. A crash or a failed check anywhere before that leaves the previous
-outputs and models in place. A failing quality gate stops the chain at that date (exit 1).
+and its alerts go to Kafka, read back from the published files a line at a time. A crash or a
+failed check anywhere before that leaves the previous outputs and models in place. A failing
+quality gate stops the chain at that date (exit 1).
 
 Alerts: ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``argus.schemas.Alert`` per line, sorted by
-``alert_id``) and, with ``--alerts``, the ``alerts.<kind>`` topics keyed by ``alert_id``. Alert ids
-depend only on the detector, the user and the night's window, so rerunning a date reproduces them.
+``alert_id``, built and written by the executors: ``jobs/alert_blocks.py``) and, with ``--alerts``, the
+``alerts.<kind>`` topics keyed by ``alert_id``. Alert ids depend only on the detector, the user and
+the night's window, so rerunning a date reproduces them.
 
 Output: one JSON line per finished step on stdout (``{"step": ..., "date": ..., ...}``), for the
 CLI's progress display, and a last line summing up the run.
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from argus.detectors.store import ModelStore
-    from argus.schemas.models import Alert
 
 DETECTOR_ORDER = ("trolls", "evaders", "fraud", "churn")
 Report = Callable[[dict[str, Any]], None]
@@ -96,11 +97,13 @@ def run_nightly(
             return summary, 1
         if alerts_bootstrap:
             from argus.infra.clients import publish_alerts
+            from argus.jobs.alert_blocks import alerts_folder, read_alerts
 
-            produced = publish_alerts(night, alerts_bootstrap)
+            files = [alerts_folder(lake, name, day) / "alerts.jsonl" for name in detectors]
+            produced = publish_alerts(read_alerts(files), alerts_bootstrap)
             report({"step": "alerts", "date": day.isoformat(), "produced": produced})
         summary["dates"].append(day.isoformat())
-        summary["alerts"] += len(night)
+        summary["alerts"] += night
     summary["seconds"] = round(time.monotonic() - started, 1)
     return summary, 0
 
@@ -116,8 +119,8 @@ def run_night(
     days: int = 30,
     dim: int = 32,
     report: Report = print_step,
-) -> list[Alert] | None:
-    """One date of the chain, published all at once at its end; its alerts, or None when the gate failed."""
+) -> int | None:
+    """One date of the chain, published all at once at its end; its alert count, or None when the gate failed."""
     from pyspark import StorageLevel
 
     from argus.detectors.store import ModelStore
@@ -139,13 +142,12 @@ def run_night(
         # The look-back's events, read once for every detector and kept on the executors, never the driver.
         window = night_window(spark, lake, day, days).persist(StorageLevel.MEMORY_AND_DISK) if detectors else None
         store = ModelStore(lake / "models")
-        alerts: list[Alert] = []
+        alerts = 0
         for name in detectors:
             model = None if fit else _current_model(store, name)
-            scored, found = score_night(spark, lake, day, name, days, model, publication=publication, window=window)
-            report({"step": "score", **scored, "alerts": len(found)})
-            stage_alerts(publication, lake, name, day, found)
-            alerts += found
+            scored = score_night(spark, lake, day, name, days, model, publication=publication, window=window)
+            report({"step": "score", **scored})
+            alerts += scored["alerts"]
         tables, folders = publication.commit()
     except BaseException:
         publication.discard()
@@ -154,7 +156,7 @@ def run_night(
         if window is not None:
             window.unpersist()
     report({"step": "publish", "date": when, "tables": len(tables), "folders": len(folders), "models": detectors})
-    return sorted(alerts, key=lambda a: a.alert_id)
+    return alerts
 
 
 def _current_model(store: ModelStore, name: str) -> Path:
@@ -162,15 +164,6 @@ def _current_model(store: ModelStore, name: str) -> Path:
     if version is None:
         raise ValueError(f"no {name} model in {store.root} to load; run the chain once with fitting (without --no-fit)")
     return Path(store.root) / name / version
-
-
-def stage_alerts(publication: Publication, lake: Path, detector: str, day: date, alerts: list[Alert]) -> None:
-    target = lake / "alerts" / f"detector={detector}" / f"date={day.isoformat()}"
-    staging = publication.stage(target)
-    staging.mkdir(parents=True)
-    lines = [a.model_dump_json() + "\n" for a in sorted(alerts, key=lambda a: a.alert_id)]
-    (staging / "alerts.jsonl").write_text("".join(lines))
-    publication.staged(target)
 
 
 def main(argv: list[str]) -> int:

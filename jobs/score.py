@@ -13,12 +13,15 @@ Scoring runs on the executors; the driver's memory does not grow with the number
   one ``argus detect`` fits on the same data. Purchase-mode churn keeps its fitted BG/NBD in the
   model, so scoring reads each customer's own history only.
 * **Score**: the fitted model goes to the executors as a broadcast variable, ``mapInPandas`` runs
-  the detector's own ``score`` on one block at a time, and the executors write the scores. The
-  driver collects only the flagged users' rows (and their events), to build their alerts.
+  the detector's own ``score`` on one block at a time, and the executors write the scores.
+* **Alerts**: built on the executors too, block by block (``jobs/alert_blocks.py``): each task calls
+  ``alerts_from_scores`` on its block's flagged users with their events (and features), and Spark
+  writes the night's ``alerts.jsonl``. The driver collects counts and aggregates only.
 
 Output: ``LAKE/scores/detector=X/date=D/part-*.parquet`` (sorted by user, swapped in whole), the model
-in ``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``) and,
-with ``--bootstrap``, alerts on ``alerts.<kind>`` with ids that a rerun of the same night reproduces.
+in ``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``), the
+alerts in ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` and, with ``--bootstrap``, on ``alerts.<kind>``
+(read back from that file a line at a time), with ids that a rerun of the same night reproduces.
 """
 
 from __future__ import annotations
@@ -34,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from argus.detectors.alerts import EVIDENCE_LIMIT
 from argus.jobs.entry import run_job
 from argus.jobs.feature_blocks import BLOCK_USERS
 from argus.jobs.lake import job_lake
@@ -44,13 +46,13 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
     from argus.detectors.base import Detector
-    from argus.detectors.events import Events
-    from argus.schemas.models import Alert
 
 # Users the model is fitted on at most (whole blocks, so up to one block more). Enough for every
 # detector's norms and clusters to settle; fitting time, not memory, is what it bounds first.
 FIT_USERS = 50_000
 SCORE_SCHEMA = "user_id string, score double, flagged boolean, status string, reasons string, reasons_data string"
+# What the scoring tasks emit: each user's block too, so that their alert is built with their block.
+BLOCK_SCORE_SCHEMA = f"block long, {SCORE_SCHEMA}"
 
 
 def run_score(
@@ -64,15 +66,14 @@ def run_score(
 ) -> dict[str, Any]:
     """Score one detector for one night and publish at once, its alerts to ``LAKE/alerts/detector=X/date=D/``
     as the nightly chain writes them (`argus alerts publish` produces them later); with ``bootstrap``, now."""
-    from argus.jobs.nightly import stage_alerts
-
     publication = Publication(lake, f"scores-{detector_name}-{day.isoformat()}")
-    result, alerts = score_night(spark, lake, day, detector_name, days, model, publication=publication)
-    stage_alerts(publication, lake, detector_name, day, alerts)
+    result = score_night(spark, lake, day, detector_name, days, model, publication=publication)
     if bootstrap:
         from argus.infra.clients import publish_alerts
+        from argus.jobs.alert_blocks import alerts_folder, read_alerts
 
-        result["alerts"] = publish_alerts(alerts, bootstrap)
+        published = alerts_folder(lake, detector_name, day) / "alerts.jsonl"
+        result["produced"] = publish_alerts(read_alerts([published]), bootstrap)  # a line at a time
     return result
 
 
@@ -87,14 +88,16 @@ def score_night(
     window: DataFrame | None = None,
     fit_users: int = FIT_USERS,
     block_users: int = BLOCK_USERS,
-) -> tuple[dict[str, Any], list[Alert]]:
-    """Fit (or load) and score one detector; scores and model go through ``publication``.
+) -> dict[str, Any]:
+    """Fit (or load) and score one detector; scores, model and alerts go through ``publication``.
 
-    ``window`` (from ``night_window``) spares the event-based detectors a read each.
+    ``window`` (from ``night_window``) spares the event-based detectors a read each. The result's
+    ``alerts`` counts the alerts staged in ``LAKE/alerts/detector=X/date=D/alerts.jsonl``.
     """
     from pyspark import StorageLevel
 
     from argus.detectors.registry import DETECTORS, detector_class
+    from argus.jobs.alert_blocks import alert_rows, write_alerts
     from argus.jobs.feature_blocks import type_columns
 
     if detector_name not in DETECTORS:
@@ -116,7 +119,6 @@ def score_night(
     blocks = blocks.persist(StorageLevel.MEMORY_AND_DISK)
     scores: DataFrame | None = None
     try:
-        sample: pd.DataFrame | None = None
         fitted_on = 0
         if model is None:
             from argus.jobs.feature_blocks import fit_sample
@@ -128,8 +130,7 @@ def score_night(
                 if chat is not None:
                     detector.fit_messages(chat)  # type: ignore[attr-defined]
             fitted_on = len(sample)
-            if detector_name != "evaders":
-                sample = None  # only the evaders' alerts read it again
+            del sample
         scores = score_blocks(spark, blocks, detector).persist(StorageLevel.MEMORY_AND_DISK)
         target = _publish_scores(scores, lake, detector_name, day, publication)
         saved = publication.model(lake / "models", detector)
@@ -139,7 +140,8 @@ def score_night(
         assert counts is not None
         start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
         end = pd.Timestamp(day + timedelta(days=1), tz="UTC")
-        alerts = _night_alerts(spark, scores, blocks, detector, window, columns, start, end, sample)
+        alerts = alert_rows(scores, blocks, detector, window, columns, start, end)
+        write_alerts(publication, lake, detector_name, day, alerts)  # one alert per flagged user
     finally:
         if scores is not None:
             scores.unpersist()
@@ -154,8 +156,9 @@ def score_night(
         "path": str(target),
         "model": str(saved),
         "model_version": detector.model_version,
+        "alerts": int(counts["flagged"]),
     }
-    return result, alerts
+    return result
 
 
 # Chat messages the troll model's message part is fitted on at most: whole channels, sampled by a
@@ -217,18 +220,19 @@ def feature_blocks(
 
 
 def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> DataFrame:
-    """``SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``."""
+    """``BLOCK_SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``."""
     from argus.detectors.base import reasons_text
     from argus.jobs.feature_blocks import iterate_blocks
 
-    model = spark.sparkContext.broadcast(_artefact(detector))
+    model = spark.sparkContext.broadcast(detector_artefact(detector))
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        scorer = _restore(model.value)
-        for _, features in iterate_blocks(batches):
+        scorer = restore_detector(model.value)
+        for number, features in iterate_blocks(batches):
             scored = scorer.score(features)
             yield pd.DataFrame(
                 {
+                    "block": number,
                     "user_id": scored["user_id"].astype(str),
                     "score": scored["score"].astype(float),
                     "flagged": scored["flagged"].astype(bool),
@@ -238,17 +242,18 @@ def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> 
                 }
             )
 
-    return blocks.mapInPandas(score, SCORE_SCHEMA)
+    return blocks.mapInPandas(score, BLOCK_SCORE_SCHEMA)
 
 
-def _artefact(detector: Detector) -> bytes:
+def detector_artefact(detector: Detector) -> bytes:
     """What a copy of ``detector`` needs (as ``Detector.save`` keeps it), pickled once for the broadcast."""
     return pickle.dumps(
         (detector.name, detector.params, detector.state, detector.metrics, detector.fitted_at), protocol=5
     )
 
 
-def _restore(blob: bytes) -> Detector:
+def restore_detector(blob: bytes) -> Detector:
+    """The detector ``detector_artefact`` pickled (on an executor, from its broadcast)."""
     from argus.detectors.registry import detector_class
 
     name, params, state, metrics, fitted_at = pickle.loads(blob)
@@ -258,103 +263,13 @@ def _restore(blob: bytes) -> Detector:
 
 
 def _portable(detector: Detector) -> Detector:
-    return _restore(_artefact(detector))
-
-
-def _night_alerts(
-    spark: SparkSession,
-    scores: DataFrame,
-    blocks: DataFrame,
-    detector: Detector,
-    window: DataFrame | None,
-    columns: dict[str, list[str]],
-    start: pd.Timestamp,
-    end: pd.Timestamp,
-    sample: pd.DataFrame | None,
-) -> list[Alert]:
-    """Alerts of the flagged users: only their score rows, events and features come to the driver."""
-    from argus.detectors.alerts import alerts_from_scores
-    from argus.detectors.base import SCORE_COLUMNS, Reason
-
-    flagged: pd.DataFrame = scores.where("flagged").orderBy("user_id").toPandas()
-    if flagged.empty:
-        return []
-    flagged["reasons"] = flagged["reasons_data"].map(lambda text: [Reason(**r) for r in json.loads(text)])
-    flagged = flagged[SCORE_COLUMNS].reset_index(drop=True)
-    users = list(flagged["user_id"])
-    if window is None:
-        return alerts_from_scores(flagged, detector, start, end, events=None, features=None)
-    if detector.name not in ("evaders", "fraud"):
-        # Evidence is the users' latest events (churn: their own first): no more than that is read.
-        events = _events_of(spark, window, columns, users, latest=EVIDENCE_LIMIT)
-        return alerts_from_scores(flagged, detector, start, end, events=events, features=None)
-    features = _features_of(blocks, detector, users, sample)
-    if detector.name == "evaders":
-        # A new account's evidence names its parent's ban: the banned candidates' events are read too.
-        users = sorted(set(users) | set(features.index[features["banned_ts"].notna()].astype(str)))
-    events = _events_of(spark, window, columns, users)
-    return alerts_from_scores(flagged, detector, start, end, events=events, features=features)
-
-
-def _events_of(
-    spark: SparkSession, window: DataFrame, columns: dict[str, list[str]], users: list[str], latest: int | None = None
-) -> Events:
-    """The window's events of ``users`` (the flagged ones), as the detectors read events; with ``latest``,
-    only each user's ``latest`` newest events and newest events of their own (not reports or bans about them)."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    from argus.jobs.feature_blocks import events_from_wide
-
-    wanted = spark.createDataFrame(pd.DataFrame({"user_id": users}), "user_id string")
-    rows = window.join(F.broadcast(wanted), "user_id")
-    if latest is not None:
-        action = F.col("action") if "action" in rows.columns else F.lit(None).cast("string")
-        order = (F.col("ts").desc(), F.col("event_id").desc())
-        rows = (
-            rows.withColumn(
-                "_own", (F.col("event_type") != "moderation") & ~F.coalesce(action.isin("ban", "unban"), F.lit(False))
-            )
-            .withColumn("_newest", F.row_number().over(Window.partitionBy("user_id").orderBy(*order)))
-            .withColumn("_newest_own", F.row_number().over(Window.partitionBy("user_id", "_own").orderBy(*order)))
-            .where((F.col("_newest") <= latest) | (F.col("_own") & (F.col("_newest_own") <= latest)))
-            .drop("_own", "_newest", "_newest_own")
-        )
-    return events_from_wide(rows.toPandas(), columns)
-
-
-def _features_of(blocks: DataFrame, detector: Detector, users: list[str], sample: pd.DataFrame | None) -> pd.DataFrame:
-    """Features for the flagged users' evidence: evaders' core block whole (matching needs every
-    candidate), for the others just the flagged users' rows."""
-    from pyspark.sql import functions as F
-
-    from argus.jobs.feature_blocks import concat_blocks, pack, unpack
-
-    if detector.name == "evaders":
-        if sample is not None and len(sample):
-            return sample
-        rows = blocks.where(F.col("block") == 0).select("frame").collect()
-        return concat_blocks([unpack(r["frame"]) for r in rows]) if rows else pd.DataFrame()
-    wanted = set(users)
-
-    def only_flagged(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from argus.jobs.feature_blocks import iterate_blocks
-
-        for number, features in iterate_blocks(batches):
-            mine = features[features.index.astype(str).isin(wanted)]
-            if len(mine):
-                yield pd.DataFrame([pack(mine, number)])
-
-    from argus.jobs.feature_blocks import BLOCK_SCHEMA
-
-    rows = blocks.mapInPandas(only_flagged, BLOCK_SCHEMA).orderBy("block").select("frame").collect()
-    return concat_blocks([unpack(r["frame"]) for r in rows])
+    return restore_detector(detector_artefact(detector))
 
 
 def _publish_scores(scores: DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> str:
     """Written by the executors as one Delta commit replacing the night (``argus.jobs.lake``); the table."""
     table = f"scores/detector={detector_name}"
-    publication.write(scores.sparkSession, scores.drop("reasons_data").orderBy("user_id"), table, day)
+    publication.write(scores.sparkSession, scores.drop("block", "reasons_data").orderBy("user_id"), table, day)
     return table
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -45,8 +47,6 @@ def python_worker_holding_64_mb() -> Iterator[subprocess.Popen[str]]:
 def test_the_sampler_adds_up_the_rss_of_the_processes_below_it(
     python_worker_holding_64_mb: subprocess.Popen[str],
 ) -> None:
-    import os
-
     assert python_worker_holding_64_mb.pid in descendants(os.getpid())
     sampler = MemorySampler()
     sampler.sample()
@@ -62,3 +62,63 @@ def test_a_master_spark_does_not_know_is_one_line_before_any_work() -> None:
 
     result = run_argus("bench", "nightly", "--users", "50", "--master", "mesos://host:5050")
     one_line_error(result, "--master", "'mesos://host:5050'", "standalone")
+
+
+def test_the_world_is_written_by_a_child_process_the_same_as_here(tmp_path: Path) -> None:
+    """The bench plans its world in a child (its memory leaves with it): same files, and the child's peak."""
+    import hashlib
+
+    from argus.bench_nightly import generate_apart
+    from argus.world.config import WorldConfig
+    from argus.world.simulate import World
+    from argus.world.sinks import write_world
+
+    cfg = WorldConfig(users=200, days=2, seed=3)
+    manifest, peak_mb = generate_apart(cfg, tmp_path / "apart")
+    assert manifest == write_world(World(cfg), tmp_path / "here")
+
+    def digest(root: Path) -> dict[str, str]:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+        return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+    assert digest(tmp_path / "apart") == digest(tmp_path / "here")
+    assert 30 < peak_mb < 2_000  # the child's own peak: an interpreter with numpy and pyarrow and a small world
+
+
+@pytest.fixture
+def jvm_holding_256_mb(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """A JVM (a single-file Java program) that keeps a 256 MiB array on its heap."""
+    source = tmp_path / "Hold.java"
+    source.write_text(
+        "public class Hold { public static void main(String[] a) throws Exception {"
+        " byte[] block = new byte[256 << 20]; block[7] = 1;"
+        ' System.out.println("ready"); System.out.flush(); Thread.sleep(60000); System.out.println(block[7]); } }'
+    )
+    child = subprocess.Popen([JAVA, "-Xmx512m", str(source)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+    yield child
+    child.kill()
+    child.wait()
+
+
+def test_the_heap_of_a_jvm_is_read_from_its_perf_data(jvm_holding_256_mb: subprocess.Popen[str]) -> None:
+    from argus.bench_nightly import jvm_heap_mb
+
+    heap = jvm_heap_mb(jvm_holding_256_mb.pid)
+    assert heap is not None and 256 <= heap < 512  # the array, within -Xmx
+    assert jvm_heap_mb(os.getpid()) is None  # not a JVM: no perf-data file
+
+
+def test_the_sampler_counts_the_cpu_time_of_the_processes_below_it() -> None:
+    """CPU seconds, not wall seconds: a child that burnt one CPU second counts one, however busy the machine."""
+    code = "import time\nwhile time.process_time() < 1.0: pass\nprint('burnt', flush=True); time.sleep(60)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "burnt"
+        sampler = MemorySampler()
+        assert sampler.cpu_seconds() == 0.0
+        sampler.sample()
+        assert 1.0 <= sampler.cpu_seconds() < 3.0  # the loop plus an interpreter's start
+    finally:
+        child.kill()
+        child.wait()

@@ -15,6 +15,7 @@ from argus.detectors.alerts import alerts_from_scores
 from argus.detectors.base import Detector, reasons_text
 from argus.detectors.events import load_events
 from argus.detectors.registry import detector_class
+from argus.schemas.models import Alert
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
@@ -40,6 +41,16 @@ def _published(lake: Path, table: str, day: date) -> pd.DataFrame:
     frame = read_pandas(lake, table, day)
     assert frame is not None, f"nothing published in {lake}/{table} for {day}"
     return frame
+
+
+def _alerts(lake: Path, name: str, day: date) -> list[Alert]:
+    """The night's alerts as the scoring job published them (and `argus alerts publish` reads them)."""
+    from argus.jobs.alert_blocks import alerts_folder
+
+    lines = (alerts_folder(lake, name, day) / "alerts.jsonl").read_text().splitlines()
+    ids = [Alert.model_validate_json(line).alert_id for line in lines]
+    assert ids == sorted(ids), "the file is sorted by alert id"
+    return [Alert.model_validate_json(line) for line in lines]
 
 
 def _pandas_scores(name: str, lake: Path, day: date) -> tuple[pd.DataFrame, Detector]:
@@ -90,7 +101,7 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
     days = WORLD.days  # the whole world: the pandas path reads every event too
     publication = Publication(root, f"parity-{name}")
     window = night_window(spark, root, day, days)  # type: ignore[arg-type]
-    result, alerts = score_night(
+    result = score_night(
         spark,  # type: ignore[arg-type]
         root,
         day,
@@ -100,6 +111,7 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
         window=window,
         block_users=BLOCK_USERS,
     )
+    alerts = sorted(_alerts(root, name, day), key=lambda a: a.user_id)
     batch = _published(root, f"scores/detector={name}", day).set_index("user_id")
     expected, fitted = _pandas_scores(name, root, day)
     expected = expected.set_index("user_id")
@@ -114,16 +126,18 @@ def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tupl
     # The same model: fitted on the same features, so the same version too.
     assert _same(detector_class(name).load(Path(result["model"])).state, fitted.state)
     assert result["model_version"] == fitted.model_version
+    events = load_events(root)
+    features = None if name == "trolls" else fitted.features(events)
+    start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
+    pandas_alerts = alerts_from_scores(
+        expected.reset_index(), fitted, start, start + pd.Timedelta(days=days), events=events, features=features
+    )
+    expected_alerts = sorted(pandas_alerts, key=lambda a: a.user_id)
+    assert [(a.alert_id, a.score, a.severity, a.model_version) for a in alerts] == [
+        (a.alert_id, a.score, a.severity, a.model_version) for a in expected_alerts
+    ]
     if name != "fraud":  # fraud ranks a user's payments against everyone's: its evidence may order differently
-        events = load_events(root)
-        features = None if name == "trolls" else fitted.features(events)
-        start = pd.Timestamp(day - timedelta(days=days - 1), tz="UTC")
-        pandas_alerts = alerts_from_scores(
-            expected.reset_index(), fitted, start, start + pd.Timedelta(days=days), events=events, features=features
-        )
-        assert [(a.alert_id, a.score, a.evidence_event_ids) for a in alerts] == [
-            (a.alert_id, a.score, a.evidence_event_ids) for a in sorted(pandas_alerts, key=lambda a: a.user_id)
-        ]
+        assert [a.evidence_event_ids for a in alerts] == [a.evidence_event_ids for a in expected_alerts]
     assert len(alerts) == result["flagged"] == int(expected["flagged"].sum())
 
 
@@ -168,8 +182,8 @@ def test_the_fit_sample_is_bounded(spark: object, lake: tuple[Path, date]) -> No
 
     root, day = lake
     publication = Publication(root, "parity-sample")
-    full, _ = score_night(spark, root, day, "trolls", WORLD.days, publication=publication, block_users=BLOCK_USERS)  # type: ignore[arg-type]
-    sampled, _ = score_night(
+    full = score_night(spark, root, day, "trolls", WORLD.days, publication=publication, block_users=BLOCK_USERS)  # type: ignore[arg-type]
+    sampled = score_night(
         spark,  # type: ignore[arg-type]
         root,
         day,
@@ -233,3 +247,70 @@ def test_fraud_scoring_brings_only_aggregates_to_the_driver(
     for how, names, size in collected:
         assert size <= bound < payments, (how, names, size)
         assert not {"user_id", "event_id", "frame"} & set(names), (how, names, size)
+
+
+@pytest.mark.parametrize("name", ["trolls", "evaders", "fraud", "churn"])
+def test_scoring_and_alerts_bring_only_counts_to_the_driver(
+    name: str, spark: object, lake: tuple[Path, date], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Scoring a night with a saved model: features, scores and alerts are built and written by the
+    executors, and what the driver collects meanwhile is counts and aggregates (a few rows: days,
+    hours, currencies), never a row per user, event or block; the alerts are the ones fitting gave."""
+    from argus.detectors.fraud_features import FX_PER_USD
+    from argus.jobs.publish import Publication
+    from argus.jobs.score import night_window, score_night
+
+    root, day = lake
+    publication = Publication(root, f"driver-{name}")
+    window = night_window(spark, root, day, WORLD.days)  # type: ignore[arg-type]
+    fitted = score_night(
+        spark,  # type: ignore[arg-type]
+        root,
+        day,
+        name,
+        WORLD.days,
+        publication=publication,
+        window=window,
+        block_users=BLOCK_USERS,
+    )
+    fitted_alerts = _alerts(root, name, day)
+    frame_class = type(window)  # the concrete DataFrame class (classic or connect)
+    collected: list[tuple[str, list[str], int]] = []
+
+    def spy(how: str) -> Any:
+        original = getattr(frame_class, how)
+
+        def collect(self: Any, *args: Any, **kwargs: Any) -> Any:
+            got = original(self, *args, **kwargs)
+            rows = got if how != "toLocalIterator" else list(got)
+            collected.append((how, list(self.columns), len(rows)))
+            return rows if how != "toLocalIterator" else iter(rows)
+
+        return collect
+
+    for how in ("collect", "toPandas", "toArrow", "toLocalIterator"):
+        monkeypatch.setattr(frame_class, how, spy(how))
+    scored = score_night(
+        spark,  # type: ignore[arg-type]
+        root,
+        day,
+        name,
+        WORLD.days,
+        model=Path(fitted["model"]),
+        publication=publication,
+        window=window,
+        block_users=BLOCK_USERS,
+    )
+    monkeypatch.undo()
+    assert scored["users"] == fitted["users"] and scored["alerts"] == scored["flagged"] == len(fitted_alerts)
+    # This small world's three days hold no ban evasion and no churn: their alert paths are empty here.
+    assert len(fitted_alerts) > 0 or name in ("evaders", "churn")
+    bound = max(24, len(FX_PER_USD))  # hours of the day, currencies
+    assert scored["users"] > 4 * bound
+    for how, names, size in collected:
+        assert size <= bound, (how, names, size)
+        assert not {"user_id", "event_id", "frame", "flagged_rows", "alert"} & set(names), (how, names, size)
+    alerts = _alerts(root, name, day)
+    key = [(a.alert_id, a.user_id, a.score, a.severity, a.evidence_event_ids) for a in fitted_alerts]
+    assert [(a.alert_id, a.user_id, a.score, a.severity, a.evidence_event_ids) for a in alerts] == key
+    assert all(a.evidence_event_ids for a in alerts), "every alert cites events"

@@ -321,3 +321,37 @@ def test_realistic_labels_are_late_partial_and_noisy(realistic: tuple[World, dic
     trolls = truth.index[truth.is_troll]
     reports = moderation[(moderation.action == "report") & moderation.user_id.isin(trolls)]
     assert len(reports) / (len(trolls) * world.cfg.days) < 0.15  # troll_report_rate 0.08; dense 0.6
+
+
+def test_sequential_picks_follow_the_law_of_gumbel_top_k() -> None:
+    """Past GUMBEL_MAX_KEYS the picks are drawn row by row without a rows x choices matrix: the same
+    law (weighted sampling without replacement), distinct within a row, in linear memory."""
+    from argus.world.population import _pick_sets, _sequential_picks, _zipf_weights
+
+    weights = _zipf_weights(6, 1.0)
+    exact = _pick_sets(np.random.default_rng(1), 200_000, 3, weights)  # 1.2M keys: the Gumbel path
+    linear = _sequential_picks(np.random.default_rng(2), 200_000, 3, weights)
+    assert linear.shape == exact.shape == (200_000, 3)
+    assert (np.sort(linear, axis=1)[:, 1:] != np.sort(linear, axis=1)[:, :-1]).all()  # no repeat in a row
+    for position in range(3):  # first, second and third pick: the same frequencies within sampling noise
+        ours = np.bincount(linear[:, position], minlength=6) / linear.shape[0]
+        gumbel = np.bincount(exact[:, position], minlength=6) / exact.shape[0]
+        assert np.abs(ours - gumbel).max() < 0.006
+    assert np.allclose(np.bincount(linear[:, 0], minlength=6) / linear.shape[0], weights, atol=0.004)
+    # More picks than choices: every choice once, as Gumbel top-k gives.
+    assert sorted(_sequential_picks(np.random.default_rng(3), 5, 9, weights)[0]) == list(range(6))
+
+
+def test_a_large_world_plans_its_population_in_linear_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Merchants and channels grow with the users: the Gumbel key matrix would be users x merchants."""
+    import tracemalloc
+
+    from argus.world import population
+
+    monkeypatch.setattr(population, "GUMBEL_MAX_KEYS", 1_000)  # a small world takes the large one's path
+    tracemalloc.start()
+    pop = population.build_population(WorldConfig(users=8_000, days=1), np.random.default_rng([7, 0]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 8_000 * 300 * 8  # under one users x pages matrix of keys
+    assert (np.diff(np.sort(pop.channels[:8_000], axis=1), axis=1) > 0).all()

@@ -30,6 +30,7 @@ TROLL_OFF_GOAL_MIX = np.array([0.25, 0.35, 0.28, 0.12])
 FAN_OFF_GOAL_MIX = np.array([0.85, 0.15, 0.0, 0.0])  # loud but never hostile
 FAN_EMOTES = np.array([text.PET_PHRASES.index(e) + 1 for e in ("pog", "kek", "lul", "kappa", "omegalul", "<3")])
 MAX_CARDS = 10  # power buyers in the realistic world hold 5-10 instruments
+GUMBEL_MAX_KEYS = 2**24  # rows x choices for exact Gumbel top-k: 128 MB of keys, about 50k users' merchants
 
 FRAUD_PATTERNS = ("card_testing", "account_takeover", "money_mule")
 
@@ -117,9 +118,33 @@ def _zipf_weights(count: int, exponent: float) -> np.ndarray:
 
 
 def _pick_sets(rng: np.random.Generator, n: int, k: int, weights: np.ndarray) -> np.ndarray:
-    """``k`` mostly distinct picks per row from a popularity distribution (Gumbel top-k)."""
-    keys = np.log(weights)[None, :] - np.log(-np.log(rng.random((n, weights.size))))
-    return np.argsort(-keys, axis=1)[:, :k]
+    """``k`` distinct picks per row from a popularity distribution, most popular first by chance.
+
+    Small worlds draw Gumbel keys for every (row, choice) pair and keep each row's top ``k``; that
+    costs rows x choices in time and memory, and the choices grow with the users (a merchant per
+    100, a channel per 400), so past ``GUMBEL_MAX_KEYS`` the same law is drawn in linear time by
+    ``_sequential_picks``. Worlds under the limit keep the bytes they always had.
+    """
+    if n * weights.size <= GUMBEL_MAX_KEYS:
+        keys = np.log(weights)[None, :] - np.log(-np.log(rng.random((n, weights.size))))
+        return np.argsort(-keys, axis=1)[:, :k]
+    return _sequential_picks(rng, n, k, weights)
+
+
+def _sequential_picks(rng: np.random.Generator, n: int, k: int, weights: np.ndarray) -> np.ndarray:
+    """Gumbel top-k's law without its matrix: pick ``j`` is drawn from ``weights`` and redrawn while it
+    repeats an earlier pick of its row, i.e. from the weights left (sampling without replacement)."""
+    k = min(k, weights.size)
+    cumulative = np.cumsum(weights)
+    picks = np.empty((n, k), dtype=np.intp)
+    for j in range(k):
+        todo = np.arange(n)
+        while todo.size:
+            drawn = np.searchsorted(cumulative, rng.random(todo.size) * cumulative[-1], side="right")
+            drawn = np.minimum(drawn, weights.size - 1)  # a draw of exactly the total
+            picks[todo, j] = drawn
+            todo = todo[(picks[todo, :j] == drawn[:, None]).any(axis=1)]
+    return picks
 
 
 @dataclass

@@ -12,11 +12,16 @@ forest is deterministic.
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 
+# numba caches compiled code beside a real source file; imported from a zip (--py-files) it compiles in memory.
+CACHE_COMPILED = os.path.isfile(__file__)
 
-@numba.njit(cache=True, nogil=True)
+
+@numba.njit(cache=CACHE_COMPILED, nogil=True)
 def _find(parent: np.ndarray, node: int) -> int:
     while parent[node] != node:
         parent[node] = parent[parent[node]]
@@ -24,7 +29,7 @@ def _find(parent: np.ndarray, node: int) -> int:
     return node
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE_COMPILED, nogil=True)
 def _union(parent: np.ndarray, size: np.ndarray, a: int, b: int) -> None:
     if size[a] < size[b]:
         a, b = b, a
@@ -32,7 +37,7 @@ def _union(parent: np.ndarray, size: np.ndarray, a: int, b: int) -> None:
     size[a] += size[b]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE_COMPILED, nogil=True)
 def _kruskal_knn(
     order: np.ndarray, knn_idx: np.ndarray, weight: np.ndarray, parent: np.ndarray, size: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,7 +65,7 @@ def _kruskal_knn(
     return src[:found], dst[:found], out_w[:found]
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE_COMPILED, nogil=True)
 def _kruskal_edges(
     src: np.ndarray, dst: np.ndarray, weight: np.ndarray, parent: np.ndarray, size: np.ndarray
 ) -> np.ndarray:
@@ -75,7 +80,7 @@ def _kruskal_edges(
     return taken
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE_COMPILED, nogil=True)
 def _weight_keys(bits: np.ndarray) -> np.ndarray:
     """(weight bits << 32) | edge number: non-negative float32s order as their bit patterns do."""
     keys = np.empty(bits.shape[0], dtype=np.uint64)
@@ -84,7 +89,7 @@ def _weight_keys(bits: np.ndarray) -> np.ndarray:
     return keys
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=CACHE_COMPILED, nogil=True)
 def _roots(parent: np.ndarray) -> np.ndarray:
     out = np.empty(parent.shape[0], dtype=np.int64)
     for node in range(parent.shape[0]):

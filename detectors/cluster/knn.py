@@ -10,6 +10,7 @@ differences directly, and their float32 distances are used as they come.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -20,6 +21,9 @@ import faiss
 import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+# numba caches compiled code beside a real source file; imported from a zip (--py-files) it compiles in memory.
+CACHE_COMPILED = os.path.isfile(__file__)
 
 log = logging.getLogger(__name__)
 
@@ -333,7 +337,7 @@ def ivf_self_join(index: KnnIndex, k: int, probes: int | None = None) -> tuple[n
     return dist, idx
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=CACHE_COMPILED)
 def _nearest_columns(products: np.ndarray, column_norms: np.ndarray, k: int) -> np.ndarray:
     """Per row, the ``k`` columns of smallest |c|^2 - 2 <r, c> (the row's nearest candidates).
 
