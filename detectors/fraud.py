@@ -694,9 +694,14 @@ def _outcomes(features: pd.DataFrame, labels: pd.Series | None) -> pd.DataFrame:
 
 def _known_outcomes(events: Events) -> pd.Series:
     """Per account in ``events``, whether it has a known outcome (``_outcomes`` of its own events)."""
+    return _outcomes(outcome_counts(events), None).any(axis=1)
+
+
+def outcome_counts(events: Events) -> pd.DataFrame:
+    """Per account in ``events``: its fraud labels, chargebacks and decline bursts (absent where none)."""
     pay = payment_table(events)
     attempts = pay[pay["action"].isin(["purchase", "transfer"])]
-    outcomes = pd.DataFrame(
+    return pd.DataFrame(
         {
             "fraud_labels": fraud_labels(events),
             "chargebacks": pay[pay["action"] == "chargeback"].groupby("user_id").size(),
@@ -704,7 +709,6 @@ def _known_outcomes(events: Events) -> pd.Series:
         },
         columns=["fraud_labels", "chargebacks", "decline_burst"],
     )
-    return _outcomes(outcomes, None).any(axis=1)
 
 
 def _events_of(events: Events, accounts: pd.Index) -> Events:

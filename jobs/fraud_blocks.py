@@ -412,8 +412,7 @@ def _payment_pass(
 ) -> pd.DataFrame:
     """One block's sent payment rows, the payee-side figures of the transfers it received and its
     accounts' patterns and known outcomes (``kind`` sent / received / account)."""
-    from argus.detectors.fraud import _outcomes
-    from argus.detectors.fraud_features import decline_bursts, fraud_labels, payment_table
+    from argus.detectors.fraud import _outcomes, outcome_counts
     from argus.detectors.fraud_payments import PAYMENT_FEATURES, pattern_scores, payment_features
 
     events = events_from_wide(events_rows.drop(columns="_block"), columns)
@@ -422,15 +421,7 @@ def _payment_pass(
     mine = _mine(rows["user_id"], number, blocks)
     received = (rows["payee"] != "").to_numpy() & _mine(rows["payee"], number, blocks)
     patterns = pattern_scores(rows, events, population)
-    pay = payment_table(events)
-    attempts = pay[pay["action"].isin(["purchase", "transfer"])]
-    outcomes = pd.DataFrame(
-        {
-            "fraud_labels": fraud_labels(events),
-            "chargebacks": pay[pay["action"] == "chargeback"].groupby("user_id").size(),
-            "decline_burst": decline_bursts(attempts[attempts["status"] == "declined"]),
-        }
-    )
+    outcomes = outcome_counts(events)
     accounts = pd.Index(sorted(set(patterns.index) | set(outcomes.index) | set(events.user_ids.astype(str))))
     accounts = accounts[_mine(pd.Series(accounts), number, blocks)]
     known = _outcomes(outcomes.reindex(accounts), None).any(axis=1).astype(float)
