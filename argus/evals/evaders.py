@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score
 from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 from argus.detectors.evaders import (
@@ -63,6 +63,7 @@ def run(world: Path | None = None, profile: str = "realistic") -> dict[str, Any]
     step("predicting bans")
     result["predict_auc"] = _predict_auc(ew.events, profiles, ew.truth)
     result["best_single_feature_auc"], result["best_single_feature"] = full["best_single"]
+    result["best_single_feature_pr_auc"] = full["best_single_pr_auc"]  # the best-AUC feature's PR-AUC
     # Without labels (what `argus detect evaders` does with no model): distant supervision.
     unsupervised = EvaderDetector().fit(profiles).score(profiles)
     of_kind = profiles["created_ts"].notna().to_numpy()
@@ -126,18 +127,20 @@ def _detection(detector: EvaderDetector, profiles: pd.DataFrame, parent_of: pd.S
             continue
         rank = (closest["probability"] > closest.loc[closest["truth"], "probability"].iloc[0]).sum() + 1
         reciprocal.append(1.0 / rank)
-    single = {}
+    single, single_pr = {}, {}
     if 0 < is_child.sum() < len(is_child):
         for feature in PAIR_FEATURES:
             sign = -1.0 if feature == "hours_after_ban_log" else 1.0
             per_account = (sign * x[feature]).groupby(pairs["child"]).max().reindex(new_accounts).fillna(-np.inf)
             values = np.nan_to_num(per_account.to_numpy(), neginf=-1e9)
             single[feature] = roc_auc_score(is_child, values)
+            single_pr[feature] = average_precision_score(is_child, values)
     best_feature = max(single, key=lambda k: single[k]) if single else ""
     return {
         "metrics": metrics,
         "mrr": round(float(np.mean(reciprocal)), 4) if reciprocal else None,
         "best_single": (round(single[best_feature], 4) if single else None, best_feature),
+        "best_single_pr_auc": round(single_pr[best_feature], 4) if single else None,
     }
 
 
