@@ -392,14 +392,19 @@ class BulkProducer:
         self._refused: str | None = None  # why the cluster refused us before anything was delivered
         self._delivered_any = False
         self._topic: str | None = None  # the topic being written, for a refusal that does not name it
+        self._denied = False  # the cluster refused this producer's writes before a topic was named
         self.sent = 0
 
     def _on_error(self, err: Any) -> None:
         from confluent_kafka import KafkaError
 
         fatal = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError._ALL_BROKERS_DOWN)
-        if err.code() in _WRITE_DENIED and not self._delivered_any and self._topic:
-            self._refused = f"authorization failed: writing to {self._topic}"
+        denied = err.code() in _WRITE_DENIED or (err.fatal() and "authorization failed" in err.str().lower())
+        if denied and not self._delivered_any:
+            # The idempotent producer's start-up can be refused before any topic is written: name it later.
+            self._denied = True
+            if self._topic:
+                self._refused = f"authorization failed: writing to {self._topic}"
         elif err.code() in fatal and not self._delivered_any:
             self._refused = str(err.str())
 
@@ -421,6 +426,9 @@ class BulkProducer:
 
         produce, poll = self._producer.produce, self._producer.poll
         self._topic = topic
+        if self._denied and self._refused is None:
+            self._refused = f"authorization failed: writing to {topic}"
+        self._check_refused()
         for key, value in zip(keys, values, strict=True):
             while True:
                 try:
@@ -431,7 +439,7 @@ class BulkProducer:
                     self._check_refused()
                 except KafkaException as exc:
                     # Once librdkafka knows the topic is denied it refuses at produce(), before any delivery report.
-                    if exc.args[0].code() not in _WRITE_DENIED:
+                    if exc.args[0].code() not in _WRITE_DENIED and not self._denied:
                         raise
                     self._refused = f"authorization failed: writing to {topic}"
                     self._check_refused()

@@ -110,15 +110,24 @@ def test_the_heap_of_a_jvm_is_read_from_its_perf_data(jvm_holding_256_mb: subpro
 
 
 def test_the_sampler_counts_the_cpu_time_of_the_processes_below_it() -> None:
-    """CPU seconds, not wall seconds: a child that burnt one CPU second counts one, however busy the machine."""
-    code = "import time\nwhile time.process_time() < 1.0: pass\nprint('burnt', flush=True); time.sleep(60)"
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdout.readline().strip() == "burnt"
-        sampler = MemorySampler()
-        assert sampler.cpu_seconds() == 0.0
-        sampler.sample()
-        assert 1.0 <= sampler.cpu_seconds() < 3.0  # the loop plus an interpreter's start
-    finally:
-        child.kill()
-        child.wait()
+    """CPU seconds, not wall seconds: a child that burnt one CPU second counts one, however busy the machine.
+
+    Sampled from a process of its own, whose only child is the burner (pytest's own children, a broker or
+    a Spark JVM started by other tests, would count too)."""
+    burner = "import time\nwhile time.process_time() < 1.0: pass\nprint('burnt', flush=True); time.sleep(60)"
+    probe = (
+        "import subprocess, sys\n"
+        "from argus.bench_nightly import MemorySampler\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {burner!r}], stdout=subprocess.PIPE, text=True)\n"
+        "assert child.stdout.readline().strip() == 'burnt'\n"
+        "sampler = MemorySampler()\n"
+        "before = sampler.cpu_seconds()\n"
+        "sampler.sample()\n"
+        "print(before, sampler.cpu_seconds())\n"
+        "child.kill()\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    before, after = map(float, ran.stdout.split())
+    assert before == 0.0
+    assert 0.9 <= after < 3.0  # the loop plus an interpreter's start, in clock ticks
