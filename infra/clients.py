@@ -399,8 +399,7 @@ class BulkProducer:
         from confluent_kafka import KafkaError
 
         fatal = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError._ALL_BROKERS_DOWN)
-        denied = err.code() in _WRITE_DENIED or (err.fatal() and "authorization failed" in err.str().lower())
-        if denied and not self._delivered_any:
+        if _write_denied(err) and not self._delivered_any:
             # The idempotent producer's start-up can be refused before any topic is written: name it later.
             self._denied = True
             if self._topic:
@@ -439,7 +438,8 @@ class BulkProducer:
                     self._check_refused()
                 except KafkaException as exc:
                     # Once librdkafka knows the topic is denied it refuses at produce(), before any delivery report.
-                    if exc.args[0].code() not in _WRITE_DENIED and not self._denied:
+                    # A refused idempotent start-up can surface here first, as a fatal error, before error_cb runs.
+                    if not _write_denied(exc.args[0]) and not self._denied:
                         raise
                     self._refused = f"authorization failed: writing to {topic}"
                     self._check_refused()
@@ -533,6 +533,11 @@ def explain_failure(exc: BaseException, bootstrap: str | None = None) -> str | N
 
 # Write refusals: denied on the topic, or on the cluster (an idempotent producer needs IdempotentWrite).
 _WRITE_DENIED = (29, 31)  # KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED
+
+
+def _write_denied(err: Any) -> bool:
+    """Whether a librdkafka error is the cluster refusing this producer's writes."""
+    return err.code() in _WRITE_DENIED or (err.fatal() and "authorization failed" in err.str().lower())
 
 
 def explain_refusal(settings: dict[str, Any], reason: str) -> str:

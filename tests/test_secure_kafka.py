@@ -582,3 +582,32 @@ def _context(text: str, secret: str, width: int = 160) -> str:
     """Where ``secret`` first appears in ``text``, with the secret itself blanked out."""
     at = text.index(secret)
     return text[max(0, at - width) : at + len(secret) + width].replace(secret, "<SECRET>")
+
+
+@pytest.mark.parametrize("first_signal", ["produce raises", "error callback"])
+def test_a_refused_idempotent_start_up_names_the_topic_however_it_arrives(
+    monkeypatch: pytest.MonkeyPatch, first_signal: str
+) -> None:
+    """librdkafka reports a refused producer id either at produce() or on the error callback first."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    from argus.infra.clients import BulkProducer, KafkaAccessError
+
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", ALERTS_READER)
+    fatal = KafkaError(KafkaError._FATAL, "127.0.0.1:9093/1: Broker: Cluster authorization failed", fatal=True)
+    producer = BulkProducer("127.0.0.1:9")
+
+    class _RefusingProducer:
+        def produce(self, *args: Any, **kwargs: Any) -> None:
+            raise KafkaException(fatal)
+
+        def poll(self, timeout: float) -> int:
+            return 0
+
+    producer._producer = _RefusingProducer()  # type: ignore[assignment]
+    if first_signal == "error callback":
+        producer._on_error(fatal)
+    with pytest.raises(KafkaAccessError) as refused:
+        producer.send_many("events.chat", [b"u1"], [b"{}"])
+    assert "denied principal 'alerts-reader'" in str(refused.value)
+    assert "writing to events.chat" in str(refused.value)
