@@ -188,7 +188,7 @@ def _evader_evidence(
     """A new account's account events (sign-up, renames), its matched parent's ban, then its first actions."""
     parents: dict[str, str] = {}
     if features is not None and hasattr(detector, "match"):
-        matches = detector.match(features)
+        matches = detector.match(features, children=users)  # the flagged accounts' pairs only
         best = matches[(matches["rank"] == 1) & matches["child"].astype(str).isin(users)]
         parents = dict(zip(best["child"].astype(str), best["parent"].astype(str), strict=True))
     bans = _bans(events, set(parents.values()))

@@ -27,7 +27,10 @@ was created`` (nobody it could be evading from is in the data).
 from __future__ import annotations
 
 import re
+import zlib
+from collections.abc import Collection, Iterable, Sequence
 from difflib import SequenceMatcher
+from itertools import chain
 from typing import Any, Self
 
 import numpy as np
@@ -172,15 +175,22 @@ def candidate_pairs(
     if children.empty or parents.empty:
         return pd.DataFrame({"child": pd.Series(dtype=object), "parent": pd.Series(dtype=object)})
     ban_order = parents["banned_ts"].sort_values(kind="stable")
-    ban_times = _nanoseconds(ban_order)
-    rows: list[tuple[str, str]] = []
-    for child, created in children["created_ts"].items():
-        before = int(np.searchsorted(ban_times, pd.Timestamp(created).value, side="left"))
-        for parent in ban_order.index[max(0, before - candidates) : before]:
-            rows.append((str(child), str(parent)))
+    before = np.searchsorted(_nanoseconds(ban_order), _nanoseconds(children["created_ts"]), side="left")
+    first = np.maximum(before - candidates, 0)
+    counts = before - first
+    # Child i's parents are ban_order[first[i] : before[i]], laid end to end.
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    closest = np.repeat(first, counts) + np.arange(int(counts.sum())) - starts
+    found = [(np.repeat(np.arange(len(children)), counts), ban_order.index.to_numpy()[closest])]
     if retrieved:
-        rows += _retrieved_pairs(profiles, children, parents, retrieved)
-    pairs = pd.DataFrame(rows, columns=["child", "parent"]).drop_duplicates()
+        found.append(_retrieved_pairs(children, parents, retrieved))
+    child_rows = np.concatenate([rows for rows, _ in found])
+    pairs = pd.DataFrame(
+        {
+            "child": children.index.astype(str).to_numpy()[child_rows],
+            "parent": pd.Index(np.concatenate([parents for _, parents in found])).astype(str),
+        }
+    ).drop_duplicates()
     pairs = pairs[pairs["child"] != pairs["parent"]]
     return pairs.sort_values(["child", "parent"]).reset_index(drop=True)
 
@@ -191,6 +201,7 @@ def _nanoseconds(times: pd.Series) -> np.ndarray:
 
 def account_embeddings(profiles: pd.DataFrame) -> np.ndarray:
     """Unit vectors from username character 3-grams, channels and words (hashed, equally weighted)."""
+    from scipy import sparse
     from sklearn.feature_extraction.text import HashingVectorizer
 
     names = profiles["username"].map(lambda n: n if is_digest(n) else " ".join(_grams(name_core(n) or n.lower())))
@@ -198,30 +209,28 @@ def account_embeddings(profiles: pd.DataFrame) -> np.ndarray:
     parts = []
     for texts, analyzer in ((names, "word"), (channels, "word"), (profiles["text"], "word")):
         vectorizer = HashingVectorizer(n_features=_EMBED_DIM, alternate_sign=False, analyzer=analyzer, norm="l2")
-        parts.append(vectorizer.transform(texts.to_numpy()).toarray())
-    data = np.hstack(parts).astype(np.float32)
+        parts.append(vectorizer.transform(texts.to_numpy()))
+    data = np.asarray(sparse.hstack(parts, format="csr").astype(np.float32).toarray())  # one dense copy, float32
     norms = np.linalg.norm(data, axis=1, keepdims=True)
-    return np.asarray(data / np.where(norms == 0, 1, norms), dtype=np.float32)
+    data /= np.where(norms == 0, 1, norms)
+    return data
 
 
-def _retrieved_pairs(
-    profiles: pd.DataFrame, children: pd.DataFrame, parents: pd.DataFrame, retrieved: int
-) -> list[tuple[str, str]]:
+def _retrieved_pairs(children: pd.DataFrame, parents: pd.DataFrame, retrieved: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row in ``children``, parent user id) of each child's ``retrieved`` nearest banned accounts banned before it."""
     import faiss
 
-    vectors = account_embeddings(profiles)
-    position = {u: i for i, u in enumerate(profiles.index)}
-    parent_vectors = np.ascontiguousarray(vectors[[position[p] for p in parents.index]])
+    parent_vectors = account_embeddings(parents)  # an account's vector is its own: only these two sets are needed
     index = faiss.IndexFlatIP(parent_vectors.shape[1])
     index.add(parent_vectors)
     k = min(len(parents), retrieved * 3)
-    _, found = index.search(np.ascontiguousarray(vectors[[position[c] for c in children.index]]), k)
+    _, found = index.search(account_embeddings(children), k)
     ban_ts = _nanoseconds(parents["banned_ts"])
-    rows = []
-    for row, (child, created) in enumerate(children["created_ts"].items()):
-        hits = [j for j in found[row] if j >= 0 and ban_ts[j] < pd.Timestamp(created).value][:retrieved]
-        rows += [(str(child), str(parents.index[j])) for j in hits]
-    return rows
+    created = _nanoseconds(children["created_ts"])
+    earlier = (found >= 0) & (ban_ts[np.maximum(found, 0)] < created[:, None])
+    kept = earlier & (np.cumsum(earlier, axis=1) <= retrieved)  # the first ``retrieved`` hits banned before
+    rows, columns = np.nonzero(kept)
+    return rows, parents.index.to_numpy()[found[rows, columns]]
 
 
 # Accounts per device and per network fingerprint (``accounts_per_fingerprint``): a fingerprint's specificity.
@@ -229,50 +238,180 @@ FingerprintAccounts = tuple[dict[str, int], dict[str, int]]
 
 
 def pair_features(
-    profiles: pd.DataFrame, pairs: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None
+    profiles: pd.DataFrame,
+    pairs: pd.DataFrame,
+    fingerprint_accounts: FingerprintAccounts | None = None,
+    text_accounts: pd.Index | None = None,
 ) -> pd.DataFrame:
     """``PAIR_FEATURES`` for each (child, parent) row of ``pairs``.
 
     ``fingerprint_accounts``: accounts per device and per network fingerprint over a population
     larger than ``profiles`` (the streaming state); default: counted over ``profiles``.
+    ``text_accounts``: the accounts whose words weigh the content similarity (TF-IDF); default: the
+    accounts of ``pairs``. Given the accounts of all candidate pairs, features of some of the pairs
+    equal those computed with all of them.
+
+    Computed over all pairs at once: each account's names, sets and vectors are prepared once, set
+    overlaps are row products of sparse account x item matrices, and only the username core
+    similarity (``difflib``'s ratio, with no array form) loops, reusing one matcher per child.
     """
     if pairs.empty:
         return pd.DataFrame(columns=PAIR_FEATURES, dtype=float)
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
     involved = pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
     sub = profiles.loc[involved]
-    tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, ngram_range=(1, 2), max_features=50_000)
-    position = {u: i for i, u in enumerate(involved)}
-    ci = np.array([position[c] for c in pairs["child"]])
-    pi = np.array([position[p] for p in pairs["parent"]])
-    try:
-        text = tfidf.fit_transform(sub["text"].to_numpy())
-        content = np.asarray(text[ci].multiply(text[pi]).sum(axis=1)).ravel()
-    except ValueError:  # nobody involved wrote a word (new accounts scored at sign-up): no content evidence
-        content = np.zeros(len(pairs))
+    ci = involved.get_indexer(pairs["child"])
+    pi = involved.get_indexer(pairs["parent"])
     if fingerprint_accounts is None:
         fingerprint_accounts = accounts_per_fingerprint(profiles)
     device_users, network_users = fingerprint_accounts
-    rows = []
-    for child, parent in zip(pairs["child"], pairs["parent"], strict=True):
-        c, p = sub.loc[child], sub.loc[parent]
-        hours = (c["created_ts"] - p["banned_ts"]).total_seconds() / 3600
-        rows.append(
-            {
-                **name_similarity(p["username"], c["username"]),
-                "channel_cosine": _cosine(p["channels"], c["channels"]),
-                "page_jaccard": _jaccard(p["pages"], c["pages"]),
-                "style_similarity": _style_similarity(p, c),
-                "psycholinguistic_similarity": _vector_cosine(p["psycholinguistic"], c["psycholinguistic"]),
-                "hours_after_ban_log": float(np.log1p(max(hours, 0.0))),
-                "shared_device": _specificity(p["devices"] & c["devices"], device_users),
-                "shared_network": _specificity(p["networks"] & c["networks"], network_users),
-            }
-        )
-    out = pd.DataFrame(rows)
-    out["content_cosine"] = content
+    out = pd.DataFrame(_name_features(sub["username"].tolist(), pi, ci))
+    out["channel_cosine"] = _channel_cosine(sub["channels"].tolist(), pi, ci)
+    out["page_jaccard"] = _set_jaccard(sub["pages"].tolist(), pi, ci, empty=0.0)
+    corpus = None if text_accounts is None else profiles.loc[text_accounts, "text"].to_numpy()
+    out["content_cosine"] = _content_cosine(sub["text"].to_numpy(), pi, ci, corpus)
+    out["style_similarity"] = _style_similarity(sub, pi, ci)
+    out["psycholinguistic_similarity"] = _vector_cosine(sub["psycholinguistic"].tolist(), pi, ci)
+    created = pd.DatetimeIndex(sub["created_ts"])[ci]
+    banned = pd.DatetimeIndex(sub["banned_ts"])[pi]
+    hours = np.asarray((created - banned).total_seconds(), dtype=float) / 3600
+    out["hours_after_ban_log"] = np.log1p(np.maximum(hours, 0.0))
+    out["shared_device"] = _specificity(sub["devices"].tolist(), device_users, pi, ci)
+    out["shared_network"] = _specificity(sub["networks"].tolist(), network_users, pi, ci)
     return out[PAIR_FEATURES].astype(float)
+
+
+# Pairs per sparse row product: bounds the temporary matrices (a few items per account and pair).
+_PAIR_CHUNK = 200_000
+
+
+def _item_matrix(
+    items: Sequence[Collection[Any]], values: Sequence[Iterable[float]] | None = None
+) -> tuple[Any, pd.Index]:
+    """Accounts x items (CSR): 1 where an account has an item (or the item's value); and the items."""
+    from scipy import sparse
+
+    lengths = np.fromiter((len(i) for i in items), dtype=np.int64, count=len(items))
+    flat = pd.Series(list(chain.from_iterable(items)), dtype=object)
+    codes, uniques = pd.factorize(flat)
+    data = np.ones(len(codes)) if values is None else np.fromiter(chain.from_iterable(values), dtype=float)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    matrix = sparse.csr_matrix((data, codes, indptr), shape=(len(items), max(len(uniques), 1)))
+    return matrix, pd.Index(uniques)
+
+
+def _row_products(left: Any, right: Any, li: np.ndarray, ri: np.ndarray, reduce: str = "sum") -> np.ndarray:
+    """Per pair k, the sum (or max) over items of ``left[li[k]] * right[ri[k]]``."""
+    out = np.zeros(len(li))
+    for start in range(0, len(li), _PAIR_CHUNK):
+        part = slice(start, start + _PAIR_CHUNK)
+        product = left[li[part]].multiply(right[ri[part]])
+        found = product.sum(axis=1) if reduce == "sum" else product.max(axis=1).toarray()
+        out[part] = np.asarray(found, dtype=float).ravel()
+    return out
+
+
+def _set_jaccard(sets: Sequence[Collection[Any]], pi: np.ndarray, ci: np.ndarray, empty: float) -> np.ndarray:
+    """|a & b| / |a | b| per pair (``empty`` when both sets are empty)."""
+    matrix, _ = _item_matrix(sets)
+    sizes = np.asarray(matrix.sum(axis=1), dtype=float).ravel()
+    shared = _row_products(matrix, matrix, pi, ci)
+    union = sizes[pi] + sizes[ci] - shared
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, shared / np.where(union > 0, union, 1.0), empty)
+
+
+def _name_features(names: list[str], pi: np.ndarray, ci: np.ndarray) -> dict[str, np.ndarray]:
+    """The username part of the pair features, as ``name_similarity`` gives them pair by pair."""
+    digest = np.array([is_digest(n) for n in names], dtype=bool)
+    cores = [name_core(n) for n in names]
+    jaccard = _set_jaccard([_grams(n.lower()) for n in names], pi, ci, empty=0.0)
+    core_similarity = np.zeros(len(pi))
+    contains = np.zeros(len(pi))
+    matcher = SequenceMatcher(None)  # its second sequence (the child's core) is indexed once per child
+    current = -1
+    for k, (p, c) in enumerate(zip(pi.tolist(), ci.tolist(), strict=True)):
+        core_p, core_c = cores[p], cores[c]
+        if digest[p] or digest[c]:
+            continue
+        if core_p and core_c:
+            if c != current:
+                matcher.set_seq2(core_c)
+                current = c
+            matcher.set_seq1(core_p)
+            core_similarity[k] = matcher.ratio()
+        contains[k] = len(min(core_p, core_c, key=len)) >= 3 and (core_p in core_c or core_c in core_p)
+    hashed = digest[pi] | digest[ci]
+    if hashed.any():
+        usernames = np.array(names, dtype=object)
+        same = ((usernames[pi] == usernames[ci]) & (usernames[pi] != "")).astype(float)
+        for values in (jaccard, core_similarity, contains):
+            values[hashed] = same[hashed]
+    return {"name_ngram_jaccard": jaccard, "name_core_similarity": core_similarity, "name_contains": contains}
+
+
+def _channel_cosine(channels: list[dict[str, int]], pi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    """Cosine of the two accounts' message counts per channel (0 when either never chatted)."""
+    matrix, _ = _item_matrix([c.keys() for c in channels], [c.values() for c in channels])
+    norms = np.sqrt(np.asarray(matrix.multiply(matrix).sum(axis=1), dtype=float).ravel())
+    dot = _row_products(matrix, matrix, pi, ci)
+    scale = norms[pi] * norms[ci]
+    return np.where(scale > 0, dot / np.where(scale > 0, scale, 1.0), 0.0)
+
+
+def _content_cosine(texts: np.ndarray, pi: np.ndarray, ci: np.ndarray, corpus: np.ndarray | None = None) -> np.ndarray:
+    """TF-IDF cosine of the two accounts' words (1- and 2-grams weighted over ``corpus``, default ``texts``)."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, ngram_range=(1, 2), max_features=50_000)
+    try:
+        matrix = tfidf.fit_transform(texts) if corpus is None else tfidf.fit(corpus).transform(texts)
+    except ValueError:  # nobody involved wrote a word (new accounts scored at sign-up): no content evidence
+        return np.zeros(len(pi))
+    matrix = matrix.tocsr()
+    return _row_products(matrix, matrix, ci, pi)
+
+
+def _style_similarity(sub: pd.DataFrame, pi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    """1 minus the mean relative gap in caps ratio and message length (0 when either never wrote)."""
+    messages = sub["messages"].to_numpy(dtype=float)
+    caps_ratio = sub["caps_ratio"].to_numpy(dtype=float)
+    length = sub["message_length"].to_numpy(dtype=float)
+    wrote = (messages[pi] > 0) & (messages[ci] > 0)
+    caps = np.abs(caps_ratio[pi] - caps_ratio[ci])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        gap = np.abs(length[pi] - length[ci]) / np.maximum(np.maximum(length[pi], length[ci]), 1.0)
+        value = 1.0 - (caps + gap) / 2
+    return np.where(wrote & np.isfinite(value), value, 0.0)
+
+
+def _vector_cosine(vectors: list[object], pi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    """Cosine of the two accounts' vectors (0 when either has none or a zero vector)."""
+    arrays = {row: v for row, v in enumerate(vectors) if isinstance(v, np.ndarray)}
+    if not arrays:
+        return np.zeros(len(pi))
+    matrix = np.zeros((len(vectors), len(next(iter(arrays.values())))))
+    norms = np.zeros(len(vectors))
+    for row, vector in arrays.items():
+        matrix[row] = vector
+        norms[row] = np.linalg.norm(vector)
+    out = np.zeros(len(pi))
+    for start in range(0, len(pi), _PAIR_CHUNK):
+        part = slice(start, start + _PAIR_CHUNK)
+        p, c = pi[part], ci[part]
+        scale = norms[p] * norms[c]
+        dot = np.einsum("ij,ij->i", matrix[p], matrix[c])
+        out[part] = np.where(scale > 0, dot / np.where(scale > 0, scale, 1.0), 0.0)
+    return out
+
+
+def _specificity(sets: list[frozenset[str]], accounts: dict[str, int], pi: np.ndarray, ci: np.ndarray) -> np.ndarray:
+    """How much a shared fingerprint says: 1 when only the pair uses it, 1/(n-1) when n accounts do
+    (the chance that a given one of the others is the parent), 0 when nothing is shared; per pair
+    the most specific shared fingerprint (a fingerprint missing from ``accounts`` counts as the pair's)."""
+    present, fingerprints = _item_matrix(sets)
+    weights = np.array([1.0 / max(accounts.get(f, 2) - 1, 1) for f in fingerprints], dtype=float)
+    weighted = present.multiply(np.atleast_2d(np.pad(weights, (0, present.shape[1] - len(weights))))).tocsr()
+    return _row_products(weighted, present, pi, ci, reduce="max")
 
 
 def accounts_per_fingerprint(profiles: pd.DataFrame) -> FingerprintAccounts:
@@ -318,25 +457,6 @@ def _accounts_per_fingerprint(sets: pd.Series) -> dict[str, int]:
     return counts
 
 
-def _specificity(shared: frozenset[str], accounts: dict[str, int]) -> float:
-    """How much a shared fingerprint says: 1 when only the pair uses it, 1/(n-1) when n accounts do
-    (the chance that a given one of the others is the parent), 0 when nothing is shared."""
-    if not shared:
-        return 0.0
-    return max(1.0 / max(accounts.get(f, 2) - 1, 1) for f in shared)
-
-
-def _cosine(a: dict[str, int], b: dict[str, int]) -> float:
-    if not a or not b:
-        return 0.0
-    dot = sum(v * b.get(k, 0) for k, v in a.items())
-    return float(dot / (np.sqrt(sum(v * v for v in a.values())) * np.sqrt(sum(v * v for v in b.values()))))
-
-
-def _jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    return len(a & b) / len(a | b) if a or b else 0.0
-
-
 def psycholinguistic_profile(chat: pd.DataFrame) -> pd.Series:
     """Per user, a vector of ``PSYCHOLINGUISTIC_CATEGORIES`` rates: category words per message."""
     if chat.empty:
@@ -352,30 +472,81 @@ def psycholinguistic_profile(chat: pd.DataFrame) -> pd.Series:
     return pd.Series(list(per_user.to_numpy(dtype=float)), index=per_user.index)
 
 
-def _vector_cosine(a: object, b: object) -> float:
-    if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
-        return 0.0
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    return float(a @ b / norm) if norm > 0 else 0.0
+# ``attrs`` key of a ``sample_new_accounts`` sample: the N of its one-in-N new accounts.
+SAMPLED_ONE_IN = "evaders_new_accounts_one_in"
+# What a new account's profile carries that only its own pairs read (cleared when it is left out of a fit).
+_PAIR_ONLY_COLUMNS = {"text": "", "channels": {}, "pages": frozenset(), "psycholinguistic": np.nan}
 
 
-def _style_similarity(p: pd.Series, c: pd.Series) -> float:
-    """1 minus the mean relative gap in caps ratio and message length (0 when either never wrote)."""
-    if not (p["messages"] > 0 and c["messages"] > 0):
-        return 0.0
-    caps = abs(p["caps_ratio"] - c["caps_ratio"])
-    length = abs(p["message_length"] - c["message_length"]) / max(p["message_length"], c["message_length"], 1.0)
-    value = 1.0 - (caps + length) / 2
-    return float(value) if np.isfinite(value) else 0.0
+def sample_new_accounts(profiles: pd.DataFrame, limit: int) -> pd.DataFrame:
+    """``profiles`` with at most about ``limit`` new accounts still new: a fit sample whose pairs are bounded.
+
+    Beyond ``limit``, the new accounts on a banned account's device or network that few accounts
+    use (``SPECIFIC_MATCH``: the pairs an unsupervised fit learns from, rare and all needed) are
+    all kept, the other new accounts one in N by a hash of the user id (CRC-32: the same sample in
+    every run and process). Those left out stay as accounts that are not new (no creation time;
+    their words, channels and pages cleared): they form no pairs, yet still count on their
+    fingerprints and in the model's streaming state. Banned accounts are never left out, so a
+    kept new account has the same candidates and fingerprint specificities as in the whole
+    population; only the words' TF-IDF weights are learnt from fewer accounts. ``attrs`` records
+    the N, and ``EvaderDetector.fit`` weighs the one-in-N accounts' pairs by it, so the sample
+    stands for the population (the inverse of each pair's chance to be in it).
+    """
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    new = (profiles["created_ts"].notna() & profiles["banned_ts"].isna()).to_numpy()
+    if new.sum() <= limit:
+        return profiles
+    teaching = new & _on_specific_banned_fingerprint(profiles)
+    others = new & ~teaching
+    keep_one_in = -(-int(others.sum()) // max(limit - int(teaching.sum()), 1))
+    hashes = np.array([zlib.crc32(str(u).encode()) for u in profiles.index], dtype=np.int64)
+    left_out = others & (hashes % keep_one_in != 0)
+    sample = profiles.copy()
+    sample.attrs[SAMPLED_ONE_IN] = keep_one_in  # the fit weighs the sampled accounts' pairs by it
+    sample.loc[left_out, "created_ts"] = pd.NaT
+    for column, empty in _PAIR_ONLY_COLUMNS.items():
+        if column in sample.columns:
+            sample[column] = sample[column].where(~left_out, pd.Series([empty] * len(sample), index=sample.index))
+    return sample
 
 
-def fit_pair_model(x: pd.DataFrame, y: np.ndarray) -> Any:
-    """The paper's pair classifier: standardised features, L2-regularised logistic regression."""
+def _on_specific_banned_fingerprint(profiles: pd.DataFrame) -> np.ndarray:
+    """Accounts on a device or network of a banned account that at most ``1 / SPECIFIC_MATCH + 1`` accounts use."""
+    banned = profiles["banned_ts"].notna().to_numpy()
+    found = np.zeros(len(profiles), dtype=bool)
+    for column in ("devices", "networks"):
+        accounts = _accounts_per_fingerprint(profiles[column])
+        specific = {
+            f
+            for fingerprints in profiles.loc[banned, column]
+            for f in fingerprints
+            if 1.0 / max(accounts[f] - 1, 1) >= SPECIFIC_MATCH
+        }
+        found |= np.array([not specific.isdisjoint(fingerprints) for fingerprints in profiles[column]], dtype=bool)
+    return found
+
+
+def fit_pair_model(x: pd.DataFrame, y: np.ndarray, weights: np.ndarray | None = None) -> Any:
+    """The paper's pair classifier: standardised features, L2-regularised logistic regression
+    (``weights``: each pair's weight, the inverse of its share in a sample)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)).fit(x.to_numpy(), y)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))
+    if weights is None:
+        return model.fit(x.to_numpy(), y)
+    return model.fit(x.to_numpy(), y, standardscaler__sample_weight=weights, logisticregression__sample_weight=weights)
+
+
+def _sample_weights(features: pd.DataFrame, pairs: pd.DataFrame) -> np.ndarray | None:
+    """Per pair, the inverse of its child's chance to be in a ``sample_new_accounts`` sample; None for everyone."""
+    keep_one_in = features.attrs.get(SAMPLED_ONE_IN)
+    if not keep_one_in:
+        return None
+    always = pd.Series(_on_specific_banned_fingerprint(features), index=features.index.astype(str))
+    return np.where(pairs["child"].map(always).fillna(False).to_numpy(dtype=bool), 1.0, float(keep_one_in))
 
 
 def ban_propensity_features(events: Events, profiles: pd.DataFrame) -> pd.DataFrame:
@@ -413,11 +584,19 @@ class EvaderDetector(Detector):
         return account_profiles(events)
 
     def pairs(
-        self, features: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None
+        self,
+        features: pd.DataFrame,
+        fingerprint_accounts: FingerprintAccounts | None = None,
+        children: Iterable[str] | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Candidate pairs and their features (``fingerprint_accounts``: see ``pair_features``)."""
+        """Candidate pairs and their features (``fingerprint_accounts``: see ``pair_features``); with
+        ``children``, only those new accounts' pairs, their features as computed among all pairs."""
         pairs = candidate_pairs(features, self.params["candidates"], self.params["retrieved"])
-        return pairs, pair_features(features, pairs, fingerprint_accounts)
+        if children is None:
+            return pairs, pair_features(features, pairs, fingerprint_accounts)
+        involved = pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
+        pairs = pairs[pairs["child"].isin(pd.Index(children).astype(str))].reset_index(drop=True)
+        return pairs, pair_features(features, pairs, fingerprint_accounts, text_accounts=involved)
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         """``labels``: known child -> parent user ids (other new accounts count as not evading)."""
@@ -434,7 +613,10 @@ class EvaderDetector(Detector):
             metrics["model"] = "mean similarity (too few positive pairs to learn from)"
             state = {"model": None, "columns": list(PAIR_FEATURES), "threshold": 0.5, **self._population(features)}
             return self._fitted(state, metrics)
-        model = fit_pair_model(x[columns], y)
+        weights = _sample_weights(features, pairs)  # a sample's pairs count as the population's
+        if weights is not None:
+            metrics["sampled_new_accounts_one_in"] = int(features.attrs[SAMPLED_ONE_IN])
+        model = fit_pair_model(x[columns], y, weights)
         threshold = self.params["threshold"]
         if labels is None:
             # Calibrated on the fingerprint-sharing pairs: flag what looks at least as much like an
@@ -482,9 +664,15 @@ class EvaderDetector(Detector):
             scaled = np.where(_fingerprint_match(x), np.maximum(scaled, FINGERPRINT_MATCH_SCORE), scaled)
         return np.asarray(scaled, dtype=float)
 
-    def match(self, features: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None) -> pd.DataFrame:
-        """Every candidate pair with its probability and rank among the child's candidates (1 = best)."""
-        pairs, x = self.pairs(_complete(features), fingerprint_accounts)
+    def match(
+        self,
+        features: pd.DataFrame,
+        fingerprint_accounts: FingerprintAccounts | None = None,
+        children: Iterable[str] | None = None,
+    ) -> pd.DataFrame:
+        """Every candidate pair with its probability and rank among the child's candidates (1 = best);
+        with ``children``, those new accounts' pairs only (the same rows, at a fraction of the cost)."""
+        pairs, x = self.pairs(_complete(features), fingerprint_accounts, children)
         out = pd.concat([pairs, x], axis=1)
         out["probability"] = self.pair_probabilities(x)
         out["rank"] = out.groupby("child")["probability"].rank(ascending=False, method="first")
@@ -499,7 +687,8 @@ class EvaderDetector(Detector):
         """``score`` with the fingerprints' account counts given (see ``pair_features``)."""
         self.require_fitted()
         matches = self.match(features, fingerprint_accounts)
-        best = matches[matches["rank"] == 1].set_index("child") if len(matches) else matches
+        best_rows = matches[matches["rank"] == 1] if len(matches) else matches
+        best = {str(row["child"]): row for row in best_rows.to_dict("records")}  # each new account's best pair
         scores = np.full(len(features), np.nan)
         status: list[str] = []
         reasons: list[list[Reason]] = []
@@ -512,12 +701,12 @@ class EvaderDetector(Detector):
             elif incomplete[i]:
                 status.append("missing features: account profile incomplete")
                 reasons.append([])
-            elif user not in best.index:
+            elif user not in best:
                 scores[i] = 0.0
                 status.append(f"{LOW_EVIDENCE}: no account was banned before this one was created")
                 reasons.append([])
             else:
-                row = best.loc[user]
+                row = best[user]
                 scores[i] = float(row["probability"])
                 status.append(SCORED)
                 reasons.append(_pair_reasons(row))
@@ -542,7 +731,7 @@ def _complete(features: pd.DataFrame) -> pd.DataFrame:
     return features[_complete_mask(features)]
 
 
-def _pair_reasons(row: pd.Series) -> list[Reason]:
+def _pair_reasons(row: dict[str, Any]) -> list[Reason]:
     parent = str(row["parent"])
     hours = float(np.expm1(row["hours_after_ban_log"]))
     reasons = [Reason("parent", float(row["probability"]), None, f"closest banned account: {parent}")]

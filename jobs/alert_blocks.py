@@ -15,7 +15,9 @@ What each block's task reads, per detector:
 * ``fraud``: the flagged users' events and feature rows (payments ranked, declines, transfers received).
 * ``evaders``: block 0 (the core: new and banned accounts and their households) whole, since a new
   account's evidence names the banned account it matches, and the events of its flagged and banned
-  accounts. Other blocks hold no new account, so nothing there is flagged.
+  accounts. Only the flagged accounts' candidate pairs are matched again
+  (``EvaderDetector.match(features, children=...)``: the rows the score came from), not every new
+  account's. Other blocks hold no new account, so nothing there is flagged.
 
 ``write_alerts`` has Spark write them, sorted by alert id, to ``LAKE/alerts/detector=X/date=D/alerts.jsonl``
 (one ``argus.schemas.Alert`` per line) through the run's publication; ``read_alerts`` streams such a file

@@ -9,9 +9,11 @@ Scoring runs on the executors; the driver's memory does not grow with the number
   what relates accounts (payees, shared entities, norms; ``jobs/fraud_blocks.py``).
 * **Fit**, without ``--model``: on a bounded sample, whole blocks in hash order up to ``fit_users``
   users (a seeded random sample of users) plus the block of users that score together (evaders'
-  new and banned accounts). Up to ``fit_users`` users the sample is everyone, so the model is the
-  one ``argus detect`` fits on the same data. Purchase-mode churn keeps its fitted BG/NBD in the
-  model, so scoring reads each customer's own history only.
+  new and banned accounts), whose new accounts are thinned on the executors to at most about
+  ``EVADER_FIT_NEW_ACCOUNTS`` by a seeded user hash (``evader_fit_sample``). Up to ``fit_users``
+  users the sample is everyone, so the model is the one ``argus detect`` fits on the same data.
+  Purchase-mode churn keeps its fitted BG/NBD in the model, so scoring reads each customer's own
+  history only.
 * **Score**: the fitted model goes to the executors as a broadcast variable, ``mapInPandas`` runs
   the detector's own ``score`` on one block at a time, and the executors write the scores.
 * **Alerts**: built on the executors too, block by block (``jobs/alert_blocks.py``): each task calls
@@ -120,16 +122,22 @@ def score_night(
     scores: DataFrame | None = None
     try:
         fitted_on = 0
+        fit_new_accounts: int | None = None
         if model is None:
             from argus.jobs.feature_blocks import fit_sample
 
-            sample = fit_sample(blocks, fit_users, whole_core=detector_name == "evaders")
+            if detector_name == "evaders":
+                sample = evader_fit_sample(blocks, fit_users)
+            else:
+                sample = fit_sample(blocks, fit_users)
             detector.fit(sample)
             if detector_name == "trolls":  # the profile has no message columns: learn that part from the night's chat
                 chat = night_chat(spark, lake, day)
                 if chat is not None:
                     detector.fit_messages(chat)  # type: ignore[attr-defined]
             fitted_on = len(sample)
+            if detector_name == "evaders":
+                fit_new_accounts = int(sample["created_ts"].notna().sum())
             del sample
         scores = score_blocks(spark, blocks, detector).persist(StorageLevel.MEMORY_AND_DISK)
         target = _publish_scores(scores, lake, detector_name, day, publication)
@@ -153,12 +161,47 @@ def score_night(
         "scored": int(counts["scored"]),
         "flagged": int(counts["flagged"]),
         "fit_users": fitted_on,
+        **({} if fit_new_accounts is None else {"fit_new_accounts": fit_new_accounts}),
         "path": str(target),
         "model": str(saved),
         "model_version": detector.model_version,
         "alerts": int(counts["flagged"]),
     }
     return result
+
+
+# New accounts the evaders model is fitted on at most (or ``fit_users`` if fewer): each brings its
+# ~60 candidate pairs (``MATCH_CANDIDATES`` + ``RETRIEVED``), so the fit's pairs stay under about a
+# million, ample for a logistic regression on a dozen features, however many users sign up. The
+# sample keeps every account the unsupervised fit learns from and weighs the others' pairs
+# (``argus.detectors.evaders.sample_new_accounts``): on a 1,000,000-user night it flags as the
+# whole population's fit does.
+EVADER_FIT_NEW_ACCOUNTS = 20_000
+
+
+def evader_fit_sample(blocks: DataFrame, fit_users: int, new_accounts: int = EVADER_FIT_NEW_ACCOUNTS) -> pd.DataFrame:
+    """Evaders' fit sample: ``fit_sample`` with the core (block 0) whole, its new accounts thinned on the
+    executors to at most about ``min(fit_users, new_accounts)`` by a seeded hash of the user id
+    (``argus.detectors.evaders.sample_new_accounts``: banned accounts and everyone's fingerprints stay)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from argus.detectors.evaders import sample_new_accounts
+    from argus.jobs.feature_blocks import BLOCK_SCHEMA, fit_sample, iterate_blocks, pack
+
+    limit = min(fit_users, new_accounts)
+
+    def thin(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for number, features in iterate_blocks(batches):
+            yield pd.DataFrame([pack(sample_new_accounts(features, limit), number)])
+
+    core = blocks.where(F.col("block") == 0).select("block", "frame").mapInPandas(thin, BLOCK_SCHEMA)
+    rest = blocks.where(F.col("block") != 0).select("block", "users", "frame")
+    sampled = core.unionByName(rest).persist(StorageLevel.MEMORY_AND_DISK)  # fit_sample reads it twice
+    try:
+        return fit_sample(sampled, fit_users, whole_core=True)
+    finally:
+        sampled.unpersist()
 
 
 # Chat messages the troll model's message part is fitted on at most: whole channels, sampled by a

@@ -13,12 +13,16 @@ from typer.testing import CliRunner
 
 from argus.cli import app
 from argus.detectors.evaders import (
+    PAIR_FEATURES,
+    SAMPLED_ONE_IN,
     EvaderDetector,
     account_profiles,
+    accounts_per_fingerprint,
     candidate_pairs,
     name_core,
     name_similarity,
     pair_features,
+    sample_new_accounts,
 )
 from argus.detectors.events import Events
 from argus.evals.common import world_events as events_of
@@ -271,3 +275,161 @@ def test_psycholinguistic_profile_by_hand() -> None:
     b = dict(zip(names, profile["b"], strict=True))
     assert b["anger"] == 1.0 and b["question"] == 1.0
     assert psycholinguistic_profile(chat.iloc[:0]).empty
+
+
+# The pair features as they were computed one pair at a time (dict and set lookups per pair): the
+# reference the array version must reproduce.
+def _reference_pair_features(
+    profiles: pd.DataFrame, pairs: pd.DataFrame, fingerprint_accounts: tuple[dict, dict] | None = None
+) -> pd.DataFrame:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    involved = pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
+    sub = profiles.loc[involved]
+    position = {u: i for i, u in enumerate(involved)}
+    ci = np.array([position[c] for c in pairs["child"]])
+    pi = np.array([position[p] for p in pairs["parent"]])
+    tfidf = TfidfVectorizer(sublinear_tf=True, min_df=1, ngram_range=(1, 2), max_features=50_000)
+    text = tfidf.fit_transform(sub["text"].to_numpy())
+    content = np.asarray(text[ci].multiply(text[pi]).sum(axis=1)).ravel()
+    device_users, network_users = fingerprint_accounts or accounts_per_fingerprint(profiles)
+
+    def specificity(shared: frozenset, accounts: dict) -> float:
+        return max((1.0 / max(accounts.get(f, 2) - 1, 1) for f in shared), default=0.0)
+
+    def cosine(a: dict, b: dict) -> float:
+        if not a or not b:
+            return 0.0
+        dot = sum(v * b.get(k, 0) for k, v in a.items())
+        return float(dot / (np.sqrt(sum(v * v for v in a.values())) * np.sqrt(sum(v * v for v in b.values()))))
+
+    def vector_cosine(a: object, b: object) -> float:
+        if not isinstance(a, np.ndarray) or not isinstance(b, np.ndarray):
+            return 0.0
+        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+        return float(a @ b / norm) if norm > 0 else 0.0
+
+    def style(p: pd.Series, c: pd.Series) -> float:
+        if not (p["messages"] > 0 and c["messages"] > 0):
+            return 0.0
+        caps = abs(p["caps_ratio"] - c["caps_ratio"])
+        length = abs(p["message_length"] - c["message_length"]) / max(p["message_length"], c["message_length"], 1.0)
+        value = 1.0 - (caps + length) / 2
+        return float(value) if np.isfinite(value) else 0.0
+
+    rows = []
+    for child, parent in zip(pairs["child"], pairs["parent"], strict=True):
+        c, p = sub.loc[child], sub.loc[parent]
+        hours = (c["created_ts"] - p["banned_ts"]).total_seconds() / 3600
+        rows.append(
+            {
+                **name_similarity(p["username"], c["username"]),
+                "channel_cosine": cosine(p["channels"], c["channels"]),
+                "page_jaccard": len(p["pages"] & c["pages"]) / len(p["pages"] | c["pages"])
+                if p["pages"] or c["pages"]
+                else 0.0,
+                "style_similarity": style(p, c),
+                "psycholinguistic_similarity": vector_cosine(p["psycholinguistic"], c["psycholinguistic"]),
+                "hours_after_ban_log": float(np.log1p(max(hours, 0.0))),
+                "shared_device": specificity(p["devices"] & c["devices"], device_users),
+                "shared_network": specificity(p["networks"] & c["networks"], network_users),
+            }
+        )
+    out = pd.DataFrame(rows)
+    out["content_cosine"] = content
+    return out[PAIR_FEATURES].astype(float)
+
+
+@pytest.fixture(scope="module")
+def realistic_profiles() -> pd.DataFrame:
+    """A small realistic world's profiles, a few usernames salted-hashed as ``[privacy] hash_fields`` stores them."""
+    profiles = account_profiles(events_of(World(WorldConfig(users=3000, days=2, seed=5))))
+    hashed = profiles.index[::40]
+    profiles.loc[hashed, "username"] = [f"{i:032x}" for i in range(len(hashed))]
+    profiles.loc[hashed[:3], "username"] = f"{7:032x}"  # the same digest: equal hashed names match
+    return profiles
+
+
+@pytest.mark.parametrize("world", ["realistic", "dense"])
+def test_pair_features_equal_the_pair_by_pair_computation(world: str, realistic_profiles: pd.DataFrame) -> None:
+    if world == "dense":  # everyone chats and clicks: every feature takes many values
+        config = WorldConfig(users=600, days=3, seed=5, events_per_user_day=25.0, troll_fraction=0.12, profile="dense")
+        profiles = account_profiles(events_of(World(config)))
+    else:
+        profiles = realistic_profiles
+    pairs = candidate_pairs(profiles)
+    # Accounts the night does not know on a device count as two (the pair's own); some counts are given.
+    devices, networks = accounts_per_fingerprint(profiles)
+    partial = (dict(list(devices.items())[::2]), {f: n + 3 for f, n in networks.items()})
+    for counts in (None, partial):
+        expected = _reference_pair_features(profiles, pairs, counts)
+        got = pair_features(profiles, pairs, counts)
+        assert list(got.columns) == PAIR_FEATURES and len(got) == len(pairs) > 900
+        for column in PAIR_FEATURES:
+            assert world == "realistic" or (expected[column] != 0).sum() >= 5, column  # every feature is exercised
+            if column in ("psycholinguistic_similarity", "hours_after_ban_log"):  # a dot product's rounding
+                np.testing.assert_allclose(got[column], expected[column], rtol=1e-12, atol=1e-12, err_msg=column)
+            else:
+                np.testing.assert_array_equal(got[column], expected[column], err_msg=column)
+    hashed = pairs["child"].map(profiles["username"]).str.fullmatch("[0-9a-f]{32}")
+    assert world == "dense" or hashed.any()
+
+
+def test_candidate_pairs_equal_the_child_by_child_computation(realistic_profiles: pd.DataFrame) -> None:
+    profiles = realistic_profiles
+    children = profiles[profiles["created_ts"].notna()]
+    ban_order = profiles["banned_ts"].dropna().sort_values(kind="stable")
+    rows = []
+    for child, created in children["created_ts"].items():
+        before = int(np.searchsorted(ban_order.to_numpy(), created, side="left"))
+        rows += [(child, parent) for parent in ban_order.index[max(0, before - 5) : before]]
+    expected = pd.DataFrame(rows, columns=["child", "parent"]).sort_values(["child", "parent"], ignore_index=True)
+    pd.testing.assert_frame_equal(candidate_pairs(profiles, candidates=5, retrieved=0), expected)
+    # Retrieval adds at most ``retrieved`` pairs per child, each with an account banned before the child came.
+    more = candidate_pairs(profiles, candidates=5, retrieved=3).merge(expected, how="left", indicator=True)
+    extra = more[more["_merge"] == "left_only"]
+    assert len(extra) > 0 and extra.groupby("child").size().max() <= 3
+    banned = profiles.loc[extra["parent"], "banned_ts"].to_numpy()
+    assert (banned < profiles.loc[extra["child"], "created_ts"].to_numpy()).all()
+
+
+def test_match_for_some_children_equals_their_rows_of_the_whole_match(realistic_profiles: pd.DataFrame) -> None:
+    detector = EvaderDetector().fit(realistic_profiles)
+    whole = detector.match(realistic_profiles)
+    some = sorted(whole["child"].unique())[::7]
+    expected = whole[whole["child"].isin(some)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(detector.match(realistic_profiles, children=some), expected)
+
+
+def test_sample_new_accounts_bounds_pairs_and_keeps_fingerprints_and_candidates(
+    realistic_profiles: pd.DataFrame,
+) -> None:
+    profiles = realistic_profiles
+    new = profiles["created_ts"].notna() & profiles["banned_ts"].isna()
+    assert sample_new_accounts(profiles, int(new.sum())) is profiles  # within the limit: everyone
+    sample = sample_new_accounts(profiles, 40)
+    kept = sample["created_ts"].notna() & sample["banned_ts"].isna()
+    assert 25 <= kept.sum() <= 60 < new.sum()  # about 40, by user hash
+    pd.testing.assert_frame_equal(sample_new_accounts(profiles, 40), sample)  # the same sample every time
+    # New accounts whose pairs with a banned account share a specific fingerprint (what an
+    # unsupervised fit learns from) are all kept.
+    matching = pair_features(profiles, candidate_pairs(profiles))[["shared_device", "shared_network"]].max(axis=1)
+    teaching = set(candidate_pairs(profiles)["child"][matching.to_numpy() >= 0.3]) & set(new.index[new])
+    assert teaching and teaching <= set(kept.index[kept])
+    left_out = new & ~kept
+    assert (sample.loc[left_out, "text"] == "").all() and sample.loc[left_out, "pages"].map(len).eq(0).all()
+    # Nobody leaves the population: fingerprint counts, banned accounts and the kept accounts are untouched.
+    assert accounts_per_fingerprint(sample) == accounts_per_fingerprint(profiles)
+    pd.testing.assert_frame_equal(sample[~left_out], profiles[~left_out])
+    pairs = candidate_pairs(sample)
+    assert set(pairs["child"]) <= set(sample.index[sample["created_ts"].notna()])
+    whole = candidate_pairs(profiles)
+    pd.testing.assert_frame_equal(pairs, whole[whole["child"].isin(pairs["child"])].reset_index(drop=True))
+    # The fit weighs the one-in-N accounts' pairs by N, so that the sample stands for the population.
+    weighted = EvaderDetector().fit(sample)
+    assert weighted.metrics["sampled_new_accounts_one_in"] == sample.attrs[SAMPLED_ONE_IN] == 6
+    unweighted = sample.copy()
+    unweighted.attrs = {}
+    assert EvaderDetector().fit(unweighted).metrics["coefficients"] != weighted.metrics["coefficients"]
+    with pytest.raises(ValueError, match="limit"):
+        sample_new_accounts(profiles, 0)

@@ -61,3 +61,23 @@ def test_user_mistakes_are_value_errors(spark: object, lake: Path) -> None:
         run_score(spark, lake, DAY, "trolls")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="no model at"):
         run_score(spark, lake, DAY, "fraud", model=lake / "nowhere")  # type: ignore[arg-type]
+
+
+def test_evaders_fit_sample_thins_new_accounts_on_the_executors(spark: object, lake: Path) -> None:
+    from argus.detectors.evaders import EvaderDetector, sample_new_accounts
+    from argus.jobs.feature_blocks import fit_sample, type_columns
+    from argus.jobs.publish import Publication
+    from argus.jobs.score import evader_fit_sample, feature_blocks, night_window
+
+    window = night_window(spark, lake, DAY, 3)  # type: ignore[arg-type]
+    columns = type_columns(spark, lake, DAY)  # type: ignore[arg-type]
+    publication = Publication(lake, "fit-sample-test")
+    blocks = feature_blocks(spark, lake, DAY, EvaderDetector(), publication, window, columns, 100)  # type: ignore[arg-type]
+    whole = fit_sample(blocks, 10_000, whole_core=True)
+    new = whole["created_ts"].notna() & whole["banned_ts"].isna()
+    assert new.sum() >= 10
+    pd.testing.assert_frame_equal(evader_fit_sample(blocks, 10_000), whole)  # within the bound: everyone
+    sample = evader_fit_sample(blocks, 10_000, new_accounts=4)
+    still_new = sample["created_ts"].notna() & sample["banned_ts"].isna()
+    assert 0 < still_new.sum() < new.sum()
+    pd.testing.assert_frame_equal(sample, sample_new_accounts(whole, 4))  # the executors' sample is the same
