@@ -63,7 +63,7 @@ on every feature, shares no specific entity with known fraud and follows neither
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Self
 
 import numpy as np
@@ -88,6 +88,7 @@ from argus.detectors.fraud_features import (
     LOG_FEATURES,
     VOLUME_FEATURES,
     FraudPopulation,
+    RollingPopulation,
     _account_table,
     decline_bursts,
     expert_features,
@@ -196,20 +197,24 @@ class FraudDetector(Detector):
         """Expert features, the sequence embedding, outcomes, data-quality counts and evidence ids."""
         return self.features_from(events, payment_features(events))
 
-    def features_for(self, events: Events, users: Iterable[str]) -> pd.DataFrame:
+    def features_for(
+        self, events: Events, users: Iterable[str], rolling: RollingPopulation | None = None
+    ) -> pd.DataFrame:
         """The rows of ``features(events)`` of ``users`` (those it has), built from their neighbourhood.
 
         What relates them to everybody (norms, medians, accounts per entity) is one pass of grouped
-        aggregations over all payments and logins (``fraud_population``); the rest comes from the
-        events of the accounts within reach of their features (``feature_reach``): their payers and
-        payees, the accounts on their instruments, devices and networks and those accounts' payees.
-        So the cost follows the users' neighbourhood, not everybody's features; the values are equal,
-        bit for bit, because every function sees the same rows in the same order.
+        aggregations over all payments and logins (``fraud_population``), or read from ``rolling`` when
+        the caller keeps it up to date over exactly ``events`` (the stream does, per boundary); the rest
+        comes from the events of the accounts within reach of their features (``feature_reach``): their
+        payers and payees, the accounts on their instruments, devices and networks and those accounts'
+        payees. So the cost follows the users' neighbourhood, not everybody's features; the values are
+        equal, bit for bit, because every function sees the same rows in the same order.
         """
         wanted = pd.Index(sorted({str(u) for u in users}), name="user_id")
         pay = payment_table(events)
-        population = fraud_population(events, pay)
         around = _events_of(events, feature_reach(pay, _account_table(events), wanted))
+        # From ``rolling``: per-account figures for every account whose rows the features read (those in reach).
+        population = fraud_population(events, pay) if rolling is None else rolling.population(_accounts_in(around))
         rows = payment_features(around, population)
         evidence = account_evidence(rows, around, _known_outcomes(around), population)
         own = _events_of(around, wanted)
@@ -327,14 +332,19 @@ class FraudDetector(Detector):
             raw = usable[list(EXPERT_FEATURES)].astype(float)
             why = norm_reasons(raw, pd.Series(state["norms"]), z.where(z > 0), EXPERT_FEATURES)
             positions = np.flatnonzero(ok)
+            cluster_of = assigned["cluster"].to_numpy()
+            # The account evidence as one array: a row of ``usable`` per user costs more than the reasons.
+            evidence = usable[list(ACCOUNT_EVIDENCE)].to_numpy(dtype=float)
             for k, i in enumerate(positions):
-                cluster = int(assigned["cluster"].iloc[k])
+                cluster = int(cluster_of[k])
                 head: list[Reason] = []
                 if risky[k]:
                     head.append(_cluster_reason(cluster, clusters[cluster]))
                 elif own[k] > 0.5:
                     head.append(Reason("outlier", float(own[k]), None, f"unusual for its peers (outlier {own[k]:.2f})"))
-                around = _payment_reasons(usable.iloc[k], float(best_pu[k]), best_id[k])
+                around = _payment_reasons(
+                    dict(zip(ACCOUNT_EVIDENCE, evidence[k], strict=True)), float(best_pu[k]), best_id[k]
+                )
                 # The stronger side of the score speaks first.
                 head = around + head if payment[k] > part[k] else head + around
                 reasons[i] = head + why[k]
@@ -625,7 +635,7 @@ def _pu_matrix(values: np.ndarray) -> np.ndarray:
     return np.asarray(values, dtype=float).reshape(-1, len(PAYMENT_FEATURES))
 
 
-def _payment_reasons(row: pd.Series, pu: float, event_id: str) -> list[Reason]:
+def _payment_reasons(row: Mapping[str, float], pu: float, event_id: str) -> list[Reason]:
     """The account's evidence and its most suspicious payment, worded, strongest first."""
     out: list[Reason] = []
     values = {name: float(row[name]) if np.isfinite(row[name]) else 0.0 for name in ACCOUNT_EVIDENCE}
@@ -709,6 +719,12 @@ def outcome_counts(events: Events) -> pd.DataFrame:
         },
         columns=["fraud_labels", "chargebacks", "decline_burst"],
     )
+
+
+def _accounts_in(events: Events) -> list[str]:
+    """Every account with events in ``events`` and every payee of its payments, sorted."""
+    payees = events["payment"]["counterparty_id"].dropna().astype(str)
+    return sorted(set(events.user_ids.astype(str)) | set(payees))
 
 
 def _events_of(events: Events, accounts: pd.Index) -> Events:

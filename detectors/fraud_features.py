@@ -28,9 +28,12 @@ currencies outside ``FX_PER_USD`` are left out of the amount features and counte
 
 from __future__ import annotations
 
+import bisect
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -184,80 +187,83 @@ def expert_features(events: Events, population: FraudPopulation | None = None) -
     # Accounts that only receive money (a mule seen through its payers) are users of the kind too.
     payees = approved.loc[approved["action"] == "transfer", "counterparty"].dropna().astype(str)
     users = pd.Index(sorted(set(events.user_ids) | set(payees)), name="user_id")
-    frame = pd.DataFrame(index=users)
+    # Columns gathered and one frame built at the end: set one at a time they cost more than a few users' features.
+    columns: dict[str, pd.Series] = {}
     declined = attempts[attempts["status"] == "declined"]
     purchases = attempts[attempts["action"] == "purchase"]
     by_user = attempts.groupby("user_id")
 
-    frame["payments"] = by_user.size()
-    frame["events_per_day"] = _events_per_day(events)
+    columns["payments"] = by_user.size()
+    columns["events_per_day"] = _events_per_day(events)
     signups = events["account"]
     new_accounts = signups.loc[signups["action"] == "signup", "user_id"].astype(str).unique()
-    frame["new_account"] = pd.Series(1.0, index=pd.Index(new_accounts))
-    frame["velocity_1h"] = _max_in_window(attempts, VELOCITY_WINDOW_S)
+    columns["new_account"] = pd.Series(1.0, index=pd.Index(new_accounts))
+    columns["velocity_1h"] = _max_in_window(attempts, VELOCITY_WINDOW_S)
 
     # Amounts against the currency's own median purchase (real prices differ by country, not only by rate).
     norm = _currency_norms(purchases) if population is None else population.currency_norm
     ratio = purchases["amount"] / purchases["currency"].map(norm)
     usable = purchases[ratio.notna()]
-    frame["tiny_share"] = (ratio[ratio.notna()] < TINY_RATIO).groupby(usable["user_id"]).mean()
-    frame["amount_median_usd"] = attempts.groupby("user_id")["amount_usd"].median()
-    frame["amount_max_usd"] = attempts.groupby("user_id")["amount_usd"].max()
+    columns["tiny_share"] = (ratio[ratio.notna()] < TINY_RATIO).groupby(usable["user_id"]).mean()
+    columns["amount_median_usd"] = by_user["amount_usd"].median()
+    columns["amount_max_usd"] = by_user["amount_usd"].max()
 
-    frame["decline_rate"] = (attempts["status"] == "declined").groupby(attempts["user_id"]).mean()
-    frame["decline_burst"] = decline_bursts(declined)
+    columns["decline_rate"] = (attempts["status"] == "declined").groupby(attempts["user_id"]).mean()
+    columns["decline_burst"] = decline_bursts(declined)
 
-    frame["instruments"] = by_user["instrument"].nunique()
+    columns["instruments"] = by_user["instrument"].nunique()
     first_use = attempts.groupby(["user_id", "instrument"])["t"].transform("min")
-    frame["new_instrument_share"] = ((attempts["t"] - first_use) < NEW_INSTRUMENT_S).groupby(attempts["user_id"]).mean()
+    just_added = (attempts["t"] - first_use) < NEW_INSTRUMENT_S
+    columns["new_instrument_share"] = just_added.groupby(attempts["user_id"]).mean()
     # Per instrument, then the worst of the user's instruments (a declines-per-card feature was tried
     # and made the clustering worse: one account's own card declines say the same as decline_rate).
     logins = _account_table(events)
     if population is None:
         cards = instrument_features(attempts)
         user_cards = attempts[["user_id", "instrument"]].drop_duplicates()
-        frame["instrument_accounts"] = (
+        columns["instrument_accounts"] = (
             (user_cards["instrument"].map(cards["accounts"]) - 1).groupby(user_cards["user_id"]).max()
         )
-        frame["device_accounts"] = shared_accounts(logins, "device")
-        frame["network_accounts"] = shared_accounts(logins, "network")
+        columns["device_accounts"] = shared_accounts(logins, "device")
+        columns["network_accounts"] = shared_accounts(logins, "network")
     else:
         for column in ("instrument_accounts", "device_accounts", "network_accounts"):
-            frame[column] = population.per_user[column]
+            columns[column] = population.per_user[column]
 
     transfers = approved[(approved["action"] == "transfer") & approved["counterparty"].notna()]
     transfers = transfers.assign(counterparty=transfers["counterparty"].astype(str))
     transfers = transfers[transfers["counterparty"] != transfers["user_id"]]
     fan_in = transfers.groupby("counterparty")["user_id"].nunique()
-    frame["fan_in"] = fan_in
-    frame["fan_out"] = transfers.groupby("user_id")["counterparty"].nunique()
+    columns["fan_in"] = fan_in
+    columns["fan_out"] = transfers.groupby("user_id")["counterparty"].nunique()
     if population is None:
-        frame["payee_fan_in"] = transfers["counterparty"].map(fan_in).groupby(transfers["user_id"]).max()
+        columns["payee_fan_in"] = transfers["counterparty"].map(fan_in).groupby(transfers["user_id"]).max()
     else:
-        frame["payee_fan_in"] = population.per_user["payee_fan_in"]
-    frame["inflow_usd"] = transfers.groupby("counterparty")["amount_usd"].sum()
-    frame["pass_through"] = _pass_through(transfers, approved)
-    frame["new_device_spend_usd"] = _new_device_spend(logins, approved)
+        columns["payee_fan_in"] = population.per_user["payee_fan_in"]
+    columns["inflow_usd"] = transfers.groupby("counterparty")["amount_usd"].sum()
+    columns["pass_through"] = _pass_through(transfers, approved)
+    columns["new_device_spend_usd"] = _new_device_spend(logins, approved)
 
-    frame["merchants"] = purchases.groupby("user_id")["merchant"].nunique()
+    columns["merchants"] = purchases.groupby("user_id")["merchant"].nunique()
     folds = _merchant_folds(purchases)
-    frame["fold_max_len"] = folds.groupby("user_id")["n"].max()
-    frame["fold_max_usd"] = folds.groupby("user_id")["usd"].max()
-    frame["fold_max_declines"] = folds.groupby("user_id")["declines"].max()
+    longest = folds.groupby("user_id")[["n", "usd", "declines"]].max()
+    columns["fold_max_len"] = longest["n"]
+    columns["fold_max_usd"] = longest["usd"]
+    columns["fold_max_declines"] = longest["declines"]
 
-    frame["chargebacks"] = pay[pay["action"] == "chargeback"].groupby("user_id").size()
-    frame["fraud_labels"] = fraud_labels(events)
-    frame["usable_payments"] = attempts["amount_usd"].notna().groupby(attempts["user_id"]).sum()
-    frame["invalid_amounts"] = (pay["problem"] == "invalid amount").groupby(pay["user_id"]).sum()
-    frame["unknown_currency"] = (pay["problem"] == "unknown currency").groupby(pay["user_id"]).sum()
+    columns["chargebacks"] = pay[pay["action"] == "chargeback"].groupby("user_id").size()
+    columns["fraud_labels"] = fraud_labels(events)
+    columns["usable_payments"] = attempts["amount_usd"].notna().groupby(attempts["user_id"]).sum()
+    columns["invalid_amounts"] = (pay["problem"] == "invalid amount").groupby(pay["user_id"]).sum()
+    columns["unknown_currency"] = (pay["problem"] == "unknown currency").groupby(pay["user_id"]).sum()
 
-    frame = frame.reindex(columns=[*EXPERT_FEATURES, *OUTCOME_COLUMNS, *QUALITY_COLUMNS])
+    frame = pd.DataFrame(columns, index=users).reindex(columns=[*EXPERT_FEATURES, *OUTCOME_COLUMNS, *QUALITY_COLUMNS])
     # Absent counts are zero; rates and amounts of a user without payments stay NaN (nothing to measure).
     measured = ["tiny_share", "amount_median_usd", "amount_max_usd", "decline_rate", "new_instrument_share"]
-    counts = [c for c in frame.columns if c not in measured]
-    frame[counts] = frame[counts].astype(float).fillna(0.0)
-    frame.index.name = "user_id"
-    return frame.astype(float)
+    values = frame.to_numpy(dtype=float, copy=True)  # one array: column-wise pandas fills cost more than the features
+    counted = np.array([c not in measured for c in frame.columns])
+    values[:, counted] = np.where(np.isnan(values[:, counted]), 0.0, values[:, counted])
+    return pd.DataFrame(values, index=pd.Index(frame.index, name="user_id"), columns=frame.columns)
 
 
 def decline_bursts(declined: pd.DataFrame) -> pd.Series:
@@ -294,8 +300,29 @@ def instrument_features(attempts: pd.DataFrame) -> pd.DataFrame:
 def _seconds(ts: pd.Series) -> np.ndarray:
     if len(ts) == 0:
         return np.zeros(0)
+    nanos = _utc_nanos(ts)
+    if nanos is not None:  # what total_seconds divides, without parsing again
+        return np.asarray(nanos / 1_000_000_000, dtype=float)
     seconds = (pd.to_datetime(ts, utc=True) - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
     return np.asarray(seconds, dtype=float)
+
+
+def _utc_nanos(ts: pd.Series) -> np.ndarray | None:
+    """Nanoseconds since the epoch of times already parsed as UTC nanoseconds without a gap, else None."""
+    dtype = ts.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) and dtype.unit == "ns" and str(dtype.tz) == "UTC":
+        nanos = np.asarray(ts.array.asi8, dtype=np.int64)
+        if not (nanos == pd.NaT.value).any():
+            return nanos
+    return None
+
+
+def _nanos(ts: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch as UTC (NaT as its integer), parsing only what is not parsed yet."""
+    nanos = _utc_nanos(ts)
+    if nanos is None:
+        nanos = np.asarray(pd.to_datetime(ts, utc=True).astype("datetime64[ns, UTC]").array.asi8, dtype=np.int64)
+    return nanos
 
 
 def _events_per_day(events: Events) -> pd.Series:
@@ -304,8 +331,7 @@ def _events_per_day(events: Events) -> pd.Series:
     if not parts:
         return pd.Series(dtype=float)
     users = np.concatenate([f["user_id"].astype(str).to_numpy(dtype=object) for f in parts])
-    nanos = [pd.to_datetime(f["ts"], utc=True).astype("datetime64[ns, UTC]").array.asi8 for f in parts]
-    stamps = np.concatenate(nanos)
+    stamps = np.concatenate([_nanos(f["ts"]) for f in parts])
     timed = stamps != pd.NaT.value  # a missing time counts as an event, not as a day
     days = stamps[timed] // (86_400 * 10**9)
     codes, uniques = pd.factorize(users, sort=True)
@@ -400,8 +426,8 @@ def _pass_through(transfers: pd.DataFrame, approved: pd.DataFrame) -> pd.Series:
     inbound = transfers[["counterparty", "t", "amount_usd"]].rename(columns={"counterparty": "user_id"})
     inbound = inbound.sort_values("t", kind="stable")
     out = approved[["user_id", "t", "amount_usd"]].sort_values("t", kind="stable")
-    joined = pd.merge_asof(out, inbound[["user_id", "t"]].assign(t_in=inbound["t"]), on="t", by="user_id")
-    forwarded = joined[(joined["t"] - joined["t_in"]) <= 86_400].groupby("user_id")["amount_usd"].sum()
+    t_in = asof_times(out["user_id"], out["t"], inbound["user_id"], inbound["t"])
+    forwarded = out[(out["t"].to_numpy() - t_in) <= 86_400].groupby("user_id")["amount_usd"].sum()
     received = inbound.groupby("user_id")["amount_usd"].sum()
     return (forwarded.reindex(received.index).fillna(0.0) / received.where(received > 0)).clip(upper=1.0)
 
@@ -416,10 +442,36 @@ def _new_device_spend(logins: pd.DataFrame, approved: pd.DataFrame) -> pd.Series
     new = logins[(logins["t"] == first) & (logins["t"] > earliest)][["user_id", "t"]].drop_duplicates()
     if new.empty:
         return pd.Series(dtype=float)
-    new = new.assign(t_login=new["t"]).sort_values("t", kind="stable")
     spent = approved[["user_id", "t", "amount_usd"]].sort_values("t", kind="stable")
-    joined = pd.merge_asof(spent, new, on="t", by="user_id", tolerance=NEW_DEVICE_SPEND_S)
-    return joined.dropna(subset=["t_login"]).groupby("user_id")["amount_usd"].sum()
+    t_login = asof_times(spent["user_id"], spent["t"], new["user_id"], new["t"])
+    return spent[(spent["t"].to_numpy() - t_login) <= NEW_DEVICE_SPEND_S].groupby("user_id")["amount_usd"].sum()
+
+
+def asof_times(
+    left_key: pd.Series, left_t: pd.Series, right_key: pd.Series, right_t: pd.Series, forward: bool = False
+) -> np.ndarray:
+    """Per left row, the time of the right row with the same key that ``pd.merge_asof(by=key, on=t)`` matches:
+    the last at or before it, or with ``forward`` the first strictly after it; NaN where there is none.
+
+    Keys and times become exact integer ranks, so one sorted search finds every match (``merge_asof``'s
+    setup costs more than the search on the stream's few hundred rows)."""
+    out = np.full(len(left_t), np.nan)
+    if not len(left_t) or not len(right_t):
+        return out
+    codes = pd.factorize(np.r_[np.asarray(left_key, dtype=object), np.asarray(right_key, dtype=object)])[0]
+    times = np.r_[np.asarray(left_t, dtype=float), np.asarray(right_t, dtype=float)]
+    ranks = np.unique(times, return_inverse=True)[1].reshape(-1)
+    stride = len(times) + 1
+    keys = codes.astype(np.int64) * stride + ranks.astype(np.int64)
+    left, right = keys[: len(left_t)], keys[len(left_t) :]
+    order = np.argsort(right, kind="stable")
+    ordered = right[order]
+    found = np.searchsorted(ordered, left, side="right") - (0 if forward else 1)
+    inside = (found >= 0) & (found < len(ordered))
+    at = np.where(inside, found, 0)
+    match = inside & (ordered[at] // stride == left // stride)
+    out[match] = times[len(left_t) :][order[at[match]]]
+    return out
 
 
 def _merchant_folds(purchases: pd.DataFrame) -> pd.DataFrame:
@@ -434,9 +486,12 @@ def _merchant_folds(purchases: pd.DataFrame) -> pd.DataFrame:
         usd=rows["amount_usd"].where(rows["status"] == "approved", 0.0).fillna(0.0),
         declines=(rows["status"] == "declined").astype(float),
     )
-    return rows.groupby("fold").agg(
-        user_id=("user_id", "first"), n=("t", "size"), usd=("usd", "sum"), declines=("declines", "sum")
-    )
+    folds = rows.groupby("fold")
+    out = folds[["usd", "declines"]].sum()
+    starts = np.flatnonzero(new_fold.to_numpy())  # folds are runs of rows: a fold's user is its first row's
+    out.insert(0, "user_id", rows["user_id"].to_numpy()[starts])
+    out.insert(1, "n", folds.size())
+    return out
 
 
 def fraud_population(events: Events, pay: pd.DataFrame | None = None) -> FraudPopulation:
@@ -490,6 +545,189 @@ def fraud_population(events: Events, pay: pd.DataFrame | None = None) -> FraudPo
         instrument_accounts=instrument_accounts,
         per_user=per_user,
     )
+
+
+class RollingPopulation:
+    """``fraud_population`` kept up to date as events enter and leave a window, without a pass over the window.
+
+    The stream scores a few accounts at every interval boundary against everybody in the lookback; what
+    relates them to everybody is counts and sorted values per entity (accounts per instrument, device,
+    network and payee, attempts per hour, amounts per merchant, payee and currency), each updated by the
+    rows that entered or left the window (``add``, ``remove``: the rows exactly as ``Events`` holds them).
+    ``population(accounts)`` then equals ``fraud_population`` over the window's events for those accounts'
+    ``per_user`` rows and for every per-entity figure, bit for bit: medians are read from the same sorted
+    values (the mean of the two middle ones for an even count, as pandas computes them), shares are the
+    same integer divisions. An update costs Python work per row, a population per entity and account asked.
+    """
+
+    def __init__(self) -> None:
+        self._hours: dict[int, int] = {}  # hour of day -> payment attempts
+        self._context_rows: dict[str, int] = {}  # merchant -> attempts (its median is NaN without an amount)
+        self._context_usd: dict[str, list[float]] = {}  # merchant -> attempts' USD amounts, sorted
+        self._payee_senders: dict[str, dict[str, int]] = {}  # payee -> sender -> approved transfers
+        self._payee_usd: dict[str, list[float]] = {}  # payee -> approved transfers' USD amounts, sorted
+        self._instrument_users: dict[str, dict[str, int]] = {}  # instrument -> account -> attempts
+        self._user_instruments: dict[str, dict[str, int]] = {}  # account -> instrument -> attempts
+        # ``expert_features``' reading of transfers: the counterparty kept as given (an empty one counts).
+        self._counterparty_senders: dict[str, dict[str, int]] = {}
+        self._sender_counterparties: dict[str, dict[str, int]] = {}
+        self._currency_amounts: dict[str, list[float]] = {}  # currency -> purchases' amounts, sorted
+        self._purchase_usd: list[float] = []  # purchases' USD amounts, sorted
+        self._token_times: list[float] = []  # payments but chargebacks, and account events: the embedding's end
+        self._entity_users: dict[str, dict[object, dict[str, int]]] = {"device": {}, "network": {}}
+        self._user_entities: dict[str, dict[str, dict[object, int]]] = {"device": {}, "network": {}}
+        self._device_times: dict[tuple[str, object], list[float]] = {}  # (account, device) -> login times, sorted
+        self._login_times: dict[str, list[float]] = {}  # account -> its logins' times (with a device), sorted
+
+    def add(self, events: Events) -> None:
+        """Count the payments and account events of ``events`` in."""
+        self._update(events, 1)
+
+    def remove(self, events: Events) -> None:
+        """Count them out again (rows ``add`` counted in, as they were)."""
+        self._update(events, -1)
+
+    def _update(self, events: Events, sign: int) -> None:
+        if len(events.frames.get("account", ())):
+            self._update_accounts(events, sign)
+        if not len(events.frames.get("payment", ())):
+            return
+        pay = payment_table(events)
+        attempts = pay[pay["action"].isin(["purchase", "transfer"])]
+        # The same expressions as ``fraud_population``, on the rows that changed.
+        hour = ((attempts["t"] // 3_600) % 24).astype(int)
+        payee = attempts["counterparty"].where(attempts["action"] == "transfer").fillna("").astype(str)
+        payee = payee.where(payee != attempts["user_id"], "")
+        approved = (attempts["status"] == "approved").to_numpy()
+        counterparty = attempts["counterparty"]
+        transfer = approved & (attempts["action"] == "transfer").to_numpy() & counterparty.notna().to_numpy()
+        purchase = (attempts["action"] == "purchase").to_numpy() & attempts["amount"].notna().to_numpy()
+        columns = zip(
+            attempts["user_id"].tolist(), hour.tolist(), attempts["merchant"].tolist(),
+            attempts["amount_usd"].tolist(), attempts["amount"].tolist(), attempts["instrument"].tolist(),
+            attempts["currency"].tolist(), payee.tolist(), approved.tolist(), transfer.tolist(),
+            counterparty.tolist(), purchase.tolist(), strict=True,
+        )  # fmt: skip
+        for user, h, merchant, usd, amount, instrument, currency, to, ok, sent, cp, bought in columns:
+            _count(self._hours, h, sign)
+            _count(self._context_rows, merchant, sign)
+            if usd == usd:  # not NaN: medians skip missing amounts
+                _place(self._context_usd, merchant, usd, sign)
+            _pair(self._instrument_users, self._user_instruments, instrument, user, sign)
+            if to and ok:
+                _count(self._payee_senders.setdefault(to, {}), user, sign)
+                if not self._payee_senders[to]:
+                    del self._payee_senders[to]
+                if usd == usd:
+                    _place(self._payee_usd, to, usd, sign)
+            if sent and str(cp) != user:
+                _pair(self._counterparty_senders, self._sender_counterparties, str(cp), user, sign)
+            if bought:
+                _place(self._currency_amounts, currency, amount, sign)
+                _insort(self._purchase_usd, usd, sign)
+        for t in pay.loc[pay["action"] != "chargeback", "t"].tolist():
+            _insort(self._token_times, t, sign)
+
+    def _update_accounts(self, events: Events, sign: int) -> None:
+        for t in _seconds(events["account"]["ts"]).tolist():
+            _insort(self._token_times, t, sign)
+        logins = _account_table(events)
+        for key in ("device", "network"):
+            known = logins[logins[key].notna().to_numpy()]
+            for user, value in zip(known["user_id"].tolist(), known[key].tolist(), strict=True):
+                _pair(self._entity_users[key], self._user_entities[key], value, user, sign)
+        known = logins[logins["device"].notna().to_numpy()]
+        times = zip(known["user_id"].tolist(), known["device"].tolist(), known["t"].tolist(), strict=True)
+        for user, device, t in times:
+            _place(self._device_times, (user, device), t, sign)
+            _place(self._login_times, user, t, sign)
+
+    def population(self, accounts: Iterable[str]) -> FraudPopulation:
+        """``fraud_population`` of the window's events, with ``per_user`` rows for ``accounts``."""
+        accounts = [str(user) for user in accounts]
+        medians = pd.Series({c: _median(v) for c, v in sorted(self._currency_amounts.items())}, dtype=float)
+        counts = pd.Series({c: len(v) for c, v in self._currency_amounts.items()}, dtype=np.int64)
+        attempts = sum(self._hours.values())
+        context = {m: _median(self._context_usd.get(m, [])) for m in self._context_rows}
+        payees = {p: _median(self._payee_usd.get(p, [])) for p in self._payee_senders}
+        last = self._token_times[-1] if self._token_times else None
+        shared = [self._shared(user) for user in accounts]
+        per_user = pd.DataFrame(shared, index=pd.Index(accounts), columns=list(SHARED_COLUMNS), dtype=float)
+        return FraudPopulation(
+            currency_norm=currency_norms(medians, counts, _median(self._purchase_usd)),
+            hour_share=pd.Series({h: n / attempts for h, n in self._hours.items()}, dtype=float),
+            embed_end=None if last is None else embedding_end(last),
+            context_median=pd.Series(context, dtype=float),
+            payee_median=pd.Series(payees, dtype=float),
+            payee_fan_in=pd.Series({p: len(s) for p, s in self._payee_senders.items()}, dtype=np.int64),
+            instrument_accounts=pd.Series({i: len(u) for i, u in self._instrument_users.items()}, dtype=np.int64),
+            per_user=per_user,
+        )
+
+    def _shared(self, user: str) -> list[float]:
+        """One account's ``SHARED_COLUMNS`` (NaN where ``fraud_population`` has no row for it)."""
+        nan = float("nan")
+        instruments = self._user_instruments.get(user, {})
+        cards = max((len(self._instrument_users[i]) - 1 for i in instruments), default=nan)
+        shared = [
+            max((len(self._entity_users[key][v]) - 1 for v in self._user_entities[key].get(user, {})), default=nan)
+            for key in ("device", "network")
+        ]
+        payees = self._sender_counterparties.get(user, {})
+        fan_in = max((len(self._counterparty_senders[c]) for c in payees), default=nan)
+        hops = [self._new_to(device) for device in self._new_devices(user)]
+        return [float(cards), *map(float, shared), float(fan_in), float(max(hops, default=nan))]
+
+    def _new_devices(self, user: str) -> list[object]:
+        """The devices ``user`` first used after its first login in the window (``_new_device_logins``)."""
+        times = self._login_times.get(user)
+        if not times:
+            return []
+        devices = self._user_entities["device"].get(user, {})
+        return [d for d in devices if self._device_times[(user, d)][0] > times[0]]
+
+    def _new_to(self, device: object) -> int:
+        """How many accounts ``device`` is new to."""
+        return sum(1 for user in self._entity_users["device"][device] if device in self._new_devices(user))
+
+
+def _count(counts: dict[Any, int], key: Any, sign: int) -> None:
+    n = counts.get(key, 0) + sign
+    if n:
+        counts[key] = n
+    else:
+        del counts[key]
+
+
+def _pair(forward: dict[Any, dict[Any, int]], backward: dict[Any, dict[Any, int]], a: Any, b: Any, sign: int) -> None:
+    """Count the pair (a, b) in both directions, dropping what reaches zero."""
+    for outer, inner, key in ((forward, a, b), (backward, b, a)):
+        counts = outer.setdefault(inner, {})
+        _count(counts, key, sign)
+        if not counts:
+            del outer[inner]
+
+
+def _insort(values: list[float], value: float, sign: int) -> None:
+    if sign > 0:
+        bisect.insort(values, value)
+    else:
+        del values[bisect.bisect_left(values, value)]
+
+
+def _place(lists: dict[Any, list[float]], key: Any, value: float, sign: int) -> None:
+    values = lists.setdefault(key, [])
+    _insort(values, value, sign)
+    if not values:
+        del lists[key]
+
+
+def _median(values: list[float]) -> float:
+    """The median of sorted values as pandas computes it: the middle one, or the mean of the two middle ones."""
+    n = len(values)
+    if not n:
+        return float("nan")
+    return values[n // 2] if n % 2 else (values[n // 2] + values[n // 2 - 1]) / 2
 
 
 # --- time-aware sequence embedding ---------------------------------------------------------------
@@ -587,9 +825,9 @@ def sequence_embedding(events: Events, seed: int = 7, dim: int = EMBED_DIM, end:
     gram_ids = np.concatenate(grams)
     weights = np.concatenate([weight] * 3)
     keep = gram_ids >= 0
-    bucket = np.array([zlib.crc32(int(g).to_bytes(8, "little")) for g in np.unique(gram_ids[keep])])
-    lookup = dict(zip(np.unique(gram_ids[keep]).tolist(), (bucket % _HASH_BUCKETS).tolist(), strict=True))
-    cols = np.array([lookup[g] for g in gram_ids[keep].tolist()])
+    distinct, gram_of = np.unique(gram_ids[keep], return_inverse=True)
+    bucket = np.array([zlib.crc32(g.to_bytes(8, "little")) for g in distinct.tolist()], dtype=np.int64)
+    cols = (bucket % _HASH_BUCKETS)[gram_of.reshape(-1)]  # each distinct n-gram hashed once
     counts = pd.DataFrame({"r": rows[keep], "c": cols, "w": weights[keep]}).groupby(["r", "c"])["w"].sum()
     r = counts.index.get_level_values(0).to_numpy()
     c = counts.index.get_level_values(1).to_numpy()

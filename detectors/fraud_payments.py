@@ -49,6 +49,7 @@ from argus.detectors.fraud_features import (
     NEW_DEVICE_SPEND_S,
     FraudPopulation,
     _account_table,
+    asof_times,
     payment_table,
     shared_accounts,
     timeline_keys,
@@ -110,21 +111,24 @@ def payment_features(events: Events, population: FraudPopulation | None = None) 
     rows["payee"] = rows["counterparty"].where(rows["action"] == "transfer").fillna("").astype(str)
     rows.loc[rows["payee"] == rows["user_id"], "payee"] = ""
     rows["context"] = rows["merchant"]
+    # Feature columns gathered and one frame built at the end: set one at a time they cost more than a few
+    # accounts' features.
+    feature: dict[str, pd.Series | np.ndarray] = {}
     usd = rows["amount_usd"]
     log_usd = np.log1p(usd)
-    rows["log_amount_usd"] = log_usd
-    rows["amount_vs_sender"] = log_usd - rows.groupby("user_id")["amount_usd"].transform("median").pipe(np.log1p)
+    feature["log_amount_usd"] = log_usd
+    feature["amount_vs_sender"] = log_usd - rows.groupby("user_id")["amount_usd"].transform("median").pipe(np.log1p)
     if population is None:
         context_median = rows.groupby("context")["amount_usd"].transform("median")
     else:
         context_median = rows["context"].map(population.context_median).astype(float)
-    rows["amount_vs_context"] = log_usd - context_median.pipe(np.log1p)
+    feature["amount_vs_context"] = log_usd - context_median.pipe(np.log1p)
     is_transfer = rows["payee"] != ""
-    rows["is_transfer"] = is_transfer.astype(float)
-    rows["declined"] = (rows["status"] == "declined").astype(float)
+    feature["is_transfer"] = is_transfer.astype(float)
+    feature["declined"] = (rows["status"] == "declined").astype(float)
     hour = ((rows["t"] // 3_600) % 24).astype(int)
     share = hour.map(hour.value_counts(normalize=True) if population is None else population.hour_share)
-    rows["hour_rarity"] = -np.log(share * 24)
+    feature["hour_rarity"] = -np.log(share * 24)
 
     transfers = rows[is_transfer & (rows["status"] == "approved")]
     if population is None:
@@ -133,14 +137,14 @@ def payment_features(events: Events, population: FraudPopulation | None = None) 
     else:
         received_median, fan_in = population.payee_median, population.payee_fan_in
     payee_median = rows["payee"].map(received_median).astype(float)
-    rows["amount_vs_payee"] = np.where(is_transfer, log_usd - np.log1p(payee_median), 0.0)
-    rows["payee_fan_in"] = rows["payee"].map(fan_in).fillna(0.0).where(is_transfer, 0.0)
+    feature["amount_vs_payee"] = np.where(is_transfer, log_usd - np.log1p(payee_median), 0.0)
+    feature["payee_fan_in"] = rows["payee"].map(fan_in).fillna(0.0).where(is_transfer, 0.0)
     forwarded = forward_shares(transfers, rows[rows["status"] == "approved"])
-    rows["payee_forward_share"] = rows["payee"].map(forwarded).fillna(0.0).where(is_transfer, 0.0)
-    rows["payee_pays_out_h"] = _payout_delay_h(rows, is_transfer)
+    feature["payee_forward_share"] = rows["payee"].map(forwarded).fillna(0.0).where(is_transfer, 0.0)
+    feature["payee_pays_out_h"] = _payout_delay_h(rows, is_transfer)
     pair_first = rows.groupby(["user_id", "payee"])["t"].transform("min")
-    rows["new_payee"] = (is_transfer & (rows["t"] <= pair_first)).astype(float)
-    rows["sender_inflow_ratio"] = _inflow_before(rows, transfers) / (usd.fillna(0.0) + 1.0)
+    feature["new_payee"] = (is_transfer & (rows["t"] <= pair_first)).astype(float)
+    feature["sender_inflow_ratio"] = _inflow_before(rows, transfers) / (usd.fillna(0.0) + 1.0)
 
     logins = _account_table(events)
     if population is None:
@@ -149,15 +153,14 @@ def payment_features(events: Events, population: FraudPopulation | None = None) 
     else:
         instrument_accounts = rows["instrument"].map(population.instrument_accounts) - 1
         device, network = population.per_user["device_accounts"], population.per_user["network_accounts"]
-    rows["instrument_accounts"] = instrument_accounts.astype(float)
-    rows["device_accounts"] = rows["user_id"].map(device).fillna(0.0)
-    rows["network_accounts"] = rows["user_id"].map(network).fillna(0.0)
-    rows["new_device_login"] = _after_new_device(rows, logins)
-    rows["attempts_1h"] = _around(rows, np.ones(len(rows), dtype=bool), 3_600)
-    rows["declines_10m"] = _around(rows, (rows["status"] == "declined").to_numpy(), 600)
-    out = rows[columns].reset_index(drop=True)
-    out[list(PAYMENT_FEATURES)] = out[list(PAYMENT_FEATURES)].astype(float)
-    return out
+    feature["instrument_accounts"] = instrument_accounts.astype(float)
+    feature["device_accounts"] = rows["user_id"].map(device).fillna(0.0)
+    feature["network_accounts"] = rows["user_id"].map(network).fillna(0.0)
+    feature["new_device_login"] = _after_new_device(rows, logins)
+    feature["attempts_1h"] = _around(rows, np.ones(len(rows), dtype=bool), 3_600)
+    feature["declines_10m"] = _around(rows, (rows["status"] == "declined").to_numpy(), 600)
+    out = {column: rows[column].to_numpy() for column in columns[:5]}
+    return pd.DataFrame(out | {name: np.asarray(feature[name], dtype=float) for name in PAYMENT_FEATURES})
 
 
 def forward_shares(transfers: pd.DataFrame, approved: pd.DataFrame) -> pd.Series:
@@ -253,9 +256,9 @@ def propagated_evidence(links: pd.DataFrame, suspicion: pd.Series) -> pd.Series:
     if links.empty:
         return pd.Series(dtype=float)
     own = links["user_id"].map(suspicion).fillna(0.0).astype(float)
-    per_entity = entity_totals(links, suspicion)
-    n = links["entity"].map(per_entity["n"])
-    others = links["entity"].map(per_entity["s"]) - own
+    by_entity = own.groupby(links["entity"])  # ``entity_totals``, each entity's figures on its rows
+    n = by_entity.transform("size")
+    others = by_entity.transform("sum") - own
     share = (others / (n - 1 + PROPAGATION_PRIOR)).clip(lower=0.0)
     return share.groupby(links["user_id"]).max()
 
@@ -264,7 +267,8 @@ def entity_totals(links: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
     """Per entity (index): ``n`` accounts on it and ``s`` the sum of their ``values`` (0 where absent), summed
     in ``links`` order (accounts by id within an entity, as ``entity_links`` gives them)."""
     own = links["user_id"].map(values).fillna(0.0).astype(float)
-    return links.assign(s=own).groupby("entity").agg(n=("user_id", "size"), s=("s", "sum"))
+    by_entity = own.groupby(links["entity"])
+    return pd.DataFrame({"n": by_entity.size(), "s": by_entity.sum()})
 
 
 def account_evidence(
@@ -431,21 +435,14 @@ def rows_per_account(rows: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
 def _payout_delay_h(rows: pd.DataFrame, is_transfer: pd.Series) -> np.ndarray:
     """Hours from each transfer to the payee's next approved outgoing payment (``NO_PAYOUT_H`` if none)."""
     out = np.full(len(rows), float(NO_PAYOUT_H))
-    sent = rows[rows["status"] == "approved"][["user_id", "t"]].sort_values("t", kind="stable")
-    incoming = rows[is_transfer][["payee", "t"]].reset_index().sort_values("t", kind="stable")
+    sent = rows[rows["status"] == "approved"]
+    incoming = rows[is_transfer]
     if sent.empty or incoming.empty:
         return np.asarray(np.log1p(out), dtype=float)
-    joined = pd.merge_asof(
-        incoming.rename(columns={"payee": "user_id"}),
-        sent.assign(t_out=sent["t"]),
-        on="t",
-        by="user_id",
-        direction="forward",
-        allow_exact_matches=False,
-    )
-    delay = ((joined["t_out"] - joined["t"]) / 3_600).clip(upper=NO_PAYOUT_H).fillna(NO_PAYOUT_H)
-    position = rows.index.get_indexer(joined["index"])
-    out[position] = delay.to_numpy()
+    t_in = incoming["t"].to_numpy(dtype=float)
+    t_out = asof_times(incoming["payee"], t_in, sent["user_id"], sent["t"], forward=True)
+    delay = (t_out - t_in) / 3_600
+    out[is_transfer.to_numpy()] = np.where(np.isnan(delay), NO_PAYOUT_H, np.minimum(delay, NO_PAYOUT_H))
     return np.asarray(np.log1p(out), dtype=float)
 
 
@@ -480,12 +477,8 @@ def _after_new_device(rows: pd.DataFrame, logins: pd.DataFrame) -> np.ndarray:
     out = np.zeros(len(rows))
     if new.empty:
         return out
-    new = new.assign(t_login=new["t"]).sort_values("t", kind="stable")
-    ordered = rows[["user_id", "t"]].reset_index().sort_values("t", kind="stable")
-    joined = pd.merge_asof(ordered, new, on="t", by="user_id", tolerance=NEW_DEVICE_SPEND_S)
-    hit = joined["t_login"].notna().to_numpy()
-    out[rows.index.get_indexer(joined["index"])] = hit.astype(float)
-    return out
+    t_login = asof_times(rows["user_id"], rows["t"], new["user_id"], new["t"])
+    return np.asarray((rows["t"].to_numpy(dtype=float) - t_login) <= NEW_DEVICE_SPEND_S, dtype=float)
 
 
 def _device_hopping(logins: pd.DataFrame) -> pd.Series:

@@ -15,7 +15,15 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from argus.detectors.base import ITEM_COLUMNS, LOW_EVIDENCE, SCORED
 from argus.detectors.events import Events
 from argus.detectors.fraud import COLUMNS, FraudDetector, _extract_rules
-from argus.detectors.fraud_features import EMBED_COLUMNS, expert_features, sequence_embedding
+from argus.detectors.fraud_features import (
+    EMBED_COLUMNS,
+    SHARED_COLUMNS,
+    FraudPopulation,
+    RollingPopulation,
+    expert_features,
+    fraud_population,
+    sequence_embedding,
+)
 from argus.detectors.fraud_payments import ACCOUNT_EVIDENCE, MULE_SCALE, PROPAGATION_PRIOR
 from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.world.simulate import World
@@ -545,10 +553,77 @@ def test_features_for_some_users_equal_their_rows_of_everyones(
     assert all(len(found) for found in reaching.values())
     subsets += [found[:3] for found in reaching.values()]
     subsets.append(features.index[(features["payments"] == 0) & (features["fan_in"] > 0)][:3])
+    rolling = RollingPopulation()  # the stream's population, kept up to date instead of computed per boundary
+    rolling.add(small_world_events)
     for subset in subsets:
         wanted = sorted({str(u) for u in subset})
         part = detector.features_for(small_world_events, [*wanted, "nobody-at-all"])
         _assert_same_rows(part, features.loc[wanted])
+        _assert_same_rows(detector.features_for(small_world_events, wanted, rolling), features.loc[wanted])
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_asof_times_match_merge_asof(forward: bool) -> None:
+    """The matched times equal ``pd.merge_asof``'s (by key, on time; backward at or before, forward strictly
+    after), ties and keys without a match on the other side included."""
+    from argus.detectors.fraud_features import asof_times
+
+    rng = np.random.default_rng(8)
+    left = pd.DataFrame({"key": rng.choice(list("abcdef"), 400), "t": rng.integers(0, 60, 400) * 0.5})
+    right = pd.DataFrame({"key": rng.choice(list("abcdeg"), 150), "t": rng.integers(0, 60, 150) * 0.5})
+    matched = asof_times(left["key"], left["t"], right["key"], right["t"], forward=forward)
+    merged = pd.merge_asof(
+        left.reset_index().sort_values("t", kind="stable"),
+        right.assign(t_right=right["t"]).sort_values("t", kind="stable"),
+        on="t",
+        by="key",
+        direction="forward" if forward else "backward",
+        allow_exact_matches=not forward,
+    ).set_index("index")["t_right"]
+    np.testing.assert_array_equal(matched, merged.reindex(left.index).to_numpy())
+    assert np.isnan(matched).sum() > 10 and (~np.isnan(matched)).sum() > 200
+
+
+def _assert_same_population(kept: FraudPopulation, full: FraudPopulation, accounts: list[str]) -> None:
+    """Bit for bit: every per-entity figure (NaN where NaN) and the accounts' per-user rows."""
+    figures = ("currency_norm", "hour_share", "context_median", "payee_median", "payee_fan_in", "instrument_accounts")
+    for name in figures:
+        mine, everyones = getattr(kept, name).sort_index(), getattr(full, name).sort_index()
+        assert list(mine.index) == list(everyones.index), name
+        np.testing.assert_array_equal(mine.to_numpy(dtype=float), everyones.to_numpy(dtype=float), err_msg=name)
+    assert kept.embed_end == full.embed_end
+    mine = kept.per_user.loc[accounts, list(SHARED_COLUMNS)].to_numpy(dtype=float)
+    np.testing.assert_array_equal(mine, full.per_user.reindex(accounts)[list(SHARED_COLUMNS)].to_numpy(dtype=float))
+
+
+def test_rolling_population_equals_the_population_of_its_window(small_world_events: Events) -> None:
+    """A window sliding over three days, rows entering it (a tenth of them a step late) and leaving it: the
+    kept figures equal ``fraud_population`` over the window's rows at every step, until the window is empty."""
+    frames = {kind: small_world_events[kind] for kind in ("payment", "account")}
+    first, last = frames["payment"]["ts"].min(), frames["payment"]["ts"].max()
+    step, width = (last - first) / 8, (last - first) / 3
+    rng = np.random.default_rng(3)
+    late = {kind: rng.random(len(frame)) < 0.1 for kind, frame in frames.items()}
+    counted = {kind: np.zeros(len(frame), dtype=bool) for kind, frame in frames.items()}
+    rolling = RollingPopulation()
+    sizes = []
+    for k in range(1, 12):
+        end = first + step * k
+        start = end - width
+        inside = {}
+        for kind, frame in frames.items():
+            ts = frame["ts"]
+            arrived = (ts < end - step).to_numpy() | ((ts < end).to_numpy() & ~late[kind])
+            inside[kind] = arrived & (ts >= start).to_numpy()
+        rolling.remove(Events({kind: frames[kind][counted[kind] & ~inside[kind]] for kind in frames}))
+        rolling.add(Events({kind: frames[kind][inside[kind] & ~counted[kind]] for kind in frames}))
+        counted = inside
+        window = Events({kind: frames[kind][inside[kind]] for kind in frames})
+        payees = window["payment"]["counterparty_id"].dropna().astype(str)
+        accounts = sorted(set(window.user_ids) | set(payees) | {"nobody-at-all"})
+        _assert_same_population(rolling.population(accounts), fraud_population(window), accounts)
+        sizes.append(len(window["payment"]))
+    assert min(sizes[:-1]) > 100 and sizes[-1] == 0  # rows came and went
 
 
 def test_features_for_reads_three_hops_and_no_further() -> None:
