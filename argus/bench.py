@@ -23,8 +23,8 @@ def scratch_broker() -> Iterator[str]:
     """A throw-away local broker on a free port, stopped and deleted afterwards."""
     with tempfile.TemporaryDirectory(prefix="argus-bench-kafka-") as home:
         broker = LocalBroker(home=Path(home), port=free_port())
-        broker.up()
         try:
+            broker.up()  # inside: interrupted while it waits for the broker, the broker is still stopped
             ensure_topics(broker.bootstrap)
             yield broker.bootstrap
         finally:

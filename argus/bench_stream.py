@@ -26,6 +26,10 @@ visible - first event offered)), ``latency_p50_s``, ``latency_p99_s``, ``latency
 The replay runs event time far ahead of the wall clock (and months behind it), so the source's rule
 for a source wholly at its log end (follow the wall clock minus ``--idle-slack``) is switched off
 for it; a partition at its log end still stops holding the watermark, and the heartbeats end the run.
+
+Interrupted (Ctrl-C, SIGTERM, SIGHUP), it stops what it started before exiting: the pipeline's
+process group (its Prism runner with it), the scratch broker, the scratch topics and files. Further
+signals are ignored while that runs (bounded: 20 s for the pipeline, 60 s for the broker).
 """
 
 from __future__ import annotations
@@ -246,6 +250,7 @@ def _offer(bootstrap: str, records: DayRecords, topics: dict[str, str], rate: fl
 
 @contextmanager
 def _pipeline(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``argus stream run`` in a session of its own; afterwards its whole process group (Prism too) is stopped."""
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "argus.cli", "stream", "run", *args],
@@ -256,13 +261,19 @@ def _pipeline(args: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     try:
         yield process
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        _stop_group(process)
+
+
+def _stop_group(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
+    """SIGTERM to ``process``'s group, SIGKILL after ``grace_s``; the group's other members (the runner
+    the pipeline started) are stopped even when the pipeline itself has already exited."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(grace_s)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # what ignored SIGTERM, or outlived the pipeline
+    process.wait()
 
 
 def _first_cover(events: pd.DataFrame, snapshots: list[tuple[str, int, float]]) -> np.ndarray:
@@ -280,6 +291,37 @@ def _first_cover(events: pd.DataFrame, snapshots: list[tuple[str, int, float]]) 
         order, seen.sort_values("at_us"), left_on="t_us", right_on="at_us", by="user_id", direction="forward"
     )
     return np.asarray(merged.sort_values("index")["seen"].to_numpy(dtype=float))
+
+
+@contextmanager
+def _cleanup_on_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP end the block by an exception, so every ``finally`` below stops its child.
+
+    Without it SIGTERM would end the process at once and leave the broker, the pipeline and Prism
+    (each in its own session) running. The first signal raises (``KeyboardInterrupt`` for SIGINT,
+    ``SystemExit(128 + signal)`` otherwise); later ones are ignored until the block has cleaned up.
+    Outside the main thread (where handlers cannot be set) the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {signum: signal.getsignal(signum) for signum in caught}
+
+    def stop(signum: int, frame: Any) -> None:
+        for other in caught:
+            signal.signal(other, signal.SIG_IGN)  # the cleanup is not interrupted in turn
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    for signum in caught:
+        signal.signal(signum, stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def bench_stream(
@@ -302,7 +344,7 @@ def bench_stream(
     while len(records.value) < events:  # small worlds fall short of the mean: grow until they have enough
         users = math.ceil(users * 1.25)
         records = day_records(users, events)
-    with tempfile.TemporaryDirectory(prefix="argus-bench-stream-", dir=work_dir) as scratch:
+    with _cleanup_on_signals(), tempfile.TemporaryDirectory(prefix="argus-bench-stream-", dir=work_dir) as scratch:
         home = Path(scratch)
         _publish_models(home / "models", detectors, min(users, 1_000), seed=5)
         context = _given(bootstrap) if bootstrap else scratch_broker()

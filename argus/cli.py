@@ -467,6 +467,12 @@ def batch_embed(
     lake: LakeUriOption = "lake",
     days: Annotated[int, typer.Option(min=1, help="Days of events in each sequence.")] = 30,
     dim: Annotated[int, typer.Option(min=2, help="Embedding dimensions.")] = 32,
+    word2vec_partitions: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Word2Vec training tasks: more train on more cores, with noisier vectors (jobs/embed.py)."
+        ),
+    ] = 1,
     master: MasterOption = "local[2]",
     print_command: PrintCommandOption = False,
 ) -> None:
@@ -476,6 +482,7 @@ def batch_embed(
     """
     _check_date(date_)
     args = ["--lake", str(_lake(lake)), "--date", date_, "--days", str(days), "--dim", str(dim)]
+    args += ["--word2vec-partitions", str(word2vec_partitions)]
     _spark_submit("embed", args, master, lake, print_command)
 
 
@@ -526,6 +533,12 @@ def batch_nightly(
         bool, typer.Option(help="--no-fit scores with the model store's current models instead of refitting.")
     ] = True,
     alerts: Annotated[bool, typer.Option(help="Produce the detectors' alerts to the alerts.* topics.")] = False,
+    word2vec_partitions: Annotated[
+        int,
+        typer.Option(
+            min=1, help="The embed step's Word2Vec training tasks: more train on more cores, with noisier vectors."
+        ),
+    ] = 1,
     print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
@@ -555,7 +568,17 @@ def batch_nightly(
     else:
         raise UserError("give --date YYYY-MM-DD, or --from and --to for a backfill")
     servers = _servers(bootstrap) if (alerts or not skip_ingest) else None
-    run = NightlyRun(_lake(lake), dates, names, master, servers, ingest=not skip_ingest, alerts=alerts, fit=fit)
+    run = NightlyRun(
+        _lake(lake),
+        dates,
+        names,
+        master,
+        servers,
+        ingest=not skip_ingest,
+        alerts=alerts,
+        fit=fit,
+        word2vec_partitions=word2vec_partitions,
+    )
     if print_command:
         print(" ".join(nightly_command(run, err)))
         return
@@ -635,13 +658,14 @@ def _spark_submit(job: str, args: list[str], master: str, lake: str, print_comma
 
 
 @batch_app.command("runs")
-def batch_runs(lake: LakeOption = Path("lake")) -> None:
+def batch_runs(lake: LakeUriOption = "lake") -> None:
     """List the lake's ingest runs: id, records read, rejects, when (one JSON line each)."""
-    runs = sorted((lake / "_offsets").glob("*.json"), key=lambda p: json.loads(p.read_text())["finished_at"])
+    from argus.jobs.ingest import ingest_runs
+
+    runs = ingest_runs(_lake(lake))
     if not runs:
         raise UserError(f"no ingest runs in {lake}; run `argus batch ingest --lake {lake}` first")
-    for path in runs:
-        run = json.loads(path.read_text())
+    for run in runs:
         print(json.dumps({k: run[k] for k in ("run_id", "valid", "rejected", "finished_at")}))
 
 
@@ -907,6 +931,43 @@ def bench_stream(
         fetch_prism()
         result = run(events, rate, names, key_shards, bootstrap=bootstrap, timeout_s=timeout)
     except (BenchStreamError, PrismError) as exc:
+        raise UserError(str(exc)) from exc
+    print(json.dumps(result))
+
+
+@bench_app.command("checkpoint")
+def bench_checkpoint(
+    users: Annotated[int, typer.Option(min=50, help="Accounts in the benchmark world (realistic profile).")] = 500,
+    days: Annotated[int, typer.Option(min=2, help="Days of events in the world.")] = 30,
+    first_days: Annotated[int, typer.Option(help="Days of the log the first run reads before the restart.")] = 10,
+    detectors: Annotated[
+        str, typer.Option(help="Comma-separated streaming detectors to run.")
+    ] = "trolls,churn,evaders",
+    skip_fresh: Annotated[
+        bool, typer.Option("--skip-fresh", help="Leave out the fresh run over the whole log.")
+    ] = False,
+    kill: Annotated[
+        bool, typer.Option("--kill", help="Run the first run unbounded and SIGKILL it after its first commit.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
+    bootstrap: BootstrapOption = None,
+) -> None:
+    """What checkpoints cost on Prism: a fresh run, a first run and a restart from its checkpoint.
+
+    Keys: events, users, days, first_days, detectors; per run (fresh, first, restart) wall_s,
+    prism_peak_mib, records_read, checkpoints, alerts; checkpoint_file_kib (see argus/bench_checkpoint.py).
+    Starts a scratch broker unless --bootstrap is given; needs the Prism runner (`argus stream fetch`).
+    """
+    from argus.bench_checkpoint import BenchCheckpointError, check_settings
+    from argus.bench_checkpoint import bench_checkpoint as run
+    from argus.infra.prism import PrismError, fetch_prism
+
+    names = [d.strip() for d in detectors.split(",") if d.strip()]
+    try:
+        check_settings(days, first_days, names)
+        fetch_prism()
+        result = run(users, days, first_days, names, skip_fresh=skip_fresh, kill=kill, bootstrap=bootstrap)
+    except (BenchCheckpointError, PrismError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps(result))
 
@@ -1286,7 +1347,7 @@ def alerts_publish(
     writes the same keys). The scheduler's step after scoring; prints the records per topic as JSON."""
     from argus.infra.clients import publish_alerts
     from argus.preflight import PreflightError, require_broker
-    from argus.publish_alerts import PublishError, night_alerts
+    from argus.publish_alerts import PublishError, check_night, night_alerts
 
     day = _parse_date(date_, "--date")
     names = [d for d in detectors.split(",") if d]
@@ -1295,9 +1356,9 @@ def alerts_publish(
         named = unknown[0] if unknown else ""
         raise UserError(f"--detectors: unknown detector {named!r}; choose from {', '.join(DETECTOR_NAMES)}")
     try:
-        alerts = night_alerts(lake, day, names)  # every file is there and readable before the broker is asked
+        found = check_night(lake, day, names)  # every file is there and readable before the broker is asked
         require_broker(bootstrap)
-        produced = publish_alerts(alerts, bootstrap) if alerts else {}
+        produced = publish_alerts(night_alerts(lake, day, names), bootstrap) if found else {}  # a line at a time
     except (PublishError, PreflightError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps({"date": day.isoformat(), "produced": produced}))
@@ -1443,16 +1504,29 @@ def stream_fetch() -> None:
     out.print(f"Prism runner at {path}")
 
 
+def _model_store_option(value: str) -> str:
+    """``--model-store``: a folder or a URI of a known scheme (``argus.detectors.store``)."""
+    from argus.detectors.base import ModelError
+    from argus.detectors.store import store_location
+
+    try:
+        return str(store_location(value))
+    except ModelError as exc:
+        raise typer.BadParameter(str(exc).removeprefix(f"--model-store {value}: ")) from None
+
+
 @stream_app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def stream_run(
     ctx: typer.Context,
     model_store: Annotated[
-        Path,
+        str,
         typer.Option(
-            help="Model store folder (ROOT/<detector>/CURRENT); `argus batch score` publishes to LAKE/models. "
-            "A model published while the pipeline runs is used from its next batch on."
+            help="Model store (ROOT/<detector>/CURRENT): a folder, or a URI (s3a://bucket/models, gs://..., "
+            "hdfs://...); `argus batch score` publishes to LAKE/models. "
+            "A model published while the pipeline runs is used from its next batch on.",
+            callback=_model_store_option,
         ),
-    ] = Path("lake/models"),
+    ] = "lake/models",
     detectors: Annotated[
         str,
         typer.Option(

@@ -32,6 +32,7 @@ class NightlyRun:
     ingest: bool = False
     alerts: bool = False
     fit: bool = True
+    word2vec_partitions: int = 1  # the embed step's Word2Vec training tasks (jobs/embed.py)
     steps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -54,6 +55,7 @@ class NightlyRun:
         args += ["--ingest"] if self.ingest else []
         args += ["--alerts"] if self.alerts else []
         args += [] if self.fit else ["--no-fit"]
+        args += ["--word2vec-partitions", str(self.word2vec_partitions)]
         return args
 
 

@@ -134,7 +134,7 @@ def _ingested(root: Path, event_type: str) -> pd.DataFrame | None:
     """The published rows of a lake's ingested Delta table of ``event_type``; None when ``root`` has none."""
     if not (root / "ingested").is_dir():
         return None
-    from argus.jobs.lake import events_table, read_pandas  # Delta's own reader: never a listing of its files
+    from argus.detectors.lake_tables import events_table, read_pandas  # Delta's reader, never a file listing
 
     frame = read_pandas(root, events_table(event_type), columns=ARROW_SCHEMAS[event_type].names)
     return frame if frame is not None and len(frame) else None

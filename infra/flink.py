@@ -14,8 +14,13 @@ service, and no version has the shaded ``*-job-server`` jar). So the Flink path 
   ``argus stream run`` submits the same pipeline code with the SDK the job server speaks.
 
 The pipeline then runs with ``--runner=PortableRunner --job_endpoint=localhost:PORT --environment_type=LOOPBACK``
-(the SDK harness in the submitting process). What was verified, and what did not work (the source
-stalls when Flink checkpointing is on), is in ``infra/README.md``.
+(the SDK harness in the submitting process). What was verified is in ``infra/README.md``.
+
+**Flink checkpointing** needs the Beam options of ``checkpointed_run_args`` (``argus stream run --runner
+flink`` adds them): without ``--finish_bundle_before_checkpointing`` the runner finishes a bundle caught
+by a checkpoint inside the snapshot, holds that bundle's outputs back until the operator's next bundle
+or watermark, and meanwhile lets the watermark pass them; a stage that gets no further input never
+releases them, and the Kafka source stalls (infra/README.md, Flink).
 
 ``python -m argus.infra.flink fetch`` builds both (``make flink-jobserver``); ``python -m argus.infra.flink
 serve`` runs the job server in the foreground.
@@ -50,6 +55,7 @@ __all__ = [
     "FlinkJobServer",
     "beam_version",
     "build_python_env",
+    "checkpointed_run_args",
     "fetch_job_server",
     "job_server_libs",
     "python_env",
@@ -66,6 +72,29 @@ def beam_version() -> str:
     if found is None:
         raise FlinkError(f"{POM} names no <beam.version>")
     return found.group(1).strip()
+
+
+def checkpointed_run_args(checkpoint_interval_s: float, bounded: bool) -> list[str]:
+    """The Flink runner's checkpoint options for the streaming pipeline (Beam's ``FlinkPipelineOptions``).
+
+    - ``--checkpointing_interval``: Flink's checkpoints every ``checkpoint_interval_s``.
+    - ``--finish_bundle_before_checkpointing``: finish the open bundle before the checkpoint barrier
+      (``prepareSnapshotPreBarrier``). By default the runner finishes it inside the snapshot, after the
+      barrier went downstream, so it keeps that bundle's outputs in operator state until the operator
+      starts another bundle or takes another watermark, while the same bundle's end already advanced
+      the watermark past them. After an Impulse (whose one element is all that stage ever gets) or a
+      source's last read, neither happens: the element that starts the Kafka source, or the last
+      records it read, stay there and the job never finishes (apache/beam#12345 lets a later watermark
+      release them; here none comes). The cost: a checkpoint waits for the source's current read to
+      return (``ReadKafka``'s ``bundle_s``, at most ``poll_budget_s``).
+    - ``--shutdown_sources_after_idle_ms=0`` for a bounded run: with checkpointing on the runner keeps
+      its Impulse sources up forever so that checkpoints go on, and a bounded job would never end. With
+      it the sources end at once and the runner drains the rest (as with checkpointing off).
+    """
+    args = [f"--checkpointing_interval={int(checkpoint_interval_s * 1000)}", "--finish_bundle_before_checkpointing"]
+    if bounded:
+        args.append("--shutdown_sources_after_idle_ms=0")
+    return args
 
 
 def job_server_libs() -> Path:
@@ -227,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"Flink job server at {server.endpoint} (log {server.log}); Ctrl+C stops it")
             print(
                 f"submit with: {python_env()}/bin/argus stream run --runner flink ... -- --runner=PortableRunner "
-                f"--job_endpoint={server.endpoint} --environment_type=LOOPBACK --checkpointing_interval=-1"
+                f"--job_endpoint={server.endpoint} --environment_type=LOOPBACK"
             )
             code = server.wait()
             print(f"the job server exited ({code}); see {server.log}", file=sys.stderr)

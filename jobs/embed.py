@@ -16,6 +16,16 @@ without a GPU, we keep its two ideas and drop the recurrent network:
 Sequences keep each user's last ``max_tokens`` tokens (long histories are folded away by the
 decay anyway). Output: ``LAKE/embeddings/date=D/`` with ``user_id``, ``embedding`` (float array),
 ``tokens``.
+
+Word2Vec trains on one partition by default (``word2vec_partitions=1``, Spark's own default): one
+task runs the skip-gram updates over every sequence, so training time grows with the events and does
+not shrink with executors. With ``--word2vec-partitions N`` each of N tasks trains a copy of the
+vectors on its share of the sequences and the copies are merged after every iteration (MLlib's
+``numPartitions``): training runs on N cores, but each copy sees 1/N of the co-occurrences between
+merges, so the vectors are noisier and drift further from the one-partition ones as N grows (MLlib
+advises keeping N small, or more iterations to recover). The token vocabulary and the pooling are the
+same; the default stays one partition so that a night's embeddings, and the evaluations built on them,
+do not change with the cluster's size.
 """
 
 from __future__ import annotations
@@ -105,11 +115,16 @@ def run_embed(
     max_tokens: int = 512,
     seed: int = 7,
     publication: Publication | None = None,
+    word2vec_partitions: int = 1,
 ) -> dict[str, object]:
+    """Embed every user with events in the ``days`` up to ``day`` and publish ``day`` of the embeddings
+    table; ``word2vec_partitions`` trades the vectors' accuracy for training on more cores (module doc)."""
     from pyspark.ml.feature import Word2Vec
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    if word2vec_partitions < 1:
+        raise ValueError(f"--word2vec-partitions {word2vec_partitions}: give 1 or more (1 trains on one core)")
     lake = Path(lake)
     end_s = int((np.datetime64(day.isoformat()) + np.timedelta64(1, "D")).astype("datetime64[s]").astype(np.int64))
     grouped = sequences(event_tokens(spark, lake, day, days))
@@ -131,7 +146,15 @@ def run_embed(
         ]
     )
     docs = grouped.mapInPandas(expand, schema=schema).cache()
-    word2vec = Word2Vec(vectorSize=dim, windowSize=5, minCount=1, maxIter=2, seed=seed, inputCol="words")
+    word2vec = Word2Vec(
+        vectorSize=dim,
+        windowSize=5,
+        minCount=1,
+        maxIter=2,
+        seed=seed,
+        inputCol="words",
+        numPartitions=word2vec_partitions,
+    )
     model = word2vec.fit(docs)
     vectors = {row["word"]: np.asarray(row["vector"].toArray()) for row in model.getVectors().collect()}
     table = spark.sparkContext.broadcast(vectors)
@@ -158,17 +181,44 @@ def run_embed(
     embedded = docs.mapInPandas(pool, schema=out_schema).withColumn("embedding_date", F.lit(day.isoformat()))
     published, users = publish_per_user(spark, embedded, lake, "embeddings", day, publication)
     docs.unpersist()
-    return {"date": day.isoformat(), "users": users, "dim": dim, "vocabulary": len(vectors), "table": published}
+    return {
+        "date": day.isoformat(),
+        "users": users,
+        "dim": dim,
+        "vocabulary": len(vectors),
+        "word2vec_partitions": word2vec_partitions,
+        "table": published,
+    }
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: embed.py --lake DIR --date YYYY-MM-DD [--days 30] [--dim 32]."""
+    """spark-submit entry point: embed.py --lake DIR --date YYYY-MM-DD [--days 30] [--dim 32]
+    [--word2vec-partitions 1]."""
     parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--dim", type=int, default=DIM)
-    return run_job(parser, argv, lambda spark, a: (run_embed(spark, a.lake, a.date, a.days, a.dim), 0))
+    parser.add_argument("--word2vec-partitions", type=_partitions, default=1)
+    return run_job(
+        parser,
+        argv,
+        lambda spark, a: (
+            run_embed(spark, a.lake, a.date, a.days, a.dim, word2vec_partitions=a.word2vec_partitions),
+            0,
+        ),
+    )
+
+
+def _partitions(value: str) -> int:
+    """``--word2vec-partitions``: a whole number of at least 1."""
+    try:
+        partitions = int(value)
+    except ValueError:
+        partitions = 0
+    if partitions < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a whole number of 1 or more (1 trains on one core)")
+    return partitions
 
 
 if __name__ == "__main__":

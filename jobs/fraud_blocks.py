@@ -44,6 +44,7 @@ from argus.jobs.feature_blocks import BLOCK_SCHEMA, BLOCK_USERS, events_from_wid
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
+    from argus.detectors.events import Events
     from argus.detectors.fraud import FraudDetector
     from argus.detectors.fraud_features import FraudPopulation
 
@@ -111,7 +112,7 @@ def fraud_blocks(
         own_types = ("payment", "account", "moderation")
 
         def payments_of(key: tuple[Any, ...], rows: pd.DataFrame, figures: pd.DataFrame) -> pd.DataFrame:
-            return _payment_pass(int(key[0]), blocks, rows, figures, columns, shared.value, detector)
+            return _payment_pass(int(key[0]), blocks, rows, figures, columns, shared.value)
 
         passed = keep(
             routed.where(F.col("event_type").isin(*own_types))
@@ -400,23 +401,29 @@ def population_of(figures: pd.DataFrame, shared: dict[str, Any]) -> FraudPopulat
     )
 
 
+def _block_inputs(
+    events_rows: pd.DataFrame, lookups: pd.DataFrame, columns: dict[str, list[str]], shared: dict[str, Any]
+) -> tuple[Events, FraudPopulation]:
+    """What a block's task (passes 2 and 4) starts from: its ``_routed`` rows as events (its accounts' own and
+    the payments they received) and the population of its ``LOOKUP_SCHEMA`` rows and the broadcast figures."""
+    return events_from_wide(events_rows.drop(columns="_block"), columns), population_of(lookups, shared)
+
+
 # --- pass 2: payment rows, patterns and outcomes of one block -------------------------------------
 def _payment_pass(
     number: int,
     blocks: int,
     events_rows: pd.DataFrame,
-    figures: pd.DataFrame,
+    lookups: pd.DataFrame,
     columns: dict[str, list[str]],
     shared: dict[str, Any],
-    detector: FraudDetector,
 ) -> pd.DataFrame:
     """One block's sent payment rows, the payee-side figures of the transfers it received and its
     accounts' patterns and known outcomes (``kind`` sent / received / account)."""
     from argus.detectors.fraud import _outcomes, outcome_counts
     from argus.detectors.fraud_payments import PAYMENT_FEATURES, pattern_scores, payment_features
 
-    events = events_from_wide(events_rows.drop(columns="_block"), columns)
-    population = population_of(figures, shared)
+    events, population = _block_inputs(events_rows, lookups, columns, shared)
     rows = payment_features(events, population)
     mine = _mine(rows["user_id"], number, blocks)
     received = (rows["payee"] != "").to_numpy() & _mine(rows["payee"], number, blocks)
@@ -546,9 +553,8 @@ def _block_features(
     payment rows (sent and received) and the figures about everybody."""
     from argus.detectors.fraud_payments import ACCOUNT_EVIDENCE, PAYMENT_FEATURES
 
-    events = events_from_wide(events_rows.drop(columns="_block"), columns)
     lookups = figures[figures["kind"] != "row"]
-    population = population_of(lookups, shared)
+    events, population = _block_inputs(events_rows, lookups, columns, shared)
     evidence = pd.DataFrame({name: _series(lookups, name) for name in ACCOUNT_EVIDENCE}, columns=list(ACCOUNT_EVIDENCE))
     part = figures[figures["kind"] == "row"]
     rows = pd.DataFrame(

@@ -8,10 +8,11 @@ as the streaming path); rejects, and repeated ``event_id``s within a run, are de
 the reason and the original bytes.
 
 Tables (``argus.jobs.lake``): ``LAKE/ingested/event_type=T`` (partitioned by the events' date) and
-``LAKE/dead_letter`` (by the run's date). Ingest merges: an event whose ``event_id`` is stored, or a
-dead letter whose topic, partition and offset are, is not written again, so a rerun, or a run that
-overlaps one that crashed before logging its offsets, neither duplicates nor loses rows. Every table
-a run changed is published by one manifest; a run that fails before it leaves the lake as it was.
+``LAKE/dead_letter`` (by the run's date). Ingest merges: an event whose ``event_id`` is stored (on its
+date or a day either side, ``REARRIVAL_DAYS``), or a dead letter whose topic, partition and offset
+are, is not written again, so a rerun, or a run that overlaps one that crashed before logging its
+offsets, neither duplicates nor loses rows. Every table a run changed is published by one manifest;
+a run that fails before it leaves the lake as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import json
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,18 +34,34 @@ import pandas as pd
 import pyarrow as pa
 
 from argus.jobs.entry import run_job
-from argus.jobs.lake import DEAD_LETTER, convert_plain_parquet, events_table, job_lake
+from argus.jobs.lake import (
+    DEAD_LETTER,
+    Lake,
+    convert_plain_parquet,
+    events_table,
+    is_uri,
+    job_uri_lake,
+    join,
+    list_files,
+    put_file,
+    read_file,
+)
 from argus.jobs.publish import Publication
 from argus.schemas.arrow import ARROW_SCHEMAS, wide_event_schema
 from argus.schemas.bounds import EventTimeBounds, current_bounds
 from argus.schemas.models import EventBase
-from argus.schemas.privacy import ErasedSubjects, Pseudonymizer, current_privacy, erased_subjects
+from argus.schemas.privacy import ERASURE_LOG, ErasedSubjects, Pseudonymizer, current_privacy, erased_subjects
 from argus.schemas.validate import DUPLICATE_EVENT_ID, Rejection, validate
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
 ERASED_SUBJECT = "erased_subject"
+OFFSETS = "_offsets"  # LAKE/_offsets/<run_id>.json: each completed run's offset range
+# An event id is stored once: a new event is checked against the ids stored on its own date and on the
+# days either side (a retried send whose event time moved by the retry delay). A wider window costs a
+# read of more dates' event ids on every run; the full history would cost a read of every id stored.
+REARRIVAL_DAYS = 1
 _META = pa.schema(
     [
         ("date", pa.string()),
@@ -163,11 +180,10 @@ def kafka_end_offsets(bootstrap: str, topics: list[str]) -> dict[str, dict[str, 
     return out
 
 
-def previous_end(lake: Path, topics: list[str]) -> dict[str, dict[str, int]]:
+def previous_end(lake: Lake, topics: list[str]) -> dict[str, dict[str, int]]:
     """Where the last completed run ended, per topic partition (-2 = earliest)."""
     ends: dict[str, dict[str, int]] = {t: {} for t in topics}
-    for path in sorted((lake / "_offsets").glob("*.json")):
-        run = json.loads(path.read_text())
+    for run in ingest_runs(lake):
         for topic, parts in run["end"].items():
             if topic in ends:
                 for part, offset in parts.items():
@@ -175,25 +191,40 @@ def previous_end(lake: Path, topics: list[str]) -> dict[str, dict[str, int]]:
     return ends
 
 
+def ingest_runs(lake: Lake) -> list[dict[str, Any]]:
+    """Every completed run's offsets log (``IngestResult.to_json``), in the order they finished."""
+    logged = [logged_run(lake, name.removesuffix(".json")) for name in list_files(lake, OFFSETS, ".json")]
+    return sorted((run for run in logged if run is not None), key=lambda run: str(run["finished_at"]))
+
+
+def logged_run(lake: Lake, run_id: str) -> dict[str, Any] | None:
+    """The offsets log ``LAKE/_offsets/<run_id>.json`` of a completed run; None when there is none."""
+    data = read_file(lake, f"{OFFSETS}/{run_id}.json")
+    return None if data is None else dict(json.loads(data))
+
+
 def run_ingest(
     spark: SparkSession,
     bootstrap: str,
-    lake: Path,
+    lake: Lake,
     topics: list[str],
     rerun: str | None = None,
 ) -> IngestResult:
+    """Read the topics' new records (or ``rerun``'s range again) into the lake; the run's offsets log.
+
+    ``lake`` is a folder or a URI (``s3a://``, ``gs://``, ``hdfs://``): its tables and offsets logs
+    are written through the lake's file systems."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.pandas.types import from_arrow_schema
 
     from argus.infra.clients import spark_kafka_options
 
-    lake = Path(lake)
+    lake = lake if is_uri(lake) else Path(lake)  # a URI as given (``--lake`` parses it: job_uri_lake)
     if rerun:
-        log_path = lake / "_offsets" / f"{rerun}.json"
-        if not log_path.exists():
-            raise ValueError(f"no ingest run {rerun} in {lake / '_offsets'}; `argus batch runs` lists them")
-        logged = json.loads(log_path.read_text())
+        logged = logged_run(lake, rerun)
+        if logged is None:
+            raise ValueError(f"no ingest run {rerun} in {join(lake, OFFSETS)}; `argus batch runs` lists them")
         start, end, started_at = logged["start"], logged["end"], datetime.fromisoformat(logged["started_at"])
     else:
         end = kafka_end_offsets(bootstrap, topics)
@@ -214,7 +245,7 @@ def run_ingest(
     )
     validated = raw.mapInPandas(
         functools.partial(
-            validate_partition, bounds=current_bounds(), privacy=current_privacy(), erased=erased_subjects(lake)
+            validate_partition, bounds=current_bounds(), privacy=current_privacy(), erased=_erased_subjects(lake)
         ),
         schema=from_arrow_schema(_VALIDATED),
     )
@@ -251,8 +282,8 @@ def run_ingest(
         raise
     finally:
         validated.unpersist()
-    if rerun:
-        _drop_plain_files(lake, run_id)
+    if rerun and not is_uri(lake):  # plain files are landed on local lakes only
+        _drop_plain_files(Path(lake), run_id)
     result = IngestResult(
         run_id,
         start,
@@ -264,9 +295,21 @@ def run_ingest(
         erased_count,
         stored,
     )
-    (lake / "_offsets").mkdir(parents=True, exist_ok=True)
-    (lake / "_offsets" / f"{run_id}.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    put_file(lake, f"{OFFSETS}/{run_id}.json", json.dumps(result.to_json(), indent=2, sort_keys=True).encode())
     return result
+
+
+def _erased_subjects(lake: Lake) -> ErasedSubjects:
+    """The users ``argus forget`` erased from ``lake``, whose records a replay must not bring back.
+    ``argus forget`` keeps its log on local lakes; one found on an object-store lake is not ignored."""
+    if not is_uri(lake):
+        return erased_subjects(Path(lake))
+    if read_file(lake, ERASURE_LOG.as_posix()) is not None:
+        raise ValueError(
+            f"--lake {lake}: it holds an erasure log ({ERASURE_LOG.as_posix()}) that ingest reads from local "
+            "lakes only; ingest into a mounted copy of the lake so erased users stay erased"
+        )
+    return ErasedSubjects()
 
 
 def _merge_events(spark: SparkSession, publication: Publication, good: DataFrame) -> int:
@@ -283,8 +326,20 @@ def _merge_events(spark: SparkSession, publication: Publication, good: DataFrame
             continue
         rows = good.where(F.col("event_type") == event_type).select(*schema.names, "date")
         rows = rows.repartition("date").sortWithinPartitions("ts", "event_id")
-        stored += publication.merge(spark, rows, events_table(event_type), ["event_id"], dates[event_type])
+        searched = rearrival_dates(dates[event_type])
+        stored += publication.merge(spark, rows, events_table(event_type), ["event_id"], searched)
     return stored
+
+
+def rearrival_dates(dates: list[str]) -> list[str]:
+    """The dates whose stored event ids a batch with events on ``dates`` is checked against: those dates
+    and ``REARRIVAL_DAYS`` either side, so an event re-sent with its time moved past midnight is found."""
+    days = {
+        date.fromisoformat(d) + timedelta(days=shift)
+        for d in dates
+        for shift in range(-REARRIVAL_DAYS, 1 + REARRIVAL_DAYS)
+    }
+    return sorted(d.isoformat() for d in days)
 
 
 def _drop_plain_files(lake: Path, run_id: str) -> None:
@@ -299,7 +354,7 @@ def main(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="ingest.py", description=__doc__.splitlines()[0])
     parser.add_argument("--bootstrap", required=True)
-    parser.add_argument("--lake", required=True, type=job_lake)
+    parser.add_argument("--lake", required=True, type=job_uri_lake)
     parser.add_argument("--topics", default=",".join(EVENT_TOPICS))
     parser.add_argument("--rerun")
     return run_job(

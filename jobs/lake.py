@@ -1,4 +1,4 @@
-"""The lake's tables: Delta Lake tables, written and read through this module only.
+"""The lake's tables: Delta Lake tables, written through this module only.
 
 Tables (each a Delta table under the lake root, partitioned by a string ``date`` column):
 ``profiles``, ``embeddings`` and ``scores/detector=<name>`` (published by ``argus.jobs.publish``);
@@ -25,67 +25,52 @@ previous nights: ``manifest_before`` / ``version=`` read them (until VACUUM remo
 Locations: a local folder (the default) or a URI Spark's Hadoop file systems know (``s3a://``,
 ``gs://``, ``hdfs://``, ``abfss://``); ``lake_location`` parses both, and keeps a URI a URI.
 Readers outside Spark (pandas) read through ``deltalake`` (delta-rs), never by listing Parquet
-files: a Delta table's folder also holds the files of replaced versions.
+files: a Delta table's folder also holds the files of replaced versions. That read side (locations,
+manifests, ``read_pandas``) is ``argus.detectors.lake_tables``, which the detectors' event reader
+uses; its names are importable from here too.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+# The read side, which needs no Spark, lives with the detectors that read events through it;
+# its names are this module's too, so the jobs and the CLI import the whole lake from here.
+from argus.detectors.lake_tables import INGESTED_EVENTS as INGESTED_EVENTS
+from argus.detectors.lake_tables import MANIFESTS as MANIFESTS
+from argus.detectors.lake_tables import PARTITION as PARTITION
+from argus.detectors.lake_tables import SUPPORTED_SCHEMES as SUPPORTED_SCHEMES
+from argus.detectors.lake_tables import Lake as Lake
+from argus.detectors.lake_tables import LakeError as LakeError
+from argus.detectors.lake_tables import Manifest as Manifest
+from argus.detectors.lake_tables import events_table as events_table
+from argus.detectors.lake_tables import is_uri as is_uri
+from argus.detectors.lake_tables import join as join
+from argus.detectors.lake_tables import lake_filesystem as lake_filesystem
+from argus.detectors.lake_tables import lake_location as lake_location
+from argus.detectors.lake_tables import latest_manifest as latest_manifest
+from argus.detectors.lake_tables import list_files as list_files
+from argus.detectors.lake_tables import manifest_before as manifest_before
+from argus.detectors.lake_tables import manifests as manifests
+from argus.detectors.lake_tables import native_location as native_location
+from argus.detectors.lake_tables import published_dates as published_dates
+from argus.detectors.lake_tables import published_version as published_version
+from argus.detectors.lake_tables import read_file as read_file
+from argus.detectors.lake_tables import read_manifest as read_manifest
+from argus.detectors.lake_tables import read_pandas as read_pandas
+from argus.detectors.lake_tables import table_location as table_location
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyarrow.fs import FileSystem
     from pyspark.sql import DataFrame, SparkSession
 
-Lake = Path | str
-PARTITION = "date"
-MANIFESTS = "_manifests"
 # Delta's own default (delta.deletedFileRetentionDuration): a week of nights stays readable.
 DEFAULT_RETAIN_HOURS = 168
-INGESTED_EVENTS = "ingested"
 DEAD_LETTER = "dead_letter"
-_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-# Hadoop's scheme -> the scheme pyarrow and delta-rs use for the same store.
-_NATIVE_SCHEME = {"s3a": "s3", "s3n": "s3", "gcs": "gs"}
-SUPPORTED_SCHEMES = ("file", "s3a", "s3", "gs", "hdfs", "abfs", "abfss")
-
-
-class LakeError(ValueError):
-    """A lake location or table the user named is unusable; the message says what to do."""
-
-
-def lake_location(value: Lake) -> Lake:
-    """A local folder as an absolute ``Path``; a URI (``s3a://bucket/lake``) as the same string, never a path."""
-    text = str(value)
-    match = _SCHEME.match(text)
-    if match is None:
-        return Path(text).expanduser().resolve()
-    scheme = match.group(1).lower()
-    if scheme not in SUPPORTED_SCHEMES:
-        known = ", ".join(f"{s}://" for s in SUPPORTED_SCHEMES)
-        raise LakeError(f"--lake {text}: unknown scheme {scheme}://; use a folder or one of {known}")
-    if scheme == "file":
-        return Path(text.removeprefix("file://")).resolve()
-    if not text[match.end() :].strip("/"):
-        raise LakeError(f"--lake {text}: name a bucket or host and a folder, e.g. {scheme}://bucket/lake")
-    return text.rstrip("/")
-
-
-def is_uri(lake: Lake) -> bool:
-    return not isinstance(lake, Path) and _SCHEME.match(str(lake)) is not None
-
-
-def join(lake: Lake, *parts: str) -> Lake:
-    """``lake / parts``, keeping a URI a URI."""
-    if is_uri(lake):
-        return "/".join([str(lake).rstrip("/"), *parts])
-    return Path(lake).joinpath(*parts)
 
 
 def local_root(lake: Lake, what: str) -> Path:
@@ -107,6 +92,17 @@ def job_lake(value: str) -> Path:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def job_uri_lake(value: str) -> Lake:
+    """``--lake`` of a job that keeps its plain files (ingest's offsets, quality results) through the
+    lake's file system (``put_file``, ``read_file``): a folder or a URI (an argparse type)."""
+    import argparse
+
+    try:
+        return lake_location(value)
+    except LakeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def logs_folder(lake: Lake) -> Path:
     """Where the CLI keeps Spark's output: ``LAKE/_logs``, or ``$ARGUS_HOME/logs`` beside a URI lake."""
     if is_uri(lake):
@@ -114,25 +110,6 @@ def logs_folder(lake: Lake) -> Path:
 
         return argus_home() / "logs"
     return Path(lake) / "_logs"
-
-
-def table_location(lake: Lake, table: str) -> str:
-    """Where Spark reads and writes ``table`` (a path for a local lake, the URI otherwise)."""
-    return str(join(lake, *table.split("/")))
-
-
-def events_table(event_type: str) -> str:
-    """The Delta table of ``event_type``'s ingested events."""
-    return f"{INGESTED_EVENTS}/event_type={event_type}"
-
-
-def native_location(location: str) -> str:
-    """``location`` as pyarrow and delta-rs name it (``s3a://`` is ``s3://`` outside Hadoop)."""
-    match = _SCHEME.match(location)
-    if match is None:
-        return location
-    scheme = match.group(1).lower()
-    return _NATIVE_SCHEME.get(scheme, scheme) + location[match.end() - 3 :]
 
 
 # --- writing and reading with Spark ---------------------------------------------------------
@@ -168,9 +145,11 @@ def merge_new_rows(
     Delta commit; (the table's newest version, rows inserted). The table is created on its first write;
     when every key is there already nothing is committed and the version stays as it was.
 
-    ``dates``, when the key determines the date (an event's id, its time), limits the search for
-    existing keys to those dates' files; without it every date is searched. New columns are added to
-    the table's schema, as ``write_date`` does.
+    ``dates`` limits the search for existing keys to those dates' files (partition pruning); without it
+    every date is searched. A stored key on any searched date matches, whatever the new row's date, so
+    an event that re-arrives with its time moved (a client's retry past midnight) is not stored twice
+    when the caller searches the dates around the new rows' (``argus.jobs.ingest`` does). New columns
+    are added to the table's schema, as ``write_date`` does.
     """
     location = table_location(lake, table)
     before = latest_version(spark, lake, table)
@@ -180,8 +159,7 @@ def merge_new_rows(
         source = f"argus_merge_{abs(hash((location, id(frame))))}"
         frame.createOrReplaceTempView(source)
         matched = " AND ".join(f"t.`{key}` = s.`{key}`" for key in keys)
-        if dates is not None:
-            matched += f" AND t.`{PARTITION}` = s.`{PARTITION}`"
+        if dates is not None:  # a condition on the target alone: Delta reads only those dates' files
             matched += f" AND t.`{PARTITION}` IN ({', '.join(_sql_string(d) for d in sorted(dates)) or 'NULL'})"
         try:
             spark.sql(
@@ -229,6 +207,18 @@ def restore(spark: SparkSession, lake: Lake, table: str, version: int) -> None:
     spark.sql(f"RESTORE TABLE delta.`{table_location(lake, table)}` TO VERSION AS OF {int(version)}")
 
 
+def restores(spark: SparkSession, lake: Lake, table: str, version: int, target: int) -> bool:
+    """Whether commit ``version`` of ``table`` is a RESTORE to version ``target``: the table then holds
+    ``target``'s content already, and restoring it again would only add a commit."""
+    from pyspark.sql import functions as F
+
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{table_location(lake, table)}`")
+    row = history.where(F.col("version") == int(version)).select("operation", "operationParameters").first()
+    if row is None or row["operation"] != "RESTORE":
+        return False
+    return str((row["operationParameters"] or {}).get("version")) == str(int(target))
+
+
 def read_spark(
     spark: SparkSession, lake: Lake, table: str, day: date | None = None, version: int | None = None
 ) -> DataFrame | None:
@@ -253,31 +243,7 @@ def _delta_table_exists(spark: SparkSession, location: str) -> bool:
     return bool(jvm.io.delta.tables.DeltaTable.isDeltaTable(spark._jsparkSession, location))  # type: ignore[attr-defined]
 
 
-# --- reading without Spark ------------------------------------------------------------------
-
-
-def read_pandas(
-    lake: Lake,
-    table: str,
-    day: date | None = None,
-    columns: list[str] | None = None,
-    version: int | None = None,
-) -> pd.DataFrame | None:
-    """``read_spark`` for pandas readers (report, evaluations, demo) through delta-rs; the same rows."""
-    from deltalake import DeltaTable
-
-    if version is None:
-        version = published_version(lake, table)
-    if version is None:
-        return None
-    delta = DeltaTable(native_location(table_location(lake, table)), version=version)
-    if day is None:
-        return delta.to_pandas(columns=columns)
-    wanted = None if columns is None else [c for c in columns if c != PARTITION]
-    frame = delta.to_pandas(filters=[(PARTITION, "=", day.isoformat())], columns=wanted)
-    if not len(frame):
-        return None
-    return frame.drop(columns=[PARTITION], errors="ignore")
+# --- writing without Spark ------------------------------------------------------------------
 
 
 def write_date_pandas(frame: pd.DataFrame, lake: Lake, table: str, day: date) -> int:
@@ -292,62 +258,7 @@ def write_date_pandas(frame: pd.DataFrame, lake: Lake, table: str, day: date) ->
     return int(DeltaTable(location).version())
 
 
-def published_dates(lake: Lake, table: str) -> list[str]:
-    """The dates the newest manifest's version of ``table`` holds, oldest first."""
-    from deltalake import DeltaTable
-
-    version = published_version(lake, table)
-    if version is None:
-        return []
-    delta = DeltaTable(native_location(table_location(lake, table)), version=version)
-    return sorted({p[PARTITION] for p in delta.partitions()})
-
-
 # --- the manifest: one commit point for several tables --------------------------------------
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """What one publication made visible: every published table and the Delta version to read."""
-
-    sequence: int
-    tables: dict[str, int]
-    name: str = ""
-    changed: list[str] = field(default_factory=list)
-    committed_at: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sequence": self.sequence,
-            "name": self.name,
-            "committed_at": self.committed_at,
-            "changed": self.changed,
-            "tables": dict(sorted(self.tables.items())),
-        }
-
-
-def latest_manifest(lake: Lake) -> Manifest | None:
-    """The newest manifest; None before the first publication."""
-    sequences = _manifest_sequences(lake)
-    return read_manifest(lake, sequences[-1]) if sequences else None
-
-
-def manifest_before(lake: Lake, sequence: int) -> Manifest | None:
-    """The newest manifest older than ``sequence`` (the previous night's); None when there is none."""
-    older = [s for s in _manifest_sequences(lake) if s < sequence]
-    return read_manifest(lake, older[-1]) if older else None
-
-
-def read_manifest(lake: Lake, sequence: int) -> Manifest:
-    fs, root = _filesystem(lake)
-    with fs.open_input_stream(f"{root}/{MANIFESTS}/{sequence:020d}.json") as stream:
-        data = json.loads(stream.read())
-    return Manifest(data["sequence"], data["tables"], data["name"], data["changed"], data["committed_at"])
-
-
-def published_version(lake: Lake, table: str) -> int | None:
-    manifest = latest_manifest(lake)
-    return None if manifest is None else manifest.tables.get(table)
 
 
 def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest:
@@ -361,13 +272,8 @@ def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest
     sequence = previous.sequence + 1 if previous else 1
     committed = datetime.now(UTC).isoformat(timespec="seconds")
     manifest = Manifest(sequence, tables, name, sorted(versions), committed)
-    _put(lake, f"{MANIFESTS}/{sequence:020d}.json", json.dumps(manifest.to_json(), indent=2).encode())
+    put_file(lake, f"{MANIFESTS}/{sequence:020d}.json", json.dumps(manifest.to_json(), indent=2).encode())
     return manifest
-
-
-def manifests(lake: Lake) -> list[Manifest]:
-    """Every manifest, oldest first: the lake's publication history."""
-    return [read_manifest(lake, sequence) for sequence in _manifest_sequences(lake)]
 
 
 def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS, dry_run: bool = True) -> dict[str, int]:
@@ -389,17 +295,9 @@ def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS, dry_run: bool =
     return removed
 
 
-def _manifest_sequences(lake: Lake) -> list[int]:
-    from pyarrow.fs import FileSelector, FileType
-
-    fs, root = _filesystem(lake)
-    infos = fs.get_file_info(FileSelector(f"{root}/{MANIFESTS}", allow_not_found=True))
-    names = [Path(i.path).name for i in infos if i.type == FileType.File]
-    return sorted(int(n.removesuffix(".json")) for n in names if re.fullmatch(r"\d{20}\.json", n))
-
-
-def _put(lake: Lake, relative: str, data: bytes) -> None:
-    """One object written whole: a single put on object storage, write-then-rename on a local disk."""
+def put_file(lake: Lake, relative: str, data: bytes) -> None:
+    """The plain file ``relative`` under the lake written whole: a single put on object storage,
+    write-then-rename on a local disk, so a reader sees the old file or the new one, never a part."""
     if not is_uri(lake):
         target = Path(lake) / relative
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -409,17 +307,8 @@ def _put(lake: Lake, relative: str, data: bytes) -> None:
         return
     from pyarrow.fs import LocalFileSystem
 
-    fs, root = _filesystem(lake)
+    fs, root = lake_filesystem(lake)
     if isinstance(fs, LocalFileSystem):  # a file:// URI; object stores have no folders to create
         fs.create_dir(f"{root}/{relative.rsplit('/', 1)[0]}", recursive=True)
     with fs.open_output_stream(f"{root}/{relative}") as stream:
         stream.write(data)
-
-
-def _filesystem(lake: Lake) -> tuple[FileSystem, str]:
-    from pyarrow.fs import FileSystem, LocalFileSystem
-
-    if not is_uri(lake):
-        return LocalFileSystem(), str(lake)
-    fs, root = FileSystem.from_uri(native_location(str(lake)))
-    return fs, root.rstrip("/")

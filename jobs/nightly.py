@@ -69,6 +69,7 @@ def run_nightly(
     feature_days: int = 30,
     days: int = 30,
     dim: int = 32,
+    word2vec_partitions: int = 1,
     report: Report = print_step,
 ) -> tuple[dict[str, Any], int]:
     """Run the chain for ``dates`` in order; (summary, exit code: 0, or 1 when a quality gate failed)."""
@@ -90,7 +91,16 @@ def run_nightly(
         report({"step": "ingest", "run_id": ingested.run_id, "valid": ingested.valid, "rejected": ingested.rejected})
     for day in dates:
         night = run_night(
-            spark, lake, day, detectors, fit=fit, feature_days=feature_days, days=days, dim=dim, report=report
+            spark,
+            lake,
+            day,
+            detectors,
+            fit=fit,
+            feature_days=feature_days,
+            days=days,
+            dim=dim,
+            word2vec_partitions=word2vec_partitions,
+            report=report,
         )
         if night is None:
             summary.update(failed=day.isoformat(), seconds=round(time.monotonic() - started, 1))
@@ -118,6 +128,7 @@ def run_night(
     feature_days: int = 30,
     days: int = 30,
     dim: int = 32,
+    word2vec_partitions: int = 1,
     report: Report = print_step,
 ) -> int | None:
     """One date of the chain, published all at once at its end; its alert count, or None when the gate failed."""
@@ -138,7 +149,10 @@ def run_night(
     window = None
     try:
         report({"step": "profiles", **run_profile(spark, lake, day, feature_days, publication=publication)})
-        report({"step": "embeddings", **run_embed(spark, lake, day, days, dim, publication=publication)})
+        embedded = run_embed(
+            spark, lake, day, days, dim, publication=publication, word2vec_partitions=word2vec_partitions
+        )
+        report({"step": "embeddings", **embedded})
         # The look-back's events, read once for every detector and kept on the executors, never the driver.
         window = night_window(spark, lake, day, days).persist(StorageLevel.MEMORY_AND_DISK) if detectors else None
         store = ModelStore(lake / "models")
@@ -168,7 +182,8 @@ def _current_model(store: ModelStore, name: str) -> Path:
 
 def main(argv: list[str]) -> int:
     """spark-submit entry point: nightly.py --lake DIR (--date D | --from D1 --to D2) [--detectors a,b]
-    [--ingest] [--alerts] [--bootstrap HOST:PORT] [--no-fit] [--feature-days N] [--days N] [--dim N]."""
+    [--ingest] [--alerts] [--bootstrap HOST:PORT] [--no-fit] [--feature-days N] [--days N] [--dim N]
+    [--word2vec-partitions N]."""
     parser = argparse.ArgumentParser(prog="nightly.py", description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", type=date.fromisoformat)
@@ -182,6 +197,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--feature-days", type=int, default=30)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--word2vec-partitions", type=int, default=1)
 
     def chain(spark: SparkSession, a: argparse.Namespace) -> tuple[dict[str, Any], int]:
         if a.date is not None:
@@ -192,6 +208,8 @@ def main(argv: list[str]) -> int:
             raise ValueError("give --date D, or --from D1 --to D2 for a backfill")
         if (a.ingest or a.alerts) and not a.bootstrap:
             raise ValueError("--ingest and --alerts need --bootstrap HOST:PORT")
+        if a.word2vec_partitions < 1:  # checked before any step runs, not when the embed step is reached
+            raise ValueError(f"--word2vec-partitions {a.word2vec_partitions}: give 1 or more (1 trains on one core)")
         return run_nightly(
             spark,
             a.lake,
@@ -203,6 +221,7 @@ def main(argv: list[str]) -> int:
             feature_days=a.feature_days,
             days=a.days,
             dim=a.dim,
+            word2vec_partitions=a.word2vec_partitions,
         )
 
     return run_job(parser, argv, chain)

@@ -70,7 +70,7 @@ class Publication:
         if table not in self._before:
             self._before[table] = self._recover(spark, table)
         version, inserted = tables.merge_new_rows(spark, frame, self.lake, table, keys, dates)
-        if version != self._before[table]:  # a merge that found every key stored commits nothing
+        if self._changed(spark, table, version, self._before[table]):  # a merge finding every key commits nothing
             self._tables[table] = version
         if not self.deferred:
             self.publish()
@@ -84,9 +84,16 @@ class Publication:
         """The published version of ``table``; a newer one that no manifest names (a crashed run's) is undone."""
         published = tables.published_version(self.lake, table)
         latest = tables.latest_version(spark, self.lake, table)
-        if published is not None and latest is not None and latest > published:
+        if published is not None and latest is not None and self._changed(spark, table, latest, published):
             tables.restore(spark, self.lake, table, published)
         return published
+
+    def _changed(self, spark: SparkSession, table: str, version: int, published: int | None) -> bool:
+        """Whether ``version`` of ``table`` holds other content than the ``published`` version: a later
+        commit that is not the RESTORE to it a failed run's ``discard`` (or a ``_recover``) made."""
+        if version == published:
+            return False
+        return published is None or not tables.restores(spark, self.lake, table, version, published)
 
     def publish(self) -> None:
         """One manifest naming every table version written and not yet published."""
@@ -114,7 +121,7 @@ class Publication:
         if not self.deferred:
             self._swap(target)
 
-    def model(self, store_root: Path, detector: Detector) -> Path:
+    def model(self, store_root: Path, detector: Detector) -> Path | str:
         """Save ``detector`` to the store (versions are immutable) and make it current with the outputs."""
         from argus.detectors.store import ModelStore
 

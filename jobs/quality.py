@@ -6,7 +6,8 @@ unique, the partition is fresh (its newest event is within ``freshness_hours`` o
 end) and its volume is within ``volume_tolerance`` of the previous day's (both judged only on
 partitions of ``trend_min_rows`` rows or more: sparse streams swing too much). The full results go to
 ``LAKE/_quality/date=D/results.json``; a failing gate exits non-zero with a one-screen summary,
-so a nightly chain stops before anything downstream is published.
+so a nightly chain stops before anything downstream is published. The lake is a folder or a URI
+(``s3a://``, ``gs://``, ``hdfs://``): results are written through its file system.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from argus.jobs.entry import run_job
-from argus.jobs.lake import job_lake
+from argus.jobs.lake import Lake, is_uri, job_uri_lake, join, list_files, put_file
 from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.schemas.models import EVENT_MODELS
 
@@ -38,7 +39,7 @@ RANGES = {"amount": (0.0, 10_000_000.0), "duration_ms": (0, 86_400_000)}
 class QualityReport:
     day: str
     passed: bool
-    results_path: str
+    results_path: str  # a path, or a URI on an object-store lake
     failures: dict[str, list[str]] = field(default_factory=dict)  # event type -> failed checks
     rows: dict[str, int] = field(default_factory=dict)
 
@@ -85,19 +86,20 @@ def contract_suite(event_type: str, expected_rows: tuple[int, int] | None, fresh
     return suite
 
 
-def partition(lake: Path, event_type: str, day: date) -> Path:
-    """Where ``argus import`` and ``argus generate`` land ``day``'s ``event_type`` events as plain files."""
-    return lake / "events" / f"event_type={event_type}" / f"date={day.isoformat()}"
+def partition(event_type: str, day: date) -> str:
+    """Where ``argus import`` and ``argus generate`` land ``day``'s ``event_type`` events as plain files,
+    under the lake."""
+    return f"events/event_type={event_type}/date={day.isoformat()}"
 
 
-def day_events(spark: SparkSession, lake: Path, event_type: str, day: date) -> DataFrame | None:
+def day_events(spark: SparkSession, lake: Lake, event_type: str, day: date) -> DataFrame | None:
     """``day``'s ``event_type`` events, without the ``date`` column: the landed plain files and the
     ingested Delta table's published rows; None when there are none."""
     from argus.jobs.lake import events_table, read_spark
     from argus.jobs.profiles import union_events
 
-    landed = partition(lake, event_type, day)
-    parts = [_read(spark, landed)] if landed.exists() else []
+    landed = partition(event_type, day)
+    parts = [_read(spark, str(join(lake, *landed.split("/"))))] if list_files(lake, landed) else []
     ingested = read_spark(spark, lake, events_table(event_type), day)
     if ingested is not None:
         parts.append(ingested)
@@ -106,15 +108,16 @@ def day_events(spark: SparkSession, lake: Path, event_type: str, day: date) -> D
 
 def run_quality(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     day: date,
     freshness_hours: float = 6.0,
     volume_tolerance: float = 0.5,
     trend_min_rows: int = 1000,
 ) -> QualityReport:
+    """Run the gate on ``day`` of ``lake`` (a folder or a URI) and write its full results to the lake."""
     import great_expectations as gx
 
-    lake = Path(lake)
+    lake = lake if is_uri(lake) else Path(lake)  # a URI as given (``--lake`` parses it: job_uri_lake)
     frames = {t: day_events(spark, lake, t, day) for t in ARROW_SCHEMAS}
     present = {t: frame for t, frame in frames.items() if frame is not None}
     if not present:
@@ -126,7 +129,8 @@ def run_quality(
     assets = context.data_sources.add_spark("lake")
     # Spark hands great-expectations naive timestamps in the session's time zone, which is UTC.
     fresh_after = datetime.combine(day, time()) + timedelta(hours=24 - freshness_hours)
-    report = QualityReport(day.isoformat(), True, str(lake / "_quality" / f"date={day}" / "results.json"))
+    results = f"_quality/date={day.isoformat()}/results.json"
+    report = QualityReport(day.isoformat(), True, str(join(lake, *results.split("/"))))
     full: dict[str, Any] = {}
     for event_type, frame in present.items():
         rows = frame.count()
@@ -146,11 +150,8 @@ def run_quality(
         if failed:
             report.passed = False
             report.failures[event_type] = failed
-    path = Path(report.results_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_suffix(".partial")
-    staging.write_text(json.dumps({"day": report.day, "passed": report.passed, "suites": full}, indent=1, default=str))
-    staging.replace(path)
+    written = {"day": report.day, "passed": report.passed, "suites": full}
+    put_file(lake, results, json.dumps(written, indent=1, default=str).encode())  # whole, or not at all
     return report
 
 
@@ -186,8 +187,8 @@ def check_output(frame: DataFrame, kind: str) -> list[str]:
     return [_describe(r) for r in batch.validate(suite).results if not r.success]
 
 
-def _read(spark: SparkSession, path: Path) -> DataFrame:
-    return spark.read.parquet(str(path))
+def _read(spark: SparkSession, location: str) -> DataFrame:
+    return spark.read.parquet(location)
 
 
 def _describe(result: Any) -> str:
@@ -215,7 +216,7 @@ def _describe(result: Any) -> str:
 def main(argv: list[str]) -> int:
     """spark-submit entry point: quality.py --lake DIR --date YYYY-MM-DD (exit 1 when the gate fails)."""
     parser = argparse.ArgumentParser(prog="quality.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=job_lake)
+    parser.add_argument("--lake", required=True, type=job_uri_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--freshness-hours", type=float, default=6.0)
     parser.add_argument("--volume-tolerance", type=float, default=0.5)

@@ -8,9 +8,11 @@ Prism state lives in the runner's memory, so the pipeline checkpoints itself:
    (``SourceBatch``). A stateful stage that reads the source (trolls' channel windows, fraud's
    payment graph) records, per key shard, which ranges it has taken in (``ReceivedLog``). After
    every firing that changes its state, each stateful stage emits a ``StageSnapshot`` of that
-   shard, labelled with the firing's event time: the stages of ``stream_adapters.py`` a *delta*,
-   only the parts of their state the firing changed (per user, per account, per message; see
-   ``part_delta``) and numbered (``seq``); the others their whole state.
+   shard, labelled with the firing's event time: the stages run by ``StageFn``
+   (``pipelines/stage.py``: the trolls' channel windows and users, the adapters of
+   ``stream_adapters.py``) a *delta*, only the parts of their state the firing changed (per user,
+   per channel, per account, per message; see ``part_delta``) and numbered (``seq``); the payment
+   graph its whole state.
 2. **A consistent cut by watermark.** One ``_CheckpointFn`` (a single key) collects the snapshots
    and sets a timer just after each label ``X``. It fires once the watermark of *all* its inputs
    has passed ``X``: every snapshot labelled ``<= X`` has arrived, and every sink (alerts, dead

@@ -40,6 +40,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import Metrics, MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from argus.detectors.store import store_location
 from argus.infra.clients import PortableKafkaSettings, portable_kafka_settings, require_topic_access
 from argus.infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
 from argus.pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
@@ -63,7 +64,7 @@ class StreamError(ValueError):
 class StreamConfig:
     """Everything ``argus stream run`` sets; see its ``--help`` for each field."""
 
-    model_store: Path
+    model_store: Path | str  # a folder or a URI (argus.detectors.store)
     detectors: Sequence[str] = ("trolls", "fraud")
     topics: Sequence[str] = EVENT_TOPICS
     bootstrap: str | None = None
@@ -122,9 +123,13 @@ class StreamConfig:
             )
         if self.checkpoint_dir is not None and Path(self.checkpoint_dir).is_file():
             raise StreamError(f"--checkpoint-dir {self.checkpoint_dir} is a file; give a folder")
+        from argus.detectors.base import ModelError
         from argus.detectors.store import ModelStore
 
-        store = ModelStore(self.model_store)
+        try:
+            store = ModelStore(self.model_store)
+        except ModelError as exc:  # a URI with an unknown scheme or no bucket
+            raise StreamError(str(exc)) from None
         for adapter in self.detectors:
             name = STREAMING_DETECTORS[adapter].name  # the model it scores with
             if store.current_version(name) is None:
@@ -231,7 +236,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig, client: Portab
     chosen = [STREAMING_DETECTORS[name]() for name in config.detectors]
     plan = resume_plan(config, client)
     settings = StreamSettings(
-        model_store=Path(config.model_store),
+        model_store=store_location(config.model_store),
         allowed_lateness_s=config.allowed_lateness_s,
         fraud_interval_s=config.fraud_interval_s,
         fraud_lookback_days=config.fraud_lookback_days,
@@ -259,15 +264,16 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig, client: Portab
         split.dlq
         | "DeadLetters" >> WriteKafka(client, [config.dlq_topic] if skip else [], identify=_dead_letter_identity)
     ]
+    # Labelled by the registry's name: two streaming forms of one model (trolls, troll-messages) may run together.
     outputs = [
-        split.events | f"{d.name}" >> _DetectorTransform(d, settings)  # type: ignore[operator]
-        for d in chosen
+        split.events | name >> _DetectorTransform(d, settings)  # type: ignore[operator]
+        for name, d in zip(config.detectors, chosen, strict=True)
     ]
     alerts = [o.alerts for o in outputs]
     merged = alerts[0] if len(alerts) == 1 else tuple(alerts) | "AllAlerts" >> beam.Flatten()
     snapshots = [
-        o.features | f"{d.name}FeatureRecords" >> beam.Map(_snapshot_record, f"{config.features_prefix}.{d.name}")
-        for d, o in zip(chosen, outputs, strict=True)
+        o.features | f"{name}FeatureRecords" >> beam.Map(_snapshot_record, f"{config.features_prefix}.{d.name}")
+        for name, d, o in zip(config.detectors, chosen, outputs, strict=True)
         if o.features is not None
     ]
     if snapshots:
@@ -341,10 +347,12 @@ def pipeline_options(config: StreamConfig) -> PipelineOptions:
             "--experiments=prism_disable_sdf_split",
         ]
     elif config.runner == "flink":
+        from argus.infra.flink import checkpointed_run_args
+
         args += [
             "--runner=FlinkRunner",
             f"--parallelism={config.parallelism}",
-            f"--checkpointing_interval={int(config.checkpoint_interval_s * 1000)}",
+            *checkpointed_run_args(config.checkpoint_interval_s, config.bounded),
         ]
     elif config.runner == "dataflow":
         args += ["--runner=DataflowRunner", f"--max_num_workers={config.parallelism}", "--save_main_session"]

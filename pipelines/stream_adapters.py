@@ -3,13 +3,14 @@
 Like ``TrollStream`` and ``FraudStream`` (``pipelines/stream_detectors.py``, whose module doc
 describes batches, key shards, alert windows and checkpoints), each adapter keeps per-shard state
 around the functions of ``detectors/`` and scores with the model store's current version
-(``LiveModel``). Every stateful stage here is one ``_StageFn``: elements (source batches, or lists
-from an upstream stage) wait in a bag until the watermark passes the event time at which their
-evidence is complete; one timer per such time and shard (dynamic tag) then hands everything due
-to the adapter's logic in one call. A firing may set further timers (churn's wake-ups). The state
-is held as pickled parts (``StageLogic.parts``: per user, per account, per kept message), so with
-checkpoints a firing emits only the parts whose bytes it changed, the elements that came or went,
-and the source ranges it took in (a numbered delta the checkpoint stage folds; restored exactly).
+(``LiveModel``). Every stateful stage here is a ``StageLogic`` run by ``StageFn``
+(``pipelines/stage.py``): elements (source batches, or lists from an upstream stage) wait in a bag
+until the watermark passes the event time at which their evidence is complete; one timer per such
+time and shard (dynamic tag) then hands everything due to the adapter's logic in one call. A firing
+may set further timers (churn's wake-ups). The state is held as pickled parts (``StageLogic.parts``:
+per user, per account, per kept message), so with checkpoints a firing emits only the parts whose
+bytes it changed, the elements that came or went, and the source ranges it took in (a numbered
+delta the checkpoint stage folds; restored exactly).
 
 **Churn** (``ChurnStream``, one stage keyed by user shard). A user-day is complete when the
 watermark passes the end of the day plus the allowed lateness: the day's events then become the
@@ -56,21 +57,14 @@ see only the kept conversation.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import pickle
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
 import pandas as pd
-from apache_beam.coders import PickleCoder
 from apache_beam.metrics.metric import Metrics
-from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import BagStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
 
 from argus.detectors.alerts import EVIDENCE_LIMIT, alert_id, severity
 from argus.detectors.base import LOW_EVIDENCE, SCORED, Detector
@@ -82,14 +76,10 @@ from argus.detectors.store import LiveModel, ModelStore
 from argus.detectors.trolls import ITEM_FLAG, MESSAGE_MODEL_ATTR
 from argus.pipelines.checkpoint import (
     Ranges,
-    ReceivedLog,
-    Restore,
-    StageSnapshot,
     covers,
-    part_delta,
-    part_section,
 )
 from argus.pipelines.kafka_io import SourceBatch
+from argus.pipelines.stage import StageLogic, dataclass_from_parts, dataclass_parts, stage_transform
 from argus.pipelines.stream_detectors import (
     DAY_US,
     Event,
@@ -97,7 +87,6 @@ from argus.pipelines.stream_detectors import (
     StreamingDetector,
     StreamOutputs,
     StreamSettings,
-    StrKeyed,
     alerts_by_day,
     feature_snapshot,
     one_native_thread,
@@ -124,223 +113,6 @@ MESSAGE_CHANNELS_STAGE, MESSAGE_USERS_STAGE = "messages.channels", "messages.use
 EVADER_KEY = "accounts"
 MESSAGE_ALERTS = "trolls-messages"  # alert ids of message-level troll alerts (apart from TrollStream's)
 RAW_LIMIT = 200  # an account's events kept per type for its profile (the nightly profile reads up to 400 messages)
-
-
-# --- the one stateful stage ------------------------------------------------------------------
-class StageLogic:
-    """What one ``_StageFn`` does: when elements are due, and what a firing does with them and the state."""
-
-    stage: ClassVar[str]
-    source: ClassVar[bool] = True  # reads source batches (records their ranges for checkpoints)
-
-    def setup(self) -> None:
-        """Per worker, before the first element (load models)."""
-
-    def new_state(self) -> Any:
-        raise NotImplementedError
-
-    def due_times(self, rows: list[Any], ts_us: int) -> dict[int, list[Any]]:
-        """The rows of one element by the event time (us) after which they are due."""
-        raise NotImplementedError
-
-    def wake_times(self, state: Any) -> Iterable[int]:
-        """Timers the state holds besides its waiting elements (restored after a restart)."""
-        return ()
-
-    def fire(self, state: Any, rows: list[Any], fired_us: int, set_timer: Callable[[int], None]) -> Iterator[Any]:
-        """Apply the due ``rows`` to ``state`` (in place) at event time ``fired_us``; yield outputs."""
-        raise NotImplementedError
-
-    def parts(self, state: Any) -> dict[Hashable, Any]:
-        """The state as parts keyed by tuples whose first item names a section (``("daily", user)``): a
-        checkpoint snapshot carries only the parts a firing changed. Default: the whole state, one part."""
-        return {("state",): state}
-
-    def from_parts(self, parts: dict[Hashable, Any]) -> Any:
-        """The state from ``parts`` (each section in the order ``parts`` gave it)."""
-        return parts[("state",)]
-
-
-def dataclass_parts(state: Any, keyed: Iterable[str]) -> dict[Hashable, Any]:
-    """A dataclass state's parts: one per entry of the dict fields named in ``keyed``, one per other field."""
-    keyed = set(keyed)
-    out: dict[Hashable, Any] = {}
-    for item in dataclasses.fields(state):
-        value = getattr(state, item.name)
-        if item.name in keyed:
-            out.update({(item.name, key): entry for key, entry in value.items()})
-        else:
-            out[(item.name,)] = value
-    return out
-
-
-def dataclass_from_parts(cls: type, parts: dict[Hashable, Any], keyed: Iterable[str]) -> Any:
-    """The inverse of ``dataclass_parts``: each keyed dict filled in the parts' order."""
-    maps: dict[str, dict[Any, Any]] = {name: {} for name in keyed}
-    whole: dict[str, Any] = {}
-    for key, value in parts.items():
-        assert isinstance(key, tuple)
-        if len(key) == 2 and key[0] in maps:
-            maps[key[0]][key[1]] = value
-        else:
-            whole[key[0]] = value
-    return cls(**whole, **maps)
-
-
-WAITING = "\x00waiting"  # the section of a stage snapshot's parts holding the elements waiting for their time
-
-
-def _digest(blob: bytes) -> bytes:
-    return hashlib.blake2b(blob, digest_size=16).digest()
-
-
-def _waiting_parts(waiting: list[tuple[int, bytes]], digests: list[bytes]) -> dict[Hashable, bytes]:
-    """Waiting elements as parts, keyed by due time and content digest (a repeat numbered): the same key in
-    every firing, so a snapshot sends an element once."""
-    out: dict[Hashable, bytes] = {}
-    for (at_us, blob), digest in zip(waiting, digests, strict=True):
-        n = 0
-        while (WAITING, at_us, digest, n) in out:
-            n += 1
-        out[(WAITING, at_us, digest, n)] = blob
-    return out
-
-
-class _StageFn(beam.DoFn):  # type: ignore[misc]
-    """Keyed by shard: elements wait in one bag; a timer per due time hands them to the logic in one call."""
-
-    BUFFER = BagStateSpec("buffer", PickleCoder())
-    FIRE = TimerSpec("fire", TimeDomain.WATERMARK)
-
-    def __init__(self, logic: StageLogic, checkpoints: bool) -> None:
-        self.logic, self.checkpoints = logic, checkpoints
-
-    def setup(self) -> None:
-        self.logic.setup()
-
-    @staticmethod
-    def _set(timer: Any, shard: str, at_us: int) -> None:
-        timer.set(Timestamp(micros=at_us), dynamic_timer_tag=f"{shard}/{at_us}")
-
-    def process(
-        self,
-        element: tuple[str, Any],
-        ts: Any = beam.DoFn.TimestampParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-        timer: Any = beam.DoFn.TimerParam(FIRE),  # noqa: B008
-    ) -> None:
-        shard, payload = element
-        if isinstance(payload, Restore):
-            self._restore(shard, payload.snapshot, buffer, timer)
-            return
-        if self.logic.source:
-            topic, partition, start, end, rows = payload
-            if self.checkpoints:
-                buffer.add(("r", (topic, partition, start, end, ts.micros)))
-                if not rows:  # a firing settles the range even for a shard without events of its own
-                    self._set(timer, shard, ts.micros)
-        else:
-            rows = payload
-        for at_us, part in self.logic.due_times(rows, ts.micros).items():
-            blob = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-            buffer.add(("b", (at_us, blob), _digest(blob) if self.checkpoints else b""))
-            self._set(timer, shard, at_us)
-
-    def _restore(self, shard: str, snapshot: StageSnapshot, buffer: Any, timer: Any) -> None:
-        """The shard's state, waiting elements and timers back from its checkpoint snapshot."""
-        if snapshot.parts is None:  # written whole (by an earlier version): (state, waiting) pickled
-            state, waiting = pickle.loads(snapshot.state)
-            parts = {
-                key: pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-                for key, value in self.logic.parts(state).items()
-            }
-            waiting_keys: tuple[Hashable, ...] = ()
-        else:
-            parts = {k: v for k, v in snapshot.parts.items() if part_section(k) != WAITING}
-            waiting_keys = tuple(k for k in snapshot.parts if part_section(k) == WAITING)
-            waiting = [(k[1], snapshot.parts[k]) for k in waiting_keys]  # type: ignore[index]
-            state = self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
-        buffer.add(("parts", snapshot.seq, parts, waiting_keys))
-        if snapshot.received is not None:
-            buffer.add(("received", snapshot.received))
-        for item in waiting:
-            buffer.add(("b", item, _digest(item[1])))
-            self._set(timer, shard, item[0])
-        for at_us in self.logic.wake_times(state):
-            self._set(timer, shard, at_us)
-
-    @on_timer(FIRE)
-    def fire(
-        self,
-        fired: Any = beam.DoFn.TimestampParam,
-        tag: Any = beam.DoFn.DynamicTimerTagParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-        timer: Any = beam.DoFn.TimerParam(FIRE),  # noqa: B008
-    ) -> Iterator[Any]:
-        shard = str(tag).split("/")[0]
-        # The state is held as pickled parts: unpickled here, pickled again after the firing, and the
-        # parts whose bytes changed are the checkpoint delta (the snapshot costs no second pickling).
-        seq: int = 0
-        parts: dict[Hashable, bytes] | None = None
-        sent_waiting: tuple[Hashable, ...] = ()
-        due: list[Any] = []
-        waiting: list[tuple[int, bytes]] = []
-        digests: list[bytes] = []  # of the waiting elements' bytes, taken once when they came
-        received = ReceivedLog()
-        fresh_ranges = False
-        for entry in buffer.read():
-            kind, item = entry[0], entry[1]
-            if kind == "parts":
-                seq, parts, sent_waiting = entry[1], entry[2], entry[3]
-            elif kind == "r":
-                received.add(*item)
-                fresh_ranges = True
-            elif kind == "received":
-                received.absorb(item)
-            elif item[0] <= fired.micros:
-                due += pickle.loads(item[1])
-            else:
-                waiting.append(item)
-                digests.append(entry[2])
-        if parts is None:
-            parts = {}
-            state = self.logic.new_state()
-        else:
-            state = self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
-        timers: list[int] = []
-        outputs = list(self.logic.fire(state, due, fired.micros, timers.append))
-        if not due and not outputs and not timers and not fresh_ranges:
-            return  # another tag of the same time did the work
-        for at_us in timers:
-            self._set(timer, shard, at_us)
-        fresh = {
-            key: pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL) for key, value in self.logic.parts(state).items()
-        }
-        held = _waiting_parts(waiting, digests) if self.checkpoints else {}
-        buffer.clear()
-        buffer.add(("parts", seq + 1, fresh, tuple(held)))
-        for item, digest in zip(waiting, digests, strict=True):
-            buffer.add(("b", item, digest))
-        if self.checkpoints:
-            log = None
-            if self.logic.source:
-                received.settle(fired.micros)
-                buffer.add(("received", received))
-                log = received
-            # Only what this firing changed: the state's changed parts, the elements that came or went
-            # (everything for the shard's first snapshot, or its first after a whole one was restored).
-            if seq == 0:
-                parts, sent_waiting = {}, ()
-            changed, removed = part_delta(parts, fresh)
-            sent: set[Hashable] = set(sent_waiting)
-            changed.update({key: blob for key, blob in held.items() if key not in sent})
-            removed += tuple(key for key in sent_waiting if key not in held)
-            snapshot = StageSnapshot(
-                self.logic.stage, shard, fired.micros, received=log, parts=changed, removed=removed,
-                seq=seq + 1, base_seq=seq if seq > 0 else None,
-            )  # fmt: skip
-            yield beam.pvalue.TaggedOutput("checkpoint", snapshot)
-        yield from outputs
 
 
 def _by_shard(
@@ -372,8 +144,7 @@ def _stage(
     keyed: Any, settings: StreamSettings, logic: StageLogic, label: str, *outputs: str, main: str = "out"
 ) -> Any:
     restored = with_restore(keyed, settings, logic.stage)
-    fn = beam.ParDo(_StageFn(logic, settings.checkpoints)).with_input_types(StrKeyed)
-    return restored | label >> fn.with_outputs("checkpoint", *outputs, main=main)
+    return restored | label >> stage_transform(logic, settings.checkpoints, *outputs, main=main)
 
 
 def _frames(rows: Iterable[Event]) -> Events:

@@ -42,15 +42,20 @@ event time that saw new payment or account activity it computes ``FraudDetector.
 the users touched since the previous boundary (and their payees), equal to their rows of
 ``FraudDetector.features`` over the lookback, and scores them with ``FraudDetector.score``
 (clusters assigned with ``FraudDetector.assign``). The held rows are frames, parsed once: each
-boundary appends the rows that arrived since. The stage runs on one worker; per boundary it pays
-one pass of grouped aggregations over the lookback's payments and logins (``fraud_population``)
-and the features of the touched users' neighbourhood (``feature_reach``), not everyone's features.
+boundary appends the rows that arrived since. The stage runs on one worker. What relates users to
+everybody (``fraud_population``: norms, medians, accounts per entity) it keeps from boundary to
+boundary (``RollingPopulation``, updated by the rows that entered and left the window; rebuilt from
+the held rows on the first boundary, after a restore or a retried firing), so a boundary pays for
+its new rows and the features of the touched users' neighbourhood (``feature_reach``), not a pass
+over the lookback nor everyone's features.
 
 **Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
-graph) record the source ranges each shard took in, and every stateful stage emits its whole
-state after each firing that changed it (``StageSnapshot``, tagged output ``checkpoint``); after a
-restart each shard gets its snapshot back as a ``Restore`` element (state and timers) and is not
-given again the batches it had (``StreamSettings.received``). See ``pipelines/checkpoint.py``.
+graph) record the source ranges each shard took in, and every stateful stage emits a
+``StageSnapshot`` after each firing that changed it (tagged output ``checkpoint``): the trolls'
+stages (``StageLogic``s run by ``pipelines/stage.py``) a numbered delta, only the channels and
+users the firing changed and the messages that came or went; the payment graph its whole state.
+After a restart each shard gets its snapshot back as a ``Restore`` element (state and timers) and
+is not given again the batches it had (``StreamSettings.received``). See ``pipelines/checkpoint.py``.
 
 **Feature snapshots.** With ``StreamSettings.publish_features`` every scored snapshot also goes
 out as a ``FeatureSnapshot`` record (user, event time, model version, score, the numeric
@@ -64,7 +69,7 @@ import datetime as dt
 import math
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,9 +97,11 @@ from argus.detectors.chat_features import (
 )
 from argus.detectors.events import Events
 from argus.detectors.fraud import FraudDetector
+from argus.detectors.fraud_features import RollingPopulation
 from argus.detectors.store import LiveModel, ModelStore
 from argus.pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
 from argus.pipelines.kafka_io import SourceBatch
+from argus.pipelines.stage import StageLogic, dataclass_from_parts, dataclass_parts, stage_transform
 from argus.schemas.models import Alert
 
 __all__ = [
@@ -164,7 +171,7 @@ def one_native_thread() -> Iterator[None]:
 class StreamSettings:
     """What every adapter needs: the model store, the event-time tolerances and the key shards."""
 
-    model_store: Path
+    model_store: Path | str  # a folder or a URI (argus.detectors.store)
     allowed_lateness_s: float = 60.0
     fraud_interval_s: int = 3_600
     fraud_lookback_days: int = 30
@@ -395,121 +402,89 @@ def _chat_by_shard(
         yield shard, (batch.topic, batch.partition, batch.start, batch.end, messages)
 
 
-class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
+@dataclass
+class ChannelWindowsState:
+    """One channel shard's closed windows: per channel, the newest window (slot) already summed."""
+
+    closed: dict[str, int] = field(default_factory=dict)
+
+
+class ChannelWindowsLogic(StageLogic):
     """Keyed by channel shard: hold messages until their window closes, then emit per-user window sums.
 
-    One bag holds the waiting batches and each channel's last closed window, one timer per window
-    (dynamic tag) closes it for every channel of the shard: a firing reads state once, and
-    ``process`` never reads state (each read is a round trip to the runner on Prism, which has no
-    state cache). Each batch is stored pickled with the time its first window closes, so a firing
-    unpickles only batches that are due: a pipeline running behind holds many windows, and
-    re-reading all of them at every firing made its cost quadratic. Output: one list of
-    (user, WindowSums) per user shard.
+    Messages wait (pickled, by the time their window closes) until the watermark passes the end of
+    their window plus the allowed lateness; one firing per such time closes that window for every
+    channel of the shard, in one ``window_sums`` call. A message of a window its channel already
+    closed is late: counted, and summed as a window of its own. Output: one list of (user,
+    WindowSums) per user shard. Checkpoint parts: one per channel, and the waiting messages.
     """
 
-    BUFFER = BagStateSpec("buffer", PickleCoder())
-    CLOSE = TimerSpec("close", TimeDomain.WATERMARK)
+    stage = CHANNELS_STAGE
 
-    def __init__(self, window_s: int, lateness_s: float, user_shards: int, checkpoints: bool = False) -> None:
-        self.window_s, self.lateness_s, self.user_shards = window_s, lateness_s, user_shards
-        self.checkpoints = checkpoints
+    def __init__(self, window_s: int, lateness_s: float, user_shards: int) -> None:
+        self.window_s, self.user_shards = window_s, user_shards
+        self.window_us, self.lateness_us = window_s * 1_000_000, round(lateness_s * 1_000_000)
         self.late = Metrics.counter("stream", "late_events")
         self.duplicates = Metrics.counter("stream", "duplicate_events")
 
-    def _fire_at(self, slot: int) -> float:
-        return (slot + 1) * self.window_s + self.lateness_s
+    def close_us(self, slot: int) -> int:
+        """When window ``slot`` closes: its end plus the allowed lateness."""
+        return (slot + 1) * self.window_us + self.lateness_us
 
-    def process(
-        self,
-        element: tuple[str, ShardBatch | Restore],
-        ts: Any = beam.DoFn.TimestampParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-        timer: Any = beam.DoFn.TimerParam(CLOSE),  # noqa: B008
-    ) -> None:
-        if isinstance(element[1], Restore):
-            self._restore(element[1].snapshot, buffer, timer)
-            return
-        topic, partition, start, end, messages = element[1]
-        if self.checkpoints:
-            buffer.add(("r", (topic, partition, start, end, ts.micros)))
-        if not messages:
-            return
-        window_us = self.window_s * 1_000_000
-        slots = {m[2] // window_us for m in messages}
-        buffer.add(("m", (self._fire_at(min(slots)), pickle.dumps(messages, protocol=pickle.HIGHEST_PROTOCOL))))
-        for slot in slots:
-            timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=f"{element[0]}/{slot}")
+    def new_state(self) -> ChannelWindowsState:
+        return ChannelWindowsState()
 
-    def _restore(self, snapshot: StageSnapshot, buffer: Any, timer: Any) -> None:
-        window_us = self.window_s * 1_000_000
-        for entry in pickle.loads(snapshot.state):
-            buffer.add(entry)
-            if entry[0] == "m":
-                for slot in {m[2] // window_us for m in pickle.loads(entry[1][1])}:
-                    timer.set(Timestamp(self._fire_at(slot)), dynamic_timer_tag=f"{snapshot.shard}/{slot}")
-        buffer.add(("received", snapshot.received or ReceivedLog()))
+    def parts(self, state: ChannelWindowsState) -> dict[Hashable, Any]:
+        return dataclass_parts(state, ("closed",))
 
-    @on_timer(CLOSE)
-    def close(
-        self,
-        fired: Any = beam.DoFn.TimestampParam,
-        tag: Any = beam.DoFn.DynamicTimerTagParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-    ) -> Iterator[Any]:
-        now = fired.micros / 1e6
-        window_us = self.window_s * 1_000_000
-        closed: dict[str, int] = {}
-        due: list[ChatMessage] = []
-        keep: list[ChatMessage] = []
-        waiting: list[tuple[float, bytes]] = []  # batches not due yet, kept as they were stored
-        received = ReceivedLog()
-        for kind, item in buffer.read():
-            if kind == "r":
-                received.add(*item)
-                continue
-            if kind == "received":
-                received.absorb(item)
-                continue
+    def from_parts(self, parts: dict[Hashable, Any]) -> ChannelWindowsState:
+        return dataclass_from_parts(ChannelWindowsState, parts, ("closed",))  # type: ignore[no-any-return]
+
+    def changed_parts(self, rows: list[ChatMessage]) -> list[Hashable]:
+        return [("closed", m[5]) for m in rows]
+
+    def from_whole(self, blob: bytes) -> tuple[ChannelWindowsState, list[tuple[int, bytes]]]:
+        """A snapshot of an earlier version: bag entries ``("closed", {channel: slot})`` and ``("m", (first
+        close in seconds, pickled messages))``, the messages regrouped here by the close of their own window."""
+        state = ChannelWindowsState()
+        messages: list[ChatMessage] = []
+        for kind, item in pickle.loads(blob):
             if kind == "closed":
                 for channel, slot in item.items():
-                    closed[channel] = max(slot, closed.get(channel, slot))
-                continue
-            if item[0] > now:  # a lagging pipeline holds many windows: do not unpickle them at every firing
-                waiting.append(item)
-                continue
-            for message in pickle.loads(item[1]):
-                (due if self._fire_at(message[2] // window_us) <= now else keep).append(message)
-        if not due:
+                    state.closed[channel] = max(slot, state.closed.get(channel, slot))
+            elif kind == "m":
+                messages += pickle.loads(item[1])
+        by_close = self.due_times(messages, 0).items()
+        waiting = [(at, pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL)) for at, rows in by_close]
+        return state, waiting
+
+    def due_times(self, rows: list[ChatMessage], ts_us: int) -> dict[int, list[ChatMessage]]:
+        out: dict[int, list[ChatMessage]] = {}
+        for message in rows:
+            out.setdefault(self.close_us(message[2] // self.window_us), []).append(message)
+        return out
+
+    def fire(
+        self, state: ChannelWindowsState, rows: list[ChatMessage], fired_us: int, set_timer: Callable[[int], None]
+    ) -> Iterator[tuple[str, list[tuple[str, WindowSums]]]]:
+        if not rows:
             return
         unique: dict[str, ChatMessage] = {}
-        for message in sorted(due, key=lambda m: (m[2], m[0])):
+        for message in sorted(rows, key=lambda m: (m[2], m[0])):
             if message[0] in unique:
                 self.duplicates.inc()
             else:
                 unique[message[0]] = message
+        closed = state.closed
         on_time: list[ChatMessage] = []
         late: list[ChatMessage] = []
         newest: dict[str, int] = {}
         for message in unique.values():
-            channel, slot = message[5], message[2] // window_us
+            channel, slot = message[5], message[2] // self.window_us
             (late if channel in closed and slot <= closed[channel] else on_time).append(message)
             newest[channel] = max(slot, newest.get(channel, slot))
         for channel, slot in newest.items():
             closed[channel] = max(slot, closed.get(channel, slot))
-        entries: list[tuple[str, Any]] = [("closed", closed), *(("m", item) for item in waiting)]
-        if keep:
-            first = min(self._fire_at(m[2] // window_us) for m in keep)
-            entries.append(("m", (first, pickle.dumps(keep, protocol=pickle.HIGHEST_PROTOCOL))))
-        buffer.clear()
-        for entry in entries:
-            buffer.add(entry)
-        if self.checkpoints:
-            received.settle(fired.micros)
-            buffer.add(("received", received))
-            state = pickle.dumps(entries, protocol=pickle.HIGHEST_PROTOCOL)
-            yield beam.pvalue.TaggedOutput(
-                "checkpoint", StageSnapshot(CHANNELS_STAGE, str(tag).split("/")[0], fired.micros, state, received)
-            )
         parts = window_sums(on_time, self.window_s)
         if late:
             self.late.inc(len(late))
@@ -524,102 +499,85 @@ class _ChannelWindowsFn(beam.DoFn):  # type: ignore[misc]
 ChatSnapshot = tuple[str, dict[str, float], set[int], list[str], int]
 
 
-class _UserChatFn(beam.DoFn):  # type: ignore[misc]
+class UserChatLogic(StageLogic):
     """Keyed by user shard: add window sums in event-time order; one feature snapshot per user and window.
 
-    One bag holds the shard's users' running state (one dict) and the window sums waiting for the
-    watermark; a timer per arrival time (dynamic tag) applies them in order once every channel
-    shard's sums for that time are in. Output: one list of snapshots per firing.
+    The window sums of one channel-stage firing are due at its time (the element's timestamp): once
+    the watermark passes it, every channel shard's sums for that time are in, and they are applied
+    in order. Output: one list of snapshots per firing. Checkpoint parts: one per user.
     """
 
-    BUFFER = BagStateSpec("buffer", PickleCoder())
-    APPLY = TimerSpec("apply", TimeDomain.WATERMARK)
+    stage = USERS_STAGE
+    source = False
 
-    def __init__(self, keep_evidence: int, checkpoints: bool = False) -> None:
+    def __init__(self, keep_evidence: int) -> None:
         self.keep_evidence = keep_evidence
-        self.checkpoints = checkpoints
 
-    def process(
-        self,
-        element: tuple[str, list[tuple[str, WindowSums]] | Restore],
-        ts: Any = beam.DoFn.TimestampParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-        timer: Any = beam.DoFn.TimerParam(APPLY),  # noqa: B008
-    ) -> None:
-        if isinstance(element[1], Restore):
-            buffer.add(("state", pickle.loads(element[1].snapshot.state)))
-            return
-        buffer.add(("p", ts.micros, element[1]))
-        timer.set(ts, dynamic_timer_tag=f"{element[0]}/{ts.micros}")
+    def new_state(self) -> dict[str, UserChatState]:
+        return {}
 
-    @on_timer(APPLY)
-    def apply(
+    def parts(self, state: dict[str, UserChatState]) -> dict[Hashable, Any]:
+        return {("user", user): chat for user, chat in state.items()}
+
+    def from_parts(self, parts: dict[Hashable, Any]) -> dict[str, UserChatState]:
+        return {key[1]: chat for key, chat in parts.items()}  # type: ignore[index]
+
+    def changed_parts(self, rows: list[tuple[str, WindowSums]]) -> list[Hashable]:
+        return [("user", user) for user, _ in rows]  # a firing changes the users it has sums for
+
+    def from_whole(self, blob: bytes) -> tuple[dict[str, UserChatState], list[tuple[int, bytes]]]:
+        """A snapshot of an earlier version: the users only (sums still waiting came again from the channels)."""
+        return pickle.loads(blob), []
+
+    def due_times(self, rows: list[tuple[str, WindowSums]], ts_us: int) -> dict[int, list[tuple[str, WindowSums]]]:
+        return {ts_us: rows} if rows else {}
+
+    def fire(
         self,
-        fired: Any = beam.DoFn.TimestampParam,
-        tag: Any = beam.DoFn.DynamicTimerTagParam,
-        buffer: Any = beam.DoFn.StateParam(BUFFER),  # noqa: B008
-    ) -> Iterator[Any]:
-        users: dict[str, UserChatState] = {}
+        state: dict[str, UserChatState],
+        rows: list[tuple[str, WindowSums]],
+        fired_us: int,
+        set_timer: Callable[[int], None],
+    ) -> Iterator[list[ChatSnapshot]]:
         due: dict[str, list[WindowSums]] = {}
-        keep: list[tuple[str, int, list[tuple[str, WindowSums]]]] = []
-        for entry in buffer.read():
-            if entry[0] == "state":
-                users = entry[1]
-            elif entry[1] <= fired.micros:
-                for user, part in entry[2]:
-                    due.setdefault(user, []).append(part)
-            else:
-                keep.append(entry)
+        for user, part in rows:
+            due.setdefault(user, []).append(part)
         if not due:
             return
         snapshots: list[ChatSnapshot] = []
         for user, parts in due.items():
-            state = users.setdefault(user, UserChatState())
+            chat = state.setdefault(user, UserChatState())
             by_slot: dict[tuple[bool, int], list[WindowSums]] = {}
             for part in parts:
                 by_slot.setdefault((part.late, part.slot), []).append(part)
             # On-time windows in event-time order; late parts after them.
             for (_, _slot), group in sorted(by_slot.items()):
-                apply_window_sums(state, group, self.keep_evidence)
+                apply_window_sums(chat, group, self.keep_evidence)
                 t_us = max(t for part in group for t, _ in part.times)
-                snapshots.append((user, dict(state.sums), set(state.texts), list(state.recent), int(t_us)))
-        buffer.clear()
-        buffer.add(("state", users))
-        for entry in keep:
-            buffer.add(entry)
+                snapshots.append((user, dict(chat.sums), set(chat.texts), list(chat.recent), int(t_us)))
         yield snapshots
-        if self.checkpoints:  # the users only: sums waiting for later times are still in the channel stage's snapshot
-            blob = pickle.dumps(users, protocol=pickle.HIGHEST_PROTOCOL)
-            shard = str(tag).split("/")[0]
-            yield beam.pvalue.TaggedOutput("checkpoint", StageSnapshot(USERS_STAGE, shard, fired.micros, blob))
 
 
 class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
     """Scores batches of snapshots with the store's current model (reloaded when a new one is published)."""
 
-    def __init__(self, store: Path, name: str, publish_features: bool) -> None:
+    def __init__(self, store: Path | str, name: str, publish_features: bool) -> None:
         self.store, self.name, self.publish_features = store, name, publish_features
         self._live: LiveModel | None = None
-        self._hashed: tuple[Detector, str] | None = None  # the loaded model and its model_version
         self.scored = Metrics.counter("stream", f"{name}_scored")
 
     def setup(self) -> None:
         self._live = LiveModel(ModelStore(self.store), self.name)
 
-    def detector(self) -> Detector:
-        assert self._live is not None
-        return self._live.get()
-
-    def model_version(self, detector: Detector) -> str:
-        """``detector.model_version``, hashed once per loaded model (it hashes the whole model)."""
-        if self._hashed is None or self._hashed[0] is not detector:
-            self._hashed = (detector, detector.model_version)
-        return self._hashed[1]
+    def live(self) -> LiveModel:  # a method, not a property: Beam reads every attribute of a DoFn when it is applied
+        assert self._live is not None, "setup() runs before process()"
+        return self._live
 
 
 class _ScoreChatFn(_ScoreBatchFn):
     def process(self, batch: list[ChatSnapshot]) -> Iterator[Any]:
-        detector = self.detector()
+        live = self.live()
+        detector = live.get()
         window_s = int(detector.params.get("window_s", CONTEXT_WINDOW_S))
         features = chat_feature_rows([(u, s, t) for u, s, t, _, _ in batch], window_s)
         with one_native_thread():
@@ -627,7 +585,7 @@ class _ScoreChatFn(_ScoreBatchFn):
         self.scored.inc(len(scores))
         flagged = scores["flagged"].to_numpy()
         if flagged.any():
-            version = self.model_version(detector)
+            version = live.model_version()
             for rows in _alert_runs(batch, np.flatnonzero(flagged).tolist()):
                 evidence = {batch[i][0]: list(reversed(batch[i][3])) for i in rows}
                 start, end = _day_window(batch[rows[0]][4])
@@ -636,7 +594,7 @@ class _ScoreChatFn(_ScoreBatchFn):
             names = list(features.columns)
             values = features.to_numpy(dtype=float).tolist()
             score = scores["score"].to_numpy(dtype=float).tolist()
-            store_version = self._live.version if self._live is not None else None
+            store_version = live.version
             for j, (user, _, _, _, t_us) in enumerate(batch):
                 row = dict(zip(names, values[j], strict=True))
                 snapshot = feature_snapshot(detector, user, t_us, row, score[j], flagged[j], store_version)
@@ -669,12 +627,12 @@ class TrollStream(StreamingDetector):
         by_channel = batches | "ByChannelShard" >> beam.FlatMap(
             _chat_by_shard, shards, tracked, received_ranges(settings, CHANNELS_STAGE)
         )
-        windows = with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> beam.ParDo(
-            _ChannelWindowsFn(window_s, settings.allowed_lateness_s, shards, tracked)
-        ).with_input_types(StrKeyed).with_outputs("checkpoint", main="sums")
-        users = with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> beam.ParDo(
-            _UserChatFn(settings.evidence_per_alert, tracked)
-        ).with_input_types(StrKeyed).with_outputs("checkpoint", main="snapshots")
+        windows = with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> stage_transform(
+            ChannelWindowsLogic(window_s, settings.allowed_lateness_s, shards), tracked, main="sums"
+        )
+        users = with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> stage_transform(
+            UserChatLogic(settings.evidence_per_alert), tracked, main="snapshots"
+        )
         scored = users.snapshots | "ScoreTrolls" >> beam.ParDo(
             _ScoreChatFn(settings.model_store, self.name, settings.publish_features)
         ).with_outputs("features", main="alerts")
@@ -735,6 +693,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         self.publish_features = settings.publish_features
         self.checkpoints = settings.checkpoints
         self._live: LiveModel | None = None
+        self._rolling: _RollingCache | None = None
         self.late = Metrics.counter("stream", "late_events")
         self.scored = Metrics.counter("stream", f"{name}_scored")
 
@@ -743,6 +702,25 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
 
     def _boundary(self, t_us: int) -> int:
         return (t_us // self.interval_us + 1) * self.interval_us
+
+    def _rolling_at(
+        self, boundary: int, done_us: int | None, kept: list[dict[str, pd.DataFrame]], fresh: dict[str, pd.DataFrame]
+    ) -> RollingPopulation:
+        """The population over the held rows of ``[boundary - lookback, boundary)``: the one kept since the last
+        boundary, updated by the rows that entered and left the window, while it matches the state (the bag holds
+        the entry it was kept for and ``done`` its boundary); otherwise (the first boundary, a restore, a retried
+        bundle) built from the held rows."""
+        start = boundary - self.lookback_us
+        cached, self._rolling = self._rolling, None  # never left half updated
+        current = cached is not None and done_us == cached.boundary and len(kept) == 1
+        if cached is not None and current and _fingerprint(kept[0]) == cached.held:
+            rolling, last = cached.rolling, cached.boundary
+            rolling.remove(_rows_between([(kept[0], None, min(last, start))]))
+            rolling.add(_rows_between([(kept[0], max(last, start), boundary), (fresh, start, boundary)]))
+            return rolling
+        rolling = RollingPopulation()
+        rolling.add(_rows_between([(_joined_graph(kept, fresh), start, boundary)]))
+        return rolling
 
     def process(
         self,
@@ -787,18 +765,23 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         assert self._live is not None
         boundary = int(tag)
         done_us = done.read()
-        held, activity = _held_graph(rows.read())
+        kept_parts, fresh, activity = _graph_parts(rows.read())
+        held = _joined_graph(kept_parts, fresh)
         touched = _fresh_users(held, _utc(boundary - self.interval_us), _utc(boundary))
         if done_us is not None and boundary <= done_us:
             # Evidence for a boundary already scored: kept for later boundaries, counted as late.
             self.late.inc(sum(touched.values()))
             return
         done.write(boundary)
+        rolling = self._rolling_at(boundary, done_us, kept_parts, fresh)
         if touched:
             detector = self._live.get()
-            frames = {**held, "activity": _activity_frame(activity)} if activity else dict(held)
+            # Of the chat and click counts, ``features_for`` reads only the touched users' (their events per
+            # active day): the rows of everyone else would be built and filtered out again.
+            theirs = {key: n for key, n in activity.items() if key[0] in touched}
+            frames = {**held, "activity": _activity_frame(theirs)} if theirs else dict(held)
             with one_native_thread():
-                scored = list(self._score_at(detector, frames, boundary, set(touched)))
+                scored = list(self._score_at(detector, frames, boundary, set(touched), rolling))
             yield from scored
         # One bag entry of held frames from now on (rows parsed once, fewer and larger reads), without
         # what fell out of the lookback.
@@ -808,6 +791,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         entry = (kept, {k: n for k, n in activity.items() if k[1] >= cutoff})
         rows.clear()
         rows.add(entry)
+        self._rolling = _RollingCache(_fingerprint(kept), boundary, rolling)
         if self.checkpoints:
             received = ReceivedLog()
             for log in ranges.read():
@@ -821,20 +805,26 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             )
 
     def _score_at(
-        self, detector: Detector, frames: dict[str, pd.DataFrame], boundary: int, touched: set[str]
+        self,
+        detector: Detector,
+        frames: dict[str, pd.DataFrame],
+        boundary: int,
+        touched: set[str],
+        rolling: RollingPopulation | None = None,
     ) -> Iterator[Any]:
         end = pd.Timestamp(boundary, unit="us", tz="UTC")
         start = end - pd.Timedelta(microseconds=self.lookback_us)
         events = Events(frames).restrict(start, end)
         assert isinstance(detector, FraudDetector), f"the fraud stage got a {type(detector).__name__}"
         # Only the touched users' neighbourhood, equal to their rows of ``features`` over the lookback.
-        features = detector.features_for(events, touched)
+        features = detector.features_for(events, touched, rolling)
         if features.empty:
             return
         scores = detector.score(features)
         self.scored.inc(len(scores))
         evidence = {u: str(v).split() for u, v in features["evidence"].items()}
-        yield from alerts_by_day(scores, detector, [boundary - 1] * len(scores), evidence)
+        model_version = self._live.model_version() if self._live is not None else None  # hashed once per model
+        yield from alerts_by_day(scores, detector, [boundary - 1] * len(scores), evidence, model_version)
         if self.publish_features:
             numeric = features.select_dtypes("number")
             by_user = scores.set_index("user_id")
@@ -854,20 +844,43 @@ def _held_graph(entries: Iterable[GraphEntry]) -> tuple[dict[str, pd.DataFrame],
 
     An entry holds either the rows a source batch added or the frames held since the last boundary:
     only the new rows are parsed into a frame; the held ones are appended to, never rebuilt."""
-    held: dict[str, list[pd.DataFrame]] = {}
+    kept, fresh, activity = _graph_parts(entries)
+    return _joined_graph(kept, fresh), activity
+
+
+def _graph_parts(
+    entries: Iterable[GraphEntry],
+) -> tuple[list[dict[str, pd.DataFrame]], dict[str, pd.DataFrame], ActivityCounts]:
+    """The bag's entries apart: the held entries' frames, the new rows parsed into one frame per event type, and
+    the summed counts."""
+    kept: list[dict[str, pd.DataFrame]] = []
     new: dict[str, list[dict[str, Any]]] = {}
+    times: dict[str, list[int]] = {}
     activity: ActivityCounts = {}
     for graph, counts in entries:
         if isinstance(graph, dict):
-            for kind, frame in graph.items():
-                held.setdefault(kind, []).append(frame)
+            kept.append(graph)
         else:
-            for kind, _, row in graph:
+            for kind, t_us, row in graph:
                 new.setdefault(kind, []).append(row)
+                times.setdefault(kind, []).append(t_us)
         for key, n in counts.items():
             activity[key] = activity.get(key, 0) + n
+    fresh = {}
     for kind, rows in new.items():
-        held.setdefault(kind, []).append(Events.from_frames({kind: pd.DataFrame(rows)}).frames[kind])
+        frame = pd.DataFrame(rows)
+        # The event times the source computed, exact to the microsecond: parsing the rows' datetimes costs more.
+        frame["ts"] = pd.to_datetime(np.array(times[kind], dtype=np.int64), unit="us", utc=True)
+        fresh[kind] = Events.from_frames({kind: frame}).frames[kind]
+    return kept, fresh, activity
+
+
+def _joined_graph(kept: list[dict[str, pd.DataFrame]], fresh: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Held frames and new rows as one frame per event type (event time, then event id)."""
+    held: dict[str, list[pd.DataFrame]] = {}
+    for graph in [*kept, fresh]:
+        for kind, frame in graph.items():
+            held.setdefault(kind, []).append(frame)
     frames = {}
     for kind, parts in sorted(held.items()):
         if len(parts) == 1:
@@ -875,13 +888,46 @@ def _held_graph(entries: Iterable[GraphEntry]) -> tuple[dict[str, pd.DataFrame],
         else:  # held frames first, as the rows arrived: ties keep that order
             joined = pd.concat(parts, ignore_index=True)
             frames[kind] = joined.sort_values(["ts", "event_id"], kind="stable").reset_index(drop=True)
-    return frames, activity
+    return frames
 
 
-def _entry_times(graph: list[GraphRow] | dict[str, pd.DataFrame]) -> list[int]:
-    """Event times (epoch microseconds) of a bag entry's rows, raw or held."""
-    if not isinstance(graph, dict):
-        return [t for _, t, _ in graph]
+class _RollingCache(NamedTuple):
+    """The fraud stage's population and the state it was kept for: the held entry's fingerprint and boundary."""
+
+    held: tuple[tuple[str, int, str, str], ...]
+    boundary: int
+    rolling: RollingPopulation
+
+
+def _fingerprint(frames: dict[str, pd.DataFrame]) -> tuple[tuple[str, int, str, str], ...]:
+    """What tells held entries apart cheaply: per event type its rows and first and last event ids."""
+    return tuple(
+        (kind, len(frame), str(frame["event_id"].iat[0]), str(frame["event_id"].iat[-1]))
+        for kind, frame in sorted(frames.items())
+        if len(frame)
+    )
+
+
+def _rows_between(parts: list[tuple[dict[str, pd.DataFrame], int | None, int]]) -> Events:
+    """The payment and account rows of each ``(frames, start_us, end_us)`` with ``start_us <= ts < end_us`` (no
+    lower bound for None), together (in no particular order: they are counted)."""
+    cut: dict[str, list[pd.DataFrame]] = {}
+    for frames, start_us, end_us in parts:
+        for kind in ("payment", "account"):
+            frame = frames.get(kind)
+            if frame is None or not len(frame):
+                continue
+            inside = frame["ts"] < _utc(end_us)
+            if start_us is not None:
+                inside &= frame["ts"] >= _utc(start_us)
+            if inside.any():
+                cut.setdefault(kind, []).append(frame[inside.to_numpy()])
+    joined = {kind: pd.concat(rows, ignore_index=True) if len(rows) > 1 else rows[0] for kind, rows in cut.items()}
+    return Events(joined)
+
+
+def _entry_times(graph: dict[str, pd.DataFrame]) -> list[int]:
+    """Event times (epoch microseconds) of a checkpointed bag entry's held frames."""
     stamps = [frame["ts"].astype("datetime64[us, UTC]").array.asi8 for frame in graph.values() if len(frame)]
     return np.concatenate(stamps).tolist() if stamps else []
 
@@ -892,8 +938,9 @@ def _activity_frame(activity: ActivityCounts) -> pd.DataFrame:
     counts = np.fromiter(activity.values(), dtype=np.int64, count=len(keys))
     users = np.repeat(np.array([k[0] for k in keys], dtype=object), counts)
     starts = np.repeat(np.array([k[1] for k in keys], dtype=np.int64), counts)
-    frame = pd.DataFrame({"user_id": users, "ts": pd.to_datetime(starts, unit="us", utc=True), "event_id": ""})
-    return Events.from_frames({"activity": frame}).frames["activity"]
+    order = np.argsort(starts, kind="stable")  # as ``Events`` orders rows: event time, then (empty) event id
+    ts = pd.to_datetime(starts[order], unit="us", utc=True)
+    return pd.DataFrame({"user_id": users[order], "ts": ts, "event_id": ""})
 
 
 def _fresh_users(frames: dict[str, pd.DataFrame], start: pd.Timestamp, end: pd.Timestamp) -> dict[str, int]:

@@ -29,6 +29,7 @@ from argus.pipelines.checkpoint import (
     part_delta,
     restore_elements,
 )
+from argus.pipelines.stage import WAITING, StageFn, StageLogic, dataclass_from_parts, dataclass_parts
 from argus.pipelines.stream_adapters import (
     AccountsState,
     ChannelMessagesLogic,
@@ -36,14 +37,19 @@ from argus.pipelines.stream_adapters import (
     ChurnLogic,
     ChurnShard,
     EvaderLogic,
-    StageLogic,
     UserMessagesLogic,
     UserRate,
-    _StageFn,
-    dataclass_from_parts,
-    dataclass_parts,
 )
-from argus.pipelines.stream_detectors import StreamSettings
+from argus.pipelines.stream_detectors import (
+    CHANNELS_STAGE,
+    USERS_STAGE,
+    ChannelWindowsLogic,
+    ChannelWindowsState,
+    ChatMessage,
+    StreamSettings,
+    UserChatLogic,
+    UserChatState,
+)
 
 
 def _sections(parts: dict[Hashable, Any]) -> dict[Hashable, list[tuple[Hashable, Any]]]:
@@ -190,7 +196,7 @@ class _Timers:
         self.due.add(at.micros)
 
 
-def _live_state(fn: _StageFn, bag: _Bag) -> tuple[int, dict[Hashable, bytes]]:
+def _live_state(fn: StageFn, bag: _Bag) -> tuple[int, dict[Hashable, bytes]]:
     [(_, seq, parts, _)] = [e for e in bag.read() if e[0] == "parts"]
     return seq, parts
 
@@ -199,7 +205,7 @@ def test_a_stage_restored_from_folded_deltas_has_exactly_its_state(tmp_path: Pat
     """A shard fires many times; its deltas, folded by the checkpoint stage, restore to the same parts (bytes
     and order), state, waiting elements and timers as the live shard; the deltas are small."""
     rng = random.Random(3)
-    fn = _StageFn(_CountLogic(), checkpoints=True)
+    fn = StageFn(_CountLogic(), checkpoints=True)
     bag, timers = _Bag(), _Timers()
     snapshots: list[StageSnapshot] = []
     users = [f"u{i}" for i in range(300)]
@@ -229,7 +235,7 @@ def test_a_stage_restored_from_folded_deltas_has_exactly_its_state(tmp_path: Pat
     path = save_checkpoint(tmp_path, Checkpoint("g", folded.at_us, {}, latest))
     [(shard, restore)] = list(restore_elements(str(path), "toy.users"))
     again, again_timers = _Bag(), _Timers()
-    _StageFn(_CountLogic(), checkpoints=True).process((shard, restore), Timestamp(micros=0), again, again_timers)
+    StageFn(_CountLogic(), checkpoints=True).process((shard, restore), Timestamp(micros=0), again, again_timers)
     seq, parts = _live_state(fn, again)
     assert seq == live_seq and parts == live_parts
     assert _sections(parts) == _sections(live_parts)  # each section in the live order
@@ -241,7 +247,7 @@ def test_a_stage_restored_from_folded_deltas_has_exactly_its_state(tmp_path: Pat
 
 
 def test_a_checkpoint_written_whole_by_an_earlier_version_still_restores() -> None:
-    fn = _StageFn(_CountLogic(), checkpoints=True)
+    fn = StageFn(_CountLogic(), checkpoints=True)
     state = _Shard(counts={"a": 2, "b": 1}, order={"b": 5, "a": 7}, total=3)
     old = StageSnapshot("toy.users", "0", 7, pickle.dumps((state, [(9, pickle.dumps([("a", 9, 1)]))])), ReceivedLog())
     bag, timers = _Bag(), _Timers()
@@ -345,3 +351,225 @@ def test_the_checkpoint_stage_writes_folded_state(tmp_path: Path) -> None:
     [(_, first), (_, second)] = sorted(load_checkpoints(tmp_path), key=lambda pc: pc[1].at_us)
     assert first.snapshots[("s", "0")].parts == {("a", 1): b"1", ("a", 2): b"2"}
     assert second.snapshots[("s", "0")].parts == {("a", 1): b"3", ("a", 2): b"2"} and not bag.read()
+
+
+# --- the trolls' stages: channel windows and per-user sums, driven as a runner would -----------------
+WINDOW_S, LATENESS_S, USER_SHARDS = 60, 5.0, 2
+TEXTS = ("gg", "nice play", "lol", "go go go", "what a save", "spam spam spam")
+
+
+def _chat_batches(seed: int, count: int, size: int = 12) -> list[list[ChatMessage]]:
+    """Chat batches over 5 channels and 200 users, mostly in order; some messages repeated, some late."""
+    rng = random.Random(seed)
+    batches, now_us, n = [], 1_700_000_000_000_000, 0
+    for _ in range(count):
+        batch: list[ChatMessage] = []
+        for _ in range(size):
+            now_us += rng.randrange(1, 4_000_000)
+            behind = rng.choice([0, 0, 0, 0, 0, 0, 0, 0, 20, 150]) * 1_000_000  # 150 s: past its window's close
+            n += 1
+            message = (
+                f"m{n}",
+                f"u{rng.randrange(200)}",
+                now_us - behind,
+                rng.choice(TEXTS),
+                None,
+                f"c{rng.randrange(5)}",
+            )
+            batch.append(message)
+            if rng.random() < 0.05:
+                batch.append(message)  # delivered twice
+        batches.append(batch)
+    return batches
+
+
+@dataclass
+class _TrollStages:
+    """Both troll stages on their shards: bags, timers, every snapshot in arrival order, every output."""
+
+    channels: StageFn = field(
+        default_factory=lambda: StageFn(ChannelWindowsLogic(WINDOW_S, LATENESS_S, USER_SHARDS), True)
+    )
+    users: StageFn = field(default_factory=lambda: StageFn(UserChatLogic(5), True))
+    bags: dict[tuple[str, str], _Bag] = field(default_factory=dict)
+    timers: dict[tuple[str, str], _Timers] = field(default_factory=dict)
+    snapshots: list[StageSnapshot] = field(default_factory=list)
+    outputs: list[tuple[str, int, Any]] = field(default_factory=list)  # (stage, fired us, output)
+    offset: int = 0
+
+    def _bag(self, key: tuple[str, str]) -> tuple[_Bag, _Timers]:
+        return self.bags.setdefault(key, _Bag()), self.timers.setdefault(key, _Timers())
+
+    def restore(self, path: Path) -> None:
+        for stage, fn in ((CHANNELS_STAGE, self.channels), (USERS_STAGE, self.users)):
+            for shard, restore in restore_elements(str(path), stage):
+                fn.process((shard, restore), Timestamp(micros=0), *self._bag((stage, shard)))
+
+    def read(self, batch: list[ChatMessage], watermark_us: int) -> None:
+        """One source batch into channel shard 0, then every timer up to ``watermark_us`` fired in time order."""
+        ts = Timestamp(micros=min(m[2] for m in batch))
+        self.channels.process(
+            ("0", ("t", 0, self.offset, self.offset + len(batch), batch)), ts, *self._bag((CHANNELS_STAGE, "0"))
+        )
+        self.offset += len(batch)
+        while True:
+            due = [(at, key) for key, timers in self.timers.items() for at in timers.due if at <= watermark_us]
+            if not due:
+                return
+            at, (stage, shard) = min(due)
+            bag, timers = self._bag((stage, shard))
+            timers.due.discard(at)
+            fn = self.channels if stage == CHANNELS_STAGE else self.users
+            for out in fn.fire(Timestamp(micros=at), f"{shard}/{at}", bag, timers):
+                if getattr(out, "tag", None) == "checkpoint":
+                    self.snapshots.append(out.value)
+                elif stage == CHANNELS_STAGE:
+                    self.outputs.append((stage, at, out))
+                    self.users.process(out, Timestamp(micros=at), *self._bag((USERS_STAGE, out[0])))
+                else:
+                    self.outputs.append((stage, at, out))
+
+    def live_parts(self) -> dict[tuple[str, str], dict[Hashable, bytes]]:
+        """Each shard's state as it holds it (its parts, bytes and order), with a source shard's waiting messages."""
+        out = {}
+        for key, bag in self.bags.items():
+            [(_, _, parts, _)] = [e for e in bag.read() if e[0] == "parts"]
+            waiting = [(e[1][0], e[1][1]) for e in bag.read() if e[0] == "b"]
+            if key[0] == CHANNELS_STAGE:
+                keys = [k for k, _ in _waiting_keyed(waiting)]
+                parts = {**parts, **dict(zip(keys, (blob for _, blob in waiting), strict=True))}
+            out[key] = parts
+        return out
+
+
+def _waiting_keyed(waiting: list[tuple[int, bytes]]) -> list[tuple[Hashable, bytes]]:
+    from argus.pipelines.stage import _digest, _waiting_parts
+
+    return list(_waiting_parts(waiting, [_digest(blob) for _, blob in waiting]).items())
+
+
+def _watermark(batch: list[ChatMessage]) -> int:
+    return max(m[2] for m in batch) - 30_000_000  # 30 s of out-of-orderness
+
+
+def _states(stages: _TrollStages) -> dict[tuple[str, str], Any]:
+    out = {}
+    for key, parts in stages.live_parts().items():
+        logic = stages.channels.logic if key[0] == CHANNELS_STAGE else stages.users.logic
+        out[key] = logic.from_parts({k: pickle.loads(v) for k, v in parts.items() if k[0] != WAITING})  # type: ignore[index]
+    return out
+
+
+def test_the_troll_stages_restored_from_folded_deltas_have_exactly_their_state(tmp_path: Path) -> None:
+    """Channel windows and per-user sums send numbered deltas; folded, they equal each shard's whole state
+    (parts, order, waiting messages), and a restore from them goes on exactly as the uninterrupted stages."""
+    batches = _chat_batches(seed=5, count=60)
+    live = _TrollStages()
+    for batch in batches[:40]:
+        live.read(batch, _watermark(batch))
+    assert {s.stage for s in live.snapshots} == {CHANNELS_STAGE, USERS_STAGE}
+    assert all(not s.complete for s in live.snapshots if s.seq > 1)  # deltas after each shard's first
+    at_us = max(s.at_us for s in live.snapshots)
+    arrival = list(live.snapshots)
+    random.Random(1).shuffle(arrival)  # the checkpoint stage gets them in any order
+    latest, later, complete = fold_snapshots({}, arrival, at_us)
+    assert complete and not later and set(latest) == set(live.bags)
+    whole = live.live_parts()
+    for key, folded in latest.items():
+        assert folded.parts == whole[key] and list(folded.parts) == list(whole[key])
+    assert any(k[0] == WAITING for k in latest[(CHANNELS_STAGE, "0")].parts)  # type: ignore[index]
+    # Deltas, not states: the user shards' last deltas carry a fraction of their users.
+    for shard in ("0", "1"):
+        last = [s for s in live.snapshots if (s.stage, s.shard) == (USERS_STAGE, shard)][-1]
+        assert 0 < len(last.parts) < len(whole[(USERS_STAGE, shard)]) / 2
+
+    from argus.pipelines.checkpoint import Checkpoint, save_checkpoint
+
+    path = save_checkpoint(tmp_path, Checkpoint("g", at_us, {}, latest))
+    restored = _TrollStages(offset=live.offset)
+    restored.restore(path)
+    assert restored.live_parts() == whole and _states(restored) == _states(live)
+    assert {k: t.due for k, t in restored.timers.items() if t.due} == {
+        k: t.due for k, t in live.timers.items() if t.due
+    }
+    state = _states(live)[(USERS_STAGE, "0")]
+    assert isinstance(state, dict) and all(isinstance(v, UserChatState) for v in state.values())
+    assert isinstance(_states(live)[(CHANNELS_STAGE, "0")], ChannelWindowsState)
+    # The rest of the stream: the same outputs and the same state as the stages that ran on.
+    done = len(live.outputs)
+    for batch in batches[40:]:
+        live.read(batch, _watermark(batch))
+        restored.read(batch, _watermark(batch))
+    assert len(live.outputs) > done and restored.outputs == live.outputs[done:]
+    assert restored.live_parts() == live.live_parts()
+    # Pickling again only the parts a firing names (``changed_parts``) holds what pickling all of them would
+    # (the same state; not always the same bytes: a set unpickled may iterate in another order).
+    everything = _TrollStages()
+    for fn in (everything.channels, everything.users):
+        fn.logic.changed_parts = lambda rows: None  # type: ignore[method-assign]
+    for batch in batches:
+        everything.read(batch, _watermark(batch))
+    assert everything.outputs == live.outputs and _states(everything) == _states(live)
+
+
+def test_a_dropped_troll_delta_is_caught_not_folded_over() -> None:
+    """Without one delta the cut is incomplete (no checkpoint is written); folding the rest regardless
+    would lose what it wrote (a user, or a waiting message, that no later firing of its shard rewrote)."""
+    live = _TrollStages()
+    for batch in _chat_batches(seed=9, count=30):
+        live.read(batch, _watermark(batch))
+    at_us = max(s.at_us for s in live.snapshots)
+    whole = live.live_parts()
+    for key in whole:
+        chain = sorted((s for s in live.snapshots if (s.stage, s.shard) == key), key=lambda s: s.seq)
+        dropped = next(
+            s
+            for i, s in enumerate(chain[1:-1], start=1)
+            if any(k in whole[key] and all(k not in (t.parts or {}) for t in chain[i + 1 :]) for k in s.parts or {})
+        )
+        rest = [s for s in live.snapshots if s is not dropped]
+        _, later, complete = fold_snapshots({}, rest, at_us)
+        assert not complete and next(s.seq for s in later if (s.stage, s.shard) == key) == dropped.seq + 1
+        parts: dict[Hashable, bytes] = {}
+        for snapshot in chain:
+            if snapshot is not dropped:
+                apply_parts(parts, snapshot.parts or {}, snapshot.removed)
+        assert parts != whole[key]
+
+
+def test_a_user_shard_snapshot_holds_no_sums_the_channels_send_again() -> None:
+    """Sums waiting in the per-user stage come from channel firings after its snapshot; a restored
+    channel stage sends them again, so the user stage's snapshot must not hold them too."""
+    fn = StageFn(UserChatLogic(5), checkpoints=True)
+    bag, timers = _Bag(), _Timers()
+    messages = [("a", "u1", 1_000_000, "gg", None, "c0"), ("b", "u1", 70_000_000, "lol", None, "c0")]
+    logic = ChannelWindowsLogic(WINDOW_S, LATENESS_S, 1)
+    [(_, first)] = list(logic.fire(logic.new_state(), messages[:1], 65_000_000, lambda _: None))
+    [(_, second)] = list(logic.fire(logic.new_state(), messages[1:], 125_000_000, lambda _: None))
+    fn.process(("0", first), Timestamp(micros=65_000_000), bag, timers)
+    fn.process(("0", second), Timestamp(micros=125_000_000), bag, timers)  # arrived before the first firing
+    out = list(fn.fire(Timestamp(micros=65_000_000), "0/65000000", bag, timers))
+    [snapshot] = [o.value for o in out if getattr(o, "tag", None) == "checkpoint"]
+    assert [k for k in snapshot.parts or {} if k[0] == WAITING] == []  # type: ignore[index]
+    assert list(snapshot.parts or {}) == [("user", "u1")]
+    assert [e for e in bag.read() if e[0] == "b"]  # still waiting in the live stage
+
+
+def test_troll_checkpoints_written_whole_by_an_earlier_version_still_restore() -> None:
+    """Channel snapshots were bag entries (closed slots, pickled message batches); user snapshots the users' dict."""
+    logic = ChannelWindowsLogic(WINDOW_S, LATENESS_S, 1)
+    messages = [("a", "u1", 61_000_000, "gg", None, "c0"), ("b", "u2", 130_000_000, "lol", None, "c1")]
+    entries = [("closed", {"c0": 0}), ("m", (logic.close_us(1) / 1e6, pickle.dumps(messages)))]
+    old = StageSnapshot(CHANNELS_STAGE, "0", 65_000_000, pickle.dumps(entries), ReceivedLog())
+    fn, bag, timers = StageFn(logic, checkpoints=True), _Bag(), _Timers()
+    fn.process(("0", Restore(old)), Timestamp(micros=0), bag, timers)
+    assert timers.due == {logic.close_us(1), logic.close_us(2)}  # each message by its own window's close
+    out = list(fn.fire(Timestamp(micros=logic.close_us(1)), f"0/{logic.close_us(1)}", bag, timers))
+    [(_, sums)] = [o for o in out if getattr(o, "tag", None) is None]
+    assert [(user, part.slot, part.late) for user, part in sums] == [("u1", 1, False)]
+    users = {"u1": UserChatState(sums={"n": 2.0}, texts={1}, last_seen_s=60, recent=["a"])}
+    old_users = StageSnapshot(USERS_STAGE, "0", 65_000_000, pickle.dumps(users))
+    user_fn, user_bag = StageFn(UserChatLogic(5), checkpoints=True), _Bag()
+    user_fn.process(("0", Restore(old_users)), Timestamp(micros=0), user_bag, _Timers())
+    [(_, _, parts, _)] = [e for e in user_bag.read() if e[0] == "parts"]
+    assert user_fn.logic.from_parts({k: pickle.loads(v) for k, v in parts.items()}) == users

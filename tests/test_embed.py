@@ -6,6 +6,7 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from argus.jobs.embed import _with_gaps
 from argus.jobs.lake import read_pandas
@@ -23,23 +24,38 @@ def test_gap_tokens_sit_between_events_and_ages_count_back_from_the_day_end() ->
     assert _with_gaps([(0, "a"), (1, "b"), (2, "c")], end, max_tokens=2)[0] == ["gap:<1m", "c"]
 
 
-def test_fraud_rings_cluster_together(spark: object, tmp_path: Path) -> None:
+def test_fraud_rings_cluster_together_on_one_word2vec_partition_and_on_two(spark: object, tmp_path: Path) -> None:
     from argus.jobs.embed import run_embed
 
     world = World(WorldConfig(users=900, days=6, seed=5, events_per_user_day=25.0, profile="dense"))
     write_world(world, tmp_path)
-    result = run_embed(spark, tmp_path, date(2026, 10, 6), dim=16)  # type: ignore[arg-type]
-    embedded = read_pandas(tmp_path, "embeddings", date(2026, 10, 6))
-    assert embedded is not None and result["users"] == len(embedded)
-    table = embedded.set_index("user_id")
-    vectors = np.stack(table.embedding.to_numpy())
-    assert vectors.shape[1] == 16 and np.isfinite(vectors).all()
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-    rings = truth_table(world).to_pandas().set_index("user_id").fraud_ring.reindex(table.index)
-    normal = rings.isna().to_numpy()
-    assert rings.nunique() == 3
-    for ring in rings.dropna().unique():
-        members = (rings == ring).to_numpy()
-        within = 1 - (unit[members] @ unit[members].T)[np.triu_indices(members.sum(), 1)].mean()
-        to_normal = 1 - (unit[members] @ unit[normal].T).mean()
-        assert within < to_normal, (ring, within, to_normal)
+    trained = {}
+    for partitions in (1, 2):
+        result = run_embed(spark, tmp_path, date(2026, 10, 6), dim=16, word2vec_partitions=partitions)  # type: ignore[arg-type]
+        embedded = read_pandas(tmp_path, "embeddings", date(2026, 10, 6))
+        assert embedded is not None and result["users"] == len(embedded)
+        assert result["word2vec_partitions"] == partitions
+        table = embedded.set_index("user_id").sort_index()
+        vectors = np.stack(table.embedding.to_numpy())
+        assert vectors.shape[1] == 16 and np.isfinite(vectors).all()
+        unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        rings = truth_table(world).to_pandas().set_index("user_id").fraud_ring.reindex(table.index)
+        normal = rings.isna().to_numpy()
+        assert rings.nunique() == 3
+        for ring in rings.dropna().unique():
+            members = (rings == ring).to_numpy()
+            within = 1 - (unit[members] @ unit[members].T)[np.triu_indices(members.sum(), 1)].mean()
+            to_normal = 1 - (unit[members] @ unit[normal].T).mean()
+            assert within < to_normal, (partitions, ring, within, to_normal)
+        trained[partitions] = vectors
+    assert not np.allclose(trained[1], trained[2])  # two partitions trained other vectors, not the same run twice
+
+
+def test_word2vec_partitions_below_one_are_refused(tmp_path: Path) -> None:
+    from argus.jobs.embed import main, run_embed
+
+    with pytest.raises(ValueError, match="--word2vec-partitions 0: give 1 or more"):
+        run_embed(None, tmp_path, date(2026, 10, 6), word2vec_partitions=0)  # type: ignore[arg-type]
+    with pytest.raises(SystemExit) as refused:
+        main(["--lake", str(tmp_path), "--date", "2026-10-06", "--word2vec-partitions", "0"])
+    assert refused.value.code == 2

@@ -91,13 +91,16 @@ def test_ingest_lake_dead_letters_and_idempotent_reruns(
     assert len(_stored(lake, "chat")) == len(chats) and len(_stored(lake, "payment")) == len(payments)
     assert len(tables.read_pandas(lake, tables.DEAD_LETTER)) == len(letters)  # type: ignore[arg-type]
 
-    # The next run reads only what arrived since: nothing skipped, nothing twice.
-    _produce(kafka_bootstrap, [(chat, v) for v in to_json_lines(day1["chat"])])
+    # The next run reads only what arrived since: nothing skipped, nothing twice; an event re-sent with
+    # its time moved to the next day is valid, and not stored again.
+    resent = json.loads(to_json_lines(day0["chat"])[0])
+    resent["ts"] = (pd.Timestamp(resent["ts"]) + pd.Timedelta(days=1)).isoformat()
+    _produce(kafka_bootstrap, [(chat, v) for v in [*to_json_lines(day1["chat"]), json.dumps(resent).encode()]])
     second = run_ingest(spark, kafka_bootstrap, lake, [chat, payment])  # type: ignore[arg-type]
-    assert second.valid == second.stored == day1["chat"].num_rows and second.rejected == 0
+    assert second.valid == second.stored + 1 == day1["chat"].num_rows + 1 and second.rejected == 0
     assert second.start[chat] == first.end[chat]
     total = _stored(lake, "chat")
-    assert len(total) == len(chats) + second.valid and total.event_id.is_unique
+    assert len(total) == len(chats) + second.stored and total.event_id.is_unique
     assert set(total.date) == {"2026-10-01", "2026-10-02"}
 
     # `argus lake history` lists every run's publication with the events tables' versions.
@@ -112,6 +115,34 @@ def test_ingest_lake_dead_letters_and_idempotent_reruns(
     assert [h["tables"][chat_table] for h in history] == [0, 1]
     # The first night's events stay readable (time travel) at the version its manifest names.
     assert len(tables.read_pandas(lake, chat_table, version=history[0]["tables"][chat_table])) == len(chats)  # type: ignore[arg-type]
+
+
+def test_ingest_into_a_uri_lake_keeps_its_offsets_there(
+    spark: object, kafka_bootstrap: str, unique_name: str, tmp_path: Path
+) -> None:
+    from argus.jobs.ingest import logged_run, previous_end, run_ingest
+
+    chat = f"{unique_name}.chat"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(chat, 1, 1)])
+    admin.close()
+    events = World(WorldConfig(users=50, days=1, seed=6, events_per_user_day=3.0, profile="dense")).day(0)["chat"]
+    _produce(kafka_bootstrap, [(chat, v) for v in to_json_lines(events)])
+    lake = f"file://{tmp_path}/lake"  # a URI: the tables and the offsets logs go through the lake's file systems
+
+    first = run_ingest(spark, kafka_bootstrap, lake, [chat])  # type: ignore[arg-type]
+    assert first.stored == events.num_rows > 0
+    assert (tmp_path / "lake" / "_offsets" / f"{first.run_id}.json").is_file()
+    assert logged_run(lake, first.run_id) == first.to_json()
+    assert previous_end(lake, [chat]) == first.end == {chat: {"0": events.num_rows}}
+    again = run_ingest(spark, kafka_bootstrap, lake, [chat], rerun=first.run_id)  # type: ignore[arg-type]
+    assert (again.run_id, again.valid, again.stored) == (first.run_id, first.valid, 0)
+    assert len(_stored(lake, "chat")) == events.num_rows  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=f"no ingest run nope in {lake}/_offsets"):
+        run_ingest(spark, kafka_bootstrap, lake, [chat], rerun="nope")  # type: ignore[arg-type]
+    listed = CliRunner().invoke(app, ["batch", "runs", "--lake", lake])
+    assert listed.exit_code == 0, listed.output
+    assert [json.loads(line)["run_id"] for line in listed.output.splitlines()] == [first.run_id]  # a rerun logs over it
 
 
 def test_unknown_rerun_and_missing_topic_are_clear(spark: object, kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from argus.detectors import lake_tables
 from argus.jobs import lake as tables
 from argus.jobs.lake import LakeError, lake_location
 
@@ -43,6 +44,24 @@ def test_lake_locations_keep_uris_as_uris(tmp_path: Path, monkeypatch: pytest.Mo
         lake_location("s3a://")
     with pytest.raises(LakeError, match="needs a local"):
         tables.local_root("s3a://bucket/lake", "the model store")
+
+
+def test_detectors_read_the_lake_without_importing_the_jobs() -> None:
+    """The detection library depends on schemas only: its lake reader is its own, the jobs build on it."""
+    import ast
+
+    import argus.detectors
+
+    engines = ("argus.jobs", "argus.pipelines", "argus.infra", "argus.cli", "pyspark", "apache_beam")
+    wrong = []
+    for source in sorted(Path(argus.detectors.__path__[0]).rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            wrong += [f"{source.name}:{node.lineno} imports {n}" for n in names if n.startswith(engines)]
+    assert wrong == []
+    assert tables.read_pandas is lake_tables.read_pandas and tables.LakeError is lake_tables.LakeError
 
 
 def test_the_cli_passes_an_object_store_lake_on_as_a_uri(tmp_path: Path) -> None:
@@ -152,6 +171,52 @@ def test_ingest_merges_keep_each_key_once_and_a_failed_run_leaves_the_previous_r
     assert stored(history[0].tables[table]) == ["e1", "e2"]  # the first run's lake, by time travel
 
 
+def _operations(spark: Any, lake: Path, table: str) -> list[str]:
+    """The table's Delta commits, oldest first, by operation (WRITE, MERGE, RESTORE...)."""
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{tables.table_location(lake, table)}`").orderBy("version")
+    return [row["operation"] for row in history.collect()]
+
+
+def test_a_re_arrived_event_id_is_skipped_and_a_rerun_after_a_failed_run_restores_nothing_twice(
+    spark: Any, tmp_path: Path
+) -> None:
+    from argus.jobs.publish import Publication
+
+    lake, table = tmp_path / "lake", tables.events_table("chat")
+
+    def events(ids: list[str], day: date = D1) -> Any:
+        return spark.createDataFrame(pd.DataFrame({"event_id": ids, "user_id": ids, "date": [str(day)] * len(ids)}))
+
+    def stored() -> list[str]:
+        frame = tables.read_pandas(lake, table)
+        return [] if frame is None else sorted(frame["event_id"])
+
+    first = Publication(lake, "ingest-1", deferred=True)
+    assert first.merge(spark, events(["e1", "e2"]), table, ["event_id"], [str(D1)]) == 2
+    first.commit()
+    # e1 re-arrives with its time moved to the next day: the search of both dates finds it stored.
+    again = Publication(lake, "ingest-2", deferred=True)
+    assert again.merge(spark, events(["e3", "e1"], D2), table, ["event_id"], [str(D1), str(D2)]) == 1
+    again.commit()
+    assert stored() == ["e1", "e2", "e3"]
+
+    # A run that fails is undone by one RESTORE; its reruns restore nothing more, and a rerun that
+    # finds every event stored publishes nothing.
+    failing = Publication(lake, "ingest-3", deferred=True)
+    assert failing.merge(spark, events(["e4"]), table, ["event_id"], [str(D1)]) == 1
+    failing.discard()
+    published = len(tables.manifests(lake))
+    nothing_new = Publication(lake, "ingest-3", deferred=True)
+    assert nothing_new.merge(spark, events(["e2"]), table, ["event_id"], [str(D1)]) == 0
+    nothing_new.commit()
+    assert len(tables.manifests(lake)) == published
+    rerun = Publication(lake, "ingest-3", deferred=True)
+    assert rerun.merge(spark, events(["e4", "e1"]), table, ["event_id"], [str(D1)]) == 1
+    rerun.commit()
+    assert stored() == ["e1", "e2", "e3", "e4"]
+    assert _operations(spark, lake, table) == ["WRITE", "MERGE", "MERGE", "RESTORE", "MERGE"]
+
+
 def test_plain_parquet_dead_letters_of_an_older_lake_become_a_delta_table(spark: Any, tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     folder = lake / tables.DEAD_LETTER / f"date={D1}"
@@ -229,6 +294,30 @@ def test_the_pandas_reader_reads_what_spark_reads_on_a_uri_lake(spark: Any, tmp_
     expected["reasons"] = expected["reasons"].map(list)
     pd.testing.assert_frame_equal(actual, expected, check_dtype=False)
     assert len(actual) == 50 and actual["flagged"].sum() == 17
+
+
+def test_the_quality_gate_reads_and_writes_a_uri_lake(spark: Any, tmp_path: Path) -> None:
+    import json
+
+    from argus.jobs.quality import run_quality
+    from argus.world.config import WorldConfig
+    from argus.world.simulate import World
+    from argus.world.sinks import write_world
+
+    world = World(WorldConfig(users=50, days=1, seed=3, events_per_user_day=3.0, profile="dense"))
+    write_world(world, tmp_path / "lake")  # landed as `argus generate --out` lands them
+    (day, landed), *_ = world.days()
+    lake = f"file://{tmp_path}/lake"  # a URI, so the object-store code paths run: Hadoop FS, pyarrow FS
+
+    report = run_quality(spark, lake, day)
+    assert report.rows == {t: table.num_rows for t, table in landed.items() if table.num_rows}
+    assert report.results_path == f"{lake}/_quality/date={day}/results.json"
+    written = json.loads((tmp_path / "lake" / "_quality" / f"date={day}" / "results.json").read_text())
+    assert (written["day"], written["passed"], sorted(written["suites"])) == (
+        str(day),
+        report.passed,
+        sorted(report.rows),
+    )
 
 
 def test_history_lists_publications_and_vacuum_keeps_the_retention(tmp_path: Path) -> None:

@@ -178,3 +178,53 @@ def test_nightly_user_mistakes_name_the_option(tmp_path: Path) -> None:
         result = runner.invoke(app, ["batch", "nightly", "--skip-ingest", "--lake", str(tmp_path), *args])
         assert result.exit_code != 0
         assert message in str(result.exception), (args, result.exception)
+
+
+def test_word2vec_partitions_reach_the_embed_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`argus batch nightly --word2vec-partitions N` -> the job's arguments -> run_embed, without Spark."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    import argus.jobs.embed
+    import argus.jobs.nightly
+    import argus.jobs.profiles
+    import argus.jobs.quality
+    import argus.nightly
+    from argus.cli import app
+
+    submitted: list[argus.nightly.NightlyRun] = []
+    monkeypatch.setattr(argus.nightly, "run_nightly_submit", lambda run, console: submitted.append(run) or 0)
+    args = ["batch", "nightly", "--skip-ingest", "--lake", str(tmp_path), "--date", str(LAST), "--detectors", ""]
+    result = CliRunner().invoke(app, [*args, "--word2vec-partitions", "3"])
+    assert result.exit_code == 0, result.output
+    (run,) = submitted
+    job_args = run.job_args()
+    assert job_args[job_args.index("--word2vec-partitions") + 1] == "3"
+
+    class Stop(Exception):
+        """Ends the chain at the embed step: what follows needs Spark."""
+
+    embedded: list[dict[str, Any]] = []
+
+    def embed(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        embedded.append(kwargs)
+        raise Stop
+
+    gate = SimpleNamespace(passed=True, rows={}, summary=lambda: "passed")
+    monkeypatch.setattr(argus.jobs.quality, "run_quality", lambda *args, **kwargs: gate)
+    monkeypatch.setattr(argus.jobs.profiles, "run_profile", lambda *args, **kwargs: {"users": 0})
+    monkeypatch.setattr(argus.jobs.embed, "run_embed", embed)
+    spark = SimpleNamespace(sparkContext=SimpleNamespace(setLogLevel=lambda level: None, applicationId="local-1"))
+
+    def run_job(parser: Any, argv: list[str], work: Any) -> int:  # the entry point's, less the SparkSession
+        return int(work(spark, parser.parse_args(argv))[1])
+
+    monkeypatch.setattr(argus.jobs.nightly, "run_job", run_job)
+    with pytest.raises(Stop):
+        argus.jobs.nightly.main(job_args)
+    assert [e["word2vec_partitions"] for e in embedded] == [3]
+    with pytest.raises(ValueError, match="--word2vec-partitions 0: give 1 or more"):
+        argus.jobs.nightly.main([*job_args, "--word2vec-partitions", "0"])
+    result = CliRunner().invoke(app, [*args, "--word2vec-partitions", "0"])
+    assert result.exit_code == 2 and "--word2vec-partitions" in result.output

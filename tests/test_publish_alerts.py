@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from argus.schemas.models import Alert
+from argus.schemas.models import Alert, AlertReason
 from tests.cli_run import run_argus
 
 DAY = "2026-10-03"
@@ -89,3 +89,41 @@ def test_missing_night_or_broker_is_one_line(tmp_path: Path) -> None:
         "--date", DAY, "--lake", str(tmp_path), "--detectors", "trolls", "--bootstrap", f"127.0.0.1:{free_port()}"
     )
     assert down.returncode == 2 and "no Kafka broker answers" in down.stderr and "Traceback" not in down.stderr
+
+
+def test_a_night_streams_in_flat_memory_and_a_broken_line_is_refused(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from argus.publish_alerts import PublishError, check_night, night_alerts
+
+    template = Alert(
+        alert_id="ALERT",
+        kind="troll",
+        user_id="u1",
+        score=0.8,
+        severity="high",
+        reasons=[AlertReason(feature="spam_ratio", value=0.9, norm=0.1, text="spam ratio 0.9 against 0.1")],
+        model_version="m1",
+        window_start=datetime(2026, 9, 4, tzinfo=UTC),
+        window_end=datetime(2026, 10, 4, tzinfo=UTC),
+    ).model_dump_json()
+    path = tmp_path / "alerts" / "detector=trolls" / f"date={DAY}" / "alerts.jsonl"
+    path.parent.mkdir(parents=True)
+    many = 20_000  # as a list of alerts these take well over 10 MB
+    path.write_text("".join(template.replace("ALERT", f"a{n}") + "\n" for n in range(many)))
+    day = datetime.fromisoformat(DAY).date()
+    tracemalloc.start()
+    try:
+        streamed = night_alerts(tmp_path, day, ["trolls"])
+        first = next(streamed)
+        rest = sum(1 for _ in streamed)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert (first.alert_id, 1 + rest) == ("a0", many)
+    assert peak < 2**20, f"publishing a night held {peak / 2**20:.1f} MiB"
+    assert check_night(tmp_path, day, ["trolls"]) == many
+    with path.open("a") as more:
+        more.write("{not an alert}\n")
+    with pytest.raises(PublishError, match=f"alerts.jsonl:{many + 1} is not an alert"):
+        check_night(tmp_path, day, ["trolls"])

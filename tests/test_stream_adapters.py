@@ -422,6 +422,14 @@ def test_the_nightly_troll_model_gets_its_message_part(spark: object, tmp_path: 
     store.publish(trolls.fit_messages(chat))
     assert trolls.metrics["message_users_fitted"] > 0
     StreamConfig(model_store=store.root, detectors=["troll-messages"]).check()
+    # Both streaming forms of the one model build side by side in one pipeline.
+    import apache_beam as beam
+
+    from argus.pipelines.stream import build_pipeline
+
+    both = StreamConfig(model_store=store.root, detectors=["trolls", "troll-messages"], bootstrap="127.0.0.1:9")
+    both.check()
+    build_pipeline(beam.Pipeline(), both)
 
 
 @pytest.mark.kafka
@@ -547,3 +555,127 @@ def test_killed_mid_stream_and_restarted_the_adapters_lose_nothing(
             atol=1e-12,
             err_msg=user,
         )
+
+
+# --- the payment graph stage: its population kept from boundary to boundary ---------------------------------
+class _StateBag:
+    def __init__(self) -> None:
+        self.items: list[object] = []
+
+    def read(self) -> list[object]:
+        return list(self.items)
+
+    def add(self, item: object) -> None:
+        self.items.append(item)
+
+    def clear(self) -> None:
+        self.items = []
+
+
+class _StateCell:
+    def __init__(self) -> None:
+        self.value: object = None
+
+    def read(self) -> object:
+        return self.value
+
+    def write(self, value: object) -> None:
+        self.value = value
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.tags: set[str] = set()
+
+    def set(self, _: object, dynamic_timer_tag: str) -> None:
+        self.tags.add(dynamic_timer_tag)
+
+
+def test_the_fraud_stage_gives_the_nightly_features_of_its_window_at_every_boundary(
+    small_world_events: Events,
+) -> None:
+    """Three days through the payment-graph stage, six-hour boundaries and a one-day lookback (rows enter and
+    leave its window), a twentieth of the rows arriving three batches late, one firing retried after its state
+    was rolled back and a fresh worker half-way: at every boundary the users it scores get the rows of
+    ``FraudDetector.features`` over the events it holds in the window, bit for bit."""
+    from argus.detectors.fraud import FraudDetector
+    from argus.pipelines.kafka_io import SourceBatch
+    from argus.pipelines.stream_detectors import StreamSettings, _graph_batch, _PaymentGraphFn, epoch_us
+
+    interval_s, lookback_us = 6 * 3_600, 86_400 * 1_000_000
+    rows = [
+        (kind, row, epoch_us(row["ts"].to_pydatetime()))
+        for kind in ("payment", "account", "moderation", "click")
+        for row in small_world_events[kind].to_dict("records")
+    ]
+    rows.sort(key=lambda item: item[2])
+    late = np.random.default_rng(11).random(len(rows)) < 0.05
+    batches: list[list[tuple[str, dict[str, object], int]]] = [[] for _ in range(0, len(rows), 400)]
+    for i, (item, is_late) in enumerate(zip(rows, late, strict=True)):
+        batches[min(i // 400 + 3 * is_late, len(batches) - 1)].append(item)
+    delivered: list[tuple[str, dict[str, object], int]] = []
+    checked: list[tuple[int, int]] = []  # (boundary, users scored)
+
+    class Checked(FraudDetector):
+        def features_for(self, events: Events, users: object, rolling: object = None) -> pd.DataFrame:
+            assert rolling is not None
+            users = sorted(map(str, users))  # type: ignore[call-overload]
+            streamed = super().features_for(events, users, rolling)  # type: ignore[arg-type]
+            window = _window_events(delivered, checked_boundary[0] - lookback_us, checked_boundary[0])
+            nightly = FraudDetector().features(window)
+            assert set(streamed.index) == set(users) & set(nightly.index)
+            numbers = [c for c in nightly.columns if c not in ("payment_rows", "payment_ids", "evidence")]
+            pd.testing.assert_frame_equal(streamed[numbers], nightly.loc[streamed.index, numbers], check_exact=True)
+            assert list(streamed["evidence"]) == list(nightly.loc[streamed.index, "evidence"])
+            payment_rows = nightly.loc[streamed.index, "payment_rows"]
+            for mine, everyones in zip(streamed["payment_rows"], payment_rows, strict=True):
+                np.testing.assert_array_equal(mine, everyones)
+            checked.append((checked_boundary[0], len(streamed)))
+            return streamed.iloc[:0]  # nothing to score: the model is not what this test is about
+
+    class Live:
+        def get(self) -> FraudDetector:
+            return Checked()
+
+        def model_version(self) -> str:
+            return "test"
+
+    settings = StreamSettings(model_store=Path("unused"), fraud_interval_s=interval_s, fraud_lookback_days=1)
+    stage = _PaymentGraphFn(settings, "fraud")
+    stage._live = Live()
+    bag, ranges, done, timers = _StateBag(), _StateBag(), _StateCell(), _Timers()
+    checked_boundary = [0]
+    retried = taken_over = False
+    for offset, batch in enumerate(batches):
+        source = SourceBatch("events", 0, offset, offset + 1, batch)
+        for key, element in _graph_batch(source, interval_s * 1_000_000):
+            stage.process((key, element), ts=None, rows=bag, ranges=ranges, done=done, timer=timers)
+        delivered += batch
+        watermark = max(t for _, _, t in delivered) if offset < len(batches) - 1 else float("inf")
+        for boundary in sorted(int(tag) for tag in timers.tags if int(tag) <= watermark):
+            timers.tags.discard(str(boundary))
+            checked_boundary[0] = boundary
+            scores = done.value is None or boundary > done.value  # else a late row's boundary, fired again
+            if len(checked) == 4 and scores and not retried:  # the firing fails after its work: state rolls back
+                retried = True
+                saved, saved_done = list(bag.items), done.value
+                list(stage.score(tag=str(boundary), fired=None, rows=bag, ranges=ranges, done=done))
+                bag.items, done.value = saved, saved_done
+            if len(checked) == 8 and scores and not taken_over:  # another worker takes the key over
+                taken_over = True
+                stage = _PaymentGraphFn(settings, "fraud")
+                stage._live = Live()
+            list(stage.score(tag=str(boundary), fired=None, rows=bag, ranges=ranges, done=done))
+    # Every six hours of the three days had users to score; one boundary was scored twice (the retried firing).
+    boundaries = [boundary for boundary, _ in checked]
+    assert len(set(boundaries)) == 12 and len(boundaries) == 13 and min(n for _, n in checked) > 0
+
+
+def _window_events(rows: list[tuple[str, dict[str, object], int]], start_us: int, end_us: int) -> Events:
+    """The rows of ``[start_us, end_us)`` as ``Events`` (chat and clicks in the stage's per-interval buckets read
+    the same per day)."""
+    inside: dict[str, list[dict[str, object]]] = {}
+    for kind, row, t_us in rows:
+        if start_us <= t_us < end_us:
+            inside.setdefault(kind, []).append(row)
+    return Events.from_frames({kind: pd.DataFrame(part) for kind, part in inside.items()})

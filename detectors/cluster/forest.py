@@ -12,13 +12,10 @@ forest is deterministic.
 
 from __future__ import annotations
 
-import os
-
 import numba
 import numpy as np
 
-# numba caches compiled code beside a real source file; imported from a zip (--py-files) it compiles in memory.
-CACHE_COMPILED = os.path.isfile(__file__)
+from argus.detectors.cluster.compiled import CACHE_COMPILED
 
 
 @numba.njit(cache=CACHE_COMPILED, nogil=True)

@@ -10,7 +10,6 @@ differences directly, and their float32 distances are used as they come.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,8 +21,7 @@ import numba
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-# numba caches compiled code beside a real source file; imported from a zip (--py-files) it compiles in memory.
-CACHE_COMPILED = os.path.isfile(__file__)
+from argus.detectors.cluster.compiled import CACHE_COMPILED
 
 log = logging.getLogger(__name__)
 
