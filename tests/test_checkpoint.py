@@ -50,6 +50,7 @@ from argus.pipelines.stream_detectors import (
     UserChatLogic,
     UserChatState,
 )
+from tests.beam_state import FakeBag, FakeTimer, FakeValue
 
 
 def _sections(parts: dict[Hashable, Any]) -> dict[Hashable, list[tuple[Hashable, Any]]]:
@@ -174,29 +175,7 @@ class _CountLogic(StageLogic):
         return dataclass_from_parts(_Shard, parts, self.KEYED)  # type: ignore[no-any-return]
 
 
-class _Bag:
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def read(self) -> list[Any]:
-        return list(self.items)
-
-    def add(self, item: Any) -> None:
-        self.items.append(item)
-
-    def clear(self) -> None:
-        self.items = []
-
-
-class _Timers:
-    def __init__(self) -> None:
-        self.due: set[int] = set()
-
-    def set(self, at: Timestamp, dynamic_timer_tag: str = "") -> None:
-        self.due.add(at.micros)
-
-
-def _live_state(fn: StageFn, bag: _Bag) -> tuple[int, dict[Hashable, bytes]]:
+def _live_state(fn: StageFn, bag: FakeBag) -> tuple[int, dict[Hashable, bytes]]:
     [(_, seq, parts, _)] = [e for e in bag.read() if e[0] == "parts"]
     return seq, parts
 
@@ -206,7 +185,7 @@ def test_a_stage_restored_from_folded_deltas_has_exactly_its_state(tmp_path: Pat
     and order), state, waiting elements and timers as the live shard; the deltas are small."""
     rng = random.Random(3)
     fn = StageFn(_CountLogic(), checkpoints=True)
-    bag, timers = _Bag(), _Timers()
+    bag, timers = FakeBag(), FakeTimer()
     snapshots: list[StageSnapshot] = []
     users = [f"u{i}" for i in range(300)]
     offset = 0
@@ -234,7 +213,7 @@ def test_a_stage_restored_from_folded_deltas_has_exactly_its_state(tmp_path: Pat
 
     path = save_checkpoint(tmp_path, Checkpoint("g", folded.at_us, {}, latest))
     [(shard, restore)] = list(restore_elements(str(path), "toy.users"))
-    again, again_timers = _Bag(), _Timers()
+    again, again_timers = FakeBag(), FakeTimer()
     StageFn(_CountLogic(), checkpoints=True).process((shard, restore), Timestamp(micros=0), again, again_timers)
     seq, parts = _live_state(fn, again)
     assert seq == live_seq and parts == live_parts
@@ -250,7 +229,7 @@ def test_a_checkpoint_written_whole_by_an_earlier_version_still_restores() -> No
     fn = StageFn(_CountLogic(), checkpoints=True)
     state = _Shard(counts={"a": 2, "b": 1}, order={"b": 5, "a": 7}, total=3)
     old = StageSnapshot("toy.users", "0", 7, pickle.dumps((state, [(9, pickle.dumps([("a", 9, 1)]))])), ReceivedLog())
-    bag, timers = _Bag(), _Timers()
+    bag, timers = FakeBag(), FakeTimer()
     fn.process(("0", Restore(old)), Timestamp(micros=0), bag, timers)
     assert timers.due == {9}
     out = list(fn.fire(Timestamp(micros=9), "0/9", bag, timers))
@@ -322,16 +301,6 @@ def test_the_checkpoint_stage_writes_folded_state(tmp_path: Path) -> None:
         def commit(self, offsets: list[Any], asynchronous: bool) -> None:
             pass
 
-    class Value:
-        def __init__(self) -> None:
-            self.value: Any = None
-
-        def read(self) -> Any:
-            return self.value
-
-        def write(self, value: Any) -> None:
-            self.value = value
-
     class Timer:
         def set(self, *args: Any, **kwargs: Any) -> None:
             pass
@@ -341,7 +310,7 @@ def test_the_checkpoint_stage_writes_folded_state(tmp_path: Path) -> None:
 
     fn = _CheckpointFn(tmp_path, None, "g", {"t": {0: 0}}, [], interval_s=0.0)  # type: ignore[arg-type]
     fn._consumer = Commits()
-    bag, progress, bases = _Bag(), Value(), Value()
+    bag, progress, bases = FakeBag(), FakeValue(), FakeValue()
     steps = [_delta(1, 100, {("a", 1): b"1"}), _delta(2, 200, {("a", 2): b"2"}), _delta(3, 300, {("a", 1): b"3"})]
     for snapshot in steps:
         fn.process(("checkpoint", snapshot), bag, Timer(), Timer())
@@ -391,14 +360,14 @@ class _TrollStages:
         default_factory=lambda: StageFn(ChannelWindowsLogic(WINDOW_S, LATENESS_S, USER_SHARDS), True)
     )
     users: StageFn = field(default_factory=lambda: StageFn(UserChatLogic(5), True))
-    bags: dict[tuple[str, str], _Bag] = field(default_factory=dict)
-    timers: dict[tuple[str, str], _Timers] = field(default_factory=dict)
+    bags: dict[tuple[str, str], FakeBag] = field(default_factory=dict)
+    timers: dict[tuple[str, str], FakeTimer] = field(default_factory=dict)
     snapshots: list[StageSnapshot] = field(default_factory=list)
     outputs: list[tuple[str, int, Any]] = field(default_factory=list)  # (stage, fired us, output)
     offset: int = 0
 
-    def _bag(self, key: tuple[str, str]) -> tuple[_Bag, _Timers]:
-        return self.bags.setdefault(key, _Bag()), self.timers.setdefault(key, _Timers())
+    def _bag(self, key: tuple[str, str]) -> tuple[FakeBag, FakeTimer]:
+        return self.bags.setdefault(key, FakeBag()), self.timers.setdefault(key, FakeTimer())
 
     def restore(self, path: Path) -> None:
         for stage, fn in ((CHANNELS_STAGE, self.channels), (USERS_STAGE, self.users)):
@@ -541,7 +510,7 @@ def test_a_user_shard_snapshot_holds_no_sums_the_channels_send_again() -> None:
     """Sums waiting in the per-user stage come from channel firings after its snapshot; a restored
     channel stage sends them again, so the user stage's snapshot must not hold them too."""
     fn = StageFn(UserChatLogic(5), checkpoints=True)
-    bag, timers = _Bag(), _Timers()
+    bag, timers = FakeBag(), FakeTimer()
     messages = [("a", "u1", 1_000_000, "gg", None, "c0"), ("b", "u1", 70_000_000, "lol", None, "c0")]
     logic = ChannelWindowsLogic(WINDOW_S, LATENESS_S, 1)
     [(_, first)] = list(logic.fire(logic.new_state(), messages[:1], 65_000_000, lambda _: None))
@@ -561,7 +530,7 @@ def test_troll_checkpoints_written_whole_by_an_earlier_version_still_restore() -
     messages = [("a", "u1", 61_000_000, "gg", None, "c0"), ("b", "u2", 130_000_000, "lol", None, "c1")]
     entries = [("closed", {"c0": 0}), ("m", (logic.close_us(1) / 1e6, pickle.dumps(messages)))]
     old = StageSnapshot(CHANNELS_STAGE, "0", 65_000_000, pickle.dumps(entries), ReceivedLog())
-    fn, bag, timers = StageFn(logic, checkpoints=True), _Bag(), _Timers()
+    fn, bag, timers = StageFn(logic, checkpoints=True), FakeBag(), FakeTimer()
     fn.process(("0", Restore(old)), Timestamp(micros=0), bag, timers)
     assert timers.due == {logic.close_us(1), logic.close_us(2)}  # each message by its own window's close
     out = list(fn.fire(Timestamp(micros=logic.close_us(1)), f"0/{logic.close_us(1)}", bag, timers))
@@ -569,7 +538,7 @@ def test_troll_checkpoints_written_whole_by_an_earlier_version_still_restore() -
     assert [(user, part.slot, part.late) for user, part in sums] == [("u1", 1, False)]
     users = {"u1": UserChatState(sums={"n": 2.0}, texts={1}, last_seen_s=60, recent=["a"])}
     old_users = StageSnapshot(USERS_STAGE, "0", 65_000_000, pickle.dumps(users))
-    user_fn, user_bag = StageFn(UserChatLogic(5), checkpoints=True), _Bag()
-    user_fn.process(("0", Restore(old_users)), Timestamp(micros=0), user_bag, _Timers())
+    user_fn, user_bag = StageFn(UserChatLogic(5), checkpoints=True), FakeBag()
+    user_fn.process(("0", Restore(old_users)), Timestamp(micros=0), user_bag, FakeTimer())
     [(_, _, parts, _)] = [e for e in user_bag.read() if e[0] == "parts"]
     assert user_fn.logic.from_parts({k: pickle.loads(v) for k, v in parts.items()}) == users

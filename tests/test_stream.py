@@ -25,6 +25,7 @@ from argus.pipelines.stream_detectors import UserChatState, apply_window_sums, c
 from argus.world.bad_records import malformed_records
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
+from tests.beam_state import FakeBag, FakeTimer, FakeValue
 
 pytestmark = pytest.mark.kafka
 WORLD = WorldConfig(users=150, days=2, seed=11, events_per_user_day=25.0, troll_fraction=0.1, profile="dense")
@@ -544,42 +545,6 @@ def test_a_broker_restart_mid_stream_is_survived(
         broker.down()
 
 
-class _Bag:
-    def __init__(self) -> None:
-        self.items: list = []  # type: ignore[type-arg]
-
-    def read(self) -> list:  # type: ignore[type-arg]
-        return list(self.items)
-
-    def add(self, item: object) -> None:
-        self.items.append(item)
-
-    def clear(self) -> None:
-        self.items = []
-
-
-class _Value:
-    def __init__(self) -> None:
-        self.value: object = None
-
-    def read(self) -> object:
-        return self.value
-
-    def write(self, value: object) -> None:
-        self.value = value
-
-
-class _Timer:
-    def __init__(self) -> None:
-        self.times: list = []  # type: ignore[type-arg]
-
-    def set(self, at: object, dynamic_timer_tag: str = "") -> None:
-        self.times.append(at)
-
-    def clear(self) -> None:
-        self.times = []
-
-
 class _Commits:
     def __init__(self) -> None:
         self.offsets: list[int] = []
@@ -598,7 +563,8 @@ def test_a_cut_within_the_interval_is_deferred_not_lost(tmp_path: Path, flush: s
 
     fn = _CheckpointFn(tmp_path, None, "g", {"t": {0: 0}}, [("s", "0")], interval_s=3600.0)  # type: ignore[arg-type]
     fn._consumer = commits = _Commits()
-    bag, progress, labels, deferred, end, bases = _Bag(), _Value(), _Timer(), _Timer(), _Timer(), _Value()
+    bag, progress, bases = FakeBag(), FakeValue(), FakeValue()
+    labels, deferred, end = FakeTimer(), FakeTimer(), FakeTimer()
     received = ReceivedLog()
     for at_us, (start, stop) in [(100, (0, 10)), (200, (10, 20)), (300, (20, 30))]:  # a shard firing three times
         received.add("t", 0, start, stop, t_us=at_us - 50)
@@ -638,7 +604,8 @@ def test_after_a_restart_no_cut_goes_below_the_restored_one(tmp_path: Path) -> N
     stages = [("s", "0"), ("s", "1")]
     fn = _CheckpointFn(tmp_path, None, "g", {"t": {0: 30}}, stages, interval_s=0.0, resumed_at_us=300)  # type: ignore[arg-type]
     fn._consumer = _Commits()
-    bag, progress, labels, deferred, end, bases = _Bag(), _Value(), _Timer(), _Timer(), _Timer(), _Value()
+    bag, progress, bases = FakeBag(), FakeValue(), FakeValue()
+    labels, deferred, end = FakeTimer(), FakeTimer(), FakeTimer()
     for shard in ("0", "1"):
         restored = Restore(StageSnapshot("s", shard, 300, b"", restored=True))
         fn.process(("checkpoint", restored), bag, labels, end, bases)

@@ -28,6 +28,7 @@ from argus.detectors.events import Events
 from argus.detectors.store import ModelStore
 from argus.detectors.trolls import TrollDetector
 from argus.infra.topics import ALERT_KINDS
+from tests.beam_state import FakeBag, FakeTimer, FakeValue
 
 START = pd.Timestamp("2026-10-01", tz="UTC")
 DAYS = 40
@@ -558,39 +559,6 @@ def test_killed_mid_stream_and_restarted_the_adapters_lose_nothing(
 
 
 # --- the payment graph stage: its population kept from boundary to boundary ---------------------------------
-class _StateBag:
-    def __init__(self) -> None:
-        self.items: list[object] = []
-
-    def read(self) -> list[object]:
-        return list(self.items)
-
-    def add(self, item: object) -> None:
-        self.items.append(item)
-
-    def clear(self) -> None:
-        self.items = []
-
-
-class _StateCell:
-    def __init__(self) -> None:
-        self.value: object = None
-
-    def read(self) -> object:
-        return self.value
-
-    def write(self, value: object) -> None:
-        self.value = value
-
-
-class _Timers:
-    def __init__(self) -> None:
-        self.tags: set[str] = set()
-
-    def set(self, _: object, dynamic_timer_tag: str) -> None:
-        self.tags.add(dynamic_timer_tag)
-
-
 def test_the_fraud_stage_gives_the_nightly_features_of_its_window_at_every_boundary(
     small_world_events: Events,
 ) -> None:
@@ -643,7 +611,7 @@ def test_the_fraud_stage_gives_the_nightly_features_of_its_window_at_every_bound
     settings = StreamSettings(model_store=Path("unused"), fraud_interval_s=interval_s, fraud_lookback_days=1)
     stage = _PaymentGraphFn(settings, "fraud")
     stage._live = Live()
-    bag, ranges, done, timers = _StateBag(), _StateBag(), _StateCell(), _Timers()
+    bag, ranges, done, timers = FakeBag(), FakeBag(), FakeValue(), FakeTimer()
     checked_boundary = [0]
     retried = taken_over = False
     for offset, batch in enumerate(batches):
