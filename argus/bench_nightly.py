@@ -296,7 +296,9 @@ def bench_nightly(
             cores = os.cpu_count() or 2
             with (
                 StandaloneCluster(scratch / "spark-cluster", cores=cores, memory="4g") as cluster,
-                _environment(SPARK_LOCAL_IP=cluster.host),  # the driver binds where the executors look for it
+                # The driver binds where the executors look for it; the executor's heap takes most of the worker's
+                # offer (Spark's own 1g default ran out of heap caching a million users' evader blocks).
+                _environment(SPARK_LOCAL_IP=cluster.host, SPARK_EXECUTOR_MEMORY="3g"),
             ):
                 chain = run_chain(lake, day, cluster.master_url, console)
         else:

@@ -20,6 +20,9 @@ moderation events only feed state and are counted in ``events`` and ``events_per
 Printed keys: ``events``, ``offered_per_s``, ``events_per_s`` (events / (last covering output
 visible - first event offered)), ``latency_p50_s``, ``latency_p99_s``, ``latency_max_s``,
 ``checked`` (events with a per-event output), ``lost`` (checked events never covered),
+``lost_by_reason`` (``detector:reason`` -> lost events, reasons in ``LOST_REASONS``), ``lost_sample`` (a few
+lost events: type, user, event time, partition, offset, reason), ``waited_s`` and ``timed_out`` (how long it
+waited for the last covering output after the heartbeats, and whether ``timeout`` ended the wait),
 ``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``,
 ``event_time_speedup`` (event-time seconds per wall second: windows close that much sooner).
 
@@ -35,6 +38,7 @@ signals are ignored while that runs (bounded: 20 s for the pipeline, 60 s for th
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import signal
@@ -220,14 +224,32 @@ def _heartbeats(records: DayRecords, topics: dict[str, str], partitions: int) ->
             )
 
 
-def _offer(bootstrap: str, records: DayRecords, topics: dict[str, str], rate: float) -> np.ndarray:
-    """Produce every record at ``rate`` per second; returns each record's produce time."""
+@dataclass
+class _Offered:
+    """Per record: when it was produced, and where and when Kafka acknowledged it (-1 / NaN: not acknowledged)."""
+
+    produced: np.ndarray
+    partition: np.ndarray
+    offset: np.ndarray
+    acked: np.ndarray
+
+
+def _offer(bootstrap: str, records: DayRecords, topics: dict[str, str], rate: float) -> _Offered:
+    """Produce every record at ``rate`` per second, noting each one's produce time and its acknowledgement."""
     from confluent_kafka import Producer
 
     producer = Producer(
         {"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all", "enable.idempotence": True, "log_level": 3}
     )
     produced = np.zeros(len(records.value))
+    partition = np.full(len(records.value), -1, dtype=np.int64)
+    offset = np.full(len(records.value), -1, dtype=np.int64)
+    acked = np.full(len(records.value), np.nan)
+
+    def delivered(index: int, err: Any, message: Any) -> None:
+        if err is None:
+            partition[index], offset[index], acked[index] = message.partition(), message.offset(), time.time()
+
     tick = 0.01
     chunk = max(1, int(rate * tick))
     started = time.time()
@@ -238,14 +260,19 @@ def _offer(bootstrap: str, records: DayRecords, topics: dict[str, str], rate: fl
         for i in range(first, min(first + chunk, len(records.value))):
             while True:
                 try:
-                    producer.produce(topics[str(records.event_type[i])], records.value[i], records.key[i])
+                    producer.produce(
+                        topics[str(records.event_type[i])],
+                        records.value[i],
+                        records.key[i],
+                        on_delivery=functools.partial(delivered, i),
+                    )
                     break
                 except BufferError:
                     producer.poll(0.01)
         producer.poll(0)
         produced[first : first + chunk] = time.time()
     producer.flush(120)
-    return produced
+    return _Offered(produced, partition, offset, acked)
 
 
 @contextmanager
@@ -276,8 +303,13 @@ def _stop_group(process: subprocess.Popen[Any], grace_s: float = 20.0) -> None:
     process.wait()
 
 
-def _first_cover(events: pd.DataFrame, snapshots: list[tuple[str, int, float]]) -> np.ndarray:
-    """Per event (user_id, t_us), when the first snapshot of its user at or after its time was seen (NaN: never)."""
+def _first_cover(
+    events: pd.DataFrame, snapshots: list[tuple[str, int, float]], strictly_after: bool = False
+) -> np.ndarray:
+    """Per event (user_id, t_us), when the first snapshot of its user at or after its time was seen (NaN: never).
+
+    ``strictly_after``: only snapshots after its time cover it (a fraud snapshot at a boundary covers the events
+    before it; an event at the boundary itself belongs to the next one)."""
     if events.empty:
         return np.zeros(0)
     if not snapshots:
@@ -288,9 +320,55 @@ def _first_cover(events: pd.DataFrame, snapshots: list[tuple[str, int, float]]) 
     seen["seen"] = seen.iloc[::-1].groupby("user_id")["seen"].cummin().iloc[::-1]
     order = events.reset_index(drop=True).reset_index().sort_values("t_us")
     merged = pd.merge_asof(
-        order, seen.sort_values("at_us"), left_on="t_us", right_on="at_us", by="user_id", direction="forward"
+        order,
+        seen.sort_values("at_us"),
+        left_on="t_us",
+        right_on="at_us",
+        by="user_id",
+        direction="forward",
+        allow_exact_matches=not strictly_after,
     )
     return np.asarray(merged.sort_values("index")["seen"].to_numpy(dtype=float))
+
+
+LOST_REASONS = (
+    "not_acknowledged",  # Kafka never acknowledged the event: the bench's producer failed
+    "no_output_after_its_point",  # nothing at or after its window end / boundary was ever seen: not flushed (yet)
+    "arrived_after_its_point_was_output",  # in Kafka only after output for its point was out: late
+    # In Kafka before output for its point was seen, but that output lacked its user: the pipeline read it after
+    # scoring its point (the source let its partition fall behind: late) or left its user out.
+    "not_in_output_at_its_point",
+)
+
+
+def lost_reasons(
+    t_us: np.ndarray, acked: np.ndarray, snapshots: list[tuple[str, int, float]], step_us: int
+) -> list[str]:
+    """Why each lost event (event time, acknowledgement time) of one detector was never covered (``LOST_REASONS``).
+
+    An event's *point* is the end of its ``step_us`` slot (its chat window, its fraud interval); output for the
+    point exists once any snapshot at or after it was seen."""
+    points = (t_us // step_us + 1) * step_us
+    if snapshots:
+        at = np.array([s[1] for s in snapshots], dtype=np.int64)
+        seen = np.array([s[2] for s in snapshots], dtype=float)
+        order = np.argsort(at, kind="stable")
+        at, first_seen = at[order], np.minimum.accumulate(seen[order][::-1])[::-1]  # earliest sighting at or after
+        where = np.searchsorted(at, points, side="left")
+        output_at = np.where(where < len(at), first_seen[np.minimum(where, len(at) - 1)], np.nan)
+    else:
+        output_at = np.full(len(points), np.nan)
+    reasons = []
+    for ack, out in zip(acked, output_at, strict=True):
+        if np.isnan(ack):
+            reasons.append("not_acknowledged")
+        elif np.isnan(out):
+            reasons.append("no_output_after_its_point")
+        elif ack > out:
+            reasons.append("arrived_after_its_point_was_output")
+        else:
+            reasons.append("not_in_output_at_its_point")
+    return reasons
 
 
 @contextmanager
@@ -394,7 +472,8 @@ def _measure(
         with _pipeline(args, home / "pipeline.log") as pipeline:
             watcher.start()
             _wait_until_reading(bootstrap, event_topics["chat"], visible, pipeline, home / "pipeline.log")
-            produced = _offer(bootstrap, records, event_topics, rate)
+            offered = _offer(bootstrap, records, event_topics, rate)
+            produced = offered.produced
             offered_s = float(produced.max() - produced.min()) or 1e-9
             _send_heartbeats(bootstrap, records, event_topics, partitions)
             frame = pd.DataFrame({"event_type": records.event_type, "user_id": records.user_id, "t_us": records.t_us})
@@ -402,11 +481,12 @@ def _measure(
             checked = {d: mask for d, mask in checked.items() if d in detectors}
             covered = np.full(len(frame), np.nan)
             deadline = time.monotonic() + timeout_s
+            waited = time.monotonic()
             while True:
                 with visible.lock:
                     snapshots = {d: list(visible.snapshots.get(d, [])) for d in checked}
                 for name, mask in checked.items():
-                    covered[mask.to_numpy()] = _first_cover(frame[mask], snapshots[name])
+                    covered[mask.to_numpy()] = _first_cover(frame[mask], snapshots[name], name == "fraud")
                 wanted = np.zeros(len(frame), dtype=bool)
                 for mask in checked.values():
                     wanted |= mask.to_numpy()
@@ -414,7 +494,13 @@ def _measure(
                 if missing == 0 or time.monotonic() > deadline or pipeline.poll() is not None:
                     break
                 time.sleep(2.0)
+            timed_out = missing > 0 and pipeline.poll() is None
+            waited_s = time.monotonic() - waited
             time.sleep(3.0)  # alerts raised with the last snapshots
+            with visible.lock:  # what became visible meanwhile: the verdict uses the latest view
+                snapshots = {d: list(visible.snapshots.get(d, [])) for d in checked}
+            for name, mask in checked.items():
+                covered[mask.to_numpy()] = _first_cover(frame[mask], snapshots[name], name == "fraud")
     finally:
         stop.set()
         watcher.join(30)
@@ -434,12 +520,52 @@ def _measure(
         "latency_max_s": round(float(latency.max()), 3) if len(latency) else None,
         "checked": int(wanted.sum()),
         "lost": int(np.isnan(covered[wanted]).sum()),
+        **_lost_report(frame, covered, checked, snapshots, offered, fraud_interval_s),
+        "waited_s": round(waited_s, 1),
+        "timed_out": timed_out,
         "alerts": len(set(ids)),
         "duplicate_alerts": len(ids) - len(set(ids)),
         "detectors": ",".join(detectors),
         "key_shards": key_shards,
         "event_time_speedup": round(day_us / offered_s, 1),
     }
+
+
+def _lost_report(
+    frame: pd.DataFrame,
+    covered: np.ndarray,
+    checked: dict[str, pd.Series],
+    snapshots: dict[str, list[tuple[str, int, float]]],
+    offered: _Offered,
+    fraud_interval_s: int,
+    sample: int = 5,
+) -> dict[str, Any]:
+    """``lost_by_reason`` (``detector:reason`` -> events) and ``lost_sample`` (a few lost events, where they were)."""
+    from argus.detectors.chat_features import CONTEXT_WINDOW_S
+
+    steps_us = {"trolls": CONTEXT_WINDOW_S * 1_000_000, "fraud": fraud_interval_s * 1_000_000}
+    by_reason: dict[str, int] = {}
+    lost_sample: list[dict[str, Any]] = []
+    for name, mask in checked.items():
+        lost = np.flatnonzero(mask.to_numpy() & np.isnan(covered))
+        if not len(lost):
+            continue
+        t_us = frame["t_us"].to_numpy()[lost]
+        reasons = lost_reasons(t_us, offered.acked[lost], snapshots[name], steps_us[name])
+        for reason in reasons:
+            by_reason[f"{name}:{reason}"] = by_reason.get(f"{name}:{reason}", 0) + 1
+        for i, reason in list(zip(lost, reasons, strict=True))[:sample]:
+            lost_sample.append(
+                {
+                    "event_type": str(frame["event_type"].iat[i]),
+                    "user": str(frame["user_id"].iat[i]),
+                    "ts": pd.Timestamp(int(frame["t_us"].iat[i]), unit="us", tz="UTC").isoformat(),
+                    "partition": int(offered.partition[i]),
+                    "offset": int(offered.offset[i]),
+                    "reason": reason,
+                }
+            )
+    return {"lost_by_reason": by_reason, "lost_sample": lost_sample}
 
 
 def _wait_until_reading(

@@ -915,7 +915,8 @@ def bench_stream(
     """The streaming pipeline on Prism fed at a fixed rate: Kafka in to alert and feature topics out.
 
     Keys: events, offered_per_s, events_per_s, latency_p50_s, latency_p99_s, latency_max_s, checked,
-    lost, alerts, duplicate_alerts, detectors, key_shards, event_time_speedup (see argus/bench_stream.py).
+    lost, lost_by_reason, lost_sample, waited_s, timed_out, alerts, duplicate_alerts, detectors, key_shards,
+    event_time_speedup (see argus/bench_stream.py).
     Starts a scratch broker unless --bootstrap is given; needs the Prism runner (`argus stream fetch`).
     """
     from argus.bench_stream import BenchStreamError

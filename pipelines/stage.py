@@ -153,9 +153,20 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
 
     def __init__(self, logic: StageLogic, checkpoints: bool) -> None:
         self.logic, self.checkpoints = logic, checkpoints
+        self._live: dict[str, tuple[int, dict[Hashable, bytes], Any]] = {}
 
     def setup(self) -> None:
         self.logic.setup()
+        self._live = {}
+
+    def _state(self, shard: str, seq: int, parts: dict[Hashable, bytes]) -> Any:
+        """The shard's state for its held ``parts``: the object the last firing here left, when the bag still
+        holds exactly the parts that firing wrote (comparing bytes is far cheaper than unpickling every part
+        per firing); otherwise, after a retried bundle or a shard this worker did not fire last, unpickled."""
+        live = self._live.pop(shard, None)
+        if live is not None and live[0] == seq and live[1] == parts:
+            return live[2]
+        return self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
 
     @staticmethod
     def _set(timer: Any, shard: str, at_us: int) -> None:
@@ -245,7 +256,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
             parts = {}
             state = self.logic.new_state()
         else:
-            state = self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
+            state = self._state(shard, seq, parts)
         timers: list[int] = []
         outputs = list(self.logic.fire(state, due, fired.micros, timers.append))
         if not due and not outputs and not timers and not fresh_ranges:
@@ -253,6 +264,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         for at_us in timers:
             self._set(timer, shard, at_us)
         fresh = _pickled_parts(self.logic.parts(state), parts, self.logic.changed_parts(due))
+        self._live[shard] = (seq + 1, fresh, state)
         held = _waiting_parts(waiting, digests) if self.checkpoints and self.logic.source else {}
         buffer.clear()
         buffer.add(("parts", seq + 1, fresh, tuple(held)))

@@ -47,7 +47,11 @@ everybody (``fraud_population``: norms, medians, accounts per entity) it keeps f
 boundary (``RollingPopulation``, updated by the rows that entered and left the window; rebuilt from
 the held rows on the first boundary, after a restore or a retried firing), so a boundary pays for
 its new rows and the features of the touched users' neighbourhood (``feature_reach``), not a pass
-over the lookback nor everyone's features.
+over the lookback nor everyone's features. A payment, account or moderation event that arrives after
+its boundary was scored (late: the source lets a partition at its log end fall behind the others) is
+counted in ``late_events``, kept, and its user (and payee) scored at the next boundary, whose
+lookback includes it; a boundary that fires after a later one was scored has had its users scored
+with that one.
 
 **Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
 graph) record the source ranges each shard took in, and every stateful stage emits a
@@ -738,7 +742,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             ranges.add(snapshot.received or ReceivedLog())
             if done_us is not None:
                 done.write(done_us)
-            self._set_timers(timer, [t for t in _entry_times(entry[0]) if done_us is None or t >= done_us])
+            self._set_timers(timer, [t for t in _entry_times(entry[0]) if done_us is None or t >= done_us], done_us)
             return
         topic, partition, start, end, (graph, activity) = element[1]
         if self.checkpoints:
@@ -747,11 +751,29 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             ranges.add(log)
         if graph or activity:
             rows.add((graph, activity))
-        self._set_timers(timer, [t_us for _, t_us, _ in graph])
+        done_us = done.read()
+        if done_us is not None and (late := sum(self._boundary(t_us) <= done_us for _, t_us, _ in graph)):
+            self.late.inc(late)  # their boundary was scored before they came: scored at the next one instead
+        self._set_timers(timer, [t_us for _, t_us, _ in graph], done_us)
 
-    def _set_timers(self, timer: Any, times_us: Iterable[int]) -> None:
-        for boundary in {self._boundary(t_us) for t_us in times_us}:
+    def _set_timers(self, timer: Any, times_us: Iterable[int], done_us: int | None) -> None:
+        """A timer per boundary of ``times_us``; rows whose boundary was scored (``done_us``) wait for the next."""
+        earliest = 0 if done_us is None else done_us + self.interval_us
+        for boundary in {max(self._boundary(t_us), earliest) for t_us in times_us}:
             timer.set(Timestamp(boundary / 1e6 + self.lateness_s), dynamic_timer_tag=str(boundary))
+
+    def _touched(
+        self, held: dict[str, pd.DataFrame], fresh: dict[str, pd.DataFrame], boundary: int, done_us: int | None
+    ) -> dict[str, int]:
+        """The users to score at ``boundary``: those with rows since the last scored boundary, and those with rows
+        that came after their own boundary was scored (late, or behind a boundary that fired first), with payees."""
+        end, oldest = _utc(boundary), _utc(boundary - self.lookback_us)
+        if done_us is None:
+            return _fresh_users(held, oldest, end)
+        touched = _fresh_users(held, _utc(done_us), end)
+        for user, n in _fresh_users(fresh, oldest, _utc(done_us)).items():
+            touched[user] = touched.get(user, 0) + n
+        return touched
 
     @on_timer(SCORE)
     def score(
@@ -767,11 +789,11 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         done_us = done.read()
         kept_parts, fresh, activity = _graph_parts(rows.read())
         held = _joined_graph(kept_parts, fresh)
-        touched = _fresh_users(held, _utc(boundary - self.interval_us), _utc(boundary))
         if done_us is not None and boundary <= done_us:
-            # Evidence for a boundary already scored: kept for later boundaries, counted as late.
-            self.late.inc(sum(touched.values()))
+            # A boundary already scored (a timer set before a restore, or one that fired after a later boundary):
+            # its rows were scored with that later boundary.
             return
+        touched = self._touched(held, fresh, boundary, done_us)
         done.write(boundary)
         rolling = self._rolling_at(boundary, done_us, kept_parts, fresh)
         if touched:

@@ -1,4 +1,5 @@
-"""``argus bench stream`` interrupted: it stops the broker, the pipeline and Prism it started, and its scratch files."""
+"""``argus bench stream``: its accounting of lost events, and, interrupted, it stops the broker, the pipeline and
+Prism it started, and its scratch files."""
 
 from __future__ import annotations
 
@@ -9,12 +10,42 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from argus.bench_nightly import processes_below
+from argus.bench_stream import _first_cover, lost_reasons
 from argus.infra.procfs import ProcessStat, process_stats
 
-pytestmark = pytest.mark.kafka
+HOUR_US = 3_600 * 1_000_000
+
+
+def test_a_fraud_snapshot_covers_the_events_before_its_boundary_not_one_at_it() -> None:
+    events = pd.DataFrame({"user_id": ["a", "a", "b"], "t_us": [HOUR_US - 1, HOUR_US, HOUR_US - 1]})
+    snapshots = [("a", HOUR_US, 5.0), ("a", 2 * HOUR_US, 7.0), ("b", 2 * HOUR_US, 9.0)]
+    # The event at the boundary itself belongs to the next one; b's first snapshot is a later boundary's.
+    np.testing.assert_array_equal(_first_cover(events, snapshots, strictly_after=True), [5.0, 7.0, 9.0])
+    # Troll snapshots are stamped with the user's last message: one at its time covers it.
+    np.testing.assert_array_equal(_first_cover(events, snapshots), [5.0, 5.0, 9.0])
+
+
+def test_lost_events_are_told_apart_by_when_they_reached_kafka_and_what_output_came() -> None:
+    t_us = np.array([600, 1_200, 5_400, 600], dtype=np.int64) * 1_000_000
+    acked = np.array([100.0, 110.0, 100.0, np.nan])
+    # Someone else's snapshots: at the first hourly boundary, seen at 105 s; none at or after the second.
+    snapshots = [("other", HOUR_US, 105.0), ("other", HOUR_US, 104.0)]
+    assert lost_reasons(t_us, acked, snapshots, HOUR_US) == [
+        "not_in_output_at_its_point",  # in Kafka at 100 s, its boundary's output seen from 104 s without it
+        "arrived_after_its_point_was_output",  # in Kafka at 110 s, after that output: late
+        "no_output_after_its_point",  # its boundary (2 h) never scored
+        "not_acknowledged",
+    ]
+    # Output for a later point seen earlier also means its point had passed.
+    assert lost_reasons(t_us[:1], acked[:1], [*snapshots, ("other", 3 * HOUR_US, 90.0)], HOUR_US) == [
+        "arrived_after_its_point_was_output"
+    ]
+    assert lost_reasons(t_us[:1], acked[:1], [], HOUR_US) == ["no_output_after_its_point"]
 
 
 def _cmdline(pid: int) -> str:
@@ -30,6 +61,7 @@ def _alive(seen: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
     return {key: cmd for key, cmd in seen.items() if key in running}
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_an_interrupted_bench_leaves_no_process_behind(signum: int, tmp_path: Path) -> None:
     from argus.infra.prism import PrismError, fetch_prism

@@ -255,3 +255,94 @@ def test_a_quiet_topic_does_not_hold_back_a_busy_one(kafka_bootstrap: str) -> No
     # Resumed with every partition at its log end: the newest delivered (busy, 1_700_000_009 s) less the 5 s
     # out-of-orderness, held back neither by the sparse topic's hour-old record nor by its empty partition.
     assert estimator.watermark is not None and estimator.watermark.micros == (1_700_000_009 - 5) * 1_000_000
+
+
+# --- the payment graph stage: rows that come after their boundary was scored ----------------------------------
+HOUR_US = 3_600 * 1_000_000
+
+
+class _ScoredUsers:
+    """A fraud detector stand-in for ``_PaymentGraphFn``'s live model: records whom each boundary scores."""
+
+    def __init__(self) -> None:
+        self.users: list[set[str]] = []
+
+    def get(self) -> Any:
+        from argus.detectors.fraud import FraudDetector
+
+        scored = self.users
+
+        class Recording(FraudDetector):
+            def features_for(self, events: Any, users: Any, rolling: Any = None) -> pd.DataFrame:
+                scored.append({str(u) for u in users})
+                return pd.DataFrame()  # nothing to score: whom the stage asks for is the point
+
+        return Recording()
+
+    def model_version(self) -> str:
+        return "test"
+
+
+class _Count:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+
+def _graph_stage(small_world_events: Any) -> tuple[Any, _ScoredUsers, list[tuple[str, dict[str, Any]]], Any]:
+    """The fraud stage on hand-driven state, hourly boundaries; payments of distinct payers without payees."""
+    from pathlib import Path
+
+    from argus.pipelines.stream_detectors import StreamSettings, _PaymentGraphFn
+    from tests.beam_state import FakeBag, FakeTimer, FakeValue
+
+    stage = _PaymentGraphFn(StreamSettings(model_store=Path("unused"), fraud_interval_s=3_600), "fraud")
+    stage._live, stage.late = _ScoredUsers(), _Count()
+    payments = small_world_events["payment"].drop_duplicates("user_id").head(3).to_dict("records")
+    rows = [("payment", {**row, "counterparty_id": None}) for row in payments]
+    state = {"rows": FakeBag(), "ranges": FakeBag(), "done": FakeValue(), "timer": FakeTimer()}
+    return stage, stage._live, rows, state
+
+
+def _deliver(stage: Any, state: dict[str, Any], offset: int, items: list[tuple[str, dict[str, Any], int]]) -> None:
+    from argus.pipelines.stream_detectors import _graph_batch
+
+    for key, element in _graph_batch(SourceBatch("events.payment", 0, offset, offset + 1, items), HOUR_US):
+        stage.process((key, element), ts=None, **state)
+
+
+def _fire(stage: Any, state: dict[str, Any], boundary_us: int) -> None:
+    state["timer"].tags.discard(str(boundary_us))
+    list(stage.score(tag=str(boundary_us), fired=None, rows=state["rows"], ranges=state["ranges"], done=state["done"]))
+
+
+def test_a_payment_after_its_boundary_was_scored_is_counted_late_and_its_user_scored_at_the_next(
+    small_world_events: Any,
+) -> None:
+    stage, live, rows, state = _graph_stage(small_world_events)
+    (_, first), (_, second), (_, late) = rows
+    t0 = 1_790_812_800_000_000  # a whole hour
+    _deliver(stage, state, 0, [("payment", first, t0 + 600_000_000), ("payment", second, t0 + HOUR_US + 1)])
+    _fire(stage, state, t0 + HOUR_US)
+    assert live.users == [{first["user_id"]}]
+    # The source let this payment's partition fall behind: it comes after its boundary (t0 + 1 h) was scored.
+    _deliver(stage, state, 1, [("payment", late, t0 + 1_800_000_000)])
+    assert stage.late.value == 1
+    assert state["timer"].tags == {str(t0 + 2 * HOUR_US)}  # it waits for the next boundary, not its own
+    _fire(stage, state, t0 + 2 * HOUR_US)
+    assert live.users[1] == {second["user_id"], late["user_id"]}
+    assert state["done"].value == t0 + 2 * HOUR_US
+
+
+def test_a_boundary_firing_after_a_later_one_has_its_users_scored_with_that_one(small_world_events: Any) -> None:
+    stage, live, rows, state = _graph_stage(small_world_events)
+    (_, first), (_, second), _ = rows
+    t0 = 1_790_812_800_000_000
+    _deliver(stage, state, 0, [("payment", first, t0 + 600_000_000), ("payment", second, t0 + HOUR_US + 1)])
+    assert state["timer"].tags == {str(t0 + HOUR_US), str(t0 + 2 * HOUR_US)}
+    _fire(stage, state, t0 + 2 * HOUR_US)  # both due at once; the runner fires the later one first
+    _fire(stage, state, t0 + HOUR_US)
+    assert live.users == [{first["user_id"], second["user_id"]}]
+    assert stage.late.value == 0
