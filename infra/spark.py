@@ -34,7 +34,6 @@ DEFAULTS = {
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
-    "spark.driver.memory": "4g",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     # The lake's tables are Delta tables (argus.jobs.lake): Delta's SQL (RESTORE, DESCRIBE HISTORY) and catalog.
@@ -50,11 +49,20 @@ def connector_jars() -> list[Path]:
     return sorted(maven.fetch_jars(POM, "spark-kafka").glob("*.jar"))
 
 
-def spark_settings(extra: dict[str, str] | None = None) -> dict[str, str]:
+# In local mode the driver's JVM also runs every task; on a cluster it only plans jobs and collects counts
+# and fit samples, so Spark's own default (1g) serves and the driver's memory stays flat with the users.
+LOCAL_DRIVER_MEMORY = "4g"
+
+
+def spark_settings(extra: dict[str, str] | None = None, master: str = DEFAULT_MASTER) -> dict[str, str]:
+    """Spark settings for ``master``: ours, then the config file's ``[spark]`` table, then ``extra``."""
     from argus.infra.clients import load_config
 
     configured = {k: str(v) for k, v in load_config().get("spark", {}).items()}
-    return {**DEFAULTS, **configured, **(extra or {})}
+    ours = dict(DEFAULTS)
+    if master.startswith("local"):
+        ours["spark.driver.memory"] = LOCAL_DRIVER_MEMORY
+    return {**ours, **configured, **(extra or {})}
 
 
 def local_session(app_name: str = "argus", master: str = DEFAULT_MASTER, **extra: str) -> SparkSession:
@@ -64,7 +72,7 @@ def local_session(app_name: str = "argus", master: str = DEFAULT_MASTER, **extra
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name).master(master)
     builder = builder.config("spark.jars", ",".join(str(p) for p in connector_jars()))
-    for key, value in spark_settings(extra).items():
+    for key, value in spark_settings(extra, master).items():
         builder = builder.config(key, value)
     with jvm_output_to(spark_log()):
         return builder.getOrCreate()
@@ -102,7 +110,7 @@ def submit_command(job: str, args: list[str], master: str = DEFAULT_MASTER, py_f
     spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     cmd = [str(spark_submit), "--master", master, "--name", f"argus-{job}"]
     cmd += ["--jars", ",".join(str(p) for p in connector_jars())]
-    for key, value in spark_settings().items():
+    for key, value in spark_settings(master=master).items():
         cmd += ["--conf", f"{key}={value}"]
     if py_files is not None:
         cmd += ["--py-files", str(py_files)]

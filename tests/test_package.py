@@ -153,3 +153,18 @@ def test_models_saved_before_the_move_still_load(tmp_path: Path) -> None:
     loaded = churn.load(tmp_path)
     assert isinstance(loaded.state["bgnbd"], BGNBDParams)
     assert loaded.state == fitted.state and loaded.model_version == fitted.model_version
+
+
+def test_the_driver_heap_is_large_in_local_mode_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local mode runs the tasks in the driver's JVM; on a cluster the driver keeps Spark's default unless set."""
+    from argus.infra.spark import LOCAL_DRIVER_MEMORY, spark_settings, submit_command
+
+    assert spark_settings(master="local[2]")["spark.driver.memory"] == LOCAL_DRIVER_MEMORY
+    assert "spark.driver.memory" not in spark_settings(master="spark://10.0.0.1:7077")
+    assert f"spark.driver.memory={LOCAL_DRIVER_MEMORY}" not in submit_command("nightly", [], "yarn")
+    assert f"spark.driver.memory={LOCAL_DRIVER_MEMORY}" in submit_command("nightly", [], "local[1]")
+    config = tmp_path / "argus.toml"
+    config.write_text('[spark]\n"spark.driver.memory" = "3g"\n')
+    monkeypatch.setenv("ARGUS_CONFIG", str(config))
+    assert spark_settings(master="local[2]")["spark.driver.memory"] == "3g"
+    assert spark_settings(master="yarn")["spark.driver.memory"] == "3g"
