@@ -23,7 +23,8 @@ visible - first event offered)), ``latency_p50_s``, ``latency_p99_s``, ``latency
 ``lost_by_reason`` (``detector:reason`` -> lost events, reasons in ``LOST_REASONS``), ``lost_sample`` (a few
 lost events: type, user, event time, partition, offset, reason), ``waited_s`` and ``timed_out`` (how long it
 waited for the last covering output after the heartbeats, and whether ``timeout`` ended the wait),
-``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``,
+``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``, ``sdk_workers``
+(Prism's Python worker processes; see ``pipelines/sdk_workers.py``),
 ``event_time_speedup`` (event-time seconds per wall second: windows close that much sooner).
 
 The replay runs event time far ahead of the wall clock (and months behind it), so the source's rule
@@ -411,6 +412,7 @@ def bench_stream(
     timeout_s: float = 600.0,
     fraud_interval_s: int = 3_600,
     work_dir: Path | None = None,
+    sdk_workers: int = 1,
 ) -> dict[str, Any]:
     """Run the benchmark (see the module doc) and return its figures."""
     from argus.bench import scratch_broker
@@ -427,7 +429,9 @@ def bench_stream(
         _publish_models(home / "models", detectors, min(users, 1_000), seed=5)
         context = _given(bootstrap) if bootstrap else scratch_broker()
         with context as servers:
-            return _measure(servers, records, rate, list(detectors), key_shards, timeout_s, fraud_interval_s, home)
+            return _measure(
+                servers, records, rate, list(detectors), (key_shards, sdk_workers), timeout_s, fraud_interval_s, home
+            )
 
 
 @contextmanager
@@ -440,7 +444,7 @@ def _measure(
     records: DayRecords,
     rate: float,
     detectors: list[str],
-    key_shards: int,
+    placement: tuple[int, int],  # key shards, Prism's Python worker processes
     timeout_s: float,
     fraud_interval_s: int,
     home: Path,
@@ -465,7 +469,8 @@ def _measure(
         f"--features-prefix={prefix}.features",
         f"--dlq-topic={prefix}.dlq",
         f"--idle-slack={NO_IDLE_SLACK_S}",
-        f"--key-shards={key_shards}",
+        f"--key-shards={placement[0]}",
+        f"--sdk-workers={placement[1]}",
         f"--fraud-interval={fraud_interval_s}",
     ]
     try:
@@ -526,7 +531,8 @@ def _measure(
         "alerts": len(set(ids)),
         "duplicate_alerts": len(ids) - len(set(ids)),
         "detectors": ",".join(detectors),
-        "key_shards": key_shards,
+        "key_shards": placement[0],
+        "sdk_workers": placement[1],
         "event_time_speedup": round(day_us / offered_s, 1),
     }
 

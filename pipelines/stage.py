@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import pickle
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, ClassVar
@@ -153,19 +154,20 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
 
     def __init__(self, logic: StageLogic, checkpoints: bool) -> None:
         self.logic, self.checkpoints = logic, checkpoints
-        self._live: dict[str, tuple[int, dict[Hashable, bytes], Any]] = {}
+        self._live: dict[str, tuple[bytes, Any]] = {}
 
     def setup(self) -> None:
         self.logic.setup()
         self._live = {}
 
-    def _state(self, shard: str, seq: int, parts: dict[Hashable, bytes]) -> Any:
+    def _state(self, shard: str, written: bytes | None, parts: dict[Hashable, bytes]) -> Any:
         """The shard's state for its held ``parts``: the object the last firing here left, when the bag still
-        holds exactly the parts that firing wrote (comparing bytes is far cheaper than unpickling every part
-        per firing); otherwise, after a retried bundle or a shard this worker did not fire last, unpickled."""
+        holds what that firing wrote (its random ``written`` token: a retried bundle, or a firing on another
+        worker, wrote another or none); otherwise unpickled. The token spares both unpickling every part per
+        firing and holding the parts' bytes a second time to compare."""
         live = self._live.pop(shard, None)
-        if live is not None and live[0] == seq and live[1] == parts:
-            return live[2]
+        if live is not None and written is not None and live[0] == written:
+            return live[1]
         return self.logic.from_parts({key: pickle.loads(blob) for key, blob in parts.items()})
 
     @staticmethod
@@ -231,6 +233,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         # The state is held as pickled parts: unpickled here, pickled again after the firing, and the
         # parts whose bytes changed are the checkpoint delta (the snapshot costs no second pickling).
         seq: int = 0
+        written: bytes | None = None  # the token of the firing that wrote the held parts
         parts: dict[Hashable, bytes] | None = None
         sent_waiting: tuple[Hashable, ...] = ()
         due: list[Any] = []
@@ -242,6 +245,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
             kind, item = entry[0], entry[1]
             if kind == "parts":
                 seq, parts, sent_waiting = entry[1], entry[2], entry[3]
+                written = entry[4] if len(entry) > 4 else None  # restored or older entries have none
             elif kind == "r":
                 received.add(*item)
                 fresh_ranges = True
@@ -256,7 +260,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
             parts = {}
             state = self.logic.new_state()
         else:
-            state = self._state(shard, seq, parts)
+            state = self._state(shard, written, parts)
         timers: list[int] = []
         outputs = list(self.logic.fire(state, due, fired.micros, timers.append))
         if not due and not outputs and not timers and not fresh_ranges:
@@ -264,10 +268,11 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         for at_us in timers:
             self._set(timer, shard, at_us)
         fresh = _pickled_parts(self.logic.parts(state), parts, self.logic.changed_parts(due))
-        self._live[shard] = (seq + 1, fresh, state)
+        token = os.urandom(16)
+        self._live[shard] = (token, state)
         held = _waiting_parts(waiting, digests) if self.checkpoints and self.logic.source else {}
         buffer.clear()
-        buffer.add(("parts", seq + 1, fresh, tuple(held)))
+        buffer.add(("parts", seq + 1, fresh, tuple(held), token))
         for item, digest in zip(waiting, digests, strict=True):
             buffer.add(("b", item, digest))
         if self.checkpoints:

@@ -29,6 +29,7 @@ publishes no alert twice. On Flink and Dataflow the runner's own checkpoints do 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Iterator, Sequence
@@ -45,6 +46,7 @@ from argus.infra.clients import PortableKafkaSettings, portable_kafka_settings, 
 from argus.infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
 from argus.pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
 from argus.pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
+from argus.pipelines.sdk_workers import detector_worker, process_worker_args
 from argus.pipelines.stream_adapters import STREAMING_DETECTORS
 from argus.pipelines.stream_detectors import StreamSettings, StrKeyed, epoch_us
 from argus.schemas.bounds import EventTimeBounds, current_bounds
@@ -86,14 +88,20 @@ class StreamConfig:
     checkpoint_dir: Path | None = None  # None: no checkpoints (a restart replays the retained log)
     group: str = "argus-stream"
     max_batch: int = 5_000
+    sdk_workers: int = 1  # Python worker processes on Prism (pipelines/sdk_workers.py)
     beam_args: Sequence[str] = field(default_factory=list)
 
     def shards(self) -> int:
-        """Key shards in use. On Prism all Python work runs in one process, so each extra shard only
-        adds a per-firing fixed cost; a cluster spreads shards over workers."""
+        """Key shards in use. On Prism each stage runs in one Python process (``workers``), so each extra
+        shard only adds a per-firing fixed cost; a cluster spreads shards over workers."""
         if self.key_shards is not None:
             return self.key_shards
         return 4 * self.parallelism if self.runner in ("flink", "dataflow") else 1
+
+    def workers(self) -> int:
+        """Python worker processes Prism runs the pipeline on: the source on one, the detectors' keyed stages on
+        the others (1: one thread of this process). Clusters size their workers themselves (--parallelism)."""
+        return self.sdk_workers if self.runner == "prism" else 1
 
     def input_topics(self) -> list[str]:
         """The topics read: the event topics the chosen detectors need, and any non-standard topic given."""
@@ -116,6 +124,11 @@ class StreamConfig:
             raise StreamError(f"--key-shards must be at least 1, not {self.key_shards}")
         if self.max_batch < 1:
             raise StreamError(f"--max-batch must be at least 1, not {self.max_batch}")
+        if self.sdk_workers < 1 or (self.sdk_workers > 1 and self.runner != "prism"):
+            raise StreamError(
+                f"--sdk-workers {self.sdk_workers}: give at least 1, and only with --runner prism "
+                "(flink and dataflow size their workers with --parallelism)"
+            )
         if self.checkpoint_dir is not None and self.runner in ("flink", "dataflow"):
             raise StreamError(
                 "--checkpoint-dir is for runners that keep state in memory (prism, direct); "
@@ -265,9 +278,14 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig, client: Portab
         | "DeadLetters" >> WriteKafka(client, [config.dlq_topic] if skip else [], identify=_dead_letter_identity)
     ]
     # Labelled by the registry's name: two streaming forms of one model (trolls, troll-messages) may run together.
+    # Each detector's keyed stages on a Python worker of their own where Prism runs several.
+    placed = [
+        dataclasses.replace(settings, keyed_worker=detector_worker(i, len(chosen), config.workers()))
+        for i in range(len(chosen))
+    ]
     outputs = [
-        split.events | name >> _DetectorTransform(d, settings)  # type: ignore[operator]
-        for name, d in zip(config.detectors, chosen, strict=True)
+        split.events | name >> _DetectorTransform(d, theirs)  # type: ignore[operator]
+        for name, d, theirs in zip(config.detectors, chosen, placed, strict=True)
     ]
     alerts = [o.alerts for o in outputs]
     merged = alerts[0] if len(alerts) == 1 else tuple(alerts) | "AllAlerts" >> beam.Flatten()
@@ -346,6 +364,8 @@ def pipeline_options(config: StreamConfig) -> PipelineOptions:
             # checkpoints itself, so nothing needs those splits.
             "--experiments=prism_disable_sdf_split",
         ]
+        if config.workers() > 1:
+            args += process_worker_args()
     elif config.runner == "flink":
         from argus.infra.flink import checkpointed_run_args
 

@@ -79,6 +79,7 @@ from argus.pipelines.checkpoint import (
     covers,
 )
 from argus.pipelines.kafka_io import SourceBatch
+from argus.pipelines.sdk_workers import on_worker
 from argus.pipelines.stage import StageLogic, dataclass_from_parts, dataclass_parts, stage_transform
 from argus.pipelines.stream_detectors import (
     DAY_US,
@@ -144,7 +145,9 @@ def _stage(
     keyed: Any, settings: StreamSettings, logic: StageLogic, label: str, *outputs: str, main: str = "out"
 ) -> Any:
     restored = with_restore(keyed, settings, logic.stage)
-    return restored | label >> stage_transform(logic, settings.checkpoints, *outputs, main=main)
+    return restored | label >> on_worker(
+        stage_transform(logic, settings.checkpoints, *outputs, main=main), settings.keyed_worker
+    )
 
 
 def _frames(rows: Iterable[Event]) -> Events:

@@ -49,9 +49,12 @@ the held rows on the first boundary, after a restore or a retried firing), so a 
 its new rows and the features of the touched users' neighbourhood (``feature_reach``), not a pass
 over the lookback nor everyone's features. A payment, account or moderation event that arrives after
 its boundary was scored (late: the source lets a partition at its log end fall behind the others) is
-counted in ``late_events``, kept, and its user (and payee) scored at the next boundary, whose
-lookback includes it; a boundary that fires after a later one was scored has had its users scored
-with that one.
+counted in ``late_events``, kept, and its boundary and every later scored one are scored again at
+once, each for the users it scored, with all the rows held then (a late row changes its user's and
+payee's features, and through shared entities and the population figures those of others): a
+boundary's last scoring has the features, scores and alert ids of an arrival in time, whatever the
+arrival order (tested); alerts raised by its earlier scorings stay raised. A boundary that fires
+after a later one was scored has had its users scored with that one.
 
 **Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
 graph) record the source ranges each shard took in, and every stateful stage emits a
@@ -105,6 +108,7 @@ from argus.detectors.fraud_features import RollingPopulation
 from argus.detectors.store import LiveModel, ModelStore
 from argus.pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
 from argus.pipelines.kafka_io import SourceBatch
+from argus.pipelines.sdk_workers import on_worker
 from argus.pipelines.stage import StageLogic, dataclass_from_parts, dataclass_parts, stage_transform
 from argus.schemas.models import Alert
 
@@ -184,6 +188,7 @@ class StreamSettings:
     publish_features: bool = False
     checkpoints: bool = False  # record source ranges and emit stage snapshots
     resume: Any = None  # a argus.pipelines.checkpoint.ResumePlan: what to restore, which batches each shard has
+    keyed_worker: str | None = None  # the Python worker of the detector's keyed stages (pipelines/sdk_workers.py)
 
 
 def received_ranges(settings: StreamSettings, stage: str) -> dict[str, Ranges]:
@@ -377,7 +382,11 @@ def chat_feature_rows(rows: list[tuple[str, dict[str, float], set[int]]], window
     distinct = np.array([len(r[2]) for r in rows], dtype=float)
     features = features_from_sums({c: values[:, j] for j, c in enumerate(columns)}, distinct)
     index = pd.Index([r[0] for r in rows], name="user_id")
-    return pd.DataFrame(features, index=index, columns=FEATURE_COLUMNS)
+    # One 2-D block: a frame built from a dict of columns costs more than the scoring of a small firing's rows.
+    block = np.empty((len(rows), len(FEATURE_COLUMNS)))
+    for j, column in enumerate(FEATURE_COLUMNS):
+        block[:, j] = features[column]
+    return pd.DataFrame(block, index=index, columns=list(FEATURE_COLUMNS))
 
 
 CHANNELS_STAGE, USERS_STAGE, GRAPH_STAGE = "trolls.channels", "trolls.users", "fraud.graph"
@@ -631,15 +640,20 @@ class TrollStream(StreamingDetector):
         by_channel = batches | "ByChannelShard" >> beam.FlatMap(
             _chat_by_shard, shards, tracked, received_ranges(settings, CHANNELS_STAGE)
         )
-        windows = with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> stage_transform(
-            ChannelWindowsLogic(window_s, settings.allowed_lateness_s, shards), tracked, main="sums"
+        worker = settings.keyed_worker
+        windows = with_restore(by_channel, settings, CHANNELS_STAGE) | "ChannelWindows" >> on_worker(
+            stage_transform(ChannelWindowsLogic(window_s, settings.allowed_lateness_s, shards), tracked, main="sums"),
+            worker,
         )
-        users = with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> stage_transform(
-            UserChatLogic(settings.evidence_per_alert), tracked, main="snapshots"
+        users = with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> on_worker(
+            stage_transform(UserChatLogic(settings.evidence_per_alert), tracked, main="snapshots"), worker
         )
-        scored = users.snapshots | "ScoreTrolls" >> beam.ParDo(
-            _ScoreChatFn(settings.model_store, self.name, settings.publish_features)
-        ).with_outputs("features", main="alerts")
+        scored = users.snapshots | "ScoreTrolls" >> on_worker(
+            beam.ParDo(_ScoreChatFn(settings.model_store, self.name, settings.publish_features)).with_outputs(
+                "features", main="alerts"
+            ),
+            worker,
+        )
         checkpoints = (windows.checkpoint, users.checkpoint) if tracked else ()
         return StreamOutputs(scored.alerts, scored.features if settings.publish_features else None, checkpoints)
 
@@ -742,7 +756,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             ranges.add(snapshot.received or ReceivedLog())
             if done_us is not None:
                 done.write(done_us)
-            self._set_timers(timer, [t for t in _entry_times(entry[0]) if done_us is None or t >= done_us], done_us)
+            self._set_timers(timer, [t for t in _entry_times(entry[0]) if done_us is None or t >= done_us])
             return
         topic, partition, start, end, (graph, activity) = element[1]
         if self.checkpoints:
@@ -753,27 +767,50 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             rows.add((graph, activity))
         done_us = done.read()
         if done_us is not None and (late := sum(self._boundary(t_us) <= done_us for _, t_us, _ in graph)):
-            self.late.inc(late)  # their boundary was scored before they came: scored at the next one instead
-        self._set_timers(timer, [t_us for _, t_us, _ in graph], done_us)
+            self.late.inc(late)  # their boundary was scored before they came: scored again for them (``_rescore``)
+        self._set_timers(timer, [t_us for _, t_us, _ in graph])
 
-    def _set_timers(self, timer: Any, times_us: Iterable[int], done_us: int | None) -> None:
-        """A timer per boundary of ``times_us``; rows whose boundary was scored (``done_us``) wait for the next."""
-        earliest = 0 if done_us is None else done_us + self.interval_us
-        for boundary in {max(self._boundary(t_us), earliest) for t_us in times_us}:
+    def _set_timers(self, timer: Any, times_us: Iterable[int]) -> None:
+        """A timer per boundary of ``times_us``. A late row sets its own boundary's timer again, behind the
+        watermark: the firing comes at once and scores that boundary again for it (``_rescore``)."""
+        for boundary in {self._boundary(t_us) for t_us in times_us}:
             timer.set(Timestamp(boundary / 1e6 + self.lateness_s), dynamic_timer_tag=str(boundary))
 
-    def _touched(
-        self, held: dict[str, pd.DataFrame], fresh: dict[str, pd.DataFrame], boundary: int, done_us: int | None
-    ) -> dict[str, int]:
-        """The users to score at ``boundary``: those with rows since the last scored boundary, and those with rows
-        that came after their own boundary was scored (late, or behind a boundary that fired first), with payees."""
-        end, oldest = _utc(boundary), _utc(boundary - self.lookback_us)
-        if done_us is None:
-            return _fresh_users(held, oldest, end)
-        touched = _fresh_users(held, _utc(done_us), end)
-        for user, n in _fresh_users(fresh, oldest, _utc(done_us)).items():
-            touched[user] = touched.get(user, 0) + n
-        return touched
+    def _touched(self, held: dict[str, pd.DataFrame], boundary: int, done_us: int | None) -> dict[str, int]:
+        """The users to score at ``boundary``: those with rows since the last scored boundary, with payees."""
+        start = boundary - self.lookback_us if done_us is None else done_us
+        return _fresh_users(held, _utc(start), _utc(boundary))
+
+    def _rescore(
+        self, held: dict[str, pd.DataFrame], activity: ActivityCounts, late: dict[str, pd.DataFrame], done_us: int
+    ) -> Iterator[Any]:
+        """Score again every scored boundary from the late rows' first to ``done_us``, each for the users it scored
+        (rows in its interval, and their payees), with the rows held now: a late row changes its own user's and
+        payee's features and, through shared devices, instruments and payees and the population figures, those
+        of others. A boundary's last scoring then has every row before it, so its features, scores and alert ids
+        are those of an arrival in time; alerts its earlier scorings raised stay raised."""
+        first = min(self._boundary(t_us) for t_us in _entry_times(late))
+        since = _entry_times(_frames_between(held, first - self.interval_us, done_us))
+        assert self._live is not None, "setup() runs before a firing"
+        detector = self._live.get()
+        for boundary in sorted({self._boundary(t_us) for t_us in since}):
+            users = _fresh_users(held, _utc(boundary - self.interval_us), _utc(boundary))
+            counts = {key: n for key, n in activity.items() if key[0] in users}
+            frames = {**held, "activity": _activity_frame(counts)} if counts else dict(held)
+            with one_native_thread():
+                scored = list(self._score_at(detector, frames, boundary, set(users)))
+            yield from scored
+
+    def _with_late(
+        self, done_us: int, kept: list[dict[str, pd.DataFrame]], late: dict[str, pd.DataFrame]
+    ) -> RollingPopulation | None:
+        """The population kept for ``done_us`` with the late rows of its lookback counted in, while it matches the
+        state (as in ``_rolling_at``); None otherwise (the next boundary builds it from the held rows)."""
+        cached, self._rolling = self._rolling, None
+        if cached is None or cached.boundary != done_us or len(kept) != 1 or _fingerprint(kept[0]) != cached.held:
+            return None
+        cached.rolling.add(_rows_between([(late, done_us - self.lookback_us, done_us)]))
+        return cached.rolling
 
     @on_timer(SCORE)
     def score(
@@ -788,23 +825,35 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         boundary = int(tag)
         done_us = done.read()
         kept_parts, fresh, activity = _graph_parts(rows.read())
-        held = _joined_graph(kept_parts, fresh)
-        if done_us is not None and boundary <= done_us:
-            # A boundary already scored (a timer set before a restore, or one that fired after a later boundary):
-            # its rows were scored with that later boundary.
+        # Rows that came after their boundary was scored: that boundary is scored again for their users.
+        late = {} if done_us is None else _frames_between(fresh, None, done_us)
+        ahead = done_us is None or boundary > done_us
+        if not ahead and not late:
+            # A boundary already scored (a timer set before a restore, one that fired after a later boundary and
+            # was scored with it, or a late row's boundary whose rows a firing already took): nothing to do.
             return
-        touched = self._touched(held, fresh, boundary, done_us)
-        done.write(boundary)
-        rolling = self._rolling_at(boundary, done_us, kept_parts, fresh)
-        if touched:
-            detector = self._live.get()
-            # Of the chat and click counts, ``features_for`` reads only the touched users' (their events per
-            # active day): the rows of everyone else would be built and filtered out again.
-            theirs = {key: n for key, n in activity.items() if key[0] in touched}
-            frames = {**held, "activity": _activity_frame(theirs)} if theirs else dict(held)
-            with one_native_thread():
-                scored = list(self._score_at(detector, frames, boundary, set(touched), rolling))
-            yield from scored
+        held = _joined_graph(kept_parts, fresh)
+        if late:
+            assert done_us is not None
+            yield from self._rescore(held, activity, late, done_us)
+        rolling: RollingPopulation | None
+        if ahead:
+            touched = self._touched(held, boundary, done_us)
+            done.write(boundary)
+            rolling = self._rolling_at(boundary, done_us, kept_parts, fresh)
+            if touched:
+                detector = self._live.get()
+                # Of the chat and click counts, ``features_for`` reads only the touched users' (their events per
+                # active day): the rows of everyone else would be built and filtered out again.
+                theirs = {key: n for key, n in activity.items() if key[0] in touched}
+                frames = {**held, "activity": _activity_frame(theirs)} if theirs else dict(held)
+                with one_native_thread():
+                    scored = list(self._score_at(detector, frames, boundary, set(touched), rolling))
+                yield from scored
+        else:
+            assert done_us is not None
+            rolling = self._with_late(done_us, kept_parts, late)
+            boundary = done_us  # the state's last scored boundary stays
         # One bag entry of held frames from now on (rows parsed once, fewer and larger reads), without
         # what fell out of the lookback.
         cutoff = boundary - self.lookback_us
@@ -813,7 +862,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         entry = (kept, {k: n for k, n in activity.items() if k[1] >= cutoff})
         rows.clear()
         rows.add(entry)
-        self._rolling = _RollingCache(_fingerprint(kept), boundary, rolling)
+        self._rolling = None if rolling is None else _RollingCache(_fingerprint(kept), boundary, rolling)
         if self.checkpoints:
             received = ReceivedLog()
             for log in ranges.read():
@@ -948,6 +997,18 @@ def _rows_between(parts: list[tuple[dict[str, pd.DataFrame], int | None, int]]) 
     return Events(joined)
 
 
+def _frames_between(frames: dict[str, pd.DataFrame], start_us: int | None, end_us: int) -> dict[str, pd.DataFrame]:
+    """The rows of each frame with ``start_us <= ts < end_us`` (no lower bound for None); empty frames left out."""
+    out = {}
+    for kind, frame in frames.items():
+        inside = frame["ts"] < _utc(end_us)
+        if start_us is not None:
+            inside &= frame["ts"] >= _utc(start_us)
+        if inside.any():
+            out[kind] = frame[inside.to_numpy()]
+    return out
+
+
 def _entry_times(graph: dict[str, pd.DataFrame]) -> list[int]:
     """Event times (epoch microseconds) of a checkpointed bag entry's held frames."""
     stamps = [frame["ts"].astype("datetime64[us, UTC]").array.asi8 for frame in graph.values() if len(frame)]
@@ -991,9 +1052,12 @@ class FraudStream(StreamingDetector):
         graph = batches | "OneGraph" >> beam.FlatMap(
             _graph_batch, bucket_us, settings.checkpoints, received_ranges(settings, GRAPH_STAGE)
         )
-        scored = with_restore(graph, settings, GRAPH_STAGE) | "PaymentGraph" >> beam.ParDo(
-            _PaymentGraphFn(settings, self.name)
-        ).with_input_types(StrKeyed).with_outputs("features", "checkpoint", main="alerts")
+        scored = with_restore(graph, settings, GRAPH_STAGE) | "PaymentGraph" >> on_worker(
+            beam.ParDo(_PaymentGraphFn(settings, self.name))
+            .with_input_types(StrKeyed)
+            .with_outputs("features", "checkpoint", main="alerts"),
+            settings.keyed_worker,
+        )
         return StreamOutputs(
             scored.alerts,
             scored.features if settings.publish_features else None,

@@ -38,19 +38,22 @@ class FakeValue:
 
 
 class FakeTimer:
-    """A timer (or a dynamic timer family): every time set, the pending times in microseconds, the pending tags."""
+    """A timer (or a dynamic timer family): every time set, the pending times in microseconds, the pending tags,
+    and per tag the time it fires at (setting a tag again moves it, as in Beam)."""
 
     def __init__(self) -> None:
         self.times: list[Any] = []
         self.due: set[int] = set()
         self.tags: set[str] = set()
+        self.by_tag: dict[str, int] = {}
 
     def set(self, at: Any, dynamic_timer_tag: str = "") -> None:
         self.times.append(at)
         if hasattr(at, "micros"):
             self.due.add(at.micros)
+            self.by_tag[dynamic_timer_tag] = at.micros
         if dynamic_timer_tag:
             self.tags.add(dynamic_timer_tag)
 
     def clear(self, dynamic_timer_tag: str = "") -> None:
-        self.times, self.due, self.tags = [], set(), set()
+        self.times, self.due, self.tags, self.by_tag = [], set(), set(), {}

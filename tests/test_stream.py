@@ -427,6 +427,12 @@ def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
         StreamConfig(model_store=tmp_path, key_shards=0).check()
     with pytest.raises(StreamError, match="drop --checkpoint-dir"):
         StreamConfig(model_store=tmp_path, runner="flink", checkpoint_dir=tmp_path).check()
+    with pytest.raises(StreamError, match="only with --runner prism"):
+        StreamConfig(model_store=tmp_path, runner="flink", sdk_workers=2).check()
+    # Prism: one Python process unless told otherwise; clusters size their own workers.
+    assert StreamConfig(model_store=tmp_path).workers() == 1
+    assert StreamConfig(model_store=tmp_path, sdk_workers=2).workers() == 2
+    assert StreamConfig(model_store=tmp_path, runner="flink").workers() == 1
     # One Python process on Prism: one shard; a cluster spreads 4 per worker.
     assert StreamConfig(model_store=tmp_path).shards() == 1
     assert StreamConfig(model_store=tmp_path, runner="flink", parallelism=3).shards() == 12
@@ -638,3 +644,89 @@ def test_held_fraud_rows_equal_the_rows_parsed_at_once(world_and_events: tuple[W
     for kind in GRAPH_TYPES:
         pd.testing.assert_frame_equal(appended[kind], at_once[kind], check_dtype=False)
     assert sorted(_entry_times(appended)) == sorted(_entry_times(at_once)) == sorted(t for _, t, _ in rows)
+
+
+HOUR_US = 3_600_000_000
+
+
+def _payment_graph_outputs(
+    store: Path,
+    arrivals: list[tuple[str, int, dict]],  # type: ignore[type-arg]
+) -> tuple[set[str], dict[tuple[str, int], float]]:
+    """The payment graph stage fed ``arrivals`` (event type, event time, row) in that order, 50 a batch, the
+    watermark 5 s behind the newest event time seen, every timer up to it fired in time order: the alert ids and,
+    per (user, boundary), the score of the last feature snapshot written."""
+    from apache_beam.pvalue import TaggedOutput
+    from apache_beam.utils.timestamp import Timestamp
+
+    from argus.pipelines.kafka_io import SourceBatch
+    from argus.pipelines.stream_detectors import StreamSettings, _graph_batch, _PaymentGraphFn
+
+    fn = _PaymentGraphFn(StreamSettings(model_store=store, publish_features=True), "fraud")
+    fn.setup()
+    rows, ranges, done, timer = FakeBag(), FakeBag(), FakeValue(), FakeTimer()
+    alerts: set[str] = set()
+    scores: dict[tuple[str, int], float] = {}
+    newest = 0
+    for first in range(0, len(arrivals), 50):
+        batch = [(kind, row, t_us) for kind, t_us, row in arrivals[first : first + 50]]
+        for element in _graph_batch(SourceBatch("t", 0, 0, 0, batch), HOUR_US):
+            fn.process(element, Timestamp(micros=min(t for *_, t in batch)), rows, ranges, done, timer)
+        newest = max(newest, *(t for *_, t in batch))
+        while due := sorted((at, tag) for tag, at in timer.by_tag.items() if at <= newest - 5_000_000):
+            at, tag = due[0]
+            del timer.by_tag[tag]
+            for out in fn.score(tag, Timestamp(micros=at), rows, ranges, done):
+                if not isinstance(out, TaggedOutput):
+                    alerts.add(out.alert_id)
+                elif out.tag == "features":
+                    record = json.loads(out.value[1])
+                    scores[(record["user_id"], record["at_us"])] = record["score"]
+    return alerts, scores
+
+
+def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
+    world_and_events: tuple[World, Events],
+    published: dict,  # type: ignore[type-arg]
+) -> None:
+    """Payments, account and moderation events of the day's last three hours, a third of them arriving three
+    hours late (after their boundaries and the day's last were scored): the same alert ids as in time, and their
+    boundaries' last scores as in time. (Scored at the next boundary instead, a late user flagged there got the
+    next day's alert id.)"""
+    _, events = world_and_events
+    arrived = sorted(
+        (
+            (kind, epoch_us(row["ts"].to_pydatetime()), row)
+            for kind in ("payment", "account", "moderation", "chat", "click")
+            for row in events[kind].to_dict("records")
+        ),
+        key=lambda e: (e[1], str(e[2]["event_id"])),
+    )
+    midnight = (arrived[0][1] // (24 * HOUR_US) + 1) * 24 * HOUR_US
+    arrived = [e for e in arrived if midnight - 8 * HOUR_US <= e[1] < midnight + 4 * HOUR_US]
+    late = [
+        e
+        for e in arrived
+        if e[0] in ("payment", "account", "moderation")
+        and midnight - 3 * HOUR_US <= e[1] < midnight
+        and int(str(e[2]["event_id"]).encode().hex(), 16) % 3 == 0
+    ]
+    assert len(late) >= 10
+    delayed = {id(e) for e in late}
+    reordered: list[tuple[str, int, dict]] = []  # type: ignore[type-arg]
+    waiting = list(late)
+    for event in arrived:
+        if id(event) not in delayed:
+            reordered.append(event)
+        while waiting and waiting[0][1] + 3 * HOUR_US <= event[1]:
+            reordered.append(waiting.pop(0))
+    reordered += waiting
+    in_time, in_time_scores = _payment_graph_outputs(published["store"], arrived)
+    as_late, late_scores = _payment_graph_outputs(published["store"], reordered)
+    assert in_time and as_late == in_time
+    # Every user at every boundary: the last score written is the one in time (None: not scorable).
+    assert late_scores.keys() == in_time_scores.keys()
+    nan = float("nan")
+    assert {k: nan if v is None else v for k, v in late_scores.items()} == pytest.approx(
+        {k: nan if v is None else v for k, v in in_time_scores.items()}, rel=1e-9, abs=1e-12, nan_ok=True
+    )

@@ -35,6 +35,56 @@ def test_scoring_blocks_run_openmp_on_one_thread_and_restore_it() -> None:
     assert _openmp_effective_n_threads() == before
 
 
+@pytest.mark.parametrize(
+    ("detectors", "workers", "expected"),
+    [
+        (2, 1, [None, None]),  # one worker: everything on it
+        (2, 2, [None, "1"]),  # trolls with the source, fraud on its own
+        (2, 3, ["1", "2"]),  # each detector on a worker of its own, the source alone
+        (3, 2, [None, "1", None]),
+    ],
+)
+def test_each_detector_gets_a_python_worker(detectors: int, workers: int, expected: list[str | None]) -> None:
+    from argus.pipelines.sdk_workers import detector_worker
+
+    assert [detector_worker(i, detectors, workers) for i in range(detectors)] == expected
+
+
+def test_a_placed_transform_runs_in_an_environment_of_its_own_and_the_rest_in_the_default() -> None:
+    """Prism starts one worker per environment: the hint must give the placed stage its own, and nothing else."""
+    import apache_beam as beam
+
+    from argus.pipelines.sdk_workers import on_worker
+
+    pipeline = beam.Pipeline()
+    source = pipeline | "Source" >> beam.Create([("a", 1)]) | "Parse" >> beam.Map(lambda kv: kv)
+    _ = source | "Placed" >> on_worker(beam.Map(lambda kv: kv), "1") | "Sink" >> beam.Map(print)
+    _ = source | "Unplaced" >> on_worker(beam.Map(print), None)
+    proto = pipeline.to_runner_api()
+    env_of = {t.unique_name: t.environment_id for t in proto.components.transforms.values() if t.environment_id}
+    assert env_of["Parse"] == env_of["Sink"] == env_of["Unplaced"]
+    assert env_of["Placed"] != env_of["Parse"]
+    assert set(env_of.values()) == {env_of["Placed"], env_of["Parse"]} <= set(proto.components.environments)
+
+
+def test_worker_processes_number_their_metrics_apart(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prism keeps one metric id table per job: each SDK worker process numbers its short ids from its own offset."""
+    from apache_beam.portability.api import metrics_pb2
+    from apache_beam.runners.worker import sdk_worker
+
+    import argus.pipelines
+
+    info = metrics_pb2.MonitoringInfo(urn="beam:metric:element_count:v1", type="beam:metrics:sum_int64:v1")
+    ids = []
+    for _ in range(2):  # two worker processes, each with its cache
+        monkeypatch.setattr(sdk_worker, "SHORT_ID_CACHE", sdk_worker.ShortIdCache())
+        argus.pipelines._unique_metric_short_ids()
+        argus.pipelines._unique_metric_short_ids()  # once per process: a second call changes nothing
+        ids.append(sdk_worker.SHORT_ID_CACHE.get_short_id(info))
+    assert ids[0] != ids[1]
+    assert all(int(i, 16) > 2**24 for i in ids)  # not the 1, 2, ... every unpatched process gives
+
+
 def test_goal_ranks_by_hand() -> None:
     """Window A: "go" in 3 messages, "left" in 2, "up" in 1 (twice in one message counts once);
     window B is ranked on its own. Ties go to the term (alphabetical), as in the profile job."""
@@ -318,9 +368,12 @@ def _fire(stage: Any, state: dict[str, Any], boundary_us: int) -> None:
     list(stage.score(tag=str(boundary_us), fired=None, rows=state["rows"], ranges=state["ranges"], done=state["done"]))
 
 
-def test_a_payment_after_its_boundary_was_scored_is_counted_late_and_its_user_scored_at_the_next(
-    small_world_events: Any,
+@pytest.mark.parametrize("own_first", [True, False], ids=["its boundary fires first", "the next fires first"])
+def test_a_payment_after_its_boundary_was_scored_is_counted_late_and_its_boundary_scored_again(
+    small_world_events: Any, own_first: bool
 ) -> None:
+    """Its user is scored at its own boundary, with the users that boundary scored (as if it had come in time),
+    whichever of the two due firings the runner takes first; the next boundary scores only its own users."""
     stage, live, rows, state = _graph_stage(small_world_events)
     (_, first), (_, second), (_, late) = rows
     t0 = 1_790_812_800_000_000  # a whole hour
@@ -330,9 +383,10 @@ def test_a_payment_after_its_boundary_was_scored_is_counted_late_and_its_user_sc
     # The source let this payment's partition fall behind: it comes after its boundary (t0 + 1 h) was scored.
     _deliver(stage, state, 1, [("payment", late, t0 + 1_800_000_000)])
     assert stage.late.value == 1
-    assert state["timer"].tags == {str(t0 + 2 * HOUR_US)}  # it waits for the next boundary, not its own
-    _fire(stage, state, t0 + 2 * HOUR_US)
-    assert live.users[1] == {second["user_id"], late["user_id"]}
+    assert state["timer"].tags == {str(t0 + HOUR_US), str(t0 + 2 * HOUR_US)}  # its own boundary again
+    for boundary in [t0 + HOUR_US, t0 + 2 * HOUR_US][:: 1 if own_first else -1]:
+        _fire(stage, state, boundary)
+    assert live.users[1:] == [{first["user_id"], late["user_id"]}, {second["user_id"]}]
     assert state["done"].value == t0 + 2 * HOUR_US
 
 
