@@ -20,7 +20,9 @@ What the JSON line holds:
   (``SparkSubmit``) and its Python process (``jobs/nightly.py``) summed; ``executor_peak_mb`` is
   what runs tasks, the executor JVMs and the Python workers (``pyspark.daemon``) summed. In local
   mode there is no executor JVM: tasks run as threads of the driver's JVM, so both figures count
-  that JVM. ``rss_peak_mb`` gives each part's own peak, so the two can be told apart.
+  that JVM. ``rss_peak_mb`` gives each part's own peak, so the two can be told apart. A child that a
+  JVM is starting (Hadoop's shell commands, the driver's Python) shows that JVM's command line and
+  memory until it execs, and is not counted again.
 - ``jvm_heap_peak_mb``: the peak Java heap in use in the driver's JVM and in the executor JVMs, read
   from their perf-data files (as ``jstat`` does); garbage counts until it is collected, so the
   peak nears what the heap may grow to (``spark.driver.memory``) whenever allocation is brisk.
@@ -61,6 +63,9 @@ from argus.world.sinks import write_world
 
 DETECTORS = ["trolls", "evaders", "fraud", "churn"]
 STANDALONE = "standalone"
+# The executor's heap takes most of the standalone worker's 4g offer (Spark's own 1g default ran out of
+# heap caching a million users' evader blocks); passed as a user passes ``--conf``, over the config file's.
+STANDALONE_SETTINGS = {"spark.executor.memory": "3g"}
 PAGE_MB = os.sysconf("SC_PAGE_SIZE") / 2**20
 PARTS = ("driver_jvm", "driver_python", "executor_jvm", "python_workers")
 HEAPS = ("driver_jvm_heap", "executor_jvm_heap")
@@ -93,13 +98,21 @@ def process_part(cmdline: list[str]) -> str | None:
     return None
 
 
+def is_spawning_copy(part: str, parent_part: str | None) -> bool:
+    """Whether a JVM part's process is a child its JVM is starting (a shell command such as Hadoop's
+    ``chmod``, or the driver's Python): until the child's ``exec``, ``/proc`` shows it with the JVM's
+    command line and, sharing the JVM's memory (``posix_spawn``'s ``vfork``), the JVM's RSS again. Counting
+    it doubled the driver's figure whenever a sample fell in that moment, which a loaded machine stretches."""
+    return part.endswith("_jvm") and parent_part == part
+
+
 def descendants(root: int) -> list[int]:
     """Every process below ``root`` (not ``root`` itself), from ``/proc``."""
     return [process.pid for process in processes_below(root)]
 
 
 def processes_below(root: int) -> list[ProcessStat]:
-    """The ``/proc`` figures of every process below ``root`` (not ``root`` itself)."""
+    """The ``/proc`` figures of every process below ``root`` (not ``root`` itself), parents before their children."""
     children: dict[int, list[ProcessStat]] = {}
     for process in process_stats():
         children.setdefault(process.parent, []).append(process)
@@ -170,13 +183,15 @@ class MemorySampler:
         below = processes_below(os.getpid())
         with self._lock:
             self._cpu_s.update({(process.pid, process.started): process.cpu_s for process in below})
-        for pid in (process.pid for process in below):
-            seen = _rss_mb(pid)
-            part = process_part(seen[0]) if seen else None
-            if seen and part:
-                now[part] += seen[1]
-                if part.endswith("_jvm"):
-                    now[f"{part}_heap"] += jvm_heap_mb(pid) or 0.0
+        parts: dict[int, str | None] = {}
+        for process in below:  # parents before their children
+            seen = _rss_mb(process.pid)
+            part = parts[process.pid] = process_part(seen[0]) if seen else None
+            if seen is None or part is None or is_spawning_copy(part, parts.get(process.parent)):
+                continue
+            now[part] += seen[1]
+            if part.endswith("_jvm"):
+                now[f"{part}_heap"] += jvm_heap_mb(process.pid) or 0.0
         now["driver"] = now["driver_jvm"] + now["driver_python"]
         # Local mode: the tasks run inside the driver's JVM, so it counts for the executor too.
         tasks_jvm = now["executor_jvm"] or now["driver_jvm"]
@@ -214,11 +229,13 @@ class ChainRun:
     steps_cpu_s: dict[str, float]
 
 
-def run_chain(lake: Path, day: Any, master: str, console: Console) -> ChainRun:
-    """``argus batch nightly --date DAY --skip-ingest --master MASTER`` on ``lake``, measured."""
+def run_chain(
+    lake: Path, day: Any, master: str, console: Console, spark_conf: dict[str, str] | None = None
+) -> ChainRun:
+    """``argus batch nightly --date DAY --skip-ingest --master MASTER [--conf K=V ...]`` on ``lake``, measured."""
     from argus.nightly import NightlyError, NightlyRun, run_nightly_submit
 
-    run = NightlyRun(lake, [day], list(DETECTORS), master)
+    run = NightlyRun(lake, [day], list(DETECTORS), master, spark_conf=dict(spark_conf or {}))
     arrivals: list[tuple[str, float, float]] = []
     sampler = MemorySampler()
 
@@ -296,11 +313,9 @@ def bench_nightly(
             cores = os.cpu_count() or 2
             with (
                 StandaloneCluster(scratch / "spark-cluster", cores=cores, memory="4g") as cluster,
-                # The driver binds where the executors look for it; the executor's heap takes most of the worker's
-                # offer (Spark's own 1g default ran out of heap caching a million users' evader blocks).
-                _environment(SPARK_LOCAL_IP=cluster.host, SPARK_EXECUTOR_MEMORY="3g"),
+                _environment(SPARK_LOCAL_IP=cluster.host),  # the driver binds where the executors look for it
             ):
-                chain = run_chain(lake, day, cluster.master_url, console)
+                chain = run_chain(lake, day, cluster.master_url, console, STANDALONE_SETTINGS)
         else:
             chain = run_chain(lake, day, master, console)
         result.update(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from datetime import date
@@ -539,6 +540,13 @@ def batch_nightly(
             min=1, help="The embed step's Word2Vec training tasks: more train on more cores, with noisier vectors."
         ),
     ] = 1,
+    conf: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--conf",
+            help="A Spark setting for this run, KEY=VALUE (repeatable); wins over the config file's [spark] table.",
+        ),
+    ] = None,
     print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
@@ -550,8 +558,13 @@ def batch_nightly(
     place, and a rerun replaces the date's outputs with the same alert ids. A failing quality gate
     stops the chain (exit 1). Step results go to stdout as JSON lines; Spark's log to LAKE/_logs/.
     """
+    from argus.infra.spark import parse_spark_conf
     from argus.nightly import NightlyError, NightlyRun, nightly_command, run_nightly_submit
 
+    try:
+        spark_conf = parse_spark_conf(conf or [])
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
     names = [d for d in detectors.split(",") if d]
     unknown = [d for d in names if d not in DETECTOR_NAMES]
     if unknown:
@@ -578,10 +591,12 @@ def batch_nightly(
         alerts=alerts,
         fit=fit,
         word2vec_partitions=word2vec_partitions,
+        spark_conf=spark_conf,
     )
     if print_command:
-        print(" ".join(nightly_command(run, err)))
+        print(shlex.join(nightly_command(run, err)))  # quoted: Java options hold spaces
         return
+    _check_no_writer(lake)  # before Spark starts: the job itself would only refuse after it did
     try:
         code = run_nightly_submit(run, err)
     except NightlyError as exc:
@@ -612,6 +627,20 @@ def _check_date(value: str) -> None:
         raise UserError(f"--date must be YYYY-MM-DD, not {value!r}") from exc
 
 
+# The jobs that publish to the lake, each holding its writer lease for the run (jobs/entry.py).
+_LAKE_WRITERS = frozenset({"ingest", "profiles", "embed", "score", "nightly"})
+
+
+def _check_no_writer(lake: str | Path) -> None:
+    """One line naming the writer that holds ``lake`` now, and what to do; nothing when it is free."""
+    from argus.jobs.lake import LakeError, check_no_writer
+
+    try:
+        check_no_writer(_lake(str(lake)))
+    except LakeError as exc:
+        raise UserError(str(exc)) from exc
+
+
 def _lake(value: str) -> Path | str:
     """``--lake`` as a folder or, for object storage, the URI itself (never resolved as a local path)."""
     from argus.jobs.lake import LakeError, lake_location
@@ -628,10 +657,12 @@ def _spark_submit(job: str, args: list[str], master: str, lake: str, print_comma
 
     from argus.infra.spark import environment_for_submit, py_files_archive, submit_command
 
+    if job in _LAKE_WRITERS and not print_command:
+        _check_no_writer(lake)  # before Spark starts: the job itself would only refuse after it did
     with err.status("fetching the Spark Kafka connector's jars (first run only)..."):
         cmd = submit_command(job, args, master=master, py_files=py_files_archive())
     if print_command:
-        print(" ".join(cmd))
+        print(shlex.join(cmd))
         return
     from argus.jobs.lake import logs_folder
     from argus.progress import step
@@ -639,7 +670,7 @@ def _spark_submit(job: str, args: list[str], master: str, lake: str, print_comma
     log = logs_folder(_lake(lake)) / f"{job}.log"  # Spark's own output: kept here, never on the terminal
     with working(f"batch {job}"):
         step(f"spark-submit on {master} (Spark's log: {log})")
-        result = subprocess.run(cmd, env=environment_for_submit(), capture_output=True, text=True)
+        result = subprocess.run(cmd, env=environment_for_submit(master), capture_output=True, text=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(result.stdout + result.stderr)
     lines = (result.stdout + result.stderr).splitlines()
@@ -700,8 +731,10 @@ def lake_vacuum(
 ) -> None:
     """Delete files of the published tables that no version of the last --retain-hours needs.
 
-    Nights older than that can no longer be read (time travel ends there). Prints the files per
-    table (to delete, by default) as one JSON line.
+    Nights older than that can no longer be read (time travel ends there). Prints the files and
+    bytes per table it removed (would remove, by default) as one JSON line, and a summary on stderr.
+    Deleting takes the lake's writer lease, so it refuses to run while a night or an ingest writes.
+    The nightly schedule runs it after each night (`argus schedule install`, the Airflow DAG).
     """
     from argus.jobs.lake import LakeError, vacuum
 
@@ -709,7 +742,15 @@ def lake_vacuum(
         removed = vacuum(_lake(lake), retain_hours, dry_run=dry_run)
     except LakeError as exc:
         raise UserError(str(exc)) from exc
-    print(json.dumps({"dry_run": dry_run, "retain_hours": retain_hours, "files": removed}))
+    print(json.dumps({"dry_run": dry_run, "retain_hours": retain_hours, **removed.to_json()}))
+    total, size = sum(removed.files.values()), sum(removed.bytes.values())
+    verb = "would remove" if dry_run else "removed"
+    err.print(
+        f"vacuum {verb} {total:,} files ({size / 1e6:,.1f} MB) from {len(removed.files)} tables; every version of"
+        f" the last {retain_hours} h stays readable" + (" (--no-dry-run deletes them)" if dry_run and total else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 # --- forget -------------------------------------------------------------------------------
@@ -731,10 +772,11 @@ def forget(
     """
     from argus.forget import ForgetError, summary
     from argus.forget import forget as run_forget
+    from argus.jobs.lake import LakeError
 
     try:
         report = run_forget(lake, user, reason, bootstrap=bootstrap, kafka=not no_kafka)
-    except ForgetError as exc:
+    except (ForgetError, LakeError) as exc:
         raise UserError(str(exc)) from exc
     result = summary(report)
     print(json.dumps(result, sort_keys=True))
@@ -908,6 +950,9 @@ def bench_stream(
     rate: Annotated[float, typer.Option(min=1.0, help="Events per second offered to Kafka.")] = 25_000.0,
     detectors: Annotated[str, typer.Option(help="Comma-separated streaming detectors to run.")] = "trolls,fraud",
     key_shards: Annotated[int, typer.Option(min=1, help="Shards of the pipeline's keyed state.")] = 1,
+    sdk_workers: Annotated[
+        int, typer.Option(min=1, help="Prism's Python worker processes (`argus stream run --sdk-workers`).")
+    ] = 1,
     timeout: Annotated[float, typer.Option(min=10.0, help="Seconds to wait for the last outputs.")] = 600.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON line (the default).")] = True,
     bootstrap: BootstrapOption = None,
@@ -916,7 +961,7 @@ def bench_stream(
 
     Keys: events, offered_per_s, events_per_s, latency_p50_s, latency_p99_s, latency_max_s, checked,
     lost, lost_by_reason, lost_sample, waited_s, timed_out, alerts, duplicate_alerts, detectors, key_shards,
-    event_time_speedup (see argus/bench_stream.py).
+    sdk_workers, event_time_speedup (see argus/bench_stream.py).
     Starts a scratch broker unless --bootstrap is given; needs the Prism runner (`argus stream fetch`).
     """
     from argus.bench_stream import BenchStreamError
@@ -930,7 +975,7 @@ def bench_stream(
         raise UserError(f"--detectors: unknown streaming detector {given!r}; use trolls and/or fraud")
     try:
         fetch_prism()
-        result = run(events, rate, names, key_shards, bootstrap=bootstrap, timeout_s=timeout)
+        result = run(events, rate, names, key_shards, bootstrap=bootstrap, timeout_s=timeout, sdk_workers=sdk_workers)
     except (BenchStreamError, PrismError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps(result))
@@ -1346,9 +1391,8 @@ def alerts_publish(
 ) -> None:
     """Produce a night's alerts from LAKE/alerts/ to the alerts.* topics, keyed by alert id (a rerun
     writes the same keys). The scheduler's step after scoring; prints the records per topic as JSON."""
-    from argus.infra.clients import publish_alerts
-    from argus.preflight import PreflightError, require_broker
-    from argus.publish_alerts import PublishError, check_night, night_alerts
+    from argus.preflight import PreflightError
+    from argus.publish_alerts import PublishError, publish_night
 
     day = _parse_date(date_, "--date")
     names = [d for d in detectors.split(",") if d]
@@ -1357,9 +1401,7 @@ def alerts_publish(
         named = unknown[0] if unknown else ""
         raise UserError(f"--detectors: unknown detector {named!r}; choose from {', '.join(DETECTOR_NAMES)}")
     try:
-        found = check_night(lake, day, names)  # every file is there and readable before the broker is asked
-        require_broker(bootstrap)
-        produced = publish_alerts(night_alerts(lake, day, names), bootstrap) if found else {}  # a line at a time
+        produced = publish_night(lake, day, names, bootstrap)  # each line read once, straight to the producer
     except (PublishError, PreflightError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps({"date": day.isoformat(), "produced": produced}))
@@ -1430,10 +1472,18 @@ def schedule_install(
     ] = None,
     skip_ingest: Annotated[bool, typer.Option(help="The lake is filled some other way; do not read Kafka.")] = False,
     alerts: Annotated[bool, typer.Option(help="Produce the night's alerts to the alerts.* topics.")] = False,
+    vacuum: Annotated[
+        bool, typer.Option(help="After a night that succeeded, delete Delta files older than the retention.")
+    ] = True,
+    vacuum_retain_hours: Annotated[
+        int, typer.Option(help="The vacuum step keeps every version of the last N hours (at least 168, a week).")
+    ] = 168,
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Add (or replace) the crontab entry that runs `argus batch nightly` for yesterday (UTC) every night.
 
+    After a night that succeeded, `argus lake vacuum --no-dry-run` deletes Delta files no version of the
+    last --vacuum-retain-hours needs (default 168: the previous seven nights stay readable).
     The entry sits between two marker comments; other crontab lines are left alone. KAFKA_BOOTSTRAP and
     ARGUS_CONFIG, when set, are written into it (cron starts commands without your environment).
     """
@@ -1444,7 +1494,16 @@ def schedule_install(
     try:
         config = os.environ.get("ARGUS_CONFIG")
         entry = NightlyCron(
-            lake, master, at, log, report_dir, skip_ingest, alerts, bootstrap, Path(config) if config else None
+            lake,
+            master,
+            at,
+            log,
+            report_dir,
+            skip_ingest,
+            alerts,
+            bootstrap,
+            Path(config) if config else None,
+            vacuum_retain_hours=vacuum_retain_hours if vacuum else None,
         )
         block, replaced = install(entry)
     except ScheduleError as exc:
@@ -1594,7 +1653,8 @@ def stream_run(
         typer.Option(
             min=1,
             help="Shards of the keyed state (channels, users), spread over workers on clusters; "
-            "default 1 on prism and direct (one Python process), 4 x --parallelism on flink and dataflow.",
+            "default 1 on prism and direct (each stage runs in one Python process), "
+            "4 x --parallelism on flink and dataflow.",
         ),
     ] = None,
     features_prefix: Annotated[
@@ -1612,6 +1672,16 @@ def stream_run(
         str, typer.Option(help="Consumer group the checkpointed offsets are committed to (with --checkpoint-dir).")
     ] = "argus-stream",
     max_batch: Annotated[int, typer.Option(min=1, help="Records per source poll (one batch per partition).")] = 5_000,
+    sdk_workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Prism: Python worker processes, so the pipeline can use more than one core. 1 (default): one "
+            "thread of this process. N > 1: the source, validation and sinks on the first; each detector's keyed "
+            "stages on one of the others while there are enough, else shared (2: source and trolls on one, "
+            "fraud on the other). Each extra process costs its start-up (imports, model load).",
+        ),
+    ] = 1,
     bootstrap: BootstrapOption = None,
 ) -> None:
     """Run the streaming pipeline: events.* -> validate (rejects to dlq.events) -> detectors -> alerts.<kind>.
@@ -1647,6 +1717,7 @@ def stream_run(
         checkpoint_dir=checkpoint_dir,
         group=group,
         max_batch=max_batch,
+        sdk_workers=sdk_workers,
         beam_args=list(ctx.args),
     )
     if topics:

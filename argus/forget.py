@@ -61,7 +61,7 @@ from argus.schemas.privacy import (
 
 AUDIT_LOG = ERASURE_LOG
 # Folders of the lake that hold no per-user rows (offset ranges, the audit itself) or are handled apart.
-_SKIPPED_FOLDERS = frozenset({"_audit", "_offsets", "models"})
+_SKIPPED_FOLDERS = frozenset({"_audit", "_offsets", "_lease", "models"})
 _TOKEN_EDGE = r"A-Za-z0-9_\-"
 _USER_ID_COLUMNS = ("user_id",)
 _DEAD_LETTER_COLUMN = "original_b64"
@@ -175,6 +175,23 @@ def forget(
         raise ForgetError("--user: give the id of the user to forget (repeat --user for several)")
     if not lake.is_dir():
         raise ForgetError(f"--lake: {lake} is not a folder; give the lake's root folder")
+    from argus.jobs.lake import WriterLease
+
+    # Rewriting tables under a night that is publishing would interleave manifests and rollbacks.
+    with WriterLease(lake, "argus forget"):
+        return _forget(lake, ids, reason, bootstrap, kafka, alert_topics, keyed_topics, now)
+
+
+def _forget(
+    lake: Path,
+    ids: list[str],
+    reason: str | None,
+    bootstrap: str | None,
+    kafka: bool,
+    alert_topics: Sequence[str] | None,
+    keyed_topics: Sequence[str] | None,
+    now: datetime | None,
+) -> ForgetReport:
     salt, key_source = subject_salt(lake)
     matcher = UserMatcher.build(ids, salt)
     report = ForgetReport(

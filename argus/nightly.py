@@ -33,6 +33,7 @@ class NightlyRun:
     alerts: bool = False
     fit: bool = True
     word2vec_partitions: int = 1  # the embed step's Word2Vec training tasks (jobs/embed.py)
+    spark_conf: dict[str, str] = field(default_factory=dict)  # spark-submit --conf settings, over the config file's
     steps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -63,7 +64,9 @@ def nightly_command(run: NightlyRun, console: Console) -> list[str]:
     from argus.infra.spark import py_files_archive, submit_command
 
     with console.status("fetching the Spark Kafka connector's jars (first run only)..."):
-        return submit_command("nightly", run.job_args(), master=run.master, py_files=py_files_archive())
+        return submit_command(
+            "nightly", run.job_args(), master=run.master, py_files=py_files_archive(), extra=run.spark_conf
+        )
 
 
 def run_nightly_submit(run: NightlyRun, console: Console, emit: Any = print) -> int:
@@ -78,7 +81,9 @@ def run_nightly_submit(run: NightlyRun, console: Console, emit: Any = print) -> 
     started = last = time.monotonic()
     final: dict[str, Any] | None = None
     with run.log.open("w") as log:
-        process = subprocess.Popen(cmd, env=environment_for_submit(), stdout=subprocess.PIPE, stderr=log, text=True)
+        process = subprocess.Popen(
+            cmd, env=environment_for_submit(run.master), stdout=subprocess.PIPE, stderr=log, text=True
+        )
         assert process.stdout is not None
         with console.status(_waiting_for(run, None)) as status:
             for line in process.stdout:

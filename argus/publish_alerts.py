@@ -6,15 +6,19 @@ produces them, keyed by ``alert_id`` with an idempotent producer (``argus.infra.
 so publishing a night again writes the same keys and a compacted topic keeps one record per alert.
 A scheduler runs it as its own task after every detector has scored (the Airflow DAG's ``alerts``).
 
-Memory stays flat however many alerts a night holds: ``check_night`` reads every file once, a line
-at a time, so a broken file is refused before anything is produced, and ``night_alerts`` streams the
-alerts to the producer a line at a time on a second read. Nothing holds the whole night.
+Each file is read and parsed once, a line at a time, straight into the producer: memory stays flat
+however many alerts a night holds. ``publish_night`` checks that every detector's file exists and
+parses the first alert before it asks for the broker, so a missing file or a broken first line is
+refused before anything is produced. A broken line further on stops publishing there, with one line
+naming the file and line; the alerts before it have been produced, and since they are keyed by
+``alert_id``, publishing the night again once the file is mended writes the same keys.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
+from itertools import chain
 from pathlib import Path
 
 from argus.schemas.models import Alert
@@ -42,15 +46,28 @@ def night_files(lake: Path, day: date, detectors: list[str]) -> list[Path]:
     return files
 
 
-def check_night(lake: Path, day: date, detectors: list[str]) -> int:
-    """The number of alerts of ``day`` for ``detectors``, after reading every line of every file as an
-    alert (one at a time): a missing file or a line that is not an alert raises ``PublishError``."""
-    return sum(1 for _ in night_alerts(lake, day, detectors))
+def publish_night(lake: Path, day: date, detectors: list[str], bootstrap: str | None = None) -> dict[str, int]:
+    """Produce the alerts of ``day`` for ``detectors`` to their topics; the records produced per topic
+    (``{}`` for a night without alerts). ``PublishError`` for a missing file or a broken line,
+    ``argus.preflight.PreflightError`` when no broker answers."""
+    from argus.infra.clients import publish_alerts
+    from argus.preflight import require_broker
+
+    alerts = night_alerts(lake, day, detectors)
+    first = next(alerts, None)  # every file is there and the first line is an alert before the broker is asked
+    require_broker(bootstrap)
+    return {} if first is None else publish_alerts(chain([first], alerts), bootstrap)
 
 
 def night_alerts(lake: Path, day: date, detectors: list[str]) -> Iterator[Alert]:
-    """Every alert of ``day`` for ``detectors``, detector by detector in file order, one line at a time."""
-    for path in night_files(lake, day, detectors):
+    """Every alert of ``day`` for ``detectors``, detector by detector in file order, each line parsed once
+    as it is read. Every file must exist: a missing one raises ``PublishError`` here, before any is read;
+    a line that is not an alert raises it when the iteration reaches that line."""
+    return _read_alerts(night_files(lake, day, detectors))
+
+
+def _read_alerts(files: list[Path]) -> Iterator[Alert]:
+    for path in files:
         with path.open(encoding="utf-8") as lines:
             for number, line in enumerate(lines, start=1):
                 if not line.strip():

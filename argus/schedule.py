@@ -5,6 +5,11 @@ it (running it twice leaves one entry), ``show`` prints it and ``remove`` delete
 line of the crontab stays as it was. The crontab is read with ``crontab -l`` and written with
 ``crontab -``, so cron's own checks apply.
 
+After a night that succeeded, the entry runs ``argus lake vacuum --no-dry-run`` so replaced Delta
+files do not pile up: it keeps every version of the last ``vacuum_retain_hours`` (a week by default,
+Delta's own ``deletedFileRetentionDuration``), so the previous seven nights stay readable by time
+travel and a reader or writer still working on a version of the last week never loses a file.
+
 Cron starts commands with almost no environment, so the entry carries what the chain needs:
 absolute paths (the ``argus`` executable, the lake, the log), the working directory, and
 ``KAFKA_BOOTSTRAP`` / ``ARGUS_CONFIG`` when they are set. The night to process is yesterday in
@@ -20,6 +25,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from argus.jobs.lake import DEFAULT_RETAIN_HOURS
 
 MARKER = "argus-nightly"
 BEGIN = (
@@ -50,9 +57,11 @@ class NightlyCron:
     config: Path | None = None
     argus: Path | None = None  # default: the argus executable running now
     workdir: Path | None = None  # default: the current directory
+    vacuum_retain_hours: int | None = DEFAULT_RETAIN_HOURS  # None: no vacuum step after the night
 
     def __post_init__(self) -> None:
         check_schedule(self.at)
+        check_retention(self.vacuum_retain_hours)
         self.lake = self.lake.expanduser().resolve()
         self.log = self.log.expanduser().resolve() if self.log else self.lake / "_logs" / "cron-nightly.log"
         if self.report_dir is not None:
@@ -77,6 +86,8 @@ class NightlyCron:
             nightly += " --skip-ingest"
         if self.alerts:
             nightly += " --alerts"
+        if self.vacuum_retain_hours is not None:  # only after a night that published: && keeps a failure's status
+            nightly += f" && {argus} lake vacuum --lake {lake} --retain-hours {self.vacuum_retain_hours} --no-dry-run"
         body = nightly
         if self.report_dir is not None:
             # The report is written after a failed night too (it shows the failed gate); the night's status stays.
@@ -111,6 +122,16 @@ def check_schedule(at: str) -> None:
     raise ScheduleError(
         f"--at {at!r} is not a cron schedule; give five fields like '30 1 * * *' (01:30 every day) or @daily"
     )
+
+
+def check_retention(hours: int | None) -> None:
+    """The vacuum step keeps at least Delta's own retention (a week): VACUUM refuses less anyway, and a
+    shorter one would delete files a reader or a writer of the last days may still need."""
+    if hours is not None and hours < DEFAULT_RETAIN_HOURS:
+        raise ScheduleError(
+            f"--vacuum-retain-hours {hours}: keep at least {DEFAULT_RETAIN_HOURS} (a week, Delta's safety check), "
+            "or --no-vacuum to leave old files in place"
+        )
 
 
 def _crontab() -> str:

@@ -49,9 +49,38 @@ def connector_jars() -> list[Path]:
     return sorted(maven.fetch_jars(POM, "spark-kafka").glob("*.jar"))
 
 
-# In local mode the driver's JVM also runs every task; on a cluster it only plans jobs and collects counts
-# and fit samples, so Spark's own default (1g) serves and the driver's memory stays flat with the users.
+# In local mode the driver's JVM also runs every task, so it gets a large heap and nothing else of ours.
 LOCAL_DRIVER_MEMORY = "4g"
+# On a cluster the driver only plans jobs, broadcasts models and brings back counts and the bounded fit
+# samples (a partition at a time), so its memory stays flat with the users; what bounds the JVM's footprint
+# beside the heap is set here (infra/spark/README.md, "Driver memory", has the measurements):
+CLUSTER_DRIVER_SETTINGS = {
+    "spark.driver.memory": "1g",  # -Xmx: Spark's default, said out loud
+    # Prepended to any spark.driver.extraJavaOptions, so a user's own JVM options add to these (and a
+    # repeated flag there wins: the JVM takes the last one).
+    "spark.driver.defaultJavaOptions": " ".join(
+        (
+            "-XX:+UseG1GC",
+            "-Xms128m",  # commit the heap as it is needed, not a 64th of the machine's memory up front
+            # Shrink the committed heap after each concurrent cycle and, when the driver idles while the
+            # executors work, after a periodic collection: committed but unused heap is resident memory.
+            "-XX:MinHeapFreeRatio=10",
+            "-XX:MaxHeapFreeRatio=30",
+            "-XX:G1PeriodicGCInterval=30000",
+            # G1 grows the heap while collections take over 1/13 of the time (GCTimeRatio=12), as they seem to
+            # on a busy host; a driver that mostly waits can spend 1/5 on them and stay small.
+            "-XX:GCTimeRatio=4",
+            "-XX:MaxDirectMemorySize=256m",  # Netty's buffers for fetched task results; default: as large as -Xmx
+            "-XX:ReservedCodeCacheSize=128m",  # default 240m; the driver compiles far less than an executor
+        )
+    ),
+    # Results brought back at once (a collect) larger than this fail with a clear error instead of
+    # filling the heap; the fit samples arrive a block at a time, far below it.
+    "spark.driver.maxResultSize": "512m",
+}
+# The driver's environment on a cluster: glibc makes up to 8 malloc arenas per core for a process's
+# threads, each holding freed memory; two serve a driver's few busy threads (the JVM's and Python's).
+CLUSTER_DRIVER_ENVIRONMENT = {"MALLOC_ARENA_MAX": "2"}
 
 
 def spark_settings(extra: dict[str, str] | None = None, master: str = DEFAULT_MASTER) -> dict[str, str]:
@@ -60,9 +89,16 @@ def spark_settings(extra: dict[str, str] | None = None, master: str = DEFAULT_MA
 
     configured = {k: str(v) for k, v in load_config().get("spark", {}).items()}
     ours = dict(DEFAULTS)
-    if master.startswith("local"):
+    if is_local(master):
         ours["spark.driver.memory"] = LOCAL_DRIVER_MEMORY
+    else:
+        ours.update(CLUSTER_DRIVER_SETTINGS)
     return {**ours, **configured, **(extra or {})}
+
+
+def is_local(master: str) -> bool:
+    """Whether ``master`` runs the tasks in the driver's own JVM (``local``, ``local[N]``, ``local[N,F]``)."""
+    return master.startswith("local")
 
 
 def local_session(app_name: str = "argus", master: str = DEFAULT_MASTER, **extra: str) -> SparkSession:
@@ -103,14 +139,32 @@ def jvm_output_to(log: Path) -> Iterator[None]:
             os.close(copy)
 
 
-def submit_command(job: str, args: list[str], master: str = DEFAULT_MASTER, py_files: Path | None = None) -> list[str]:
-    """The spark-submit command line that runs ``jobs/<job>.py`` with ``args``."""
+def parse_spark_conf(pairs: list[str]) -> dict[str, str]:
+    """``--conf KEY=VALUE`` arguments as settings; a malformed one is a ValueError saying what to give."""
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().startswith("spark."):
+            raise ValueError(f"--conf {pair!r}: give KEY=VALUE with a spark.* key, e.g. spark.executor.memory=4g")
+        settings[key.strip()] = value.strip()
+    return settings
+
+
+def submit_command(
+    job: str,
+    args: list[str],
+    master: str = DEFAULT_MASTER,
+    py_files: Path | None = None,
+    extra: dict[str, str] | None = None,
+) -> list[str]:
+    """The spark-submit command line that runs ``jobs/<job>.py`` with ``args``; ``extra`` settings win
+    over the config file's and ours (``spark_settings``)."""
     import pyspark
 
     spark_submit = Path(pyspark.__file__).parent / "bin" / "spark-submit"
     cmd = [str(spark_submit), "--master", master, "--name", f"argus-{job}"]
     cmd += ["--jars", ",".join(str(p) for p in connector_jars())]
-    for key, value in spark_settings(master=master).items():
+    for key, value in spark_settings(extra, master).items():
         cmd += ["--conf", f"{key}={value}"]
     if py_files is not None:
         cmd += ["--py-files", str(py_files)]
@@ -194,8 +248,13 @@ def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
     staging.replace(target)
 
 
-def environment_for_submit() -> dict[str, Any]:
+def environment_for_submit(master: str = DEFAULT_MASTER) -> dict[str, Any]:
+    """spark-submit's environment, which a client-mode driver (its JVM and its Python) inherits: this
+    process's, with ``CLUSTER_DRIVER_ENVIRONMENT`` for a cluster master where the user has not set it."""
     env = dict(os.environ)
     env.setdefault("PYSPARK_PYTHON", sys.executable)
     env.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    if not is_local(master):
+        for key, value in CLUSTER_DRIVER_ENVIRONMENT.items():
+            env.setdefault(key, value)
     return env

@@ -207,6 +207,7 @@ def main(argv: list[str]) -> int:
             run_embed(spark, a.lake, a.date, a.days, a.dim, word2vec_partitions=a.word2vec_partitions),
             0,
         ),
+        lease="argus batch embed",
     )
 
 

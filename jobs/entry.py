@@ -14,14 +14,34 @@ if TYPE_CHECKING:
 Work = Callable[["SparkSession", argparse.Namespace], tuple[dict[str, Any], int]]
 
 
-def run_job(parser: argparse.ArgumentParser, argv: list[str], work: Work) -> int:
+def run_job(parser: argparse.ArgumentParser, argv: list[str], work: Work, lease: str | None = None) -> int:
     """Run ``work`` and print its result as the last stdout line; a ValueError is the user's
     mistake, and so is a Kafka cluster refusing the configured client: one ``error:`` line on
-    stderr and exit code 2 (the CLI shows that line)."""
+    stderr and exit code 2 (the CLI shows that line).
+
+    A job that writes the lake names its command in ``lease``: it runs holding the lake's writer
+    lease (``argus.jobs.lake.WriterLease``, on ``--lake``), taken before Spark starts and given back
+    however the job ends; another writer holding it is an ``error:`` line naming that writer."""
     from pyspark.sql import SparkSession
 
+    from argus.jobs.lake import LeaseHeld, WriterLease
+
     args = parser.parse_args(argv)
-    spark = SparkSession.builder.getOrCreate()
+    writer = WriterLease(args.lake, lease) if lease else None
+    try:
+        if writer is not None:
+            writer.acquire()
+    except LeaseHeld as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _run_with_session(SparkSession.builder.getOrCreate(), args, work)
+    finally:
+        if writer is not None:
+            writer.release()
+
+
+def _run_with_session(spark: SparkSession, args: argparse.Namespace, work: Work) -> int:
     try:
         result, code = work(spark, args)
     except ValueError as exc:

@@ -404,8 +404,10 @@ def fit_sample(blocks: DataFrame, max_users: int, whole_core: bool = False) -> p
                 yield pd.DataFrame([pack(features, number)])
 
         picked = picked.mapInPandas(thin, BLOCK_SCHEMA)
-    rows = picked.orderBy("block").select("frame").collect()
-    return concat_blocks([unpack(r["frame"]) for r in rows])
+    # A partition at a time (toLocalIterator), each block unpacked as it comes: the driver's JVM holds
+    # one partition's results, its Python one packed block beside the frames, never the whole sample twice.
+    rows = picked.orderBy("block").select("frame").toLocalIterator()
+    return concat_blocks([unpack(row["frame"]) for row in rows])
 
 
 def concat_blocks(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -8,11 +8,11 @@ as the streaming path); rejects, and repeated ``event_id``s within a run, are de
 the reason and the original bytes.
 
 Tables (``argus.jobs.lake``): ``LAKE/ingested/event_type=T`` (partitioned by the events' date) and
-``LAKE/dead_letter`` (by the run's date). Ingest merges: an event whose ``event_id`` is stored (on its
-date or a day either side, ``REARRIVAL_DAYS``), or a dead letter whose topic, partition and offset
-are, is not written again, so a rerun, or a run that overlaps one that crashed before logging its
-offsets, neither duplicates nor loses rows. Every table a run changed is published by one manifest;
-a run that fails before it leaves the lake as it was.
+``LAKE/dead_letter`` (by the run's date). Ingest merges: an event whose ``event_id`` is stored on a
+date the run's events fall on or within ``REARRIVAL_DAYS`` (one) of one (``rearrival_dates``), or a
+dead letter whose topic, partition and offset are, is not written again, so a rerun, or a run that
+overlaps one that crashed before logging its offsets, neither duplicates nor loses rows. Every table
+a run changed is published by one manifest; a run that fails before it leaves the lake as it was.
 """
 
 from __future__ import annotations
@@ -361,6 +361,7 @@ def main(argv: list[str]) -> int:
         parser,
         argv,
         lambda spark, a: (run_ingest(spark, a.bootstrap, a.lake, a.topics.split(","), a.rerun).to_json(), 0),
+        lease="argus batch ingest",
     )
 
 

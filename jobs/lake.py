@@ -22,6 +22,10 @@ the night's commit point: readers read the versions the newest manifest names, a
 crashes before its manifest leaves the previous night fully visible. Older manifests are the
 previous nights: ``manifest_before`` / ``version=`` read them (until VACUUM removes their files).
 
+Manifests and rollbacks assume one writer at a time: every run that writes (the nightly chain and
+the batch jobs, ingest, ``argus forget``, a VACUUM that deletes) holds the lake's writer lease,
+``WriterLease`` (``LAKE/_lease/<generation>.json``), and a second writer is refused with the holder named.
+
 Locations: a local folder (the default) or a URI Spark's Hadoop file systems know (``s3a://``,
 ``gs://``, ``hdfs://``, ``abfss://``); ``lake_location`` parses both, and keeps a URI a URI.
 Readers outside Spark (pandas) read through ``deltalake`` (delta-rs), never by listing Parquet
@@ -32,10 +36,17 @@ uses; its names are importable from here too.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING
 
 # The read side, which needs no Spark, lives with the detectors that read events through it;
@@ -66,11 +77,17 @@ from argus.detectors.lake_tables import table_location as table_location
 
 if TYPE_CHECKING:
     import pandas as pd
+    from pyarrow.fs import FileSystem
     from pyspark.sql import DataFrame, SparkSession
 
 # Delta's own default (delta.deletedFileRetentionDuration): a week of nights stays readable.
 DEFAULT_RETAIN_HOURS = 168
 DEAD_LETTER = "dead_letter"
+LEASES = "_lease"  # LAKE/_lease/<generation>.json: who holds (or last held) the writer lease
+# A holder refreshes its lease every LEASE_TTL_SECONDS / 5; one silent for the whole TTL is gone
+# (a killed machine, a frozen process) and the next writer takes over.
+LEASE_TTL_SECONDS = 600.0
+log = logging.getLogger(__name__)
 
 
 def local_root(lake: Lake, what: str) -> Path:
@@ -265,8 +282,10 @@ def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest
     """Publish ``versions`` on top of the newest manifest, in one put: the publication's commit point.
 
     One publisher at a time (the nightly chain, or one job): two concurrent publishers could pick the
-    same sequence, and the later put wins.
+    same sequence, and the later put wins. The writer lease (``WriterLease``) ensures it; a run whose
+    lease another writer took over meanwhile publishes nothing (``LeaseHeld``).
     """
+    check_lease_kept(lake)
     previous = latest_manifest(lake)
     tables = {**(previous.tables if previous else {}), **versions}
     sequence = previous.sequence + 1 if previous else 1
@@ -276,23 +295,342 @@ def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest
     return manifest
 
 
-def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS, dry_run: bool = True) -> dict[str, int]:
+@dataclass(frozen=True)
+class Vacuumed:
+    """What one VACUUM removed (or, on a dry run, would remove): files and bytes per table."""
+
+    files: dict[str, int]
+    bytes: dict[str, int]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "files": self.files,
+            "bytes": self.bytes,
+            "total_files": sum(self.files.values()),
+            "total_bytes": sum(self.bytes.values()),
+        }
+
+
+def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS, dry_run: bool = True) -> Vacuumed:
     """Delete the files of every published table that no version of the last ``retain_hours`` needs
-    (delta-rs VACUUM); files per table (to delete, with ``dry_run``). Older versions, and the nights
-    of manifests that name them, are no longer readable afterwards."""
+    (delta-rs VACUUM); what was deleted (to delete, with ``dry_run``). Older versions, and the nights
+    of manifests that name them, are no longer readable afterwards. Deleting takes the lake's writer
+    lease (``WriterLease``): a publication running meanwhile could need a file VACUUM picks."""
+    newest = latest_manifest(lake)
+    if newest is None:
+        return Vacuumed({}, {})
+    if dry_run:
+        return _vacuum_tables(lake, sorted(newest.tables), retain_hours, dry_run=True)
+    with WriterLease(lake, "argus lake vacuum --no-dry-run"):
+        return _vacuum_tables(lake, sorted(newest.tables), retain_hours, dry_run=False)
+
+
+def _vacuum_tables(lake: Lake, names: list[str], retain_hours: int, dry_run: bool) -> Vacuumed:
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
-    newest = latest_manifest(lake)
-    removed: dict[str, int] = {}
-    for table in sorted(newest.tables if newest else {}):
-        delta = DeltaTable(native_location(table_location(lake, table)))
+    fs, _ = lake_filesystem(lake)
+    files: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for table in names:
+        location = native_location(table_location(lake, table))
+        delta = DeltaTable(location)
         try:
-            files = delta.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=True)
+            # Sized before they go: a deleted file has no size to ask for.
+            doomed = delta.vacuum(retention_hours=retain_hours, dry_run=True, enforce_retention_duration=True)
+            size = {name: _file_size(fs, lake, table, name) for name in doomed}
+            if not dry_run:
+                doomed = delta.vacuum(retention_hours=retain_hours, dry_run=False, enforce_retention_duration=True)
         except DeltaError as exc:  # a retention below the table's own (a week unless configured)
             raise LakeError(f"--retain-hours {retain_hours}: {exc}") from exc
-        removed[table] = len(files)
-    return removed
+        files[table] = len(doomed)
+        sizes[table] = sum(size.get(name, 0) for name in doomed)
+    return Vacuumed(files, sizes)
+
+
+def _file_size(fs: FileSystem, lake: Lake, table: str, name: str) -> int:
+    """The size of a table's data file, named as delta-rs names it (relative to the table, URL-quoted)."""
+    from urllib.parse import unquote
+
+    root = lake_filesystem(lake)[1]
+    return int(fs.get_file_info(f"{root}/{table}/{unquote(name)}").size or 0)
+
+
+# --- the writer lease: one writer at a time -----------------------------------------------
+
+
+class LeaseHeld(LakeError):
+    """Another writer holds the lake; the message names it and says what to do."""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    """One taking of the writer lease, as recorded in ``LAKE/_lease/<generation>.json``."""
+
+    generation: int
+    command: str
+    host: str
+    pid: int
+    since: str  # when it was taken, ISO 8601 UTC
+    heartbeat: float  # seconds since the epoch of the holder's last refresh
+    process_start: str = ""  # the pid's start time on its host: a reused pid is not the holder
+    released: bool = False
+
+    def describe(self) -> str:
+        return f"`{self.command}` (host {self.host}, pid {self.pid}, since {self.since})"
+
+    def gone_because(self, ttl_seconds: float, now: float | None = None) -> str | None:
+        """Why the lease is free to take: released, its process gone, or expired; None while it is held."""
+        if self.released:
+            return "released"
+        if self.host == socket.gethostname() and not _process_alive(self.pid, self.process_start):
+            return "its process is gone"
+        silent = (now if now is not None else time.time()) - self.heartbeat
+        if silent > ttl_seconds:
+            return f"no heartbeat for {silent:.0f} s (lease time {ttl_seconds:.0f} s)"
+        return None
+
+
+class WriterLease:
+    """The lake's single-writer lease, held for one run: ``with WriterLease(lake, "argus batch nightly"):``.
+
+    Every command that publishes or deletes (the nightly chain and the batch jobs, ingest, ``argus
+    forget``, ``argus lake vacuum --no-dry-run``) writes under it, so two runs never interleave manifests
+    and rollbacks. A second writer is refused at once (``LeaseHeld``, naming the holder). Taking it is
+    an exclusive create of the next generation's file: on a local or mounted lake ``O_CREAT | O_EXCL``,
+    which exactly one process wins; on object storage a check-then-put, which does not exclude two
+    writers starting in the same instant (infra/spark/README.md says what to do there). A holder that
+    died is taken over, with a log line: at once on its own host (its pid is gone), elsewhere when its
+    heartbeat is older than ``ttl_seconds``. Released on exit, whether the run succeeded or failed.
+    The same process taking it again (ingest inside the nightly chain) shares the lease it holds.
+    """
+
+    def __init__(self, lake: Lake, command: str, ttl_seconds: float = LEASE_TTL_SECONDS) -> None:
+        self.lake = lake_location(lake)
+        self.command = command
+        self.ttl_seconds = ttl_seconds
+        self.holder: LeaseHolder | None = None
+        self._depth = 0
+        self._outer: WriterLease | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+
+    def __enter__(self) -> WriterLease:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.release()
+
+    def acquire(self) -> LeaseHolder:
+        """Take the lease (or share this process's); the holder record. ``LeaseHeld`` when another has it."""
+        key = str(self.lake)
+        with _HELD_LOCK:
+            outer = _HELD.get(key)
+            if outer is self:
+                self._depth += 1
+                assert self.holder is not None
+                return self.holder
+            if outer is not None:
+                outer._depth += 1
+                self._outer = outer
+                assert outer.holder is not None
+                return outer.holder
+            for _ in range(20):  # a lost race, or a record pruned while read: look again
+                generations = _lease_generations(self.lake)
+                newest = generations[-1] if generations else 0
+                current = _read_holder(self.lake, newest) if newest else None
+                if newest and current is None:
+                    time.sleep(0.05)
+                    continue
+                why = None if current is None else current.gone_because(self.ttl_seconds)
+                if current is not None and why is None:
+                    raise LeaseHeld(_held_message(self.lake, current, self.ttl_seconds))
+                mine = LeaseHolder(
+                    newest + 1,
+                    self.command,
+                    socket.gethostname(),
+                    os.getpid(),
+                    datetime.now(UTC).isoformat(timespec="seconds"),
+                    time.time(),
+                    _process_start(os.getpid()),
+                )
+                if not _create_exclusive(self.lake, _lease_file(mine.generation), _lease_bytes(mine)):
+                    continue
+                if current is not None and not current.released:
+                    log.warning("lake %s: took over the writer lease of %s: %s", self.lake, current.describe(), why)
+                for old in generations:  # earlier takings; the newest file is the only one read
+                    _delete_file(self.lake, _lease_file(old))
+                self.holder, self._depth = mine, 1
+                _HELD[key] = self
+                self._start_heartbeat()
+                return mine
+        raise LeaseHeld(f"lake {self.lake}: could not take the writer lease (others kept taking it); run this again")
+
+    def release(self) -> None:
+        """Give the lease back (recorded as released); a lease taken over meanwhile is left to its new holder."""
+        with _HELD_LOCK:
+            if self._outer is not None:
+                self._outer._depth -= 1
+                self._outer = None
+                return
+            self._depth -= 1
+            if self.holder is None or self._depth > 0:
+                return
+            _HELD.pop(str(self.lake), None)
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join()
+        if self._still_mine():
+            assert self.holder is not None
+            put_file(self.lake, _lease_file(self.holder.generation), _lease_bytes(replace(self.holder, released=True)))
+        self.holder = None
+
+    def _still_mine(self) -> bool:
+        assert self.holder is not None
+        generations = _lease_generations(self.lake)
+        return bool(generations) and generations[-1] == self.holder.generation
+
+    def _start_heartbeat(self) -> None:
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="argus-lake-lease", daemon=True)
+        self._beat.start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(self.ttl_seconds / 5):
+            holder = self.holder
+            if holder is None:
+                return
+            if not self._still_mine():  # silent past the TTL (a long pause): another writer took over
+                log.warning("lake %s: the writer lease of %s was taken over by another writer", self.lake, self.command)
+                return
+            self.holder = replace(holder, heartbeat=time.time())
+            try:
+                put_file(self.lake, _lease_file(holder.generation), _lease_bytes(self.holder))
+            except OSError as exc:  # a passing storage error: the next beat tries again, well within the TTL
+                log.warning("lake %s: could not refresh the writer lease: %s", self.lake, exc)
+
+
+_HELD: dict[str, WriterLease] = {}  # the leases this process holds, by lake
+_HELD_LOCK = threading.Lock()
+
+
+def lease_holder(lake: Lake, ttl_seconds: float = LEASE_TTL_SECONDS) -> LeaseHolder | None:
+    """Who holds the lake's writer lease now; None when it is free (never taken, released, or its holder gone)."""
+    generations = _lease_generations(lake_location(lake))
+    current = _read_holder(lake_location(lake), generations[-1]) if generations else None
+    return current if current is not None and current.gone_because(ttl_seconds) is None else None
+
+
+def lease_lost(lake: Lake) -> bool:
+    """Whether this process took the lake's writer lease and another writer has taken it over since
+    (this one was silent past the TTL): its run must then leave the lake to the new holder."""
+    lease = _HELD.get(str(lake_location(lake)))
+    return lease is not None and lease.holder is not None and not lease._still_mine()
+
+
+def check_lease_kept(lake: Lake) -> None:
+    """``LeaseHeld`` when this process's lease on ``lake`` was taken over (``lease_lost``)."""
+    if lease_lost(lake):
+        holder = lease_holder(lake)
+        taker = holder.describe() if holder is not None else "another writer"
+        raise LeaseHeld(f"lake {lake}: {taker} took the writer lease over while this run was silent; nothing published")
+
+
+def check_no_writer(lake: Lake, ttl_seconds: float = LEASE_TTL_SECONDS) -> None:
+    """``LeaseHeld`` when another writer holds the lake: a command checks before starting Spark for nothing."""
+    if str(lake_location(lake)) in _HELD:  # this process holds it
+        return
+    holder = lease_holder(lake, ttl_seconds)
+    if holder is not None:
+        raise LeaseHeld(_held_message(lake_location(lake), holder, ttl_seconds))
+
+
+def _held_message(lake: Lake, holder: LeaseHolder, ttl_seconds: float) -> str:
+    return (
+        f"lake {lake} is being written by {holder.describe()}: one writer at a time; run this again when it "
+        f"has finished (a holder that died is taken over: at once on {holder.host}, elsewhere "
+        f"{ttl_seconds / 60:.0f} minutes after its last heartbeat)"
+    )
+
+
+def _lease_file(generation: int) -> str:
+    return f"{LEASES}/{generation:012d}.json"
+
+
+def _lease_bytes(holder: LeaseHolder) -> bytes:
+    return json.dumps(asdict(holder), indent=2).encode()
+
+
+def _lease_generations(lake: Lake) -> list[int]:
+    names = list_files(lake, LEASES, ".json")
+    return sorted(int(n.removesuffix(".json")) for n in names if n.removesuffix(".json").isdigit())
+
+
+def _read_holder(lake: Lake, generation: int) -> LeaseHolder | None:
+    """The record of ``generation``; None when it is gone or not fully written yet."""
+    data = read_file(lake, _lease_file(generation))
+    try:
+        return None if data is None else LeaseHolder(**json.loads(data))
+    except (ValueError, TypeError):  # created, not written yet (a moment), or left empty by a crash
+        return _unreadable(lake, generation)
+
+
+def _unreadable(lake: Lake, generation: int) -> LeaseHolder | None:
+    """A record that stays unreadable for a second was left half-written by a crash: free to take."""
+    time.sleep(1.0)
+    data = read_file(lake, _lease_file(generation))
+    try:
+        return None if data is None else LeaseHolder(**json.loads(data))
+    except (ValueError, TypeError):
+        return LeaseHolder(generation, "an unreadable lease", "", 0, "", 0.0, released=True)
+
+
+def _create_exclusive(lake: Lake, relative: str, data: bytes) -> bool:
+    """Write ``relative`` under the lake only when no file has that name; whether this call created it."""
+    if not is_uri(lake):
+        target = Path(lake) / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            handle = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+            stream.flush()
+            os.fsync(stream.fileno())
+        return True
+    if read_file(lake, relative) is not None:  # object stores: check, then put (see the class's note)
+        return False
+    put_file(lake, relative, data)
+    return True
+
+
+def _delete_file(lake: Lake, relative: str) -> None:
+    fs, root = lake_filesystem(lake)
+    with contextlib.suppress(OSError):  # pruned by another writer already
+        fs.delete_file(f"{root}/{relative}")
+
+
+def _process_start(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux ``/proc``); "" where unknown."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _process_alive(pid: int, started: str) -> bool:
+    """Whether ``pid`` runs on this host and is the process that started at ``started`` (not a reuse)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process: alive
+    return not started or _process_start(pid) in ("", started)
 
 
 def put_file(lake: Lake, relative: str, data: bytes) -> None:

@@ -224,7 +224,7 @@ def main(argv: list[str]) -> int:
             word2vec_partitions=a.word2vec_partitions,
         )
 
-    return run_job(parser, argv, chain)
+    return run_job(parser, argv, chain, lease="argus batch nightly")
 
 
 if __name__ == "__main__":

@@ -311,7 +311,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--lake", required=True, type=job_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--feature-days", type=int, default=30)
-    return run_job(parser, argv, lambda spark, a: (run_profile(spark, a.lake, a.date, a.feature_days), 0))
+    return run_job(
+        parser,
+        argv,
+        lambda spark, a: (run_profile(spark, a.lake, a.date, a.feature_days), 0),
+        lease="argus batch profile",
+    )
 
 
 if __name__ == "__main__":

@@ -151,8 +151,10 @@ class Publication:
         return published, folders
 
     def discard(self) -> None:
-        """Drop everything unpublished: tables back at the versions readers see, staged folders removed."""
-        if self._spark is not None:
+        """Drop everything unpublished: tables back at the versions readers see, staged folders removed.
+        A run whose writer lease was taken over leaves the tables alone: the new holder writes them now,
+        and undoes this run's unpublished versions itself (``_recover``)."""
+        if self._spark is not None and not tables.lease_lost(self.lake):
             for table in self._tables:
                 before = self._before.get(table)
                 if before is not None:

@@ -329,6 +329,7 @@ def main(argv: list[str]) -> int:
         parser,
         argv,
         lambda spark, a: (run_score(spark, a.lake, a.date, a.detector, a.days, a.model, a.bootstrap), 0),
+        lease="argus batch score",
     )
 
 

@@ -78,15 +78,19 @@ def _rendered(dag: object, ds: str) -> dict[str, str]:
 
 def test_one_task_per_step_in_order(dag: object) -> None:
     upstream = {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks}  # type: ignore[attr-defined]
-    scores = [f"score_{d}" for d in DETECTORS]
+    # One lake writer at a time (the writer lease): the detectors score one after another.
     assert upstream == {
         "ingest": [],
         "quality_gate": ["ingest"],
         "profiles": ["quality_gate"],
         "embeddings": ["profiles"],
-        **{s: ["embeddings"] for s in scores},
-        "alerts": sorted(scores),
+        "score_trolls": ["embeddings"],
+        "score_evaders": ["score_trolls"],
+        "score_fraud": ["score_evaders"],
+        "score_churn": ["score_fraud"],
+        "alerts": ["score_churn"],
         "report": ["alerts"],
+        "vacuum": ["score_churn"],  # once the night's last table is published
     }
     # The gate blocks: everything after it runs only when everything before it succeeded.
     assert {t.trigger_rule for t in dag.tasks} == {"all_success"}  # type: ignore[attr-defined]
@@ -126,6 +130,8 @@ def test_rendered_commands_are_what_argus_accepts(dag: object) -> None:
     commands = _rendered(dag, "2026-10-02")
     assert commands["quality_gate"] == "argus batch quality --date 2026-10-02 --lake /data/lake --master yarn"
     assert commands["report"].endswith("--out /srv/argus-reports/argus-report-2026-10-02.html")
+    # Delta's own retention: the previous seven nights stay readable by time travel.
+    assert commands["vacuum"] == "argus lake vacuum --lake /data/lake --retain-hours 168 --no-dry-run"
     assert all("{{" not in c for c in commands.values())
     argv = {task_id: shlex.split(command) for task_id, command in commands.items()}
     assert {a[0] for a in argv.values()} == {"argus"}

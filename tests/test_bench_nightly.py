@@ -57,6 +57,34 @@ def test_the_sampler_adds_up_the_rss_of_the_processes_below_it(
     assert sampler.peaks["driver"] == 0 and sampler.peaks["executor_jvm"] == 0
 
 
+def test_a_child_the_driver_jvm_is_spawning_is_not_counted_as_a_second_jvm() -> None:
+    """Until its ``exec`` a child of the JVM shows the JVM's command line and shares its memory: a "driver
+    JVM" holding 128 MiB (an interpreter named ``java``) forks a child that never execs; the driver counts once."""
+    code = (
+        "import os, sys, time\n"
+        "block = bytearray(128 * 2**20)\n"
+        "if os.fork() == 0:\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    argv = ["java", "-c", code, "org.apache.spark.deploy.SparkSubmit", "--master", "spark://127.0.0.1:7077"]
+    driver = subprocess.Popen(argv, executable=sys.executable, stdout=subprocess.PIPE, text=True)
+    try:
+        assert driver.stdout is not None and driver.stdout.readline().strip() == "ready"
+        (child,) = descendants(driver.pid)
+        assert process_part(Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")) == "driver_jvm"
+        sampler = MemorySampler()
+        sampler.sample()
+        assert 128 <= sampler.peaks["driver_jvm"] < 128 + 60  # the block plus an interpreter, once (not 2 x 128)
+    finally:
+        for pid in descendants(driver.pid):
+            os.kill(pid, 9)
+        driver.kill()
+        driver.wait()
+
+
 def test_a_master_spark_does_not_know_is_one_line_before_any_work() -> None:
     from tests.cli_run import one_line_error, run_argus
 
@@ -131,3 +159,31 @@ def test_the_sampler_counts_the_cpu_time_of_the_processes_below_it() -> None:
     before, after = map(float, ran.stdout.split())
     assert before == 0.0
     assert 0.9 <= after < 3.0  # the loop plus an interpreter's start, in clock ticks
+
+
+def test_settings_for_the_chain_reach_its_spark_submit_command(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The standalone bench gives the executor its heap as a user would: a ``--conf`` setting of the run
+    (``NightlyRun.spark_conf``), not an environment variable that only spark-submit's scripts read."""
+    import json
+    from datetime import date
+
+    from rich.console import Console
+
+    import argus.nightly
+    from argus.bench_nightly import STANDALONE_SETTINGS, run_chain
+
+    commands: list[list[str]] = []
+
+    def submit(run: argus.nightly.NightlyRun, console: Console, emit: object) -> int:
+        commands.append(argus.nightly.nightly_command(run, console))
+        run.steps.append({"step": "done", "alerts": 0, "application": "app-1"})
+        emit(json.dumps(run.steps[-1]))  # type: ignore[operator]
+        return 0
+
+    monkeypatch.setattr(argus.nightly, "run_nightly_submit", submit)
+    chain = run_chain(
+        tmp_path / "lake", date(2026, 10, 1), "spark://127.0.0.1:7077", Console(quiet=True), STANDALONE_SETTINGS
+    )
+    (cmd,) = commands
+    confs = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == "--conf"]
+    assert "spark.executor.memory=3g" in confs and chain.application == "app-1"

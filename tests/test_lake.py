@@ -343,10 +343,43 @@ def test_history_lists_publications_and_vacuum_keeps_the_retention(tmp_path: Pat
     ]
     kept = runner.invoke(app, ["lake", "vacuum", "--lake", str(lake), "--no-dry-run"])
     assert kept.exit_code == 0, kept.output
-    assert json.loads(kept.output)["files"] == {"scores/detector=fraud": 0}  # version 0 is younger than a week
+    assert json.loads(kept.stdout)["files"] == {"scores/detector=fraud": 0}  # version 0 is younger than a week
+    assert "vacuum removed 0 files (0.0 MB) from 1 tables" in kept.stderr
     assert _rows(tables.read_pandas(lake, "scores/detector=fraud", D1, version=0)) == [("a", 1.0), ("b", 1.0)]
     refused = runner.invoke(app, ["lake", "vacuum", "--lake", str(lake), "--retain-hours", "1"])
     assert refused.exit_code != 0 and "--retain-hours 1:" in str(refused.exception)
+
+
+def test_vacuum_prints_the_files_and_bytes_it_removes(tmp_path: Path) -> None:
+    """A table whose own retention is 0 hours lets VACUUM remove a replaced version's file now."""
+    import json
+
+    from deltalake import DeltaTable, write_deltalake
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    lake, table = tmp_path / "lake", "scores/detector=fraud"
+    location = lake / "scores" / "detector=fraud"
+    first = pd.DataFrame({"user_id": ["a", "b"], "score": [1.0, 1.0], "date": [D1.isoformat()] * 2})
+    zero = {"delta.deletedFileRetentionDuration": "interval 0 hours"}
+    write_deltalake(str(location), first, partition_by=["date"], configuration=zero)
+    tables.commit_manifest(lake, {table: 0}, "night-1")
+    second = pd.DataFrame({"user_id": ["a", "b"], "score": [2.0, 2.0]})
+    tables.commit_manifest(lake, {table: tables.write_date_pandas(second, lake, table, D1)}, "night-2")
+    current = {Path(uri.removeprefix("file://")) for uri in DeltaTable(str(location)).file_uris()}
+    (replaced,) = [p for p in location.rglob("*.parquet") if p not in current]  # version 0's only file
+    runner = CliRunner()
+    counted = runner.invoke(app, ["lake", "vacuum", "--lake", str(lake), "--retain-hours", "0"])
+    assert counted.exit_code == 0, counted.output
+    expected = {"files": {table: 1}, "bytes": {table: replaced.stat().st_size}, "total_files": 1}
+    assert {k: v for k, v in json.loads(counted.stdout).items() if k in expected} == expected
+    assert "would remove 1 files" in counted.stderr and replaced.exists()  # a dry run by default
+    removed = runner.invoke(app, ["lake", "vacuum", "--lake", str(lake), "--retain-hours", "0", "--no-dry-run"])
+    assert removed.exit_code == 0, removed.output
+    assert json.loads(removed.stdout)["bytes"] == {table: expected["bytes"][table]}
+    assert not replaced.exists() and _rows(tables.read_pandas(lake, table, D1)) == [("a", 2.0), ("b", 2.0)]
+    assert tables.lease_holder(lake) is None  # the lease it took for deleting is given back
 
 
 def test_forget_erases_a_user_from_every_version_of_a_delta_table(tmp_path: Path) -> None:

@@ -93,6 +93,8 @@ def test_backfill_runs_every_step_of_every_date_in_one_spark_application(
         assert (lake / "models" / name / "CURRENT").read_text().strip() == step["model_version"]
         assert len(_alert_ids(lake, LAST)[name]) == step["alerts"] == step["flagged"]
     assert not (lake / "_staging").exists() or not any((lake / "_staging").iterdir())
+    (lease,) = [json.loads(p.read_text()) for p in (lake / "_lease").iterdir()]  # the chain wrote under its lease
+    assert (lease["command"], lease["released"]) == ("argus batch nightly", True)
 
 
 def test_rerunning_a_date_replaces_its_outputs_with_the_same_alert_ids(
@@ -217,7 +219,8 @@ def test_word2vec_partitions_reach_the_embed_step(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(argus.jobs.embed, "run_embed", embed)
     spark = SimpleNamespace(sparkContext=SimpleNamespace(setLogLevel=lambda level: None, applicationId="local-1"))
 
-    def run_job(parser: Any, argv: list[str], work: Any) -> int:  # the entry point's, less the SparkSession
+    def run_job(parser: Any, argv: list[str], work: Any, lease: str | None = None) -> int:  # less the SparkSession
+        assert lease == "argus batch nightly"  # the chain writes the lake under its writer lease
         return int(work(spark, parser.parse_args(argv))[1])
 
     monkeypatch.setattr(argus.jobs.nightly, "run_job", run_job)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -156,15 +157,82 @@ def test_models_saved_before_the_move_still_load(tmp_path: Path) -> None:
 
 
 def test_the_driver_heap_is_large_in_local_mode_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Local mode runs the tasks in the driver's JVM; on a cluster the driver keeps Spark's default unless set."""
-    from argus.infra.spark import LOCAL_DRIVER_MEMORY, spark_settings, submit_command
+    """Local mode runs the tasks in the driver's JVM; on a cluster the driver gets bounded defaults unless set."""
+    from argus.infra.spark import DEFAULTS, LOCAL_DRIVER_MEMORY, spark_settings, submit_command
 
-    assert spark_settings(master="local[2]")["spark.driver.memory"] == LOCAL_DRIVER_MEMORY
-    assert "spark.driver.memory" not in spark_settings(master="spark://10.0.0.1:7077")
+    monkeypatch.delenv("ARGUS_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)  # no argus.toml here
+    assert LOCAL_DRIVER_MEMORY == "4g"
+    assert spark_settings(master="local[2]") == {**DEFAULTS, "spark.driver.memory": "4g"}
+    assert spark_settings(master="local[*]")["spark.driver.memory"] == "4g"
+    for master in ("spark://10.0.0.1:7077", "yarn", "k8s://https://api.example.com:6443"):
+        assert spark_settings(master=master) == {
+            **DEFAULTS,
+            "spark.driver.memory": "1g",
+            "spark.driver.defaultJavaOptions": "-XX:+UseG1GC -Xms128m -XX:MinHeapFreeRatio=10 -XX:MaxHeapFreeRatio=30 "
+            "-XX:G1PeriodicGCInterval=30000 -XX:GCTimeRatio=4 -XX:MaxDirectMemorySize=256m "
+            "-XX:ReservedCodeCacheSize=128m",
+            "spark.driver.maxResultSize": "512m",
+        }
     assert f"spark.driver.memory={LOCAL_DRIVER_MEMORY}" not in submit_command("nightly", [], "yarn")
+    assert "spark.driver.memory=1g" in submit_command("nightly", [], "yarn")
     assert f"spark.driver.memory={LOCAL_DRIVER_MEMORY}" in submit_command("nightly", [], "local[1]")
+    assert not any("defaultJavaOptions" in arg for arg in submit_command("nightly", [], "local[1]"))
     config = tmp_path / "argus.toml"
-    config.write_text('[spark]\n"spark.driver.memory" = "3g"\n')
+    config.write_text('[spark]\n"spark.driver.memory" = "3g"\n"spark.driver.maxResultSize" = "2g"\n')
     monkeypatch.setenv("ARGUS_CONFIG", str(config))
     assert spark_settings(master="local[2]")["spark.driver.memory"] == "3g"
-    assert spark_settings(master="yarn")["spark.driver.memory"] == "3g"
+    cluster = spark_settings(master="yarn")
+    assert (cluster["spark.driver.memory"], cluster["spark.driver.maxResultSize"]) == ("3g", "2g")
+    assert cluster["spark.driver.defaultJavaOptions"].startswith("-XX:+UseG1GC")  # ours where the file is silent
+
+
+def test_the_cluster_driver_environment_bounds_malloc_arenas_unless_the_user_set_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from argus.infra.spark import environment_for_submit
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert environment_for_submit("spark://10.0.0.1:7077")["MALLOC_ARENA_MAX"] == "2"
+    assert "MALLOC_ARENA_MAX" not in environment_for_submit("local[2]")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert environment_for_submit("yarn")["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_settings_given_for_one_run_reach_spark_submit_over_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from argus.infra.spark import parse_spark_conf, submit_command
+
+    config = tmp_path / "argus.toml"
+    config.write_text('[spark]\n"spark.executor.memory" = "2g"\n"spark.sql.shuffle.partitions" = "16"\n')
+    monkeypatch.setenv("ARGUS_CONFIG", str(config))
+    extra = parse_spark_conf(["spark.executor.memory=3g", "spark.executor.extraJavaOptions=-Da=b -Dc=d"])
+    assert extra == {"spark.executor.memory": "3g", "spark.executor.extraJavaOptions": "-Da=b -Dc=d"}
+    confs = _confs(submit_command("nightly", [], "spark://10.0.0.1:7077", extra=extra))
+    assert confs["spark.executor.memory"] == "3g"
+    assert confs["spark.sql.shuffle.partitions"] == "16"
+    assert confs["spark.executor.extraJavaOptions"] == "-Da=b -Dc=d"
+    for bad in ("spark.executor.memory", "executor.memory=3g", "=3g"):
+        with pytest.raises(ValueError, match=r"give KEY=VALUE with a spark\.\* key"):
+            parse_spark_conf([bad])
+
+
+def test_argus_batch_nightly_passes_conf_settings_to_spark_submit(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    args = ["batch", "nightly", "--date", "2026-10-01", "--lake", str(tmp_path / "lake"), "--skip-ingest"]
+    args += ["--master", "spark://10.0.0.1:7077", "--conf", "spark.executor.memory=3g", "--print-command"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert _confs(shlex.split(result.stdout))["spark.executor.memory"] == "3g"
+    refused = CliRunner().invoke(app, [*args[:-3], "--conf", "executor.memory=3g", "--print-command"])
+    assert refused.exit_code != 0 and "give KEY=VALUE with a spark.* key" in str(refused.exception)
+
+
+def _confs(cmd: list[str]) -> dict[str, str]:
+    """The ``--conf KEY=VALUE`` pairs of a spark-submit command line."""
+    pairs = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == "--conf"]
+    return dict(pair.split("=", 1) for pair in pairs)

@@ -91,10 +91,46 @@ def test_missing_night_or_broker_is_one_line(tmp_path: Path) -> None:
     assert down.returncode == 2 and "no Kafka broker answers" in down.stderr and "Traceback" not in down.stderr
 
 
+def _break_line(lake: Path, detector: str, number: int) -> Path:
+    """Replace line ``number`` of ``detector``'s alert file with one that is not an alert."""
+    path = lake / "alerts" / f"detector={detector}" / f"date={DAY}" / "alerts.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[number - 1] = "{not an alert}\n"
+    path.write_text("".join(lines))
+    return path
+
+
+def test_a_broken_first_line_is_refused_before_the_broker_is_asked(tmp_path: Path) -> None:
+    from argus.infra.broker import free_port
+
+    _write_night(tmp_path, "x")
+    _break_line(tmp_path, "trolls", 1)
+    result = _argus(
+        "--date", DAY, "--lake", str(tmp_path), "--detectors", "trolls", "--bootstrap", f"127.0.0.1:{free_port()}"
+    )
+    assert result.returncode == 2 and "alerts.jsonl:1 is not an alert" in result.stderr
+    assert "no Kafka broker answers" not in result.stderr and result.stderr.count("\n") == 1
+
+
+@pytest.mark.kafka
+def test_a_broken_line_further_on_stops_publishing_there(
+    kafka_bootstrap: str, tmp_path: Path, unique_name: str
+) -> None:
+    ids = _write_night(tmp_path, unique_name)  # trolls 0 and 1, then churn 0
+    _break_line(tmp_path, "trolls", 2)
+    broken = _argus(
+        "--date", DAY, "--lake", str(tmp_path), "--detectors", "trolls,churn", "--bootstrap", kafka_bootstrap
+    )
+    assert broken.returncode == 2 and "alerts.jsonl:2 is not an alert" in broken.stderr, broken.stderr
+    assert broken.stderr.count("\n") == 1 and "Traceback" not in broken.stderr
+    keys = topic_keys(kafka_bootstrap, "alerts.troll") + topic_keys(kafka_bootstrap, "alerts.churn")
+    assert [k for k in keys if k in ids] == [ids[0]]  # the alert before the broken line, nothing after it
+
+
 def test_a_night_streams_in_flat_memory_and_a_broken_line_is_refused(tmp_path: Path) -> None:
     import tracemalloc
 
-    from argus.publish_alerts import PublishError, check_night, night_alerts
+    from argus.publish_alerts import PublishError, night_alerts
 
     template = Alert(
         alert_id="ALERT",
@@ -122,8 +158,10 @@ def test_a_night_streams_in_flat_memory_and_a_broken_line_is_refused(tmp_path: P
         tracemalloc.stop()
     assert (first.alert_id, 1 + rest) == ("a0", many)
     assert peak < 2**20, f"publishing a night held {peak / 2**20:.1f} MiB"
-    assert check_night(tmp_path, day, ["trolls"]) == many
     with path.open("a") as more:
         more.write("{not an alert}\n")
+    read = 0
     with pytest.raises(PublishError, match=f"alerts.jsonl:{many + 1} is not an alert"):
-        check_night(tmp_path, day, ["trolls"])
+        for _ in night_alerts(tmp_path, day, ["trolls"]):
+            read += 1
+    assert read == many  # every alert before the broken line, each parsed once on the way

@@ -82,10 +82,23 @@ def test_the_entry_runs_the_nightly_chain_for_yesterday(crontab: Path, tmp_path:
     assert status == (1 if night_fails else 0)  # the night's status, after the report was written anyway
     calls = (argus.parent / "calls.txt").read_text().splitlines()
     nightly = ["batch", "nightly", "--date", yesterday, "--lake", str(lake), "--master", "local[2]", "--alerts"]
+    # After a published night only: old Delta files go, the last week's versions (168 h) stay.
+    vacuum = ["lake", "vacuum", "--lake", str(lake), "--retain-hours", "168", "--no-dry-run"]
     report = ["report", "--date", yesterday, "--lake", str(lake), "--out", f"{reports}/argus-report-{yesterday}.html"]
-    assert calls == nightly + report
-    assert (lake / "_logs" / "cron-nightly.log").read_text() == "batch done\nreport done\n"
+    assert calls == nightly + ([] if night_fails else vacuum) + report
+    logged = "batch done\nreport done\n" if night_fails else "batch done\nlake done\nreport done\n"
+    assert (lake / "_logs" / "cron-nightly.log").read_text() == logged
     assert "KAFKA_BOOTSTRAP=broker:9092" in block[1] and "+\\%F" in block[1]
+
+
+def test_the_vacuum_step_keeps_at_least_a_week_or_is_left_out(crontab: Path, tmp_path: Path) -> None:
+    argus = _fake_argus(tmp_path)
+    without = NightlyCron(tmp_path / "lake", argus=argus, workdir=tmp_path, vacuum_retain_hours=None)
+    assert "lake vacuum" not in without.command()
+    longer = NightlyCron(tmp_path / "lake", argus=argus, workdir=tmp_path, vacuum_retain_hours=720)
+    assert "lake vacuum --lake " in longer.command() and "--retain-hours 720 --no-dry-run" in longer.command()
+    with pytest.raises(ScheduleError, match="--vacuum-retain-hours 24: keep at least 168"):
+        NightlyCron(tmp_path / "lake", argus=argus, workdir=tmp_path, vacuum_retain_hours=24)
 
 
 def test_remove_deletes_only_our_block(crontab: Path, tmp_path: Path) -> None:
@@ -121,6 +134,12 @@ def test_schedule_commands(crontab: Path, tmp_path: Path) -> None:
     installed = _argus("install", "--lake", str(tmp_path / "lake"), "--at", "0 3 * * *", path=path)
     assert installed.returncode == 0, installed.stderr
     assert "batch nightly --date" in installed.stdout and "0 3 * * *" in installed.stdout
+    assert "lake vacuum --lake" in installed.stdout and "--retain-hours 168 --no-dry-run" in installed.stdout
+    no_vacuum = _argus("install", "--lake", str(tmp_path / "lake"), "--no-vacuum", path=path)
+    assert no_vacuum.returncode == 0 and "lake vacuum" not in no_vacuum.stdout, no_vacuum.stderr
+    too_short = _argus("install", "--vacuum-retain-hours", "24", path=path)
+    assert too_short.returncode == 2 and "keep at least 168" in too_short.stderr
+    installed = _argus("install", "--lake", str(tmp_path / "lake"), "--at", "0 3 * * *", path=path)
     shown = _argus("show", path=path)
     assert shown.returncode == 0 and shown.stdout == installed.stdout
     assert _argus("remove", path=path).returncode == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pickle
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -20,6 +20,9 @@ from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
 
+if TYPE_CHECKING:
+    from argus.jobs.publish import Publication
+
 WORLD = WorldConfig(users=240, days=3, seed=11, events_per_user_day=20.0, troll_fraction=0.1, profile="dense")
 BLOCK_USERS = 40  # several blocks per detector, so scoring really is split
 
@@ -33,6 +36,26 @@ def lake(tmp_path_factory: pytest.TempPathFactory, spark: object) -> tuple[Path,
     day = WORLD.start + timedelta(days=WORLD.days - 1)
     run_profile(spark, root, day, WORLD.days)  # type: ignore[arg-type]
     return root, day
+
+
+def _score_night(
+    spark: object, lake: tuple[Path, date], name: str, publication: Publication, **options: Any
+) -> dict[str, Any]:
+    """``score_night`` of the fixture's night over the whole world, in blocks of ``BLOCK_USERS``; ``options``
+    are its other keywords (``window``, ``model``, ``fit_users``)."""
+    from argus.jobs.score import score_night
+
+    root, day = lake
+    return score_night(
+        spark,  # type: ignore[arg-type]
+        root,
+        day,
+        name,
+        WORLD.days,
+        publication=publication,
+        block_users=BLOCK_USERS,
+        **options,
+    )
 
 
 def _published(lake: Path, table: str, day: date) -> pd.DataFrame:
@@ -95,22 +118,13 @@ def _same(a: object, b: object) -> bool:
 @pytest.mark.parametrize("name", ["trolls", "evaders", "fraud", "churn"])
 def test_batch_scores_equal_the_pandas_path(name: str, spark: object, lake: tuple[Path, date]) -> None:
     from argus.jobs.publish import Publication
-    from argus.jobs.score import night_window, score_night
+    from argus.jobs.score import night_window
 
     root, day = lake
     days = WORLD.days  # the whole world: the pandas path reads every event too
     publication = Publication(root, f"parity-{name}")
     window = night_window(spark, root, day, days)  # type: ignore[arg-type]
-    result = score_night(
-        spark,  # type: ignore[arg-type]
-        root,
-        day,
-        name,
-        days,
-        publication=publication,
-        window=window,
-        block_users=BLOCK_USERS,
-    )
+    result = _score_night(spark, lake, name, publication, window=window)
     alerts = sorted(_alerts(root, name, day), key=lambda a: a.user_id)
     batch = _published(root, f"scores/detector={name}", day).set_index("user_id")
     expected, fitted = _pandas_scores(name, root, day)
@@ -178,21 +192,11 @@ def test_event_features_are_built_in_blocks_equal_to_the_pandas_features(
 def test_the_fit_sample_is_bounded(spark: object, lake: tuple[Path, date]) -> None:
     from argus.detectors.trolls import TrollDetector
     from argus.jobs.publish import Publication
-    from argus.jobs.score import score_night
 
-    root, day = lake
+    root, _ = lake
     publication = Publication(root, "parity-sample")
-    full = score_night(spark, root, day, "trolls", WORLD.days, publication=publication, block_users=BLOCK_USERS)  # type: ignore[arg-type]
-    sampled = score_night(
-        spark,  # type: ignore[arg-type]
-        root,
-        day,
-        "trolls",
-        WORLD.days,
-        publication=publication,
-        fit_users=60,
-        block_users=BLOCK_USERS,
-    )
+    full = _score_night(spark, lake, "trolls", publication)
+    sampled = _score_night(spark, lake, "trolls", publication, fit_users=60)
     fitted = TrollDetector.load(Path(sampled["model"])).metrics["users_fitted"]
     assert 0 < fitted < full["users"] / 2  # two or so blocks of the six
     assert sampled["model_version"] != full["model_version"]
@@ -258,21 +262,12 @@ def test_scoring_and_alerts_bring_only_counts_to_the_driver(
     hours, currencies), never a row per user, event or block; the alerts are the ones fitting gave."""
     from argus.detectors.fraud_features import FX_PER_USD
     from argus.jobs.publish import Publication
-    from argus.jobs.score import night_window, score_night
+    from argus.jobs.score import night_window
 
     root, day = lake
     publication = Publication(root, f"driver-{name}")
     window = night_window(spark, root, day, WORLD.days)  # type: ignore[arg-type]
-    fitted = score_night(
-        spark,  # type: ignore[arg-type]
-        root,
-        day,
-        name,
-        WORLD.days,
-        publication=publication,
-        window=window,
-        block_users=BLOCK_USERS,
-    )
+    fitted = _score_night(spark, lake, name, publication, window=window)
     fitted_alerts = _alerts(root, name, day)
     frame_class = type(window)  # the concrete DataFrame class (classic or connect)
     collected: list[tuple[str, list[str], int]] = []
@@ -290,17 +285,7 @@ def test_scoring_and_alerts_bring_only_counts_to_the_driver(
 
     for how in ("collect", "toPandas", "toArrow", "toLocalIterator"):
         monkeypatch.setattr(frame_class, how, spy(how))
-    scored = score_night(
-        spark,  # type: ignore[arg-type]
-        root,
-        day,
-        name,
-        WORLD.days,
-        model=Path(fitted["model"]),
-        publication=publication,
-        window=window,
-        block_users=BLOCK_USERS,
-    )
+    scored = _score_night(spark, lake, name, publication, window=window, model=Path(fitted["model"]))
     monkeypatch.undo()
     assert scored["users"] == fitted["users"] and scored["alerts"] == scored["flagged"] == len(fitted_alerts)
     # This small world's three days hold no ban evasion and no churn: their alert paths are empty here.

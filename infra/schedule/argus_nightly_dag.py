@@ -1,9 +1,14 @@
 """Airflow DAG for the nightly chain, one task per step:
 
-    ingest -> quality_gate -> profiles -> embeddings -> score_trolls   -> alerts -> report
-                                                     -> score_evaders  ->
-                                                     -> score_fraud    ->
-                                                     -> score_churn    ->
+    ingest -> quality_gate -> profiles -> embeddings -> score_trolls -> score_evaders -> score_fraud
+           -> score_churn -> alerts -> report
+                          -> vacuum
+
+The detectors score one after another: every step that writes the lake holds its writer lease
+(one writer at a time, ``infra/spark/README.md``), so parallel score tasks would refuse each other.
+``vacuum`` runs once the night's last table is published: it deletes Delta files no version of the
+last 168 hours needs (Delta's own retention, a week: the previous seven nights stay readable by
+time travel, and no run of the last days loses a file it still reads).
 
 For Airflow 3 (tested with 3.3 by `make test-airflow`). Copy this file into the DAGs folder of a
 deployment whose workers have the Argus wheel installed (``make dist``, then ``pip install
@@ -23,6 +28,8 @@ Each task is one ``argus`` command for the night ``{{ ds }}``: a run scheduled a
 processes the previous day (the data interval's start), and a backfill run processes its own
 date. Every task retries twice, ten minutes apart; a failing quality gate fails its task (exit 1)
 and nothing downstream runs, so no profile, score, model or alert of a bad day is published.
+A task that finds the lake's writer lease held (a run started by hand, a cron entry on the same
+lake) fails at once with a line naming the holder, and its retry comes after that run has ended.
 Deadline (the SLA): a night not finished six hours after it was queued mails the on-call address.
 
 Backfill: ``airflow backfill create --dag-id argus_nightly --from-date 2026-10-01 --to-date
@@ -33,6 +40,7 @@ environment to have every missed night since the start date run. Runs never over
 
 from __future__ import annotations
 
+import itertools
 import os
 from datetime import UTC, datetime, timedelta
 
@@ -46,6 +54,8 @@ DETECTORS = ("trolls", "evaders", "fraud", "churn")
 NIGHT = "--date {{ ds }}"
 LAKE = "--lake {{ var.value.get('argus_lake', '/data/lake') }}"
 SPARK = f"{LAKE} --master {{{{ var.value.get('argus_master', 'yarn') }}}}"
+# Delta's default retention (delta.deletedFileRetentionDuration); VACUUM refuses less.
+VACUUM_RETAIN_HOURS = 168
 REPORT_OUT = "{{ var.value.get('argus_report_dir', '/data/argus-reports') }}/argus-report-{{ ds }}.html"
 ONCALL = "{{ var.value.get('argus_oncall_email', 'trust-and-safety-data@example.com') }}"
 
@@ -58,6 +68,7 @@ COMMANDS = {
     **{f"score_{name}": f"argus batch score --detector {name} {NIGHT} {SPARK}" for name in DETECTORS},
     "alerts": f"argus alerts publish {NIGHT} {LAKE}",
     "report": f"argus report {NIGHT} {LAKE} --out {REPORT_OUT}",
+    "vacuum": f"argus lake vacuum {LAKE} --retain-hours {VACUUM_RETAIN_HOURS} --no-dry-run",
 }
 
 with DAG(
@@ -92,6 +103,8 @@ with DAG(
     doc_md=__doc__,
 ) as dag:
     tasks = {task_id: BashOperator(task_id=task_id, bash_command=command) for task_id, command in COMMANDS.items()}
-    scores = [tasks[f"score_{name}"] for name in DETECTORS]
-    tasks["ingest"] >> tasks["quality_gate"] >> tasks["profiles"] >> tasks["embeddings"] >> scores
-    scores >> tasks["alerts"] >> tasks["report"]
+    steps = ["ingest", "quality_gate", "profiles", "embeddings", *(f"score_{name}" for name in DETECTORS), "alerts"]
+    for before, after in itertools.pairwise(steps):
+        tasks[before] >> tasks[after]
+    tasks["alerts"] >> tasks["report"]
+    tasks[f"score_{DETECTORS[-1]}"] >> tasks["vacuum"]
