@@ -3,7 +3,11 @@
 One world (the realistic profile) is generated into a scratch lake, then ``argus batch nightly``
 runs on its last day exactly as a user runs it: one spark-submit, all four detectors fitted and
 scored, the date published. Then the same chain again on an untouched copy of the lake at
-``local[1]``, so ``seconds_local1 / seconds`` says how much the second core buys.
+``local[1]``, so ``seconds_local1 / seconds`` says how much the second core buys. The ``local[1]``
+run is held to one CPU (``cpus_local1``, the first this process may use): its spark-submit and every
+process below it (the JVM, the Python workers) get that CPU alone as their affinity. Otherwise the
+JVM's garbage collector and compiler threads and the Python worker beside the task thread use a
+second core (about 1.45 cores were busy), and the ratio would not say whether the chain scales.
 
 What the JSON line holds:
 
@@ -48,7 +52,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -229,10 +233,31 @@ class ChainRun:
     steps_cpu_s: dict[str, float]
 
 
+@contextmanager
+def processes_started_on(cpus: set[int]) -> Iterator[None]:
+    """Processes this thread starts meanwhile, and so every process below them, run on ``cpus`` only.
+
+    Linux keeps an affinity per thread and a new process inherits its starting thread's, so this
+    process's other threads (the memory sampler) keep theirs; the thread's own comes back after.
+    """
+    saved = os.sched_getaffinity(0)  # 0: the calling thread
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, saved)
+
+
 def run_chain(
-    lake: Path, day: Any, master: str, console: Console, spark_conf: dict[str, str] | None = None
+    lake: Path,
+    day: Any,
+    master: str,
+    console: Console,
+    spark_conf: dict[str, str] | None = None,
+    cpus: set[int] | None = None,
 ) -> ChainRun:
-    """``argus batch nightly --date DAY --skip-ingest --master MASTER [--conf K=V ...]`` on ``lake``, measured."""
+    """``argus batch nightly --date DAY --skip-ingest --master MASTER [--conf K=V ...]`` on ``lake``, measured;
+    with ``cpus``, its processes held to those CPUs (``processes_started_on``)."""
     from argus.nightly import NightlyError, NightlyRun, run_nightly_submit
 
     run = NightlyRun(lake, [day], list(DETECTORS), master, spark_conf=dict(spark_conf or {}))
@@ -245,7 +270,8 @@ def run_chain(
         arrivals.append((name, time.monotonic(), sampler.cpu_seconds()))
 
     started = time.monotonic()
-    with sampler.running():
+    pinned = processes_started_on(cpus) if cpus else nullcontext()
+    with sampler.running(), pinned:
         try:
             code = run_nightly_submit(run, console, emit=record)
         except NightlyError as exc:
@@ -331,8 +357,10 @@ def bench_nightly(
             application=chain.application,
         )
         if local1:
-            single = run_chain(lake_local1, day, "local[1]", console)
+            one_cpu = {min(os.sched_getaffinity(0))}
+            single = run_chain(lake_local1, day, "local[1]", console, cpus=one_cpu)
             result.update(
+                cpus_local1=sorted(one_cpu),
                 seconds_local1=single.seconds,
                 steps_local1=single.steps,
                 cpu_s_local1=single.cpu_s,

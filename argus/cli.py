@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
 from typing import Annotated
@@ -56,6 +57,13 @@ LakeUriOption = Annotated[
 ]
 MasterOption = Annotated[str, typer.Option(help="Spark master: local[N], spark://..., yarn, k8s://...")]
 PrintCommandOption = Annotated[bool, typer.Option(help="Print the spark-submit command instead of running it.")]
+SparkConfOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--conf",
+        help="A Spark setting for this run, KEY=VALUE (repeatable); wins over the config file's \\[spark] table.",
+    ),
+]
 
 
 class UserError(Exception):
@@ -242,7 +250,8 @@ def generate(
     """Generate a seeded synthetic world with ground truth (trolls, evaders, fraud rings, churners).
 
     --out DIR writes DIR/events/event_type=T/date=D/part-00000.parquet, DIR/truth/users.parquet,
-    DIR/truth/truth.json and DIR/manifest.json; rerunning overwrites the same files.
+    DIR/truth/truth.json and DIR/manifest.json; rerunning overwrites the same files. It holds DIR's
+    writer lease meanwhile: refused while another run writes that lake.
     --kafka produces each event as JSON to events.<type>, keyed by user_id.
     """
     from argus.world import generate as gen
@@ -272,7 +281,10 @@ def generate(
     expected = gen.expected_events(world)
     summary: dict[str, object] = {"accounts": int(world.pop.n)}
     if out_dir is not None:
-        with progress_bar("writing the lake", total=expected) as advance:
+        with (
+            _holding_lake(out_dir, "argus generate --out"),
+            progress_bar("writing the lake", total=expected) as advance,
+        ):
             manifest = gen.write_world(world, out_dir, fmt, advance)
         summary["events"] = sum(sum(d.values()) for d in manifest["events"].values())
         summary["out"] = str(out_dir)
@@ -347,7 +359,8 @@ def import_(
 
     Every row is mapped, validated like any Kafka record and either written (lake layout
     events/event_type=T/date=D/import-SOURCE.parquet, replaced on re-import; or events.<type>
-    keyed by user_id) or dead-lettered with its reason, row number and original row.
+    keyed by user_id) or dead-lettered with its reason, row number and original row. --out holds
+    the lake's writer lease meanwhile: refused while another run writes that lake.
     """
     from argus.imports import MappingError, SourceError, load_mapping, run_import
     from argus.imports.mapping import source_format
@@ -360,7 +373,10 @@ def import_(
     try:
         rules = load_mapping(mapping)
         total = count_rows(source, source_format(source, rules)) if source.is_file() else None
-        with progress_bar(f"importing {source.name}", total=total) as advance:
+        with (
+            _holding_lake(out_dir, "argus import --out"),
+            progress_bar(f"importing {source.name}", total=total) as advance,
+        ):
             summary = run_import(
                 source,
                 rules,
@@ -397,6 +413,7 @@ def import_(
 def batch_ingest(
     lake: LakeUriOption = "lake",
     master: MasterOption = "local[2]",
+    conf: SparkConfOption = None,
     topics: Annotated[str | None, typer.Option(help="Comma-separated topics; default: every events.* topic.")] = None,
     rerun: Annotated[str | None, typer.Option(help="Read the offset range of this earlier run again.")] = None,
     print_command: PrintCommandOption = False,
@@ -422,7 +439,7 @@ def batch_ingest(
     ]
     if rerun:
         args += ["--rerun", rerun]
-    _spark_submit("ingest", args, master, lake, print_command)
+    _spark_submit("ingest", args, master, lake, print_command, conf)
 
 
 @batch_app.command("quality")
@@ -430,6 +447,7 @@ def batch_quality(
     date_: Annotated[str, typer.Option("--date", help="The lake date to check, YYYY-MM-DD.")],
     lake: LakeUriOption = "lake",
     master: MasterOption = "local[2]",
+    conf: SparkConfOption = None,
     freshness_hours: Annotated[float, typer.Option(help="The newest event must be this close to the day's end.")] = 6.0,
     volume_tolerance: Annotated[float, typer.Option(help="Allowed change in rows against the previous day.")] = 0.5,
     print_command: PrintCommandOption = False,
@@ -442,7 +460,7 @@ def batch_quality(
     _check_date(date_)
     args = ["--lake", str(_lake(lake)), "--date", date_]
     args += ["--freshness-hours", str(freshness_hours), "--volume-tolerance", str(volume_tolerance)]
-    _spark_submit("quality", args, master, lake, print_command)
+    _spark_submit("quality", args, master, lake, print_command, conf)
 
 
 @batch_app.command("profile")
@@ -451,6 +469,7 @@ def batch_profile(
     lake: LakeUriOption = "lake",
     feature_days: Annotated[int, typer.Option(min=1, help="Days of events behind the behaviour features.")] = 30,
     master: MasterOption = "local[2]",
+    conf: SparkConfOption = None,
     print_command: PrintCommandOption = False,
 ) -> None:
     """Per-user profiles: 1/7/30-day and lifetime activity, context-aware chat, click, payment, account.
@@ -459,7 +478,7 @@ def batch_profile(
     """
     _check_date(date_)
     args = ["--lake", str(_lake(lake)), "--date", date_, "--feature-days", str(feature_days)]
-    _spark_submit("profiles", args, master, lake, print_command)
+    _spark_submit("profiles", args, master, lake, print_command, conf)
 
 
 @batch_app.command("embed")
@@ -475,6 +494,7 @@ def batch_embed(
         ),
     ] = 1,
     master: MasterOption = "local[2]",
+    conf: SparkConfOption = None,
     print_command: PrintCommandOption = False,
 ) -> None:
     """Time-aware behaviour-sequence embeddings: event and time-gap tokens, Word2Vec, time-decay pooling.
@@ -484,7 +504,7 @@ def batch_embed(
     _check_date(date_)
     args = ["--lake", str(_lake(lake)), "--date", date_, "--days", str(days), "--dim", str(dim)]
     args += ["--word2vec-partitions", str(word2vec_partitions)]
-    _spark_submit("embed", args, master, lake, print_command)
+    _spark_submit("embed", args, master, lake, print_command, conf)
 
 
 @batch_app.command("score")
@@ -496,6 +516,7 @@ def batch_score(
     model: Annotated[Path | None, typer.Option(help="A saved model; without it, fit on the same night.")] = None,
     alerts: Annotated[bool, typer.Option(help="Produce the alerts to the alerts.* topics.")] = False,
     master: MasterOption = "local[2]",
+    conf: SparkConfOption = None,
     print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
@@ -512,7 +533,7 @@ def batch_score(
         args += ["--model", str(model.resolve())]
     if alerts:
         args += ["--bootstrap", _servers(bootstrap)]
-    _spark_submit("score", args, master, lake, print_command)
+    _spark_submit("score", args, master, lake, print_command, conf)
 
 
 @batch_app.command("nightly")
@@ -540,13 +561,7 @@ def batch_nightly(
             min=1, help="The embed step's Word2Vec training tasks: more train on more cores, with noisier vectors."
         ),
     ] = 1,
-    conf: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--conf",
-            help="A Spark setting for this run, KEY=VALUE (repeatable); wins over the config file's [spark] table.",
-        ),
-    ] = None,
+    conf: SparkConfOption = None,
     print_command: PrintCommandOption = False,
     bootstrap: BootstrapOption = None,
 ) -> None:
@@ -558,13 +573,9 @@ def batch_nightly(
     place, and a rerun replaces the date's outputs with the same alert ids. A failing quality gate
     stops the chain (exit 1). Step results go to stdout as JSON lines; Spark's log to LAKE/_logs/.
     """
-    from argus.infra.spark import parse_spark_conf
     from argus.nightly import NightlyError, NightlyRun, nightly_command, run_nightly_submit
 
-    try:
-        spark_conf = parse_spark_conf(conf or [])
-    except ValueError as exc:
-        raise UserError(str(exc)) from exc
+    spark_conf = _spark_conf(conf)
     names = [d for d in detectors.split(",") if d]
     unknown = [d for d in names if d not in DETECTOR_NAMES]
     if unknown:
@@ -627,8 +638,8 @@ def _check_date(value: str) -> None:
         raise UserError(f"--date must be YYYY-MM-DD, not {value!r}") from exc
 
 
-# The jobs that publish to the lake, each holding its writer lease for the run (jobs/entry.py).
-_LAKE_WRITERS = frozenset({"ingest", "profiles", "embed", "score", "nightly"})
+# The jobs that write the lake, each holding its writer lease for the run (jobs/entry.py).
+_LAKE_WRITERS = frozenset({"ingest", "quality", "profiles", "embed", "score", "nightly"})
 
 
 def _check_no_writer(lake: str | Path) -> None:
@@ -641,6 +652,33 @@ def _check_no_writer(lake: str | Path) -> None:
         raise UserError(str(exc)) from exc
 
 
+@contextmanager
+def _holding_lake(lake: Path | None, command: str) -> Iterator[None]:
+    """Hold ``lake``'s writer lease while this process writes it (no lake: nothing to hold); another
+    writer holding it is one line naming that writer."""
+    if lake is None:
+        yield
+        return
+    import shutil
+
+    from argus.jobs.lake import LEASES, LeaseHeld, WriterLease
+
+    new = not lake.exists()
+    lease = WriterLease(lake, command)
+    try:
+        lease.acquire()
+    except LeaseHeld as exc:
+        raise UserError(str(exc)) from exc
+    try:
+        yield
+    except BaseException:
+        lease.release()
+        if new and [p.name for p in lake.iterdir()] == [LEASES]:
+            shutil.rmtree(lake)  # failed before writing anything: no lake left behind for a mistake
+        raise
+    lease.release()
+
+
 def _lake(value: str) -> Path | str:
     """``--lake`` as a folder or, for object storage, the URI itself (never resolved as a local path)."""
     from argus.jobs.lake import LakeError, lake_location
@@ -651,16 +689,30 @@ def _lake(value: str) -> Path | str:
         raise UserError(str(exc)) from exc
 
 
-def _spark_submit(job: str, args: list[str], master: str, lake: str, print_command: bool) -> None:
-    """Run ``jobs/<job>.py`` through spark-submit; its last stdout line (JSON) is the result."""
+def _spark_conf(pairs: list[str] | None) -> dict[str, str]:
+    """``--conf KEY=VALUE`` options as Spark settings; a malformed one is one line saying what to give."""
+    from argus.infra.spark import parse_spark_conf
+
+    try:
+        return parse_spark_conf(pairs or [])
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _spark_submit(
+    job: str, args: list[str], master: str, lake: str, print_command: bool, conf: list[str] | None = None
+) -> None:
+    """Run ``jobs/<job>.py`` through spark-submit, with ``conf`` (``--conf KEY=VALUE``) over the configured
+    Spark settings; its last stdout line (JSON) is the result."""
     import subprocess
 
     from argus.infra.spark import environment_for_submit, py_files_archive, submit_command
 
+    extra = _spark_conf(conf)
     if job in _LAKE_WRITERS and not print_command:
         _check_no_writer(lake)  # before Spark starts: the job itself would only refuse after it did
     with err.status("fetching the Spark Kafka connector's jars (first run only)..."):
-        cmd = submit_command(job, args, master=master, py_files=py_files_archive())
+        cmd = submit_command(job, args, master=master, py_files=py_files_archive(), extra=extra)
     if print_command:
         print(shlex.join(cmd))
         return
@@ -926,7 +978,8 @@ def bench_nightly(
     """The whole nightly chain (all four detectors) on a generated world, then again at local[1].
 
     Keys: seconds, steps (seconds per step), driver_peak_rss_mb, executor_peak_mb, rss_peak_mb (per
-    part), seconds_local1, ratio_local1 (seconds_local1 / seconds), events, alerts, generate_s and the
+    part), seconds_local1, ratio_local1 (seconds_local1 / seconds), cpus_local1 (the one CPU the local[1]
+    run and every process below it are held to), events, alerts, generate_s and the
     load average before and after (see argus/bench_nightly.py for what each figure measures).
     """
     from argus.bench_nightly import BenchNightlyError
@@ -1391,8 +1444,9 @@ def alerts_publish(
 ) -> None:
     """Produce a night's alerts from LAKE/alerts/ to the alerts.* topics, keyed by alert id (a rerun
     writes the same keys). The scheduler's step after scoring; prints the records per topic as JSON."""
+    from argus.jobs.alert_blocks import AlertFileError
     from argus.preflight import PreflightError
-    from argus.publish_alerts import PublishError, publish_night
+    from argus.publish_alerts import publish_night
 
     day = _parse_date(date_, "--date")
     names = [d for d in detectors.split(",") if d]
@@ -1402,7 +1456,7 @@ def alerts_publish(
         raise UserError(f"--detectors: unknown detector {named!r}; choose from {', '.join(DETECTOR_NAMES)}")
     try:
         produced = publish_night(lake, day, names, bootstrap)  # each line read once, straight to the producer
-    except (PublishError, PreflightError) as exc:
+    except (AlertFileError, PreflightError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps({"date": day.isoformat(), "produced": produced}))
 

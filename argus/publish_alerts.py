@@ -21,15 +21,8 @@ from datetime import date
 from itertools import chain
 from pathlib import Path
 
+from argus.jobs.alert_blocks import AlertFileError, alerts_file, read_alerts
 from argus.schemas.models import Alert
-
-
-class PublishError(ValueError):
-    """The night's alert files are missing or unreadable; the message says which and what to run."""
-
-
-def alerts_file(lake: Path, detector: str, day: date) -> Path:
-    return lake / "alerts" / f"detector={detector}" / f"date={day.isoformat()}" / "alerts.jsonl"
 
 
 def night_files(lake: Path, day: date, detectors: list[str]) -> list[Path]:
@@ -38,7 +31,7 @@ def night_files(lake: Path, day: date, detectors: list[str]) -> list[Path]:
     for detector in detectors:
         path = alerts_file(lake, detector, day)
         if not path.is_file():
-            raise PublishError(
+            raise AlertFileError(
                 f"no {detector} alerts for {day} at {path}; score that night first "
                 f"(`argus batch score --detector {detector} --date {day}` or `argus batch nightly --date {day}`)"
             )
@@ -48,7 +41,7 @@ def night_files(lake: Path, day: date, detectors: list[str]) -> list[Path]:
 
 def publish_night(lake: Path, day: date, detectors: list[str], bootstrap: str | None = None) -> dict[str, int]:
     """Produce the alerts of ``day`` for ``detectors`` to their topics; the records produced per topic
-    (``{}`` for a night without alerts). ``PublishError`` for a missing file or a broken line,
+    (``{}`` for a night without alerts). ``AlertFileError`` for a missing file or a broken line,
     ``argus.preflight.PreflightError`` when no broker answers."""
     from argus.infra.clients import publish_alerts
     from argus.preflight import require_broker
@@ -61,18 +54,7 @@ def publish_night(lake: Path, day: date, detectors: list[str], bootstrap: str | 
 
 def night_alerts(lake: Path, day: date, detectors: list[str]) -> Iterator[Alert]:
     """Every alert of ``day`` for ``detectors``, detector by detector in file order, each line parsed once
-    as it is read. Every file must exist: a missing one raises ``PublishError`` here, before any is read;
-    a line that is not an alert raises it when the iteration reaches that line."""
-    return _read_alerts(night_files(lake, day, detectors))
-
-
-def _read_alerts(files: list[Path]) -> Iterator[Alert]:
-    for path in files:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    yield Alert.model_validate_json(line)
-                except ValueError as exc:
-                    raise PublishError(f"{path}:{number} is not an alert: {str(exc).splitlines()[0]}") from exc
+    as it is read (``argus.jobs.alert_blocks.read_alerts``). Every file must exist: a missing one raises
+    ``AlertFileError`` here, before any is read; a line that is not an alert raises it, naming the file
+    and line, when the iteration reaches that line."""
+    return read_alerts(night_files(lake, day, detectors))

@@ -163,31 +163,37 @@ def _sets(frame: pd.DataFrame, column: str, users: pd.Index) -> pd.Series:
 
 
 def candidate_pairs(
-    profiles: pd.DataFrame, candidates: int = MATCH_CANDIDATES, retrieved: int = RETRIEVED
+    profiles: pd.DataFrame,
+    candidates: int = MATCH_CANDIDATES,
+    retrieved: int = RETRIEVED,
+    children: Iterable[str] | None = None,
 ) -> pd.DataFrame:
     """(child, parent) pairs: each new account against the accounts banned before it was created.
 
     The ``candidates`` bans closest in time before the creation, plus the ``retrieved`` nearest
-    banned accounts by account embedding (FAISS inner product) among all banned before it.
+    banned accounts by account embedding (FAISS inner product) among all banned before it. With
+    ``children``, those new accounts' pairs only: a child's pairs depend on it and the banned accounts alone.
     """
-    children = profiles[profiles["created_ts"].notna()]
+    new = profiles[profiles["created_ts"].notna()]
+    if children is not None:
+        new = new[new.index.astype(str).isin(pd.Index(list(children)).astype(str))]
     parents = profiles[profiles["banned_ts"].notna()]
-    if children.empty or parents.empty:
+    if new.empty or parents.empty:
         return pd.DataFrame({"child": pd.Series(dtype=object), "parent": pd.Series(dtype=object)})
     ban_order = parents["banned_ts"].sort_values(kind="stable")
-    before = np.searchsorted(_nanoseconds(ban_order), _nanoseconds(children["created_ts"]), side="left")
+    before = np.searchsorted(_nanoseconds(ban_order), _nanoseconds(new["created_ts"]), side="left")
     first = np.maximum(before - candidates, 0)
     counts = before - first
     # Child i's parents are ban_order[first[i] : before[i]], laid end to end.
     starts = np.repeat(np.cumsum(counts) - counts, counts)
     closest = np.repeat(first, counts) + np.arange(int(counts.sum())) - starts
-    found = [(np.repeat(np.arange(len(children)), counts), ban_order.index.to_numpy()[closest])]
+    found = [(np.repeat(np.arange(len(new)), counts), ban_order.index.to_numpy()[closest])]
     if retrieved:
-        found.append(_retrieved_pairs(children, parents, retrieved))
+        found.append(_retrieved_pairs(new, parents, retrieved))
     child_rows = np.concatenate([rows for rows, _ in found])
     pairs = pd.DataFrame(
         {
-            "child": children.index.astype(str).to_numpy()[child_rows],
+            "child": new.index.astype(str).to_numpy()[child_rows],
             "parent": pd.Index(np.concatenate([parents for _, parents in found])).astype(str),
         }
     ).drop_duplicates()
@@ -588,15 +594,29 @@ class EvaderDetector(Detector):
         features: pd.DataFrame,
         fingerprint_accounts: FingerprintAccounts | None = None,
         children: Iterable[str] | None = None,
+        text_accounts: pd.Index | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Candidate pairs and their features (``fingerprint_accounts``: see ``pair_features``); with
-        ``children``, only those new accounts' pairs, their features as computed among all pairs."""
-        pairs = candidate_pairs(features, self.params["candidates"], self.params["retrieved"])
-        if children is None:
-            return pairs, pair_features(features, pairs, fingerprint_accounts)
-        involved = pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
-        pairs = pairs[pairs["child"].isin(pd.Index(children).astype(str))].reset_index(drop=True)
+        ``children``, only those new accounts' pairs, their features as computed among all pairs.
+
+        Words are weighed over ``text_accounts``, by default the accounts of all candidate pairs (with
+        ``children`` all pairs are then found first); given them (``pair_accounts`` over every share of
+        the new accounts), only the children's pairs are found."""
+        candidates, retrieved = self.params["candidates"], self.params["retrieved"]
+        if children is None or text_accounts is not None:
+            pairs = candidate_pairs(features, candidates, retrieved, children)
+            return pairs, pair_features(features, pairs, fingerprint_accounts, text_accounts)
+        pairs = candidate_pairs(features, candidates, retrieved)
+        involved = _accounts_of(pairs)
+        pairs = pairs[pairs["child"].isin(pd.Index(list(children)).astype(str))].reset_index(drop=True)
         return pairs, pair_features(features, pairs, fingerprint_accounts, text_accounts=involved)
+
+    def pair_accounts(self, features: pd.DataFrame, children: Iterable[str]) -> pd.Index:
+        """The accounts of ``children``'s candidate pairs, both sides. Their union over shares of the new
+        accounts is what weighs the words when all are scored together: given it as ``text_accounts``,
+        each share scores as all at once (``score_accounts(users=..., text_accounts=...)``)."""
+        pairs = candidate_pairs(_complete(features), self.params["candidates"], self.params["retrieved"], children)
+        return _accounts_of(pairs)
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         """``labels``: known child -> parent user ids (other new accounts count as not evading)."""
@@ -669,10 +689,12 @@ class EvaderDetector(Detector):
         features: pd.DataFrame,
         fingerprint_accounts: FingerprintAccounts | None = None,
         children: Iterable[str] | None = None,
+        text_accounts: pd.Index | None = None,
     ) -> pd.DataFrame:
         """Every candidate pair with its probability and rank among the child's candidates (1 = best);
-        with ``children``, those new accounts' pairs only (the same rows, at a fraction of the cost)."""
-        pairs, x = self.pairs(_complete(features), fingerprint_accounts, children)
+        with ``children``, those new accounts' pairs only (the same rows, at a fraction of the cost;
+        ``text_accounts``: see ``pairs``)."""
+        pairs, x = self.pairs(_complete(features), fingerprint_accounts, children, text_accounts)
         out = pd.concat([pairs, x], axis=1)
         out["probability"] = self.pair_probabilities(x)
         out["rank"] = out.groupby("child")["probability"].rank(ascending=False, method="first")
@@ -682,19 +704,30 @@ class EvaderDetector(Detector):
         return self.score_accounts(features)
 
     def score_accounts(
-        self, features: pd.DataFrame, fingerprint_accounts: FingerprintAccounts | None = None
+        self,
+        features: pd.DataFrame,
+        fingerprint_accounts: FingerprintAccounts | None = None,
+        users: Iterable[str] | None = None,
+        text_accounts: pd.Index | None = None,
     ) -> pd.DataFrame:
-        """``score`` with the fingerprints' account counts given (see ``pair_features``)."""
+        """``score`` with the fingerprints' account counts given (see ``pair_features``); with ``users``,
+        those accounts' rows only, each scored as among all of ``features``. With ``text_accounts`` too
+        (``pair_accounts`` of every share) only their own pairs are computed: so the new accounts of one
+        population can be scored a share at a time, by as many tasks as there are shares."""
         self.require_fitted()
-        matches = self.match(features, fingerprint_accounts)
+        own = features
+        if users is not None:
+            own = features[features.index.astype(str).isin(pd.Index(list(users)).astype(str))]
+        children = None if users is None else own.index[own["created_ts"].notna().to_numpy()].astype(str)
+        matches = self.match(features, fingerprint_accounts, children, text_accounts)
         best_rows = matches[matches["rank"] == 1] if len(matches) else matches
         best = {str(row["child"]): row for row in best_rows.to_dict("records")}  # each new account's best pair
-        scores = np.full(len(features), np.nan)
+        scores = np.full(len(own), np.nan)
         status: list[str] = []
         reasons: list[list[Reason]] = []
-        created = features["created_ts"].notna().to_numpy()
-        incomplete = ~_complete_mask(features)
-        for i, user in enumerate(features.index.astype(str)):
+        created = own["created_ts"].notna().to_numpy()
+        incomplete = ~_complete_mask(own)
+        for i, user in enumerate(own.index.astype(str)):
             if not created[i]:
                 status.append("not a new account: no sign-up in these events")
                 reasons.append([])
@@ -710,7 +743,11 @@ class EvaderDetector(Detector):
                 scores[i] = float(row["probability"])
                 status.append(SCORED)
                 reasons.append(_pair_reasons(row))
-        return score_frame(features.index, scores, scores >= 0.5, status, reasons)
+        return score_frame(own.index, scores, scores >= 0.5, status, reasons)
+
+
+def _accounts_of(pairs: pd.DataFrame) -> pd.Index:
+    return pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
 
 
 def _fingerprint_match(x: pd.DataFrame) -> np.ndarray:

@@ -27,6 +27,7 @@ from typing import Any
 
 from argus.infra import maven
 from argus.infra.maven import argus_home
+from argus.infra.procfs import is_running, process_stat
 from argus.infra.security import ADMIN, PRINCIPALS, SecureMaterial, apply_acls, write_private
 
 KAFKA_DIR = Path(__file__).parent / "kafka"
@@ -138,16 +139,19 @@ class LocalBroker:
         return self.home / "logs" / "server.log"
 
     def pid(self) -> int | None:
-        """The broker's pid if its process is alive."""
+        """The broker's pid while its process runs; the pid file also names the process's start, so a
+        pid the system has since given to another process does not count."""
         try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            pid_text, _, started = self.pid_file.read_text().partition(" ")
+            pid, start = int(pid_text), int(started) if started else None
+        except (FileNotFoundError, ValueError):
             return None
-        # A recycled pid that is not our JVM does not count.
-        cmdline = Path(f"/proc/{pid}/cmdline")
-        if cmdline.exists() and b"kafka.Kafka" not in cmdline.read_bytes():
+        if not is_running(pid, start):
             return None
+        if start is None:  # a pid file written before starts were recorded: the pid must still be a Kafka JVM
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists() and b"kafka.Kafka" not in cmdline.read_bytes():
+                return None
         return pid
 
     def is_running(self) -> bool:
@@ -206,7 +210,8 @@ class LocalBroker:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        self.pid_file.write_text(str(process.pid))
+        stat = process_stat(process.pid)
+        self.pid_file.write_text(f"{process.pid} {stat.started}" if stat is not None else str(process.pid))
         (self.home / "broker.json").write_text(json.dumps({"port": self.port, "secure": self.secure}))
         self._wait_ready(timeout, process)
         if self.secure:
@@ -222,7 +227,7 @@ class LocalBroker:
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not _alive(pid):
+            if not is_running(pid):
                 break
             time.sleep(0.2)
         else:
@@ -346,13 +351,3 @@ class LocalBroker:
 def _quote_java_arg(arg: str) -> str:
     """One argument of a Java @argfile: quoted, with backslashes and quotes escaped."""
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie child of this process counts as gone.
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")

@@ -20,8 +20,9 @@ What each block's task reads, per detector:
   account's. Other blocks hold no new account, so nothing there is flagged.
 
 ``write_alerts`` has Spark write them, sorted by alert id, to ``LAKE/alerts/detector=X/date=D/alerts.jsonl``
-(one ``argus.schemas.Alert`` per line) through the run's publication; ``read_alerts`` streams such a file
-back one alert at a time, for producing to Kafka.
+(one ``argus.schemas.Alert`` per line) through the run's publication; ``read_alerts`` streams such files
+back one alert at a time, for producing to Kafka (the nightly chain, ``argus batch score``, ``argus alerts
+publish``): the one reader of alert files.
 """
 
 from __future__ import annotations
@@ -51,8 +52,17 @@ FLAGGED_SCHEMA = "block long, flagged_rows binary"
 _SCORE_ROW = ["user_id", "score", "flagged", "status", "reasons_data"]
 
 
+class AlertFileError(ValueError):
+    """A night's alert file is missing or holds a line that is not an alert; the message names the file
+    (and line) and what to run."""
+
+
 def alerts_folder(lake: Path, detector: str, day: date) -> Path:
     return lake / "alerts" / f"detector={detector}" / f"date={day.isoformat()}"
+
+
+def alerts_file(lake: Path, detector: str, day: date) -> Path:
+    return alerts_folder(lake, detector, day) / "alerts.jsonl"
 
 
 def alert_rows(
@@ -187,11 +197,18 @@ def write_alerts(publication: Publication, lake: Path, detector: str, day: date,
 
 
 def read_alerts(paths: Iterable[Path]) -> Iterator[Alert]:
-    """The alerts of ``paths`` (``alerts.jsonl`` files), one line at a time: never a whole file in memory."""
+    """The alerts of ``paths`` (``alerts.jsonl`` files) in file order, each line parsed once as it is read:
+    never a whole file in memory. A line that is not an alert raises ``AlertFileError`` naming its file
+    and line when the iteration reaches it; the alerts before it have been yielded."""
     from argus.schemas.models import Alert
 
     for path in paths:
         with path.open(encoding="utf-8") as lines:
-            for line in lines:
-                if line.strip():
-                    yield Alert.model_validate_json(line)
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    alert = Alert.model_validate_json(line)
+                except ValueError as exc:
+                    raise AlertFileError(f"{path}:{number} is not an alert: {str(exc).splitlines()[0]}") from exc
+                yield alert

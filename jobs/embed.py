@@ -25,7 +25,9 @@ vectors on its share of the sequences and the copies are merged after every iter
 merges, so the vectors are noisier and drift further from the one-partition ones as N grows (MLlib
 advises keeping N small, or more iterations to recover). The token vocabulary and the pooling are the
 same; the default stays one partition so that a night's embeddings, and the evaluations built on them,
-do not change with the cluster's size.
+do not change with the cluster's size. Either way Word2Vec reads the sequences sorted by user from one
+partition, so its vocabulary's numbering and the order it trains in do not depend on the cores or
+the shuffle partitions.
 """
 
 from __future__ import annotations
@@ -155,7 +157,10 @@ def run_embed(
         inputCol="words",
         numPartitions=word2vec_partitions,
     )
-    model = word2vec.fit(docs)
+    # Word2Vec numbers its vocabulary in the order the word counts are collected and trains on the
+    # sequences in the order they come: both follow the input's partitions, which follow the cores
+    # and the shuffle. Handed one partition sorted by user, it learns the same vectors on any master.
+    model = word2vec.fit(docs.orderBy("user_id").coalesce(1))
     vectors = {row["word"]: np.asarray(row["vector"].toArray()) for row in model.getVectors().collect()}
     table = spark.sparkContext.broadcast(vectors)
 

@@ -16,7 +16,8 @@ rows; what a feature needs from everybody is aggregated by Spark first and hande
   and every account on one of their devices or networks (found with Spark joins, ``evader_core``),
   because new accounts are paired with banned ones and a shared fingerprint is weighed by the
   accounts using it. The other blocks are users by hash; they hold no new account, so their
-  scores need nobody else. Block 0 grows with new and banned accounts, not with all users.
+  scores need nobody else. Block 0 grows with new and banned accounts, not with all users; it is
+  scored by several tasks, a share of its accounts each (``evader_core_shares``).
 * ``churn``: each block's daily activity (``daily_activity``) is built by its task; Spark then
   aggregates what the features need from everybody (``ChurnPopulation``: the last day, the mode,
   the series' days without outages, and in purchase mode BG/NBD fitted on every customer's
@@ -57,6 +58,8 @@ if TYPE_CHECKING:
 BLOCK_USERS = 5_000  # users per block: a churn block (90 days x 8 channels) is ~30 MB pickled
 PROFILE_SHARDS_MIN = 2
 BLOCK_SCHEMA = "block long, users long, frame binary"
+# A block to be scored a share of its users at a time (``evader_core_shares``): share k of ``shares``.
+SHARED_SCHEMA = f"{BLOCK_SCHEMA}, share int, shares int"
 
 
 def window_events(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame | None:
@@ -193,6 +196,53 @@ def evader_blocks(
         "_block", F.when(F.col("_core"), F.lit(0).cast("long")).otherwise(hashed_block(F.col("user_id"), blocks))
     )
     return _blocks_by_key(keyed.drop("_core"), lambda rows: detector.features(events_from_wide(rows, columns)))
+
+
+def evader_core_shares(blocks: DataFrame, share_users: int) -> tuple[DataFrame, int]:
+    """``blocks`` with ``share`` and ``shares`` (``SHARED_SCHEMA``), for scoring, and the core's shares: the
+    core (block 0) once per share of its accounts, about ``share_users`` each, every share in a partition
+    of its own, so that as many tasks score it; every other block once, as its only share.
+
+    A task scores its share's accounts (``share_of``) among the whole core
+    (``EvaderDetector.score_accounts(features, users=..., text_accounts=...)``): a new account's pairs
+    need the core's banned accounts and fingerprint counts, which every share's copy holds, and the
+    accounts of all the core's pairs, whose words weigh theirs (``jobs/score.py``'s
+    ``core_pair_accounts`` finds them a share at a time first), so each score is the one the whole core
+    gives. Without this the core, the largest block, is scored by one task.
+    """
+    from pyspark.sql import functions as F
+
+    whole = whole_shares(blocks)
+    core = blocks.where(F.col("block") == 0).select("block", "users", "frame")
+    found = core.select("users").first()
+    shares = -(-int(found["users"]) // max(share_users, 1)) if found is not None else 1
+    if shares <= 1:
+        return whole, 1
+    copies = core.rdd.flatMap(lambda row: [(share, (*row, share, shares)) for share in range(shares)])
+    spread = copies.partitionBy(shares, lambda share: share).values()  # share k in partition k
+    shared = blocks.sparkSession.createDataFrame(spread, SHARED_SCHEMA)
+    return shared.unionByName(whole.where(F.col("block") != 0)), shares
+
+
+def whole_shares(blocks: DataFrame) -> DataFrame:
+    """``blocks`` as ``SHARED_SCHEMA`` rows, each block its only share."""
+    from pyspark.sql import functions as F
+
+    return blocks.select("block", "users", "frame", F.lit(0).alias("share"), F.lit(1).alias("shares"))
+
+
+def share_of(user_ids: pd.Index, share: int, shares: int) -> pd.Index:
+    """The users of ``user_ids`` in share ``share`` of ``shares``, by a stable hash of the user id."""
+    return user_ids[user_block(user_ids, shares) == share + 1]
+
+
+def iterate_shares(batches: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame, pd.Index | None]]:
+    """(block number, features, the share's users or None for the whole block) for every ``SHARED_SCHEMA`` row."""
+    for batch in batches:
+        rows = zip(batch["block"], batch["frame"], batch["share"], batch["shares"], strict=True)
+        for number, blob, share, shares in rows:
+            features = unpack(blob)
+            yield int(number), features, None if shares == 1 else share_of(features.index, int(share), int(shares))
 
 
 def evader_core(window: DataFrame, columns: dict[str, list[str]]) -> DataFrame:

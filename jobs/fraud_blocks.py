@@ -29,6 +29,10 @@ No pass collects payments or users to the driver: it receives the per-currency a
 counts, a few maxima and the user count. Each figure is computed as the pandas path computes it
 (the same functions on the same rows in the same order, or exact Spark aggregates: counts, maxima
 and ``percentile``, whose median is the pandas median), so the blocks equal ``FraudDetector.features``.
+
+Parallelism: the payment and account tables are built by ``spark.sql.shuffle.partitions`` tasks (by
+user; a type read from the lake is often one partition), and the passes run with adaptive execution's
+partition coalescing off, so a small shuffle still gives every core a share of the per-block pandas work.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ USER_LOOKUPS = (
     "user_instrument_accounts",
     "user_payee_fan_in",
 )
+COALESCE_PARTITIONS = "spark.sql.adaptive.coalescePartitions.enabled"
 
 
 def fraud_blocks(
@@ -76,6 +81,11 @@ def fraud_blocks(
 
     spark = window.sparkSession
     persisted: list[DataFrame] = []
+    # Each pass's work is per block of users in pandas, not per byte shuffled: adaptive execution would
+    # merge a pass's small shuffle partitions into one or two tasks (its lookups, its entity figures)
+    # and leave a core idle, so every shuffle keeps its spark.sql.shuffle.partitions tasks here.
+    coalescing = str(spark.conf.get(COALESCE_PARTITIONS, "true"))
+    spark.conf.set(COALESCE_PARTITIONS, "false")
 
     def keep(frame: DataFrame) -> DataFrame:
         # Computed once on the executors and cut from its lineage: each pass plans over the last
@@ -158,6 +168,7 @@ def fraud_blocks(
         built.count()  # built while the passes are kept; the caller unpersists the blocks
         return built
     finally:
+        spark.conf.set(COALESCE_PARTITIONS, coalescing)
         for frame in persisted:
             frame.unpersist()
 
@@ -179,7 +190,7 @@ def _payments(window: DataFrame, columns: dict[str, list[str]]) -> DataFrame:
             pay["hour"] = ((pay["t"] // 3_600) % 24).astype("int64")
             yield pay[[c.split()[0] for c in PAY_SCHEMA.split(", ")]]
 
-    return window.where(F.col("event_type") == "payment").mapInPandas(table, PAY_SCHEMA)
+    return _spread(window.where(F.col("event_type") == "payment")).mapInPandas(table, PAY_SCHEMA)
 
 
 def _accounts(window: DataFrame, columns: dict[str, list[str]]) -> DataFrame:
@@ -201,7 +212,16 @@ def _accounts(window: DataFrame, columns: dict[str, list[str]]) -> DataFrame:
                 }
             )
 
-    return window.where(F.col("event_type") == "account").mapInPandas(table, ACCOUNT_SCHEMA)
+    return _spread(window.where(F.col("event_type") == "account")).mapInPandas(table, ACCOUNT_SCHEMA)
+
+
+def _spread(events: DataFrame) -> DataFrame:
+    """``events`` over spark.sql.shuffle.partitions partitions by user: an event type read from the lake
+    (or the window's cache) is often one partition, which would make its table one task's work."""
+    from pyspark.sql import functions as F
+
+    partitions = int(events.sparkSession.conf.get("spark.sql.shuffle.partitions") or 200)
+    return events.repartition(partitions, F.col("user_id"))
 
 
 def _strings(frame: pd.DataFrame, column: str) -> pd.Series:

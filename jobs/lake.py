@@ -23,7 +23,8 @@ crashes before its manifest leaves the previous night fully visible. Older manif
 previous nights: ``manifest_before`` / ``version=`` read them (until VACUUM removes their files).
 
 Manifests and rollbacks assume one writer at a time: every run that writes (the nightly chain and
-the batch jobs, ingest, ``argus forget``, a VACUUM that deletes) holds the lake's writer lease,
+the batch jobs, ingest, ``argus generate --out``, ``argus import --out``, ``argus forget``, a VACUUM that
+deletes) holds the lake's writer lease,
 ``WriterLease`` (``LAKE/_lease/<generation>.json``), and a second writer is refused with the holder named.
 
 Locations: a local folder (the default) or a URI Spark's Hadoop file systems know (``s3a://``,
@@ -74,6 +75,7 @@ from argus.detectors.lake_tables import read_file as read_file
 from argus.detectors.lake_tables import read_manifest as read_manifest
 from argus.detectors.lake_tables import read_pandas as read_pandas
 from argus.detectors.lake_tables import table_location as table_location
+from argus.infra.procfs import is_running, process_stat
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -383,7 +385,8 @@ class LeaseHolder:
         """Why the lease is free to take: released, its process gone, or expired; None while it is held."""
         if self.released:
             return "released"
-        if self.host == socket.gethostname() and not _process_alive(self.pid, self.process_start):
+        started = int(self.process_start) if self.process_start else None  # "" where it was unknown
+        if self.host == socket.gethostname() and not is_running(self.pid, started):
             return "its process is gone"
         silent = (now if now is not None else time.time()) - self.heartbeat
         if silent > ttl_seconds:
@@ -455,7 +458,7 @@ class WriterLease:
                     os.getpid(),
                     datetime.now(UTC).isoformat(timespec="seconds"),
                     time.time(),
-                    _process_start(os.getpid()),
+                    _own_start(),
                 )
                 if not _create_exclusive(self.lake, _lease_file(mine.generation), _lease_bytes(mine)):
                     continue
@@ -614,23 +617,10 @@ def _delete_file(lake: Lake, relative: str) -> None:
         fs.delete_file(f"{root}/{relative}")
 
 
-def _process_start(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux ``/proc``); "" where unknown."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return ""
-
-
-def _process_alive(pid: int, started: str) -> bool:
-    """Whether ``pid`` runs on this host and is the process that started at ``started`` (not a reuse)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process: alive
-    return not started or _process_start(pid) in ("", started)
+def _own_start() -> str:
+    """This process's ``ProcessStat.started``, as the lease records it; "" where ``/proc`` is missing."""
+    stat = process_stat(os.getpid())
+    return "" if stat is None else str(stat.started)
 
 
 def put_file(lake: Lake, relative: str, data: bytes) -> None:

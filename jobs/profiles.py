@@ -139,10 +139,13 @@ def chat_features(chat: DataFrame) -> DataFrame:
         .withColumn("gap", F.unix_timestamp("ts") - F.unix_timestamp(F.lag("ts").over(by_time)))
     )
     user_slot = enriched.groupBy("user_id", "context", "slot").agg(F.count(F.lit(1)).alias("in_slot"))
+    # Averaged as decimals, whose sums are exact: a float sum's rounding depends on the order of its
+    # terms, which here follows how the windows are split across partitions (the cores, the shuffle).
+    rate = (F.col("in_slot") / F.col("slot_mean")).cast("decimal(38,18)")
     slot_norm = (
         user_slot.withColumn("slot_mean", F.avg("in_slot").over(per_user_slot))
         .groupBy("user_id")
-        .agg(F.avg(F.col("in_slot") / F.col("slot_mean")).alias("chat_rate_vs_window"))
+        .agg(F.avg(rate).cast("double").alias("chat_rate_vs_window"))
     )
 
     def share(condition: Column) -> Column:

@@ -227,7 +227,7 @@ def main(argv: list[str]) -> int:
         result = {"passed": report.passed, "date": report.day, "rows": report.rows, "results": report.results_path}
         return result, 0 if report.passed else 1
 
-    return run_job(parser, argv, gate)
+    return run_job(parser, argv, gate, lease="argus batch quality")
 
 
 if __name__ == "__main__":

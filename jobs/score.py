@@ -15,7 +15,9 @@ Scoring runs on the executors; the driver's memory does not grow with the number
   Purchase-mode churn keeps its fitted BG/NBD in the model, so scoring reads each customer's own
   history only.
 * **Score**: the fitted model goes to the executors as a broadcast variable, ``mapInPandas`` runs
-  the detector's own ``score`` on one block at a time, and the executors write the scores.
+  the detector's own ``score`` on one block at a time, and the executors write the scores. Evaders'
+  core, whose accounts score together, goes to several tasks, each scoring a share of its accounts
+  among the whole core (``evader_core_shares``), with the scores one task would give.
 * **Alerts**: built on the executors too, block by block (``jobs/alert_blocks.py``): each task calls
   ``alerts_from_scores`` on its block's flagged users with their events (and features), and Spark
   writes the night's ``alerts.jsonl``. The driver collects counts and aggregates only.
@@ -139,7 +141,7 @@ def score_night(
             if detector_name == "evaders":
                 fit_new_accounts = int(sample["created_ts"].notna().sum())
             del sample
-        scores = score_blocks(spark, blocks, detector).persist(StorageLevel.MEMORY_AND_DISK)
+        scores = score_blocks(spark, blocks, detector, 2 * block_users).persist(StorageLevel.MEMORY_AND_DISK)
         target = _publish_scores(scores, lake, detector_name, day, publication)
         saved = publication.model(lake / "models", detector)
         counts = scores.selectExpr(
@@ -262,17 +264,28 @@ def feature_blocks(
     return event_blocks(spark, window, columns, builder, block_users)
 
 
-def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> DataFrame:
-    """``BLOCK_SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``."""
+def score_blocks(
+    spark: SparkSession, blocks: DataFrame, detector: Detector, core_share_users: int = 2 * BLOCK_USERS
+) -> DataFrame:
+    """``BLOCK_SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``;
+    evaders' core by as many tasks as it has shares of about ``core_share_users`` accounts (``evader_core_shares``)."""
     from argus.detectors.base import reasons_text
-    from argus.jobs.feature_blocks import iterate_blocks
+    from argus.jobs.feature_blocks import evader_core_shares, iterate_shares, whole_shares
 
     model = spark.sparkContext.broadcast(detector_artefact(detector))
+    shared, text_accounts = whole_shares(blocks), None
+    if detector.name == "evaders":
+        shared, shares = evader_core_shares(blocks, core_share_users)
+        if shares > 1:
+            text_accounts = spark.sparkContext.broadcast(core_pair_accounts(shared, detector))
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = restore_detector(model.value)
-        for number, features in iterate_blocks(batches):
-            scored = scorer.score(features)
+        for number, features, users in iterate_shares(batches):
+            if users is None or text_accounts is None:
+                scored = scorer.score(features)
+            else:  # a share of evaders' core
+                scored = score_share(scorer, features, users, pd.Index(text_accounts.value))
             yield pd.DataFrame(
                 {
                     "block": number,
@@ -285,7 +298,37 @@ def score_blocks(spark: SparkSession, blocks: DataFrame, detector: Detector) -> 
                 }
             )
 
-    return blocks.mapInPandas(score, BLOCK_SCORE_SCHEMA)
+    return shared.mapInPandas(score, BLOCK_SCORE_SCHEMA)
+
+
+def core_pair_accounts(shared: DataFrame, detector: Detector) -> list[str]:
+    """The accounts of the candidate pairs of evaders' core, found a share at a time on the executors
+    (``EvaderDetector.pair_accounts``; none when the core is one share): the words of every share's pairs
+    are weighed over them, as when the core is scored whole. A list of ids bounded by the core's new and
+    banned accounts."""
+    from pyspark.sql import functions as F
+
+    from argus.detectors.evaders import EvaderDetector
+    from argus.jobs.feature_blocks import iterate_shares
+
+    finder = EvaderDetector(**detector.params)
+
+    def accounts(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for _, features, users in iterate_shares(batches):
+            if users is not None:
+                yield pd.DataFrame({"user_id": finder.pair_accounts(features, users).astype(str)})
+
+    found = shared.where(F.col("shares") > 1).mapInPandas(accounts, "user_id string").distinct()
+    return sorted(row["user_id"] for row in found.collect())
+
+
+def score_share(detector: Detector, features: pd.DataFrame, users: pd.Index, text_accounts: pd.Index) -> pd.DataFrame:
+    """A share of evaders' core (``evader_core_shares``): ``users`` scored among all of ``features``, words
+    weighed over ``text_accounts`` (``core_pair_accounts``)."""
+    from argus.detectors.evaders import EvaderDetector
+
+    assert isinstance(detector, EvaderDetector), "only evaders' core is scored a share at a time"
+    return detector.score_accounts(features, users=users, text_accounts=text_accounts)
 
 
 def detector_artefact(detector: Detector) -> bytes:

@@ -11,19 +11,40 @@ workers to spare, else detector ``i`` to worker ``i % workers`` (two workers, tr
 source and the troll stages on one, the payment graph, the costliest stage, on the other). Elements
 between stages pass through Prism either way (a stateful stage is a stage of its own), so the split
 adds no hop.
+
+Several worker processes need one fix to Beam: each process numbers the metrics it reports 1, 2, ...
+and Prism keeps one id table per job, not per worker, so one process's id decodes as another's metric
+and Prism fails (``error decoding metrics``). ``process_worker_args`` marks the environment the worker
+processes inherit (``PROCESS_WORKERS_ENV``), and in such a process this module, imported with the
+placed stages' code before they report, numbers its ids from a random offset
+(``unique_metric_short_ids``). That touches Beam's private ``SHORT_ID_CACHE``: where a Beam version
+lacks it, a warning says so and the pipeline runs unpatched.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
 
+import apache_beam as beam
 from apache_beam.transforms.resources import ResourceHint
 
-__all__ = ["SDK_WORKER_HINT", "SdkWorkerHint", "detector_worker", "on_worker", "process_worker_args"]
+__all__ = [
+    "PROCESS_WORKERS_ENV",
+    "SDK_WORKER_HINT",
+    "SdkWorkerHint",
+    "detector_worker",
+    "on_worker",
+    "process_worker_args",
+    "unique_metric_short_ids",
+]
 
 SDK_WORKER_HINT = "argus_sdk_worker"
+PROCESS_WORKERS_ENV = "ARGUS_SDK_WORKER_PROCESSES"  # set for the worker processes of --sdk-workers > 1
+_SDK_WORKER_MODULE = "apache_beam.runners.worker.sdk_worker"
+log = logging.getLogger(__name__)
 
 
 class SdkWorkerHint(ResourceHint):  # type: ignore[misc]
@@ -53,4 +74,42 @@ def process_worker_args() -> list[str]:
     path = os.environ.get("PATH", "")
     if path.split(os.pathsep)[0] != here:
         os.environ["PATH"] = here + os.pathsep + path
+    from apache_beam.runners.worker import sdk_worker
+
+    if _short_id_cache(sdk_worker) is not None:  # else warned: the workers run unpatched
+        os.environ[PROCESS_WORKERS_ENV] = "1"
     return ["--experiments=use_loopback_process_worker"]
+
+
+def unique_metric_short_ids() -> None:
+    """In an SDK worker process: number its metric short ids from a random offset (once per process).
+
+    The ids of two processes then differ (ranges of 2^24 ids at one of 2^40 offsets), and differ from
+    the 1, 2, ... of a process left unpatched (the source's, which may never import this module).
+    """
+    worker = sys.modules.get(_SDK_WORKER_MODULE)
+    cache = None if worker is None else _short_id_cache(worker)
+    if cache is None or getattr(cache, "_argus_offset", False):
+        return
+    with cache._lock:
+        offset = int.from_bytes(os.urandom(5), "big") << 24
+        cache._last_short_id = max(cache._last_short_id, offset)
+        cache._argus_offset = True
+
+
+def _short_id_cache(worker: Any) -> Any | None:
+    """Beam's private metric id cache of the ``sdk_worker`` module; None, with a warning, where it has changed."""
+    cache = getattr(worker, "SHORT_ID_CACHE", None)
+    if all(hasattr(cache, name) for name in ("_lock", "_last_short_id")):
+        return cache
+    log.warning(
+        "apache-beam %s has no SHORT_ID_CACHE._last_short_id: the SDK worker processes of --sdk-workers may "
+        "number their metrics alike, and Prism then fails with 'error decoding metrics'; if so, run with "
+        "--sdk-workers 1",
+        beam.__version__,
+    )
+    return None
+
+
+if os.environ.get(PROCESS_WORKERS_ENV):  # a worker process of --sdk-workers > 1, loading placed stages
+    unique_metric_short_ids()

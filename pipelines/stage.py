@@ -263,11 +263,12 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
             state = self._state(shard, written, parts)
         timers: list[int] = []
         outputs = list(self.logic.fire(state, due, fired.micros, timers.append))
-        if not due and not outputs and not timers and not fresh_ranges:
-            return  # another tag of the same time did the work
+        current = self.logic.parts(state)
+        if not due and not outputs and not timers and not fresh_ranges and current.keys() == parts.keys():
+            return  # another tag of the same time did the work (a firing that dropped parts did some)
         for at_us in timers:
             self._set(timer, shard, at_us)
-        fresh = _pickled_parts(self.logic.parts(state), parts, self.logic.changed_parts(due))
+        fresh = _pickled_parts(current, parts, self.logic.changed_parts(due))
         token = os.urandom(16)
         self._live[shard] = (token, state)
         held = _waiting_parts(waiting, digests) if self.checkpoints and self.logic.source else {}

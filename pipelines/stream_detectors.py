@@ -31,8 +31,15 @@ when the runner happened to fire a timer, so replays give the same ids.
    published troll model.
 
 The final features equal ``chat_context_features`` over the same events (tested). A message
-arriving after its window closed is counted in ``late_events`` and still applied, as a window of
-its own (its goal ranks see only the late messages; its gap is not counted).
+arriving after its window closed is counted in ``late_events`` and still applied. The channel
+stage keeps a closed window's messages for the allowed lateness more (a timer then drops them): a
+late message within that horizon joins its window, whose sums are emitted again whole, and the
+user stage, which keeps each user's windows open until that horizon has passed, replaces the
+window's earlier sums and adds the user's windows from it on again, each giving its snapshot
+again. Every snapshot's features, score and alert id are then those of an arrival in time,
+whatever the arrival order (tested); alerts raised by the earlier snapshots stay raised. A message
+later than the horizon is summed as a window of its own (its goal ranks see only the late
+messages; its gap is not counted).
 
 **Fraud** (``FraudStream``): ring features need the payment graph around a user (shared devices,
 instruments, payees), so one keyed stage holds the payment, account and moderation events of
@@ -50,11 +57,12 @@ its new rows and the features of the touched users' neighbourhood (``feature_rea
 over the lookback nor everyone's features. A payment, account or moderation event that arrives after
 its boundary was scored (late: the source lets a partition at its log end fall behind the others) is
 counted in ``late_events``, kept, and its boundary and every later scored one are scored again at
-once, each for the users it scored, with all the rows held then (a late row changes its user's and
-payee's features, and through shared entities and the population figures those of others): a
-boundary's last scoring has the features, scores and alert ids of an arrival in time, whatever the
-arrival order (tested); alerts raised by its earlier scorings stay raised. A boundary that fires
-after a later one was scored has had its users scored with that one.
+once, each for the users it scored, with all the rows held then and one population moved on from
+boundary to boundary (a late row changes its user's and payee's features, and through shared
+entities and the population figures those of others): a boundary's last scoring has the features,
+scores and alert ids of an arrival in time, whatever the arrival order (tested); alerts raised by
+its earlier scorings stay raised. A boundary that fires after a later one was scored has had its
+users scored with that one.
 
 **Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
 graph) record the source ranges each shard took in, and every stateful stage emits a
@@ -78,7 +86,7 @@ import pickle
 import zlib
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
@@ -300,7 +308,13 @@ class WindowSums:
     sums: dict[str, float]
     texts: set[int]
     times: list[tuple[int, str]]  # (ts in epoch microseconds, event_id) of the user's messages
-    late: bool = False
+    late: bool = False  # summed alone, after its window was given up: added as a window of its own, without gaps
+    channel: str = ""
+    # The whole window again, late messages included: it replaces the window's earlier sums. ``alone`` is the
+    # user's late messages summed alone (None: none of them are the user's), added instead where the user's
+    # window is already settled.
+    revised: bool = False
+    alone: WindowSums | None = None
 
 
 def window_sums(messages: list[ChatMessage], window_s: int, late: bool = False) -> list[tuple[str, WindowSums]]:
@@ -324,20 +338,38 @@ def window_sums(messages: list[ChatMessage], window_s: int, late: bool = False) 
     position = {key: i for i, key in enumerate(found)}
     out = []
     for key in sorted(times, key=lambda k: f"{k[0]}\x1f{k[1]}\x1f{k[2]}"):
-        user, _channel, slot = key
+        user, channel, slot = key
         row = dict(zip(SUM_COLUMNS, rows[position[key]], strict=True))
-        out.append((str(user), WindowSums(int(slot), row, texts[key], times[key], late)))
+        out.append((str(user), WindowSums(int(slot), row, texts[key], times[key], late, str(channel))))
     return out
 
 
 @dataclass
+class OpenWindow:
+    """A user's window that a late message may still revise: its sums by channel, and what undoes adding them
+    (the user's sums, last message and evidence before it, and the distinct texts it brought first)."""
+
+    parts: dict[str, WindowSums]
+    sums: dict[str, float] = field(default_factory=dict)
+    last_seen_s: int | None = None
+    recent: list[str] = field(default_factory=list)
+    texts: set[int] = field(default_factory=set)
+    added: bool = False
+
+
+@dataclass
 class UserChatState:
-    """A user's running ChatContextState sums, distinct texts, last message and recent evidence."""
+    """A user's running ChatContextState sums, distinct texts, last message and recent evidence.
+
+    In the stream, ``open`` holds the user's windows (by slot) that a late message may still revise.
+    """
 
     sums: dict[str, float] = field(default_factory=dict)
     texts: set[int] = field(default_factory=set)
     last_seen_s: int | None = None
     recent: list[str] = field(default_factory=list)
+    open: dict[int, OpenWindow] = field(default_factory=dict)
+    settled_slot: int | None = None  # the newest window no longer open
 
 
 def apply_window_sums(state: UserChatState, parts: Iterable[WindowSums], keep_evidence: int = 20) -> UserChatState:
@@ -417,9 +449,12 @@ def _chat_by_shard(
 
 @dataclass
 class ChannelWindowsState:
-    """One channel shard's closed windows: per channel, the newest window (slot) already summed."""
+    """One channel shard's closed windows: per channel the newest window (slot) summed, and the messages of the
+    windows late messages may still join, until their horizon has passed (``expired_us``)."""
 
     closed: dict[str, int] = field(default_factory=dict)
+    kept: dict[tuple[str, int], list[ChatMessage]] = field(default_factory=dict)  # (channel, slot) -> messages
+    expired_us: int = 0  # the newest firing: windows whose horizon ends by then are given up
 
 
 class ChannelWindowsLogic(StageLogic):
@@ -427,9 +462,12 @@ class ChannelWindowsLogic(StageLogic):
 
     Messages wait (pickled, by the time their window closes) until the watermark passes the end of
     their window plus the allowed lateness; one firing per such time closes that window for every
-    channel of the shard, in one ``window_sums`` call. A message of a window its channel already
-    closed is late: counted, and summed as a window of its own. Output: one list of (user,
-    WindowSums) per user shard. Checkpoint parts: one per channel, and the waiting messages.
+    channel of the shard, in one ``window_sums`` call. A closed window's messages are kept for the
+    allowed lateness more (its *horizon*; a timer then drops them): a message of a closed window
+    within its horizon is late, counted, and joins it, and the whole window is summed and emitted
+    again (``WindowSums.revised``: the user stage replaces the window's earlier sums). One later than
+    that is summed as a window of its own. Output: one list of (user, WindowSums) per user shard.
+    Checkpoint parts: one per channel and kept window, and the waiting messages.
     """
 
     stage = CHANNELS_STAGE
@@ -444,17 +482,25 @@ class ChannelWindowsLogic(StageLogic):
         """When window ``slot`` closes: its end plus the allowed lateness."""
         return (slot + 1) * self.window_us + self.lateness_us
 
+    def horizon_us(self, slot: int) -> int:
+        """When window ``slot`` is given up: the allowed lateness after it closed."""
+        return self.close_us(slot) + self.lateness_us
+
     def new_state(self) -> ChannelWindowsState:
         return ChannelWindowsState()
 
     def parts(self, state: ChannelWindowsState) -> dict[Hashable, Any]:
-        return dataclass_parts(state, ("closed",))
+        return dataclass_parts(state, ("closed", "kept"))
 
     def from_parts(self, parts: dict[Hashable, Any]) -> ChannelWindowsState:
-        return dataclass_from_parts(ChannelWindowsState, parts, ("closed",))  # type: ignore[no-any-return]
+        return dataclass_from_parts(ChannelWindowsState, parts, ("closed", "kept"))  # type: ignore[no-any-return]
 
     def changed_parts(self, rows: list[ChatMessage]) -> list[Hashable]:
-        return [("closed", m[5]) for m in rows]
+        windows = [("kept", (m[5], m[2] // self.window_us)) for m in rows]
+        return [("expired_us",), *windows, *(("closed", m[5]) for m in rows)]
+
+    def wake_times(self, state: ChannelWindowsState) -> Iterable[int]:
+        return {self.horizon_us(slot) for _, slot in state.kept}
 
     def from_whole(self, blob: bytes) -> tuple[ChannelWindowsState, list[tuple[int, bytes]]]:
         """A snapshot of an earlier version: bag entries ``("closed", {channel: slot})`` and ``("m", (first
@@ -477,31 +523,65 @@ class ChannelWindowsLogic(StageLogic):
             out.setdefault(self.close_us(message[2] // self.window_us), []).append(message)
         return out
 
+    def _expire(self, state: ChannelWindowsState, fired_us: int) -> None:
+        """Drop the kept windows whose horizon has passed by ``fired_us``."""
+        state.expired_us = max(state.expired_us, fired_us)
+        for window in [w for w in state.kept if self.horizon_us(w[1]) <= state.expired_us]:
+            del state.kept[window]
+
+    def _unique(self, state: ChannelWindowsState, rows: list[ChatMessage]) -> dict[str, ChatMessage]:
+        """``rows`` by event id in event-time order, without repeats of each other or of kept messages (counted)."""
+        windows = {(m[5], m[2] // self.window_us) for m in rows}
+        kept_ids = {m[0] for w in windows if w in state.kept for m in state.kept[w]}
+        unique: dict[str, ChatMessage] = {}
+        for message in sorted(rows, key=lambda m: (m[2], m[0])):
+            if message[0] in unique or message[0] in kept_ids:
+                self.duplicates.inc()
+            else:
+                unique[message[0]] = message
+        return unique
+
     def fire(
         self, state: ChannelWindowsState, rows: list[ChatMessage], fired_us: int, set_timer: Callable[[int], None]
     ) -> Iterator[tuple[str, list[tuple[str, WindowSums]]]]:
         if not rows:
+            self._expire(state, fired_us)
             return
-        unique: dict[str, ChatMessage] = {}
-        for message in sorted(rows, key=lambda m: (m[2], m[0])):
-            if message[0] in unique:
-                self.duplicates.inc()
-            else:
-                unique[message[0]] = message
+        unique = self._unique(state, rows)
         closed = state.closed
         on_time: list[ChatMessage] = []
-        late: list[ChatMessage] = []
+        joining: dict[tuple[str, int], list[ChatMessage]] = {}  # late messages of windows within their horizon
+        given_up: list[ChatMessage] = []  # late messages of windows beyond it
         newest: dict[str, int] = {}
         for message in unique.values():
-            channel, slot = message[5], message[2] // self.window_us
-            (late if channel in closed and slot <= closed[channel] else on_time).append(message)
+            channel, slot = window = message[5], message[2] // self.window_us
+            if self.horizon_us(slot) <= state.expired_us:
+                given_up.append(message)
+            elif window in state.kept or (channel in closed and slot <= closed[channel]):
+                joining.setdefault(window, []).append(message)
+            else:
+                on_time.append(message)
             newest[channel] = max(slot, newest.get(channel, slot))
         for channel, slot in newest.items():
             closed[channel] = max(slot, closed.get(channel, slot))
         parts = window_sums(on_time, self.window_s)
-        if late:
-            self.late.inc(len(late))
-            parts += window_sums(late, self.window_s, late=True)
+        for message in on_time:
+            state.kept.setdefault((message[5], message[2] // self.window_us), []).append(message)
+        if joining:
+            late = [m for messages in joining.values() for m in messages]
+            alone = {(user, part.channel, part.slot): part for user, part in window_sums(late, self.window_s, True)}
+            for window, messages in joining.items():
+                state.kept[window] = sorted(state.kept.get(window, []) + messages, key=lambda m: (m[2], m[0]))
+            for user, part in window_sums([m for w in joining for m in state.kept[w]], self.window_s):
+                part.revised, part.alone = True, alone.get((user, part.channel, part.slot))
+                parts.append((user, part))
+        if given_up:
+            parts += window_sums(given_up, self.window_s, late=True)
+        if joining or given_up:
+            self.late.inc(len(unique) - len(on_time))
+        for slot in {m[2] // self.window_us for m in on_time} | {w[1] for w in joining}:
+            set_timer(self.horizon_us(slot))
+        self._expire(state, fired_us)
         by_shard: dict[str, list[tuple[str, WindowSums]]] = {}
         for user, part in parts:
             by_shard.setdefault(shard_of(user, self.user_shards), []).append((user, part))
@@ -517,14 +597,27 @@ class UserChatLogic(StageLogic):
 
     The window sums of one channel-stage firing are due at its time (the element's timestamp): once
     the watermark passes it, every channel shard's sums for that time are in, and they are applied
-    in order. Output: one list of snapshots per firing. Checkpoint parts: one per user.
+    in order. A user's window stays open (``UserChatState.open``, with what undoes its adding) until
+    ``settle_us``, just after the channel stage gave it up: the channel stage's timer for that holds
+    this stage's watermark, so its last revision of the window is applied first (one that came later
+    would be added alone, below). A revised window replaces the window's earlier sums: the user's
+    state goes back to before it, and the open windows from it on are added again, each giving its
+    snapshot again: the snapshots, so the scores and alert ids, of an arrival in time. Sums for a
+    window the user already settled (a message later than its horizon) add their late messages
+    alone, as a window of their own. Output: one list of snapshots per firing. Checkpoint parts: one
+    per user.
     """
 
     stage = USERS_STAGE
     source = False
 
-    def __init__(self, keep_evidence: int) -> None:
+    def __init__(self, keep_evidence: int, window_s: int = CONTEXT_WINDOW_S, lateness_s: float = 60.0) -> None:
         self.keep_evidence = keep_evidence
+        self.window_us, self.lateness_us = window_s * 1_000_000, round(lateness_s * 1_000_000)
+
+    def settle_us(self, slot: int) -> int:
+        """When a user's window ``slot`` is settled (no longer open): once the channel stage gave it up."""
+        return (slot + 1) * self.window_us + 2 * self.lateness_us + 1
 
     def new_state(self) -> dict[str, UserChatState]:
         return {}
@@ -533,14 +626,14 @@ class UserChatLogic(StageLogic):
         return {("user", user): chat for user, chat in state.items()}
 
     def from_parts(self, parts: dict[Hashable, Any]) -> dict[str, UserChatState]:
-        return {key[1]: chat for key, chat in parts.items()}  # type: ignore[index]
+        return _with_open_windows({key[1]: chat for key, chat in parts.items()})  # type: ignore[index]
 
     def changed_parts(self, rows: list[tuple[str, WindowSums]]) -> list[Hashable]:
         return [("user", user) for user, _ in rows]  # a firing changes the users it has sums for
 
     def from_whole(self, blob: bytes) -> tuple[dict[str, UserChatState], list[tuple[int, bytes]]]:
         """A snapshot of an earlier version: the users only (sums still waiting came again from the channels)."""
-        return pickle.loads(blob), []
+        return _with_open_windows(pickle.loads(blob)), []
 
     def due_times(self, rows: list[tuple[str, WindowSums]], ts_us: int) -> dict[int, list[tuple[str, WindowSums]]]:
         return {ts_us: rows} if rows else {}
@@ -559,16 +652,69 @@ class UserChatLogic(StageLogic):
             return
         snapshots: list[ChatSnapshot] = []
         for user, parts in due.items():
-            chat = state.setdefault(user, UserChatState())
-            by_slot: dict[tuple[bool, int], list[WindowSums]] = {}
-            for part in parts:
-                by_slot.setdefault((part.late, part.slot), []).append(part)
-            # On-time windows in event-time order; late parts after them.
-            for (_, _slot), group in sorted(by_slot.items()):
+            snapshots += self._apply(user, state.setdefault(user, UserChatState()), parts, fired_us)
+        yield snapshots
+
+    def _apply(self, user: str, chat: UserChatState, parts: list[WindowSums], fired_us: int) -> list[ChatSnapshot]:
+        """Add ``parts`` to the user's state; the snapshots of every window they changed, in event-time order."""
+        first: int | None = None  # the earliest window the parts changed
+        alone: list[WindowSums] = []  # added as windows of their own
+        for part in parts:
+            if part.late:
+                alone.append(part)
+            elif chat.settled_slot is not None and part.slot <= chat.settled_slot:
+                if not part.revised:
+                    alone.append(replace(part, late=True))
+                elif part.alone is not None:
+                    alone.append(part.alone)
+            else:
+                window = chat.open.get(part.slot)
+                if window is None:
+                    window = chat.open[part.slot] = OpenWindow({})
+                window.parts[part.channel] = part
+                first = part.slot if first is None else min(first, part.slot)
+        if alone:
+            self._add_alone(chat, alone)
+        snapshots: list[ChatSnapshot] = []
+        if first is not None:
+            again = sorted(slot for slot in chat.open if slot >= first)
+            added = [chat.open[slot] for slot in again if chat.open[slot].added]
+            if added:  # undo the windows from the first revised one on, then add them again in order
+                chat.sums, chat.last_seen_s, chat.recent = added[0].sums, added[0].last_seen_s, added[0].recent
+                chat.texts -= set().union(*(window.texts for window in added))
+            for slot in again:
+                window = chat.open[slot]
+                group = [window.parts[channel] for channel in sorted(window.parts)]
+                window.sums, window.last_seen_s, window.recent = dict(chat.sums), chat.last_seen_s, list(chat.recent)
+                window.texts, window.added = set().union(*(part.texts for part in group)) - chat.texts, True
                 apply_window_sums(chat, group, self.keep_evidence)
                 t_us = max(t for part in group for t, _ in part.times)
                 snapshots.append((user, dict(chat.sums), set(chat.texts), list(chat.recent), int(t_us)))
-        yield snapshots
+        if alone:
+            t_us = max(t for part in alone for t, _ in part.times)
+            snapshots.append((user, dict(chat.sums), set(chat.texts), list(chat.recent), int(t_us)))
+        for slot in sorted(slot for slot in chat.open if self.settle_us(slot) <= fired_us):
+            del chat.open[slot]
+            chat.settled_slot = slot
+        return snapshots
+
+    def _add_alone(self, chat: UserChatState, alone: list[WindowSums]) -> None:
+        """Add late sums to the user's sums and to what undoing each open window restores, so they stay."""
+        apply_window_sums(chat, alone, self.keep_evidence)
+        texts = set().union(*(part.texts for part in alone))
+        for window in chat.open.values():
+            if window.added:
+                before = UserChatState(window.sums, set(), window.last_seen_s, window.recent)
+                window.recent = apply_window_sums(before, alone, self.keep_evidence).recent
+                window.texts -= texts
+
+
+def _with_open_windows(users: dict[str, UserChatState]) -> dict[str, UserChatState]:
+    """``users`` with the fields an earlier version's pickles lack (no open windows, none settled)."""
+    for chat in users.values():
+        if "open" not in vars(chat):
+            chat.open, chat.settled_slot = {}, None
+    return users
 
 
 class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
@@ -646,7 +792,12 @@ class TrollStream(StreamingDetector):
             worker,
         )
         users = with_restore(windows.sums, settings, USERS_STAGE) | "UserChat" >> on_worker(
-            stage_transform(UserChatLogic(settings.evidence_per_alert), tracked, main="snapshots"), worker
+            stage_transform(
+                UserChatLogic(settings.evidence_per_alert, window_s, settings.allowed_lateness_s),
+                tracked,
+                main="snapshots",
+            ),
+            worker,
         )
         scored = users.snapshots | "ScoreTrolls" >> on_worker(
             beam.ParDo(_ScoreChatFn(settings.model_store, self.name, settings.publish_features)).with_outputs(
@@ -791,15 +942,41 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         are those of an arrival in time; alerts its earlier scorings raised stay raised."""
         first = min(self._boundary(t_us) for t_us in _entry_times(late))
         since = _entry_times(_frames_between(held, first - self.interval_us, done_us))
+        boundaries = sorted({self._boundary(t_us) for t_us in since})
         assert self._live is not None, "setup() runs before a firing"
         detector = self._live.get()
-        for boundary in sorted({self._boundary(t_us) for t_us in since}):
+        # One population for a walk over several boundaries, moved on from each to the next by the rows that
+        # entered and left the lookback (as ``_rolling_at`` does); one boundary gets ``fraud_population``'s pass.
+        rolling = RollingPopulation() if len(boundaries) > 1 else None
+        previous: int | None = None
+        for boundary in boundaries:
+            start = boundary - self.lookback_us
+            if rolling is not None and previous is not None:  # the lookback of ``previous`` moved on to this one
+                rolling.remove(_rows_between([(held, previous - self.lookback_us, min(previous, start))]))
+                rolling.add(_rows_between([(held, max(previous, start), boundary)]))
+            elif rolling is not None:
+                rolling.add(_rows_between([(held, start, boundary)]))
+            previous = boundary
             users = _fresh_users(held, _utc(boundary - self.interval_us), _utc(boundary))
-            counts = {key: n for key, n in activity.items() if key[0] in users}
-            frames = {**held, "activity": _activity_frame(counts)} if counts else dict(held)
-            with one_native_thread():
-                scored = list(self._score_at(detector, frames, boundary, set(users)))
-            yield from scored
+            yield from self._score_users(detector, held, activity, boundary, users, rolling)
+
+    def _score_users(
+        self,
+        detector: Detector,
+        held: dict[str, pd.DataFrame],
+        activity: ActivityCounts,
+        boundary: int,
+        users: Iterable[str],
+        rolling: RollingPopulation | None = None,
+    ) -> list[Any]:
+        """The alerts (and feature snapshots) of ``users`` scored at ``boundary``. Of the chat and click counts,
+        ``features_for`` reads only theirs (their events per active day): the rows of everyone else would be built
+        and filtered out again."""
+        users = set(users)
+        theirs = {key: n for key, n in activity.items() if key[0] in users}
+        frames = {**held, "activity": _activity_frame(theirs)} if theirs else dict(held)
+        with one_native_thread():
+            return list(self._score_at(detector, frames, boundary, users, rolling))
 
     def _with_late(
         self, done_us: int, kept: list[dict[str, pd.DataFrame]], late: dict[str, pd.DataFrame]
@@ -842,14 +1019,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             done.write(boundary)
             rolling = self._rolling_at(boundary, done_us, kept_parts, fresh)
             if touched:
-                detector = self._live.get()
-                # Of the chat and click counts, ``features_for`` reads only the touched users' (their events per
-                # active day): the rows of everyone else would be built and filtered out again.
-                theirs = {key: n for key, n in activity.items() if key[0] in touched}
-                frames = {**held, "activity": _activity_frame(theirs)} if theirs else dict(held)
-                with one_native_thread():
-                    scored = list(self._score_at(detector, frames, boundary, set(touched), rolling))
-                yield from scored
+                yield from self._score_users(self._live.get(), held, activity, boundary, touched, rolling)
         else:
             assert done_us is not None
             rolling = self._with_late(done_us, kept_parts, late)

@@ -187,3 +187,69 @@ def test_settings_for_the_chain_reach_its_spark_submit_command(monkeypatch: pyte
     (cmd,) = commands
     confs = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == "--conf"]
     assert "spark.executor.memory=3g" in confs and chain.application == "app-1"
+
+
+AFFINITY_OF_A_GRANDCHILD = (
+    "import subprocess, sys; "
+    "subprocess.run([sys.executable, '-c', 'import os; print(sorted(os.sched_getaffinity(0)))'], check=True)"
+)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell one from all")
+def test_the_chain_held_to_one_cpu_runs_every_process_below_it_on_that_cpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``run_chain(cpus=...)``: what spark-submit starts (here a child that starts a grandchild, as the JVM
+    starts the Python workers) has that CPU alone; the bench's own threads keep theirs."""
+    import json
+    from datetime import date
+
+    from rich.console import Console
+
+    import argus.nightly
+    from argus.bench_nightly import run_chain
+
+    allowed = os.sched_getaffinity(0)
+    one = {max(allowed)}
+    seen: list[str] = []
+
+    def submit(run: argus.nightly.NightlyRun, console: Console, emit: object) -> int:
+        child = subprocess.run([sys.executable, "-c", AFFINITY_OF_A_GRANDCHILD], capture_output=True, text=True)
+        seen.append(child.stdout.strip())
+        run.steps.append({"step": "done", "alerts": 0, "application": "app-1"})
+        emit(json.dumps(run.steps[-1]))  # type: ignore[operator]
+        return 0
+
+    monkeypatch.setattr(argus.nightly, "run_nightly_submit", submit)
+    run_chain(tmp_path / "lake", date(2026, 10, 1), "local[1]", Console(quiet=True), cpus=one)
+    run_chain(tmp_path / "lake", date(2026, 10, 1), "local[2]", Console(quiet=True))
+    assert seen == [str(sorted(one)), str(sorted(allowed))]
+    assert os.sched_getaffinity(0) == allowed  # this thread's own affinity is back
+
+
+def test_the_local1_run_is_held_to_one_cpu_of_the_bench_and_says_which(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import argus.bench_nightly as bench
+    from argus.bench_nightly import ChainRun, bench_nightly
+
+    runs: list[tuple[str, set[int] | None]] = []
+
+    def generate(cfg: object, lake: Path) -> tuple[dict[str, object], float]:
+        lake.mkdir(parents=True)
+        return {"events": {}}, 1.0
+
+    def chain(
+        lake: Path, day: object, master: str, console: object, spark_conf: object = None, cpus: object = None
+    ) -> ChainRun:
+        runs.append((master, cpus))  # type: ignore[arg-type]
+        return ChainRun(
+            10.0, {}, dict.fromkeys(bench.PARTS + bench.HEAPS + ("driver", "executor"), 0), 0, "app", 1.0, {}
+        )
+
+    monkeypatch.setattr(bench, "generate_apart", generate)
+    monkeypatch.setattr(bench, "run_chain", chain)
+    result = bench_nightly(50, 1)
+    first = min(os.sched_getaffinity(0))
+    assert runs == [("local[2]", None), ("local[1]", {first})]
+    assert result["cpus_local1"] == [first] and result["ratio_local1"] == 1.0

@@ -59,3 +59,27 @@ def test_word2vec_partitions_below_one_are_refused(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as refused:
         main(["--lake", str(tmp_path), "--date", "2026-10-06", "--word2vec-partitions", "0"])
     assert refused.value.code == 2
+
+
+def test_the_embeddings_are_the_same_whatever_the_shuffle_partitions(spark: object, tmp_path: Path) -> None:
+    """Word2Vec's vocabulary and training order come from its input's partitions: one night embedded with its
+    shuffles in 1 or in 7 partitions (as the cores of the master decide them) gets the same vectors."""
+    from argus.jobs.embed import run_embed
+
+    day = date(2026, 10, 3)
+    write_world(World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, profile="dense")), tmp_path)
+    conf = spark.conf  # type: ignore[attr-defined]
+    saved = {key: conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}
+    vectors = []
+    try:
+        conf.set("spark.sql.adaptive.enabled", "false")  # else small shuffles are coalesced to one partition
+        for partitions in ("1", "7"):
+            conf.set("spark.sql.shuffle.partitions", partitions)
+            run_embed(spark, tmp_path, day, 3, dim=16)  # type: ignore[arg-type]
+            embedded = read_pandas(tmp_path, "embeddings", day)
+            assert embedded is not None
+            vectors.append(np.stack(embedded.sort_values("user_id")["embedding"].to_numpy()))
+    finally:
+        for key, value in saved.items():
+            conf.set(key, value)
+    np.testing.assert_array_equal(vectors[0], vectors[1])

@@ -401,6 +401,22 @@ def test_match_for_some_children_equals_their_rows_of_the_whole_match(realistic_
     pd.testing.assert_frame_equal(detector.match(realistic_profiles, children=some), expected)
 
 
+def test_scoring_a_share_of_the_accounts_at_a_time_gives_the_scores_of_all_at_once(
+    realistic_profiles: pd.DataFrame,
+) -> None:
+    """What lets several tasks score one population: each share scored among everyone (its new accounts'
+    pairs with every banned account, fingerprints counted over all, words weighed over the accounts of
+    every share's pairs) scores as all at once."""
+    detector = EvaderDetector().fit(realistic_profiles)
+    whole = detector.score(realistic_profiles).set_index("user_id")
+    users = [realistic_profiles.index[share::3] for share in range(3)]
+    involved = pd.Index(sorted(set().union(*(detector.pair_accounts(realistic_profiles, u) for u in users))))
+    shares = [detector.score_accounts(realistic_profiles, users=u, text_accounts=involved) for u in users]
+    assert all((share["status"] == "scored").sum() >= 20 for share in shares)  # every share has new accounts paired
+    pd.testing.assert_frame_equal(pd.concat(shares).set_index("user_id").loc[whole.index], whole)
+    assert whole["flagged"].sum() >= 3
+
+
 def test_sample_new_accounts_bounds_pairs_and_keeps_fingerprints_and_candidates(
     realistic_profiles: pd.DataFrame,
 ) -> None:

@@ -648,3 +648,71 @@ def test_features_for_reads_three_hops_and_no_further() -> None:
     assert list(reach) == ["M", "U", "V"]
     _assert_same_rows(detector.features_for(events, ["U"]), everyone.loc[["U"]])
     _assert_same_rows(detector.features_for(events, ["M", "V"]), everyone.loc[["M", "V"]])
+
+
+def test_the_payment_model_is_fitted_on_one_openmp_thread(
+    fitted: tuple[FraudDetector, pd.DataFrame], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The PU model's small trees run on one OpenMP thread (more only add hand-offs) and fit the same model."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from argus.detectors.fraud import _outcomes
+    from argus.detectors.fraud_payments import fit_pu
+
+    _, features = fitted
+    threads: list[int] = []
+    original = HistGradientBoostingClassifier.fit
+
+    def fit(self: HistGradientBoostingClassifier, *args: Any, **kwargs: Any) -> Any:
+        threads.extend(pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "openmp")
+        return original(self, *args, **kwargs)
+
+    known = _outcomes(features, None).any(axis=1)
+    sent = [(user, rows[rows[:, -1] == 0, :-1]) for user, rows in features["payment_rows"].items() if len(rows)]
+    x = np.vstack([rows for _, rows in sent])
+    groups = np.concatenate([np.full(len(rows), user, dtype=object) for user, rows in sent])
+    labelled = np.concatenate([np.full(len(rows), bool(known.get(user, False))) for user, rows in sent])
+    assert labelled.any() and not labelled.all()
+    with threadpool_limits(2, user_api="openmp"):  # as a two-core driver would offer
+        monkeypatch.setattr(HistGradientBoostingClassifier, "fit", fit)
+        pu = fit_pu(x, labelled, groups, 7)
+        monkeypatch.undo()
+    assert pu is not None and threads and set(threads) == {1}
+    with threadpool_limits(2, user_api="openmp"):
+        two = HistGradientBoostingClassifier(**pu["model"].get_params()).fit(x, labelled)
+    np.testing.assert_array_equal(two.predict_proba(x), pu["model"].predict_proba(x))
+
+
+def test_payment_and_account_tables_are_built_by_several_tasks(spark: object, tmp_path: Any) -> None:
+    """A night's payments and account events are each one partition as read from the lake; their tables
+    are built by as many tasks as shuffle partitions, and hold the rows one task builds."""
+    from pyspark.sql import functions as F
+
+    from argus.jobs import fraud_blocks
+    from argus.jobs.feature_blocks import type_columns
+    from argus.jobs.score import night_window
+    from argus.world.config import WorldConfig
+    from argus.world.sinks import write_world
+
+    config = WorldConfig(users=300, days=1, seed=5)
+    write_world(World(config), tmp_path)
+    day = config.start + timedelta(days=config.days - 1)
+    window = night_window(spark, tmp_path, day, config.days)  # type: ignore[arg-type]
+    columns = type_columns(spark, tmp_path, day)  # type: ignore[arg-type]
+    partitions = int(spark.conf.get("spark.sql.shuffle.partitions"))  # type: ignore[attr-defined]
+    assert partitions > 1
+    for build, event_type in ((fraud_blocks._payments, "payment"), (fraud_blocks._accounts, "account")):
+        read = window.where(F.col("event_type") == event_type)
+        assert read.select(F.spark_partition_id()).distinct().count() == 1  # as the lake gives it
+        table = build(window, columns)
+        used = table.groupBy(F.spark_partition_id().alias("p")).count().collect()
+        assert len(used) == partitions, event_type
+        one_task = read.coalesce(1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(fraud_blocks, "_spread", lambda events, one=one_task: one)
+            expected = build(window, columns).toPandas()
+        got = table.toPandas()
+        key = ["user_id", "t", *(["event_id"] if "event_id" in got else ["action", "device", "network"])]
+        got, expected = (f.sort_values(key, ignore_index=True) for f in (got, expected))
+        pd.testing.assert_frame_equal(got, expected)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from argus.infra.broker import LocalBroker, free_port
 from argus.infra.clients import BulkProducer
+from argus.infra.procfs import process_stat
 from argus.infra.topics import TOPICS, ensure_topics, topic_sizes
 from argus.pipelines.topic_validator import validate_topics
 from argus.schemas import EVENT_MODELS, EventBase, validate
@@ -155,6 +158,26 @@ def test_broker_data_survives_down_and_up(tmp_path: Path) -> None:
     finally:
         broker.down()
     assert broker.down() is False  # stopping a stopped broker is harmless
+
+
+def test_the_pid_file_names_the_broker_only_while_that_process_runs(tmp_path: Path) -> None:
+    broker = LocalBroker(home=tmp_path)
+    child = subprocess.Popen(["sleep", "60"])
+    try:
+        stat = process_stat(child.pid)
+        assert stat is not None
+        broker.pid_file.write_text(f"{child.pid} {stat.started}")
+        assert broker.pid() == child.pid
+        broker.pid_file.write_text(f"{child.pid} {stat.started - 1}")  # the pid once named an earlier process
+        assert broker.pid() is None
+        broker.pid_file.write_text(f"{child.pid} {stat.started}")
+        child.kill()
+        while process_stat(child.pid).state != "Z":  # type: ignore[union-attr]  # exited, not reaped yet
+            time.sleep(0.01)
+        assert broker.pid() is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_valid_events_are_not_changed_by_the_trip(kafka_bootstrap: str, small_world: World, unique_name: str) -> None:

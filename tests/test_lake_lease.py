@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from argus.infra.procfs import process_stat
 from argus.jobs import lake as tables
 from argus.jobs.lake import LeaseHeld, WriterLease, lease_holder
 
@@ -80,22 +82,52 @@ def test_a_second_writer_is_refused_with_the_holder_named(holder: Any, tmp_path:
         assert refused.exit_code != 0 and f"pid {holder.pid}" in str(refused.exception), command
 
 
+def test_generate_import_and_the_quality_gate_write_under_the_lease(holder: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    lake, examples = tmp_path / "lake", Path(__file__).resolve().parents[1] / "examples" / "import"
+    generate = ["generate", "--users", "60", "--days", "1", "--events-per-user-day", "5", "--out", str(lake)]
+    importing = ["import", str(examples / "twitch_chat.csv"), "--mapping", str(examples / "twitch_chat.toml")]
+    importing += ["--out", str(lake), "--rejects", str(tmp_path / "rejects.jsonl")]
+    quality = ["batch", "quality", "--date", "2026-10-01", "--lake", str(lake)]
+    runner = CliRunner()
+    for command in (generate, importing, quality):
+        refused = runner.invoke(app, command)
+        assert refused.exit_code != 0, command
+        assert "is being written by `argus batch nightly`" in str(refused.exception), command
+        assert f"pid {holder.pid}" in str(refused.exception), command
+    assert sorted(p.name for p in lake.iterdir()) == ["_lease"]  # nothing written
+    holder.kill()
+    holder.wait()
+    for command, holding in ((generate, "argus generate --out"), (importing, "argus import --out")):
+        assert runner.invoke(app, command).exit_code == 0, command
+        (record,) = (lake / "_lease").iterdir()  # each took the lease itself, and gave it back
+        taken = json.loads(record.read_text())
+        assert (taken["command"], taken["released"]) == (holding, True), command
+    assert (lake / "events" / "event_type=chat").is_dir()
+
+
 def test_a_writing_job_is_refused_before_spark_starts(
     holder: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from pyspark.sql import SparkSession
 
-    from argus.jobs import nightly
+    from argus.jobs import nightly, quality
 
     class NoSpark:
         def getOrCreate(self) -> None:
             raise AssertionError("Spark started although the lake was held")
 
     monkeypatch.setattr(SparkSession, "builder", NoSpark())
-    assert nightly.main(["--lake", str(tmp_path / "lake"), "--date", "2026-10-01"]) == 2
-    said = capsys.readouterr().err.strip().splitlines()
-    assert len(said) == 1 and said[0].startswith(f"error: lake {tmp_path / 'lake'} is being written by `argus batch")
-    assert f"pid {holder.pid}" in said[0]
+    for job in (nightly, quality):
+        assert job.main(["--lake", str(tmp_path / "lake"), "--date", "2026-10-01"]) == 2
+        said = capsys.readouterr().err.strip().splitlines()
+        assert len(said) == 1 and said[0].startswith(
+            f"error: lake {tmp_path / 'lake'} is being written by `argus batch"
+        )
+        assert f"pid {holder.pid}" in said[0]
 
 
 def test_the_lease_of_a_killed_writer_is_taken_over(
@@ -125,6 +157,20 @@ def test_another_hosts_lease_is_taken_over_only_once_its_heartbeat_is_older_than
     with caplog.at_level(logging.WARNING, logger="argus.jobs.lake"), WriterLease(lake, "argus batch nightly") as lease:
         assert lease.holder is not None and lease.holder.generation == 6
     assert "no heartbeat for 601 s (lease time 600 s)" in caplog.text
+
+
+def test_a_pid_reused_by_another_process_does_not_hold_the_lease(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    lake, own = tmp_path / "lake", process_stat(os.getpid())
+    assert own is not None
+    _record(lake, 3, host=HOST, pid=own.pid, process_start=str(own.started))  # this very process: held
+    with pytest.raises(LeaseHeld, match=rf"host {HOST}, pid {own.pid}"):
+        WriterLease(lake, "argus forget").acquire()
+    _record(lake, 3, host=HOST, pid=own.pid, process_start=str(own.started - 1))  # the pid's earlier owner
+    with caplog.at_level(logging.WARNING, logger="argus.jobs.lake"), WriterLease(lake, "argus forget") as lease:
+        assert lease.holder is not None and lease.holder.generation == 4
+    assert caplog.messages[0].endswith("its process is gone")
 
 
 def test_the_lease_is_given_back_after_a_failed_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -232,6 +232,32 @@ def test_argus_batch_nightly_passes_conf_settings_to_spark_submit(tmp_path: Path
     assert refused.exit_code != 0 and "give KEY=VALUE with a spark.* key" in str(refused.exception)
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ingest", "--bootstrap", "broker:9092"],
+        ["quality", "--date", "2026-10-01"],
+        ["profile", "--date", "2026-10-01"],
+        ["embed", "--date", "2026-10-01"],
+        ["score", "--detector", "fraud", "--date", "2026-10-01"],
+    ],
+)
+def test_each_batch_step_passes_conf_settings_to_spark_submit(tmp_path: Path, command: list[str]) -> None:
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+
+    args = ["batch", *command, "--lake", str(tmp_path / "lake"), "--conf", "spark.executor.memory=3g"]
+    args += ["--conf", "spark.executor.extraJavaOptions=-Da=b -Dc=d", "--print-command"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "'spark.executor.extraJavaOptions=-Da=b -Dc=d'" in result.stdout  # quoted for a shell
+    confs = _confs(shlex.split(result.stdout))
+    assert (confs["spark.executor.memory"], confs["spark.executor.extraJavaOptions"]) == ("3g", "-Da=b -Dc=d")
+    refused = CliRunner().invoke(app, [*args[:-1], "--conf", "executor.memory=3g", "--print-command"])
+    assert refused.exit_code != 0 and "give KEY=VALUE with a spark.* key" in str(refused.exception)
+
+
 def _confs(cmd: list[str]) -> dict[str, str]:
     """The ``--conf KEY=VALUE`` pairs of a spark-submit command line."""
     pairs = [cmd[i + 1] for i, arg in enumerate(cmd[:-1]) if arg == "--conf"]

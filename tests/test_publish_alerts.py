@@ -130,7 +130,8 @@ def test_a_broken_line_further_on_stops_publishing_there(
 def test_a_night_streams_in_flat_memory_and_a_broken_line_is_refused(tmp_path: Path) -> None:
     import tracemalloc
 
-    from argus.publish_alerts import PublishError, night_alerts
+    from argus.jobs.alert_blocks import AlertFileError
+    from argus.publish_alerts import night_alerts
 
     template = Alert(
         alert_id="ALERT",
@@ -161,7 +162,7 @@ def test_a_night_streams_in_flat_memory_and_a_broken_line_is_refused(tmp_path: P
     with path.open("a") as more:
         more.write("{not an alert}\n")
     read = 0
-    with pytest.raises(PublishError, match=f"alerts.jsonl:{many + 1} is not an alert"):
+    with pytest.raises(AlertFileError, match=f"alerts.jsonl:{many + 1} is not an alert"):
         for _ in night_alerts(tmp_path, day, ["trolls"]):
             read += 1
     assert read == many  # every alert before the broken line, each parsed once on the way

@@ -81,3 +81,28 @@ def test_evaders_fit_sample_thins_new_accounts_on_the_executors(spark: object, l
     still_new = sample["created_ts"].notna() & sample["banned_ts"].isna()
     assert 0 < still_new.sum() < new.sum()
     pd.testing.assert_frame_equal(sample, sample_new_accounts(whole, 4))  # the executors' sample is the same
+
+
+def test_the_troll_model_is_the_same_whatever_the_partitioning(spark: object, tmp_path: Path) -> None:
+    """One night, profiled and fitted with its shuffles in 1 or in 7 partitions (as the cores of the master
+    decide them), publishes one troll model: no float sum in its features depends on the partitioning."""
+    from argus.jobs.profiles import run_profile
+    from argus.jobs.score import score_night
+
+    write_world(
+        World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, troll_fraction=0.15, profile="dense")),
+        tmp_path,
+    )
+    conf = spark.conf  # type: ignore[attr-defined]
+    saved = {key: conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}
+    versions = []
+    try:
+        conf.set("spark.sql.adaptive.enabled", "false")  # else small shuffles are coalesced to one partition
+        for partitions in ("1", "7"):
+            conf.set("spark.sql.shuffle.partitions", partitions)
+            run_profile(spark, tmp_path, DAY, 3)  # type: ignore[arg-type]
+            versions.append(score_night(spark, tmp_path, DAY, "trolls", days=3)["model_version"])  # type: ignore[arg-type]
+    finally:
+        for key, value in saved.items():
+            conf.set(key, value)
+    assert versions[0] == versions[1]

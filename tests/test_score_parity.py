@@ -189,6 +189,38 @@ def test_event_features_are_built_in_blocks_equal_to_the_pandas_features(
         assert expected["bgnbd_p_churn"].notna().sum() > len(expected) / 2
 
 
+def test_evaders_core_is_scored_by_several_tasks_as_one_task_scores_it(spark: object, lake: tuple[Path, date]) -> None:
+    """The core (block 0: every new and banned account and their households) is scored a share at a time,
+    each share in a partition of its own (a task each), and the scores are those of the core scored whole."""
+    from pyspark.sql import functions as F
+
+    from argus.jobs.feature_blocks import concat_blocks, evader_core_shares, event_blocks, type_columns, unpack
+    from argus.jobs.score import night_window, score_blocks
+
+    root, day = lake
+    window = night_window(spark, root, day, WORLD.days)  # type: ignore[arg-type]
+    columns = type_columns(spark, root, day)  # type: ignore[arg-type]
+    detector = detector_class("evaders")()
+    blocks = event_blocks(spark, window, columns, detector, BLOCK_USERS).persist()  # type: ignore[arg-type]
+    try:
+        detector.fit(concat_blocks([unpack(r["frame"]) for r in blocks.collect()]))
+        core_users = blocks.where("block = 0").first()["users"]
+        share_users = core_users // 4  # this small world's core is a block; a share is a quarter of it
+        shared, shares = evader_core_shares(blocks, share_users)
+        core = shared.where("block = 0").select(F.spark_partition_id().alias("partition"), "share", "shares").collect()
+        assert shares == -(-core_users // share_users) >= 4
+        assert sorted(r["share"] for r in core) == list(range(shares))
+        assert len({r["partition"] for r in core}) == shares  # one task per share
+        by_share = score_blocks(spark, blocks, detector, share_users).toPandas()  # type: ignore[arg-type]
+        whole = score_blocks(spark, blocks, detector, core_users).toPandas()  # type: ignore[arg-type]
+    finally:
+        blocks.unpersist()
+    assert len(by_share) == len(whole) == by_share["user_id"].nunique()
+    by_share, whole = (f.sort_values("user_id", ignore_index=True) for f in (by_share, whole))
+    pd.testing.assert_frame_equal(by_share, whole)
+    assert (whole["status"] == "scored").sum() >= 5
+
+
 def test_the_fit_sample_is_bounded(spark: object, lake: tuple[Path, date]) -> None:
     from argus.detectors.trolls import TrollDetector
     from argus.jobs.publish import Publication

@@ -730,3 +730,144 @@ def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
     assert {k: nan if v is None else v for k, v in late_scores.items()} == pytest.approx(
         {k: nan if v is None else v for k, v in in_time_scores.items()}, rel=1e-9, abs=1e-12, nan_ok=True
     )
+
+
+def _troll_stage_outputs(
+    store: Path,
+    arrivals: list[tuple[str, str, int, str, str | None, str]],
+    lateness_s: float,
+) -> tuple[set[str], dict[tuple[str, int], float]]:
+    """Both troll stages, run as the runner runs them, fed ``arrivals`` (chat messages) one a batch in that
+    order, the watermark 5 s behind the newest event time seen, every timer up to it fired in time order (the
+    channel stage's first at a tie) and the rest at the end; their snapshots scored: the alert ids and, per
+    (user, event time), the score of the last feature snapshot written."""
+    from apache_beam.pvalue import TaggedOutput
+    from apache_beam.utils.timestamp import Timestamp
+
+    from argus.pipelines.stage import StageFn
+    from argus.pipelines.stream_detectors import (
+        CHANNELS_STAGE,
+        ChannelWindowsLogic,
+        UserChatLogic,
+        _ScoreChatFn,
+    )
+
+    stages = {
+        CHANNELS_STAGE: StageFn(ChannelWindowsLogic(600, lateness_s, 1), False),
+        "users": StageFn(UserChatLogic(20, 600, lateness_s), False),
+    }
+    bags = {stage: FakeBag() for stage in stages}
+    timers = {stage: FakeTimer() for stage in stages}
+    scorer = _ScoreChatFn(store, "trolls", publish_features=True)
+    scorer.setup()
+    alerts: set[str] = set()
+    scores: dict[tuple[str, int], float] = {}
+
+    def fire_until(watermark_us: float) -> None:
+        while due := sorted((at, stage) for stage, t in timers.items() for at in t.due if at <= watermark_us):
+            at, stage = due[0]
+            timers[stage].due.discard(at)
+            for out in stages[stage].fire(Timestamp(micros=at), f"0/{at}", bags[stage], timers[stage]):
+                if stage == CHANNELS_STAGE:
+                    stages["users"].process(out, Timestamp(micros=at), bags["users"], timers["users"])
+                    continue
+                for scored in scorer.process(out):
+                    if not isinstance(scored, TaggedOutput):
+                        alerts.add(scored.alert_id)
+                    elif scored.tag == "features":
+                        record = json.loads(scored.value[1])
+                        scores[(record["user_id"], record["at_us"])] = record["score"]
+
+    newest = 0
+    for offset, message in enumerate(arrivals):
+        batch = ("t", 0, offset, offset + 1, [message])
+        stages[CHANNELS_STAGE].process(
+            ("0", batch), Timestamp(micros=message[2]), bags[CHANNELS_STAGE], timers[CHANNELS_STAGE]
+        )
+        newest = max(newest, message[2])
+        fire_until(newest - 5_000_000)
+    fire_until(float("inf"))
+    return alerts, scores
+
+
+def test_late_chat_messages_give_the_troll_alerts_of_an_arrival_in_time(
+    world_and_events: tuple[World, Events],
+    published: dict,  # type: ignore[type-arg]
+) -> None:
+    """A quarter of the chat messages arrive after their window closed (its end plus the allowed lateness) but
+    within the allowed lateness after that: the same troll alert ids as in time, and every snapshot's last
+    score as in time. (Summed as windows of their own instead, the late messages changed the features.)"""
+    _, events = world_and_events
+    window_us, lateness_s = 600_000_000, 300.0
+    lateness_us = int(lateness_s * 1e6)
+    arrived = sorted(
+        (
+            (r.event_id, r.user_id, epoch_us(r.ts.to_pydatetime()), r.text, r.channel_mode, r.context)
+            for r in events["chat"].itertuples(index=False)
+        ),
+        key=lambda m: (m[2], m[0]),
+    )
+    times = [m[2] for m in arrived]
+    # Each late message comes right after the first message 10 s past its window's close: the watermark is then
+    # past the close and, for those chosen, short of the close plus the allowed lateness.
+    late: dict[int, list[int]] = {}  # position it comes after -> late messages
+    for i, message in enumerate(arrived):
+        if int(str(message[0]).encode().hex(), 16) % 4:
+            continue
+        close = (message[2] // window_us + 1) * window_us + lateness_us
+        after = next((j for j in range(i, len(arrived)) if times[j] >= close + 10_000_000), None)
+        if after is not None and times[after] - 5_000_000 < close + lateness_us:
+            late.setdefault(after, []).append(i)
+    delayed = {i for positions in late.values() for i in positions}
+    assert len(delayed) >= 100
+    reordered = []
+    for j, message in enumerate(arrived):
+        if j not in delayed:
+            reordered.append(message)
+        reordered += [arrived[i] for i in late.get(j, [])]
+    assert sorted(reordered, key=str) == sorted(arrived, key=str)
+    in_time, in_time_scores = _troll_stage_outputs(published["store"], arrived, lateness_s)
+    as_late, late_scores = _troll_stage_outputs(published["store"], reordered, lateness_s)
+    assert in_time and as_late == in_time
+    # Every user after every window: the last score written is the one in time.
+    assert in_time_scores.keys() <= late_scores.keys()
+    assert {k: late_scores[k] for k in in_time_scores} == pytest.approx(in_time_scores, rel=1e-9, abs=1e-12)
+
+
+def test_a_closed_chat_window_is_kept_for_the_allowed_lateness_then_dropped() -> None:
+    """A late message within the horizon joins its closed window, which is emitted again whole; the horizon's
+    timer then drops the window's messages from the stage's state, and a message later still is summed alone."""
+    import pickle
+
+    from apache_beam.utils.timestamp import Timestamp
+
+    from argus.pipelines.stage import StageFn
+    from argus.pipelines.stream_detectors import ChannelWindowsLogic
+
+    logic = ChannelWindowsLogic(600, 60.0, 1)
+    fn, bag, timer = StageFn(logic, False), FakeBag(), FakeTimer()
+    close, horizon = logic.close_us(0), logic.horizon_us(0)
+    assert (close, horizon) == (660_000_000, 720_000_000)
+
+    def arrive(message: tuple[str, str, int, str, None, str], fire_at: int) -> list[tuple[str, object]]:
+        fn.process(("0", ("t", 0, 0, 1, [message])), Timestamp(micros=message[2]), bag, timer)
+        return [part for _, parts in fn.fire(Timestamp(micros=fire_at), f"0/{fire_at}", bag, timer) for part in parts]
+
+    def kept() -> list[object]:
+        [(_, _, parts, *_)] = [e for e in bag.read() if e[0] == "parts"]
+        return [pickle.loads(blob) for key, blob in parts.items() if key[0] == "kept"]
+
+    [(user, part)] = arrive(("a", "u1", 10_000_000, "gg", None, "c0"), close)
+    assert (user, part.slot, part.revised, part.late) == ("u1", 0, False, False)
+    assert len(kept()) == 1 and horizon in timer.due
+    revised = dict(arrive(("b", "u2", 20_000_000, "gg", None, "c0"), close))  # the watermark between the two
+    assert {u: (p.revised, p.late, p.sums["messages"]) for u, p in revised.items()} == {
+        "u1": (True, False, 1.0),
+        "u2": (True, False, 1.0),
+    }
+    assert revised["u1"].alone is None and revised["u2"].alone is not None and revised["u2"].alone.late
+    assert len(kept()[0]) == 2
+    assert list(fn.fire(Timestamp(micros=horizon), f"0/{horizon}", bag, timer)) == []
+    assert kept() == []
+    [(user, part)] = arrive(("c", "u3", 30_000_000, "gg", None, "c0"), close)
+    assert (user, part.slot, part.revised, part.late) == ("u3", 0, False, True)

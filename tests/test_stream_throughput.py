@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import logging
+import os
 import threading
 import time
 import uuid
@@ -72,17 +74,57 @@ def test_worker_processes_number_their_metrics_apart(monkeypatch: pytest.MonkeyP
     from apache_beam.portability.api import metrics_pb2
     from apache_beam.runners.worker import sdk_worker
 
-    import argus.pipelines
+    from argus.pipelines.sdk_workers import unique_metric_short_ids
 
     info = metrics_pb2.MonitoringInfo(urn="beam:metric:element_count:v1", type="beam:metrics:sum_int64:v1")
     ids = []
     for _ in range(2):  # two worker processes, each with its cache
         monkeypatch.setattr(sdk_worker, "SHORT_ID_CACHE", sdk_worker.ShortIdCache())
-        argus.pipelines._unique_metric_short_ids()
-        argus.pipelines._unique_metric_short_ids()  # once per process: a second call changes nothing
+        unique_metric_short_ids()
+        unique_metric_short_ids()  # once per process: a second call changes nothing
         ids.append(sdk_worker.SHORT_ID_CACHE.get_short_id(info))
     assert ids[0] != ids[1]
     assert all(int(i, 16) > 2**24 for i in ids)  # not the 1, 2, ... every unpatched process gives
+
+
+# A process that has Beam's SDK worker loaded, then the placement module: what an SDK worker does.
+LOAD_PLACED_STAGES = (
+    "from apache_beam.runners.worker import sdk_worker; import argus.pipelines.sdk_workers; "
+    "print(sdk_worker.SHORT_ID_CACHE._last_short_id)"
+)
+
+
+def test_only_the_worker_processes_of_several_sdk_workers_renumber_their_metrics() -> None:
+    import subprocess
+    import sys
+
+    from argus.pipelines.sdk_workers import PROCESS_WORKERS_ENV
+
+    def last_short_id(**env: str) -> int:
+        run = subprocess.run([sys.executable, "-c", LOAD_PLACED_STAGES], env={**os.environ, **env}, capture_output=True)
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert last_short_id() == 0  # one worker (--sdk-workers 1), or the submitting process: Beam left as it is
+    assert last_short_id(**{PROCESS_WORKERS_ENV: "1"}) >= 2**24
+
+
+def test_a_beam_without_the_short_id_cache_is_warned_of_and_left_alone(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from apache_beam.runners.worker import sdk_worker
+
+    from argus.pipelines import sdk_workers
+
+    monkeypatch.delattr(sdk_worker, "SHORT_ID_CACHE")
+    monkeypatch.delenv(sdk_workers.PROCESS_WORKERS_ENV, raising=False)
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # process_worker_args puts this interpreter first
+    with caplog.at_level(logging.WARNING, logger="argus.pipelines.sdk_workers"):
+        sdk_workers.unique_metric_short_ids()
+        assert sdk_workers.process_worker_args() == ["--experiments=use_loopback_process_worker"]
+    assert sdk_workers.PROCESS_WORKERS_ENV not in os.environ  # the workers are not asked to patch
+    assert len(caplog.messages) == 2
+    assert "has no SHORT_ID_CACHE._last_short_id" in caplog.messages[0] and "--sdk-workers 1" in caplog.messages[0]
 
 
 def test_goal_ranks_by_hand() -> None:
