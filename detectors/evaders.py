@@ -620,6 +620,9 @@ class EvaderDetector(Detector):
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         """``labels``: known child -> parent user ids (other new accounts count as not evading)."""
+        # By user: the rows come in whatever order the blocks were built (Spark's partitioning), and ties
+        # in ban time, the solver's sums and the saved population follow it; the model must not.
+        features = features.sort_index()
         pairs, x = self.pairs(_complete(features))
         if labels is not None:
             known = labels.dropna().astype(str)

@@ -449,3 +449,11 @@ def test_sample_new_accounts_bounds_pairs_and_keeps_fingerprints_and_candidates(
     assert EvaderDetector().fit(unweighted).metrics["coefficients"] != weighted.metrics["coefficients"]
     with pytest.raises(ValueError, match="limit"):
         sample_new_accounts(profiles, 0)
+
+
+def test_the_fitted_model_does_not_depend_on_the_order_of_the_rows() -> None:
+    """Spark builds a block's rows in the order its partitions arrive: the same accounts in another order
+    must give the same model (its version hashes the fitted state)."""
+    features = EvaderDetector().features(events_of(World(WorldConfig(users=1500, days=2, seed=5))))
+    shuffled = features.iloc[np.random.default_rng(1).permutation(len(features))]
+    assert EvaderDetector().fit(shuffled).model_version == EvaderDetector().fit(features).model_version
