@@ -14,6 +14,7 @@ from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
 from argus.world.truth import truth_table
+from tests.spark_partitions import each_shuffle_partitioning
 
 
 def test_gap_tokens_sit_between_events_and_ages_count_back_from_the_day_end() -> None:
@@ -68,18 +69,10 @@ def test_the_embeddings_are_the_same_whatever_the_shuffle_partitions(spark: obje
 
     day = date(2026, 10, 3)
     write_world(World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, profile="dense")), tmp_path)
-    conf = spark.conf  # type: ignore[attr-defined]
-    saved = {key: conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}
     vectors = []
-    try:
-        conf.set("spark.sql.adaptive.enabled", "false")  # else small shuffles are coalesced to one partition
-        for partitions in ("1", "7"):
-            conf.set("spark.sql.shuffle.partitions", partitions)
-            run_embed(spark, tmp_path, day, 3, dim=16)  # type: ignore[arg-type]
-            embedded = read_pandas(tmp_path, "embeddings", day)
-            assert embedded is not None
-            vectors.append(np.stack(embedded.sort_values("user_id")["embedding"].to_numpy()))
-    finally:
-        for key, value in saved.items():
-            conf.set(key, value)
+    for _ in each_shuffle_partitioning(spark):
+        run_embed(spark, tmp_path, day, 3, dim=16)  # type: ignore[arg-type]
+        embedded = read_pandas(tmp_path, "embeddings", day)
+        assert embedded is not None
+        vectors.append(np.stack(embedded.sort_values("user_id")["embedding"].to_numpy()))
     np.testing.assert_array_equal(vectors[0], vectors[1])

@@ -11,6 +11,7 @@ import pytest
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
+from tests.spark_partitions import each_shuffle_partitioning
 
 DAY = date(2026, 10, 3)
 
@@ -93,16 +94,8 @@ def test_the_troll_model_is_the_same_whatever_the_partitioning(spark: object, tm
         World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, troll_fraction=0.15, profile="dense")),
         tmp_path,
     )
-    conf = spark.conf  # type: ignore[attr-defined]
-    saved = {key: conf.get(key) for key in ("spark.sql.shuffle.partitions", "spark.sql.adaptive.enabled")}
     versions = []
-    try:
-        conf.set("spark.sql.adaptive.enabled", "false")  # else small shuffles are coalesced to one partition
-        for partitions in ("1", "7"):
-            conf.set("spark.sql.shuffle.partitions", partitions)
-            run_profile(spark, tmp_path, DAY, 3)  # type: ignore[arg-type]
-            versions.append(score_night(spark, tmp_path, DAY, "trolls", days=3)["model_version"])  # type: ignore[arg-type]
-    finally:
-        for key, value in saved.items():
-            conf.set(key, value)
+    for _ in each_shuffle_partitioning(spark):
+        run_profile(spark, tmp_path, DAY, 3)  # type: ignore[arg-type]
+        versions.append(score_night(spark, tmp_path, DAY, "trolls", days=3)["model_version"])  # type: ignore[arg-type]
     assert versions[0] == versions[1]
