@@ -220,8 +220,12 @@ def _spread(events: DataFrame) -> DataFrame:
     (or the window's cache) is often one partition, which would make its table one task's work."""
     from pyspark.sql import functions as F
 
-    partitions = int(events.sparkSession.conf.get("spark.sql.shuffle.partitions") or 200)
-    return events.repartition(partitions, F.col("user_id"))
+    return events.repartition(_shuffle_partitions(events), F.col("user_id"))
+
+
+def _shuffle_partitions(frame: DataFrame) -> int:
+    """The session's spark.sql.shuffle.partitions (Spark's default 200 when unset)."""
+    return int(frame.sparkSession.conf.get("spark.sql.shuffle.partitions") or 200)
 
 
 def _strings(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -538,7 +542,7 @@ def _account_evidence(rows: DataFrame, patterns: DataFrame, attempts: DataFrame,
 
     # One pandas call per bucket of entities, not per entity: there are about as many devices, networks,
     # instruments and payees as accounts.
-    buckets = int(links.sparkSession.conf.get("spark.sql.shuffle.partitions") or 200)
+    buckets = _shuffle_partitions(links)
     totals = (
         links.withColumn("_bucket", F.pmod(F.xxhash64("entity"), F.lit(buckets)))
         .groupBy("_bucket")

@@ -8,9 +8,11 @@ project's virtual environment (ARGUS_PYTHON, default .venv/bin/python).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,8 +21,11 @@ from pathlib import Path
 
 import pytest
 
-# Airflow reads AIRFLOW_HOME when imported and would otherwise create ~/airflow.
-os.environ.setdefault("AIRFLOW_HOME", tempfile.mkdtemp(prefix="argus-airflow-home-"))
+# Airflow reads AIRFLOW_HOME when imported and would otherwise create ~/airflow; a folder made
+# here goes when the test run ends.
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="argus-airflow-home-")
+    atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 pytestmark = pytest.mark.airflow
 pytest.importorskip("airflow", reason="apache-airflow is not installed here; `make test-airflow` runs this group")
