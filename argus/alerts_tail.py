@@ -9,6 +9,9 @@ whose latest record is a tombstone (erased by ``argus forget``) is not shown eit
 With ``group`` the offsets of what was shown are committed to that consumer group, so a tail
 started again with the same group resumes after the last alert it showed. Without a group
 nothing is committed and the tail starts at the beginning (or at ``since``).
+
+The tail reads committed records only: a night's alerts are published in one Kafka transaction, so
+a publish that failed half-way shows nothing, and one in progress shows once it is committed.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ _UNITS = {"s": "seconds", "sec": "seconds", "m": "minutes", "min": "minutes", "h
 POLL_MS = 500
 END_WAIT_S = 60.0  # without --follow: longest wait for records known to exist
 REMEMBERED_IDS = 2_000_000  # alert ids a long-running follower remembers (about 200 MB at most)
+COMMITTED = "read_committed"  # a batch publish shows whole or not at all (infra.clients.publish_alerts)
 
 
 def parse_since(value: str, now: datetime | None = None) -> datetime:
@@ -111,6 +115,7 @@ def tail_alerts(
         group_id=group,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
+        isolation_level=COMMITTED,
         client_id="argus-tail",
     )
     done: dict[Any, int] = {}  # partition -> the next offset to commit (after what was shown or skipped)
@@ -225,7 +230,9 @@ def _ids_before(bootstrap: str | None, begins: dict[Any, int], starts: dict[Any,
     todo = {tp: start for tp, start in starts.items() if start > begins[tp]}
     if not todo:
         return set()
-    keys = make_consumer(bootstrap=bootstrap, enable_auto_commit=False, client_id="argus-tail-keys")
+    keys = make_consumer(
+        bootstrap=bootstrap, enable_auto_commit=False, isolation_level=COMMITTED, client_id="argus-tail-keys"
+    )
     seen: set[str] = set()
     try:
         keys.assign(list(todo))
@@ -250,7 +257,9 @@ def _erased_ids(bootstrap: str | None, starts: dict[Any, int], ends: dict[Any, i
     todo = {tp: end for tp, end in ends.items() if end > starts[tp]}
     if not todo:
         return set()
-    reader = make_consumer(bootstrap=bootstrap, enable_auto_commit=False, client_id="argus-tail-tombstones")
+    reader = make_consumer(
+        bootstrap=bootstrap, enable_auto_commit=False, isolation_level=COMMITTED, client_id="argus-tail-tombstones"
+    )
     latest_is_tombstone: dict[str, bool] = {}
     try:
         reader.assign(list(todo))

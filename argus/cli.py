@@ -1169,7 +1169,7 @@ def detect(
         raise UserError(str(exc)) from exc
     if alerts:
         with err.status(f"publishing {len(found)} alerts..."):
-            summary["alerts"] = publish_alerts(found, bootstrap)
+            summary["alerts"] = publish_alerts(found, bootstrap, source=str(out))
     if summary.get("horizon_note"):
         err.print(f"churn: {summary['horizon_note']}", highlight=False, markup=False, soft_wrap=True)
     print(json.dumps(summary))

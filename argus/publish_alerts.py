@@ -9,9 +9,10 @@ A scheduler runs it as its own task after every detector has scored (the Airflow
 Each file is read and parsed once, a line at a time, straight into the producer: memory stays flat
 however many alerts a night holds. ``publish_night`` checks that every detector's file exists and
 parses the first alert before it asks for the broker, so a missing file or a broken first line is
-refused before anything is produced. A broken line further on stops publishing there, with one line
-naming the file and line; the alerts before it have been produced, and since they are keyed by
-``alert_id``, publishing the night again once the file is mended writes the same keys.
+refused before anything is produced. The night goes in one Kafka transaction: a broken line further
+on aborts it, with one line naming the file and line, and readers of committed records (``argus
+alerts tail``; consumers set ``isolation_level=read_committed``) see none of that night. Publishing
+it again once the file is mended writes the same keys.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def publish_night(lake: Path, day: date, detectors: list[str], bootstrap: str | 
     alerts = night_alerts(lake, day, detectors)
     first = next(alerts, None)  # every file is there and the first line is an alert before the broker is asked
     require_broker(bootstrap)
-    return {} if first is None else publish_alerts(chain([first], alerts), bootstrap)
+    return {} if first is None else publish_alerts(chain([first], alerts), bootstrap, source=str(lake))
 
 
 def night_alerts(lake: Path, day: date, detectors: list[str]) -> Iterator[Alert]:

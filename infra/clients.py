@@ -17,12 +17,14 @@ or a missing ACL into one line that says what to do; it never repeats a secret.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import ssl
 import sys
 import time
 import tomllib
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,21 +474,53 @@ class AlertRecord(Protocol):
     def model_dump_json(self) -> str: ...
 
 
-def publish_alerts(alerts: Iterable[AlertRecord], bootstrap: str | None = None) -> dict[str, int]:
+# A publisher that dies mid-transaction holds back its partitions' committed readers until the broker
+# aborts the transaction at this timeout, or until a rerun with the same transactional id fences it.
+ALERT_TRANSACTION_TIMEOUT_MS = 300_000
+
+
+def alert_transactional_id(source: str) -> str:
+    """The transactional id of the publisher of ``source`` (a lake, an output file): reruns of one
+    source share it, so a rerun fences a publisher of that source that died mid-way."""
+    return "argus-alerts-" + hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def publish_alerts(
+    alerts: Iterable[AlertRecord], bootstrap: str | None = None, source: str | None = None
+) -> dict[str, int]:
     """Produce alerts to ``alerts.<kind>`` (raid groups to ``alerts.troll``), keyed by ``alert_id``:
-    a replay writes the same keys, so a compacted topic keeps one record per alert. The producer is
-    idempotent (``acks=all``): a retried send never writes a record twice."""
+    a replay writes the same keys, so a compacted topic keeps one record per alert.
+
+    All of them go in one Kafka transaction: a reader of committed records (``isolation_level=
+    read_committed``, as ``argus alerts tail`` reads) sees every alert of the call or none, and an
+    error on the way (a broken line in an alert file, a lost broker) aborts what was sent. ``source``
+    names what is published (``alert_transactional_id``); without it the id is this call's own."""
+    from kafka.errors import KafkaError
+
     from argus.infra.topics import alert_topic, ensure_alert_topics
 
     ensure_alert_topics(bootstrap)  # the alert topics exist, compacted, before the first send
-    sink = producer(bootstrap, enable_idempotence=True)
+    sink = producer(
+        bootstrap,
+        enable_idempotence=True,
+        transactional_id=alert_transactional_id(source if source is not None else f"call-{uuid.uuid4()}"),
+        transaction_timeout_ms=ALERT_TRANSACTION_TIMEOUT_MS,
+    )
     counts: dict[str, int] = {}
     try:
-        for alert in alerts:
-            topic = alert_topic("troll" if alert.kind == "raid" else alert.kind)
-            sink.send(topic, key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
-            counts[topic] = counts.get(topic, 0) + 1
-        sink.flush()
+        sink.init_transactions()
+        sink.begin_transaction()
+        try:
+            for alert in alerts:
+                topic = alert_topic("troll" if alert.kind == "raid" else alert.kind)
+                sink.send(topic, key=alert.alert_id.encode(), value=alert.model_dump_json().encode())
+                counts[topic] = counts.get(topic, 0) + 1
+            sink.commit_transaction()
+        except KafkaError:
+            raise  # the broker may be gone: its timeout, or the next run's fencing, aborts the transaction
+        except BaseException:
+            sink.abort_transaction()
+            raise
     finally:
         sink.close()
     return counts

@@ -45,7 +45,7 @@ class Grant:
     (``prefixed``: every name starting with it)."""
 
     principal: str
-    resource_type: str  # "topic" or "group"
+    resource_type: str  # "topic", "group" or "transactional_id"
     name: str
     prefixed: bool
     operations: tuple[str, ...]
@@ -61,6 +61,7 @@ ACL_GRANTS = (
     Grant(PIPELINE, "topic", DLQ_TOPIC, False, ("READ", "WRITE", "DESCRIBE")),
     Grant(PIPELINE, "topic", "alerts.", True, ("READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS")),
     Grant(PIPELINE, "group", "argus-", True, ("READ", "DESCRIBE")),
+    Grant(PIPELINE, "transactional_id", "argus-alerts-", True, ("WRITE", "DESCRIBE")),  # a night in one transaction
     Grant(ALERTS_READER, "topic", "alerts.", True, ("READ", "DESCRIBE")),
     Grant(ALERTS_READER, "group", "alerts-", True, ("READ", "DESCRIBE")),
 )
@@ -207,7 +208,11 @@ def apply_acls(admin_client: Any) -> int:
     """Create the ACLs of ``ACL_GRANTS`` (the broker ignores ones it already has); return how many bindings."""
     from kafka.admin import ACL, ACLOperation, ACLPermissionType, ACLResourcePatternType, ResourcePattern, ResourceType
 
-    types = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+    types = {
+        "topic": ResourceType.TOPIC,
+        "group": ResourceType.GROUP,
+        "transactional_id": ResourceType.TRANSACTIONAL_ID,
+    }
     acls = [
         ACL(
             principal=f"User:{grant.principal}",

@@ -110,7 +110,7 @@ def run_nightly(
             from argus.jobs.alert_blocks import alerts_folder, read_alerts
 
             files = [alerts_folder(lake, name, day) / "alerts.jsonl" for name in detectors]
-            produced = publish_alerts(read_alerts(files), alerts_bootstrap)
+            produced = publish_alerts(read_alerts(files), alerts_bootstrap, source=str(lake))
             report({"step": "alerts", "date": day.isoformat(), "produced": produced})
         summary["dates"].append(day.isoformat())
         summary["alerts"] += night

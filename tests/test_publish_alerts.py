@@ -43,13 +43,14 @@ def _write_night(lake: Path, prefix: str) -> list[str]:
     return ids
 
 
-def topic_keys(bootstrap: str, topic: str) -> list[str]:
-    """Every record key on ``topic``, all partitions, from the beginning (compaction not yet applied)."""
+def topic_keys(bootstrap: str, topic: str, isolation_level: str = "read_uncommitted") -> list[str]:
+    """Every record key on ``topic``, all partitions, from the beginning (compaction not yet applied);
+    ``read_committed``: only those of committed transactions."""
     from kafka import TopicPartition
 
     from argus.infra.clients import consumer
 
-    reader = consumer(bootstrap=bootstrap, enable_auto_commit=False)
+    reader = consumer(bootstrap=bootstrap, enable_auto_commit=False, isolation_level=isolation_level)
     try:
         parts = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or [])]
         reader.assign(parts)
@@ -113,9 +114,7 @@ def test_a_broken_first_line_is_refused_before_the_broker_is_asked(tmp_path: Pat
 
 
 @pytest.mark.kafka
-def test_a_broken_line_further_on_stops_publishing_there(
-    kafka_bootstrap: str, tmp_path: Path, unique_name: str
-) -> None:
+def test_a_broken_line_further_on_publishes_nothing(kafka_bootstrap: str, tmp_path: Path, unique_name: str) -> None:
     ids = _write_night(tmp_path, unique_name)  # trolls 0 and 1, then churn 0
     _break_line(tmp_path, "trolls", 2)
     broken = _argus(
@@ -123,8 +122,18 @@ def test_a_broken_line_further_on_stops_publishing_there(
     )
     assert broken.returncode == 2 and "alerts.jsonl:2 is not an alert" in broken.stderr, broken.stderr
     assert broken.stderr.count("\n") == 1 and "Traceback" not in broken.stderr
-    keys = topic_keys(kafka_bootstrap, "alerts.troll") + topic_keys(kafka_bootstrap, "alerts.churn")
-    assert [k for k in keys if k in ids] == [ids[0]]  # the alert before the broken line, nothing after it
+
+    def ours(isolation_level: str) -> list[str]:
+        keys = [k for t in ("alerts.troll", "alerts.churn") for k in topic_keys(kafka_bootstrap, t, isolation_level)]
+        return [k for k in keys if k in ids]
+
+    assert ours("read_committed") == []  # not even the alert before the broken line: the night was aborted
+    fixed = _write_night(tmp_path / "fixed", unique_name)
+    mended = _argus(
+        "--date", DAY, "--lake", str(tmp_path / "fixed"), "--detectors", "trolls,churn", "--bootstrap", kafka_bootstrap
+    )
+    assert mended.returncode == 0, mended.stderr
+    assert sorted(ours("read_committed")) == sorted(fixed)  # the mended night, whole
 
 
 def test_a_night_streams_in_flat_memory_and_a_broken_line_is_refused(tmp_path: Path) -> None:
