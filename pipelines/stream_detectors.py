@@ -57,11 +57,13 @@ its new rows and the features of the touched users' neighbourhood (``feature_rea
 over the lookback nor everyone's features. A payment, account or moderation event that arrives after
 its boundary was scored (late: the source lets a partition at its log end fall behind the others) is
 counted in ``late_events``, kept, and its boundary and every later scored one are scored again at
-once, each for the users it scored, with all the rows held then and one population moved on from
+once, each for the users it scored, with the rows of its own lookback and one population moved on from
 boundary to boundary (a late row changes its user's and payee's features, and through shared
 entities and the population figures those of others): a boundary's last scoring has the features,
 scores and alert ids of an arrival in time, whatever the arrival order (tested); alerts raised by
-its earlier scorings stay raised. A boundary that fires after a later one was scored has had its
+its earlier scorings stay raised. For that the stage holds the rows of ``fraud_rescore_s`` (a day)
+more than the lookback: boundaries that far back from the last scored one are scored again, older
+ones keep their scorings. A boundary that fires after a later one was scored has had its
 users scored with that one.
 
 **Checkpoints.** With ``StreamSettings.checkpoints`` the source stages (channel windows, payment
@@ -191,6 +193,9 @@ class StreamSettings:
     allowed_lateness_s: float = 60.0
     fraud_interval_s: int = 3_600
     fraud_lookback_days: int = 30
+    # How far back from the last scored boundary a late payment, account or moderation event still has boundaries
+    # scored again: the fraud stage holds that much more than the lookback, so each sees exactly its own lookback.
+    fraud_rescore_s: int = 86_400
     evidence_per_alert: int = 20
     key_shards: int = 1
     publish_features: bool = False
@@ -857,6 +862,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
     def __init__(self, settings: StreamSettings, name: str) -> None:
         self.interval_us = int(settings.fraud_interval_s) * 1_000_000
         self.lookback_us = int(settings.fraud_lookback_days) * DAY_US
+        self.rescore_us = int(settings.fraud_rescore_s) * 1_000_000
         self.lateness_s = settings.allowed_lateness_s
         self.store, self.name = settings.model_store, name
         self.publish_features = settings.publish_features
@@ -884,7 +890,7 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         current = cached is not None and done_us == cached.boundary and len(kept) == 1
         if cached is not None and current and _fingerprint(kept[0]) == cached.held:
             rolling, last = cached.rolling, cached.boundary
-            rolling.remove(_rows_between([(kept[0], None, min(last, start))]))
+            rolling.remove(_rows_between([(kept[0], last - self.lookback_us, min(last, start))]))
             rolling.add(_rows_between([(kept[0], max(last, start), boundary), (fresh, start, boundary)]))
             return rolling
         rolling = RollingPopulation()
@@ -938,11 +944,14 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
         """Score again every scored boundary from the late rows' first to ``done_us``, each for the users it scored
         (rows in its interval, and their payees), with the rows held now: a late row changes its own user's and
         payee's features and, through shared devices, instruments and payees and the population figures, those
-        of others. A boundary's last scoring then has every row before it, so its features, scores and alert ids
-        are those of an arrival in time; alerts its earlier scorings raised stay raised."""
-        first = min(self._boundary(t_us) for t_us in _entry_times(late))
+        of others. A boundary's last scoring then has every row of its lookback (held back to the oldest boundary
+        that can be scored again, ``fraud_rescore_s`` before ``done_us``), so its features, scores and alert ids
+        are those of an arrival in time; alerts its earlier scorings raised stay raised. Boundaries older than
+        that keep their scorings; the later ones still see the late rows in their lookback."""
+        oldest = done_us - self.rescore_us
+        first = max(oldest, min(self._boundary(t_us) for t_us in _entry_times(late)))
         since = _entry_times(_frames_between(held, first - self.interval_us, done_us))
-        boundaries = sorted({self._boundary(t_us) for t_us in since})
+        boundaries = sorted(b for b in {self._boundary(t_us) for t_us in since} if b >= oldest)
         assert self._live is not None, "setup() runs before a firing"
         detector = self._live.get()
         # One population for a walk over several boundaries, moved on from each to the next by the rows that
@@ -1024,9 +1033,9 @@ class _PaymentGraphFn(beam.DoFn):  # type: ignore[misc]
             assert done_us is not None
             rolling = self._with_late(done_us, kept_parts, late)
             boundary = done_us  # the state's last scored boundary stays
-        # One bag entry of held frames from now on (rows parsed once, fewer and larger reads), without
-        # what fell out of the lookback.
-        cutoff = boundary - self.lookback_us
+        # One bag entry of held frames from now on (rows parsed once, fewer and larger reads), without what
+        # fell out of the lookback of every boundary a late row may still have scored again (``_rescore``).
+        cutoff = boundary - self.rescore_us - self.lookback_us
         kept = {kind: frame[frame["ts"] >= _utc(cutoff)].reset_index(drop=True) for kind, frame in held.items()}
         kept = {kind: frame for kind, frame in kept.items() if len(frame)}
         entry = (kept, {k: n for k, n in activity.items() if k[1] >= cutoff})

@@ -652,17 +652,19 @@ HOUR_US = 3_600_000_000
 def _payment_graph_outputs(
     store: Path,
     arrivals: list[tuple[str, int, dict]],  # type: ignore[type-arg]
+    lookback_days: int = 30,
 ) -> tuple[set[str], dict[tuple[str, int], float]]:
-    """The payment graph stage fed ``arrivals`` (event type, event time, row) in that order, 50 a batch, the
-    watermark 5 s behind the newest event time seen, every timer up to it fired in time order: the alert ids and,
-    per (user, boundary), the score of the last feature snapshot written."""
+    """The payment graph stage (``lookback_days``) fed ``arrivals`` (event type, event time, row) in that order, 50
+    a batch, the watermark 5 s behind the newest event time seen, every timer up to it fired in time order: the
+    alert ids and, per (user, boundary), the score of the last feature snapshot written."""
     from apache_beam.pvalue import TaggedOutput
     from apache_beam.utils.timestamp import Timestamp
 
     from argus.pipelines.kafka_io import SourceBatch
     from argus.pipelines.stream_detectors import StreamSettings, _graph_batch, _PaymentGraphFn
 
-    fn = _PaymentGraphFn(StreamSettings(model_store=store, publish_features=True), "fraud")
+    settings = StreamSettings(model_store=store, publish_features=True, fraud_lookback_days=lookback_days)
+    fn = _PaymentGraphFn(settings, "fraud")
     fn.setup()
     rows, ranges, done, timer = FakeBag(), FakeBag(), FakeValue(), FakeTimer()
     alerts: set[str] = set()
@@ -730,6 +732,55 @@ def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
     assert {k: nan if v is None else v for k, v in late_scores.items()} == pytest.approx(
         {k: nan if v is None else v for k, v in in_time_scores.items()}, rel=1e-9, abs=1e-12, nan_ok=True
     )
+
+
+def test_a_boundary_scored_again_hours_back_sees_its_whole_lookback(
+    world_and_events: tuple[World, Events],
+    published: dict,  # type: ignore[type-arg]
+) -> None:
+    """With a one-day lookback, payments, account and moderation events of the second day's afternoon arrive
+    three hours late: their boundaries are scored again with every row of their own lookback, reaching into the
+    first day, so their last scores are those in time. (Scored with the rows held for the last scored boundary,
+    they missed the hours at the old edge of their lookback.)"""
+    _, events = world_and_events
+    arrived = sorted(
+        (
+            (kind, epoch_us(row["ts"].to_pydatetime()), row)
+            for kind in ("payment", "account", "moderation", "chat", "click")
+            for row in events[kind].to_dict("records")
+        ),
+        key=lambda e: (e[1], str(e[2]["event_id"])),
+    )
+    midnight = (arrived[0][1] // (24 * HOUR_US) + 1) * 24 * HOUR_US
+    arrived = [e for e in arrived if midnight - 12 * HOUR_US <= e[1] < midnight + 20 * HOUR_US]
+    late = [
+        e
+        for e in arrived
+        if e[0] in ("payment", "account", "moderation") and midnight + 12 * HOUR_US <= e[1] < midnight + 15 * HOUR_US
+    ]
+    assert len(late) >= 10
+    delayed = {id(e) for e in late}
+    reordered = [e for e in arrived if id(e) not in delayed]
+    at = next(i for i, e in enumerate(reordered) if e[1] >= midnight + 18 * HOUR_US)
+    reordered[at:at] = late  # after the watermark passed the boundary three hours after theirs
+    in_time, in_time_scores = _payment_graph_outputs(published["store"], arrived, lookback_days=1)
+    as_late, late_scores = _payment_graph_outputs(published["store"], reordered, lookback_days=1)
+    assert late_scores.keys() == in_time_scores.keys()
+    nan = float("nan")
+    assert {k: nan if v is None else v for k, v in late_scores.items()} == pytest.approx(
+        {k: nan if v is None else v for k, v in in_time_scores.items()}, rel=1e-9, abs=1e-12, nan_ok=True
+    )
+    assert as_late == in_time
+    # The in-time scores of the last boundary are the nightly ones over its lookback (the held rows reach further).
+    last = max(at for _, at in in_time_scores)
+    nightly = ModelStore(published["store"]).load("fraud")
+    window = events.restrict(
+        pd.Timestamp(last - 24 * HOUR_US, unit="us", tz="UTC"), pd.Timestamp(last, unit="us", tz="UTC")
+    )
+    batch = nightly.score(nightly.features(window)).set_index("user_id")["score"]
+    streamed = {user: nan if v is None else v for (user, at), v in in_time_scores.items() if at == last}
+    assert len(streamed) >= 5
+    assert streamed == pytest.approx({user: batch[user] for user in streamed}, rel=1e-9, abs=1e-12, nan_ok=True)
 
 
 def _troll_stage_outputs(
@@ -871,3 +922,129 @@ def test_a_closed_chat_window_is_kept_for_the_allowed_lateness_then_dropped() ->
     assert kept() == []
     [(user, part)] = arrive(("c", "u3", 30_000_000, "gg", None, "c0"), close)
     assert (user, part.slot, part.revised, part.late) == ("u3", 0, False, True)
+
+
+def _troll_alerts(bootstrap: str, prefix: str) -> dict[str, str]:
+    """Alert id -> user of every alert on ``prefix``'s troll topic now."""
+    from argus.pipelines.kafka_io import published_identities
+
+    values = published_identities(bootstrap, [f"{prefix}.alerts.troll"], lambda t, k, v: v.decode())
+    return {alert["alert_id"]: alert["user_id"] for alert in map(json.loads, values)}
+
+
+def test_chat_messages_arriving_late_on_prism_give_the_troll_alerts_of_an_in_order_run(
+    kafka_bootstrap: str,
+    world_and_events: tuple[World, Events],
+    published: dict,  # type: ignore[type-arg]
+) -> None:
+    """The pipeline on Prism, unbounded, reads the first day's chat with some messages held back: once the
+    watermark has passed their windows' close (their window's snapshots are out), they are produced, then the
+    rest. They are counted late, join their windows within the allowed lateness, and the troll alert ids and
+    every user's last features equal those of a bounded run over the same messages in event-time order."""
+    from apache_beam import Pipeline
+    from confluent_kafka import Producer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from argus.pipelines.stream import StreamConfig, _counters, build_pipeline, pipeline_options, run_stream
+    from argus.world.sinks import event_records
+
+    prism_or_skip()
+    world, _ = world_and_events
+    window_us, lateness_s = 600_000_000, 3_600.0
+    lateness_us = int(lateness_s * 1e6)
+    records = [
+        (json.loads(v), k, v)
+        for topic, keys, values in event_records(world)
+        if topic == "events.chat"
+        for k, v in zip(keys, values, strict=True)
+    ]
+    messages = sorted(((epoch_us(pd.Timestamp(r["ts"]).to_pydatetime()), r["event_id"], k, v) for r, k, v in records))
+    day_us = 86_400_000_000
+    day_end = (messages[0][0] // day_us + 1) * day_us
+    messages = [m for m in messages if m[0] < day_end]
+    channel = {r["event_id"]: r["context"] for r, _, _ in records}
+    # Held back: every message but the first of each (channel, window) whose close (its end plus the allowed
+    # lateness) the watermark (the newest time produced) has passed by a minute or more, but not that close plus
+    # the allowed lateness: the first keeps the window in the channel stage's state, the others join it late.
+    split = len(messages) * 3 // 5
+    newest = messages[split - 1][0]
+    firsts: set[tuple[str, int]] = set()
+    late = []
+    for i, (t_us, event_id, _, _) in enumerate(messages[:split]):
+        close = (t_us // window_us + 1) * window_us + lateness_us
+        window = (channel[event_id], t_us // window_us)
+        if close <= newest - 60_000_000 and newest + 60_000_000 <= close + lateness_us:
+            if window in firsts:
+                late.append(i)
+            firsts.add(window)
+    assert len(late) >= 10
+    held = set(late)
+    first = [m for i, m in enumerate(messages[:split]) if i not in held]
+    beat = {**records[0][0], "event_id": "heartbeat", "user_id": "heartbeat", "context": "heartbeat"}
+    beat["ts"] = (
+        pd.Timestamp(messages[-1][0] + 3 * 3_600_000_000, unit="us").strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    )
+    prefix = f"late{os.getpid()}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(f"{prefix}.{run}.events.chat", 1, 1) for run in ("ordered", "late")])
+    admin.close()
+    for run in ("ordered", "late"):
+        _output_topics(kafka_bootstrap, f"{prefix}.{run}")
+
+    def produce(run: str, batch: list[tuple[int, str, bytes, bytes]]) -> None:
+        producer = Producer({"bootstrap.servers": kafka_bootstrap})
+        for _, _, key, value in batch:
+            producer.produce(f"{prefix}.{run}.events.chat", value, key)
+        assert producer.flush(60) == 0
+
+    def config(run: str, bounded: bool) -> StreamConfig:
+        return StreamConfig(
+            model_store=published["store"], detectors=("trolls",), topics=[f"{prefix}.{run}.events.chat"],
+            bootstrap=kafka_bootstrap, bounded=bounded, allowed_lateness_s=lateness_s, idle_slack_s=1e9,
+            alerts_prefix=f"{prefix}.{run}.alerts", dlq_topic=f"{prefix}.{run}.dlq",
+            features_prefix=f"{prefix}.{run}.features",
+        )  # fmt: skip
+
+    produce("ordered", messages)
+    ordered = run_stream(config("ordered", bounded=True))
+    assert ordered["late_events"] == 0
+    expected = set(_troll_alerts(kafka_bootstrap, f"{prefix}.ordered"))
+    in_order = _last_per_user(_snapshots(kafka_bootstrap, f"{prefix}.ordered.features.trolls"))
+    assert expected
+
+    produce("late", first)
+    options = config("late", bounded=False)
+    pipeline = Pipeline(options=pipeline_options(options))
+    build_pipeline(pipeline, options)
+    result = pipeline.run()
+    try:
+        last_slot = max(messages[i][0] // window_us for i in late)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:  # the held-back messages' windows have closed
+            snapshots = _snapshots(kafka_bootstrap, f"{prefix}.late.features.trolls")
+            if len(snapshots) and (snapshots["at_us"] // window_us).max() >= last_slot:
+                break
+            time.sleep(1.0)
+        else:
+            pytest.fail("the windows of the held-back messages did not close")
+        produce("late", [messages[i] for i in late])
+        produce("late", [*messages[split:], (0, "", b"heartbeat", json.dumps(beat).encode())])
+        deadline = time.monotonic() + 240
+        got: set[str] = set()
+        late_events, applied = 0, 0.0
+        while time.monotonic() < deadline and (
+            got != expected or late_events < len(late) or applied < in_order["chat_messages"].sum()
+        ):
+            time.sleep(2.0)
+            got = {i for i, user in _troll_alerts(kafka_bootstrap, f"{prefix}.late").items() if user != "heartbeat"}
+            result._metrics = None  # the job's counters now: ``metrics()`` keeps its first answer
+            late_events = _counters(result)["late_events"]
+            snapshots = _snapshots(kafka_bootstrap, f"{prefix}.late.features.trolls")
+            streamed = _last_per_user(snapshots[snapshots["user_id"] != "heartbeat"])
+            applied = streamed["chat_messages"].sum()
+    finally:
+        result.cancel()
+    assert got == expected
+    assert late_events == len(late)
+    # Every user's features after their last window are those in order (the late messages joined their windows).
+    pd.testing.assert_frame_equal(streamed, in_order, check_exact=False, rtol=1e-9, atol=1e-12)
