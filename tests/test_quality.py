@@ -57,7 +57,7 @@ def test_damage_fails_with_the_check_named(spark: object, lake: Path) -> None:
     _edit(lake, "click", extra_column)
     report = run_quality(spark, lake, DAY)  # type: ignore[arg-type]
     assert not report.passed
-    assert any("column=amount" in f for f in report.failures["payment"])
+    assert any("column=amount" in f and "unexpected=" in f for f in report.failures["payment"])  # with its details
     assert any("unique" in f and "column=event_id" in f for f in report.failures["chat"])
     assert any("table_columns_to_match_set" in f for f in report.failures["click"])
     assert "account" not in report.failures
