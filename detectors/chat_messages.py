@@ -422,11 +422,12 @@ def _trailing(seconds: np.ndarray, keys: list[pd.Series], window_s: float | np.n
 def _trailing_by_code(seconds: np.ndarray, codes: np.ndarray, window_s: float | np.ndarray) -> np.ndarray:
     order = np.lexsort((np.arange(len(seconds)), seconds, codes))
     window = np.broadcast_to(np.asarray(window_s, dtype=float), seconds.shape)
-    widest = float(window.max()) if len(seconds) else 0.0
-    span = float(seconds.max() - seconds.min()) + widest + 1.0 if len(seconds) else 1.0
-    base = seconds.min() if len(seconds) else 0.0
-    key = codes[order] * span + (seconds[order] - base)
-    start = np.searchsorted(key, key - window[order], side="left")
+    # Times and window starts as ranks among both, so that (code, rank) is one exact integer key: a float
+    # key code * span + seconds rounds, and a message exactly a window back then counted by chance.
+    ranks = np.unique(np.concatenate([seconds, seconds - window]), return_inverse=True)[1].reshape(2, -1)
+    stride = np.int64(2 * len(seconds) + 1)
+    key = codes[order].astype(np.int64) * stride + ranks[0][order]
+    start = np.searchsorted(key, codes[order].astype(np.int64) * stride + ranks[1][order], side="left")
     counts = np.empty(len(seconds))
     counts[order] = np.arange(len(seconds)) - start
     return counts

@@ -18,6 +18,7 @@ from argus.detectors.chat_messages import (
     MIN_VIEW_USERS,
     SIGNALS,
     BetaPrior,
+    _trailing_by_code,
     fit_message_model,
     fit_rate_prior,
     fit_user_views,
@@ -139,6 +140,16 @@ def test_channel_rules_backseating_and_other_streamers() -> None:
     assert np.isnan(s["backseating"].iloc[2])
     with pytest.raises(ValueError, match="unknown channel rule"):
         message_signals(frame, channel_rules={"speedrun": ["no_fun"]})
+
+
+def test_trailing_counts_a_message_exactly_its_window_back_whatever_the_key() -> None:
+    # The second message's window reaches exactly back to the first; a float key (code x span + time)
+    # rounded this boundary away for a high key code.
+    first, second = 1790074578.658, 1790074599.527
+    seconds = np.array([first, second, 1_790_000_000.0, 1_790_086_400.0])
+    codes = np.array([58731, 58731, 0, 0])
+    counts = _trailing_by_code(seconds, codes, np.array([120.0, second - first, 120.0, 120.0]))
+    assert list(counts) == [0, 1, 0, 0]
 
 
 def test_em_recovers_planted_signal_rates() -> None:
