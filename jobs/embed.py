@@ -28,6 +28,15 @@ same; the default stays one partition so that a night's embeddings, and the eval
 do not change with the cluster's size. Either way Word2Vec reads the sequences sorted by user from one
 partition, so its vocabulary's numbering and the order it trains in do not depend on the cores or
 the shuffle partitions.
+
+Word2Vec learns from at most ``fit_users`` users' sequences (``WORD2VEC_FIT_USERS``, 50,000): the first
+in the order of a hash of their user id (``xxhash64``, ties by user id), and for each token the first
+user in that order whose sequence holds it, so every token of the night gets a vector and the
+vocabulary is the whole one. The vocabulary is small (event and gap tokens), so that many sequences
+hold far more co-occurrences than its vectors need, and training time stops growing with the users.
+Every user is still pooled with the learnt vectors. Up to ``fit_users`` users the sample is everyone
+and the vectors are those learnt from all sequences. The sample depends on the user ids only, so it
+too is the same on any master.
 """
 
 from __future__ import annotations
@@ -53,6 +62,8 @@ GAP_EDGES_S = (60, 600, 3_600, 6 * 3_600, 86_400)
 GAP_NAMES = ("gap:<1m", "gap:1-10m", "gap:10m-1h", "gap:1-6h", "gap:6-24h", "gap:>1d")
 DIM = 32
 TAU_DAYS = 7.0
+# Users Word2Vec learns from at most (plus one holder of each token); every user is still embedded.
+WORD2VEC_FIT_USERS = 50_000
 
 
 def event_tokens(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame:
@@ -108,6 +119,22 @@ def _with_gaps(events: list[tuple[int, str]], end_s: int, max_tokens: int) -> tu
     return words[-max_tokens:], ages[-max_tokens:]
 
 
+def fit_sample(docs: DataFrame, fit_users: int) -> DataFrame:
+    """The sequences Word2Vec learns from: the first ``fit_users`` users in user-hash order, and for each
+    token the first user in that order whose sequence holds it, so that every token gets a vector."""
+    from pyspark.sql import functions as F
+
+    ranked = docs.select("user_id", "words", F.xxhash64("user_id").alias("rank"))
+    first = ranked.select("rank", "user_id").orderBy("rank", "user_id").limit(fit_users).select("user_id")
+    holders = (
+        ranked.select("user_id", "rank", F.explode(F.array_distinct("words")).alias("word"))
+        .groupBy("word")
+        .agg(F.min(F.struct("rank", "user_id")).alias("holder"))
+        .select(F.col("holder.user_id").alias("user_id"))
+    )
+    return docs.join(first.union(holders).distinct(), "user_id", "left_semi")
+
+
 def run_embed(
     spark: SparkSession,
     lake: Path,
@@ -118,13 +145,17 @@ def run_embed(
     seed: int = 7,
     publication: Publication | None = None,
     word2vec_partitions: int = 1,
+    fit_users: int = WORD2VEC_FIT_USERS,
 ) -> dict[str, object]:
     """Embed every user with events in the ``days`` up to ``day`` and publish ``day`` of the embeddings
-    table; ``word2vec_partitions`` trades the vectors' accuracy for training on more cores (module doc)."""
+    table; ``word2vec_partitions`` trades the vectors' accuracy for training on more cores, ``fit_users``
+    bounds the users Word2Vec learns from (module doc)."""
     from pyspark.ml.feature import Word2Vec
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
+    if fit_users < 1:
+        raise ValueError(f"fit_users {fit_users}: give 1 or more")
     if word2vec_partitions < 1:
         raise ValueError(f"--word2vec-partitions {word2vec_partitions}: give 1 or more (1 trains on one core)")
     lake = Path(lake)
@@ -160,7 +191,11 @@ def run_embed(
     # Word2Vec numbers its vocabulary in the order the word counts are collected and trains on the
     # sequences in the order they come: both follow the input's partitions, which follow the cores
     # and the shuffle. Handed one partition sorted by user, it learns the same vectors on any master.
-    model = word2vec.fit(docs.orderBy("user_id").coalesce(1))
+    # The sort runs on every core and is kept: Word2Vec reads its input twice (vocabulary, training).
+    training = (fit_sample(docs, fit_users) if docs.count() > fit_users else docs).orderBy("user_id").cache()
+    word2vec_users = training.count()
+    model = word2vec.fit(training.coalesce(1))
+    training.unpersist()
     vectors = {row["word"]: np.asarray(row["vector"].toArray()) for row in model.getVectors().collect()}
     table = spark.sparkContext.broadcast(vectors)
 
@@ -192,6 +227,7 @@ def run_embed(
         "dim": dim,
         "vocabulary": len(vectors),
         "word2vec_partitions": word2vec_partitions,
+        "word2vec_users": word2vec_users,
         "table": published,
     }
 

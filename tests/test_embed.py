@@ -76,3 +76,25 @@ def test_the_embeddings_are_the_same_whatever_the_shuffle_partitions(spark: obje
         assert embedded is not None
         vectors.append(np.stack(embedded.sort_values("user_id")["embedding"].to_numpy()))
     np.testing.assert_array_equal(vectors[0], vectors[1])
+
+
+def test_word2vec_learns_from_a_bounded_sample_that_holds_every_token(spark: object, tmp_path: Path) -> None:
+    """Above ``fit_users`` users Word2Vec learns from that many (chosen by user hash, the same on any
+    partitioning) plus a holder of each token: every token still gets a vector and every user is embedded."""
+    from argus.jobs.embed import run_embed
+
+    day = date(2026, 10, 3)
+    write_world(World(WorldConfig(users=300, days=3, seed=13, events_per_user_day=25.0, profile="dense")), tmp_path)
+    whole = run_embed(spark, tmp_path, day, 3, dim=16)  # type: ignore[arg-type]
+    full = np.stack(read_pandas(tmp_path, "embeddings", day).sort_values("user_id")["embedding"].to_numpy())
+    sampled = []
+    for _ in each_shuffle_partitioning(spark):
+        result = run_embed(spark, tmp_path, day, 3, dim=16, fit_users=20)  # type: ignore[arg-type]
+        assert 20 <= result["word2vec_users"] <= 20 + whole["vocabulary"]
+        assert result["vocabulary"] == whole["vocabulary"]
+        assert result["users"] == whole["users"] == whole["word2vec_users"]
+        embedded = read_pandas(tmp_path, "embeddings", day)
+        assert embedded is not None
+        sampled.append(np.stack(embedded.sort_values("user_id")["embedding"].to_numpy()))
+    np.testing.assert_array_equal(sampled[0], sampled[1])
+    assert np.isfinite(sampled[0]).all() and not np.allclose(sampled[0], full)
