@@ -1700,6 +1700,15 @@ def stream_run(
         int, typer.Option(help="Event-time seconds between fraud scorings of the users with new payments.")
     ] = 3_600,
     fraud_lookback_days: Annotated[int, typer.Option(help="Days of payment graph the fraud features see.")] = 30,
+    fraud_rescore: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="How far back (event-time seconds) from the last scored fraud boundary a late payment, account or "
+            "moderation event still has its boundary and the later ones scored again; older boundaries keep their "
+            "scores. The fraud stage holds this much more than --fraud-lookback-days in memory.",
+        ),
+    ] = 86_400,
     alerts_prefix: Annotated[str, typer.Option(help="Alerts go to PREFIX.<kind> (e.g. a staging prefix).")] = "alerts",
     dlq_topic: Annotated[str, typer.Option(help="Topic for rejected records.")] = "dlq.events",
     key_shards: Annotated[
@@ -1764,6 +1773,7 @@ def stream_run(
         checkpoint_interval_s=checkpoint_interval,
         fraud_interval_s=fraud_interval,
         fraud_lookback_days=fraud_lookback_days,
+        fraud_rescore_s=fraud_rescore,
         alerts_prefix=alerts_prefix,
         dlq_topic=dlq_topic,
         key_shards=key_shards,

@@ -67,7 +67,7 @@ wrote; a cluster of at least ``min_members`` users is one group alert.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import pandas as pd
@@ -171,6 +171,14 @@ def _kth_neighbour_distance(reference: np.ndarray, query: np.ndarray, k: int, ex
     index.add(reference)
     distances, _ = index.search(query, k_eff)
     return np.asarray(distances[:, k_eff - 1], dtype=float)
+
+
+class ContextScores(NamedTuple):
+    """Context-mode scores and flags of every row, and the worded reasons of some rows (row -> reasons)."""
+
+    score: np.ndarray
+    flagged: np.ndarray
+    reasons: dict[int, list[Reason]]
 
 
 class TrollDetector(Detector):
@@ -437,32 +445,51 @@ class TrollDetector(Detector):
 
     def _score_context(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
         """Context-mode scores: deviations of (shrunk) context features from the fitted norms."""
-        eligible = self._eligible(features)
-        low = self._low_evidence(features, eligible)
-        scorable = eligible | low
-        values = features[list(SCORED_FEATURES)].to_numpy(dtype=float)
+        context = self._context_arrays(features, state, flagged_reasons_only=False)
+        reasons: list[list[Reason]] = [context.reasons.get(i, []) for i in range(len(features))]
+        status = self._status(features, *self._scorable(features))
+        return score_frame(features.index, context.score, context.flagged, status, reasons)
+
+    def context_scores(self, features: pd.DataFrame) -> ContextScores | None:
+        """``score``'s scores and flags as arrays, with reasons for the flagged rows only, or None where
+        ``score`` uses more than the context features (message columns; moderation with the three-view
+        model). The streaming scorer's path: no per-row statuses or frame, and wording only what alerts."""
+        state = self.require_fitted()
+        if self._has_messages(features) or (self._has_moderation(features) and state.get(USER_VIEWS) is not None):
+            return None
+        return self._context_arrays(features, state, flagged_reasons_only=True)
+
+    def _context_arrays(
+        self, features: pd.DataFrame, state: dict[str, Any], flagged_reasons_only: bool
+    ) -> ContextScores:
+        eligible, low = self._scorable(features)
+        scorable = np.flatnonzero(eligible | low)
         scores = np.full(len(features), np.nan)
         flagged = np.zeros(len(features), dtype=bool)
-        reasons: list[list[Reason]] = [[] for _ in range(len(features))]
-        status = self._status(features, eligible, low)
-        if scorable.any():
+        reasons: dict[int, list[Reason]] = {}
+        if len(scorable):
+            values = features[list(SCORED_FEATURES)].to_numpy(dtype=float)[scorable]
             messages = features["chat_messages"].to_numpy(dtype=float)[scorable]
-            shrunk = self.shrink(values[scorable], messages, state)
-            deviations = self._deviations(shrunk, state)
+            deviations = self._deviations(self.shrink(values, messages, state), state)
             distance = self._distances(deviations, state, exclude_self=False)
             scores[scorable] = distance / (distance + state["threshold"])
-            flagged[scorable] = distance > state["threshold"]
-            norms = pd.Series(state["median"], index=list(SCORED_FEATURES))
-            frame = pd.DataFrame(deviations, columns=list(SCORED_FEATURES))
-            worded = norm_reasons(pd.DataFrame(values[scorable], columns=list(SCORED_FEATURES)), norms, frame, LABELS)
-            for position, row in zip(np.flatnonzero(scorable), worded, strict=True):
-                reasons[position] = row
-        return score_frame(features.index, scores, flagged, status, reasons)
+            over = distance > state["threshold"]
+            flagged[scorable] = over
+            worded = over if flagged_reasons_only else np.ones(len(scorable), dtype=bool)
+            if worded.any():
+                norms = pd.Series(state["median"], index=list(SCORED_FEATURES))
+                said = norm_reasons(
+                    pd.DataFrame(values[worded], columns=list(SCORED_FEATURES)),
+                    norms,
+                    pd.DataFrame(deviations[worded], columns=list(SCORED_FEATURES)),
+                    LABELS,
+                )
+                reasons = dict(zip(scorable[worded].tolist(), said, strict=True))
+        return ContextScores(scores, flagged, reasons)
 
     def _score_messages(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
         """The posterior mean of each user's violation rate; flagged above the fitted fence (module doc)."""
-        eligible = self._eligible(features)
-        low = self._low_evidence(features, eligible)
+        eligible, low = self._scorable(features)
         usable = features[MESSAGE_COLUMNS].notna().all(axis=1).to_numpy()
         eligible, low = eligible & usable, low & usable
         scorable = eligible | low
@@ -520,6 +547,11 @@ class TrollDetector(Detector):
         return pd.DataFrame({"user_id": changed, "was": before[changed].to_numpy(), "now": after[changed].to_numpy()})
 
     # --- internals --------------------------------------------------------------------
+    def _scorable(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """The rows scored on their features, and those scored on shrunk features (low evidence)."""
+        eligible = self._eligible(features)
+        return eligible, self._low_evidence(features, eligible)
+
     def _eligible(self, features: pd.DataFrame) -> np.ndarray:
         enough = features["chat_messages"].to_numpy(dtype=float) >= self.params["min_messages"]
         complete = ~np.isnan(features[list(SCORED_FEATURES)].to_numpy(dtype=float)).any(axis=1)

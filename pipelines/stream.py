@@ -80,6 +80,7 @@ class StreamConfig:
     checkpoint_interval_s: float = 2.0
     fraud_interval_s: int = 3_600
     fraud_lookback_days: int = 30
+    fraud_rescore_s: int = 86_400  # how far back from the last scored fraud boundary a late event rescores
     skip_published: bool = True
     alerts_prefix: str = "alerts"
     dlq_topic: str = DLQ_TOPIC
@@ -120,6 +121,8 @@ class StreamConfig:
             raise StreamError(f"unknown runner {self.runner!r}; use one of {', '.join(RUNNERS)}")
         if self.parallelism < 1 or self.checkpoint_interval_s <= 0 or self.fraud_interval_s < 60:
             raise StreamError("need --parallelism >= 1, --checkpoint-interval > 0 and --fraud-interval >= 60")
+        if self.fraud_rescore_s < 0:
+            raise StreamError(f"--fraud-rescore must be 0 or more seconds, not {self.fraud_rescore_s}")
         if self.key_shards is not None and self.key_shards < 1:
             raise StreamError(f"--key-shards must be at least 1, not {self.key_shards}")
         if self.max_batch < 1:
@@ -253,6 +256,7 @@ def build_pipeline(pipeline: beam.Pipeline, config: StreamConfig, client: Portab
         allowed_lateness_s=config.allowed_lateness_s,
         fraud_interval_s=config.fraud_interval_s,
         fraud_lookback_days=config.fraud_lookback_days,
+        fraud_rescore_s=config.fraud_rescore_s,
         key_shards=config.shards(),
         publish_features=config.features_prefix is not None,
         checkpoints=plan is not None,

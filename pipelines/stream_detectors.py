@@ -83,6 +83,7 @@ features), keyed by user, on ``<features prefix>.<detector>``: a live feature fe
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import math
 import pickle
 import zlib
@@ -116,6 +117,9 @@ from argus.detectors.events import Events
 from argus.detectors.fraud import FraudDetector
 from argus.detectors.fraud_features import RollingPopulation
 from argus.detectors.store import LiveModel, ModelStore
+from argus.detectors.trolls import (
+    TrollDetector,
+)
 from argus.pipelines.checkpoint import Ranges, ReceivedLog, Restore, StageSnapshot, covers, restore_input
 from argus.pipelines.kafka_io import SourceBatch
 from argus.pipelines.sdk_workers import on_worker
@@ -460,6 +464,9 @@ class ChannelWindowsState:
     closed: dict[str, int] = field(default_factory=dict)
     kept: dict[tuple[str, int], list[ChatMessage]] = field(default_factory=dict)  # (channel, slot) -> messages
     expired_us: int = 0  # the newest firing: windows whose horizon ends by then are given up
+    # (horizon us, channel, slot) of every kept window, a heap: a firing drops the passed ones without walking
+    # the others. Derived from ``kept``: not checkpointed, rebuilt on restore.
+    horizons: list[tuple[int, str, int]] = field(default_factory=list, compare=False)
 
 
 class ChannelWindowsLogic(StageLogic):
@@ -495,10 +502,15 @@ class ChannelWindowsLogic(StageLogic):
         return ChannelWindowsState()
 
     def parts(self, state: ChannelWindowsState) -> dict[Hashable, Any]:
-        return dataclass_parts(state, ("closed", "kept"))
+        parts = dataclass_parts(state, ("closed", "kept"))
+        del parts[("horizons",)]
+        return parts
 
     def from_parts(self, parts: dict[Hashable, Any]) -> ChannelWindowsState:
-        return dataclass_from_parts(ChannelWindowsState, parts, ("closed", "kept"))  # type: ignore[no-any-return]
+        state: ChannelWindowsState = dataclass_from_parts(ChannelWindowsState, parts, ("closed", "kept"))
+        state.horizons = [(self.horizon_us(slot), channel, slot) for channel, slot in state.kept]
+        heapq.heapify(state.horizons)
+        return state
 
     def changed_parts(self, rows: list[ChatMessage]) -> list[Hashable]:
         windows = [("kept", (m[5], m[2] // self.window_us)) for m in rows]
@@ -528,11 +540,18 @@ class ChannelWindowsLogic(StageLogic):
             out.setdefault(self.close_us(message[2] // self.window_us), []).append(message)
         return out
 
+    def _keep(self, state: ChannelWindowsState, window: tuple[str, int], messages: list[ChatMessage]) -> None:
+        """Set a kept window's messages; a new window's horizon goes on the heap."""
+        if window not in state.kept:
+            heapq.heappush(state.horizons, (self.horizon_us(window[1]), *window))
+        state.kept[window] = messages
+
     def _expire(self, state: ChannelWindowsState, fired_us: int) -> None:
         """Drop the kept windows whose horizon has passed by ``fired_us``."""
         state.expired_us = max(state.expired_us, fired_us)
-        for window in [w for w in state.kept if self.horizon_us(w[1]) <= state.expired_us]:
-            del state.kept[window]
+        while state.horizons and state.horizons[0][0] <= state.expired_us:
+            _, channel, slot = heapq.heappop(state.horizons)
+            del state.kept[(channel, slot)]
 
     def _unique(self, state: ChannelWindowsState, rows: list[ChatMessage]) -> dict[str, ChatMessage]:
         """``rows`` by event id in event-time order, without repeats of each other or of kept messages (counted)."""
@@ -571,12 +590,16 @@ class ChannelWindowsLogic(StageLogic):
             closed[channel] = max(slot, closed.get(channel, slot))
         parts = window_sums(on_time, self.window_s)
         for message in on_time:
-            state.kept.setdefault((message[5], message[2] // self.window_us), []).append(message)
+            window = (message[5], message[2] // self.window_us)
+            if window in state.kept:
+                state.kept[window].append(message)
+            else:
+                self._keep(state, window, [message])
         if joining:
             late = [m for messages in joining.values() for m in messages]
             alone = {(user, part.channel, part.slot): part for user, part in window_sums(late, self.window_s, True)}
             for window, messages in joining.items():
-                state.kept[window] = sorted(state.kept.get(window, []) + messages, key=lambda m: (m[2], m[0]))
+                self._keep(state, window, sorted(state.kept.get(window, []) + messages, key=lambda m: (m[2], m[0])))
             for user, part in window_sums([m for w in joining for m in state.kept[w]], self.window_s):
                 part.revised, part.alone = True, alone.get((user, part.channel, part.slot))
                 parts.append((user, part))
@@ -738,6 +761,26 @@ class _ScoreBatchFn(beam.DoFn):  # type: ignore[misc]
         return self._live
 
 
+def _chat_scores(detector: Detector, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    """Score, flagged, and a frame that ``alerts_from_scores`` takes (row positions as its index) with at least
+    the flagged rows: by ``TrollDetector.context_scores`` where it serves, else by ``detector.score``."""
+    context = detector.context_scores(features) if isinstance(detector, TrollDetector) else None
+    if context is None:
+        scores = detector.score(features).reset_index(drop=True)
+        return scores["score"].to_numpy(dtype=float), scores["flagged"].to_numpy(), scores
+    rows = np.flatnonzero(context.flagged)
+    alerting = pd.DataFrame(
+        {
+            "user_id": features.index[rows].astype(str),
+            "score": context.score[rows],
+            "flagged": True,
+            "reasons": [context.reasons[i] for i in rows.tolist()],
+        },
+        index=rows,
+    )
+    return np.clip(context.score, 0.0, 1.0), context.flagged, alerting
+
+
 class _ScoreChatFn(_ScoreBatchFn):
     def process(self, batch: list[ChatSnapshot]) -> Iterator[Any]:
         live = self.live()
@@ -745,19 +788,19 @@ class _ScoreChatFn(_ScoreBatchFn):
         window_s = int(detector.params.get("window_s", CONTEXT_WINDOW_S))
         features = chat_feature_rows([(u, s, t) for u, s, t, _, _ in batch], window_s)
         with one_native_thread():
-            scores = detector.score(features).reset_index(drop=True)
-        self.scored.inc(len(scores))
-        flagged = scores["flagged"].to_numpy()
-        if flagged.any():
+            score_of, flagged, scores = _chat_scores(detector, features)
+        flagged_rows = np.flatnonzero(flagged)
+        self.scored.inc(len(batch))
+        if len(flagged_rows):
             version = live.model_version()
-            for rows in _alert_runs(batch, np.flatnonzero(flagged).tolist()):
+            for rows in _alert_runs(batch, flagged_rows.tolist()):
                 evidence = {batch[i][0]: list(reversed(batch[i][3])) for i in rows}
                 start, end = _day_window(batch[rows[0]][4])
-                yield from alerts_from_scores(scores.iloc[rows], detector, start, end, evidence, model_version=version)
+                yield from alerts_from_scores(scores.loc[rows], detector, start, end, evidence, model_version=version)
         if self.publish_features:
             names = list(features.columns)
             values = features.to_numpy(dtype=float).tolist()
-            score = scores["score"].to_numpy(dtype=float).tolist()
+            score = score_of.tolist()
             store_version = live.version
             for j, (user, _, _, _, t_us) in enumerate(batch):
                 row = dict(zip(names, values[j], strict=True))

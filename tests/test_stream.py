@@ -414,6 +414,22 @@ def test_checkpoint_ranges_and_batch_cuts() -> None:
     assert [end for _, end in _cut(records, [5, 40])] == [27]
 
 
+def test_stream_run_passes_the_fraud_rescore_horizon_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from argus.cli import app
+    from argus.pipelines import stream
+
+    given: list[stream.StreamConfig] = []
+    monkeypatch.setattr(stream, "run_stream", lambda config: given.append(config) or {})
+    args = ["stream", "run", "--model-store", str(tmp_path), "--bootstrap", "localhost:1"]
+    assert CliRunner().invoke(app, [*args, "--fraud-rescore", "7200"]).exit_code == 0
+    assert CliRunner().invoke(app, args).exit_code == 0
+    assert [config.fraud_rescore_s for config in given] == [7_200, 86_400]
+    assert CliRunner().invoke(app, [*args, "--fraud-rescore", "-5"]).exit_code != 0  # refused before running
+    assert len(given) == 2
+
+
 def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
     from argus.pipelines.stream import StreamConfig, StreamError
 
@@ -429,6 +445,8 @@ def test_user_mistakes_are_one_line(tmp_path: Path) -> None:
         StreamConfig(model_store=tmp_path, runner="flink", checkpoint_dir=tmp_path).check()
     with pytest.raises(StreamError, match="only with --runner prism"):
         StreamConfig(model_store=tmp_path, runner="flink", sdk_workers=2).check()
+    with pytest.raises(StreamError, match="--fraud-rescore must be 0 or more seconds"):
+        StreamConfig(model_store=tmp_path, fraud_rescore_s=-1).check()
     # Prism: one Python process unless told otherwise; clusters size their own workers.
     assert StreamConfig(model_store=tmp_path).workers() == 1
     assert StreamConfig(model_store=tmp_path, sdk_workers=2).workers() == 2
@@ -922,6 +940,30 @@ def test_a_closed_chat_window_is_kept_for_the_allowed_lateness_then_dropped() ->
     assert kept() == []
     [(user, part)] = arrive(("c", "u3", 30_000_000, "gg", None, "c0"), close)
     assert (user, part.slot, part.revised, part.late) == ("u3", 0, False, True)
+
+
+def test_restored_channel_windows_are_still_dropped_at_their_horizons() -> None:
+    """The kept windows' horizons are not checkpointed: a restored state rebuilds them and drops each window at
+    its own horizon, oldest first, whatever order the windows came in."""
+    import pickle
+
+    from argus.pipelines.stream_detectors import ChannelWindowsLogic
+
+    logic = ChannelWindowsLogic(600, 900.0, 1)  # a lateness longer than a window: two windows kept at once
+    state = logic.new_state()
+    messages = [("a", "u1", 610_000_000, "gg", None, "c1"), ("b", "u2", 10_000_000, "gg", None, "c0")]
+    list(logic.fire(state, messages, logic.close_us(1), lambda at: None))
+    assert sorted(state.kept) == [("c0", 0), ("c1", 1)]
+    assert all(key[0] != "horizons" for key in logic.parts(state))  # derived: not in the checkpoint
+    parts = {key: pickle.loads(pickle.dumps(value)) for key, value in logic.parts(state).items()}
+    restored = logic.from_parts(dict(reversed(parts.items())))
+    assert restored == state
+    list(logic.fire(restored, [], logic.horizon_us(0), lambda at: None))
+    assert list(restored.kept) == [("c1", 1)]
+    list(logic.fire(restored, [], logic.horizon_us(1) - 1, lambda at: None))
+    assert list(restored.kept) == [("c1", 1)]
+    list(logic.fire(restored, [], logic.horizon_us(1), lambda at: None))
+    assert restored.kept == {}
 
 
 def _troll_alerts(bootstrap: str, prefix: str) -> dict[str, str]:
