@@ -595,16 +595,20 @@ class EvaderDetector(Detector):
         fingerprint_accounts: FingerprintAccounts | None = None,
         children: Iterable[str] | None = None,
         text_accounts: pd.Index | None = None,
+        children_pairs: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Candidate pairs and their features (``fingerprint_accounts``: see ``pair_features``); with
         ``children``, only those new accounts' pairs, their features as computed among all pairs.
 
         Words are weighed over ``text_accounts``, by default the accounts of all candidate pairs (with
         ``children`` all pairs are then found first); given them (``pair_accounts`` over every share of
-        the new accounts), only the children's pairs are found."""
+        the new accounts), only the children's pairs are found, or taken from ``children_pairs`` when
+        ``share_pairs`` found them already."""
         candidates, retrieved = self.params["candidates"], self.params["retrieved"]
         if children is None or text_accounts is not None:
-            pairs = candidate_pairs(features, candidates, retrieved, children)
+            pairs = children_pairs
+            if pairs is None:
+                pairs = candidate_pairs(features, candidates, retrieved, children)
             return pairs, pair_features(features, pairs, fingerprint_accounts, text_accounts)
         pairs = candidate_pairs(features, candidates, retrieved)
         involved = _accounts_of(pairs)
@@ -615,8 +619,12 @@ class EvaderDetector(Detector):
         """The accounts of ``children``'s candidate pairs, both sides. Their union over shares of the new
         accounts is what weighs the words when all are scored together: given it as ``text_accounts``,
         each share scores as all at once (``score_accounts(users=..., text_accounts=...)``)."""
-        pairs = candidate_pairs(_complete(features), self.params["candidates"], self.params["retrieved"], children)
-        return _accounts_of(pairs)
+        return _accounts_of(self.share_pairs(features, children))
+
+    def share_pairs(self, features: pd.DataFrame, children: Iterable[str]) -> pd.DataFrame:
+        """``children``'s candidate pairs (child, parent), as scoring finds them: found once, they serve
+        both for ``pair_accounts`` and as ``score_accounts(children_pairs=...)``."""
+        return candidate_pairs(_complete(features), self.params["candidates"], self.params["retrieved"], children)
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         """``labels``: known child -> parent user ids (other new accounts count as not evading)."""
@@ -642,10 +650,9 @@ class EvaderDetector(Detector):
         model = fit_pair_model(x[columns], y, weights)
         threshold = self.params["threshold"]
         if labels is None:
-            # Calibrated on the fingerprint-sharing pairs: flag what looks at least as much like an
-            # evader as four in five of them do, judged without the fingerprints.
-            taught = model.predict_proba(x.loc[y, columns].to_numpy())[:, 1]
-            threshold = float(np.clip(np.quantile(taught, 0.2), 1e-3, 1 - 1e-3))
+            probability = model.predict_proba(x[columns].to_numpy())[:, 1]
+            threshold, flag_rate = _fingerprint_rate_threshold(pairs["child"], probability, y, weights)
+            metrics["flag_rate"] = flag_rate
         metrics["model"] = "logistic regression"
         metrics["threshold"] = threshold
         metrics["coefficients"] = dict(zip(columns, np.round(model[-1].coef_[0], 4).tolist(), strict=True))
@@ -693,11 +700,12 @@ class EvaderDetector(Detector):
         fingerprint_accounts: FingerprintAccounts | None = None,
         children: Iterable[str] | None = None,
         text_accounts: pd.Index | None = None,
+        children_pairs: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Every candidate pair with its probability and rank among the child's candidates (1 = best);
         with ``children``, those new accounts' pairs only (the same rows, at a fraction of the cost;
-        ``text_accounts``: see ``pairs``)."""
-        pairs, x = self.pairs(_complete(features), fingerprint_accounts, children, text_accounts)
+        ``text_accounts`` and ``children_pairs``: see ``pairs``)."""
+        pairs, x = self.pairs(_complete(features), fingerprint_accounts, children, text_accounts, children_pairs)
         out = pd.concat([pairs, x], axis=1)
         out["probability"] = self.pair_probabilities(x)
         out["rank"] = out.groupby("child")["probability"].rank(ascending=False, method="first")
@@ -712,17 +720,19 @@ class EvaderDetector(Detector):
         fingerprint_accounts: FingerprintAccounts | None = None,
         users: Iterable[str] | None = None,
         text_accounts: pd.Index | None = None,
+        children_pairs: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """``score`` with the fingerprints' account counts given (see ``pair_features``); with ``users``,
         those accounts' rows only, each scored as among all of ``features``. With ``text_accounts`` too
         (``pair_accounts`` of every share) only their own pairs are computed: so the new accounts of one
-        population can be scored a share at a time, by as many tasks as there are shares."""
+        population can be scored a share at a time, by as many tasks as there are shares. ``children_pairs``:
+        the share's pairs as ``share_pairs(features, users)`` found them, not found again."""
         self.require_fitted()
         own = features
         if users is not None:
             own = features[features.index.astype(str).isin(pd.Index(list(users)).astype(str))]
         children = None if users is None else own.index[own["created_ts"].notna().to_numpy()].astype(str)
-        matches = self.match(features, fingerprint_accounts, children, text_accounts)
+        matches = self.match(features, fingerprint_accounts, children, text_accounts, children_pairs)
         best_rows = matches[matches["rank"] == 1] if len(matches) else matches
         best = {str(row["child"]): row for row in best_rows.to_dict("records")}  # each new account's best pair
         scores = np.full(len(own), np.nan)
@@ -751,6 +761,39 @@ class EvaderDetector(Detector):
 
 def _accounts_of(pairs: pd.DataFrame) -> pd.Index:
     return pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
+
+
+def _fingerprint_rate_threshold(
+    children: pd.Series, probability: np.ndarray, taught: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Without labels, the model's operating threshold and the flag rate it is set to.
+
+    The flag rate is the share of new accounts with a candidate parent that a specific fingerprint
+    match ties to a banned account (``taught``, per pair): evaders who kept a device or network, a
+    floor on how many new accounts evade. The threshold flags that same share of the other new
+    accounts, ranked by their best pair's ``probability`` (the model, fingerprints left out): the
+    model adds as many as the fingerprints find. A rate from k matches is uncertain by about
+    1/sqrt(k) whatever the world's size, where a quantile of the k taught pairs' own probabilities
+    rests on the lowest one or two. ``weights`` (per pair, constant per child): a sample's new
+    accounts count as the population's.
+    """
+    per_pair = pd.DataFrame(
+        {
+            "child": children.to_numpy(),
+            "probability": probability,
+            "taught": taught,
+            "weight": np.ones(len(probability)) if weights is None else weights,
+        }
+    )
+    per_child = per_pair.groupby("child", sort=True).agg(
+        probability=("probability", "max"), taught=("taught", "any"), weight=("weight", "first")
+    )
+    flag_rate = float(per_child.loc[per_child["taught"], "weight"].sum() / per_child["weight"].sum())
+    others = per_child[~per_child["taught"]].sort_values("probability", ascending=False, kind="stable")
+    # The highest probability at which the others flagged reach the rate (their weights summed).
+    reached = np.cumsum(others["weight"].to_numpy()) >= flag_rate * others["weight"].sum()
+    threshold = float(others["probability"].to_numpy()[np.argmax(reached)]) if len(others) else 0.5
+    return float(np.clip(threshold, 1e-9, 1 - 1e-9)), flag_rate  # scaling needs 0 < threshold < 1
 
 
 def _fingerprint_match(x: pd.DataFrame) -> np.ndarray:

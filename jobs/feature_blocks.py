@@ -198,16 +198,17 @@ def evader_blocks(
     return _blocks_by_key(keyed.drop("_core"), lambda rows: detector.features(events_from_wide(rows, columns)))
 
 
-def evader_core_shares(blocks: DataFrame, share_users: int) -> tuple[DataFrame, int]:
+def evader_core_shares(blocks: DataFrame, share_users: int, max_shares: int | None = None) -> tuple[DataFrame, int]:
     """``blocks`` with ``share`` and ``shares`` (``SHARED_SCHEMA``), for scoring, and the core's shares: the
-    core (block 0) once per share of its accounts, about ``share_users`` each, every share in a partition
+    core (block 0) once per share of its accounts, about ``share_users`` each but at most ``max_shares``
+    (the task slots: more shares than tasks that run at once only add work), every share in a partition
     of its own, so that as many tasks score it; every other block once, as its only share.
 
     A task scores its share's accounts (``share_of``) among the whole core
     (``EvaderDetector.score_accounts(features, users=..., text_accounts=...)``): a new account's pairs
     need the core's banned accounts and fingerprint counts, which every share's copy holds, and the
-    accounts of all the core's pairs, whose words weigh theirs (``jobs/score.py``'s
-    ``core_pair_accounts`` finds them a share at a time first), so each score is the one the whole core
+    accounts of all the core's pairs, whose words weigh theirs (``jobs/score.py``'s ``core_pairs`` finds
+    each share's pairs first, and its task takes them as found), so each score is the one the whole core
     gives. Without this the core, the largest block, is scored by one task.
     """
     from pyspark.sql import functions as F
@@ -216,6 +217,8 @@ def evader_core_shares(blocks: DataFrame, share_users: int) -> tuple[DataFrame, 
     core = blocks.where(F.col("block") == 0).select("block", "users", "frame")
     found = core.select("users").first()
     shares = -(-int(found["users"]) // max(share_users, 1)) if found is not None else 1
+    if max_shares is not None:
+        shares = min(shares, max(max_shares, 1))
     if shares <= 1:
         return whole, 1
     copies = core.rdd.flatMap(lambda row: [(share, (*row, share, shares)) for share in range(shares)])
@@ -236,13 +239,15 @@ def share_of(user_ids: pd.Index, share: int, shares: int) -> pd.Index:
     return user_ids[user_block(user_ids, shares) == share + 1]
 
 
-def iterate_shares(batches: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame, pd.Index | None]]:
-    """(block number, features, the share's users or None for the whole block) for every ``SHARED_SCHEMA`` row."""
+def iterate_shares(batches: Iterator[pd.DataFrame]) -> Iterator[tuple[int, pd.DataFrame, int, pd.Index | None]]:
+    """(block number, features, share, the share's users or None for the whole block) for every
+    ``SHARED_SCHEMA`` row."""
     for batch in batches:
         rows = zip(batch["block"], batch["frame"], batch["share"], batch["shares"], strict=True)
         for number, blob, share, shares in rows:
             features = unpack(blob)
-            yield int(number), features, None if shares == 1 else share_of(features.index, int(share), int(shares))
+            users = None if shares == 1 else share_of(features.index, int(share), int(shares))
+            yield int(number), features, int(share), users
 
 
 def evader_core(window: DataFrame, columns: dict[str, list[str]]) -> DataFrame:

@@ -16,8 +16,9 @@ Scoring runs on the executors; the driver's memory does not grow with the number
   history only.
 * **Score**: the fitted model goes to the executors as a broadcast variable, ``mapInPandas`` runs
   the detector's own ``score`` on one block at a time, and the executors write the scores. Evaders'
-  core, whose accounts score together, goes to several tasks, each scoring a share of its accounts
-  among the whole core (``evader_core_shares``), with the scores one task would give.
+  core, whose accounts score together, goes to several tasks (at most one per task slot), each scoring
+  a share of its accounts among the whole core (``evader_core_shares``) with the candidate pairs a first
+  pass found for it (``core_pairs``), with the scores one task would give.
 * **Alerts**: built on the executors too, block by block (``jobs/alert_blocks.py``): each task calls
   ``alerts_from_scores`` on its block's flagged users with their events (and features), and Spark
   writes the night's ``alerts.jsonl``. The driver collects counts and aggregates only.
@@ -39,6 +40,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from argus.jobs.entry import run_job
@@ -77,7 +79,7 @@ def run_score(
         from argus.jobs.alert_blocks import alerts_folder, read_alerts
 
         published = alerts_folder(lake, detector_name, day) / "alerts.jsonl"
-        result["produced"] = publish_alerts(read_alerts([published]), bootstrap)  # a line at a time
+        result["produced"] = publish_alerts(read_alerts([published]), bootstrap, source=str(lake))  # a line at a time
     return result
 
 
@@ -268,24 +270,26 @@ def score_blocks(
     spark: SparkSession, blocks: DataFrame, detector: Detector, core_share_users: int = 2 * BLOCK_USERS
 ) -> DataFrame:
     """``BLOCK_SCORE_SCHEMA`` rows from every block, scored on the executors by a broadcast copy of ``detector``;
-    evaders' core by as many tasks as it has shares of about ``core_share_users`` accounts (``evader_core_shares``)."""
+    evaders' core by as many tasks as it has shares of about ``core_share_users`` accounts, at most one per task
+    slot (``evader_core_shares``)."""
     from argus.detectors.base import reasons_text
     from argus.jobs.feature_blocks import evader_core_shares, iterate_shares, whole_shares
 
     model = spark.sparkContext.broadcast(detector_artefact(detector))
-    shared, text_accounts = whole_shares(blocks), None
+    shared, pairs = whole_shares(blocks), None
     if detector.name == "evaders":
-        shared, shares = evader_core_shares(blocks, core_share_users)
+        slots = max(1, spark.sparkContext.defaultParallelism)
+        shared, shares = evader_core_shares(blocks, core_share_users, slots)
         if shares > 1:
-            text_accounts = spark.sparkContext.broadcast(core_pair_accounts(shared, detector))
+            pairs = spark.sparkContext.broadcast(core_pairs(shared, detector))
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         scorer = restore_detector(model.value)
-        for number, features, users in iterate_shares(batches):
-            if users is None or text_accounts is None:
+        for number, features, share, users in iterate_shares(batches):
+            if users is None or pairs is None:
                 scored = scorer.score(features)
             else:  # a share of evaders' core
-                scored = score_share(scorer, features, users, pd.Index(text_accounts.value))
+                scored = score_share(scorer, features, users, pairs.value, share)
             yield pd.DataFrame(
                 {
                     "block": number,
@@ -301,11 +305,17 @@ def score_blocks(
     return shared.mapInPandas(score, BLOCK_SCORE_SCHEMA)
 
 
-def core_pair_accounts(shared: DataFrame, detector: Detector) -> list[str]:
-    """The accounts of the candidate pairs of evaders' core, found a share at a time on the executors
-    (``EvaderDetector.pair_accounts``; none when the core is one share): the words of every share's pairs
-    are weighed over them, as when the core is scored whole. A list of ids bounded by the core's new and
-    banned accounts."""
+# Evaders' core's candidate pairs, found a share at a time (``core_pairs``), as row positions in the core's
+# features (int32, 8 bytes a pair): each share's (children, parents), and the accounts of every share's pairs.
+# Plain values: the driver's module may be ``__main__``, which the executors cannot unpickle a class from.
+CorePairs = tuple[dict[int, tuple[np.ndarray, np.ndarray]], np.ndarray]
+
+
+def core_pairs(shared: DataFrame, detector: Detector) -> CorePairs:
+    """The candidate pairs of evaders' core (none when the core is one share), found once, a share at a time on
+    the executors (``EvaderDetector.share_pairs``): each share's scoring task takes its own as they are, and the
+    words of every share's pairs are weighed over the accounts of all, as when the core is scored whole.
+    Bounded by the core's new accounts' pairs."""
     from pyspark.sql import functions as F
 
     from argus.detectors.evaders import EvaderDetector
@@ -313,22 +323,38 @@ def core_pair_accounts(shared: DataFrame, detector: Detector) -> list[str]:
 
     finder = EvaderDetector(**detector.params)
 
-    def accounts(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        for _, features, users in iterate_shares(batches):
+    def pairs_of(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        for _, features, share, users in iterate_shares(batches):
             if users is not None:
-                yield pd.DataFrame({"user_id": finder.pair_accounts(features, users).astype(str)})
+                found = finder.share_pairs(features, users)
+                ids = features.index.astype(str)
+                children, parents = (ids.get_indexer(found[side]).astype(np.int32) for side in ("child", "parent"))
+                yield pd.DataFrame({"share": [share], "children": [children.tobytes()], "parents": [parents.tobytes()]})
 
-    found = shared.where(F.col("shares") > 1).mapInPandas(accounts, "user_id string").distinct()
-    return sorted(row["user_id"] for row in found.collect())
+    schema = "share int, children binary, parents binary"
+    rows = shared.where(F.col("shares") > 1).mapInPandas(pairs_of, schema).collect()
+    shares = {
+        int(row["share"]): (np.frombuffer(row["children"], np.int32), np.frombuffer(row["parents"], np.int32))
+        for row in rows
+    }
+    accounts = np.unique(np.concatenate([np.empty(0, np.int32), *(p for pair in shares.values() for p in pair)]))
+    return shares, accounts
 
 
-def score_share(detector: Detector, features: pd.DataFrame, users: pd.Index, text_accounts: pd.Index) -> pd.DataFrame:
-    """A share of evaders' core (``evader_core_shares``): ``users`` scored among all of ``features``, words
-    weighed over ``text_accounts`` (``core_pair_accounts``)."""
+def score_share(
+    detector: Detector, features: pd.DataFrame, users: pd.Index, pairs: CorePairs, share: int
+) -> pd.DataFrame:
+    """Share ``share`` of evaders' core (``evader_core_shares``): ``users`` scored among all of ``features``
+    with the share's pairs as ``core_pairs`` found them, words weighed over the accounts of all its pairs."""
     from argus.detectors.evaders import EvaderDetector
 
     assert isinstance(detector, EvaderDetector), "only evaders' core is scored a share at a time"
-    return detector.score_accounts(features, users=users, text_accounts=text_accounts)
+    ids = features.index.astype(str)
+    by_share, accounts = pairs
+    children, parents = by_share[share]
+    found = pd.DataFrame({"child": ids[children], "parent": ids[parents]})
+    text_accounts = pd.Index(sorted(ids[accounts]))
+    return detector.score_accounts(features, users=users, text_accounts=text_accounts, children_pairs=found)
 
 
 def detector_artefact(detector: Detector) -> bytes:

@@ -15,6 +15,7 @@ from argus.cli import app
 from argus.detectors.evaders import (
     PAIR_FEATURES,
     SAMPLED_ONE_IN,
+    SPECIFIC_MATCH,
     EvaderDetector,
     account_profiles,
     accounts_per_fingerprint,
@@ -228,6 +229,33 @@ def test_unsupervised_fit_learns_from_fingerprint_matches() -> None:
     assert roc_auc_score(y, new["score"]) >= 0.8
 
 
+@pytest.mark.parametrize("kept", [1.0, 0.5])
+def test_unsupervised_flag_rate_is_the_share_of_new_accounts_on_a_banned_fingerprint(kept: float) -> None:
+    """Without labels the model flags the share of the other new accounts that fingerprint matches tie
+    to a banned account, however many taught pairs there are (``kept``: the share of matched new
+    accounts that keep their fingerprints); a quantile of the taught pairs' own probabilities swung."""
+    features = EvaderDetector().features(events_of(World(WorldConfig(seed=23, **EVASIVE))))  # type: ignore[arg-type]
+
+    def matched(detector: EvaderDetector) -> pd.Series:
+        pairs = detector.match(features)
+        on_fingerprint = pairs[["shared_device", "shared_network"]].max(axis=1) >= SPECIFIC_MATCH
+        return on_fingerprint.groupby(pairs["child"]).any()
+
+    taught = matched(EvaderDetector().fit(features))
+    dropped = taught.index[taught][int(kept * taught.sum()) :]
+    for column in ("devices", "networks"):
+        empty = pd.Series([frozenset()] * len(features), index=features.index)
+        features[column] = features[column].where(~features.index.isin(dropped), empty)
+    detector = EvaderDetector().fit(features)
+    children = matched(detector)
+    assert children.sum() >= 4
+    scores = detector.score(features).set_index("user_id")["score"]
+    others = scores[children.index[~children]]
+    assert (others >= 0.5).sum() == np.ceil(children.mean() * len(others))
+    assert (scores[children.index[children]] >= 0.75).all()
+    assert detector.metrics["flag_rate"] == children.mean()
+
+
 def test_detect_command_with_jsonl_and_a_bad_line(tmp_path: Path) -> None:
     world = World(WorldConfig(users=300, days=2, seed=4, events_per_user_day=20.0, troll_fraction=0.2, profile="dense"))
     write_world(world, tmp_path / "w", "jsonl")
@@ -415,6 +443,27 @@ def test_scoring_a_share_of_the_accounts_at_a_time_gives_the_scores_of_all_at_on
     assert all((share["status"] == "scored").sum() >= 20 for share in shares)  # every share has new accounts paired
     pd.testing.assert_frame_equal(pd.concat(shares).set_index("user_id").loc[whole.index], whole)
     assert whole["flagged"].sum() >= 3
+
+
+def test_a_share_scored_with_the_pairs_found_for_it_finds_none_again(
+    realistic_profiles: pd.DataFrame, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pairs that weigh the words (``share_pairs``) are the ones each share's scoring takes: found once."""
+    from argus.detectors import evaders
+
+    detector = EvaderDetector().fit(realistic_profiles)
+    users = [realistic_profiles.index[share::3] for share in range(3)]
+    found = [detector.share_pairs(realistic_profiles, u) for u in users]
+    involved = pd.Index(sorted(set().union(*(set(f["child"]) | set(f["parent"]) for f in found))))
+    expected = [detector.score_accounts(realistic_profiles, users=u, text_accounts=involved) for u in users]
+
+    def no_search(*args: object, **kwargs: object) -> pd.DataFrame:
+        raise AssertionError("candidate pairs searched again")
+
+    monkeypatch.setattr(evaders, "candidate_pairs", no_search)
+    for u, pairs, share in zip(users, found, expected, strict=True):
+        scored = detector.score_accounts(realistic_profiles, users=u, text_accounts=involved, children_pairs=pairs)
+        pd.testing.assert_frame_equal(scored, share)
 
 
 def test_sample_new_accounts_bounds_pairs_and_keeps_fingerprints_and_candidates(

@@ -211,6 +211,8 @@ def test_evaders_core_is_scored_by_several_tasks_as_one_task_scores_it(spark: ob
         assert shares == -(-core_users // share_users) >= 4
         assert sorted(r["share"] for r in core) == list(range(shares))
         assert len({r["partition"] for r in core}) == shares  # one task per share
+        assert evader_core_shares(blocks, share_users, max_shares=2)[1] == 2  # no more shares than task slots
+        assert evader_core_shares(blocks, share_users, max_shares=1)[1] == 1
         by_share = score_blocks(spark, blocks, detector, share_users).toPandas()  # type: ignore[arg-type]
         whole = score_blocks(spark, blocks, detector, core_users).toPandas()  # type: ignore[arg-type]
     finally:
