@@ -628,6 +628,14 @@ class EvaderDetector(Detector):
 
     def fit(self, features: pd.DataFrame, labels: pd.Series | None = None) -> Self:
         """``labels``: known child -> parent user ids (other new accounts count as not evading)."""
+        from threadpoolctl import threadpool_limits
+
+        # On one BLAS/OpenMP thread: the solver's and the retrieval's sums are grouped by the thread
+        # count, so a driver with more cores fitted a model differing in the last bits (another version).
+        with threadpool_limits(1):
+            return self._fit(features, labels)
+
+    def _fit(self, features: pd.DataFrame, labels: pd.Series | None) -> Self:
         # By user: the rows come in whatever order the blocks were built (Spark's partitioning), and ties
         # in ban time, the solver's sums and the saved population follow it; the model must not.
         features = features.sort_index()

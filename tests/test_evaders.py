@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -227,6 +228,29 @@ def test_unsupervised_fit_learns_from_fingerprint_matches() -> None:
     new = scores[scores["score"].notna()]
     y = new.index.isin(world.pop.user_id[world.pop.parent >= 0])
     assert roc_auc_score(y, new["score"]) >= 0.8
+
+
+def test_the_model_is_fitted_on_one_thread_whatever_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """BLAS and OpenMP group their sums by the thread count: a fit on a two-core driver gave another model
+    version than on one core. The fit runs on one thread, whatever the process offers."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    import argus.detectors.evaders as evaders
+
+    features = EvaderDetector().features(events_of(World(WorldConfig(seed=23, **EVASIVE))))  # type: ignore[arg-type]
+    threads: list[int] = []
+    original = evaders.fit_pair_model
+
+    def fit_pair_model(*args: Any, **kwargs: Any) -> Any:
+        threads.extend(pool["num_threads"] for pool in threadpool_info())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaders, "fit_pair_model", fit_pair_model)
+    with threadpool_limits(2):  # as a two-core driver offers
+        two_cores = EvaderDetector().fit(features)
+    assert two_cores.metrics["model"] == "logistic regression" and threads and set(threads) == {1}
+    with threadpool_limits(1):
+        assert EvaderDetector().fit(features).model_version == two_cores.model_version
 
 
 @pytest.mark.parametrize("kept", [1.0, 0.5])
