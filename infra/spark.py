@@ -49,8 +49,12 @@ def connector_jars() -> list[Path]:
     return sorted(maven.fetch_jars(POM, "spark-kafka").glob("*.jar"))
 
 
-# In local mode the driver's JVM also runs every task, so it gets a large heap and nothing else of ours.
-LOCAL_DRIVER_MEMORY = "4g"
+# In local mode the driver's JVM also runs every task, so it gets a large heap and the throughput
+# collector: G1's concurrent marking and refinement threads compete with the tasks for the cores (the
+# million-user nightly chain at local[2]: 432 s with G1, 323 s with ParallelGC, same outputs;
+# infra/spark/README.md). A user's own collector goes in spark.driver.defaultJavaOptions, which
+# replaces this one (the JVM refuses two collectors).
+LOCAL_DRIVER_SETTINGS = {"spark.driver.memory": "4g", "spark.driver.defaultJavaOptions": "-XX:+UseParallelGC"}
 # On a cluster the driver only plans jobs, broadcasts models and brings back counts and the bounded fit
 # samples (a partition at a time), so its memory stays flat with the users; what bounds the JVM's footprint
 # beside the heap is set here (infra/spark/README.md, "Driver memory", has the measurements):
@@ -90,7 +94,7 @@ def spark_settings(extra: dict[str, str] | None = None, master: str = DEFAULT_MA
     configured = {k: str(v) for k, v in load_config().get("spark", {}).items()}
     ours = dict(DEFAULTS)
     if is_local(master):
-        ours["spark.driver.memory"] = LOCAL_DRIVER_MEMORY
+        ours.update(LOCAL_DRIVER_SETTINGS)
     else:
         ours.update(CLUSTER_DRIVER_SETTINGS)
     return {**ours, **configured, **(extra or {})}

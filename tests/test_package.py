@@ -158,12 +158,13 @@ def test_models_saved_before_the_move_still_load(tmp_path: Path) -> None:
 
 def test_the_driver_heap_is_large_in_local_mode_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Local mode runs the tasks in the driver's JVM; on a cluster the driver gets bounded defaults unless set."""
-    from argus.infra.spark import DEFAULTS, LOCAL_DRIVER_MEMORY, spark_settings, submit_command
+    from argus.infra.spark import DEFAULTS, LOCAL_DRIVER_SETTINGS, spark_settings, submit_command
 
     monkeypatch.delenv("ARGUS_CONFIG", raising=False)
     monkeypatch.chdir(tmp_path)  # no argus.toml here
-    assert LOCAL_DRIVER_MEMORY == "4g"
-    assert spark_settings(master="local[2]") == {**DEFAULTS, "spark.driver.memory": "4g"}
+    local = {"spark.driver.memory": "4g", "spark.driver.defaultJavaOptions": "-XX:+UseParallelGC"}
+    assert local == LOCAL_DRIVER_SETTINGS
+    assert spark_settings(master="local[2]") == {**DEFAULTS, **local}
     assert spark_settings(master="local[*]")["spark.driver.memory"] == "4g"
     for master in ("spark://10.0.0.1:7077", "yarn", "k8s://https://api.example.com:6443"):
         assert spark_settings(master=master) == {
@@ -174,10 +175,10 @@ def test_the_driver_heap_is_large_in_local_mode_only(tmp_path: Path, monkeypatch
             "-XX:ReservedCodeCacheSize=128m",
             "spark.driver.maxResultSize": "512m",
         }
-    assert f"spark.driver.memory={LOCAL_DRIVER_MEMORY}" not in submit_command("nightly", [], "yarn")
+    assert "spark.driver.memory=4g" not in submit_command("nightly", [], "yarn")
     assert "spark.driver.memory=1g" in submit_command("nightly", [], "yarn")
-    assert f"spark.driver.memory={LOCAL_DRIVER_MEMORY}" in submit_command("nightly", [], "local[1]")
-    assert not any("defaultJavaOptions" in arg for arg in submit_command("nightly", [], "local[1]"))
+    assert "spark.driver.memory=4g" in submit_command("nightly", [], "local[1]")
+    assert "spark.driver.defaultJavaOptions=-XX:+UseParallelGC" in submit_command("nightly", [], "local[1]")
     config = tmp_path / "argus.toml"
     config.write_text('[spark]\n"spark.driver.memory" = "3g"\n"spark.driver.maxResultSize" = "2g"\n')
     monkeypatch.setenv("ARGUS_CONFIG", str(config))
