@@ -177,7 +177,7 @@ def _validate(context: Any, batch: Any, suite: Any) -> Any:
 
 def _key(config: Any) -> str:
     """An expectation's type and arguments, to pair its two results."""
-    return config.type + json.dumps(config.kwargs, sort_keys=True, default=str)
+    return str(config.type) + json.dumps(config.kwargs, sort_keys=True, default=str)
 
 
 def check_output(frame: DataFrame, kind: str) -> list[str]:
