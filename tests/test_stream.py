@@ -705,15 +705,8 @@ def _payment_graph_outputs(
     return alerts, scores
 
 
-def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
-    world_and_events: tuple[World, Events],
-    published: dict,  # type: ignore[type-arg]
-) -> None:
-    """Payments, account and moderation events of the day's last three hours, a third of them arriving three
-    hours late (after their boundaries and the day's last were scored): the same alert ids as in time, and their
-    boundaries' last scores as in time. (Scored at the next boundary instead, a late user flagged there got the
-    next day's alert id.)"""
-    _, events = world_and_events
+def _arrivals(events: Events) -> tuple[list[tuple[str, int, dict]], int]:  # type: ignore[type-arg]
+    """Every event as (kind, event time us, row) in event-time order, and the first midnight after the first."""
     arrived = sorted(
         (
             (kind, epoch_us(row["ts"].to_pydatetime()), row)
@@ -722,7 +715,26 @@ def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
         ),
         key=lambda e: (e[1], str(e[2]["event_id"])),
     )
-    midnight = (arrived[0][1] // (24 * HOUR_US) + 1) * 24 * HOUR_US
+    return arrived, (arrived[0][1] // (24 * HOUR_US) + 1) * 24 * HOUR_US
+
+
+def _assert_same_scores(got: dict, expected: dict) -> None:  # type: ignore[type-arg]
+    """The same users at the same boundaries with the same last scores (None: not scorable)."""
+    nan = float("nan")
+    assert {k: nan if v is None else v for k, v in got.items()} == pytest.approx(
+        {k: nan if v is None else v for k, v in expected.items()}, rel=1e-9, abs=1e-12, nan_ok=True
+    )
+
+
+def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
+    world_and_events: tuple[World, Events],
+    published: dict,  # type: ignore[type-arg]
+) -> None:
+    """Payments, account and moderation events of the day's last three hours, a third of them arriving three
+    hours late (after their boundaries and the day's last were scored): the same alert ids as in time, and their
+    boundaries' last scores as in time. (Scored at the next boundary instead, a late user flagged there got the
+    next day's alert id.)"""
+    arrived, midnight = _arrivals(world_and_events[1])
     arrived = [e for e in arrived if midnight - 8 * HOUR_US <= e[1] < midnight + 4 * HOUR_US]
     late = [
         e
@@ -746,10 +758,7 @@ def test_late_payments_give_the_fraud_alerts_of_an_arrival_in_time(
     assert in_time and as_late == in_time
     # Every user at every boundary: the last score written is the one in time (None: not scorable).
     assert late_scores.keys() == in_time_scores.keys()
-    nan = float("nan")
-    assert {k: nan if v is None else v for k, v in late_scores.items()} == pytest.approx(
-        {k: nan if v is None else v for k, v in in_time_scores.items()}, rel=1e-9, abs=1e-12, nan_ok=True
-    )
+    _assert_same_scores(late_scores, in_time_scores)
 
 
 def test_a_boundary_scored_again_hours_back_sees_its_whole_lookback(
@@ -760,16 +769,8 @@ def test_a_boundary_scored_again_hours_back_sees_its_whole_lookback(
     three hours late: their boundaries are scored again with every row of their own lookback, reaching into the
     first day, so their last scores are those in time. (Scored with the rows held for the last scored boundary,
     they missed the hours at the old edge of their lookback.)"""
-    _, events = world_and_events
-    arrived = sorted(
-        (
-            (kind, epoch_us(row["ts"].to_pydatetime()), row)
-            for kind in ("payment", "account", "moderation", "chat", "click")
-            for row in events[kind].to_dict("records")
-        ),
-        key=lambda e: (e[1], str(e[2]["event_id"])),
-    )
-    midnight = (arrived[0][1] // (24 * HOUR_US) + 1) * 24 * HOUR_US
+    events = world_and_events[1]
+    arrived, midnight = _arrivals(events)
     arrived = [e for e in arrived if midnight - 12 * HOUR_US <= e[1] < midnight + 20 * HOUR_US]
     late = [
         e
@@ -784,10 +785,7 @@ def test_a_boundary_scored_again_hours_back_sees_its_whole_lookback(
     in_time, in_time_scores = _payment_graph_outputs(published["store"], arrived, lookback_days=1)
     as_late, late_scores = _payment_graph_outputs(published["store"], reordered, lookback_days=1)
     assert late_scores.keys() == in_time_scores.keys()
-    nan = float("nan")
-    assert {k: nan if v is None else v for k, v in late_scores.items()} == pytest.approx(
-        {k: nan if v is None else v for k, v in in_time_scores.items()}, rel=1e-9, abs=1e-12, nan_ok=True
-    )
+    _assert_same_scores(late_scores, in_time_scores)
     assert as_late == in_time
     # The in-time scores of the last boundary are the nightly ones over its lookback (the held rows reach further).
     last = max(at for _, at in in_time_scores)
@@ -796,7 +794,7 @@ def test_a_boundary_scored_again_hours_back_sees_its_whole_lookback(
         pd.Timestamp(last - 24 * HOUR_US, unit="us", tz="UTC"), pd.Timestamp(last, unit="us", tz="UTC")
     )
     batch = nightly.score(nightly.features(window)).set_index("user_id")["score"]
-    streamed = {user: nan if v is None else v for (user, at), v in in_time_scores.items() if at == last}
+    streamed = {user: float("nan") if v is None else v for (user, at), v in in_time_scores.items() if at == last}
     assert len(streamed) >= 5
     assert streamed == pytest.approx({user: batch[user] for user in streamed}, rel=1e-9, abs=1e-12, nan_ok=True)
 
