@@ -658,9 +658,10 @@ class EvaderDetector(Detector):
         model = fit_pair_model(x[columns], y, weights)
         threshold = self.params["threshold"]
         if labels is None:
-            probability = model.predict_proba(x[columns].to_numpy())[:, 1]
-            threshold, flag_rate = _fingerprint_rate_threshold(pairs["child"], probability, y, weights)
-            metrics["flag_rate"] = flag_rate
+            # Calibrated on the fingerprint-sharing pairs: flag what looks at least as much like an
+            # evader as four in five of them do, judged without the fingerprints.
+            taught = model.predict_proba(x.loc[y, columns].to_numpy())[:, 1]
+            threshold = float(np.clip(np.quantile(taught, 0.2), 1e-3, 1 - 1e-3))
         metrics["model"] = "logistic regression"
         metrics["threshold"] = threshold
         metrics["coefficients"] = dict(zip(columns, np.round(model[-1].coef_[0], 4).tolist(), strict=True))
@@ -769,39 +770,6 @@ class EvaderDetector(Detector):
 
 def _accounts_of(pairs: pd.DataFrame) -> pd.Index:
     return pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
-
-
-def _fingerprint_rate_threshold(
-    children: pd.Series, probability: np.ndarray, taught: np.ndarray, weights: np.ndarray | None = None
-) -> tuple[float, float]:
-    """Without labels, the model's operating threshold and the flag rate it is set to.
-
-    The flag rate is the share of new accounts with a candidate parent that a specific fingerprint
-    match ties to a banned account (``taught``, per pair): evaders who kept a device or network, a
-    floor on how many new accounts evade. The threshold flags that same share of the other new
-    accounts, ranked by their best pair's ``probability`` (the model, fingerprints left out): the
-    model adds as many as the fingerprints find. A rate from k matches is uncertain by about
-    1/sqrt(k) whatever the world's size, where a quantile of the k taught pairs' own probabilities
-    rests on the lowest one or two. ``weights`` (per pair, constant per child): a sample's new
-    accounts count as the population's.
-    """
-    per_pair = pd.DataFrame(
-        {
-            "child": children.to_numpy(),
-            "probability": probability,
-            "taught": taught,
-            "weight": np.ones(len(probability)) if weights is None else weights,
-        }
-    )
-    per_child = per_pair.groupby("child", sort=True).agg(
-        probability=("probability", "max"), taught=("taught", "any"), weight=("weight", "first")
-    )
-    flag_rate = float(per_child.loc[per_child["taught"], "weight"].sum() / per_child["weight"].sum())
-    others = per_child[~per_child["taught"]].sort_values("probability", ascending=False, kind="stable")
-    # The highest probability at which the others flagged reach the rate (their weights summed).
-    reached = np.cumsum(others["weight"].to_numpy()) >= flag_rate * others["weight"].sum()
-    threshold = float(others["probability"].to_numpy()[np.argmax(reached)]) if len(others) else 0.5
-    return float(np.clip(threshold, 1e-9, 1 - 1e-9)), flag_rate  # scaling needs 0 < threshold < 1
 
 
 def _fingerprint_match(x: pd.DataFrame) -> np.ndarray:

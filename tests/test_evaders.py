@@ -16,7 +16,6 @@ from argus.cli import app
 from argus.detectors.evaders import (
     PAIR_FEATURES,
     SAMPLED_ONE_IN,
-    SPECIFIC_MATCH,
     EvaderDetector,
     account_profiles,
     accounts_per_fingerprint,
@@ -251,33 +250,6 @@ def test_the_model_is_fitted_on_one_thread_whatever_the_cores(monkeypatch: pytes
     assert two_cores.metrics["model"] == "logistic regression" and threads and set(threads) == {1}
     with threadpool_limits(1):
         assert EvaderDetector().fit(features).model_version == two_cores.model_version
-
-
-@pytest.mark.parametrize("kept", [1.0, 0.5])
-def test_unsupervised_flag_rate_is_the_share_of_new_accounts_on_a_banned_fingerprint(kept: float) -> None:
-    """Without labels the model flags the share of the other new accounts that fingerprint matches tie
-    to a banned account, however many taught pairs there are (``kept``: the share of matched new
-    accounts that keep their fingerprints); a quantile of the taught pairs' own probabilities swung."""
-    features = EvaderDetector().features(events_of(World(WorldConfig(seed=23, **EVASIVE))))  # type: ignore[arg-type]
-
-    def matched(detector: EvaderDetector) -> pd.Series:
-        pairs = detector.match(features)
-        on_fingerprint = pairs[["shared_device", "shared_network"]].max(axis=1) >= SPECIFIC_MATCH
-        return on_fingerprint.groupby(pairs["child"]).any()
-
-    taught = matched(EvaderDetector().fit(features))
-    dropped = taught.index[taught][int(kept * taught.sum()) :]
-    for column in ("devices", "networks"):
-        empty = pd.Series([frozenset()] * len(features), index=features.index)
-        features[column] = features[column].where(~features.index.isin(dropped), empty)
-    detector = EvaderDetector().fit(features)
-    children = matched(detector)
-    assert children.sum() >= 4
-    scores = detector.score(features).set_index("user_id")["score"]
-    others = scores[children.index[~children]]
-    assert (others >= 0.5).sum() == np.ceil(children.mean() * len(others))
-    assert (scores[children.index[children]] >= 0.75).all()
-    assert detector.metrics["flag_rate"] == children.mean()
 
 
 def test_detect_command_with_jsonl_and_a_bad_line(tmp_path: Path) -> None:
