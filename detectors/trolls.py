@@ -445,9 +445,10 @@ class TrollDetector(Detector):
 
     def _score_context(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
         """Context-mode scores: deviations of (shrunk) context features from the fitted norms."""
-        context = self._context_arrays(features, state, flagged_reasons_only=False)
+        eligible, low = self._scorable(features)
+        context = self._context_arrays(features, state, eligible | low, flagged_reasons_only=False)
         reasons: list[list[Reason]] = [context.reasons.get(i, []) for i in range(len(features))]
-        status = self._status(features, *self._scorable(features))
+        status = self._status(features, eligible, low)
         return score_frame(features.index, context.score, context.flagged, status, reasons)
 
     def context_scores(self, features: pd.DataFrame) -> ContextScores | None:
@@ -457,13 +458,13 @@ class TrollDetector(Detector):
         state = self.require_fitted()
         if self._has_messages(features) or (self._has_moderation(features) and state.get(USER_VIEWS) is not None):
             return None
-        return self._context_arrays(features, state, flagged_reasons_only=True)
+        eligible, low = self._scorable(features)
+        return self._context_arrays(features, state, eligible | low, flagged_reasons_only=True)
 
     def _context_arrays(
-        self, features: pd.DataFrame, state: dict[str, Any], flagged_reasons_only: bool
+        self, features: pd.DataFrame, state: dict[str, Any], rows: np.ndarray, flagged_reasons_only: bool
     ) -> ContextScores:
-        eligible, low = self._scorable(features)
-        scorable = np.flatnonzero(eligible | low)
+        scorable = np.flatnonzero(rows)
         scores = np.full(len(features), np.nan)
         flagged = np.zeros(len(features), dtype=bool)
         reasons: dict[int, list[Reason]] = {}
@@ -485,7 +486,7 @@ class TrollDetector(Detector):
                     LABELS,
                 )
                 reasons = dict(zip(scorable[worded].tolist(), said, strict=True))
-        return ContextScores(scores, flagged, reasons)
+        return ContextScores(np.clip(scores, 0.0, 1.0), flagged, reasons)
 
     def _score_messages(self, features: pd.DataFrame, state: dict[str, Any]) -> pd.DataFrame:
         """The posterior mean of each user's violation rate; flagged above the fitted fence (module doc)."""

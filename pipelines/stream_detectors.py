@@ -778,7 +778,7 @@ def _chat_scores(detector: Detector, features: pd.DataFrame) -> tuple[np.ndarray
         },
         index=rows,
     )
-    return np.clip(context.score, 0.0, 1.0), context.flagged, alerting
+    return context.score, context.flagged, alerting
 
 
 class _ScoreChatFn(_ScoreBatchFn):
