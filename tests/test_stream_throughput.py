@@ -185,36 +185,6 @@ def test_window_sums_by_hand() -> None:
     assert [t for t, _ in rows[0][1].times] == [t0, t0 + 5_000_000] and len(rows[0][1].texts) == 1
 
 
-@pytest.mark.parametrize("method", ["centroid", "knn"])
-def test_context_scores_equal_the_detectors_score_without_its_frames(method: str, small_world_events: Any) -> None:
-    """The firing's one-array scoring gives ``TrollDetector.score``'s scores, flags and flagged rows' reasons,
-    for scored, low-evidence (burstiness undefined or not), incomplete and message-less rows alike."""
-    from argus.detectors.chat_features import FEATURE_COLUMNS
-    from argus.detectors.trolls import MESSAGE_COLUMNS, TrollDetector
-
-    features = chat_context_features(small_world_events["chat"])[FEATURE_COLUMNS]
-    detector = TrollDetector(method=method).fit(features)
-    rows = features.head(300).copy()
-    need = detector.params["min_messages"]
-    rows.iloc[0:20, rows.columns.get_loc("chat_messages")] = 1.0  # low evidence
-    rows.iloc[20:40, rows.columns.get_loc("chat_messages")] = float(need - 1)
-    rows.iloc[10:30, rows.columns.get_loc("chat_burstiness")] = np.nan  # undefined for few messages: still scored
-    rows.iloc[40:50, rows.columns.get_loc("chat_messages")] = 0.0
-    rows.iloc[50:60, rows.columns.get_loc("chat_top3_share")] = np.nan  # incomplete: not scored
-    expected = detector.score(rows)
-    fast = detector.context_scores(rows)
-    assert fast is not None
-    np.testing.assert_array_equal(np.clip(fast.score, 0.0, 1.0), expected["score"].to_numpy(dtype=float))
-    np.testing.assert_array_equal(fast.flagged, expected["flagged"].to_numpy())
-    flagged = np.flatnonzero(fast.flagged).tolist()
-    assert flagged and sorted(fast.reasons) == flagged
-    assert [fast.reasons[i] for i in flagged] == [expected["reasons"].iloc[i] for i in flagged]
-    low = expected["status"].str.startswith("low evidence").to_numpy()
-    assert low[0:40].all() and np.isfinite(fast.score[0:40]).all() and np.isnan(fast.score[40:60]).all()
-    with_messages = rows.assign(**{column: 0.0 for column in MESSAGE_COLUMNS})
-    assert detector.context_scores(with_messages) is None  # the message mode needs ``score`` itself
-
-
 def test_alert_runs_take_each_user_once_and_one_day() -> None:
     """Flagged snapshots go to one alert call per run: a user seen again or a new day starts the next run."""
     day = 86_400 * 1_000_000

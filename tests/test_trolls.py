@@ -262,3 +262,33 @@ def test_incremental_state_equals_the_batch_features(small_world: World) -> None
     pd.testing.assert_index_equal(streamed.index, batch.index)
     for column in batch.columns:
         assert np.allclose(streamed[column], batch[column], equal_nan=True, atol=1e-9), column
+
+
+@pytest.mark.parametrize("method", ["centroid", "knn"])
+def test_context_scores_equal_the_detectors_score_without_its_frames(method: str, small_world_events: Events) -> None:
+    """The firing's one-array scoring gives ``TrollDetector.score``'s scores, flags and flagged rows' reasons,
+    for scored, low-evidence (burstiness undefined or not), incomplete and message-less rows alike."""
+    from argus.detectors.chat_features import FEATURE_COLUMNS
+    from argus.detectors.trolls import MESSAGE_COLUMNS
+
+    features = chat_context_features(small_world_events["chat"])[FEATURE_COLUMNS]
+    detector = TrollDetector(method=method).fit(features)
+    rows = features.head(300).copy()
+    need = detector.params["min_messages"]
+    rows.iloc[0:20, rows.columns.get_loc("chat_messages")] = 1.0  # low evidence
+    rows.iloc[20:40, rows.columns.get_loc("chat_messages")] = float(need - 1)
+    rows.iloc[10:30, rows.columns.get_loc("chat_burstiness")] = np.nan  # undefined for few messages: still scored
+    rows.iloc[40:50, rows.columns.get_loc("chat_messages")] = 0.0
+    rows.iloc[50:60, rows.columns.get_loc("chat_top3_share")] = np.nan  # incomplete: not scored
+    expected = detector.score(rows)
+    fast = detector.context_scores(rows)
+    assert fast is not None
+    np.testing.assert_array_equal(fast.score, expected["score"].to_numpy(dtype=float))
+    np.testing.assert_array_equal(fast.flagged, expected["flagged"].to_numpy())
+    flagged = np.flatnonzero(fast.flagged).tolist()
+    assert flagged and sorted(fast.reasons) == flagged
+    assert [fast.reasons[i] for i in flagged] == [expected["reasons"].iloc[i] for i in flagged]
+    low = expected["status"].str.startswith("low evidence").to_numpy()
+    assert low[0:40].all() and np.isfinite(fast.score[0:40]).all() and np.isnan(fast.score[40:60]).all()
+    with_messages = rows.assign(**{column: 0.0 for column in MESSAGE_COLUMNS})
+    assert detector.context_scores(with_messages) is None  # the message mode needs ``score`` itself
