@@ -15,8 +15,10 @@ supervised pair classifier. Without them, pairs whose accounts share a device or
 fingerprint teach the model (distant supervision) and the fingerprint features are left out, so
 the model learns what evaders look like in names, timing, channels and words and finds those who
 changed device and network too; a fingerprint match itself then scores ``FINGERPRINT_MATCH_SCORE`` at
-least.
-With no such pairs at all it falls back to the mean of the pair similarities (status says so).
+least. The model flags at most the share of the other new accounts that the matches tie to a banned
+account, none less likely than the matched pairs' 20th percentile; with fewer than ``MIN_MATCHED``
+matched new accounts it flags nobody (see ``_fingerprint_share_threshold``).
+With fewer than two such pairs the mean of the pair similarities ranks instead (the fit's metrics say so).
 
 The detector's population is new accounts (a sign-up in the events); other accounts get no score
 (``not a new account``). A new account with no account banned before its creation has no
@@ -43,6 +45,12 @@ MATCH_CANDIDATES = 50  # the paper matches a child among the 50 accounts banned 
 RETRIEVED = 10  # extra candidates per child from FAISS retrieval
 FINGERPRINTS = ("shared_device", "shared_network")
 FINGERPRINT_MATCH_SCORE = 0.75  # unsupervised fit: a new account on a banned account's device or network is flagged
+# Unsupervised fit: with fewer fingerprint-matched new accounts, their share (from k matches, a
+# relative error of about 1/sqrt(k)) and a percentile of their pairs' probabilities (resting on the
+# lowest one or two) are too uncertain to set the model's threshold: the matches alone are flagged.
+MIN_MATCHED = 10
+TAUGHT_FLOOR_QUANTILE = 0.2  # a pair flagged by the model is as likely as four in five matched pairs at least
+FINGERPRINTS_ONLY = f"fingerprint matches only (fewer than {MIN_MATCHED} matched new accounts)"
 # A fingerprint counts as a match only when few accounts use it: a family's router is evidence, a
 # mobile carrier's NAT address or an internet café's machine (hundreds of accounts) is not.
 SPECIFIC_MATCH = 0.3  # fingerprint specificity 1/(accounts on it - 1): at most 4 accounts share it (a home)
@@ -648,20 +656,27 @@ class EvaderDetector(Detector):
             y = _fingerprint_match(x)
             columns, supervision = [c for c in PAIR_FEATURES if c not in FINGERPRINTS], "shared fingerprints"
         metrics: dict[str, Any] = {"pairs": len(pairs), "positive_pairs": int(y.sum()), "supervision": supervision}
+        if labels is None:
+            metrics["matched_new_accounts"] = int(pairs.loc[y, "child"].nunique())
         if y.sum() < 2 or (~y).sum() < 2:
             metrics["model"] = "mean similarity (too few positive pairs to learn from)"
             state = {"model": None, "columns": list(PAIR_FEATURES), "threshold": 0.5, **self._population(features)}
+            if labels is None:  # the similarity only ranks: the fingerprint matches alone are flagged
+                state |= {"threshold": 1.0, "fingerprint_rule": True}
+                metrics["operating_point"] = FINGERPRINTS_ONLY
             return self._fitted(state, metrics)
         weights = _sample_weights(features, pairs)  # a sample's pairs count as the population's
         if weights is not None:
             metrics["sampled_new_accounts_one_in"] = int(features.attrs[SAMPLED_ONE_IN])
         model = fit_pair_model(x[columns], y, weights)
         threshold = self.params["threshold"]
-        if labels is None:
-            # Calibrated on the fingerprint-sharing pairs: flag what looks at least as much like an
-            # evader as four in five of them do, judged without the fingerprints.
-            taught = model.predict_proba(x.loc[y, columns].to_numpy())[:, 1]
-            threshold = float(np.clip(np.quantile(taught, 0.2), 1e-3, 1 - 1e-3))
+        if labels is None and metrics["matched_new_accounts"] < MIN_MATCHED:
+            threshold = 1.0  # the model only ranks: the fingerprint matches alone are flagged
+            metrics["operating_point"] = FINGERPRINTS_ONLY
+        elif labels is None:
+            probability = model.predict_proba(x[columns].to_numpy())[:, 1]
+            threshold, metrics["flag_rate"] = _fingerprint_share_threshold(pairs["child"], probability, y, weights)
+            metrics["operating_point"] = "fingerprint match share, floored at the matched pairs' 20th percentile"
         metrics["model"] = "logistic regression"
         metrics["threshold"] = threshold
         metrics["coefficients"] = dict(zip(columns, np.round(model[-1].coef_[0], 4).tolist(), strict=True))
@@ -695,9 +710,11 @@ class EvaderDetector(Detector):
             raw = np.asarray((similarity.sum(axis=1) + soon) / (similarity.shape[1] + 1), dtype=float)
         else:
             raw = np.asarray(state["model"].predict_proba(x[state["columns"]].to_numpy())[:, 1], dtype=float)
-        # Piecewise-linear, monotone: the fitted operating threshold becomes 0.5.
         t = state["threshold"]
-        scaled = np.where(raw < t, 0.5 * raw / t, 0.5 + 0.5 * (raw - t) / (1 - t))
+        if t < 1:  # piecewise-linear, monotone: the fitted operating threshold becomes 0.5
+            scaled = np.where(raw < t, 0.5 * raw / t, 0.5 + 0.5 * (raw - t) / (1 - t))
+        else:  # the model flags nobody (too few fingerprint matches to set its threshold): it only ranks
+            scaled = np.minimum(0.5 * raw, np.nextafter(0.5, 0.0))
         if state.get("fingerprint_rule"):
             # Taught by fingerprint matches, the model leaves them out; the match itself still counts.
             scaled = np.where(_fingerprint_match(x), np.maximum(scaled, FINGERPRINT_MATCH_SCORE), scaled)
@@ -770,6 +787,42 @@ class EvaderDetector(Detector):
 
 def _accounts_of(pairs: pd.DataFrame) -> pd.Index:
     return pd.Index(pd.unique(pd.concat([pairs["child"], pairs["parent"]])))
+
+
+def _fingerprint_share_threshold(
+    children: pd.Series, probability: np.ndarray, taught: np.ndarray, weights: np.ndarray | None = None
+) -> tuple[float, float]:
+    """Without labels, the model's operating threshold and the flag rate it is set to.
+
+    The flag rate is the share of new accounts with a candidate parent that a specific fingerprint
+    match ties to a banned account (``taught``, per pair): evaders who kept a device or network, a
+    floor on how many new accounts evade. The threshold flags at most that same share of the other
+    new accounts, ranked by their best pair's ``probability`` (the model, fingerprints left out), and
+    never a pair less likely than the 20th percentile of the taught pairs' own probabilities (what
+    looks less like an evader than four in five matched pairs is not flagged). ``weights`` (per pair,
+    constant per child): a sample's new accounts count as the population's; taught pairs are never
+    sampled out, so their percentile needs none.
+    """
+    per_pair = pd.DataFrame(
+        {
+            "child": children.to_numpy(),
+            "probability": probability,
+            "taught": taught,
+            "weight": np.ones(len(probability)) if weights is None else weights,
+        }
+    )
+    per_child = per_pair.groupby("child", sort=True).agg(
+        probability=("probability", "max"), taught=("taught", "any"), weight=("weight", "first")
+    )
+    flag_rate = float(per_child.loc[per_child["taught"], "weight"].sum() / per_child["weight"].sum())
+    others = per_child[~per_child["taught"]].sort_values("probability", ascending=False, kind="stable")
+    if len(others) == 0:
+        return 1.0, flag_rate  # no other new account to flag
+    # The highest probability at which the others flagged reach the rate (their weights summed).
+    reached = np.cumsum(others["weight"].to_numpy()) >= flag_rate * others["weight"].sum()
+    share = float(others["probability"].to_numpy()[np.argmax(reached)])
+    floor = float(np.quantile(probability[taught], TAUGHT_FLOOR_QUANTILE))
+    return float(np.clip(max(share, floor), 1e-9, 1 - 1e-9)), flag_rate  # scaling needs 0 < threshold < 1
 
 
 def _fingerprint_match(x: pd.DataFrame) -> np.ndarray:

@@ -14,8 +14,11 @@ from typer.testing import CliRunner
 
 from argus.cli import app
 from argus.detectors.evaders import (
+    FINGERPRINTS_ONLY,
+    MIN_MATCHED,
     PAIR_FEATURES,
     SAMPLED_ONE_IN,
+    SPECIFIC_MATCH,
     EvaderDetector,
     account_profiles,
     accounts_per_fingerprint,
@@ -252,6 +255,71 @@ def test_the_model_is_fitted_on_one_thread_whatever_the_cores(monkeypatch: pytes
         assert EvaderDetector().fit(features).model_version == two_cores.model_version
 
 
+def _fingerprint_matched(detector: EvaderDetector, features: pd.DataFrame) -> pd.Series:
+    """Per new account with a candidate parent: does a specific device or network match tie it to a banned one?"""
+    pairs = detector.match(features)
+    on_fingerprint = pairs[["shared_device", "shared_network"]].max(axis=1) >= SPECIFIC_MATCH
+    return on_fingerprint.groupby(pairs["child"]).any()
+
+
+@pytest.mark.parametrize(
+    ("config", "binding"),
+    [
+        # Sparse and heavy-tailed: 19 of 877 new accounts matched; the taught pairs' 20th percentile
+        # flagged 589 of them. The share binds.
+        (dict(users=12_000, days=10, seed=7), "share"),
+        # Dense: fewer of the others than that share are as likely as most matched pairs. The floor binds.
+        (dict(seed=21, **EVASIVE), "floor"),
+    ],
+)
+def test_unsupervised_fit_flags_the_fingerprint_share_floored_at_the_matched_pairs(
+    config: dict[str, Any], binding: str
+) -> None:
+    """Without labels the model flags at most the share of the other new accounts that fingerprint
+    matches tie to a banned account, and none whose best pair is less likely (model probability,
+    fingerprints left out) than the 20th percentile of the matched pairs."""
+    detector = EvaderDetector()
+    features = detector.features(events_of(World(WorldConfig(**config))))  # type: ignore[arg-type]
+    detector.fit(features)
+    matched = _fingerprint_matched(detector, features)
+    assert matched.sum() >= MIN_MATCHED
+    assert detector.metrics["flag_rate"] == matched.mean()
+    pairs, x = detector.pairs(features)
+    state: dict[str, Any] = detector.state  # type: ignore[assignment]
+    probability = pd.Series(state["model"].predict_proba(x[state["columns"]].to_numpy())[:, 1])
+    on_fingerprint = x[["shared_device", "shared_network"]].max(axis=1) >= SPECIFIC_MATCH
+    floor = np.quantile(probability[on_fingerprint], 0.2)
+    best = probability.groupby(pairs["child"]).max()
+    scores = detector.score(features).set_index("user_id")
+    assert scores.loc[matched.index[matched], "flagged"].all()
+    others = matched.index[~matched]
+    flagged = others[scores.loc[others, "flagged"].to_numpy(dtype=bool)]
+    share = int(np.ceil(matched.mean() * len(others)))
+    assert 0 < len(flagged) <= share
+    assert (best[flagged] >= floor).all()
+    assert (len(flagged) == share) == (binding == "share")
+
+
+@pytest.mark.parametrize("kept", [1, 5])
+def test_unsupervised_fit_with_few_fingerprint_matches_flags_only_them(kept: int) -> None:
+    """Fewer than ``MIN_MATCHED`` matched new accounts set no threshold for the model: the matches are
+    flagged, every other new account scores below 0.5 and the scores still rank them."""
+    features = EvaderDetector().features(events_of(World(WorldConfig(seed=23, **EVASIVE))))  # type: ignore[arg-type]
+    taught = _fingerprint_matched(EvaderDetector().fit(features), features)
+    dropped = taught.index[taught][kept:]  # these new accounts come on fresh devices and networks
+    for column in ("devices", "networks"):
+        empty = pd.Series([frozenset()] * len(features), index=features.index)
+        features[column] = features[column].where(~features.index.isin(dropped), empty)
+    detector = EvaderDetector().fit(features)
+    matched = _fingerprint_matched(detector, features)
+    assert matched.sum() == kept < MIN_MATCHED
+    assert detector.metrics["operating_point"] == FINGERPRINTS_ONLY
+    scores = detector.score(features).set_index("user_id")
+    assert set(scores.index[scores["flagged"]]) == set(matched.index[matched])
+    others = scores.loc[matched.index[~matched], "score"]
+    assert (others < 0.5).all() and others.nunique() > 1
+
+
 def test_detect_command_with_jsonl_and_a_bad_line(tmp_path: Path) -> None:
     world = World(WorldConfig(users=300, days=2, seed=4, events_per_user_day=20.0, troll_fraction=0.2, profile="dense"))
     write_world(world, tmp_path / "w", "jsonl")
@@ -438,7 +506,7 @@ def test_scoring_a_share_of_the_accounts_at_a_time_gives_the_scores_of_all_at_on
     shares = [detector.score_accounts(realistic_profiles, users=u, text_accounts=involved) for u in users]
     assert all((share["status"] == "scored").sum() >= 20 for share in shares)  # every share has new accounts paired
     pd.testing.assert_frame_equal(pd.concat(shares).set_index("user_id").loc[whole.index], whole)
-    assert whole["flagged"].sum() >= 3
+    assert whole["flagged"].sum() >= 2  # the two new accounts on a banned account's device or network
 
 
 def test_a_share_scored_with_the_pairs_found_for_it_finds_none_again(
