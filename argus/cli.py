@@ -513,7 +513,10 @@ def batch_score(
     date_: Annotated[str, typer.Option("--date", help="Score as of the end of this day, YYYY-MM-DD.")],
     lake: LakeUriOption = "lake",
     days: Annotated[int, typer.Option(min=1, help="Days of events behind the features.")] = 30,
-    model: Annotated[Path | None, typer.Option(help="A saved model; without it, fit on the same night.")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="A saved model's folder or URI (LAKE/models/X/VERSION); without it, fit on the same night."),
+    ] = None,
     alerts: Annotated[bool, typer.Option(help="Produce the alerts to the alerts.* topics.")] = False,
     master: MasterOption = "local[2]",
     conf: SparkConfOption = None,
@@ -530,7 +533,7 @@ def batch_score(
         raise UserError(f"unknown detector {detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
     args = ["--lake", str(_lake(lake)), "--date", date_, "--detector", detector, "--days", str(days)]
     if model is not None:
-        args += ["--model", str(model.resolve())]
+        args += ["--model", _saved_model(model)]
     if alerts:
         args += ["--bootstrap", _servers(bootstrap)]
     _spark_submit("score", args, master, lake, print_command, conf)
@@ -1436,14 +1439,15 @@ def alerts_tail(
 @alerts_app.command("publish")
 def alerts_publish(
     date_: Annotated[str, typer.Option("--date", help="The night whose alerts to produce, YYYY-MM-DD.")],
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     detectors: Annotated[str, typer.Option(help="Comma-separated detectors whose alerts to produce.")] = (
         "trolls,evaders,fraud,churn"
     ),
     bootstrap: BootstrapOption = None,
 ) -> None:
-    """Produce a night's alerts from LAKE/alerts/ to the alerts.* topics, keyed by alert id (a rerun
-    writes the same keys). The scheduler's step after scoring; prints the records per topic as JSON."""
+    """Produce a night's alerts from LAKE/alerts/ (a folder or a URI) to the alerts.* topics, keyed by
+    alert id (a rerun writes the same keys). The scheduler's step after scoring; prints the records
+    per topic as JSON."""
     from argus.jobs.alert_blocks import AlertFileError
     from argus.preflight import PreflightError
     from argus.publish_alerts import publish_night
@@ -1455,7 +1459,7 @@ def alerts_publish(
         named = unknown[0] if unknown else ""
         raise UserError(f"--detectors: unknown detector {named!r}; choose from {', '.join(DETECTOR_NAMES)}")
     try:
-        produced = publish_night(lake, day, names, bootstrap)  # each line read once, straight to the producer
+        produced = publish_night(_lake(lake), day, names, bootstrap)  # each line read once, straight to the producer
     except (AlertFileError, PreflightError) as exc:
         raise UserError(str(exc)) from exc
     print(json.dumps({"date": day.isoformat(), "produced": produced}))
@@ -1616,6 +1620,18 @@ def stream_fetch() -> None:
     except PrismError as exc:
         raise UserError(str(exc)) from exc
     out.print(f"Prism runner at {path}")
+
+
+def _saved_model(value: str) -> str:
+    """``batch score --model``: a folder (made absolute for the job) or a URI of a known scheme, kept as given."""
+    from argus.detectors.base import ModelError
+    from argus.detectors.store import store_location
+
+    try:
+        location = store_location(value)
+    except ModelError as exc:
+        raise UserError(str(exc).replace("--model-store", "--model")) from exc
+    return str(location.resolve()) if isinstance(location, Path) else location
 
 
 def _model_store_option(value: str) -> str:

@@ -3,7 +3,8 @@
 What happens to each place a user's data lives:
 
 * **Lake rows about the user** (``user_id`` is theirs) are removed from every Parquet and JSON Lines
-  file under the lake, all dates: events, a generated world's truth, staging left by a crashed run.
+  file under the lake, all dates: events, a generated world's truth, every run's alert files
+  (published or left by a crashed run).
   Each file is rewritten to a temporary file and swapped in with ``os.replace``, so a reader sees
   the old file or the new one, never half of one. The Delta tables (profiles, embeddings, scores:
   ``argus.jobs.lake``) are rewritten through Delta instead: the published version without the
@@ -281,13 +282,18 @@ def lake_files(lake: Path) -> list[Path]:
             continue
         if any(path.is_relative_to(table) for table in tables):
             continue
-        if path.suffix in (".parquet", ".jsonl", ".json", ".log"):
+        if path.suffix in (".parquet", ".jsonl", ".json", ".log") or _is_alert_file(relative):
             found.append(path)
     # `argus import --out LAKE` keeps its dead letters beside the lake, as LAKE.rejected.jsonl.
     beside = lake.with_name(f"{lake.name}.rejected.jsonl")
     if beside.is_file():
         found.append(beside)
     return found
+
+
+def _is_alert_file(relative: Path) -> bool:
+    """A night's alert file as Spark writes it, ``alerts/detector=X/date=D/run=R/part-*.txt``: JSON lines."""
+    return relative.parts[0] == "alerts" and relative.name.startswith("part-") and relative.suffix == ".txt"
 
 
 def _relative(path: Path, lake: Path) -> str:
@@ -302,7 +308,7 @@ def table_name(relative: Path) -> str:
     """``events/event_type=chat/date=D/part.parquet`` -> ``events/chat``; ``profiles/date=D/x`` -> ``profiles``."""
     if relative.name.endswith(".rejected.jsonl"):
         return "import_dead_letters"
-    parts = [p.split("=", 1)[-1] for p in relative.parts[:-1] if not p.startswith("date=")]
+    parts = [p.split("=", 1)[-1] for p in relative.parts[:-1] if not p.startswith(("date=", "run="))]
     return "/".join(parts) or relative.stem
 
 
@@ -310,7 +316,7 @@ def scrub_file(path: Path, matcher: UserMatcher, alert_ids: set[str]) -> dict[st
     """Remove the users' rows from one file and redact their mentions; {"removed": n, "redacted": m}."""
     if path.suffix == ".parquet":
         return _scrub_parquet(path, matcher, alert_ids)
-    if path.suffix == ".jsonl":
+    if path.suffix in (".jsonl", ".txt"):  # .txt: the alert files (lake_files picks no other)
         return _scrub_json_lines(path, matcher, alert_ids)
     return _scrub_text(path, matcher)
 

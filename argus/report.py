@@ -2,9 +2,10 @@
 
 It reads what ``argus batch nightly`` leaves in the lake and draws five sections:
 
-- **Alerts over time** per kind, over the ``days`` nights up to the date: ``LAKE/alerts/detector=X/
-  date=D/alerts.jsonl`` (one ``argus.schemas.Alert`` per line), or, for nights scored without it, the
-  flagged rows of ``LAKE/scores/detector=X/date=D/`` (one alert each, as the chain raises them).
+- **Alerts over time** per kind, over the ``days`` nights up to the date: each night's published alert
+  file (``argus.jobs.alert_blocks.read_alerts``, one ``argus.schemas.Alert`` per line), or, for nights
+  scored without it, the flagged rows of ``LAKE/scores/detector=X/date=D/`` (one alert each, as the
+  chain raises them).
 - **Behaviour map**: ``LAKE/embeddings/date=D/`` projected on its first two principal components
   (cosine geometry: rows are L2-normalised first), coloured by pHDBSCAN cluster and by risk (a
   user's highest score of the night over every detector). At most ``max_points`` users are drawn,
@@ -142,32 +143,28 @@ def load_alerts(lake: Path, day: date, days: int, scores: pd.DataFrame) -> pd.Da
     """One row per alert of the ``days`` nights up to ``day``: date, detector, kind, user_id, score,
     severity, reasons (a list of (feature label, text) pairs), source (``alerts`` or ``scores``)."""
     from argus.detectors.alerts import severity
+    from argus.jobs.alert_blocks import alerts_file, read_alerts
+    from argus.jobs.lake import latest_manifest
 
     kinds = alert_kinds()
     rows: list[dict[str, Any]] = []
     from_files: set[tuple[str, str]] = set()
+    manifest = latest_manifest(lake)
     for detector in DETECTORS:
         for night in _dates(day, days):
-            path = lake / "alerts" / f"detector={detector}" / f"date={night}" / "alerts.jsonl"
-            if not path.is_file():
-                continue
+            if alerts_file(lake, detector, date.fromisoformat(night), manifest) is None:
+                continue  # no alert file for the night: its flagged scores stand in below
             from_files.add((detector, night))
-            for line in path.read_text(encoding="utf-8").splitlines():
-                if not line.strip():
-                    continue
-                alert = json.loads(line)
-                reasons = [
-                    (_feature_label(r.get("feature"), r.get("text", "")), r.get("text", "")) for r in alert["reasons"]
-                ]
+            for alert in read_alerts(lake, [(detector, date.fromisoformat(night))], manifest):
                 rows.append(
                     {
                         "date": night,
                         "detector": detector,
-                        "kind": alert["kind"],
-                        "user_id": alert["user_id"],
-                        "score": float(alert["score"]),
-                        "severity": alert["severity"],
-                        "reasons": reasons,
+                        "kind": alert.kind,
+                        "user_id": alert.user_id,
+                        "score": alert.score,
+                        "severity": alert.severity,
+                        "reasons": [(_feature_label(r.feature, r.text), r.text) for r in alert.reasons],
                         "source": "alerts",
                     }
                 )

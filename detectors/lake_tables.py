@@ -3,12 +3,12 @@
 The lake (``argus.jobs.lake`` writes it) keeps Delta tables under one root, a local folder or a URI
 Spark's Hadoop file systems know (``s3a://``, ``gs://``, ``hdfs://``, ``abfss://``), and a manifest,
 ``LAKE/_manifests/<sequence>.json``, per publication: every published table and the Delta version to
-read. This module is the read side that needs no JVM: it parses lake locations, reads manifests and
-other plain files (``read_file``, ``list_files``) through pyarrow's file systems, and tables through
-``deltalake`` (delta-rs), never by listing Parquet files (a Delta table's folder also holds the files
-of replaced versions). Detectors read ingested
-events through it (``argus.detectors.events``); the Spark jobs write through ``argus.jobs.lake``,
-which builds on it.
+read, and the plain files published with them (each night's alert file). This module is the read
+side that needs no JVM: it parses lake locations, reads manifests and other plain files
+(``read_file``, ``list_files``) through pyarrow's file systems, and tables through ``deltalake``
+(delta-rs), never by listing Parquet files (a Delta table's folder also holds the files of replaced
+versions). Detectors read ingested events through it (``argus.detectors.events``); the Spark jobs
+write through ``argus.jobs.lake``, which builds on it.
 """
 
 from __future__ import annotations
@@ -125,13 +125,16 @@ def list_files(lake: Lake, folder: str, suffix: str = "") -> list[str]:
 
 @dataclass(frozen=True)
 class Manifest:
-    """What one publication made visible: every published table and the Delta version to read."""
+    """What one publication made visible: every published table and the Delta version to read, and
+    every published plain file (a night's alerts: ``alerts/detector=X/date=D`` -> the file to read,
+    relative to the lake; manifests older than this field have none)."""
 
     sequence: int
     tables: dict[str, int]
     name: str = ""
     changed: list[str] = field(default_factory=list)
     committed_at: str = ""
+    files: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -140,6 +143,7 @@ class Manifest:
             "committed_at": self.committed_at,
             "changed": self.changed,
             "tables": dict(sorted(self.tables.items())),
+            "files": dict(sorted(self.files.items())),
         }
 
 
@@ -159,7 +163,9 @@ def read_manifest(lake: Lake, sequence: int) -> Manifest:
     fs, root = lake_filesystem(lake)
     with fs.open_input_stream(f"{root}/{MANIFESTS}/{sequence:020d}.json") as stream:
         data = json.loads(stream.read())
-    return Manifest(data["sequence"], data["tables"], data["name"], data["changed"], data["committed_at"])
+    return Manifest(
+        data["sequence"], data["tables"], data["name"], data["changed"], data["committed_at"], data.get("files", {})
+    )
 
 
 def published_version(lake: Lake, table: str) -> int | None:

@@ -48,6 +48,28 @@ def store_location(value: StoreRoot) -> StoreRoot:
     return f"{scheme}://{rest.rstrip('/')}"
 
 
+def load_model(name: str, folder: StoreRoot) -> Detector:
+    """The ``name`` model saved in ``folder`` (``Detector.save``'s layout), a local folder or a URI; a URI's
+    files are copied to a temporary folder and loaded from there (a complete artefact is immutable)."""
+    from pyarrow.fs import FileSelector, FileType
+
+    folder = store_location(folder)
+    if isinstance(folder, Path):
+        return detector_class(name).load(folder)
+    fs, base = lake_filesystem(folder)
+    if fs.get_file_info(f"{base}/{ARTEFACT_MARKER}").type != FileType.File:
+        raise ModelError(f"no model at {folder}: {ARTEFACT_MARKER} is missing")
+    with tempfile.TemporaryDirectory(prefix="argus-model-") as local:
+        for info in fs.get_file_info(FileSelector(base, recursive=True)):
+            if info.type != FileType.File:
+                continue
+            target = Path(local) / info.path[len(base) + 1 :]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with fs.open_input_stream(info.path) as stream:
+                target.write_bytes(stream.read())
+        return detector_class(name).load(Path(local))
+
+
 class ModelStore:
     def __init__(self, root: StoreRoot) -> None:
         self.root = store_location(root)
@@ -131,22 +153,9 @@ class ModelStore:
         return self._load_uri(name, version)
 
     def _load_uri(self, name: str, version: str) -> Detector:
-        """The artefact copied to a temporary folder and loaded from there; it is immutable once complete."""
-        from pyarrow.fs import FileSelector, FileType
-
         if not self._is_file(f"{name}/{version}/{ARTEFACT_MARKER}"):
             raise ModelError(f"no {name} model {version} in {self.root}: {ARTEFACT_MARKER} is missing")
-        fs, base = self._fs()
-        folder = f"{base}/{name}/{version}"
-        with tempfile.TemporaryDirectory(prefix="argus-model-") as local:
-            for info in fs.get_file_info(FileSelector(folder, recursive=True)):
-                if info.type != FileType.File:
-                    continue
-                target = Path(local) / info.path[len(folder) + 1 :]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with fs.open_input_stream(info.path) as stream:
-                    target.write_bytes(stream.read())
-            return detector_class(name).load(Path(local))
+        return load_model(name, f"{self.root}/{name}/{version}")
 
     # --- a URI store's files -------------------------------------------------------------------
 

@@ -19,25 +19,29 @@ What each block's task reads, per detector:
   (``EvaderDetector.match(features, children=...)``: the rows the score came from), not every new
   account's. Other blocks hold no new account, so nothing there is flagged.
 
-``write_alerts`` has Spark write them, sorted by alert id, to ``LAKE/alerts/detector=X/date=D/alerts.jsonl``
-(one ``argus.schemas.Alert`` per line) through the run's publication; ``read_alerts`` streams such files
-back one alert at a time, for producing to Kafka (the nightly chain, ``argus batch score``, ``argus alerts
-publish``): the one reader of alert files.
+``write_alerts`` has Spark write them, sorted by alert id, as one file (one ``argus.schemas.Alert`` per
+line) in a folder of the run's own, ``LAKE/alerts/detector=X/date=D/run=R/``, through the lake's file
+system (a folder or a URI); the run's publication publishes it: its manifest names the night's file
+(``Manifest.files``), so a night is replaced whole when the manifest is written, and a run that fails
+before leaves the previous file published. ``read_alerts`` is the one reader of alert files: it finds
+each night's file through the newest manifest and streams it back one alert at a time, for producing
+to Kafka (the nightly chain, ``argus batch score``, ``argus alerts publish``) and for the report.
+A lake published before manifests named alert files kept each night in
+``alerts/detector=X/date=D/alerts.jsonl``: ``alerts_file`` reads that when no manifest names the night.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from argus.detectors.alerts import EVIDENCE_LIMIT
+from argus.jobs.lake import ALERTS, Lake, Manifest, join, lake_filesystem, latest_manifest, list_files, put_file
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 ALERT_SCHEMA = "alert_id string, alert string"
 FLAGGED_SCHEMA = "block long, flagged_rows binary"
 _SCORE_ROW = ["user_id", "score", "flagged", "status", "reasons_data"]
+LEGACY_ALERTS_FILE = "alerts.jsonl"  # a night's file before manifests named them, in the night's folder
 
 
 class AlertFileError(ValueError):
@@ -57,12 +62,23 @@ class AlertFileError(ValueError):
     (and line) and what to run."""
 
 
-def alerts_folder(lake: Path, detector: str, day: date) -> Path:
-    return lake / "alerts" / f"detector={detector}" / f"date={day.isoformat()}"
+def alerts_key(detector: str, day: date) -> str:
+    """The night's name in the manifest (``Manifest.files``) and the folder of its runs' files."""
+    return f"{ALERTS}/detector={detector}/date={day.isoformat()}"
 
 
-def alerts_file(lake: Path, detector: str, day: date) -> Path:
-    return alerts_folder(lake, detector, day) / "alerts.jsonl"
+def alerts_file(lake: Lake, detector: str, day: date, manifest: Manifest | None = None) -> str | None:
+    """The night's published alert file, relative to the lake, as ``manifest`` (the newest by default)
+    names it, else an older lake's ``alerts.jsonl``; None when the night was not scored."""
+    from pyarrow.fs import FileType
+
+    key = alerts_key(detector, day)
+    manifest = manifest if manifest is not None else latest_manifest(lake)
+    if manifest is not None and key in manifest.files:
+        return manifest.files[key]
+    fs, root = lake_filesystem(lake)
+    legacy = f"{key}/{LEGACY_ALERTS_FILE}"
+    return legacy if fs.get_file_info(f"{root}/{legacy}").type == FileType.File else None
 
 
 def alert_rows(
@@ -173,42 +189,57 @@ def _latest_events(rows: DataFrame, latest: int) -> DataFrame:
     )
 
 
-def write_alerts(publication: Publication, lake: Path, detector: str, day: date, alerts: DataFrame) -> Path:
-    """Stage ``alerts`` (``ALERT_SCHEMA``) as the night's ``alerts.jsonl``, sorted by alert id and written by
-    Spark; published with the rest of ``publication``. The folder the file will be published in."""
-    target = alerts_folder(lake, detector, day)
-    staging = publication.stage(target)
-    staging.mkdir(parents=True)
-    parts = staging.with_name(staging.name + ".parts")  # Spark's output folder, beside the staged one
-    shutil.rmtree(parts, ignore_errors=True)
+def write_alerts(publication: Publication, lake: Lake, detector: str, day: date, alerts: DataFrame) -> str:
+    """Write ``alerts`` (``ALERT_SCHEMA``) as the night's alert file, sorted by alert id, by Spark, in a new
+    folder of ``publication``'s, which publishes it with the rest of its outputs; the file, relative to
+    the lake. A night without alerts gets an empty file: published, unlike a night not scored."""
+    key = alerts_key(detector, day)
+    folder = publication.new_folder(key)
     # One sorted file, as readers expect: sorted on an executor (spilling to disk), never collected.
     ordered = alerts.repartition(1).sortWithinPartitions("alert_id").select("alert")
-    ordered.write.mode("overwrite").option("compression", "none").text(str(parts))  # as the tables: a path
-    written = sorted(parts.glob("part-*"))
+    ordered.write.mode("errorifexists").option("compression", "none").text(str(join(lake, *folder.split("/"))))
+    written = [name for name in list_files(lake, folder) if name.startswith("part-")]
     if len(written) > 1:
-        raise RuntimeError(f"expected one alerts file from Spark in {parts}, found {len(written)}")
-    if written:
-        os.replace(written[0], staging / "alerts.jsonl")
-    else:  # no alerts: Spark may write no part at all
-        (staging / "alerts.jsonl").write_text("")
-    shutil.rmtree(parts)
-    publication.staged(target)
-    return target
+        raise RuntimeError(f"expected one alerts file from Spark in {join(lake, folder)}, found {len(written)}")
+    relative = f"{folder}/{written[0] if written else 'part-00000.txt'}"
+    if not written:  # Spark may write no part at all for no rows
+        put_file(lake, relative, b"")
+    publication.file(key, relative)
+    return relative
 
 
-def read_alerts(paths: Iterable[Path]) -> Iterator[Alert]:
-    """The alerts of ``paths`` (``alerts.jsonl`` files) in file order, each line parsed once as it is read:
-    never a whole file in memory. A line that is not an alert raises ``AlertFileError`` naming its file
-    and line when the iteration reaches it; the alerts before it have been yielded."""
+def read_alerts(lake: Lake, nights: Iterable[tuple[str, date]], manifest: Manifest | None = None) -> Iterator[Alert]:
+    """The alerts of each (detector, night), night by night in file order, each line parsed once as it is
+    read through the lake's file system: never a whole file in memory. The files are the ones
+    ``manifest`` (the newest by default, read once) publishes, so a night being replaced is read whole,
+    old or new. Every night must have been scored: a missing one raises ``AlertFileError`` here, before
+    any is read. A line that is not an alert raises it, naming its file and line, when the iteration
+    reaches it; the alerts before it have been yielded."""
+    manifest = manifest if manifest is not None else latest_manifest(lake)
+    files = []
+    for detector, day in nights:
+        relative = alerts_file(lake, detector, day, manifest)
+        if relative is None:
+            raise AlertFileError(
+                f"no {detector} alerts for {day} in {lake}; score that night first "
+                f"(`argus batch score --detector {detector} --date {day}` or `argus batch nightly --date {day}`)"
+            )
+        files.append(relative)
+    return _stream_alerts(lake, files)
+
+
+def _stream_alerts(lake: Lake, files: list[str]) -> Iterator[Alert]:
     from argus.schemas.models import Alert
 
-    for path in paths:
-        with path.open(encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
+    fs, root = lake_filesystem(lake)
+    for relative in files:
+        with fs.open_input_stream(f"{root}/{relative}") as stream:
+            for number, line in enumerate(io.TextIOWrapper(stream, encoding="utf-8"), start=1):
                 if not line.strip():
                     continue
                 try:
                     alert = Alert.model_validate_json(line)
                 except ValueError as exc:
-                    raise AlertFileError(f"{path}:{number} is not an alert: {str(exc).splitlines()[0]}") from exc
+                    where = f"{join(lake, *relative.split('/'))}:{number}"
+                    raise AlertFileError(f"{where} is not an alert: {str(exc).splitlines()[0]}") from exc
                 yield alert

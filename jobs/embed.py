@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from argus.jobs.entry import run_job
-from argus.jobs.lake import job_lake
+from argus.jobs.lake import Lake, is_uri, job_uri_lake
 from argus.jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ TAU_DAYS = 7.0
 WORD2VEC_FIT_USERS = 50_000
 
 
-def event_tokens(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame:
+def event_tokens(spark: SparkSession, lake: Lake, day: date, days: int) -> DataFrame:
     """(user_id, ts, token) for every event in the window."""
     from pyspark.sql import functions as F
 
@@ -137,7 +137,7 @@ def fit_sample(docs: DataFrame, fit_users: int) -> DataFrame:
 
 def run_embed(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     day: date,
     days: int = 30,
     dim: int = DIM,
@@ -158,7 +158,7 @@ def run_embed(
         raise ValueError(f"fit_users {fit_users}: give 1 or more")
     if word2vec_partitions < 1:
         raise ValueError(f"--word2vec-partitions {word2vec_partitions}: give 1 or more (1 trains on one core)")
-    lake = Path(lake)
+    lake = lake if is_uri(lake) else Path(lake)
     end_s = int((np.datetime64(day.isoformat()) + np.timedelta64(1, "D")).astype("datetime64[s]").astype(np.int64))
     grouped = sequences(event_tokens(spark, lake, day, days))
 
@@ -233,10 +233,10 @@ def run_embed(
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: embed.py --lake DIR --date YYYY-MM-DD [--days 30] [--dim 32]
+    """spark-submit entry point: embed.py --lake DIR|URI --date YYYY-MM-DD [--days 30] [--dim 32]
     [--word2vec-partitions 1]."""
     parser = argparse.ArgumentParser(prog="embed.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=job_lake)
+    parser.add_argument("--lake", required=True, type=job_uri_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--dim", type=int, default=DIM)

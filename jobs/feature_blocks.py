@@ -40,7 +40,6 @@ import pickle
 import zlib
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
     from argus.detectors.base import Detector
     from argus.detectors.churn import ChurnDetector, ChurnPopulation
     from argus.detectors.events import Events
+    from argus.jobs.lake import Lake
 
 BLOCK_USERS = 5_000  # users per block: a churn block (90 days x 8 channels) is ~30 MB pickled
 PROFILE_SHARDS_MIN = 2
@@ -62,7 +62,7 @@ BLOCK_SCHEMA = "block long, users long, frame binary"
 SHARED_SCHEMA = f"{BLOCK_SCHEMA}, share int, shares int"
 
 
-def window_events(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame | None:
+def window_events(spark: SparkSession, lake: Lake, day: date, days: int) -> DataFrame | None:
     """Every event of the ``days`` days up to ``day``, all types in one wide frame (``event_type`` set)."""
     from pyspark.sql import functions as F
 
@@ -81,7 +81,7 @@ def window_events(spark: SparkSession, lake: Path, day: date, days: int) -> Data
     return wide
 
 
-def type_columns(spark: SparkSession, lake: Path, day: date) -> dict[str, list[str]]:
+def type_columns(spark: SparkSession, lake: Lake, day: date) -> dict[str, list[str]]:
     """The lake's columns of each event type (what ``night_events`` would hand the detectors)."""
     from argus.jobs.profiles import EVENT_TYPES, read_events
 

@@ -17,10 +17,12 @@ the same rows again gives the same table. Delta keeps earlier versions (time tra
 
 A publication spans several tables (a night's profiles, embeddings and scores). It ends with one
 *manifest*, ``LAKE/_manifests/<sequence>.json``: every published table and the Delta version to
-read. The manifest is a single small object written in one put (a rename on a local disk), so it is
-the night's commit point: readers read the versions the newest manifest names, and a run that
-crashes before its manifest leaves the previous night fully visible. Older manifests are the
-previous nights: ``manifest_before`` / ``version=`` read them (until VACUUM removes their files).
+read, and every published plain file (each night's alert file, written once in a folder of its run's
+own: ``argus.jobs.alert_blocks``). The manifest is a single small object written in one put (a
+rename on a local disk), so it is the night's commit point: readers read the versions and files the
+newest manifest names, and a run that crashes before its manifest leaves the previous night fully
+visible. Older manifests are the previous nights: ``manifest_before`` / ``version=`` read them
+(until VACUUM removes their files).
 
 Manifests and rollbacks assume one writer at a time: every run that writes (the nightly chain and
 the batch jobs, ingest, ``argus generate --out``, ``argus import --out``, ``argus forget``, a VACUUM that
@@ -41,6 +43,7 @@ import contextlib
 import json
 import logging
 import os
+import posixpath
 import socket
 import threading
 import time
@@ -79,12 +82,13 @@ from argus.infra.procfs import is_running, process_stat
 
 if TYPE_CHECKING:
     import pandas as pd
-    from pyarrow.fs import FileSystem
+    from pyarrow.fs import FileInfo, FileSystem
     from pyspark.sql import DataFrame, SparkSession
 
 # Delta's own default (delta.deletedFileRetentionDuration): a week of nights stays readable.
 DEFAULT_RETAIN_HOURS = 168
 DEAD_LETTER = "dead_letter"
+ALERTS = "alerts"  # LAKE/alerts/detector=X/date=D/run=R/: each run's alert files (argus.jobs.alert_blocks)
 LEASES = "_lease"  # LAKE/_lease/<generation>.json: who holds (or last held) the writer lease
 # A holder refreshes its lease every LEASE_TTL_SECONDS / 5; one silent for the whole TTL is gone
 # (a killed machine, a frozen process) and the next writer takes over.
@@ -92,28 +96,10 @@ LEASE_TTL_SECONDS = 600.0
 log = logging.getLogger(__name__)
 
 
-def local_root(lake: Lake, what: str) -> Path:
-    """The lake as a local folder, for outputs that are plain files; a clear error for a URI lake."""
-    if is_uri(lake):
-        raise LakeError(f"--lake {lake}: {what} needs a local (or mounted) lake folder")
-    return Path(lake)
-
-
-def job_lake(value: str) -> Path:
-    """``--lake`` of a spark-submit job (an argparse type). The jobs also keep plain files in the lake
-    (events landed by import and generate, the model store, quality results, ingest offsets, alert
-    files), which they read and write as local files, so a job's lake is a local or mounted folder."""
-    import argparse
-
-    try:
-        return local_root(lake_location(value), "the batch jobs' plain files (events, models, alerts)")
-    except LakeError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def job_uri_lake(value: str) -> Lake:
-    """``--lake`` of a job that keeps its plain files (ingest's offsets, quality results) through the
-    lake's file system (``put_file``, ``read_file``): a folder or a URI (an argparse type)."""
+    """``--lake`` of a spark-submit job (an argparse type): a folder or a URI. The jobs keep their plain
+    files (landed events, ingest's offsets, quality results, the model store) through the lake's file
+    systems (``list_files``, ``read_file``, ``put_file``, ``argus.detectors.store``)."""
     import argparse
 
     try:
@@ -280,8 +266,9 @@ def write_date_pandas(frame: pd.DataFrame, lake: Lake, table: str, day: date) ->
 # --- the manifest: one commit point for several tables --------------------------------------
 
 
-def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest:
-    """Publish ``versions`` on top of the newest manifest, in one put: the publication's commit point.
+def commit_manifest(lake: Lake, versions: dict[str, int], name: str, files: dict[str, str] | None = None) -> Manifest:
+    """Publish ``versions`` (and the plain ``files``: key -> file relative to the lake) on top of the newest
+    manifest, in one put: the publication's commit point.
 
     One publisher at a time (the nightly chain, or one job): two concurrent publishers could pick the
     same sequence, and the later put wins. The writer lease (``WriterLease``) ensures it; a run whose
@@ -290,9 +277,10 @@ def commit_manifest(lake: Lake, versions: dict[str, int], name: str) -> Manifest
     check_lease_kept(lake)
     previous = latest_manifest(lake)
     tables = {**(previous.tables if previous else {}), **versions}
+    published_files = {**(previous.files if previous else {}), **(files or {})}
     sequence = previous.sequence + 1 if previous else 1
     committed = datetime.now(UTC).isoformat(timespec="seconds")
-    manifest = Manifest(sequence, tables, name, sorted(versions), committed)
+    manifest = Manifest(sequence, tables, name, sorted([*versions, *(files or {})]), committed, published_files)
     put_file(lake, f"{MANIFESTS}/{sequence:020d}.json", json.dumps(manifest.to_json(), indent=2).encode())
     return manifest
 
@@ -315,16 +303,25 @@ class Vacuumed:
 
 def vacuum(lake: Lake, retain_hours: int = DEFAULT_RETAIN_HOURS, dry_run: bool = True) -> Vacuumed:
     """Delete the files of every published table that no version of the last ``retain_hours`` needs
-    (delta-rs VACUUM); what was deleted (to delete, with ``dry_run``). Older versions, and the nights
-    of manifests that name them, are no longer readable afterwards. Deleting takes the lake's writer
-    lease (``WriterLease``): a publication running meanwhile could need a file VACUUM picks."""
+    (delta-rs VACUUM), and the alert run folders no manifest of that time names (``_vacuum_alerts``);
+    what was deleted (to delete, with ``dry_run``). Older versions, and the nights of manifests that
+    name them, are no longer readable afterwards. Deleting takes the lake's writer lease
+    (``WriterLease``): a publication running meanwhile could need a file VACUUM picks."""
     newest = latest_manifest(lake)
     if newest is None:
         return Vacuumed({}, {})
     if dry_run:
-        return _vacuum_tables(lake, sorted(newest.tables), retain_hours, dry_run=True)
+        return _vacuum(lake, sorted(newest.tables), retain_hours, dry_run=True)
     with WriterLease(lake, "argus lake vacuum --no-dry-run"):
-        return _vacuum_tables(lake, sorted(newest.tables), retain_hours, dry_run=False)
+        return _vacuum(lake, sorted(newest.tables), retain_hours, dry_run=False)
+
+
+def _vacuum(lake: Lake, names: list[str], retain_hours: int, dry_run: bool) -> Vacuumed:
+    removed = _vacuum_tables(lake, names, retain_hours, dry_run)
+    files, size = _vacuum_alerts(lake, retain_hours, dry_run)
+    if files:
+        removed.files[ALERTS], removed.bytes[ALERTS] = files, size
+    return removed
 
 
 def _vacuum_tables(lake: Lake, names: list[str], retain_hours: int, dry_run: bool) -> Vacuumed:
@@ -348,6 +345,33 @@ def _vacuum_tables(lake: Lake, names: list[str], retain_hours: int, dry_run: boo
         files[table] = len(doomed)
         sizes[table] = sum(size.get(name, 0) for name in doomed)
     return Vacuumed(files, sizes)
+
+
+def _vacuum_alerts(lake: Lake, retain_hours: int, dry_run: bool) -> tuple[int, int]:
+    """Delete the alert run folders (``alerts/detector=X/date=D/run=R/``, ``argus.jobs.alert_blocks``)
+    that neither the newest manifest nor one committed in the last ``retain_hours`` names and that were
+    written before then: a crashed run's, a replaced night's; (files, bytes) deleted."""
+    from pyarrow.fs import FileSelector, FileType
+
+    cutoff = time.time() - retain_hours * 3600
+    history = manifests(lake)
+    retained = [m for m in history if m.committed_at and datetime.fromisoformat(m.committed_at).timestamp() >= cutoff]
+    named = {posixpath.dirname(f) for m in [*retained, *history[-1:]] for f in m.files.values()}
+    fs, root = lake_filesystem(lake)
+    runs: dict[str, list[FileInfo]] = {}
+    for info in fs.get_file_info(FileSelector(f"{root}/{ALERTS}", recursive=True, allow_not_found=True)):
+        parts = info.path[len(root) + 1 :].split("/")  # alerts, detector=X, date=D, run=R, file
+        if info.type == FileType.File and len(parts) == 5 and parts[3].startswith("run="):
+            runs.setdefault("/".join(parts[:4]), []).append(info)
+    doomed = [
+        run
+        for run, infos in runs.items()
+        if run not in named and all(i.mtime is not None and i.mtime.timestamp() < cutoff for i in infos)
+    ]
+    if not dry_run:
+        for run in doomed:
+            fs.delete_dir(f"{root}/{run}")
+    return sum(len(runs[r]) for r in doomed), sum(int(i.size or 0) for r in doomed for i in runs[r])
 
 
 def _file_size(fs: FileSystem, lake: Lake, table: str, name: str) -> int:

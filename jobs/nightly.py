@@ -7,14 +7,14 @@ Backfills (``--from D1 --to D2``) run the dates one after another in the same se
 when asked for, runs once before the first date (it reads whatever the topics hold).
 
 Each date is all or nothing: its profiles, embeddings and scores get new Delta versions as the
-steps finish and one manifest publishes them together at the end (``argus.jobs.lake``); then its
-alert files, staged under ``LAKE/_staging/nightly-D/``, are swapped in, and only then do its models
-become ``CURRENT`` in the model store (``LAKE/models``, which the streaming pipeline reloads from)
-and its alerts go to Kafka, read back from the published files a line at a time. A crash or a
-failed check anywhere before that leaves the previous outputs and models in place. A failing
-quality gate stops the chain at that date (exit 1).
+steps finish and its alert files are written to folders of the run's own; one manifest publishes
+them together at the end (``argus.jobs.lake``), and only then do its models become ``CURRENT`` in
+the model store (``LAKE/models``, which the streaming pipeline reloads from) and its alerts go to
+Kafka, read back from the published files a line at a time. A crash or a failed check anywhere
+before that leaves the previous outputs and models in place. A failing quality gate stops the
+chain at that date (exit 1).
 
-Alerts: ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` (one ``argus.schemas.Alert`` per line, sorted by
+Alerts: ``LAKE/alerts/detector=X/date=D/run=R/part-*`` (one ``argus.schemas.Alert`` per line, sorted by
 ``alert_id``, built and written by the executors: ``jobs/alert_blocks.py``) and, with ``--alerts``, the
 ``alerts.<kind>`` topics keyed by ``alert_id``. Alert ids depend only on the detector, the user and
 the night's window, so rerunning a date reproduces them.
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from argus.jobs.entry import run_job
-from argus.jobs.lake import job_lake
+from argus.jobs.lake import Lake, is_uri, job_uri_lake, join
 from argus.jobs.publish import Publication
 
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def night_dates(first: date, last: date) -> list[date]:
 
 def run_nightly(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     dates: list[date],
     detectors: list[str],
     *,
@@ -78,7 +78,7 @@ def run_nightly(
     unknown = [name for name in detectors if name not in DETECTORS]
     if unknown:
         raise ValueError(f"unknown detector {unknown[0]!r}; choose from {', '.join(DETECTOR_ORDER)}")
-    lake = Path(lake)
+    lake = lake if is_uri(lake) else Path(lake)  # a URI as given (``--lake`` parses it: job_uri_lake)
     started = time.monotonic()
     spark.sparkContext.setLogLevel("WARN")  # the chain's own steps are the progress; Spark's INFO is noise
     application = spark.sparkContext.applicationId
@@ -107,10 +107,10 @@ def run_nightly(
             return summary, 1
         if alerts_bootstrap:
             from argus.infra.clients import publish_alerts
-            from argus.jobs.alert_blocks import alerts_folder, read_alerts
+            from argus.jobs.alert_blocks import read_alerts
 
-            files = [alerts_folder(lake, name, day) / "alerts.jsonl" for name in detectors]
-            produced = publish_alerts(read_alerts(files), alerts_bootstrap, source=str(lake))
+            nights = [(name, day) for name in detectors]
+            produced = publish_alerts(read_alerts(lake, nights), alerts_bootstrap, source=str(lake))
             report({"step": "alerts", "date": day.isoformat(), "produced": produced})
         summary["dates"].append(day.isoformat())
         summary["alerts"] += night
@@ -120,7 +120,7 @@ def run_nightly(
 
 def run_night(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     day: date,
     detectors: list[str],
     *,
@@ -155,7 +155,7 @@ def run_night(
         report({"step": "embeddings", **embedded})
         # The look-back's events, read once for every detector and kept on the executors, never the driver.
         window = night_window(spark, lake, day, days).persist(StorageLevel.MEMORY_AND_DISK) if detectors else None
-        store = ModelStore(lake / "models")
+        store = ModelStore(join(lake, "models"))
         alerts = 0
         for name in detectors:
             model = None if fit else _current_model(store, name)
@@ -173,19 +173,20 @@ def run_night(
     return alerts
 
 
-def _current_model(store: ModelStore, name: str) -> Path:
+def _current_model(store: ModelStore, name: str) -> Lake:
+    """Where the store's current ``name`` model is saved: a folder, or a URI in a URI lake's store."""
     version = store.current_version(name)
     if version is None:
         raise ValueError(f"no {name} model in {store.root} to load; run the chain once with fitting (without --no-fit)")
-    return Path(store.root) / name / version
+    return join(store.root, name, version)
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: nightly.py --lake DIR (--date D | --from D1 --to D2) [--detectors a,b]
+    """spark-submit entry point: nightly.py --lake DIR|URI (--date D | --from D1 --to D2) [--detectors a,b]
     [--ingest] [--alerts] [--bootstrap HOST:PORT] [--no-fit] [--feature-days N] [--days N] [--dim N]
     [--word2vec-partitions N]."""
     parser = argparse.ArgumentParser(prog="nightly.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=job_lake)
+    parser.add_argument("--lake", required=True, type=job_uri_lake)
     parser.add_argument("--date", type=date.fromisoformat)
     parser.add_argument("--from", dest="first", type=date.fromisoformat)
     parser.add_argument("--to", dest="last", type=date.fromisoformat)

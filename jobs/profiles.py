@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from argus.detectors.chat_features import CONTEXT_WINDOW_S, HOSTILE_TERMS, LINK_PATTERN, STOPWORDS
 from argus.jobs import lake as tables
 from argus.jobs.entry import run_job
-from argus.jobs.lake import job_lake
+from argus.jobs.lake import Lake, job_uri_lake
 from argus.jobs.publish import Publication, publish_per_user
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ WINDOWS_DAYS = (1, 7, 30)
 EVENT_TYPES = ("chat", "click", "payment", "account", "moderation")
 
 
-def read_events(spark: SparkSession, lake: Path, event_type: str, day: date) -> DataFrame | None:
+def read_events(spark: SparkSession, lake: Lake, event_type: str, day: date) -> DataFrame | None:
     """Every ``event_type`` event dated ``day`` or earlier, with its ``date`` (a string): the ingested
     Delta table's published rows and the plain files ``argus import`` and ``argus generate`` landed."""
     from pyspark.sql import functions as F
@@ -50,18 +50,27 @@ def read_events(spark: SparkSession, lake: Path, event_type: str, day: date) -> 
     return None if frame is None else frame.where(F.col("date") <= F.lit(day.isoformat()))
 
 
-def lake_events(spark: SparkSession, lake: Path, event_type: str) -> DataFrame | None:
+def lake_events(spark: SparkSession, lake: Lake, event_type: str) -> DataFrame | None:
     """All of the lake's ``event_type`` events (see ``read_events``); None when it has none."""
     from pyspark.sql import functions as F
 
     parts = []
-    landed = Path(lake) / "events" / f"event_type={event_type}"
-    if landed.exists():
-        parts.append(spark.read.parquet(str(landed)).withColumn("date", F.col("date").cast("string")))
+    landed = f"events/event_type={event_type}"
+    if _is_folder(lake, landed):
+        frame = spark.read.parquet(tables.table_location(lake, landed))
+        parts.append(frame.withColumn("date", F.col("date").cast("string")))
     ingested = tables.read_spark(spark, lake, tables.events_table(event_type))
     if ingested is not None:
         parts.append(ingested)
     return union_events(parts)
+
+
+def _is_folder(lake: Lake, relative: str) -> bool:
+    """Whether the lake holds the folder ``relative`` (on object storage: objects under that prefix)."""
+    from pyarrow.fs import FileType
+
+    fs, root = tables.lake_filesystem(lake)
+    return bool(fs.get_file_info(f"{root}/{relative}").type == FileType.Directory)
 
 
 def union_events(parts: list[DataFrame]) -> DataFrame | None:
@@ -268,7 +277,7 @@ def account_features(account: DataFrame, day: date) -> DataFrame:
     return per_user.drop("_signup", "_first_seen", "_last_ban_action").join(shared, "user_id", "left")
 
 
-def build_profiles(spark: SparkSession, lake: Path, day: date, feature_days: int = 30) -> DataFrame:
+def build_profiles(spark: SparkSession, lake: Lake, day: date, feature_days: int = 30) -> DataFrame:
     from pyspark.sql import functions as F
 
     events = {t: frame for t in EVENT_TYPES if (frame := read_events(spark, lake, t, day)) is not None}
@@ -292,10 +301,10 @@ def build_profiles(spark: SparkSession, lake: Path, day: date, feature_days: int
 
 
 def run_profile(
-    spark: SparkSession, lake: Path, day: date, feature_days: int = 30, publication: Publication | None = None
+    spark: SparkSession, lake: Lake, day: date, feature_days: int = 30, publication: Publication | None = None
 ) -> dict[str, object]:
     """Build and publish ``day`` of the ``profiles`` table (a deferred ``publication`` publishes it at its commit)."""
-    lake = Path(lake)
+    lake = lake if tables.is_uri(lake) else Path(lake)
     profiles = build_profiles(spark, lake, day, feature_days)
     table, rows = publish_per_user(spark, profiles, lake, "profiles", day, publication)
     return {"date": day.isoformat(), "users": rows, "columns": len(profiles.columns), "table": table}
@@ -309,9 +318,9 @@ def _outer_join(frames: list[DataFrame]) -> DataFrame:
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: profiles.py --lake DIR --date YYYY-MM-DD [--feature-days 30]."""
+    """spark-submit entry point: profiles.py --lake DIR|URI --date YYYY-MM-DD [--feature-days 30]."""
     parser = argparse.ArgumentParser(prog="profiles.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=job_lake)
+    parser.add_argument("--lake", required=True, type=job_uri_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--feature-days", type=int, default=30)
     return run_job(

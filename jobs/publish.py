@@ -2,20 +2,24 @@
 
 Tables (profiles, embeddings, scores, ingested events, dead letters) are Delta tables
 (``argus.jobs.lake``): each write replaces one date in one commit (ingest's merge inserts new rows),
-and the publication's manifest (one object, written last) is what readers follow. A single job
-publishes as it goes (``Publication(lake)``: a manifest after each table). The nightly chain
-publishes every output of a night together (``Publication(lake, deferred=True)``): its tables get
-new versions as the steps finish, ``commit`` writes one manifest naming them all,
-then swaps in the staged plain files (alerts) and makes the new models current. A crash anywhere
+and the publication's manifest (one object, written last) is what readers follow. Plain files (a
+night's alerts) are written once each, to a folder of their own run (``new_folder``), and published
+by the manifest naming them: nothing is renamed or replaced in place, which object storage could not
+do atomically. A single job publishes as it goes (``Publication(lake)``: a manifest after each table
+or file). The nightly chain publishes every output of a night together (``Publication(lake,
+deferred=True)``): its tables get new versions and its files are written as the steps finish,
+``commit`` writes one manifest naming them all, then makes the new models current. A crash anywhere
 before the manifest leaves the previous night visible; ``discard`` (and the next publication, after
-a crash that skipped it) restores each table to the version the manifest names.
+a crash that skipped it) restores each table to the version the manifest names, and ``discard``
+deletes the run's unpublished files (a crash's are left to ``argus lake vacuum``).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-from datetime import date
+import contextlib
+import posixpath
+import uuid
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class Publication:
-    """The outputs of one run: table versions to publish, plain folders under ``LAKE/_staging/<name>/``."""
+    """The outputs of one run: table versions and plain files (``key`` -> file) to publish, models to make current."""
 
     def __init__(self, lake: Lake, name: str = "job", deferred: bool = False) -> None:
         self.lake = tables.lake_location(lake)
@@ -38,14 +42,9 @@ class Publication:
         self._spark: SparkSession | None = None
         self._tables: dict[str, int] = {}  # table -> version written by this run, not yet published
         self._before: dict[str, int | None] = {}  # table -> the version readers saw when this run began
-        self._folders: dict[Path, Path] = {}  # target -> staged folder
-        self._models: list[tuple[Path, Detector]] = []  # (store root, detector) to make current
-        if not tables.is_uri(self.lake):
-            shutil.rmtree(self.staging_root, ignore_errors=True)  # what a crashed run of the same name left
-
-    @property
-    def staging_root(self) -> Path:
-        return tables.local_root(self.lake, "staging plain files (alerts)") / "_staging" / self.name
+        self._files: dict[str, str] = {}  # key -> file written by this run, not yet published
+        self._folders: set[str] = set()  # this run's folders of plain files that no manifest names yet
+        self._models: list[tuple[Lake, Detector]] = []  # (store root, detector) to make current
 
     # --- tables -----------------------------------------------------------------------------
 
@@ -96,32 +95,31 @@ class Publication:
         return published is None or not tables.restores(spark, self.lake, table, version, published)
 
     def publish(self) -> None:
-        """One manifest naming every table version written and not yet published."""
-        if self._tables:
-            tables.commit_manifest(self.lake, self._tables, self.name)
+        """One manifest naming every table version and file written and not yet published."""
+        if self._tables or self._files:
+            tables.commit_manifest(self.lake, self._tables, self.name, self._files)
             self._before.update(self._tables)
             self._tables.clear()
+            self._folders -= {posixpath.dirname(f) for f in self._files.values()}
+            self._files.clear()
 
-    # --- plain folders and models ---------------------------------------------------------------
+    # --- plain files and models ---------------------------------------------------------------
 
-    def stage(self, target: Path) -> Path:
-        """A fresh, empty folder to write ``target``'s new contents into."""
-        staged = self.staging_root / target.relative_to(tables.local_root(self.lake, "plain files"))
-        shutil.rmtree(staged, ignore_errors=True)
-        staged.parent.mkdir(parents=True, exist_ok=True)
-        self._folders[target] = staged
-        return staged
+    def new_folder(self, key: str) -> str:
+        """A folder of this run's own, ``key/run=<time>-<random>`` (relative to the lake), to write ``key``'s
+        next file into once; no reader looks there until a manifest names the file (``file``)."""
+        folder = f"{key}/run={datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        self._folders.add(folder)
+        return folder
 
-    def readable(self, target: Path) -> Path:
-        """Where ``target``'s newest contents are now: staged by this run, or already published."""
-        return self._folders.get(target, target)
-
-    def staged(self, target: Path) -> None:
-        """``target``'s staged folder is complete; published now unless the publication is deferred."""
+    def file(self, key: str, relative: str) -> None:
+        """``relative``, written complete in a ``new_folder``, is ``key``'s file now; published at once
+        unless the publication is deferred."""
+        self._files[key] = relative
         if not self.deferred:
-            self._swap(target)
+            self.publish()
 
-    def model(self, store_root: Path, detector: Detector) -> Path | str:
+    def model(self, store_root: Lake, detector: Detector) -> Path | str:
         """Save ``detector`` to the store (versions are immutable) and make it current with the outputs."""
         from argus.detectors.store import ModelStore
 
@@ -133,25 +131,20 @@ class Publication:
             store.make_current(detector.name, detector.model_version)
         return folder
 
-    def commit(self) -> tuple[list[str], list[Path]]:
-        """Publish every table version in one manifest, swap the staged folders in, make the new models
-        current; the tables and the folders published."""
+    def commit(self) -> tuple[list[str], list[str]]:
+        """Publish every table version and file in one manifest, make the new models current; the tables
+        and the files (their keys) published."""
         from argus.detectors.store import ModelStore
 
-        published = sorted(self._tables)
+        published, files = sorted(self._tables), sorted(self._files)
         self.publish()  # the commit point: from here on readers see the new night
-        folders = list(self._folders)
-        for target in folders:
-            self._swap(target)
         for store_root, detector in self._models:
             ModelStore(store_root).make_current(detector.name, detector.model_version)
         self._models.clear()
-        if not tables.is_uri(self.lake):
-            shutil.rmtree(self.staging_root, ignore_errors=True)
-        return published, folders
+        return published, files
 
     def discard(self) -> None:
-        """Drop everything unpublished: tables back at the versions readers see, staged folders removed.
+        """Drop everything unpublished: tables back at the versions readers see, this run's files deleted.
         A run whose writer lease was taken over leaves the tables alone: the new holder writes them now,
         and undoes this run's unpublished versions itself (``_recover``)."""
         if self._spark is not None and not tables.lease_lost(self.lake):
@@ -160,17 +153,13 @@ class Publication:
                 if before is not None:
                     tables.restore(self._spark, self.lake, table, before)
         self._tables.clear()
-        self._folders.clear()
+        self._files.clear()
         self._models.clear()
-        if not tables.is_uri(self.lake):
-            shutil.rmtree(self.staging_root, ignore_errors=True)
-
-    def _swap(self, target: Path) -> None:
-        staged = self._folders.pop(target)
-        if target.exists():
-            shutil.rmtree(target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, target)
+        fs, root = tables.lake_filesystem(self.lake)
+        for folder in self._folders:
+            with contextlib.suppress(FileNotFoundError):  # discarded before anything was written there
+                fs.delete_dir(f"{root}/{folder}")
+        self._folders.clear()
 
 
 def publish_per_user(

@@ -21,12 +21,13 @@ Scoring runs on the executors; the driver's memory does not grow with the number
   pass found for it (``core_pairs``), with the scores one task would give.
 * **Alerts**: built on the executors too, block by block (``jobs/alert_blocks.py``): each task calls
   ``alerts_from_scores`` on its block's flagged users with their events (and features), and Spark
-  writes the night's ``alerts.jsonl``. The driver collects counts and aggregates only.
+  writes the night's alert file. The driver collects counts and aggregates only.
 
 Output: ``LAKE/scores/detector=X/date=D/part-*.parquet`` (sorted by user, swapped in whole), the model
 in ``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``), the
-alerts in ``LAKE/alerts/detector=X/date=D/alerts.jsonl`` and, with ``--bootstrap``, on ``alerts.<kind>``
-(read back from that file a line at a time), with ids that a rerun of the same night reproduces.
+alerts in a file of the run's own under ``LAKE/alerts/detector=X/date=D/`` that the lake's manifest
+publishes and, with ``--bootstrap``, on ``alerts.<kind>`` (read back from that file a line at a time),
+with ids that a rerun of the same night reproduces.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import pickle
 import sys
 from collections.abc import Iterator
 from datetime import date, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -45,7 +45,7 @@ import pandas as pd
 
 from argus.jobs.entry import run_job
 from argus.jobs.feature_blocks import BLOCK_USERS
-from argus.jobs.lake import job_lake
+from argus.jobs.lake import Lake, job_uri_lake, join
 from argus.jobs.publish import Publication
 
 if TYPE_CHECKING:
@@ -63,11 +63,11 @@ BLOCK_SCORE_SCHEMA = f"block long, {SCORE_SCHEMA}"
 
 def run_score(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     day: date,
     detector_name: str,
     days: int = 30,
-    model: Path | None = None,
+    model: Lake | None = None,
     bootstrap: str | None = None,
 ) -> dict[str, Any]:
     """Score one detector for one night and publish at once, its alerts to ``LAKE/alerts/detector=X/date=D/``
@@ -76,33 +76,35 @@ def run_score(
     result = score_night(spark, lake, day, detector_name, days, model, publication=publication)
     if bootstrap:
         from argus.infra.clients import publish_alerts
-        from argus.jobs.alert_blocks import alerts_folder, read_alerts
+        from argus.jobs.alert_blocks import read_alerts
 
-        published = alerts_folder(lake, detector_name, day) / "alerts.jsonl"
-        result["produced"] = publish_alerts(read_alerts([published]), bootstrap, source=str(lake))  # a line at a time
+        published = read_alerts(lake, [(detector_name, day)])  # as the manifest just published it, a line at a time
+        result["produced"] = publish_alerts(published, bootstrap, source=str(lake))
     return result
 
 
 def score_night(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     day: date,
     detector_name: str,
     days: int = 30,
-    model: Path | None = None,
+    model: Lake | None = None,
     publication: Publication | None = None,
     window: DataFrame | None = None,
     fit_users: int = FIT_USERS,
     block_users: int = BLOCK_USERS,
 ) -> dict[str, Any]:
-    """Fit (or load) and score one detector; scores, model and alerts go through ``publication``.
+    """Fit (or load the model saved in ``model``, a folder or a URI) and score one detector; scores, model
+    and alerts go through ``publication``.
 
     ``window`` (from ``night_window``) spares the event-based detectors a read each. The result's
-    ``alerts`` counts the alerts staged in ``LAKE/alerts/detector=X/date=D/alerts.jsonl``.
+    ``alerts`` counts the alerts written to the night's alert file (``argus.jobs.alert_blocks.write_alerts``).
     """
     from pyspark import StorageLevel
 
     from argus.detectors.registry import DETECTORS, detector_class
+    from argus.detectors.store import load_model
     from argus.jobs.alert_blocks import alert_rows, write_alerts
     from argus.jobs.feature_blocks import type_columns
 
@@ -111,8 +113,7 @@ def score_night(
     if fit_users < 1 or block_users < 1:
         raise ValueError("fit_users and block_users must be at least 1")
     publication = publication or Publication(lake, f"scores-{detector_name}-{day.isoformat()}")
-    cls = detector_class(detector_name)
-    detector: Detector = cls.load(model) if model else cls()
+    detector: Detector = load_model(detector_name, model) if model else detector_class(detector_name)()
     if model is not None and detector_name == "churn":
         from argus.detectors.churn import ChurnDetector
 
@@ -145,7 +146,7 @@ def score_night(
             del sample
         scores = score_blocks(spark, blocks, detector, 2 * block_users).persist(StorageLevel.MEMORY_AND_DISK)
         target = _publish_scores(scores, lake, detector_name, day, publication)
-        saved = publication.model(lake / "models", detector)
+        saved = publication.model(join(lake, "models"), detector)
         counts = scores.selectExpr(
             "count(*) AS users", "count(score) AS scored", "coalesce(sum(cast(flagged AS int)), 0) AS flagged"
         ).first()
@@ -213,7 +214,7 @@ def evader_fit_sample(blocks: DataFrame, fit_users: int, new_accounts: int = EVA
 MESSAGE_FIT_MESSAGES = 200_000
 
 
-def night_chat(spark: SparkSession, lake: Path, day: date, limit: int = MESSAGE_FIT_MESSAGES) -> pd.DataFrame | None:
+def night_chat(spark: SparkSession, lake: Lake, day: date, limit: int = MESSAGE_FIT_MESSAGES) -> pd.DataFrame | None:
     """The chat messages of ``day`` (whole channels, at most about ``limit``) as a pandas frame, or None."""
     from pyspark.sql import functions as F
 
@@ -232,7 +233,7 @@ def night_chat(spark: SparkSession, lake: Path, day: date, limit: int = MESSAGE_
     return chat.toPandas()
 
 
-def night_window(spark: SparkSession, lake: Path, day: date, days: int) -> DataFrame:
+def night_window(spark: SparkSession, lake: Lake, day: date, days: int) -> DataFrame:
     """The lake's events of the ``days`` days up to ``day`` (all types, one wide Spark frame)."""
     from argus.jobs.feature_blocks import window_events
 
@@ -245,7 +246,7 @@ def night_window(spark: SparkSession, lake: Path, day: date, days: int) -> DataF
 
 def feature_blocks(
     spark: SparkSession,
-    lake: Path,
+    lake: Lake,
     day: date,
     detector: Detector,
     publication: Publication,
@@ -378,7 +379,7 @@ def _portable(detector: Detector) -> Detector:
     return restore_detector(detector_artefact(detector))
 
 
-def _publish_scores(scores: DataFrame, lake: Path, detector_name: str, day: date, publication: Publication) -> str:
+def _publish_scores(scores: DataFrame, lake: Lake, detector_name: str, day: date, publication: Publication) -> str:
     """Written by the executors as one Delta commit replacing the night (``argus.jobs.lake``); the table."""
     table = f"scores/detector={detector_name}"
     publication.write(scores.sparkSession, scores.drop("block", "reasons_data").orderBy("user_id"), table, day)
@@ -386,13 +387,14 @@ def _publish_scores(scores: DataFrame, lake: Path, detector_name: str, day: date
 
 
 def main(argv: list[str]) -> int:
-    """spark-submit entry point: score.py --lake DIR --date D --detector NAME [--days N] [--model DIR] [--bootstrap]."""
+    """spark-submit entry point: score.py --lake DIR|URI --date D --detector NAME [--days N] [--model DIR|URI]
+    [--bootstrap]."""
     parser = argparse.ArgumentParser(prog="score.py", description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", required=True, type=job_lake)
+    parser.add_argument("--lake", required=True, type=job_uri_lake)
     parser.add_argument("--date", required=True, type=date.fromisoformat)
     parser.add_argument("--detector", required=True)
     parser.add_argument("--days", type=int, default=30)
-    parser.add_argument("--model", type=Path)
+    parser.add_argument("--model")  # a saved model's folder or URI (argus.detectors.store.load_model)
     parser.add_argument("--bootstrap")
     return run_job(
         parser,

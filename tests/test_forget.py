@@ -9,6 +9,7 @@ import pickle
 import re
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ import pytest
 from argus.forget import AUDIT_LOG, delta_tables, forget, lake_files, subject_salt
 from argus.schemas.arrow import ARROW_SCHEMAS
 from argus.schemas.privacy import PSEUDONYM_PREFIX, subject_digest
+from tests.alert_files import publish_alert_file
 
 TARGET = "u042"
 OTHERS = ("u001", "u0420", "u7")  # u0420 shares a prefix with the target: never touched
@@ -109,9 +111,7 @@ def lake(tmp_path: Path) -> Path:
         {"alert_id": "evaders-bbb", "kind": "evader", "user_id": "u7", "members": []},
         {"alert_id": "trolls-raid", "kind": "raid", "user_id": "raid-1", "members": [TARGET, "u001", "u0420"]},
     ]
-    alerts_file = root / "alerts" / "detector=evaders" / f"date={DATES[-1]}" / "alerts.jsonl"
-    alerts_file.parent.mkdir(parents=True)
-    alerts_file.write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in alerts))
+    publish_alert_file(root, "evaders", date.fromisoformat(DATES[-1]), [orjson.dumps(a) for a in alerts])
     letters = [
         {"original_b64": base64.b64encode(f'{{"user_id":"{TARGET}","text":"trunc'.encode()).decode(),
          "source_topic": "events.chat", "reason_code": "not_json", "reason": "truncated"},
@@ -149,7 +149,7 @@ def _lake_rows(root: Path) -> dict[str, list[dict[str, Any]]]:
     """Rows by file, and the published version's rows of each Delta table by its folder."""
     from argus.jobs.lake import read_pandas
 
-    rows = {p.as_posix(): _rows(p) for p in lake_files(root) if p.suffix in (".parquet", ".jsonl")}
+    rows = {p.as_posix(): _rows(p) for p in lake_files(root) if p.suffix in (".parquet", ".jsonl", ".txt")}
     for folder in delta_tables(root):
         frame = read_pandas(root, folder.relative_to(root).as_posix())
         rows[folder.as_posix()] = [] if frame is None else frame.to_dict("records")

@@ -42,8 +42,6 @@ def test_lake_locations_keep_uris_as_uris(tmp_path: Path, monkeypatch: pytest.Mo
         lake_location("ftp://host/lake")
     with pytest.raises(LakeError, match="name a bucket"):
         lake_location("s3a://")
-    with pytest.raises(LakeError, match="needs a local"):
-        tables.local_root("s3a://bucket/lake", "the model store")
 
 
 def test_detectors_read_the_lake_without_importing_the_jobs() -> None:

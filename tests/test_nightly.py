@@ -41,28 +41,36 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[dic
 
 
 def _alert_ids(lake: Path, day: date) -> dict[str, list[str]]:
-    ids = {}
-    for name in DETECTORS:
-        path = lake / "alerts" / f"detector={name}" / f"date={day}" / "alerts.jsonl"
-        ids[name] = [json.loads(line)["alert_id"] for line in path.read_text().splitlines()]
-    return ids
+    from argus.jobs.alert_blocks import read_alerts
+
+    return {name: [alert.alert_id for alert in read_alerts(lake, [(name, day)])] for name in DETECTORS}
 
 
-def _published(lake: Path, day: date) -> dict[str, tuple[int, int]]:
+def _published(lake: Path, day: date) -> dict[str, Any]:
     """Every published output of ``day``: each table by (Delta version the manifest names, rows of ``day``),
-    alert folders and model pointers by (inode, mtime), which a swap changes."""
+    each alert file by the file the manifest names, model pointers by (inode, mtime), which a swap changes."""
+    from argus.jobs.alert_blocks import alerts_key
     from argus.jobs.lake import latest_manifest, read_pandas
 
     manifest = latest_manifest(lake)
     assert manifest is not None
-    outputs: dict[str, tuple[int, int]] = {}
+    outputs: dict[str, Any] = {}
     for table in ["profiles", "embeddings", *(f"scores/detector={name}" for name in DETECTORS)]:
         rows = read_pandas(lake, table, day, columns=["user_id"])
         outputs[table] = (manifest.tables[table], 0 if rows is None else len(rows))
-    files = [lake / "alerts" / f"detector={name}" / f"date={day}" for name in DETECTORS]
-    files += [lake / "models" / name / "CURRENT" for name in DETECTORS]
-    outputs.update({str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in files})
+    outputs.update({alerts_key(name, day): manifest.files[alerts_key(name, day)] for name in DETECTORS})
+    pointers = [lake / "models" / name / "CURRENT" for name in DETECTORS]
+    outputs.update({str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in pointers})
     return outputs
+
+
+def _alert_runs(lake: Path) -> tuple[set[str], set[str]]:
+    """The alert run folders in the lake and those a manifest names, relative to the lake."""
+    from argus.jobs.lake import manifests
+
+    runs = {p.parent.relative_to(lake).as_posix() for p in (lake / "alerts").glob("detector=*/date=*/run=*/part-*")}
+    named = {f.rsplit("/", 1)[0] for m in manifests(lake) for f in m.files.values()}
+    return runs, named
 
 
 def _scores(lake: Path, name: str, day: date) -> pd.DataFrame:
@@ -92,7 +100,8 @@ def test_backfill_runs_every_step_of_every_date_in_one_spark_application(
         assert len(scores) == step["users"] and scores["status"].str.len().gt(0).all()
         assert (lake / "models" / name / "CURRENT").read_text().strip() == step["model_version"]
         assert len(_alert_ids(lake, LAST)[name]) == step["alerts"] == step["flagged"]
-    assert not (lake / "_staging").exists() or not any((lake / "_staging").iterdir())
+    runs, named = _alert_runs(lake)
+    assert runs == named and len(runs) == 2 * len(DETECTORS)  # a file per night and detector, each published
     (lease,) = [json.loads(p.read_text()) for p in (lake / "_lease").iterdir()]  # the chain wrote under its lease
     assert (lease["command"], lease["released"]) == ("argus batch nightly", True)
 
@@ -111,8 +120,8 @@ def test_rerunning_a_date_replaces_its_outputs_with_the_same_alert_ids(
     assert _alert_ids(lake, LAST) == before_ids
     assert sum(map(len, before_ids.values())) > 0
     after = _published(lake, LAST)
-    assert all(after[p][0] != before[p][0] for p in before if not p.endswith("CURRENT"))  # a new version each
-    tables = [p for p in before if not p.startswith(str(lake))]
+    assert all(after[p] != before[p] for p in before if not p.endswith("CURRENT"))  # a new version or file each
+    tables = [p for p in before if not p.startswith((str(lake), "alerts/"))]
     assert all(after[t][1] == before[t][1] > 0 for t in tables)  # the date replaced, not appended
     rescored = _scores(lake, "evaders", LAST)
     pd.testing.assert_frame_equal(rescored, scores)
@@ -125,7 +134,7 @@ def test_a_crash_mid_chain_leaves_the_previous_night_and_models_in_place(
     from argus.jobs.nightly import run_nightly
 
     lake, _, _ = backfilled
-    before = _published(lake, LAST)
+    before, before_ids = _published(lake, LAST), _alert_ids(lake, LAST)
     versions = {name: (lake / "models" / name / "CURRENT").read_text() for name in DETECTORS}
     real = argus.jobs.score.score_night
 
@@ -138,9 +147,10 @@ def test_a_crash_mid_chain_leaves_the_previous_night_and_models_in_place(
     with pytest.raises(RuntimeError, match="injected crash"):
         # One day of features instead of 30: every output and model would differ if it were published.
         run_nightly(spark, lake, [LAST], DETECTORS, days=1, feature_days=1, report=lambda step: None)  # type: ignore[arg-type]
-    assert _published(lake, LAST) == before
+    assert _published(lake, LAST) == before and _alert_ids(lake, LAST) == before_ids
     assert {name: (lake / "models" / name / "CURRENT").read_text() for name in DETECTORS} == versions
-    assert not (lake / "_staging" / f"nightly-{LAST}").exists()
+    runs, named = _alert_runs(lake)
+    assert runs == named  # the alert files trolls and evaders wrote before the crash went with the run
 
 
 def test_a_failing_quality_gate_stops_the_chain_before_anything_is_published(
@@ -231,3 +241,83 @@ def test_word2vec_partitions_reach_the_embed_step(tmp_path: Path, monkeypatch: p
         argus.jobs.nightly.main([*job_args, "--word2vec-partitions", "0"])
     result = CliRunner().invoke(app, [*args, "--word2vec-partitions", "0"])
     assert result.exit_code == 2 and "--word2vec-partitions" in result.output
+
+
+def test_every_batch_job_takes_an_object_store_lake_as_a_uri(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`argus batch nightly|profile|embed|score --lake s3a://...` -> the job's arguments -> its ``--lake``, a URI
+    still (and score's ``--model``), without Spark."""
+    import shlex
+
+    from typer.testing import CliRunner
+
+    import argus.jobs.embed
+    import argus.jobs.nightly
+    import argus.jobs.profiles
+    import argus.jobs.score
+    from argus.cli import app
+
+    lake, model = "s3a://bucket/lake", "s3a://bucket/lake/models/fraud/fraud-0123456789ab"
+    commands = {
+        argus.jobs.nightly: ["batch", "nightly", "--skip-ingest", "--date", str(LAST)],
+        argus.jobs.profiles: ["batch", "profile", "--date", str(LAST)],
+        argus.jobs.embed: ["batch", "embed", "--date", str(LAST)],
+        argus.jobs.score: ["batch", "score", "--detector", "fraud", "--date", str(LAST), "--model", model],
+    }
+    parsed: list[Any] = []
+
+    def run_job(parser: Any, argv: list[str], work: Any, lease: str | None = None) -> int:  # the arguments only
+        parsed.append(parser.parse_args(argv))
+        return 0
+
+    for job, command in commands.items():
+        printed = CliRunner().invoke(app, [*command, "--lake", lake, "--print-command"])
+        assert printed.exit_code == 0, printed.output
+        argv = shlex.split(printed.output.strip().splitlines()[-1])
+        script = f"/{job.__name__.rsplit('.', 1)[-1]}.py"
+        monkeypatch.setattr(job, "run_job", run_job)
+        job.main(argv[next(n for n, arg in enumerate(argv) if arg.endswith(script)) + 1 :])
+        assert parsed[-1].lake == lake, job.__name__
+    assert parsed[-1].model == model
+    wrong = CliRunner().invoke(app, [*commands[argus.jobs.score], "--model", "ftp://host/model", "--lake", lake])
+    assert wrong.exit_code != 0 and "--model ftp://host/model: unknown scheme ftp://" in str(wrong.exception)
+
+
+def test_the_chain_publishes_into_a_uri_lake_and_no_fit_scores_with_its_store_models(
+    spark: object, tmp_path: Path
+) -> None:
+    from argus.detectors.store import ModelStore
+    from argus.jobs.lake import latest_manifest, read_pandas
+    from argus.jobs.nightly import run_nightly
+
+    root = tmp_path / "lake"
+    write_world(World(WorldConfig(users=60, days=2, seed=5, events_per_user_day=15.0, profile="dense")), root)
+    lake = f"file://{root}"  # a URI, so the object-store code paths run: Hadoop FS, pyarrow FS, delta-rs
+    detectors = ["trolls", "evaders"]
+    fitted: list[dict[str, Any]] = []
+    summary, code = run_nightly(spark, lake, [LAST], detectors, days=2, feature_days=2, report=fitted.append)  # type: ignore[arg-type]
+    assert code == 0 and summary["dates"] == [str(LAST)] and summary["lake"] == lake
+    users = {s["step"]: s["users"] for s in fitted if s["step"] in ("profiles", "embeddings")}
+    scored = {s["detector"]: s for s in fitted if s["step"] == "score"}
+    manifest = latest_manifest(lake)
+    assert manifest is not None and manifest.name == f"nightly-{LAST}"
+    for table, rows in [*users.items(), *((f"scores/detector={n}", s["users"]) for n, s in scored.items())]:
+        published = read_pandas(lake, table, LAST, columns=["user_id"])
+        assert published is not None and len(published) == rows > 40, table
+    store = ModelStore(f"{lake}/models")
+    for name, step in scored.items():
+        assert step["fit_users"] > 0 and step["model"] == f"{lake}/models/{name}/{step['model_version']}"
+        assert store.current_version(name) == step["model_version"]
+    before = {name: read_pandas(lake, f"scores/detector={name}", LAST) for name in detectors}
+
+    loaded: list[dict[str, Any]] = []
+    summary, code = run_nightly(spark, lake, [LAST], detectors, fit=False, days=2, feature_days=2, report=loaded.append)  # type: ignore[arg-type]
+    assert code == 0
+    rescored = {s["detector"]: s for s in loaded if s["step"] == "score"}
+    for name in detectors:
+        assert rescored[name]["fit_users"] == 0  # nothing fitted: the store's current model
+        assert rescored[name]["model_version"] == scored[name]["model_version"]
+        after = read_pandas(lake, f"scores/detector={name}", LAST)
+        assert before[name] is not None and after is not None
+        pd.testing.assert_frame_equal(
+            after.sort_values("user_id", ignore_index=True), before[name].sort_values("user_id", ignore_index=True)
+        )

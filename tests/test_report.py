@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 import subprocess
@@ -13,11 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from argus.jobs.alert_blocks import read_alerts
 from argus.jobs.lake import read_pandas
 from argus.report import ReportError, _feature_label, evaluate_night, truth_labels, write_report
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
+from tests.alert_files import publish_alert_file
 from tests.cli_run import run_argus
 
 DAY = date(2026, 10, 3)
@@ -49,9 +50,7 @@ def _score_nights(lake: Path, world: World, nights: list[date]) -> None:
             commit_manifest(lake, {table: write_date_pandas(frame, lake, table, night)}, f"scores-{name}-{night}")
             if night == nights[-1]:
                 alerts = alerts_from_scores(scores, detector, end - pd.Timedelta(days=3), end)
-                path = lake / "alerts" / f"detector={name}" / f"date={night}" / "alerts.jsonl"
-                path.parent.mkdir(parents=True)
-                path.write_text("".join(a.model_dump_json() + "\n" for a in alerts))
+                publish_alert_file(lake, name, night, [a.model_dump_json() for a in alerts])
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +74,10 @@ def test_report_from_a_nightly_lake(lake: Path, tmp_path: Path) -> None:
     out = tmp_path / "night" / "report.html"
     summary = write_report(lake, DAY, out)
     assert summary.sections == dict.fromkeys(["alerts", "embeddings", "reasons", "quality", "evaluation"], "ok")
-    # The night's alerts per kind are the alert files' lines, as the chain wrote them.
-    expected = {}
-    for path in (lake / "alerts").glob(f"detector=*/date={DAY}/alerts.jsonl"):
-        for line in path.read_text().splitlines():
-            kind = json.loads(line)["kind"]
-            expected[kind] = expected.get(kind, 0) + 1
+    # The night's alerts per kind are the published alert files' lines, as the chain wrote them.
+    expected: dict[str, int] = {}
+    for alert in read_alerts(lake, [(name, DAY) for name in ("trolls", "evaders", "fraud", "churn")]):
+        expected[alert.kind] = expected.get(alert.kind, 0) + 1
     assert summary.alerts == expected and sum(expected.values()) > 0
     page = out.read_text()
     for div in ("fig-alerts", "fig-map", "fig-reasons", "fig-quality", "fig-evaluation"):

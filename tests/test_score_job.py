@@ -35,6 +35,7 @@ def _published_scores(lake: Path) -> pd.DataFrame:
 
 
 def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) -> None:
+    from argus.jobs.alert_blocks import read_alerts
     from argus.jobs.score import run_score
 
     first = run_score(spark, lake, DAY, "evaders", days=3)  # type: ignore[arg-type]
@@ -43,7 +44,7 @@ def test_scores_from_events_and_reruns_are_identical(spark: object, lake: Path) 
     assert published["status"].str.len().gt(0).all()
     assert (Path(first["model"]) / "model.json").is_file()
     # The night's alerts, as `argus alerts publish` reads them: one line per flagged user.
-    alerts = (lake / "alerts" / "detector=evaders" / f"date={DAY}" / "alerts.jsonl").read_text().splitlines()
+    alerts = list(read_alerts(lake, [("evaders", DAY)]))
     assert len(alerts) == first["flagged"]
     again = run_score(spark, lake, DAY, "evaders", days=3)  # type: ignore[arg-type]
     assert again["model_version"] == first["model_version"]

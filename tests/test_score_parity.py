@@ -68,12 +68,12 @@ def _published(lake: Path, table: str, day: date) -> pd.DataFrame:
 
 def _alerts(lake: Path, name: str, day: date) -> list[Alert]:
     """The night's alerts as the scoring job published them (and `argus alerts publish` reads them)."""
-    from argus.jobs.alert_blocks import alerts_folder
+    from argus.jobs.alert_blocks import read_alerts
 
-    lines = (alerts_folder(lake, name, day) / "alerts.jsonl").read_text().splitlines()
-    ids = [Alert.model_validate_json(line).alert_id for line in lines]
+    alerts = list(read_alerts(lake, [(name, day)]))
+    ids = [alert.alert_id for alert in alerts]
     assert ids == sorted(ids), "the file is sorted by alert id"
-    return [Alert.model_validate_json(line) for line in lines]
+    return alerts
 
 
 def _pandas_scores(name: str, lake: Path, day: date) -> tuple[pd.DataFrame, Detector]:

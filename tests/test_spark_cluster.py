@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from argus.infra.spark_cluster import ClusterError, StandaloneCluster, end_process_group, group_members
+from argus.jobs.alert_blocks import alerts_file, read_alerts
 from argus.world.config import WorldConfig
 from argus.world.simulate import World
 from argus.world.sinks import write_world
@@ -106,7 +107,7 @@ def test_the_nightly_chain_runs_on_the_standalone_cluster_executors(
     assert [s["detector"] for s in steps if s["step"] == "score"] == DETECTORS
     for name in DETECTORS:
         assert (lake / "scores" / f"detector={name}" / f"date={NIGHT}").is_dir()
-        assert (lake / "alerts" / f"detector={name}" / f"date={NIGHT}" / "alerts.jsonl").is_file()
+        assert alerts_file(lake, name, NIGHT) is not None
 
 
 def test_the_cluster_run_publishes_what_the_local_run_publishes(
@@ -127,12 +128,11 @@ def test_the_cluster_run_publishes_what_the_local_run_publishes(
     for kind in ("profiles", "embeddings"):
         pd.testing.assert_frame_equal(_outputs(cluster_lake, kind), _outputs(local_lake, kind))
     for name in DETECTORS:
-        where = f"detector={name}/date={NIGHT}"
         scores = _outputs(cluster_lake, f"scores/detector={name}")
         assert len(scores) > 40 and scores["score"].notna().any(), name
         pd.testing.assert_frame_equal(scores, _outputs(local_lake, f"scores/detector={name}"))
-        alerts = [(cluster_lake / "alerts" / where / "alerts.jsonl"), (local_lake / "alerts" / where / "alerts.jsonl")]
-        assert alerts[0].read_text() == alerts[1].read_text(), name
+        night = [(name, NIGHT)]
+        assert list(read_alerts(cluster_lake, night)) == list(read_alerts(local_lake, night)), name
         assert (cluster_lake / "models" / name / "CURRENT").read_text() == (
             local_lake / "models" / name / "CURRENT"
         ).read_text()
