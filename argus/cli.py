@@ -1472,7 +1472,7 @@ def alerts_publish(
 def report(
     date_: Annotated[str, typer.Option("--date", help="The night to report on, YYYY-MM-DD.")],
     out_file: Annotated[Path, typer.Option("--out", help="The HTML file to write (one self-contained page).")],
-    lake: LakeOption = Path("lake"),
+    lake: LakeUriOption = "lake",
     truth: Annotated[
         Path | None,
         typer.Option(
@@ -1498,7 +1498,7 @@ def report(
     try:
         writable_file(out_file, "--out")
         with err.status(f"writing the report for {day}..."):
-            summary = write_report(lake, day, out_file, truth, days=days, max_points=max_points)
+            summary = write_report(_lake(lake), day, out_file, truth, days=days, max_points=max_points)
     except (ReportError, PreflightError) as exc:
         raise UserError(str(exc)) from exc
     if as_json:

@@ -413,8 +413,7 @@ def _scrub_parquet(path: Path, matcher: UserMatcher, alert_ids: set[str]) -> dic
             writer.write_table(kept.cast(schema))
     if removed or redacted:
         os.replace(staging, path)
-        # Spark's local file system checks a `.NAME.crc` sibling on read; a stale one fails the read.
-        path.with_name(f".{path.name}.crc").unlink(missing_ok=True)
+        _drop_checksum(path)
     else:
         staging.unlink()
     return {"removed": removed, "redacted": redacted}
@@ -521,6 +520,12 @@ def _replace_bytes(path: Path, data: bytes) -> None:
     staging = path.with_name(f".{path.name}.forget-partial")
     staging.write_bytes(data)
     os.replace(staging, path)
+    _drop_checksum(path)
+
+
+def _drop_checksum(path: Path) -> None:
+    """Spark's local file system checks a ``.NAME.crc`` sibling on read; a stale one fails the read."""
+    path.with_name(f".{path.name}.crc").unlink(missing_ok=True)
 
 
 # --- the model store -------------------------------------------------------------------------------

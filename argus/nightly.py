@@ -174,7 +174,7 @@ def _describe(step: dict[str, Any]) -> str:
             f"{step['flagged']:,} flagged, {step['alerts']:,} alerts (model {step['model_version']})"
         )
     if kind == "publish":
-        published = f"{step['tables']} tables in one manifest, {step['folders']} alert folders swapped in"
+        published = f"{step['tables']} tables in one manifest, {step['files']} alert files"
         return f"{when} published: {published}; current models: {', '.join(step['models'])}"
     if kind == "alerts":
         produced = ", ".join(f"{topic} {n:,}" for topic, n in step["produced"].items()) or "none"

@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from argus.detectors.lake_tables import Lake, is_folder, is_uri, lake_location, read_file
+
 DETECTORS = ("trolls", "evaders", "fraud", "churn")
 SEVERITIES = ("low", "medium", "high", "critical")
 # Churn truth: the world's churn date within this many days after the night (the detector's default horizon).
@@ -71,7 +73,7 @@ class ReportSummary:
 
 
 def write_report(
-    lake: Path,
+    lake: Lake,
     day: date,
     out: Path,
     truth: Path | None = None,
@@ -79,8 +81,8 @@ def write_report(
     max_points: int = 5_000,
 ) -> ReportSummary:
     """Write the report for ``day`` to ``out``; ``ReportError`` when the lake has nothing for that date."""
-    lake = Path(lake)
-    if not lake.is_dir():
+    lake = lake_location(lake)
+    if not is_folder(lake, ""):
         raise ReportError(f"--lake {lake} is not a folder; point it at the lake `argus batch nightly` writes")
     truth_file = _truth_file(lake, truth)
     scores = load_scores(lake, day, days)
@@ -115,7 +117,7 @@ def _dates(day: date, days: int) -> list[str]:
     return [(day - timedelta(days=n)).isoformat() for n in range(days - 1, -1, -1)]
 
 
-def load_scores(lake: Path, day: date, days: int) -> pd.DataFrame:
+def load_scores(lake: Lake, day: date, days: int) -> pd.DataFrame:
     """Every detector's scores for the ``days`` nights up to ``day``: detector, date and the score columns
     (the versions the lake's newest manifest publishes)."""
     from argus.jobs.lake import read_pandas
@@ -139,7 +141,7 @@ def alert_kinds() -> dict[str, str]:
     return {name: detector_class(name).alert_kind for name in DETECTORS}
 
 
-def load_alerts(lake: Path, day: date, days: int, scores: pd.DataFrame) -> pd.DataFrame:
+def load_alerts(lake: Lake, day: date, days: int, scores: pd.DataFrame) -> pd.DataFrame:
     """One row per alert of the ``days`` nights up to ``day``: date, detector, kind, user_id, score,
     severity, reasons (a list of (feature label, text) pairs), source (``alerts`` or ``scores``)."""
     from argus.detectors.alerts import severity
@@ -209,11 +211,11 @@ def _feature_label(feature: str | None, text: str) -> str:
     return label or (feature or "unnamed reason")
 
 
-def _truth_file(lake: Path, truth: Path | None) -> Path | None:
-    """``--truth`` as users.parquet (given a world or truth folder, the file inside it); else the lake's own."""
+def _truth_file(lake: Lake, truth: Path | None) -> Path | None:
+    """``--truth`` as users.parquet (given a world or truth folder, the file inside it); else a local lake's own."""
     if truth is None:
-        own = lake / "truth" / "users.parquet"
-        return own if own.is_file() else None
+        own = None if is_uri(lake) else Path(lake) / "truth" / "users.parquet"
+        return own if own is not None and own.is_file() else None
     for candidate in (truth, truth / "users.parquet", truth / "truth" / "users.parquet"):
         if candidate.is_file():
             return candidate
@@ -272,7 +274,7 @@ def alerts_section(alerts: pd.DataFrame, day: date, days: int) -> Section:
     return section
 
 
-def embedding_section(lake: Path, day: date, scores: pd.DataFrame, max_points: int) -> Section:
+def embedding_section(lake: Lake, day: date, scores: pd.DataFrame, max_points: int) -> Section:
     from argus.jobs.lake import published_dates, read_pandas
 
     section = Section("embeddings", "Behaviour map")
@@ -454,21 +456,21 @@ def _shorten(label: str, width: int = 70) -> str:
     return label if len(label) <= width else label[: width - 1] + "…"
 
 
-def quality_section(lake: Path, day: date, days: int) -> Section:
+def quality_section(lake: Lake, day: date, days: int) -> Section:
     import plotly.graph_objects as go
 
     section = Section("quality", "Data quality")
-    path = lake / "_quality" / f"date={day.isoformat()}" / "results.json"
+    raw = read_file(lake, _gate_results(day.isoformat()))
     dead = _dead_letters(lake, day)
     history = _gate_history(lake, day, days)
-    if not path.is_file():
+    if raw is None:
         section.missing = (
             f"No quality-gate results for {day}: run `argus batch quality --date {day}` (or the nightly chain)."
         )
         if dead is not None and len(dead):
             section.body = f"<h3>Dead letters rejected on {day}</h3>" + _table(dead)
         return section
-    results = json.loads(path.read_text(encoding="utf-8"))
+    results = json.loads(raw)
     checks = []
     for event_type, suite in results.get("suites", {}).items():
         for result in suite.get("results", []):
@@ -524,28 +526,31 @@ def _describe(result: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def rows_per_event_type(lake: Path, day: date) -> dict[str, int]:
+def rows_per_event_type(lake: Lake, day: date) -> dict[str, int]:
     """Rows per event type on ``day``: the ingested Delta tables plus files landed by import or generate."""
     import pyarrow.parquet as pq
 
     from argus.jobs import lake as tables
 
     rows: Counter[str] = Counter()
-    for folder in (lake / "events").glob(f"event_type=*/date={day.isoformat()}"):
-        event_type = folder.parent.name.removeprefix("event_type=")
-        rows[event_type] += sum(pq.ParquetFile(f).metadata.num_rows for f in folder.glob("*.parquet"))
-    for folder in (lake / tables.INGESTED_EVENTS).glob("event_type=*"):
-        event_type = folder.name.removeprefix("event_type=")
+    fs, root = tables.lake_filesystem(lake)
+    for name in tables.list_folders(lake, "events"):
+        folder = f"events/{name}/date={day.isoformat()}"
+        for file in tables.list_files(lake, folder, ".parquet"):
+            with fs.open_input_file(f"{root}/{folder}/{file}") as data:
+                rows[name.removeprefix("event_type=")] += pq.ParquetFile(data).metadata.num_rows
+    for name in tables.list_folders(lake, tables.INGESTED_EVENTS):
+        event_type = name.removeprefix("event_type=")
         ingested = tables.read_pandas(lake, tables.events_table(event_type), day, columns=["event_id"])
         rows[event_type] += 0 if ingested is None else len(ingested)
     return dict(rows)
 
 
-def _dead_letters(lake: Path, day: date) -> pd.DataFrame | None:
+def _dead_letters(lake: Lake, day: date) -> pd.DataFrame | None:
     """Dead letters rejected on ``day`` by reason; None when the lake has no dead-letter table (no ingest)."""
     from argus.jobs import lake as tables
 
-    if not (lake / tables.DEAD_LETTER).is_dir():
+    if not is_folder(lake, tables.DEAD_LETTER):
         return None
     codes = tables.read_pandas(lake, tables.DEAD_LETTER, day, columns=["reason_code"])
     if codes is None or not len(codes):
@@ -553,12 +558,16 @@ def _dead_letters(lake: Path, day: date) -> pd.DataFrame | None:
     return codes["reason_code"].value_counts().rename_axis("reason_code").reset_index(name="records")
 
 
-def _gate_history(lake: Path, day: date, days: int) -> pd.DataFrame:
+def _gate_results(night: str) -> str:
+    return f"_quality/date={night}/results.json"
+
+
+def _gate_history(lake: Lake, day: date, days: int) -> pd.DataFrame:
     rows = []
     for night in _dates(day, days):
-        path = lake / "_quality" / f"date={night}" / "results.json"
-        if path.is_file():
-            passed = json.loads(path.read_text(encoding="utf-8")).get("passed")
+        raw = read_file(lake, _gate_results(night))
+        if raw is not None:
+            passed = json.loads(raw).get("passed")
             rows.append({"date": night, "gate": "passed" if passed else "FAILED"})
     return pd.DataFrame(rows, columns=["date", "gate"])
 
@@ -696,10 +705,11 @@ th { background: #f3f3f3; }
 """
 
 
-def render_page(lake: Path, day: date, sections: list[Section]) -> str:
+def render_page(lake: Lake, day: date, sections: list[Section]) -> str:
     from plotly.offline import get_plotlyjs
 
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    where = str(lake if is_uri(lake) else Path(lake).resolve())
     nav = " ".join(f'<a href="#{s.key}">{html.escape(s.title)}</a>' for s in sections)
     parts = []
     for s in sections:
@@ -716,6 +726,6 @@ def render_page(lake: Path, day: date, sections: list[Section]) -> str:
         f"<style>{CSS}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
         f"<header><h1>Argus nightly report: {day}</h1>"
-        f'<p class="meta">lake {html.escape(str(lake.resolve()))} · generated {generated}</p>'
+        f'<p class="meta">lake {html.escape(where)} · generated {generated}</p>'
         f"<nav>{nav}</nav></header>" + "\n".join(parts) + "</body></html>\n"
     )

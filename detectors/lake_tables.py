@@ -110,6 +110,23 @@ def read_file(lake: Lake, relative: str) -> bytes | None:
         return bytes(stream.read())
 
 
+def is_folder(lake: Lake, relative: str) -> bool:
+    """Whether the lake holds the folder ``relative`` (on object storage: objects under that prefix)."""
+    from pyarrow.fs import FileType
+
+    fs, root = lake_filesystem(lake)
+    return bool(fs.get_file_info(f"{root}/{relative}".rstrip("/")).type == FileType.Directory)
+
+
+def list_folders(lake: Lake, folder: str) -> list[str]:
+    """The names of the folders in ``folder`` under the lake, sorted; none when it is absent."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, root = lake_filesystem(lake)
+    infos = fs.get_file_info(FileSelector(f"{root}/{folder}", allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == FileType.Directory)
+
+
 def list_files(lake: Lake, folder: str, suffix: str = "") -> list[str]:
     """The names of the plain files in ``folder`` under the lake ending in ``suffix``, sorted; none when
     the folder is absent."""

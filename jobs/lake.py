@@ -63,12 +63,14 @@ from argus.detectors.lake_tables import Lake as Lake
 from argus.detectors.lake_tables import LakeError as LakeError
 from argus.detectors.lake_tables import Manifest as Manifest
 from argus.detectors.lake_tables import events_table as events_table
+from argus.detectors.lake_tables import is_folder as is_folder
 from argus.detectors.lake_tables import is_uri as is_uri
 from argus.detectors.lake_tables import join as join
 from argus.detectors.lake_tables import lake_filesystem as lake_filesystem
 from argus.detectors.lake_tables import lake_location as lake_location
 from argus.detectors.lake_tables import latest_manifest as latest_manifest
 from argus.detectors.lake_tables import list_files as list_files
+from argus.detectors.lake_tables import list_folders as list_folders
 from argus.detectors.lake_tables import manifest_before as manifest_before
 from argus.detectors.lake_tables import manifests as manifests
 from argus.detectors.lake_tables import native_location as native_location
@@ -360,8 +362,8 @@ def _vacuum_alerts(lake: Lake, retain_hours: int, dry_run: bool) -> tuple[int, i
     fs, root = lake_filesystem(lake)
     runs: dict[str, list[FileInfo]] = {}
     for info in fs.get_file_info(FileSelector(f"{root}/{ALERTS}", recursive=True, allow_not_found=True)):
-        parts = info.path[len(root) + 1 :].split("/")  # alerts, detector=X, date=D, run=R, file
-        if info.type == FileType.File and len(parts) == 5 and parts[3].startswith("run="):
+        parts = info.path[len(root) + 1 :].split("/")  # alerts, detector=X, date=D, run=R, file (or a killed
+        if info.type == FileType.File and len(parts) >= 5 and parts[3].startswith("run="):  # write's _temporary/...)
             runs.setdefault("/".join(parts[:4]), []).append(info)
     doomed = [
         run

@@ -162,14 +162,14 @@ def run_night(
             scored = score_night(spark, lake, day, name, days, model, publication=publication, window=window)
             report({"step": "score", **scored})
             alerts += scored["alerts"]
-        tables, folders = publication.commit()
+        tables, files = publication.commit()
     except BaseException:
         publication.discard()
         raise
     finally:
         if window is not None:
             window.unpersist()
-    report({"step": "publish", "date": when, "tables": len(tables), "folders": len(folders), "models": detectors})
+    report({"step": "publish", "date": when, "tables": len(tables), "files": len(files), "models": detectors})
     return alerts
 
 

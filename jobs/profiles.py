@@ -16,7 +16,7 @@ Behaviour features use the last ``feature_days`` (30) days:
 * account: age, renames, devices, networks, logins, ban state, and how many other users share
   one of the user's devices.
 
-Output: ``LAKE/profiles/date=D/`` (written to a staging folder, then swapped in whole).
+Output: ``LAKE/profiles/``, a Delta table by date (the night replaced in one Delta commit).
 """
 
 from __future__ import annotations
@@ -56,21 +56,13 @@ def lake_events(spark: SparkSession, lake: Lake, event_type: str) -> DataFrame |
 
     parts = []
     landed = f"events/event_type={event_type}"
-    if _is_folder(lake, landed):
+    if tables.is_folder(lake, landed):
         frame = spark.read.parquet(tables.table_location(lake, landed))
         parts.append(frame.withColumn("date", F.col("date").cast("string")))
     ingested = tables.read_spark(spark, lake, tables.events_table(event_type))
     if ingested is not None:
         parts.append(ingested)
     return union_events(parts)
-
-
-def _is_folder(lake: Lake, relative: str) -> bool:
-    """Whether the lake holds the folder ``relative`` (on object storage: objects under that prefix)."""
-    from pyarrow.fs import FileType
-
-    fs, root = tables.lake_filesystem(lake)
-    return bool(fs.get_file_info(f"{root}/{relative}").type == FileType.Directory)
 
 
 def union_events(parts: list[DataFrame]) -> DataFrame | None:

@@ -155,8 +155,11 @@ class Publication:
         self._tables.clear()
         self._files.clear()
         self._models.clear()
+        # A manifest whose put failed late (its answer lost) may have been stored: its files stay.
+        newest = tables.latest_manifest(self.lake)
+        named = {posixpath.dirname(f) for f in newest.files.values()} if newest else set()
         fs, root = tables.lake_filesystem(self.lake)
-        for folder in self._folders:
+        for folder in self._folders - named:
             with contextlib.suppress(FileNotFoundError):  # discarded before anything was written there
                 fs.delete_dir(f"{root}/{folder}")
         self._folders.clear()

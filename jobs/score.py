@@ -23,8 +23,8 @@ Scoring runs on the executors; the driver's memory does not grow with the number
   ``alerts_from_scores`` on its block's flagged users with their events (and features), and Spark
   writes the night's alert file. The driver collects counts and aggregates only.
 
-Output: ``LAKE/scores/detector=X/date=D/part-*.parquet`` (sorted by user, swapped in whole), the model
-in ``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``), the
+Output: ``LAKE/scores/detector=X`` (a Delta table by date, sorted by user, the night replaced in one
+commit), the model in ``LAKE/models/X/<model_version>/`` made current in the model store (``detectors/store.py``), the
 alerts in a file of the run's own under ``LAKE/alerts/detector=X/date=D/`` that the lake's manifest
 publishes and, with ``--bootstrap``, on ``alerts.<kind>`` (read back from that file a line at a time),
 with ids that a rerun of the same night reproduces.

@@ -87,6 +87,21 @@ def test_report_from_a_nightly_lake(lake: Path, tmp_path: Path) -> None:
     assert not list(out.parent.glob(".*partial"))
 
 
+def test_a_uri_lake_gives_the_same_report(lake: Path, tmp_path: Path) -> None:
+    """The lake as a URI (object storage's way): every part read through the lake's file system."""
+    local = write_report(lake, DAY, tmp_path / "local.html", truth=lake)
+    remote = write_report(lake.as_uri(), DAY, tmp_path / "uri.html", truth=lake)
+    assert (
+        remote.sections
+        == local.sections
+        == dict.fromkeys(["alerts", "embeddings", "reasons", "quality", "evaluation"], "ok")
+    )
+    assert remote.alerts == local.alerts
+    checks = re.compile(r"<h3>Checks per event type.*?</table>", re.S)
+    rows_per_type = checks.findall((tmp_path / "local.html").read_text())
+    assert rows_per_type and checks.findall((tmp_path / "uri.html").read_text()) == rows_per_type
+
+
 @needs_chromium
 def test_the_page_renders_in_headless_chromium(lake: Path, tmp_path: Path) -> None:
     out = tmp_path / "report.html"

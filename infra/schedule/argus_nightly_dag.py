@@ -15,9 +15,8 @@ deployment whose workers have the Argus wheel installed (``make dist``, then ``p
 dist/argus_behaviour-*.whl``: the ``argus`` command on their PATH; each task's spark-submit ships the
 same package to the executors) and set, as Airflow Variables:
 
-- ``argus_lake``: the lake, a folder every task can reach (``/data/lake``, a shared mount); default ``/data/lake``.
-  The nightly chain keeps its model store, offsets and alerts beside the tables, so it needs a file system
-  path; tables alone can live on object storage (``infra/spark/README.md``)
+- ``argus_lake``: the lake, a folder every task can reach (``/data/lake``, a shared mount) or a URI
+  (``s3a://bucket/lake``: ``infra/spark/README.md``); default ``/data/lake``. Every task takes either
 - ``argus_master``: the Spark master for every job (``yarn``, ``k8s://...``); default ``yarn``
 - ``argus_report_dir``: where the nightly HTML reports go; default ``/data/argus-reports``
 - ``argus_oncall_email``: who hears when a night is late (the deadline below)
