@@ -170,6 +170,7 @@ class MemorySampler:
     process below it (``cpu_seconds``), which a busy machine does not inflate as it does wall time."""
 
     interval_s: float = 0.5
+    root: int = field(default_factory=os.getpid)  # the processes below it are sampled
     peaks: dict[str, float] = field(default_factory=lambda: dict.fromkeys((*PARTS, *HEAPS, "driver", "executor"), 0.0))
     samples: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -184,7 +185,7 @@ class MemorySampler:
 
     def sample(self) -> None:
         now = dict.fromkeys((*PARTS, *HEAPS), 0.0)
-        below = processes_below(os.getpid())
+        below = processes_below(self.root)
         with self._lock:
             self._cpu_s.update({(process.pid, process.started): process.cpu_s for process in below})
         parts: dict[int, str | None] = {}

@@ -33,22 +33,40 @@ def test_each_process_of_a_spark_application_is_named_by_its_command_line(cmdlin
     assert process_part(cmdline) == part
 
 
+# Runs its arguments as its only child: a sampler rooted at it sees nothing else the test process
+# started (a broker or a Spark JVM of earlier tests). Named "holder", it is no part of an application.
+HOLDER = "import subprocess, sys; sys.exit(subprocess.Popen(sys.argv[2:], executable=sys.argv[1]).wait())"
+
+
+def _held(argv: list[str]) -> subprocess.Popen[str]:
+    """``argv`` (run by this interpreter, ``argv[0]`` as its name) below a holder of its own; prints "ready"."""
+    holder = ["holder", "-c", HOLDER, sys.executable, *argv]
+    process = subprocess.Popen(holder, executable=sys.executable, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+    return process
+
+
+def _end(holder: subprocess.Popen[str]) -> None:
+    for pid in descendants(holder.pid):
+        os.kill(pid, 9)
+    holder.kill()
+    holder.wait()
+
+
 @pytest.fixture
 def python_worker_holding_64_mb() -> Iterator[subprocess.Popen[str]]:
-    """A child whose command line reads like a PySpark worker and that holds 64 MiB resident."""
+    """A holder whose child's command line reads like a PySpark worker and holds 64 MiB resident."""
     code = "import sys, time; block = bytearray(64 * 2**20); print('ready', flush=True); time.sleep(60)"
-    child = subprocess.Popen([sys.executable, "-c", code, "pyspark.daemon"], stdout=subprocess.PIPE, text=True)
-    assert child.stdout is not None and child.stdout.readline().strip() == "ready"
-    yield child
-    child.kill()
-    child.wait()
+    holder = _held([sys.executable, "-c", code, "pyspark.daemon"])
+    yield holder
+    _end(holder)
 
 
 def test_the_sampler_adds_up_the_rss_of_the_processes_below_it(
     python_worker_holding_64_mb: subprocess.Popen[str],
 ) -> None:
     assert python_worker_holding_64_mb.pid in descendants(os.getpid())
-    sampler = MemorySampler()
+    sampler = MemorySampler(root=python_worker_holding_64_mb.pid)
     sampler.sample()
     assert sampler.samples == 1
     assert 64 <= sampler.peaks["python_workers"] < 64 + 200  # the block plus an interpreter
@@ -69,20 +87,15 @@ def test_a_child_the_driver_jvm_is_spawning_is_not_counted_as_a_second_jvm() -> 
         "print('ready', flush=True)\n"
         "time.sleep(60)\n"
     )
-    argv = ["java", "-c", code, "org.apache.spark.deploy.SparkSubmit", "--master", "spark://127.0.0.1:7077"]
-    driver = subprocess.Popen(argv, executable=sys.executable, stdout=subprocess.PIPE, text=True)
+    holder = _held(["java", "-c", code, "org.apache.spark.deploy.SparkSubmit", "--master", "spark://127.0.0.1:7077"])
     try:
-        assert driver.stdout is not None and driver.stdout.readline().strip() == "ready"
-        (child,) = descendants(driver.pid)
+        _driver, child = descendants(holder.pid)
         assert process_part(Path(f"/proc/{child}/cmdline").read_bytes().decode().split("\0")) == "driver_jvm"
-        sampler = MemorySampler()
+        sampler = MemorySampler(root=holder.pid)
         sampler.sample()
         assert 128 <= sampler.peaks["driver_jvm"] < 128 + 60  # the block plus an interpreter, once (not 2 x 128)
     finally:
-        for pid in descendants(driver.pid):
-            os.kill(pid, 9)
-        driver.kill()
-        driver.wait()
+        _end(holder)
 
 
 def test_a_master_spark_does_not_know_is_one_line_before_any_work() -> None:
