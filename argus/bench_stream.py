@@ -25,7 +25,15 @@ lost events: type, user, event time, partition, offset, reason), ``waited_s`` an
 waited for the last covering output after the heartbeats, and whether ``timeout`` ended the wait),
 ``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``, ``sdk_workers``
 (Prism's Python worker processes; see ``pipelines/sdk_workers.py``),
-``event_time_speedup`` (event-time seconds per wall second: windows close that much sooner).
+``event_time_speedup`` (event-time seconds per wall second: windows close that much sooner),
+``cpu_s`` (CPU seconds from the first event offered to the last covering output, by part: ``pipeline`` the
+``argus stream run`` process and its Python workers, ``runner`` Prism, ``broker`` a Kafka JVM on this machine,
+``bench`` this process producing and reading; Linux only) and ``cpu_us_per_event`` (their sum per event): on a
+shared machine these say what bounds ``events_per_s``.
+
+``alerts`` are counted once no new alert id came for ``ALERTS_QUIET_S`` (alerts pass a stage after the feature
+snapshots, so they trail them); the checks for the last covering output read the outputs seen so far in full
+only once the newest snapshot of each detector has reached the last event, so the wait costs the machine little.
 
 The replay runs event time far ahead of the wall clock (and months behind it), so the source's rule
 for a source wholly at its log end (follow the wall clock minus ``--idle-slack``) is switched off
@@ -65,6 +73,7 @@ __all__ = ["BenchStreamError", "bench_stream", "day_records"]
 EVENT_TYPES = ("chat", "click", "payment", "account", "moderation")
 DENSE_EVENTS_PER_USER_DAY = 100  # what a dense one-day world yields per user, measured
 HEARTBEAT_AFTER_US = 2 * 3_600 * 1_000_000
+ALERTS_QUIET_S = 5.0  # alerts are counted once none came for this long
 NO_IDLE_SLACK_S = 1e9
 
 
@@ -134,7 +143,8 @@ class _Visible:
     """Output records as they become visible: feature snapshots and alerts, with receive times."""
 
     snapshots: dict[str, list[tuple[str, int, float]]] = field(default_factory=dict)
-    alert_ids: list[str] = field(default_factory=list)
+    newest_at_us: dict[str, int] = field(default_factory=dict)  # per detector: its latest snapshot's point
+    alert_ids: list[tuple[str, str]] = field(default_factory=list)  # (alert topic's kind, alert id)
     alert_seen: list[float] = field(default_factory=list)
     letters: int = 0
     error: str | None = None
@@ -171,13 +181,14 @@ def _read_outputs(bootstrap: str, topics: dict[str, str], visible: _Visible, sto
                     if role == "dlq":
                         visible.letters += 1
                     elif role == "alerts":
-                        visible.alert_ids.append((message.key() or b"").decode())
+                        kind = str(message.topic()).rsplit(".", 1)[-1]
+                        visible.alert_ids.append((kind, (message.key() or b"").decode()))
                         visible.alert_seen.append(seen)
                     else:
                         record = orjson.loads(message.value() or b"{}")
-                        visible.snapshots.setdefault(role, []).append(
-                            (str(record["user_id"]), int(record["at_us"]), seen)
-                        )
+                        at_us = int(record["at_us"])
+                        visible.snapshots.setdefault(role, []).append((str(record["user_id"]), at_us, seen))
+                        visible.newest_at_us[role] = max(visible.newest_at_us.get(role, at_us), at_us)
     finally:
         consumer.close()
 
@@ -477,6 +488,7 @@ def _measure(
         with _pipeline(args, home / "pipeline.log") as pipeline:
             watcher.start()
             _wait_until_reading(bootstrap, event_topics["chat"], visible, pipeline, home / "pipeline.log")
+            cpu_before = cpu_by_part(pipeline.pid)
             offered = _offer(bootstrap, records, event_topics, rate)
             produced = offered.produced
             offered_s = float(produced.max() - produced.min()) or 1e-9
@@ -485,27 +497,29 @@ def _measure(
             checked = {"trolls": frame["event_type"] == "chat", "fraud": frame["event_type"] == "payment"}
             checked = {d: mask for d, mask in checked.items() if d in detectors}
             covered = np.full(len(frame), np.nan)
+            # The newest snapshot each detector must reach before every event can be covered: at or after the
+            # last chat message, after the last payment (fraud snapshots cover the events before their boundary).
+            last_point = {d: int(frame.loc[mask, "t_us"].max()) + (d == "fraud") for d, mask in checked.items()}
+            wanted = np.zeros(len(frame), dtype=bool)
+            for mask in checked.values():
+                wanted |= mask.to_numpy()
             deadline = time.monotonic() + timeout_s
             waited = time.monotonic()
+            missing = int(wanted.sum())
             while True:
                 with visible.lock:
-                    snapshots = {d: list(visible.snapshots.get(d, [])) for d in checked}
-                for name, mask in checked.items():
-                    covered[mask.to_numpy()] = _first_cover(frame[mask], snapshots[name], name == "fraud")
-                wanted = np.zeros(len(frame), dtype=bool)
-                for mask in checked.values():
-                    wanted |= mask.to_numpy()
-                missing = int(np.isnan(covered[wanted]).sum())
+                    reached = all(visible.newest_at_us.get(d, -1) >= point for d, point in last_point.items())
+                if reached:  # only then can every event be covered: read what was seen in full
+                    _cover(covered, frame, checked, visible)
+                    missing = int(np.isnan(covered[wanted]).sum())
                 if missing == 0 or time.monotonic() > deadline or pipeline.poll() is not None:
                     break
                 time.sleep(2.0)
             timed_out = missing > 0 and pipeline.poll() is None
             waited_s = time.monotonic() - waited
-            time.sleep(3.0)  # alerts raised with the last snapshots
-            with visible.lock:  # what became visible meanwhile: the verdict uses the latest view
-                snapshots = {d: list(visible.snapshots.get(d, [])) for d in checked}
-            for name, mask in checked.items():
-                covered[mask.to_numpy()] = _first_cover(frame[mask], snapshots[name], name == "fraud")
+            cpu_s = _cpu_spent(cpu_before, cpu_by_part(pipeline.pid))
+            _wait_for_quiet_alerts(visible, deadline)
+            snapshots = _cover(covered, frame, checked, visible)  # what became visible meanwhile: the latest view
     finally:
         stop.set()
         watcher.join(30)
@@ -529,12 +543,77 @@ def _measure(
         "waited_s": round(waited_s, 1),
         "timed_out": timed_out,
         "alerts": len(set(ids)),
+        "alerts_by_kind": {kind: sum(1 for k, _ in set(ids) if k == kind) for kind in sorted({k for k, _ in ids})},
         "duplicate_alerts": len(ids) - len(set(ids)),
         "detectors": ",".join(detectors),
         "key_shards": placement[0],
         "sdk_workers": placement[1],
         "event_time_speedup": round(day_us / offered_s, 1),
+        "cpu_s": {part: round(seconds, 1) for part, seconds in sorted(cpu_s.items())},
+        "cpu_us_per_event": round(sum(cpu_s.values()) * 1e6 / len(records.value)) if cpu_s else None,
     }
+
+
+def _cover(
+    covered: np.ndarray, frame: pd.DataFrame, checked: dict[str, pd.Series], visible: _Visible
+) -> dict[str, list[tuple[str, int, float]]]:
+    """Fill ``covered`` (per event: when its first covering output was seen) from the snapshots seen so far."""
+    with visible.lock:
+        snapshots = {d: list(visible.snapshots.get(d, [])) for d in checked}
+    for name, mask in checked.items():
+        covered[mask.to_numpy()] = _first_cover(frame[mask], snapshots[name], name == "fraud")
+    return snapshots
+
+
+def _wait_for_quiet_alerts(visible: _Visible, deadline: float) -> None:
+    """Until no new alert came for ``ALERTS_QUIET_S`` (or ``deadline``): alerts trail the snapshots by a stage."""
+    while time.monotonic() < deadline:
+        with visible.lock:
+            latest = visible.alert_seen[-1] if visible.alert_seen else 0.0
+        quiet_for = time.time() - latest
+        if quiet_for >= ALERTS_QUIET_S:
+            return
+        time.sleep(ALERTS_QUIET_S - quiet_for)
+
+
+def cpu_by_part(pipeline_pid: int) -> dict[tuple[int, int], tuple[str, float]]:
+    """CPU seconds so far of the processes the measurement involves, by (pid, start): ``(part, seconds)`` with part
+    ``pipeline`` (the pipeline's process group but Prism), ``runner`` (Prism), ``broker`` (a Kafka JVM on this
+    machine) or ``bench`` (this process). Empty without ``/proc``."""
+    from argus.infra.procfs import PROC, process_stats
+
+    if not PROC.is_dir():
+        return {}
+    found = {}
+    for stat in process_stats():
+        part = "bench" if stat.pid == os.getpid() else _part_of(stat.pid, stat.group, pipeline_pid)
+        if part is not None:
+            found[(stat.pid, stat.started)] = (part, stat.cpu_s)
+    return found
+
+
+def _part_of(pid: int, group: int, pipeline_pid: int) -> str | None:
+    from argus.infra.procfs import PROC
+
+    try:
+        program = (PROC / str(pid) / "comm").read_text().strip()
+        if group == pipeline_pid:
+            return "runner" if program == "prism" else "pipeline"
+        if program == "java" and b"kafka.Kafka" in (PROC / str(pid) / "cmdline").read_bytes():
+            return "broker"
+    except OSError:  # it ended meanwhile
+        pass
+    return None
+
+
+def _cpu_spent(
+    before: dict[tuple[int, int], tuple[str, float]], after: dict[tuple[int, int], tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per part between two ``cpu_by_part`` readings (a process started between them counts whole)."""
+    spent: dict[str, float] = {}
+    for key, (part, seconds) in after.items():
+        spent[part] = spent.get(part, 0.0) + seconds - before.get(key, (part, 0.0))[1]
+    return spent
 
 
 def _lost_report(

@@ -1017,7 +1017,8 @@ def bench_stream(
 
     Keys: events, offered_per_s, events_per_s, latency_p50_s, latency_p99_s, latency_max_s, checked,
     lost, lost_by_reason, lost_sample, waited_s, timed_out, alerts, duplicate_alerts, detectors, key_shards,
-    sdk_workers, event_time_speedup (see argus/bench_stream.py).
+    sdk_workers, event_time_speedup, cpu_s (by part: pipeline, runner, broker, bench), cpu_us_per_event
+    (see argus/bench_stream.py).
     Starts a scratch broker unless --bootstrap is given; needs the Prism runner (`argus stream fetch`).
     """
     from argus.bench_stream import BenchStreamError

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from argus.bench_nightly import processes_below
-from argus.bench_stream import _first_cover, lost_reasons
+from argus.bench_stream import _cpu_spent, _first_cover, cpu_by_part, lost_reasons
 from argus.infra.procfs import ProcessStat, process_stats
 
 HOUR_US = 3_600 * 1_000_000
@@ -46,6 +46,34 @@ def test_lost_events_are_told_apart_by_when_they_reached_kafka_and_what_output_c
         "arrived_after_its_point_was_output"
     ]
     assert lost_reasons(t_us[:1], acked[:1], [], HOUR_US) == ["no_output_after_its_point"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_cpu_is_split_between_the_pipeline_group_and_this_process_and_counts_only_what_was_spent_between() -> None:
+    # A busy child in a session of its own stands in for the pipeline (its process group).
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass"],
+        start_new_session=True,
+    )
+    try:
+        before = cpu_by_part(child.pid)
+        end = time.process_time() + 0.3
+        while time.process_time() < end:  # this process: the bench's part
+            pass
+        after = cpu_by_part(child.pid)
+        child.wait(30)
+    finally:
+        child.kill()
+    parts = {part for part, _ in after.values()}
+    assert {"bench", "pipeline"} <= parts and "runner" not in parts
+    spent = _cpu_spent(before, after)
+    assert 0.25 <= spent["bench"] < 5.0
+    assert spent["pipeline"] > 0.0
+    # A process seen only at the end counts whole; one seen at both counts the difference.
+    assert _cpu_spent({(1, 5): ("broker", 2.0)}, {(1, 5): ("broker", 3.5), (2, 9): ("runner", 1.0)}) == {
+        "broker": 1.5,
+        "runner": 1.0,
+    }
 
 
 def _cmdline(pid: int) -> str:
