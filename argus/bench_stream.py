@@ -21,7 +21,10 @@ Printed keys: ``events``, ``offered_per_s``, ``events_per_s`` (events / (last co
 visible - first event offered)), ``latency_p50_s``, ``latency_p99_s``, ``latency_max_s``,
 ``checked`` (events with a per-event output), ``lost`` (checked events never covered),
 ``lost_by_reason`` (``detector:reason`` -> lost events, reasons in ``LOST_REASONS``), ``lost_sample`` (a few
-lost events: type, user, event time, partition, offset, reason), ``waited_s`` and ``timed_out`` (how long it
+lost events: type, user, event time, partition, offset, reason), ``arrived_late`` (per detector: events Kafka
+acknowledged only after output for their point was visible, so the pipeline met them late; such events are
+applied late, and the outputs between may differ from a run that met them in time), ``waited_s`` and
+``timed_out`` (how long it
 waited for the last covering output after the heartbeats, and whether ``timeout`` ended the wait),
 ``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``, ``sdk_workers``
 (Prism's Python worker processes; see ``pipelines/sdk_workers.py``),
@@ -625,13 +628,19 @@ def _lost_report(
     fraud_interval_s: int,
     sample: int = 5,
 ) -> dict[str, Any]:
-    """``lost_by_reason`` (``detector:reason`` -> events) and ``lost_sample`` (a few lost events, where they were)."""
+    """``lost_by_reason`` (``detector:reason`` -> events), ``lost_sample`` (a few lost events, where they were) and
+    ``arrived_late`` (per detector: events, lost or not, Kafka acknowledged only after output for their point was
+    visible, so the pipeline met them late)."""
     from argus.detectors.chat_features import CONTEXT_WINDOW_S
 
     steps_us = {"trolls": CONTEXT_WINDOW_S * 1_000_000, "fraud": fraud_interval_s * 1_000_000}
     by_reason: dict[str, int] = {}
     lost_sample: list[dict[str, Any]] = []
+    arrived_late: dict[str, int] = {}
     for name, mask in checked.items():
+        rows = np.flatnonzero(mask.to_numpy())
+        reasons = lost_reasons(frame["t_us"].to_numpy()[rows], offered.acked[rows], snapshots[name], steps_us[name])
+        arrived_late[name] = reasons.count("arrived_after_its_point_was_output")
         lost = np.flatnonzero(mask.to_numpy() & np.isnan(covered))
         if not len(lost):
             continue
@@ -650,7 +659,7 @@ def _lost_report(
                     "reason": reason,
                 }
             )
-    return {"lost_by_reason": by_reason, "lost_sample": lost_sample}
+    return {"lost_by_reason": by_reason, "lost_sample": lost_sample, "arrived_late": arrived_late}
 
 
 def _wait_until_reading(

@@ -3,8 +3,10 @@
 A stage is a ``StageLogic`` (what its state is, when elements are due, what a firing does) run by
 ``StageFn``: elements (source batches, or lists from an upstream stage) wait in one bag until the
 watermark passes the event time at which their evidence is complete; one timer per such time and
-key shard (dynamic tag) then hands everything due to the logic in one call. Per-element costs (a
-state append, a timer, a runner round trip) are paid per batch, and ``process`` never reads state.
+key shard (dynamic tag) then hands everything due to the logic, one call per due time, earliest first
+(a runner that fires several due times at once, or out of order, gives the outputs of in-order firings).
+Per-element costs (a state append, a timer, a runner round trip) are paid per batch, and ``process``
+never reads state.
 
 The state is held as pickled parts (``StageLogic.parts``: per user, per channel, per kept message),
 so with checkpoints a firing emits a ``StageSnapshot`` with only the parts whose bytes it changed,
@@ -236,7 +238,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         written: bytes | None = None  # the token of the firing that wrote the held parts
         parts: dict[Hashable, bytes] | None = None
         sent_waiting: tuple[Hashable, ...] = ()
-        due: list[Any] = []
+        due_at: dict[int, list[Any]] = {}  # the due elements' rows by due time, each in the order they came
         waiting: list[tuple[int, bytes]] = []
         digests: list[bytes] = []  # of the waiting elements' bytes, taken once when they came
         received = ReceivedLog()
@@ -252,7 +254,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
             elif kind == "received":
                 received.absorb(item)
             elif item[0] <= fired.micros:
-                due += pickle.loads(item[1])
+                due_at.setdefault(item[0], []).extend(pickle.loads(item[1]))
             else:
                 waiting.append(item)
                 digests.append(entry[2])
@@ -262,7 +264,13 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         else:
             state = self._state(shard, written, parts)
         timers: list[int] = []
-        outputs = list(self.logic.fire(state, due, fired.micros, timers.append))
+        # Each due time's elements in a call of its own, earliest first, as the timers would have fired one by one
+        # in order: outputs do not depend on whether the runner fires several due times at once or out of order.
+        outputs = []
+        for at_us in sorted(t for t in due_at if t < fired.micros):
+            outputs += self.logic.fire(state, due_at[at_us], at_us, timers.append)
+        outputs += self.logic.fire(state, due_at.get(fired.micros, []), fired.micros, timers.append)
+        due = [row for at_us in sorted(due_at) for row in due_at[at_us]]
         current = self.logic.parts(state)
         if not due and not outputs and not timers and not fresh_ranges and current.keys() == parts.keys():
             return  # another tag of the same time did the work (a firing that dropped parts did some)

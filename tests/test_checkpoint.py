@@ -258,6 +258,33 @@ def test_a_shard_fired_by_several_workers_and_retried_bundles_gets_the_state_its
     assert reused > 10  # the kept state was used, not unpickled every time
 
 
+@pytest.mark.parametrize("firing", ["together", "reversed"])
+def test_due_times_fired_together_or_out_of_order_give_the_outputs_and_state_of_in_order_firings(firing: str) -> None:
+    """A runner may fire several due times of a shard at once (the watermark passed them all) or in any order: each
+    due time's elements are still applied in a call of their own, earliest first, as one-by-one firings apply them."""
+    rng = random.Random(11)
+    users = [f"u{i}" for i in range(12)]
+    batches = [[(rng.choice(users), 1_000 * (step + 1), rng.choice([1, 2, -3])) for _ in range(6)] for step in range(5)]
+
+    def run(order: list[int]) -> tuple[list[Any], bytes]:
+        fn, bag, timers = StageFn(_CountLogic(), checkpoints=False), FakeBag(), FakeTimer()
+        for offset, rows in enumerate(batches):
+            fn.process(("0", ("t", 0, offset, offset + 1, rows)), Timestamp(micros=0), bag, timers)
+        # The outputs of the firings that had elements due (a later timer of a time already applied finds none).
+        outputs = []
+        for at in order:
+            due = any(e[0] == "b" and e[1][0] <= at for e in bag.read())
+            fired = list(fn.fire(Timestamp(micros=at), f"0/{at}", bag, timers))
+            outputs += fired if due else []
+        [(_, _, parts, *_)] = [e for e in bag.read() if e[0] == "parts"]
+        return outputs, pickle.dumps(fn.logic.from_parts({k: pickle.loads(v) for k, v in parts.items()}))
+
+    times = sorted({row[1] for rows in batches for row in rows})
+    in_order = run(times)
+    assert in_order[0] == [("fired", at) for at in times]
+    assert run([times[-1]] if firing == "together" else times[::-1]) == in_order
+
+
 def _untokened(items: list[Any]) -> list[Any]:
     """Bag entries without the random token each firing writes with its parts."""
     return [entry[:4] if entry[0] == "parts" else entry for entry in items]
