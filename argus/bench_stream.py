@@ -24,8 +24,8 @@ visible - first event offered)), ``latency_p50_s``, ``latency_p99_s``, ``latency
 lost events: type, user, event time, partition, offset, reason), ``arrived_late`` (per detector: events Kafka
 acknowledged only after output for their point was visible, so the pipeline met them late; such events are
 applied late, and the outputs between may differ from a run that met them in time), ``waited_s`` and
-``timed_out`` (how long it
-waited for the last covering output after the heartbeats, and whether ``timeout`` ended the wait),
+``timed_out`` (how long it waited for the last covering output after the heartbeats, and whether ``timeout``
+ended the wait),
 ``alerts``, ``duplicate_alerts`` (alert records minus distinct ids), ``detectors``, ``key_shards``, ``sdk_workers``
 (Prism's Python worker processes; see ``pipelines/sdk_workers.py``),
 ``event_time_speedup`` (event-time seconds per wall second: windows close that much sooner),
@@ -569,10 +569,12 @@ def _cover(
 
 
 def _wait_for_quiet_alerts(visible: _Visible, deadline: float) -> None:
-    """Until no new alert came for ``ALERTS_QUIET_S`` (or ``deadline``): alerts trail the snapshots by a stage."""
+    """Until no new alert came for ``ALERTS_QUIET_S`` since the call (or ``deadline``): alerts trail the snapshots
+    by a stage."""
+    called = time.time()
     while time.monotonic() < deadline:
         with visible.lock:
-            latest = visible.alert_seen[-1] if visible.alert_seen else 0.0
+            latest = max(visible.alert_seen[-1] if visible.alert_seen else called, called)
         quiet_for = time.time() - latest
         if quiet_for >= ALERTS_QUIET_S:
             return
