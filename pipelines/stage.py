@@ -266,7 +266,7 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         timers: list[int] = []
         # Each due time's elements in a call of its own, earliest first, as the timers would have fired one by one
         # in order: outputs do not depend on whether the runner fires several due times at once or out of order.
-        outputs = []
+        outputs: list[Any] = []
         for at_us in sorted(t for t in due_at if t < fired.micros):
             outputs += self.logic.fire(state, due_at[at_us], at_us, timers.append)
         outputs += self.logic.fire(state, due_at.get(fired.micros, []), fired.micros, timers.append)
