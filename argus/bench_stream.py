@@ -667,7 +667,8 @@ def _lost_report(
 def _wait_until_reading(
     bootstrap: str, topic: str, visible: _Visible, pipeline: subprocess.Popen[bytes], log: Path, timeout: float = 300
 ) -> None:
-    """Send one malformed record; the pipeline reads once its dead letter is out."""
+    """Send one malformed record; the pipeline reads once its dead letter is out. (Stamped now by Kafka, months
+    after the replayed day: a rejected record has no event time and does not move the watermark.)"""
     from confluent_kafka import Producer
 
     producer = Producer({"bootstrap.servers": bootstrap, "log_level": 3})

@@ -48,6 +48,7 @@ in them: they travel as references (the password file's path, the variable's nam
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 import uuid
@@ -120,8 +121,12 @@ Offsets = dict[str, dict[int, int]]
 # topic -> partition -> offsets no batch may straddle
 Cuts = dict[str, dict[int, list[int]]]
 
-# decode(record) -> (element to emit, event time in seconds or None to use Kafka's timestamp)
+# decode(record) -> (element to emit, event time in seconds, None to use Kafka's timestamp, or NO_EVENT_TIME)
 Decoder = Callable[[KafkaRecord], tuple[Any, float | None]]
+# What ``decode`` gives a record that has no event time (a rejected one): it neither moves its partition's
+# watermark nor times its batch. Its Kafka timestamp would: the wall clock's, for a record appended during a
+# replay of older events, would put the watermark past the events after it and make them all late.
+NO_EVENT_TIME = -math.inf
 
 
 def _raw_record(record: KafkaRecord) -> tuple[Any, float | None]:
@@ -408,15 +413,22 @@ class _ReadTopicsFn(beam.DoFn, SourceRestrictionProvider):  # type: ignore[misc]
                         times = [
                             t if t is not None else r.timestamp_ms / 1e3
                             for (_, t), r in zip(decoded, piece, strict=True)
+                            if t != NO_EVENT_TIME
                         ]
                         self.records.inc(len(piece))
-                        latest = max(times) - self.out_of_orderness_s
                         previous = partition_wm[where]
-                        latest = latest if previous is None else max(previous, latest)
-                        partition_wm[where] = latest
-                        self._latest[where] = (end, latest)
+                        if times:
+                            latest = max(times) - self.out_of_orderness_s
+                            latest = latest if previous is None else max(previous, latest)
+                            partition_wm[where] = latest
+                            self._latest[where] = (end, latest)
+                            stamp_s = min(times)
+                        else:  # nothing with an event time: the watermark stays, the batch is timed where it stands
+                            known = [v for v in (previous, floor) if v is not None]
+                            stamp_s = max(known) if known else min(r.timestamp_ms / 1e3 for r in piece)
+                            if previous is not None:
+                                self._latest[where] = (end, previous)
                         batch = SourceBatch(topic, partition, first, end, [i for i, _ in decoded])
-                        stamp_s = min(times)
                         earliest_out = stamp_s if earliest_out is None else min(earliest_out, stamp_s)
                         yield TimestampedValue(batch, Timestamp(stamp_s))
                 # Bounded partitions that reached their stop offset are finished.
@@ -559,7 +571,8 @@ class ReadKafka(beam.PTransform):  # type: ignore[misc]
         topics: topic names; one restriction covers every partition of all of them.
         bootstrap: Kafka bootstrap servers (None: ``KAFKA_BOOTSTRAP`` / argus.toml / the local broker), or the
             client settings (``argus.infra.clients.portable_kafka_settings``), resolved here in either case.
-        decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp.
+        decode: ``record -> (element, event time in seconds or None)``; None uses Kafka's timestamp,
+            ``NO_EVENT_TIME`` (a rejected record) leaves the watermark where it is.
         start: ``earliest`` (replay the retained log) or ``latest`` (only what arrives from now on).
         bounded: stop at the end offsets seen at start.
         out_of_orderness_s: how far a record may trail the newest event of the least advanced busy partition

@@ -45,7 +45,7 @@ from argus.detectors.store import store_location
 from argus.infra.clients import PortableKafkaSettings, portable_kafka_settings, require_topic_access
 from argus.infra.topics import ALERT_KINDS, DLQ_TOPIC, EVENT_TOPICS, event_topic
 from argus.pipelines.checkpoint import CheckpointError, ResumePlan, plan_resume, write_checkpoints
-from argus.pipelines.kafka_io import KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
+from argus.pipelines.kafka_io import NO_EVENT_TIME, KafkaRecord, OutRecord, ReadKafka, SourceBatch, WriteKafka
 from argus.pipelines.sdk_workers import detector_worker, process_worker_args
 from argus.pipelines.stream_adapters import STREAMING_DETECTORS
 from argus.pipelines.stream_detectors import StreamSettings, StrKeyed, epoch_us
@@ -173,7 +173,8 @@ def check_kafka_access(config: StreamConfig) -> None:
 
 # --- decode: validation at the source -------------------------------------------------------
 def decode_event(record: KafkaRecord, bounds: EventTimeBounds | None = None) -> tuple[tuple[str, Any], float | None]:
-    """Validate one record: ``("event", (type, row, t_us))`` with its event time, or ``("dlq", OutRecord)``.
+    """Validate one record: ``("event", (type, row, t_us))`` with its event time, or ``("dlq", OutRecord)`` with
+    ``NO_EVENT_TIME`` (a rejected record does not move the watermark).
 
     ``bounds`` is resolved where the pipeline is built, so workers without its argus.toml agree.
     """
@@ -181,7 +182,7 @@ def decode_event(record: KafkaRecord, bounds: EventTimeBounds | None = None) -> 
     if isinstance(result, Rejection):
         letter = result.to_dead_letter(record.topic, record.partition, record.offset)
         out = OutRecord(DLQ_TOPIC, record.key, letter.model_dump_json().encode(), _position(record))
-        return ("dlq", out), None
+        return ("dlq", out), NO_EVENT_TIME
     row = result.model_dump()
     t_us = epoch_us(row["ts"])
     return ("event", (str(row["event_type"]), row, t_us)), t_us / 1e6

@@ -15,7 +15,14 @@ import pandas as pd
 import pytest
 
 from argus.detectors.chat_features import _goal_ranks, chat_context_features
-from argus.pipelines.kafka_io import KafkaRecord, SourceBatch, SourceRestriction, _raw_record, _ReadTopicsFn
+from argus.pipelines.kafka_io import (
+    NO_EVENT_TIME,
+    KafkaRecord,
+    SourceBatch,
+    SourceRestriction,
+    _raw_record,
+    _ReadTopicsFn,
+)
 from argus.pipelines.stream_detectors import _alert_runs, one_native_thread, window_sums
 
 
@@ -274,6 +281,52 @@ def test_a_caught_up_read_returns_its_batches_and_watermark_before_the_poll_budg
     # Both partitions read to their end (newest 1_700_000_008 and 1_700_000_009 s): nothing is left to deliver,
     # so the watermark is the newest event time minus the 5 s out-of-orderness.
     assert estimator.watermark is not None and estimator.watermark.micros == (1_700_000_009 - 5) * 1_000_000
+
+
+def _event_time_or_none(record: KafkaRecord) -> tuple[Any, float | None]:
+    """A decoder: the value is the event time in seconds; ``bad`` is a record without one (rejected)."""
+    return record, NO_EVENT_TIME if record.value == b"bad" else float(record.value)
+
+
+@pytest.mark.kafka
+def test_a_rejected_record_appended_now_does_not_move_the_watermark_of_a_replay(kafka_bootstrap: str) -> None:
+    """Replaying events months old, a malformed record appended now (its Kafka timestamp the wall clock) neither
+    moves the watermark nor times a batch past the events after it: they are not late."""
+    from confluent_kafka import Producer
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+
+    topic = f"replay-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})  # held until the topic exists
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(60)
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topic, b"bad", partition=0)  # stamped now by the producer
+    producer.flush(30)
+    old = 1_700_000_000
+    source = _ReadTopicsFn(kafka_bootstrap, "earliest", False, _event_time_or_none, 5.0, 1e9, 30.0, 1_000)
+    source.setup()
+    try:
+        estimator = _Estimator()
+        alone = list(source._read(_Tracker(SourceRestriction({(topic, 0): 0}, {(topic, 0): None})), estimator))
+        # Only a record without an event time so far: the watermark is at most the idle rule's (wall clock - slack).
+        assert estimator.watermark is None or estimator.watermark.micros < old * 1_000_000
+        for i in range(3):
+            producer.produce(topic, str(old + i).encode(), partition=0)
+        producer.flush(30)
+        after = list(source._read(_Tracker(SourceRestriction({(topic, 0): 1}, {(topic, 0): None})), estimator))
+    finally:
+        source.teardown()
+    assert [r.value for b in alone for r in b.value.items] == [b"bad"]
+    assert [r.value for b in after for r in b.value.items] == [str(old + i).encode() for i in range(3)]
+    assert all(b.timestamp.micros == old * 1_000_000 for b in after)
+    assert estimator.watermark is not None and estimator.watermark.micros == (old + 2 - 5) * 1_000_000
+
+
+def test_a_rejected_record_decodes_to_a_dead_letter_without_an_event_time() -> None:
+    from argus.pipelines.stream import decode_event
+
+    (kind, letter), event_time = decode_event(KafkaRecord("events.chat", 2, 41, b"k", b"{not json", 1_800_000_000_000))
+    assert kind == "dlq" and letter.identity == "events.chat/2/41"
+    assert event_time == NO_EVENT_TIME
 
 
 def _source(idle_slack_s: float = 1e9) -> _ReadTopicsFn:
