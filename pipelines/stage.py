@@ -267,10 +267,11 @@ class StageFn(beam.DoFn):  # type: ignore[misc]
         # Each due time's elements in a call of its own, earliest first, as the timers would have fired one by one
         # in order: outputs do not depend on whether the runner fires several due times at once or out of order.
         outputs: list[Any] = []
-        for at_us in sorted(t for t in due_at if t < fired.micros):
+        due_times = sorted(due_at)
+        for at_us in (t for t in due_times if t < fired.micros):
             outputs += self.logic.fire(state, due_at[at_us], at_us, timers.append)
         outputs += self.logic.fire(state, due_at.get(fired.micros, []), fired.micros, timers.append)
-        due = [row for at_us in sorted(due_at) for row in due_at[at_us]]
+        due = [row for at_us in due_times for row in due_at[at_us]]
         current = self.logic.parts(state)
         if not due and not outputs and not timers and not fresh_ranges and current.keys() == parts.keys():
             return  # another tag of the same time did the work (a firing that dropped parts did some)
